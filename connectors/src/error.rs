@@ -1,0 +1,18 @@
+//! The connector crate's error type.
+
+/// What can go wrong talking to a CRM or mapping its data.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectorError {
+    /// The CRM answered with data that does not map onto the neutral model.
+    #[error("malformed CRM data: {0}")]
+    Malformed(String),
+    /// The CRM rejected the credentials.
+    #[error("CRM rejected the credentials: {0}")]
+    Unauthorized(String),
+    /// Any other CRM-side failure.
+    #[error("CRM request failed: {0}")]
+    Remote(String),
+}
+
+/// Result alias for the connector crate.
+pub type Result<T, E = ConnectorError> = std::result::Result<T, E>;

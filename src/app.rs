@@ -1,0 +1,119 @@
+//! Building and running the hub: connect and migrate the database, bind the listener, serve
+//! until a shutdown signal.
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use anyhow::Context as _;
+use poem::{
+    Server,
+    listener::{Acceptor, Listener, TcpAcceptor, TcpListener},
+};
+
+use crate::{
+    error::ApiError,
+    config::Config,
+    db::Db,
+    domain::auth::{ApiKeyRole, create_key, has_admin_key},
+    graphql::build_schema,
+    http::{AppState, metrics::Metrics, routes},
+};
+
+/// A hub whose database is ready and whose listener is bound.
+pub struct App {
+    /// Shared state (also handy for tests).
+    pub state: AppState,
+    /// The bound address (useful with port 0).
+    pub addr: SocketAddr,
+    acceptor: TcpAcceptor,
+}
+
+impl App {
+    /// Connects and migrates the database and binds the listen address.
+    pub async fn build(config: Config) -> anyhow::Result<App> {
+        let db = Db::connect(&config.database_url, config.database_max_connections)
+            .await
+            .context("connecting to the database")?;
+        db.migrate().await.context("migrating the database")?;
+        Self::build_with_db(config, db).await
+    }
+
+    /// Like [`App::build`] on an already migrated database.
+    pub async fn build_with_db(config: Config, db: Db) -> anyhow::Result<App> {
+        let acceptor = TcpListener::bind(config.bind.clone())
+            .into_acceptor()
+            .await
+            .with_context(|| format!("binding {}", config.bind))?;
+        let addr = acceptor
+            .local_addr()
+            .into_iter()
+            .find_map(|a| a.as_socket_addr().copied())
+            .context("the listener has no socket address")?;
+        let state = AppState {
+            schema: build_schema(db.clone()),
+            db,
+            metrics: Metrics::new(),
+            config,
+        };
+        Ok(App {
+            state,
+            addr,
+            acceptor,
+        })
+    }
+
+    /// The base URL clients use.
+    pub fn base_url(&self) -> String {
+        self.state.config.public_base_url(self.addr)
+    }
+
+    /// On a database without an admin key, creates one and returns its token.
+    pub async fn ensure_admin_key(&self) -> anyhow::Result<Option<String>> {
+        if has_admin_key(&self.state.db)
+            .await
+            .map_err(ApiError::into_anyhow)?
+        {
+            return Ok(None);
+        }
+        let created = create_key(&self.state.db, "initial admin", ApiKeyRole::Admin, None, &[])
+            .await
+            .map_err(ApiError::into_anyhow)?;
+        Ok(Some(created.token))
+    }
+
+    /// Serves until `shutdown` completes, then drains in-flight requests (up to 10 s).
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> std::io::Result<()> {
+        let endpoint = routes(self.state);
+        Server::new_with_acceptor(self.acceptor)
+            .run_with_graceful_shutdown(endpoint, shutdown, Some(Duration::from_secs(10)))
+            .await
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %err, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sig) => {
+                sig.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutdown signal received, draining");
+}

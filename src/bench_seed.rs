@@ -1,0 +1,164 @@
+//! `tandem bench-seed`: bulk-loads a benchmark data set (one program, N partners, M referrals,
+//! a deal attributed to every fifth referral) and creates a partner key for the dashboard
+//! benchmark.
+
+use chrono::{Duration, Utc};
+use sea_orm::{ActiveValue::Set, EntityTrait};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::{
+    error::ApiError,
+    db::{
+        Db,
+        entities::{attribution, deal, partner, program, referral},
+    },
+    domain::{
+        auth::{ApiKeyRole, create_key},
+        ids::new_id,
+        partners::generate_referral_code,
+    },
+};
+
+/// What was seeded.
+#[derive(Debug, Serialize)]
+pub struct BenchSeed {
+    /// The program.
+    pub program_id: String,
+    /// A partner in the middle of the set, and its key.
+    pub partner_id: String,
+    /// Token of a PARTNER key for `partner_id`.
+    pub partner_token: String,
+    /// Token of an ADMIN key.
+    pub admin_token: String,
+}
+
+const BATCH: usize = 500;
+
+/// Seeds the data set in batched transactions.
+pub async fn seed(db: &Db, partners: u32, referrals: u32) -> anyhow::Result<BenchSeed> {
+    anyhow::ensure!(partners > 0, "--partners must be at least 1");
+    let now = Utc::now();
+    let program_id = new_id();
+    program::Entity::insert(program::ActiveModel {
+        id: Set(program_id.clone()),
+        name: Set("Benchmark program".into()),
+        kind: Set("REFERRAL_NETWORK".into()),
+        currency: Set("USD".into()),
+        commission_type: Set("PERCENT".into()),
+        commission_rate: Set(Some("10".into())),
+        commission_flat_amount: Set(None),
+        commission_tiers: Set(json!([])),
+        cap_per_deal: Set(None),
+        min_deal_amount: Set(None),
+        attribution_window_days: Set(90),
+        hold_days: Set(30),
+        clawback_days: Set(90),
+        created_at: Set(now),
+        updated_at: Set(now),
+    })
+    .exec(&db.conn)
+    .await?;
+    let mut partner_ids = Vec::with_capacity(partners as usize);
+    for chunk_start in (0..partners).step_by(BATCH) {
+        let tx = db.begin_write().await?;
+        let rows: Vec<partner::ActiveModel> = (chunk_start..(chunk_start + BATCH as u32).min(partners))
+            .map(|i| {
+                let id = new_id();
+                partner_ids.push(id.clone());
+                partner::ActiveModel {
+                    id: Set(id),
+                    program_id: Set(program_id.clone()),
+                    name: Set(format!("Partner {i}")),
+                    domain: Set(Some(format!("partner{i}.example"))),
+                    contact_email: Set(format!("contact@partner{i}.example")),
+                    status: Set("ACTIVE".into()),
+                    referral_code: Set(format!("{}{}", &generate_referral_code()[..4], i)),
+                    terminated_at: Set(None),
+                    created_at: Set(now),
+                    updated_at: Set(now),
+                }
+            })
+            .collect();
+        partner::Entity::insert_many(rows).exec(&*tx).await?;
+        tx.commit().await?;
+    }
+    let mut next = 0u32;
+    while next < referrals {
+        let end = (next + BATCH as u32).min(referrals);
+        let tx = db.begin_write().await?;
+        let mut refs = Vec::new();
+        let mut deals = Vec::new();
+        let mut attributions = Vec::new();
+        for i in next..end {
+            let partner_id = partner_ids[(i % partners) as usize].clone();
+            let id = new_id();
+            let submitted = now - Duration::minutes(i64::from(referrals - i));
+            if i % 5 == 0 {
+                let deal_id = new_id();
+                deals.push(deal::ActiveModel {
+                    id: Set(deal_id.clone()),
+                    program_id: Set(program_id.clone()),
+                    source_id: Set("bench".into()),
+                    external_id: Set(format!("bench-{i}")),
+                    name: Set(format!("Deal {i}")),
+                    amount: Set(format!("{}.00", 1000 + i % 9000)),
+                    currency: Set("USD".into()),
+                    status: Set(if i % 10 == 0 { "WON" } else { "OPEN" }.into()),
+                    stage: Set(None),
+                    closed_at: Set((i % 10 == 0).then_some(submitted)),
+                    created_at: Set(submitted),
+                    updated_at: Set(submitted),
+                    company_domain: Set(Some(format!("customer{i}.example"))),
+                    contact_emails: Set(json!([])),
+                    referral_code: Set(None),
+                    deleted: Set(false),
+                    first_seen_at: Set(now),
+                    last_applied_at: Set(now),
+                });
+                attributions.push(attribution::ActiveModel {
+                    deal_id: Set(deal_id),
+                    partner_id: Set(partner_id.clone()),
+                    referral_id: Set(Some(id.clone())),
+                    method: Set("DOMAIN".into()),
+                    created_at: Set(now),
+                    updated_at: Set(now),
+                });
+            }
+            refs.push(referral::ActiveModel {
+                id: Set(id),
+                program_id: Set(program_id.clone()),
+                partner_id: Set(partner_id),
+                company_name: Set(format!("Customer {i}")),
+                company_domain: Set(Some(format!("customer{i}.example"))),
+                contact_name: Set(None),
+                contact_email: Set(Some(format!("buyer@customer{i}.example"))),
+                notes: Set(None),
+                status: Set("ACCEPTED".into()),
+                duplicate_of_id: Set(None),
+                submitted_at: Set(submitted),
+                updated_at: Set(submitted),
+            });
+        }
+        referral::Entity::insert_many(refs).exec(&*tx).await?;
+        if !deals.is_empty() {
+            deal::Entity::insert_many(deals).exec(&*tx).await?;
+            attribution::Entity::insert_many(attributions).exec(&*tx).await?;
+        }
+        tx.commit().await?;
+        next = end;
+    }
+    let partner_id = partner_ids[partner_ids.len() / 2].clone();
+    let key = create_key(db, "bench partner", ApiKeyRole::Partner, Some(&partner_id), &[])
+        .await
+        .map_err(ApiError::into_anyhow)?;
+    let admin = create_key(db, "bench admin", ApiKeyRole::Admin, None, &[])
+        .await
+        .map_err(ApiError::into_anyhow)?;
+    Ok(BenchSeed {
+        program_id,
+        partner_id,
+        partner_token: key.token,
+        admin_token: admin.token,
+    })
+}

@@ -1,0 +1,115 @@
+//! Configuration: defaults < optional `tandem.toml` < `TANDEM_*` environment < command-line flags,
+//! merged with figment and validated once at start.
+
+use std::net::SocketAddr;
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use serde::{Deserialize, Serialize};
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The hub's configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Config {
+    /// `sqlite://…` or `postgres://…` (`TANDEM_DATABASE_URL`).
+    pub database_url: String,
+    /// Listen address (`TANDEM_BIND`).
+    pub bind: String,
+    /// tracing filter (`TANDEM_LOG`).
+    pub log: String,
+    /// `pretty` or `json` (`TANDEM_LOG_FORMAT`).
+    pub log_format: LogFormat,
+    /// Base URL clients reach this hub at (`TANDEM_PUBLIC_URL`); defaults from the bind address.
+    pub public_url: Option<String>,
+    /// Maximum number of pooled database connections.
+    pub database_max_connections: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            database_url: "sqlite://./tandem.db".to_string(),
+            bind: "127.0.0.1:8080".to_string(),
+            log: "info,sqlx=warn,sea_orm=warn".to_string(),
+            log_format: LogFormat::Pretty,
+            public_url: None,
+            database_max_connections: 8,
+        }
+    }
+}
+
+/// Values given on the command line; they override everything else.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct FlagOverrides {
+    /// `--database-url`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+    /// `--bind`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bind: Option<String>,
+}
+
+impl Config {
+    /// Loads the layered configuration from `tandem.toml` (if present in the working
+    /// directory, or at `TANDEM_CONFIG`), the environment and the flags.
+    pub fn load(flags: &FlagOverrides) -> Result<Config, figment::Error> {
+        let file = std::env::var("TANDEM_CONFIG").unwrap_or_else(|_| "tandem.toml".to_string());
+        let config: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::file(file))
+            .merge(Env::prefixed("TANDEM_").only(&[
+                "database_url",
+                "bind",
+                "log",
+                "log_format",
+                "public_url",
+                "database_max_connections",
+            ]))
+            .merge(Serialized::defaults(flags))
+            .extract()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), figment::Error> {
+        if !(self.database_url.starts_with("sqlite:")
+            || self.database_url.starts_with("postgres://")
+            || self.database_url.starts_with("postgresql://"))
+        {
+            return Err(figment::Error::from(
+                "database_url must start with sqlite: or postgres://".to_string(),
+            ));
+        }
+        if self.bind.parse::<SocketAddr>().is_err() {
+            return Err(figment::Error::from(format!(
+                "bind must be an address such as 127.0.0.1:8080, got {:?}",
+                self.bind
+            )));
+        }
+        if self.database_max_connections == 0 {
+            return Err(figment::Error::from(
+                "database_max_connections must be at least 1".to_string(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The public base URL, derived from the bind address when not configured.
+    pub fn public_base_url(&self, bound: SocketAddr) -> String {
+        match &self.public_url {
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None => format!("http://{bound}"),
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! Entity for the `deals` table.
+
+use sea_orm::entity::prelude::*;
+
+/// One row of `deals`.
+#[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+#[sea_orm(table_name = "deals")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: String,
+    pub program_id: String,
+    pub source_id: String,
+    pub external_id: String,
+    pub name: String,
+    pub amount: String,
+    pub currency: String,
+    pub status: String,
+    pub stage: Option<String>,
+    pub closed_at: Option<DateTimeUtc>,
+    pub created_at: DateTimeUtc,
+    pub updated_at: DateTimeUtc,
+    pub company_domain: Option<String>,
+    pub contact_emails: Json,
+    pub referral_code: Option<String>,
+    pub deleted: bool,
+    pub first_seen_at: DateTimeUtc,
+    pub last_applied_at: DateTimeUtc,
+}
+
+/// No relations are declared: joins are written explicitly where they are needed.
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

@@ -1,0 +1,28 @@
+//! Entity for the `ledger_entries` table.
+
+use sea_orm::entity::prelude::*;
+
+/// One row of `ledger_entries`.
+#[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+#[sea_orm(table_name = "ledger_entries")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: String,
+    pub partner_id: String,
+    pub program_id: String,
+    pub deal_id: Option<String>,
+    pub payout_id: Option<String>,
+    pub kind: String,
+    pub amount: String,
+    pub currency: String,
+    pub status: String,
+    pub created_at: DateTimeUtc,
+    pub available_at: DateTimeUtc,
+    pub updated_at: DateTimeUtc,
+}
+
+/// No relations are declared: joins are written explicitly where they are needed.
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

@@ -1,0 +1,14 @@
+//! sea-orm entities, one file per table. Column meanings are documented in the migration.
+#![allow(missing_docs)]
+
+pub mod api_key;
+pub mod attribution;
+pub mod deal;
+pub mod event;
+pub mod exchange_rate;
+pub mod job_run;
+pub mod ledger_entry;
+pub mod partner;
+pub mod payout;
+pub mod program;
+pub mod referral;

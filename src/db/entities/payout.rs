@@ -1,0 +1,25 @@
+//! Entity for the `payouts` table.
+
+use sea_orm::entity::prelude::*;
+
+/// One row of `payouts`.
+#[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+#[sea_orm(table_name = "payouts")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: String,
+    pub partner_id: String,
+    pub program_id: String,
+    pub currency: String,
+    pub total: String,
+    pub status: String,
+    pub reference: Option<String>,
+    pub created_at: DateTimeUtc,
+    pub paid_at: Option<DateTimeUtc>,
+}
+
+/// No relations are declared: joins are written explicitly where they are needed.
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

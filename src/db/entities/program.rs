@@ -1,0 +1,31 @@
+//! Entity for the `programs` table.
+
+use sea_orm::entity::prelude::*;
+
+/// One row of `programs`.
+#[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+#[sea_orm(table_name = "programs")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: String,
+    pub name: String,
+    pub kind: String,
+    pub currency: String,
+    pub commission_type: String,
+    pub commission_rate: Option<String>,
+    pub commission_flat_amount: Option<String>,
+    pub commission_tiers: Json,
+    pub cap_per_deal: Option<String>,
+    pub min_deal_amount: Option<String>,
+    pub attribution_window_days: i32,
+    pub hold_days: i32,
+    pub clawback_days: i32,
+    pub created_at: DateTimeUtc,
+    pub updated_at: DateTimeUtc,
+}
+
+/// No relations are declared: joins are written explicitly where they are needed.
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

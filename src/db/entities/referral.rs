@@ -1,0 +1,28 @@
+//! Entity for the `referrals` table.
+
+use sea_orm::entity::prelude::*;
+
+/// One row of `referrals`.
+#[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+#[sea_orm(table_name = "referrals")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: String,
+    pub program_id: String,
+    pub partner_id: String,
+    pub company_name: String,
+    pub company_domain: Option<String>,
+    pub contact_name: Option<String>,
+    pub contact_email: Option<String>,
+    pub notes: Option<String>,
+    pub status: String,
+    pub duplicate_of_id: Option<String>,
+    pub submitted_at: DateTimeUtc,
+    pub updated_at: DateTimeUtc,
+}
+
+/// No relations are declared: joins are written explicitly where they are needed.
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

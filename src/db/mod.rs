@@ -1,0 +1,153 @@
+//! Database access: connecting (SQLite or PostgreSQL), migrating, counting statements, and
+//! serialising writers on SQLite.
+
+pub mod entities;
+pub mod pages;
+
+use std::{
+    str::FromStr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use sea_orm::{
+    ConnectionTrait, DatabaseBackend, DatabaseConnection, DatabaseTransaction, DbErr,
+    SqlxPostgresConnector, SqlxSqliteConnector, Statement, TransactionTrait,
+    sqlx::{
+        postgres::PgPoolOptions,
+        sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+    },
+};
+use tandem_migrations::MigratorTrait;
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+/// A shared handle on the database.
+#[derive(Clone)]
+pub struct Db {
+    /// The sea-orm connection pool.
+    pub conn: DatabaseConnection,
+    /// SQLite allows one writer at a time: writers queue here instead of failing with
+    /// `SQLITE_BUSY`. `None` on PostgreSQL.
+    write_lock: Option<Arc<Mutex<()>>>,
+    statements: Arc<AtomicU64>,
+}
+
+/// A write transaction; on SQLite it also holds the writer lock until dropped.
+pub struct WriteTx {
+    /// The open transaction.
+    pub tx: DatabaseTransaction,
+    _guard: Option<OwnedMutexGuard<()>>,
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = DatabaseTransaction;
+    fn deref(&self) -> &DatabaseTransaction {
+        &self.tx
+    }
+}
+
+impl WriteTx {
+    /// Commits the transaction, then releases the writer lock.
+    pub async fn commit(self) -> Result<(), DbErr> {
+        self.tx.commit().await
+    }
+}
+
+impl Db {
+    /// Connects to `url` (`sqlite:…` or `postgres://…`). SQLite files are created when missing
+    /// and put in WAL mode.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Db, DbErr> {
+        let statements = Arc::new(AtomicU64::new(0));
+        let (mut conn, write_lock) = if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)
+                .map_err(|e| DbErr::Custom(format!("invalid SQLite URL: {e}")))?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full)
+                .foreign_keys(true)
+                .busy_timeout(Duration::from_secs(10));
+            let pool = SqlitePoolOptions::new()
+                .max_connections(max_connections)
+                .min_connections(1)
+                .connect_with(options)
+                .await
+                .map_err(|e| DbErr::Conn(sea_orm::RuntimeErr::Internal(e.to_string())))?;
+            (
+                SqlxSqliteConnector::from_sqlx_sqlite_pool(pool),
+                Some(Arc::new(Mutex::new(()))),
+            )
+        } else {
+            let pool = PgPoolOptions::new()
+                .max_connections(max_connections)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect(url)
+                .await
+                .map_err(|e| DbErr::Conn(sea_orm::RuntimeErr::Internal(e.to_string())))?;
+            (SqlxPostgresConnector::from_sqlx_postgres_pool(pool), None)
+        };
+        let counter = statements.clone();
+        conn.set_metric_callback(move |_info| {
+            counter.fetch_add(1, Ordering::Relaxed);
+        });
+        Ok(Db {
+            conn,
+            write_lock,
+            statements,
+        })
+    }
+
+    /// Applies every pending migration.
+    pub async fn migrate(&self) -> Result<(), DbErr> {
+        tandem_migrations::Migrator::up(&self.conn, None).await
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> DatabaseBackend {
+        self.conn.get_database_backend()
+    }
+
+    /// Whether this is PostgreSQL (for statements that differ, such as advisory locks).
+    pub fn is_postgres(&self) -> bool {
+        self.backend() == DatabaseBackend::Postgres
+    }
+
+    /// Total SQL statements executed since start (exported as a metric; tests use it to check
+    /// that a query's statement count does not grow with page size).
+    pub fn statement_count(&self) -> u64 {
+        self.statements.load(Ordering::Relaxed)
+    }
+
+    /// Begins a write transaction.
+    pub async fn begin_write(&self) -> Result<WriteTx, DbErr> {
+        let guard = match &self.write_lock {
+            Some(lock) => Some(lock.clone().lock_owned().await),
+            None => None,
+        };
+        let tx = self.conn.begin().await?;
+        Ok(WriteTx { tx, _guard: guard })
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<(), DbErr> {
+        self.conn
+            .execute_raw(Statement::from_string(self.backend(), "SELECT 1"))
+            .await
+            .map(|_| ())
+    }
+
+    /// Placeholder for the n-th (1-based) bound value in raw SQL.
+    pub fn placeholder(&self, n: usize) -> String {
+        match self.backend() {
+            DatabaseBackend::Postgres => format!("${n}"),
+            _ => "?".to_string(),
+        }
+    }
+
+    /// Closes the pool.
+    pub async fn close(self) -> Result<(), DbErr> {
+        self.conn.close().await
+    }
+}

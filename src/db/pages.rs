@@ -1,0 +1,178 @@
+//! Keyset pagination: one page of a list, and one page of children for many parents in a
+//! single statement (window function), so nested lists cost a constant number of queries.
+
+use std::collections::HashMap;
+
+use sea_orm::{ConnectionTrait, DbErr, FromQueryResult, Statement, Value};
+
+use crate::{
+    db::Db,
+    domain::ids::decode_cursor,
+    error::{ApiError, ApiResult},
+};
+
+/// The default page size.
+pub const DEFAULT_PAGE_SIZE: u64 = 20;
+/// The largest page a client may ask for.
+pub const MAX_PAGE_SIZE: u64 = 100;
+
+/// Validated `(first, after)` arguments: `after` is the decoded keyset position (an id).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PageArgs {
+    /// How many items.
+    pub first: u64,
+    /// Items strictly beyond this id.
+    pub after: Option<String>,
+}
+
+impl PageArgs {
+    /// Validates client arguments.
+    pub fn parse(first: Option<i32>, after: Option<String>) -> ApiResult<PageArgs> {
+        let first = match first {
+            None => DEFAULT_PAGE_SIZE,
+            Some(n) if (0..=MAX_PAGE_SIZE as i32).contains(&n) => n as u64,
+            Some(_) => {
+                return Err(ApiError::bad_input(
+                    "first",
+                    format!("must be between 0 and {MAX_PAGE_SIZE}"),
+                ));
+            }
+        };
+        let after = match after {
+            None => None,
+            Some(cursor) => Some(
+                decode_cursor(&cursor)
+                    .ok_or_else(|| ApiError::bad_input("after", "is not a cursor from this API"))?,
+            ),
+        };
+        Ok(PageArgs { first, after })
+    }
+}
+
+/// Sort direction by id (ids are time-ordered, so this is creation order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Oldest first.
+    Ascending,
+    /// Newest first.
+    Descending,
+}
+
+/// One page of items and whether more follow.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    /// The items, at most `first`.
+    pub items: Vec<T>,
+    /// Whether items follow the last one.
+    pub has_next: bool,
+}
+
+impl<T> Page<T> {
+    /// Builds a page from up to `first + 1` fetched rows.
+    pub fn from_overfetch(mut rows: Vec<T>, first: u64) -> Page<T> {
+        let has_next = rows.len() as u64 > first;
+        rows.truncate(first as usize);
+        Page {
+            items: rows,
+            has_next,
+        }
+    }
+}
+
+/// Describes a child list: `from` is a FROM clause whose item rows are aliased `t`, and
+/// `parent` the expression naming each row's parent.
+pub struct ChildList {
+    /// FROM clause, e.g. `referrals t`.
+    pub from: &'static str,
+    /// Parent expression, e.g. `t.partner_id`.
+    pub parent: &'static str,
+    /// Sort order.
+    pub direction: Direction,
+}
+
+/// Loads one page of children for each parent in one statement.
+pub async fn child_pages<M: FromQueryResult>(
+    db: &Db,
+    list: &ChildList,
+    parents: &[String],
+    args: &PageArgs,
+) -> Result<HashMap<String, Page<M>>, DbErr> {
+    let mut result: HashMap<String, Vec<M>> = HashMap::new();
+    if parents.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let mut values: Vec<Value> = Vec::new();
+    let mut placeholders = Vec::new();
+    for parent in parents {
+        values.push(parent.clone().into());
+        placeholders.push(db.placeholder(values.len()));
+    }
+    let (order, cmp) = match list.direction {
+        Direction::Ascending => ("ASC", ">"),
+        Direction::Descending => ("DESC", "<"),
+    };
+    let mut cursor_clause = String::new();
+    if let Some(after) = &args.after {
+        values.push(after.clone().into());
+        cursor_clause = format!(" AND t.id {cmp} {}", db.placeholder(values.len()));
+    }
+    values.push(((args.first + 1) as i64).into());
+    let limit = db.placeholder(values.len());
+    let sql = format!(
+        "SELECT * FROM (SELECT t.*, {parent} AS tandem_parent, \
+         ROW_NUMBER() OVER (PARTITION BY {parent} ORDER BY t.id {order}) AS tandem_rn \
+         FROM {from} WHERE {parent} IN ({ins}){cursor_clause}) sub \
+         WHERE tandem_rn <= {limit} ORDER BY tandem_parent, tandem_rn",
+        parent = list.parent,
+        from = list.from,
+        ins = placeholders.join(", "),
+    );
+    let rows = db
+        .conn
+        .query_all_raw(Statement::from_sql_and_values(db.backend(), sql, values))
+        .await?;
+    for row in rows {
+        let parent: String = row.try_get("", "tandem_parent")?;
+        let model = M::from_query_result(&row, "")?;
+        result.entry(parent).or_default().push(model);
+    }
+    Ok(result
+        .into_iter()
+        .map(|(parent, rows)| (parent, Page::from_overfetch(rows, args.first)))
+        .collect())
+}
+
+/// Counts children per parent in one statement.
+pub async fn child_counts(
+    db: &Db,
+    list: &ChildList,
+    parents: &[String],
+) -> Result<HashMap<String, i64>, DbErr> {
+    if parents.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let mut values: Vec<Value> = Vec::new();
+    let mut placeholders = Vec::new();
+    for parent in parents {
+        values.push(parent.clone().into());
+        placeholders.push(db.placeholder(values.len()));
+    }
+    let sql = format!(
+        "SELECT {parent} AS tandem_parent, COUNT(*) AS tandem_count FROM {from} \
+         WHERE {parent} IN ({ins}) GROUP BY {parent}",
+        parent = list.parent,
+        from = list.from,
+        ins = placeholders.join(", "),
+    );
+    let rows = db
+        .conn
+        .query_all_raw(Statement::from_sql_and_values(db.backend(), sql, values))
+        .await?;
+    let mut counts = HashMap::new();
+    for row in rows {
+        let parent: String = row.try_get("", "tandem_parent")?;
+        let count: i64 = row.try_get("", "tandem_count")?;
+        counts.insert(parent, count);
+    }
+    Ok(counts)
+}

@@ -1,0 +1,316 @@
+//! API keys and principals: who is calling, and what they may see.
+//!
+//! Tokens are `tdm_` + 43 random base62 characters (~256 bits). Only their SHA-256 hash is
+//! stored; the token itself is shown once, when the key is created.
+
+use chrono::Utc;
+use rand::{Rng, distr::Alphanumeric};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
+use sha2::{Digest, Sha256};
+
+use crate::{
+    db::{
+        Db,
+        entities::{api_key, partner},
+    },
+    domain::ids::new_id,
+    error::{ApiError, ApiResult},
+};
+
+/// The role of an API key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, async_graphql::Enum)]
+pub enum ApiKeyRole {
+    /// Program manager: everything.
+    Admin,
+    /// Bound to one partner: sees and acts on its own data only.
+    Partner,
+    /// Technology-integration partner: manages its webhook endpoints and reads events.
+    Integration,
+}
+
+impl ApiKeyRole {
+    /// Database form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiKeyRole::Admin => "ADMIN",
+            ApiKeyRole::Partner => "PARTNER",
+            ApiKeyRole::Integration => "INTEGRATION",
+        }
+    }
+
+    /// Parses the database form.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ADMIN" => Some(ApiKeyRole::Admin),
+            "PARTNER" => Some(ApiKeyRole::Partner),
+            "INTEGRATION" => Some(ApiKeyRole::Integration),
+            _ => None,
+        }
+    }
+}
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// A program manager.
+    Admin {
+        /// The key used.
+        key_id: String,
+    },
+    /// A partner, limited to its own data.
+    Partner {
+        /// The key used.
+        key_id: String,
+        /// The partner the key is bound to.
+        partner_id: String,
+        /// That partner's program.
+        program_id: String,
+    },
+    /// A technology-integration partner.
+    Integration {
+        /// The key used.
+        key_id: String,
+        /// The programs whose events the key may read.
+        program_ids: Vec<String>,
+    },
+}
+
+impl Principal {
+    /// The role behind this principal.
+    pub fn role(&self) -> ApiKeyRole {
+        match self {
+            Principal::Admin { .. } => ApiKeyRole::Admin,
+            Principal::Partner { .. } => ApiKeyRole::Partner,
+            Principal::Integration { .. } => ApiKeyRole::Integration,
+        }
+    }
+
+    /// The partner a partner key is bound to; `None` for other roles.
+    pub fn partner_scope(&self) -> Option<&str> {
+        match self {
+            Principal::Partner { partner_id, .. } => Some(partner_id),
+            _ => None,
+        }
+    }
+
+    /// Fails with `FORBIDDEN` unless this is an admin.
+    pub fn require_admin(&self) -> ApiResult<()> {
+        match self {
+            Principal::Admin { .. } => Ok(()),
+            _ => Err(ApiError::Forbidden(
+                "this operation requires an admin key".to_string(),
+            )),
+        }
+    }
+
+    /// Fails with `FORBIDDEN` for integration keys, which read no partner data.
+    pub fn require_admin_or_partner(&self) -> ApiResult<()> {
+        match self {
+            Principal::Integration { .. } => Err(ApiError::Forbidden(
+                "integration keys cannot read partner program data".to_string(),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// SHA-256 of a token, hex-encoded: what is stored and looked up.
+pub fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// A new random token.
+pub fn generate_token() -> String {
+    let random: String = rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(43)
+        .map(char::from)
+        .collect();
+    format!("tdm_{random}")
+}
+
+/// A key just created, with its token (the only time the token is available).
+pub struct CreatedKey {
+    /// The stored key.
+    pub key: api_key::Model,
+    /// The token to hand to its holder.
+    pub token: String,
+}
+
+/// Creates an API key. Partner keys must name an existing partner; other roles must not.
+pub async fn create_key(
+    db: &Db,
+    name: &str,
+    role: ApiKeyRole,
+    partner_id: Option<&str>,
+    program_ids: &[String],
+) -> ApiResult<CreatedKey> {
+    let name = name.trim();
+    if name.is_empty() || name.len() > 200 {
+        return Err(ApiError::bad_input(
+            "input.name",
+            "name must be 1 to 200 characters",
+        ));
+    }
+    match (role, partner_id) {
+        (ApiKeyRole::Partner, None) => {
+            return Err(ApiError::bad_input(
+                "input.partnerId",
+                "a PARTNER key needs partnerId",
+            ));
+        }
+        (ApiKeyRole::Partner, Some(id)) => {
+            let found = partner::Entity::find_by_id(id.to_string())
+                .one(&db.conn)
+                .await?;
+            if found.is_none() {
+                return Err(ApiError::bad_input(
+                    "input.partnerId",
+                    "no partner has this id",
+                ));
+            }
+        }
+        (_, Some(_)) => {
+            return Err(ApiError::bad_input(
+                "input.partnerId",
+                "only PARTNER keys are bound to a partner",
+            ));
+        }
+        (_, None) => {}
+    }
+    match (role, program_ids.is_empty()) {
+        (ApiKeyRole::Integration, true) => {
+            return Err(ApiError::bad_input(
+                "input.programIds",
+                "an INTEGRATION key needs the programs it may read (programIds)",
+            ));
+        }
+        (ApiKeyRole::Integration, false) => {
+            for (i, id) in program_ids.iter().enumerate() {
+                let found = crate::db::entities::program::Entity::find_by_id(id.clone())
+                    .one(&db.conn)
+                    .await?;
+                if found.is_none() {
+                    return Err(ApiError::bad_input(
+                        format!("input.programIds[{i}]"),
+                        "no program has this id",
+                    ));
+                }
+            }
+        }
+        (_, false) => {
+            return Err(ApiError::bad_input(
+                "input.programIds",
+                "only INTEGRATION keys are granted programs",
+            ));
+        }
+        (_, true) => {}
+    }
+    let token = generate_token();
+    let now = Utc::now();
+    let key = api_key::ActiveModel {
+        id: Set(new_id()),
+        name: Set(name.to_string()),
+        role: Set(role.as_str().to_string()),
+        partner_id: Set(partner_id.map(str::to_string)),
+        program_ids: Set((!program_ids.is_empty()).then(|| serde_json::json!(program_ids))),
+        token_hash: Set(hash_token(&token)),
+        token_prefix: Set(token.chars().take(12).collect()),
+        created_at: Set(now),
+        revoked_at: Set(None),
+        last_used_at: Set(None),
+    }
+    .insert(&db.conn)
+    .await?;
+    Ok(CreatedKey { key, token })
+}
+
+/// Resolves a bearer token to its principal. Unknown, malformed and revoked tokens are all
+/// `UNAUTHENTICATED`, and indistinguishable from each other.
+pub async fn authenticate(db: &Db, token: &str) -> ApiResult<Principal> {
+    if !token.starts_with("tdm_") || token.len() > 128 {
+        return Err(ApiError::Unauthenticated);
+    }
+    let key = api_key::Entity::find()
+        .filter(api_key::Column::TokenHash.eq(hash_token(token)))
+        .filter(api_key::Column::RevokedAt.is_null())
+        .one(&db.conn)
+        .await?
+        .ok_or(ApiError::Unauthenticated)?;
+    principal_for_key(db, key).await
+}
+
+async fn principal_for_key(db: &Db, key: api_key::Model) -> ApiResult<Principal> {
+    let role = ApiKeyRole::parse(&key.role)
+        .ok_or_else(|| ApiError::Internal(format!("api key {} has role {}", key.id, key.role)))?;
+    Ok(match role {
+        ApiKeyRole::Admin => Principal::Admin { key_id: key.id },
+        ApiKeyRole::Integration => Principal::Integration {
+            program_ids: key
+                .program_ids
+                .and_then(|v| serde_json::from_value(v).ok())
+                .unwrap_or_default(),
+            key_id: key.id,
+        },
+        ApiKeyRole::Partner => {
+            let partner_id = key.partner_id.ok_or(ApiError::Unauthenticated)?;
+            let partner = partner::Entity::find_by_id(partner_id.clone())
+                .one(&db.conn)
+                .await?
+                .ok_or(ApiError::Unauthenticated)?;
+            Principal::Partner {
+                key_id: key.id,
+                partner_id,
+                program_id: partner.program_id,
+            }
+        }
+    })
+}
+
+/// Whether any admin key that is not revoked exists (the server creates one on first start).
+pub async fn has_admin_key(db: &Db) -> ApiResult<bool> {
+    Ok(api_key::Entity::find()
+        .filter(api_key::Column::Role.eq(ApiKeyRole::Admin.as_str()))
+        .filter(api_key::Column::RevokedAt.is_null())
+        .one(&db.conn)
+        .await?
+        .is_some())
+}
+
+/// Revokes a key. Partner keys may revoke keys bound to their own partner.
+pub async fn revoke_key(db: &Db, principal: &Principal, id: &str) -> ApiResult<api_key::Model> {
+    let key = api_key::Entity::find_by_id(id.to_string())
+        .one(&db.conn)
+        .await?
+        .ok_or(ApiError::NotFound("api key"))?;
+    let allowed = match principal {
+        Principal::Admin { .. } => true,
+        Principal::Partner { partner_id, .. } => key.partner_id.as_deref() == Some(partner_id),
+        Principal::Integration { key_id, .. } => key_id == &key.id,
+    };
+    if !allowed {
+        return Err(ApiError::NotFound("api key"));
+    }
+    if key.revoked_at.is_some() {
+        return Ok(key);
+    }
+    let mut active: api_key::ActiveModel = key.into();
+    active.revoked_at = Set(Some(Utc::now()));
+    Ok(active.update(&db.conn).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_prefixed_random_and_hashed() {
+        let a = generate_token();
+        let b = generate_token();
+        assert!(a.starts_with("tdm_"));
+        assert_eq!(a.len(), 47);
+        assert_ne!(a, b);
+        assert_eq!(hash_token(&a).len(), 64);
+        assert_ne!(hash_token(&a), hash_token(&b));
+    }
+}

@@ -1,0 +1,167 @@
+//! The event outbox: every state change writes its event in the same transaction, and
+//! readers page through events in commit order.
+
+use chrono::Utc;
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+};
+use serde_json::{Value, json};
+
+use crate::{
+    db::{Db, entities::event},
+    domain::{auth::Principal, ids::new_id},
+    error::ApiResult,
+};
+
+/// The catalog of event types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    /// A partner joined a program.
+    PartnerCreated,
+    /// A partner's status or details changed.
+    PartnerUpdated,
+    /// A partner (or an admin on its behalf) registered a referral.
+    ReferralSubmitted,
+    /// An admin (or a won deal) changed a referral's status.
+    ReferralStatusChanged,
+    /// A deal was attributed to a partner.
+    DealAttributed,
+    /// An attributed deal was won.
+    DealWon,
+    /// An attributed deal was lost or deleted.
+    DealLost,
+    /// Commission accrued to a partner.
+    CommissionAccrued,
+    /// Commission was reversed.
+    CommissionReversed,
+    /// A payout was created.
+    PayoutCreated,
+    /// A payout was marked paid.
+    PayoutPaid,
+}
+
+impl EventType {
+    /// Every event type.
+    pub const ALL: [EventType; 11] = [
+        EventType::PartnerCreated,
+        EventType::PartnerUpdated,
+        EventType::ReferralSubmitted,
+        EventType::ReferralStatusChanged,
+        EventType::DealAttributed,
+        EventType::DealWon,
+        EventType::DealLost,
+        EventType::CommissionAccrued,
+        EventType::CommissionReversed,
+        EventType::PayoutCreated,
+        EventType::PayoutPaid,
+    ];
+
+    /// The wire name, such as `partner.created`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::PartnerCreated => "partner.created",
+            EventType::PartnerUpdated => "partner.updated",
+            EventType::ReferralSubmitted => "referral.submitted",
+            EventType::ReferralStatusChanged => "referral.status_changed",
+            EventType::DealAttributed => "deal.attributed",
+            EventType::DealWon => "deal.won",
+            EventType::DealLost => "deal.lost",
+            EventType::CommissionAccrued => "commission.accrued",
+            EventType::CommissionReversed => "commission.reversed",
+            EventType::PayoutCreated => "payout.created",
+            EventType::PayoutPaid => "payout.paid",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(name: &str) -> Option<Self> {
+        EventType::ALL.into_iter().find(|t| t.as_str() == name)
+    }
+}
+
+/// Appends an event inside the caller's transaction. `data` is an object; `programId` and
+/// (when given) `partnerId` are added to it, since they scope the event to keys.
+pub async fn record(
+    conn: &impl ConnectionTrait,
+    event_type: EventType,
+    program_id: &str,
+    partner_id: Option<&str>,
+    data: Value,
+) -> Result<event::Model, DbErr> {
+    let mut data = match data {
+        Value::Object(map) => map,
+        other => {
+            let mut map = serde_json::Map::new();
+            map.insert("value".into(), other);
+            map
+        }
+    };
+    data.insert("programId".into(), json!(program_id));
+    if let Some(partner_id) = partner_id {
+        data.insert("partnerId".into(), json!(partner_id));
+    }
+    event::ActiveModel {
+        id: Set(format!("evt_{}", new_id().replace('-', ""))),
+        event_type: Set(event_type.as_str().to_string()),
+        program_id: Set(program_id.to_string()),
+        partner_id: Set(partner_id.map(str::to_string)),
+        data: Set(Value::Object(data)),
+        created_at: Set(Utc::now()),
+        ..Default::default()
+    }
+    .insert(conn)
+    .await
+}
+
+fn scoped_events(
+    principal: &Principal,
+    after_seq: Option<i64>,
+    types: Option<&[String]>,
+) -> sea_orm::Select<event::Entity> {
+    let mut query = event::Entity::find();
+    match principal {
+        Principal::Admin { .. } => {}
+        Principal::Partner { partner_id, .. } => {
+            query = query.filter(event::Column::PartnerId.eq(partner_id.as_str()));
+        }
+        Principal::Integration { program_ids, .. } => {
+            query = query.filter(event::Column::ProgramId.is_in(program_ids.iter().cloned()));
+        }
+    }
+    if let Some(after) = after_seq {
+        query = query.filter(event::Column::Seq.gt(after));
+    }
+    if let Some(types) = types {
+        query = query.filter(event::Column::EventType.is_in(types.iter().cloned()));
+    }
+    query
+}
+
+/// Lists events after `after_seq`, oldest first, visible to `principal`, optionally limited to
+/// some types. Returns up to `limit + 1` rows so the caller can tell whether more follow.
+pub async fn list_events(
+    db: &Db,
+    principal: &Principal,
+    after_seq: Option<i64>,
+    types: Option<&[String]>,
+    limit: u64,
+) -> ApiResult<Vec<event::Model>> {
+    Ok(scoped_events(principal, after_seq, types)
+        .order_by_asc(event::Column::Seq)
+        .limit(limit + 1)
+        .all(&db.conn)
+        .await?)
+}
+
+/// Counts the events [`list_events`] would page through.
+pub async fn count_events(
+    db: &Db,
+    principal: &Principal,
+    after_seq: Option<i64>,
+    types: Option<&[String]>,
+) -> Result<u64, DbErr> {
+    scoped_events(principal, after_seq, types)
+        .count(&db.conn)
+        .await
+}

@@ -1,0 +1,10 @@
+//! Domain rules shared by GraphQL, webhooks and jobs: who may do what, how identifiers are
+//! normalised, and how programs, partners and referrals change (with their events).
+
+pub mod auth;
+pub mod events;
+pub mod ids;
+pub mod normalize;
+pub mod partners;
+pub mod programs;
+pub mod referrals;

@@ -1,0 +1,163 @@
+//! Normalisation and validation of the identifiers partners type in: company domains, emails,
+//! currency codes.
+
+/// Mail providers whose domains never identify a company.
+const FREE_MAIL_DOMAINS: &[&str] = &[
+    "gmail.com",
+    "googlemail.com",
+    "outlook.com",
+    "hotmail.com",
+    "hotmail.co.uk",
+    "live.com",
+    "msn.com",
+    "yahoo.com",
+    "yahoo.co.uk",
+    "ymail.com",
+    "icloud.com",
+    "me.com",
+    "mac.com",
+    "aol.com",
+    "proton.me",
+    "protonmail.com",
+    "pm.me",
+    "gmx.com",
+    "gmx.de",
+    "gmx.net",
+    "web.de",
+    "mail.com",
+    "yandex.com",
+    "yandex.ru",
+    "zoho.com",
+    "fastmail.com",
+    "tutanota.com",
+    "hey.com",
+    "qq.com",
+    "163.com",
+];
+
+/// Whether `domain` (already normalised) belongs to a free-mail provider.
+pub fn is_free_mail(domain: &str) -> bool {
+    FREE_MAIL_DOMAINS.contains(&domain)
+}
+
+/// Normalises a company domain: lower case, no scheme, no `www.`, no path, query or port.
+/// Returns `None` when what is left is not a plausible domain name.
+pub fn normalize_domain(input: &str) -> Option<String> {
+    let mut s = input.trim().to_ascii_lowercase();
+    for scheme in ["https://", "http://"] {
+        if let Some(rest) = s.strip_prefix(scheme) {
+            s = rest.to_string();
+        }
+    }
+    let end = s.find(['/', '?', '#']).unwrap_or(s.len());
+    s.truncate(end);
+    if let Some(colon) = s.rfind(':') {
+        if s[colon + 1..].chars().all(|c| c.is_ascii_digit()) {
+            s.truncate(colon);
+        }
+    }
+    let s = s.trim_end_matches('.');
+    let s = s.strip_prefix("www.").unwrap_or(s);
+    is_valid_domain(s).then(|| s.to_string())
+}
+
+fn is_valid_domain(s: &str) -> bool {
+    if s.len() > 253 || !s.contains('.') {
+        return false;
+    }
+    let labels: Vec<&str> = s.split('.').collect();
+    let valid_labels = labels.iter().all(|label| {
+        !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    });
+    let tld = labels.last().copied().unwrap_or_default();
+    valid_labels && tld.len() >= 2 && tld.chars().all(|c| c.is_ascii_alphabetic() || c == '-')
+}
+
+/// Normalises an email address (trimmed, lower case) and checks its shape.
+pub fn normalize_email(input: &str) -> Option<String> {
+    let s = input.trim().to_ascii_lowercase();
+    let (local, domain) = s.rsplit_once('@')?;
+    let local_ok = !local.is_empty()
+        && local.len() <= 64
+        && !local.contains(char::is_whitespace)
+        && !local.contains('@');
+    (local_ok && is_valid_domain(domain)).then_some(s)
+}
+
+/// The domain part of a normalised email.
+pub fn email_domain(email: &str) -> Option<&str> {
+    email.rsplit_once('@').map(|(_, d)| d)
+}
+
+/// The company domain a normalised domain stands for: `None` for free-mail providers.
+pub fn company_domain(domain: Option<String>) -> Option<String> {
+    domain.filter(|d| !is_free_mail(d))
+}
+
+/// Active ISO 4217 currency codes.
+const ISO_4217: &str = "AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD BND BOB BRL \
+BSD BTN BWP BYN BZD CAD CDF CHF CLP CNY COP CRC CUP CVE CZK DJF DKK DOP DZD EGP ERN ETB EUR FJD FKP \
+GBP GEL GHS GIP GMD GNF GTQ GYD HKD HNL HTG HUF IDR ILS INR IQD IRR ISK JMD JOD JPY KES KGS KHR KMF \
+KPW KRW KWD KYD KZT LAK LBP LKR LRD LSL LYD MAD MDL MGA MKD MMK MNT MOP MRU MUR MVR MWK MXN MYR MZN \
+NAD NGN NIO NOK NPR NZD OMR PAB PEN PGK PHP PKR PLN PYG QAR RON RSD RUB RWF SAR SBD SCR SDG SEK SGD \
+SHP SLE SOS SRD SSP STN SVC SYP SZL THB TJS TMT TND TOP TRY TTD TWD TZS UAH UGX USD UYU UZS VES VND \
+VUV WST XAF XCD XCG XOF XPF YER ZAR ZMW ZWG";
+
+/// Normalises a currency code (upper case) and checks it is an active ISO 4217 code.
+pub fn normalize_currency(input: &str) -> Option<String> {
+    let code = input.trim().to_ascii_uppercase();
+    (code.len() == 3 && ISO_4217.split_whitespace().any(|c| c == code)).then_some(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domains_are_normalised() {
+        assert_eq!(
+            normalize_domain(" HTTPS://www.Acme.com/pricing?x=1 ").as_deref(),
+            Some("acme.com")
+        );
+        assert_eq!(normalize_domain("acme.co.uk:443").as_deref(), Some("acme.co.uk"));
+        assert_eq!(normalize_domain("sub.acme.io.").as_deref(), Some("sub.acme.io"));
+        assert_eq!(normalize_domain("not a domain"), None);
+        assert_eq!(normalize_domain("localhost"), None);
+        assert_eq!(normalize_domain("a@b.com"), None);
+        assert_eq!(normalize_domain(""), None);
+    }
+
+    #[test]
+    fn emails_are_normalised() {
+        assert_eq!(
+            normalize_email(" Jane.Doe@Acme.COM ").as_deref(),
+            Some("jane.doe@acme.com")
+        );
+        assert_eq!(normalize_email("jane"), None);
+        assert_eq!(normalize_email("@acme.com"), None);
+        assert_eq!(normalize_email("jane@acme"), None);
+    }
+
+    #[test]
+    fn free_mail_is_not_a_company_domain() {
+        assert_eq!(company_domain(Some("gmail.com".into())), None);
+        assert_eq!(company_domain(Some("proton.me".into())), None);
+        assert_eq!(
+            company_domain(Some("acme.com".into())).as_deref(),
+            Some("acme.com")
+        );
+    }
+
+    #[test]
+    fn currencies_are_checked() {
+        assert_eq!(normalize_currency("eur").as_deref(), Some("EUR"));
+        assert_eq!(normalize_currency("XXX"), None);
+        assert_eq!(normalize_currency("EURO"), None);
+    }
+}

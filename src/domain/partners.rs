@@ -1,0 +1,211 @@
+//! Partners: creation with a unique referral code, status changes, scoped lookup.
+
+use async_graphql::{Enum, ID, InputObject};
+use chrono::Utc;
+use rand::Rng;
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
+use serde_json::json;
+
+use crate::{
+    db::{
+        Db,
+        entities::{partner, program},
+    },
+    domain::{
+        auth::Principal,
+        events::{self, EventType},
+        ids::{is_valid_id, new_id},
+        normalize::{normalize_domain, normalize_email},
+        programs::validated_name,
+    },
+    error::{ApiError, ApiResult},
+};
+
+/// A partner's standing in its program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+pub enum PartnerStatus {
+    /// May submit referrals and earn commission.
+    Active,
+    /// Temporarily may not submit referrals.
+    Suspended,
+    /// Permanently out; deals closed after termination earn nothing.
+    Terminated,
+}
+
+impl PartnerStatus {
+    /// Database form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PartnerStatus::Active => "ACTIVE",
+            PartnerStatus::Suspended => "SUSPENDED",
+            PartnerStatus::Terminated => "TERMINATED",
+        }
+    }
+
+    /// Parses the database form.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ACTIVE" => Some(PartnerStatus::Active),
+            "SUSPENDED" => Some(PartnerStatus::Suspended),
+            "TERMINATED" => Some(PartnerStatus::Terminated),
+            _ => None,
+        }
+    }
+}
+
+/// Input of `createPartner`.
+#[derive(Debug, Clone, InputObject)]
+pub struct CreatePartnerInput {
+    /// The program the partner joins.
+    pub program_id: ID,
+    /// Display name.
+    pub name: String,
+    /// The partner's own company domain.
+    pub domain: Option<String>,
+    /// Where the program manager reaches the partner.
+    pub contact_email: String,
+}
+
+/// Input of `updatePartnerStatus`.
+#[derive(Debug, Clone, InputObject)]
+pub struct UpdatePartnerStatusInput {
+    /// The partner.
+    pub id: ID,
+    /// The new status. `TERMINATED` is final.
+    pub status: PartnerStatus,
+}
+
+const CODE_ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+
+/// A random referral code: 8 upper-case letters and digits.
+pub fn generate_referral_code() -> String {
+    let mut rng = rand::rng();
+    (0..8)
+        .map(|_| CODE_ALPHABET[rng.random_range(0..CODE_ALPHABET.len())] as char)
+        .collect()
+}
+
+/// Creates a partner and its `partner.created` event in one transaction.
+pub async fn create_partner(db: &Db, input: CreatePartnerInput) -> ApiResult<partner::Model> {
+    let name = validated_name("input.name", &input.name)?;
+    let contact_email = normalize_email(&input.contact_email)
+        .ok_or_else(|| ApiError::bad_input("input.contactEmail", "must be an email address"))?;
+    let domain = match input.domain.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(d) => Some(
+            normalize_domain(d)
+                .ok_or_else(|| ApiError::bad_input("input.domain", "must be a domain name"))?,
+        ),
+    };
+    let program_id = input.program_id.to_string();
+    if !is_valid_id(&program_id) {
+        return Err(ApiError::bad_input("input.programId", "no program has this id"));
+    }
+    let tx = db.begin_write().await?;
+    program::Entity::find_by_id(program_id.clone())
+        .one(&*tx)
+        .await?
+        .ok_or_else(|| ApiError::bad_input("input.programId", "no program has this id"))?;
+    let mut code = generate_referral_code();
+    for _ in 0..8 {
+        let taken = partner::Entity::find()
+            .filter(partner::Column::ReferralCode.eq(code.as_str()))
+            .one(&*tx)
+            .await?
+            .is_some();
+        if !taken {
+            break;
+        }
+        code = generate_referral_code();
+    }
+    let now = Utc::now();
+    let model = partner::ActiveModel {
+        id: Set(new_id()),
+        program_id: Set(program_id.clone()),
+        name: Set(name),
+        domain: Set(domain),
+        contact_email: Set(contact_email),
+        status: Set(PartnerStatus::Active.as_str().to_string()),
+        referral_code: Set(code),
+        terminated_at: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+    }
+    .insert(&*tx)
+    .await?;
+    events::record(
+        &*tx,
+        EventType::PartnerCreated,
+        &program_id,
+        Some(&model.id),
+        json!({
+            "name": model.name,
+            "status": model.status,
+            "referralCode": model.referral_code,
+            "domain": model.domain,
+        }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(model)
+}
+
+/// Changes a partner's status and writes `partner.updated`. Terminated partners stay terminated.
+pub async fn update_partner_status(
+    db: &Db,
+    input: UpdatePartnerStatusInput,
+) -> ApiResult<partner::Model> {
+    let tx = db.begin_write().await?;
+    let existing = partner::Entity::find_by_id(input.id.to_string())
+        .one(&*tx)
+        .await?
+        .ok_or(ApiError::NotFound("partner"))?;
+    let previous = existing.status.clone();
+    if previous == input.status.as_str() {
+        return Ok(existing);
+    }
+    if previous == PartnerStatus::Terminated.as_str() {
+        return Err(ApiError::Conflict(
+            "a terminated partner cannot change status".to_string(),
+        ));
+    }
+    let now = Utc::now();
+    let mut model: partner::ActiveModel = existing.into();
+    model.status = Set(input.status.as_str().to_string());
+    if input.status == PartnerStatus::Terminated {
+        model.terminated_at = Set(Some(now));
+    }
+    model.updated_at = Set(now);
+    let updated = model.update(&*tx).await?;
+    events::record(
+        &*tx,
+        EventType::PartnerUpdated,
+        &updated.program_id,
+        Some(&updated.id),
+        json!({ "status": updated.status, "previousStatus": previous }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(updated)
+}
+
+/// Finds a partner visible to `principal`: a partner key sees only its own partner, and any
+/// other partner is reported exactly like a missing one.
+pub async fn find_visible_partner(
+    db: &Db,
+    principal: &Principal,
+    id: &str,
+) -> ApiResult<Option<partner::Model>> {
+    principal.require_admin_or_partner()?;
+    if let Some(own) = principal.partner_scope() {
+        if own != id {
+            return Ok(None);
+        }
+    }
+    if !is_valid_id(id) {
+        return Ok(None);
+    }
+    Ok(partner::Entity::find_by_id(id.to_string())
+        .one(&db.conn)
+        .await?)
+}

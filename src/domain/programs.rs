@@ -1,0 +1,405 @@
+//! Programs and their commission plans: validation, creation, update.
+
+use async_graphql::{Enum, InputObject, SimpleObject};
+use chrono::Utc;
+use rust_decimal::Decimal;
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    db::{Db, entities::program},
+    domain::{ids::new_id, normalize::normalize_currency},
+    error::{ApiError, ApiResult},
+};
+
+/// The kind of partnership a program runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+pub enum ProgramKind {
+    /// Agencies or resellers paid a share of the revenue they bring.
+    RevenueShare,
+    /// Joint marketing partners.
+    CoMarketing,
+    /// Strategic alliances.
+    StrategicAlliance,
+    /// Technology-integration partners.
+    TechnologyIntegration,
+    /// Channel resellers.
+    Channel,
+    /// Referral networks.
+    ReferralNetwork,
+}
+
+impl ProgramKind {
+    /// Database form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProgramKind::RevenueShare => "REVENUE_SHARE",
+            ProgramKind::CoMarketing => "CO_MARKETING",
+            ProgramKind::StrategicAlliance => "STRATEGIC_ALLIANCE",
+            ProgramKind::TechnologyIntegration => "TECHNOLOGY_INTEGRATION",
+            ProgramKind::Channel => "CHANNEL",
+            ProgramKind::ReferralNetwork => "REFERRAL_NETWORK",
+        }
+    }
+
+    /// Parses the database form.
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            ProgramKind::RevenueShare,
+            ProgramKind::CoMarketing,
+            ProgramKind::StrategicAlliance,
+            ProgramKind::TechnologyIntegration,
+            ProgramKind::Channel,
+            ProgramKind::ReferralNetwork,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+/// How a won deal's commission is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+pub enum CommissionType {
+    /// A percentage of the deal amount (optionally tiered by the partner's prior revenue).
+    Percent,
+    /// A fixed amount per won deal.
+    Flat,
+}
+
+impl CommissionType {
+    /// Database form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommissionType::Percent => "PERCENT",
+            CommissionType::Flat => "FLAT",
+        }
+    }
+
+    /// Parses the database form.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "PERCENT" => Some(CommissionType::Percent),
+            "FLAT" => Some(CommissionType::Flat),
+            _ => None,
+        }
+    }
+}
+
+/// A revenue tier: from `minRevenue` of prior revenue on, the rate is `rate` percent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, InputObject, SimpleObject)]
+#[graphql(input_name = "TierInput")]
+#[serde(rename_all = "camelCase")]
+pub struct Tier {
+    /// Prior revenue (program currency, trailing 365 days) from which this tier applies.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub min_revenue: Decimal,
+    /// The tier's percentage, such as `"25"`.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub rate: Decimal,
+}
+
+/// A commission plan as given to `createProgram` / `updateProgram`.
+#[derive(Debug, Clone, InputObject)]
+pub struct CommissionPlanInput {
+    /// `PERCENT` (needs `rate`) or `FLAT` (needs `flatAmount`).
+    #[graphql(name = "type")]
+    pub commission_type: CommissionType,
+    /// Percentage of the deal amount, 0 < rate ≤ 100.
+    pub rate: Option<Decimal>,
+    /// Amount per won deal, in the program currency.
+    pub flat_amount: Option<Decimal>,
+    /// Rate tiers by prior revenue, in increasing `minRevenue` order (PERCENT only).
+    pub tiers: Option<Vec<Tier>>,
+    /// Upper bound on one deal's commission.
+    pub cap_per_deal: Option<Decimal>,
+    /// Deals below this amount earn nothing.
+    pub min_deal_amount: Option<Decimal>,
+}
+
+/// A validated commission plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommissionPlan {
+    /// Percent or flat.
+    pub commission_type: CommissionType,
+    /// Percentage (PERCENT).
+    pub rate: Option<Decimal>,
+    /// Amount per deal (FLAT).
+    pub flat_amount: Option<Decimal>,
+    /// Tiers, increasing.
+    pub tiers: Vec<Tier>,
+    /// Cap per deal.
+    pub cap_per_deal: Option<Decimal>,
+    /// Minimum deal amount.
+    pub min_deal_amount: Option<Decimal>,
+}
+
+fn check_percentage(field: &str, value: Decimal, allow_zero: bool) -> ApiResult<()> {
+    let too_low = if allow_zero {
+        value < Decimal::ZERO
+    } else {
+        value <= Decimal::ZERO
+    };
+    if too_low || value > Decimal::ONE_HUNDRED {
+        return Err(ApiError::bad_input(
+            field,
+            if allow_zero {
+                "must be a percentage between 0 and 100"
+            } else {
+                "must be a percentage greater than 0 and at most 100"
+            },
+        ));
+    }
+    Ok(())
+}
+
+fn check_money(field: &str, value: Decimal) -> ApiResult<()> {
+    if value < Decimal::ZERO {
+        return Err(ApiError::bad_input(field, "must not be negative"));
+    }
+    if value.scale() > 2 && value.normalize().scale() > 2 {
+        return Err(ApiError::bad_input(
+            field,
+            "must have at most 2 decimal places",
+        ));
+    }
+    Ok(())
+}
+
+impl CommissionPlanInput {
+    /// Validates the plan; `path` is the input path used in error messages.
+    pub fn validate(self, path: &str) -> ApiResult<CommissionPlan> {
+        let field = |name: &str| format!("{path}.{name}");
+        let tiers = self.tiers.unwrap_or_default();
+        match self.commission_type {
+            CommissionType::Percent => {
+                let rate = self
+                    .rate
+                    .ok_or_else(|| ApiError::bad_input(field("rate"), "PERCENT plans need a rate"))?;
+                check_percentage(&field("rate"), rate, false)?;
+                if self.flat_amount.is_some() {
+                    return Err(ApiError::bad_input(
+                        field("flatAmount"),
+                        "PERCENT plans take no flatAmount",
+                    ));
+                }
+            }
+            CommissionType::Flat => {
+                let flat = self.flat_amount.ok_or_else(|| {
+                    ApiError::bad_input(field("flatAmount"), "FLAT plans need a flatAmount")
+                })?;
+                check_money(&field("flatAmount"), flat)?;
+                if self.rate.is_some() {
+                    return Err(ApiError::bad_input(
+                        field("rate"),
+                        "FLAT plans take no rate",
+                    ));
+                }
+                if !tiers.is_empty() {
+                    return Err(ApiError::bad_input(
+                        field("tiers"),
+                        "tiers apply to PERCENT plans only",
+                    ));
+                }
+            }
+        }
+        let mut previous: Option<Decimal> = None;
+        for (i, tier) in tiers.iter().enumerate() {
+            check_money(&format!("{path}.tiers[{i}].minRevenue"), tier.min_revenue)?;
+            check_percentage(&format!("{path}.tiers[{i}].rate"), tier.rate, true)?;
+            if previous.is_some_and(|p| tier.min_revenue <= p) {
+                return Err(ApiError::bad_input(
+                    format!("{path}.tiers[{i}].minRevenue"),
+                    "tiers must be in strictly increasing minRevenue order",
+                ));
+            }
+            previous = Some(tier.min_revenue);
+        }
+        if let Some(cap) = self.cap_per_deal {
+            check_money(&field("capPerDeal"), cap)?;
+        }
+        if let Some(min) = self.min_deal_amount {
+            check_money(&field("minDealAmount"), min)?;
+        }
+        Ok(CommissionPlan {
+            commission_type: self.commission_type,
+            rate: self.rate.map(|r| r.normalize()),
+            flat_amount: self.flat_amount,
+            tiers,
+            cap_per_deal: self.cap_per_deal,
+            min_deal_amount: self.min_deal_amount,
+        })
+    }
+}
+
+/// Reads a stored decimal column.
+pub fn parse_stored_decimal(value: &str) -> ApiResult<Decimal> {
+    value
+        .parse::<Decimal>()
+        .map_err(|e| ApiError::Internal(format!("stored decimal {value:?} is invalid: {e}")))
+}
+
+/// The commission plan stored on a program row.
+pub fn plan_of(program: &program::Model) -> ApiResult<CommissionPlan> {
+    let opt = |v: &Option<String>| v.as_deref().map(parse_stored_decimal).transpose();
+    Ok(CommissionPlan {
+        commission_type: CommissionType::parse(&program.commission_type).ok_or_else(|| {
+            ApiError::Internal(format!("program {} has a bad commission type", program.id))
+        })?,
+        rate: opt(&program.commission_rate)?,
+        flat_amount: opt(&program.commission_flat_amount)?,
+        tiers: serde_json::from_value(program.commission_tiers.clone())
+            .map_err(|e| ApiError::Internal(format!("program {} tiers: {e}", program.id)))?,
+        cap_per_deal: opt(&program.cap_per_deal)?,
+        min_deal_amount: opt(&program.min_deal_amount)?,
+    })
+}
+
+/// Input of `createProgram`.
+#[derive(Debug, Clone, InputObject)]
+pub struct CreateProgramInput {
+    /// Display name.
+    pub name: String,
+    /// Kind of partnership.
+    pub kind: ProgramKind,
+    /// ISO 4217 code in which commissions are computed and paid.
+    pub currency: String,
+    /// How commissions are computed.
+    pub commission: CommissionPlanInput,
+    /// How long a referral may lead to an attributed deal (default 90).
+    pub attribution_window_days: Option<i32>,
+    /// How long an accrual stays pending before it can be paid (default 30).
+    pub hold_days: Option<i32>,
+    /// How long after closing a won deal can still be clawed back (default 90).
+    pub clawback_days: Option<i32>,
+}
+
+/// Input of `updateProgram`: absent fields keep their value. The currency cannot change.
+#[derive(Debug, Clone, InputObject)]
+pub struct UpdateProgramInput {
+    /// The program to change.
+    pub id: async_graphql::ID,
+    /// New name.
+    pub name: Option<String>,
+    /// New kind.
+    pub kind: Option<ProgramKind>,
+    /// New commission plan (applies to deals reconciled from now on).
+    pub commission: Option<CommissionPlanInput>,
+    /// New attribution window.
+    pub attribution_window_days: Option<i32>,
+    /// New hold period.
+    pub hold_days: Option<i32>,
+    /// New clawback period.
+    pub clawback_days: Option<i32>,
+}
+
+fn check_name(field: &str, name: &str) -> ApiResult<String> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 200 {
+        return Err(ApiError::bad_input(field, "must be 1 to 200 characters"));
+    }
+    Ok(name.to_string())
+}
+
+fn check_days(field: &str, days: Option<i32>, default: i32, min: i32) -> ApiResult<i32> {
+    let days = days.unwrap_or(default);
+    if !(min..=3650).contains(&days) {
+        return Err(ApiError::bad_input(
+            field,
+            format!("must be between {min} and 3650 days"),
+        ));
+    }
+    Ok(days)
+}
+
+fn decimal_str(value: Option<Decimal>) -> Option<String> {
+    value.map(|v| v.to_string())
+}
+
+fn apply_plan(model: &mut program::ActiveModel, plan: CommissionPlan) -> ApiResult<()> {
+    model.commission_type = Set(plan.commission_type.as_str().to_string());
+    model.commission_rate = Set(decimal_str(plan.rate));
+    model.commission_flat_amount = Set(decimal_str(plan.flat_amount));
+    model.commission_tiers = Set(serde_json::to_value(&plan.tiers)
+        .map_err(|e| ApiError::Internal(format!("tiers: {e}")))?);
+    model.cap_per_deal = Set(decimal_str(plan.cap_per_deal));
+    model.min_deal_amount = Set(decimal_str(plan.min_deal_amount));
+    Ok(())
+}
+
+/// Creates a program after validating every field.
+pub async fn create_program(db: &Db, input: CreateProgramInput) -> ApiResult<program::Model> {
+    let name = check_name("input.name", &input.name)?;
+    let currency = normalize_currency(&input.currency).ok_or_else(|| {
+        ApiError::bad_input("input.currency", "must be an ISO 4217 currency code")
+    })?;
+    let plan = input.commission.validate("input.commission")?;
+    let now = Utc::now();
+    let mut model = program::ActiveModel {
+        id: Set(new_id()),
+        name: Set(name),
+        kind: Set(input.kind.as_str().to_string()),
+        currency: Set(currency),
+        attribution_window_days: Set(check_days(
+            "input.attributionWindowDays",
+            input.attribution_window_days,
+            90,
+            1,
+        )?),
+        hold_days: Set(check_days("input.holdDays", input.hold_days, 30, 0)?),
+        clawback_days: Set(check_days("input.clawbackDays", input.clawback_days, 90, 0)?),
+        created_at: Set(now),
+        updated_at: Set(now),
+        ..Default::default()
+    };
+    apply_plan(&mut model, plan)?;
+    Ok(model.insert(&db.conn).await?)
+}
+
+/// Updates a program.
+pub async fn update_program(db: &Db, input: UpdateProgramInput) -> ApiResult<program::Model> {
+    let existing = program::Entity::find_by_id(input.id.to_string())
+        .one(&db.conn)
+        .await?
+        .ok_or(ApiError::NotFound("program"))?;
+    let mut model: program::ActiveModel = existing.clone().into();
+    if let Some(name) = &input.name {
+        model.name = Set(check_name("input.name", name)?);
+    }
+    if let Some(kind) = input.kind {
+        model.kind = Set(kind.as_str().to_string());
+    }
+    if let Some(plan) = input.commission {
+        apply_plan(&mut model, plan.validate("input.commission")?)?;
+    }
+    if input.attribution_window_days.is_some() {
+        model.attribution_window_days = Set(check_days(
+            "input.attributionWindowDays",
+            input.attribution_window_days,
+            existing.attribution_window_days,
+            1,
+        )?);
+    }
+    if input.hold_days.is_some() {
+        model.hold_days = Set(check_days(
+            "input.holdDays",
+            input.hold_days,
+            existing.hold_days,
+            0,
+        )?);
+    }
+    if input.clawback_days.is_some() {
+        model.clawback_days = Set(check_days(
+            "input.clawbackDays",
+            input.clawback_days,
+            existing.clawback_days,
+            0,
+        )?);
+    }
+    model.updated_at = Set(Utc::now());
+    Ok(model.update(&db.conn).await?)
+}
+
+/// Validates a display name (shared by partners and referrals).
+pub fn validated_name(field: &str, name: &str) -> ApiResult<String> {
+    check_name(field, name)
+}

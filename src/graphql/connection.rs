@@ -1,0 +1,151 @@
+//! Relay connections: `{edges {cursor node}, pageInfo {hasNextPage endCursor}, totalCount}`.
+//! `totalCount` is computed only when asked for.
+
+use std::sync::Arc;
+
+use async_graphql::{Context, Result, SimpleObject};
+use futures_util::future::BoxFuture;
+
+use crate::{
+    db::{Db, pages::Page},
+    domain::ids::encode_cursor,
+    error::ApiError,
+    graphql::loaders::{ChildCountKey, Loaders},
+};
+
+/// Relay page information.
+#[derive(Debug, Clone, SimpleObject)]
+pub struct PageInfo {
+    /// Whether items follow this page.
+    pub has_next_page: bool,
+    /// Whether this page was requested after a cursor.
+    pub has_previous_page: bool,
+    /// Cursor of the first edge.
+    pub start_cursor: Option<String>,
+    /// Cursor of the last edge: pass it as `after` for the next page.
+    pub end_cursor: Option<String>,
+}
+
+type CountFn = Arc<dyn Fn(Db) -> BoxFuture<'static, Result<u64, sea_orm::DbErr>> + Send + Sync>;
+
+/// How to count the whole list, run only when `totalCount` is selected.
+#[derive(Clone)]
+pub enum TotalCount {
+    /// Already known.
+    Known(u64),
+    /// A count query.
+    Query(CountFn),
+    /// A child list counted for many parents at once through a DataLoader.
+    Child(ChildCountKey),
+}
+
+impl TotalCount {
+    /// A count query built from a cloned sea-orm select.
+    pub fn query<F, Fut>(f: F) -> TotalCount
+    where
+        F: Fn(Db) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<u64, sea_orm::DbErr>> + Send + 'static,
+    {
+        TotalCount::Query(Arc::new(move |db| Box::pin(f(db))))
+    }
+
+    /// Resolves the count.
+    pub async fn resolve(&self, ctx: &Context<'_>) -> Result<i64> {
+        match self {
+            TotalCount::Known(n) => Ok(*n as i64),
+            TotalCount::Query(f) => {
+                let db = ctx.data_unchecked::<Db>().clone();
+                let n = f(db).await.map_err(ApiError::from)?;
+                Ok(n as i64)
+            }
+            TotalCount::Child(key) => {
+                let loaders = ctx.data_unchecked::<Loaders>();
+                Ok(loaders.child_counts.load_one(key.clone()).await?.unwrap_or(0))
+            }
+        }
+    }
+}
+
+/// Builds `(cursor, node)` pairs and page info from a page.
+pub fn edges_of<M, N>(
+    page: Page<M>,
+    had_cursor: bool,
+    id_of: impl Fn(&M) -> String,
+    node: impl Fn(M) -> N,
+) -> (Vec<(String, N)>, PageInfo) {
+    let edges: Vec<(String, N)> = page
+        .items
+        .into_iter()
+        .map(|m| (encode_cursor(&id_of(&m)), node(m)))
+        .collect();
+    let info = PageInfo {
+        has_next_page: page.has_next,
+        has_previous_page: had_cursor,
+        start_cursor: edges.first().map(|(c, _)| c.clone()),
+        end_cursor: edges.last().map(|(c, _)| c.clone()),
+    };
+    (edges, info)
+}
+
+/// Declares `<Node>Connection` and `<Node>Edge` types for a node type.
+macro_rules! connection {
+    ($conn:ident, $edge:ident, $node:ty, $what:literal) => {
+        #[doc = concat!("A page of ", $what, ".")]
+        pub struct $conn {
+            pub edges: Vec<$edge>,
+            pub page_info: $crate::graphql::connection::PageInfo,
+            pub total: $crate::graphql::connection::TotalCount,
+        }
+
+        #[doc = concat!("One of ", $what, " with its cursor.")]
+        #[derive(async_graphql::SimpleObject)]
+        pub struct $edge {
+            /// Opaque position of this edge: pass it as `after`.
+            pub cursor: String,
+            /// The item.
+            pub node: $node,
+        }
+
+        #[async_graphql::Object]
+        impl $conn {
+            /// The items of this page with their cursors.
+            async fn edges(&self) -> &[$edge] {
+                &self.edges
+            }
+
+            /// Where this page stands.
+            async fn page_info(&self) -> &$crate::graphql::connection::PageInfo {
+                &self.page_info
+            }
+
+            /// Number of items in the whole list (all pages).
+            async fn total_count(&self, ctx: &async_graphql::Context<'_>) -> async_graphql::Result<i64> {
+                self.total.resolve(ctx).await
+            }
+        }
+
+        impl $conn {
+            /// Builds the connection from a page.
+            pub fn build<M>(
+                page: $crate::db::pages::Page<M>,
+                had_cursor: bool,
+                id_of: impl Fn(&M) -> String,
+                node: impl Fn(M) -> $node,
+                total: $crate::graphql::connection::TotalCount,
+            ) -> $conn {
+                let (edges, page_info) =
+                    $crate::graphql::connection::edges_of(page, had_cursor, id_of, node);
+                $conn {
+                    edges: edges
+                        .into_iter()
+                        .map(|(cursor, node)| $edge { cursor, node })
+                        .collect(),
+                    page_info,
+                    total,
+                }
+            }
+        }
+    };
+}
+
+pub(crate) use connection;

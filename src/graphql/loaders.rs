@@ -1,0 +1,291 @@
+//! DataLoaders: every nested reference or list is batched into one statement per level, so a
+//! query's statement count does not grow with page size.
+
+use std::collections::HashMap;
+
+use async_graphql::dataloader::{DataLoader, Loader};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+
+use crate::{
+    db::{
+        Db,
+        entities::{attribution, deal, partner, program, referral},
+        pages::{ChildList, Direction, Page, PageArgs, child_counts, child_pages},
+    },
+    error::ApiError,
+};
+
+type LoadResult<V> = Result<HashMap<String, V>, async_graphql::Error>;
+
+fn db_error(err: sea_orm::DbErr) -> async_graphql::Error {
+    ApiError::from(err).into()
+}
+
+/// Programs by id.
+pub struct ProgramLoader(Db);
+
+impl Loader<String> for ProgramLoader {
+    type Value = program::Model;
+    type Error = async_graphql::Error;
+
+    async fn load(&self, keys: &[String]) -> LoadResult<program::Model> {
+        let rows = program::Entity::find()
+            .filter(program::Column::Id.is_in(keys.iter().cloned()))
+            .all(&self.0.conn)
+            .await
+            .map_err(db_error)?;
+        Ok(rows.into_iter().map(|m| (m.id.clone(), m)).collect())
+    }
+}
+
+/// Partners by id.
+pub struct PartnerLoader(Db);
+
+impl Loader<String> for PartnerLoader {
+    type Value = partner::Model;
+    type Error = async_graphql::Error;
+
+    async fn load(&self, keys: &[String]) -> LoadResult<partner::Model> {
+        let rows = partner::Entity::find()
+            .filter(partner::Column::Id.is_in(keys.iter().cloned()))
+            .all(&self.0.conn)
+            .await
+            .map_err(db_error)?;
+        Ok(rows.into_iter().map(|m| (m.id.clone(), m)).collect())
+    }
+}
+
+/// A deal's attribution, by deal id.
+pub struct AttributionLoader(Db);
+
+impl Loader<String> for AttributionLoader {
+    type Value = attribution::Model;
+    type Error = async_graphql::Error;
+
+    async fn load(&self, keys: &[String]) -> LoadResult<attribution::Model> {
+        let rows = attribution::Entity::find()
+            .filter(attribution::Column::DealId.is_in(keys.iter().cloned()))
+            .all(&self.0.conn)
+            .await
+            .map_err(db_error)?;
+        Ok(rows.into_iter().map(|m| (m.deal_id.clone(), m)).collect())
+    }
+}
+
+/// The deal attributed to a referral (its earliest), with the partner it is attributed to.
+pub struct DealByReferralLoader(Db);
+
+impl Loader<String> for DealByReferralLoader {
+    type Value = (deal::Model, attribution::Model);
+    type Error = async_graphql::Error;
+
+    async fn load(&self, keys: &[String]) -> LoadResult<(deal::Model, attribution::Model)> {
+        let attributions = attribution::Entity::find()
+            .filter(attribution::Column::ReferralId.is_in(keys.iter().cloned()))
+            .all(&self.0.conn)
+            .await
+            .map_err(db_error)?;
+        if attributions.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let deals: HashMap<String, deal::Model> = deal::Entity::find()
+            .filter(deal::Column::Id.is_in(attributions.iter().map(|a| a.deal_id.clone())))
+            .all(&self.0.conn)
+            .await
+            .map_err(db_error)?
+            .into_iter()
+            .map(|d| (d.id.clone(), d))
+            .collect();
+        let mut out: HashMap<String, (deal::Model, attribution::Model)> = HashMap::new();
+        for attribution in attributions {
+            let (Some(referral_id), Some(deal)) = (
+                attribution.referral_id.clone(),
+                deals.get(&attribution.deal_id).cloned(),
+            ) else {
+                continue;
+            };
+            let keep_existing = out
+                .get(&referral_id)
+                .is_some_and(|(existing, _)| existing.id <= deal.id);
+            if !keep_existing {
+                out.insert(referral_id, (deal, attribution));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Which child list a page or count belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChildKind {
+    /// A program's partners (oldest first).
+    ProgramPartners,
+    /// A partner's referrals (newest first).
+    PartnerReferrals,
+    /// Deals attributed to a partner (newest first).
+    PartnerDeals,
+}
+
+impl ChildKind {
+    fn list(self) -> ChildList {
+        match self {
+            ChildKind::ProgramPartners => ChildList {
+                from: "partners t",
+                parent: "t.program_id",
+                direction: Direction::Ascending,
+            },
+            ChildKind::PartnerReferrals => ChildList {
+                from: "referrals t",
+                parent: "t.partner_id",
+                direction: Direction::Descending,
+            },
+            ChildKind::PartnerDeals => ChildList {
+                from: "deals t JOIN attributions a ON a.deal_id = t.id",
+                parent: "a.partner_id",
+                direction: Direction::Descending,
+            },
+        }
+    }
+}
+
+/// Key of a child page: the parent and the page arguments.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ChildPageKey {
+    /// The parent's id.
+    pub parent: String,
+    /// The page.
+    pub args: PageArgs,
+}
+
+/// Key of a child count.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ChildCountKey {
+    /// Which list.
+    pub kind: ChildKind,
+    /// The parent's id.
+    pub parent: String,
+}
+
+/// Loads child pages of one kind; keys with the same page arguments share one statement.
+pub struct ChildPageLoader<M> {
+    db: Db,
+    kind: ChildKind,
+    _model: std::marker::PhantomData<fn() -> M>,
+}
+
+impl<M> Loader<ChildPageKey> for ChildPageLoader<M>
+where
+    M: sea_orm::FromQueryResult + Clone + Send + Sync + 'static,
+{
+    type Value = Page<M>;
+    type Error = async_graphql::Error;
+
+    async fn load(
+        &self,
+        keys: &[ChildPageKey],
+    ) -> Result<HashMap<ChildPageKey, Page<M>>, async_graphql::Error> {
+        let mut groups: HashMap<&PageArgs, Vec<String>> = HashMap::new();
+        for key in keys {
+            groups.entry(&key.args).or_default().push(key.parent.clone());
+        }
+        let list = self.kind.list();
+        let mut out = HashMap::new();
+        for (args, parents) in groups {
+            let mut pages = child_pages::<M>(&self.db, &list, &parents, args)
+                .await
+                .map_err(db_error)?;
+            for parent in parents {
+                let page = pages.remove(&parent).unwrap_or(Page {
+                    items: Vec::new(),
+                    has_next: false,
+                });
+                out.insert(
+                    ChildPageKey {
+                        parent,
+                        args: args.clone(),
+                    },
+                    page,
+                );
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Counts children; keys of the same kind share one statement.
+pub struct ChildCountLoader(Db);
+
+impl Loader<ChildCountKey> for ChildCountLoader {
+    type Value = i64;
+    type Error = async_graphql::Error;
+
+    async fn load(
+        &self,
+        keys: &[ChildCountKey],
+    ) -> Result<HashMap<ChildCountKey, i64>, async_graphql::Error> {
+        let mut groups: HashMap<ChildKind, Vec<String>> = HashMap::new();
+        for key in keys {
+            groups.entry(key.kind).or_default().push(key.parent.clone());
+        }
+        let mut out = HashMap::new();
+        for (kind, parents) in groups {
+            let counts = child_counts(&self.0, &kind.list(), &parents)
+                .await
+                .map_err(db_error)?;
+            for parent in parents {
+                let n = counts.get(&parent).copied().unwrap_or(0);
+                out.insert(ChildCountKey { kind, parent }, n);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The per-request set of loaders (fresh per request, so nothing is cached across callers).
+pub struct Loaders {
+    /// Programs by id.
+    pub programs: DataLoader<ProgramLoader>,
+    /// Partners by id.
+    pub partners: DataLoader<PartnerLoader>,
+    /// Attributions by deal id.
+    pub attributions: DataLoader<AttributionLoader>,
+    /// Attributed deal by referral id.
+    pub deal_by_referral: DataLoader<DealByReferralLoader>,
+    /// Partner pages of programs.
+    pub program_partners: DataLoader<ChildPageLoader<partner::Model>>,
+    /// Referral pages of partners.
+    pub partner_referrals: DataLoader<ChildPageLoader<referral::Model>>,
+    /// Deal pages of partners.
+    pub partner_deals: DataLoader<ChildPageLoader<deal::Model>>,
+    /// Child counts.
+    pub child_counts: DataLoader<ChildCountLoader>,
+}
+
+impl Loaders {
+    /// Fresh loaders for one request.
+    pub fn new(db: &Db) -> Loaders {
+        fn child<M>(db: &Db, kind: ChildKind) -> DataLoader<ChildPageLoader<M>>
+        where
+            M: sea_orm::FromQueryResult + Clone + Send + Sync + 'static,
+        {
+            DataLoader::new(
+                ChildPageLoader {
+                    db: db.clone(),
+                    kind,
+                    _model: std::marker::PhantomData,
+                },
+                tokio::spawn,
+            )
+        }
+        Loaders {
+            programs: DataLoader::new(ProgramLoader(db.clone()), tokio::spawn),
+            partners: DataLoader::new(PartnerLoader(db.clone()), tokio::spawn),
+            attributions: DataLoader::new(AttributionLoader(db.clone()), tokio::spawn),
+            deal_by_referral: DataLoader::new(DealByReferralLoader(db.clone()), tokio::spawn),
+            program_partners: child(db, ChildKind::ProgramPartners),
+            partner_referrals: child(db, ChildKind::PartnerReferrals),
+            partner_deals: child(db, ChildKind::PartnerDeals),
+            child_counts: DataLoader::new(ChildCountLoader(db.clone()), tokio::spawn),
+        }
+    }
+}

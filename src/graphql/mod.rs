@@ -1,0 +1,84 @@
+//! The GraphQL gateway (async-graphql, no HTTP here): schema, types, loaders and limits.
+//! Per-request data (the caller's token and fresh DataLoaders) is injected by the HTTP layer.
+
+pub mod connection;
+pub mod limits;
+pub mod loaders;
+pub mod mutation;
+pub mod query;
+pub mod types;
+
+use async_graphql::{Context, EmptySubscription, Schema, SchemaBuilder};
+use tokio::sync::OnceCell;
+
+use crate::{
+    db::Db,
+    domain::auth::{Principal, authenticate},
+    error::{ApiError, ApiResult},
+};
+
+/// The Tandem schema type.
+pub type TandemSchema = Schema<query::QueryRoot, mutation::MutationRoot, EmptySubscription>;
+
+/// Maximum query depth.
+pub const MAX_DEPTH: usize = 12;
+/// Maximum query complexity (list fields multiply their children by `first`).
+pub const MAX_COMPLEXITY: usize = 5_000;
+
+/// The schema without data: enough for SDL export and schema tests.
+pub fn schema_builder() -> SchemaBuilder<query::QueryRoot, mutation::MutationRoot, EmptySubscription>
+{
+    Schema::build(query::QueryRoot, mutation::MutationRoot, EmptySubscription)
+        .limit_depth(MAX_DEPTH)
+        .limit_complexity(MAX_COMPLEXITY)
+        .extension(limits::PageSizeLimit)
+}
+
+/// The schema with the database attached.
+pub fn build_schema(db: Db) -> TandemSchema {
+    schema_builder().data(db).finish()
+}
+
+/// The SDL of the schema, as committed in `schema/schema.graphql`.
+pub fn sdl() -> String {
+    schema_builder().finish().sdl()
+}
+
+/// The caller's credentials for one request, resolved to a principal on first use (so a
+/// request rejected by validation never touches the database).
+pub struct RequestAuth {
+    token: Option<String>,
+    principal: OnceCell<Option<Principal>>,
+}
+
+impl RequestAuth {
+    /// Credentials from a bearer token (or none).
+    pub fn new(token: Option<String>) -> RequestAuth {
+        RequestAuth {
+            token,
+            principal: OnceCell::new(),
+        }
+    }
+}
+
+/// The authenticated caller, or `UNAUTHENTICATED`.
+pub async fn principal<'a>(ctx: &'a Context<'_>) -> ApiResult<&'a Principal> {
+    let auth = ctx
+        .data_opt::<RequestAuth>()
+        .ok_or(ApiError::Unauthenticated)?;
+    let db = ctx.data_unchecked::<Db>();
+    let resolved = auth
+        .principal
+        .get_or_try_init(|| async {
+            match &auth.token {
+                None => Ok(None),
+                Some(token) => match authenticate(db, token).await {
+                    Ok(principal) => Ok(Some(principal)),
+                    Err(ApiError::Unauthenticated) => Ok(None),
+                    Err(other) => Err(other),
+                },
+            }
+        })
+        .await?;
+    resolved.as_ref().ok_or(ApiError::Unauthenticated)
+}

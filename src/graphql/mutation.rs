@@ -1,0 +1,219 @@
+//! Mutation root: each mutation takes one `input` and returns a payload object.
+
+use async_graphql::{Context, ID, InputObject, Object, Result, SimpleObject};
+
+use crate::{
+    db::Db,
+    domain::{
+        auth::{ApiKeyRole, create_key, revoke_key},
+        partners::{CreatePartnerInput, UpdatePartnerStatusInput, create_partner, update_partner_status},
+        programs::{CreateProgramInput, UpdateProgramInput, create_program, update_program},
+        referrals::{
+            SubmitReferralInput, UpdateReferralStatusInput, submit_referral, update_referral_status,
+        },
+    },
+    graphql::{
+        principal,
+        types::{ApiKey, Partner, Program, Referral},
+    },
+};
+
+/// Result of `createProgram`.
+#[derive(SimpleObject)]
+pub struct CreateProgramPayload {
+    /// The new program.
+    pub program: Program,
+}
+
+/// Result of `updateProgram`.
+#[derive(SimpleObject)]
+pub struct UpdateProgramPayload {
+    /// The changed program.
+    pub program: Program,
+}
+
+/// Result of `createPartner`.
+#[derive(SimpleObject)]
+pub struct CreatePartnerPayload {
+    /// The new partner, with its referral code.
+    pub partner: Partner,
+}
+
+/// Result of `updatePartnerStatus`.
+#[derive(SimpleObject)]
+pub struct UpdatePartnerStatusPayload {
+    /// The partner.
+    pub partner: Partner,
+}
+
+/// Input of `createApiKey`.
+#[derive(Debug, InputObject)]
+pub struct CreateApiKeyInput {
+    /// A label for the key.
+    pub name: String,
+    /// Its role.
+    pub role: ApiKeyRole,
+    /// The partner a PARTNER key is bound to (required for PARTNER, refused otherwise).
+    pub partner_id: Option<ID>,
+    /// Programs an INTEGRATION key may read events of (required for INTEGRATION).
+    pub program_ids: Option<Vec<ID>>,
+}
+
+/// Result of `createApiKey`.
+#[derive(SimpleObject)]
+pub struct CreateApiKeyPayload {
+    /// The key's metadata.
+    pub api_key: ApiKey,
+    /// The bearer token: shown this once, stored only as a hash.
+    pub token: String,
+}
+
+/// Input of `revokeApiKey`.
+#[derive(Debug, InputObject)]
+pub struct RevokeApiKeyInput {
+    /// The key to revoke.
+    pub id: ID,
+}
+
+/// Result of `revokeApiKey`.
+#[derive(SimpleObject)]
+pub struct RevokeApiKeyPayload {
+    /// The revoked key.
+    pub api_key: ApiKey,
+}
+
+/// Result of `submitReferral`.
+#[derive(SimpleObject)]
+pub struct SubmitReferralPayload {
+    /// The referral: `ACCEPTED`, or `DUPLICATE` when the company was already registered.
+    pub referral: Referral,
+}
+
+/// Result of `updateReferralStatus`.
+#[derive(SimpleObject)]
+pub struct UpdateReferralStatusPayload {
+    /// The referral.
+    pub referral: Referral,
+}
+
+/// The mutation root.
+pub struct MutationRoot;
+
+#[Object]
+impl MutationRoot {
+    /// Creates a partner program (admins).
+    async fn create_program(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateProgramInput,
+    ) -> Result<CreateProgramPayload> {
+        principal(ctx).await?.require_admin()?;
+        let db = ctx.data_unchecked::<Db>();
+        Ok(CreateProgramPayload {
+            program: Program(create_program(db, input).await?),
+        })
+    }
+
+    /// Changes a program's name, kind, commission plan or windows (admins).
+    async fn update_program(
+        &self,
+        ctx: &Context<'_>,
+        input: UpdateProgramInput,
+    ) -> Result<UpdateProgramPayload> {
+        principal(ctx).await?.require_admin()?;
+        let db = ctx.data_unchecked::<Db>();
+        Ok(UpdateProgramPayload {
+            program: Program(update_program(db, input).await?),
+        })
+    }
+
+    /// Adds a partner to a program (admins). Writes `partner.created`.
+    async fn create_partner(
+        &self,
+        ctx: &Context<'_>,
+        input: CreatePartnerInput,
+    ) -> Result<CreatePartnerPayload> {
+        principal(ctx).await?.require_admin()?;
+        let db = ctx.data_unchecked::<Db>();
+        Ok(CreatePartnerPayload {
+            partner: Partner(create_partner(db, input).await?),
+        })
+    }
+
+    /// Suspends, reactivates or terminates a partner (admins). Writes `partner.updated`.
+    async fn update_partner_status(
+        &self,
+        ctx: &Context<'_>,
+        input: UpdatePartnerStatusInput,
+    ) -> Result<UpdatePartnerStatusPayload> {
+        principal(ctx).await?.require_admin()?;
+        let db = ctx.data_unchecked::<Db>();
+        Ok(UpdatePartnerStatusPayload {
+            partner: Partner(update_partner_status(db, input).await?),
+        })
+    }
+
+    /// Creates an API key (admins). The token is in the payload, once.
+    async fn create_api_key(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateApiKeyInput,
+    ) -> Result<CreateApiKeyPayload> {
+        principal(ctx).await?.require_admin()?;
+        let db = ctx.data_unchecked::<Db>();
+        let program_ids: Vec<String> = input
+            .program_ids
+            .unwrap_or_default()
+            .into_iter()
+            .map(|id| id.to_string())
+            .collect();
+        let partner_id = input.partner_id.map(|id| id.to_string());
+        let created = create_key(db, &input.name, input.role, partner_id.as_deref(), &program_ids)
+            .await?;
+        Ok(CreateApiKeyPayload {
+            api_key: ApiKey(created.key),
+            token: created.token,
+        })
+    }
+
+    /// Revokes an API key: it stops working at once. Partner keys may revoke their own
+    /// partner's keys.
+    async fn revoke_api_key(
+        &self,
+        ctx: &Context<'_>,
+        input: RevokeApiKeyInput,
+    ) -> Result<RevokeApiKeyPayload> {
+        let principal = principal(ctx).await?;
+        let db = ctx.data_unchecked::<Db>();
+        Ok(RevokeApiKeyPayload {
+            api_key: ApiKey(revoke_key(db, principal, input.id.as_str()).await?),
+        })
+    }
+
+    /// Registers a referral (partners for themselves, admins on a partner's behalf).
+    /// Writes `referral.submitted`.
+    async fn submit_referral(
+        &self,
+        ctx: &Context<'_>,
+        input: SubmitReferralInput,
+    ) -> Result<SubmitReferralPayload> {
+        let principal = principal(ctx).await?;
+        let db = ctx.data_unchecked::<Db>();
+        Ok(SubmitReferralPayload {
+            referral: Referral(submit_referral(db, principal, input).await?),
+        })
+    }
+
+    /// Accepts or rejects a referral (admins). Writes `referral.status_changed`.
+    async fn update_referral_status(
+        &self,
+        ctx: &Context<'_>,
+        input: UpdateReferralStatusInput,
+    ) -> Result<UpdateReferralStatusPayload> {
+        principal(ctx).await?.require_admin()?;
+        let db = ctx.data_unchecked::<Db>();
+        Ok(UpdateReferralStatusPayload {
+            referral: Referral(update_referral_status(db, input).await?),
+        })
+    }
+}

@@ -1,0 +1,432 @@
+//! Query root: every read is scoped to the caller's key.
+
+use async_graphql::{Context, ID, InputObject, Object, Result};
+use sea_orm::{
+    ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+    sea_query::Query as SeaQuery,
+};
+
+use crate::{
+    db::{
+        Db,
+        entities::{api_key, attribution, deal, partner, program, referral},
+        pages::{Page, PageArgs},
+    },
+    domain::{
+        auth::Principal,
+        events::{EventType, list_events},
+        ids::is_valid_id,
+        partners::{PartnerStatus, find_visible_partner},
+        referrals::ReferralStatus,
+    },
+    error::ApiError,
+    graphql::{
+        connection::TotalCount,
+        principal,
+        types::{
+            ApiKey, ApiKeyConnection, Deal, DealConnection, DealStatus, Event, EventConnection,
+            Partner, PartnerConnection, Program, ProgramConnection, Referral, ReferralConnection,
+            Viewer, page_complexity,
+        },
+    },
+};
+
+/// Filters for `partners`.
+#[derive(Debug, Default, InputObject)]
+pub struct PartnerFilter {
+    /// Only partners of this program.
+    pub program_id: Option<ID>,
+    /// Only partners with this status.
+    pub status: Option<PartnerStatus>,
+}
+
+/// Filters for `referrals`.
+#[derive(Debug, Default, InputObject)]
+pub struct ReferralFilter {
+    /// Only referrals in this program.
+    pub program_id: Option<ID>,
+    /// Only referrals of this partner.
+    pub partner_id: Option<ID>,
+    /// Only referrals with this status.
+    pub status: Option<ReferralStatus>,
+}
+
+/// Filters for `deals`.
+#[derive(Debug, Default, InputObject)]
+pub struct DealFilter {
+    /// Only deals in this program.
+    pub program_id: Option<ID>,
+    /// Only deals attributed to this partner.
+    pub partner_id: Option<ID>,
+    /// Only deals with this status.
+    pub status: Option<DealStatus>,
+}
+
+/// The query root.
+pub struct QueryRoot;
+
+fn ids_valid(id: &ID) -> bool {
+    is_valid_id(id.as_str())
+}
+
+#[Object]
+impl QueryRoot {
+    /// The caller: its role and, for partner keys, its partner.
+    async fn viewer(&self, ctx: &Context<'_>) -> Result<Viewer> {
+        Ok(Viewer(principal(ctx).await?.clone()))
+    }
+
+    /// One program by id (a partner key sees only its own program).
+    async fn program(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Program>> {
+        let principal = principal(ctx).await?;
+        principal.require_admin_or_partner()?;
+        if let Principal::Partner { program_id, .. } = principal {
+            if program_id != id.as_str() {
+                return Ok(None);
+            }
+        }
+        if !ids_valid(&id) {
+            return Ok(None);
+        }
+        let db = ctx.data_unchecked::<Db>();
+        Ok(program::Entity::find_by_id(id.to_string())
+            .one(&db.conn)
+            .await
+            .map_err(ApiError::from)?
+            .map(Program))
+    }
+
+    /// Programs, oldest first (a partner key sees only its own).
+    #[graphql(complexity = "page_complexity(first, child_complexity)")]
+    async fn programs(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(validator(minimum = 0, maximum = 100))] first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<ProgramConnection> {
+        let principal = principal(ctx).await?;
+        principal.require_admin_or_partner()?;
+        let args = PageArgs::parse(first, after)?;
+        let mut query = program::Entity::find();
+        if let Principal::Partner { program_id, .. } = principal {
+            query = query.filter(program::Column::Id.eq(program_id.as_str()));
+        }
+        let count_query = query.clone();
+        if let Some(after) = &args.after {
+            query = query.filter(program::Column::Id.gt(after.as_str()));
+        }
+        let db = ctx.data_unchecked::<Db>();
+        let rows = query
+            .order_by_asc(program::Column::Id)
+            .limit(args.first + 1)
+            .all(&db.conn)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(ProgramConnection::build(
+            Page::from_overfetch(rows, args.first),
+            args.after.is_some(),
+            |p| p.id.clone(),
+            Program,
+            TotalCount::query(move |db| {
+                let q = count_query.clone();
+                async move { q.count(&db.conn).await }
+            }),
+        ))
+    }
+
+    /// One partner by id (a partner key sees only itself).
+    async fn partner(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Partner>> {
+        let principal = principal(ctx).await?;
+        let db = ctx.data_unchecked::<Db>();
+        Ok(find_visible_partner(db, principal, id.as_str())
+            .await?
+            .map(Partner))
+    }
+
+    /// Partners, oldest first (a partner key sees only itself).
+    #[graphql(complexity = "page_complexity(first, child_complexity)")]
+    async fn partners(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<PartnerFilter>,
+        #[graphql(validator(minimum = 0, maximum = 100))] first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<PartnerConnection> {
+        let principal = principal(ctx).await?;
+        principal.require_admin_or_partner()?;
+        let args = PageArgs::parse(first, after)?;
+        let filter = filter.unwrap_or_default();
+        let mut query = partner::Entity::find();
+        if let Some(own) = principal.partner_scope() {
+            query = query.filter(partner::Column::Id.eq(own));
+        }
+        if let Some(program_id) = &filter.program_id {
+            query = query.filter(partner::Column::ProgramId.eq(program_id.as_str()));
+        }
+        if let Some(status) = filter.status {
+            query = query.filter(partner::Column::Status.eq(status.as_str()));
+        }
+        let count_query = query.clone();
+        if let Some(after) = &args.after {
+            query = query.filter(partner::Column::Id.gt(after.as_str()));
+        }
+        let db = ctx.data_unchecked::<Db>();
+        let rows = query
+            .order_by_asc(partner::Column::Id)
+            .limit(args.first + 1)
+            .all(&db.conn)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(PartnerConnection::build(
+            Page::from_overfetch(rows, args.first),
+            args.after.is_some(),
+            |p| p.id.clone(),
+            Partner,
+            TotalCount::query(move |db| {
+                let q = count_query.clone();
+                async move { q.count(&db.conn).await }
+            }),
+        ))
+    }
+
+    /// One referral by id (a partner key sees only its own).
+    async fn referral(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Referral>> {
+        let principal = principal(ctx).await?;
+        principal.require_admin_or_partner()?;
+        if !ids_valid(&id) {
+            return Ok(None);
+        }
+        let db = ctx.data_unchecked::<Db>();
+        let mut query = referral::Entity::find_by_id(id.to_string());
+        if let Some(own) = principal.partner_scope() {
+            query = query.filter(referral::Column::PartnerId.eq(own));
+        }
+        Ok(query
+            .one(&db.conn)
+            .await
+            .map_err(ApiError::from)?
+            .map(Referral))
+    }
+
+    /// Referrals, newest first (a partner key sees only its own).
+    #[graphql(complexity = "page_complexity(first, child_complexity)")]
+    async fn referrals(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<ReferralFilter>,
+        #[graphql(validator(minimum = 0, maximum = 100))] first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<ReferralConnection> {
+        let principal = principal(ctx).await?;
+        principal.require_admin_or_partner()?;
+        let args = PageArgs::parse(first, after)?;
+        let filter = filter.unwrap_or_default();
+        let mut query = referral::Entity::find();
+        if let Some(own) = principal.partner_scope() {
+            query = query.filter(referral::Column::PartnerId.eq(own));
+        }
+        if let Some(program_id) = &filter.program_id {
+            query = query.filter(referral::Column::ProgramId.eq(program_id.as_str()));
+        }
+        if let Some(partner_id) = &filter.partner_id {
+            query = query.filter(referral::Column::PartnerId.eq(partner_id.as_str()));
+        }
+        if let Some(status) = filter.status {
+            query = query.filter(referral::Column::Status.eq(status.as_str()));
+        }
+        let count_query = query.clone();
+        if let Some(after) = &args.after {
+            query = query.filter(referral::Column::Id.lt(after.as_str()));
+        }
+        let db = ctx.data_unchecked::<Db>();
+        let rows = query
+            .order_by_desc(referral::Column::Id)
+            .limit(args.first + 1)
+            .all(&db.conn)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(ReferralConnection::build(
+            Page::from_overfetch(rows, args.first),
+            args.after.is_some(),
+            |r| r.id.clone(),
+            Referral,
+            TotalCount::query(move |db| {
+                let q = count_query.clone();
+                async move { q.count(&db.conn).await }
+            }),
+        ))
+    }
+
+    /// One deal by id (a partner key sees only deals attributed to it).
+    async fn deal(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Deal>> {
+        let principal = principal(ctx).await?;
+        principal.require_admin_or_partner()?;
+        if !ids_valid(&id) {
+            return Ok(None);
+        }
+        let db = ctx.data_unchecked::<Db>();
+        let mut query = deal::Entity::find_by_id(id.to_string());
+        if let Some(own) = principal.partner_scope() {
+            query = query.filter(deal::Column::Id.in_subquery(attributed_to(own)));
+        }
+        Ok(query
+            .one(&db.conn)
+            .await
+            .map_err(ApiError::from)?
+            .map(Deal))
+    }
+
+    /// Deals, newest first (a partner key sees only deals attributed to it).
+    #[graphql(complexity = "page_complexity(first, child_complexity)")]
+    async fn deals(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<DealFilter>,
+        #[graphql(validator(minimum = 0, maximum = 100))] first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<DealConnection> {
+        let principal = principal(ctx).await?;
+        principal.require_admin_or_partner()?;
+        let args = PageArgs::parse(first, after)?;
+        let filter = filter.unwrap_or_default();
+        let mut query = deal::Entity::find();
+        if let Some(own) = principal.partner_scope() {
+            query = query.filter(deal::Column::Id.in_subquery(attributed_to(own)));
+        }
+        if let Some(program_id) = &filter.program_id {
+            query = query.filter(deal::Column::ProgramId.eq(program_id.as_str()));
+        }
+        if let Some(partner_id) = &filter.partner_id {
+            query = query.filter(deal::Column::Id.in_subquery(attributed_to(partner_id.as_str())));
+        }
+        if let Some(status) = filter.status {
+            query = match status {
+                DealStatus::Lost => query.filter(
+                    sea_orm::Condition::any()
+                        .add(deal::Column::Status.eq("LOST"))
+                        .add(deal::Column::Deleted.eq(true)),
+                ),
+                DealStatus::Open => query
+                    .filter(deal::Column::Status.eq("OPEN"))
+                    .filter(deal::Column::Deleted.eq(false)),
+                DealStatus::Won => query
+                    .filter(deal::Column::Status.eq("WON"))
+                    .filter(deal::Column::Deleted.eq(false)),
+            };
+        }
+        let count_query = query.clone();
+        if let Some(after) = &args.after {
+            query = query.filter(deal::Column::Id.lt(after.as_str()));
+        }
+        let db = ctx.data_unchecked::<Db>();
+        let rows = query
+            .order_by_desc(deal::Column::Id)
+            .limit(args.first + 1)
+            .all(&db.conn)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(DealConnection::build(
+            Page::from_overfetch(rows, args.first),
+            args.after.is_some(),
+            |d| d.id.clone(),
+            Deal,
+            TotalCount::query(move |db| {
+                let q = count_query.clone();
+                async move { q.count(&db.conn).await }
+            }),
+        ))
+    }
+
+    /// API keys, oldest first (admins only). Tokens are never shown again.
+    #[graphql(complexity = "page_complexity(first, child_complexity)")]
+    async fn api_keys(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(validator(minimum = 0, maximum = 100))] first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<ApiKeyConnection> {
+        principal(ctx).await?.require_admin()?;
+        let args = PageArgs::parse(first, after)?;
+        let mut query = api_key::Entity::find();
+        let count_query = query.clone();
+        if let Some(after) = &args.after {
+            query = query.filter(api_key::Column::Id.gt(after.as_str()));
+        }
+        let db = ctx.data_unchecked::<Db>();
+        let rows = query
+            .order_by_asc(api_key::Column::Id)
+            .limit(args.first + 1)
+            .all(&db.conn)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(ApiKeyConnection::build(
+            Page::from_overfetch(rows, args.first),
+            args.after.is_some(),
+            |k| k.id.clone(),
+            ApiKey,
+            TotalCount::query(move |db| {
+                let q = count_query.clone();
+                async move { q.count(&db.conn).await }
+            }),
+        ))
+    }
+
+    /// The event stream, oldest first, resumable from a cursor; scoped like the caller's key
+    /// (admins: all; partners: events about themselves; integrations: granted programs).
+    #[graphql(complexity = "page_complexity(first, child_complexity)")]
+    async fn events(
+        &self,
+        ctx: &Context<'_>,
+        after: Option<String>,
+        types: Option<Vec<String>>,
+        #[graphql(validator(minimum = 0, maximum = 100))] first: Option<i32>,
+    ) -> Result<EventConnection> {
+        let principal = principal(ctx).await?;
+        let args = PageArgs::parse(first, after)?;
+        let after_seq = match &args.after {
+            None => None,
+            Some(position) => Some(
+                position
+                    .parse::<i64>()
+                    .map_err(|_| ApiError::bad_input("after", "is not an event cursor"))?,
+            ),
+        };
+        if let Some(types) = &types {
+            for (i, t) in types.iter().enumerate() {
+                if EventType::parse(t).is_none() {
+                    return Err(ApiError::bad_input(
+                        format!("types[{i}]"),
+                        format!("unknown event type {t:?}"),
+                    )
+                    .into());
+                }
+            }
+        }
+        let db = ctx.data_unchecked::<Db>();
+        let rows = list_events(db, principal, after_seq, types.as_deref(), args.first).await?;
+        let count_principal = principal.clone();
+        Ok(EventConnection::build(
+            Page::from_overfetch(rows, args.first),
+            args.after.is_some(),
+            |e| e.seq.to_string(),
+            Event,
+            TotalCount::query(move |db| {
+                let principal = count_principal.clone();
+                let types = types.clone();
+                async move {
+                    crate::domain::events::count_events(&db, &principal, after_seq, types.as_deref())
+                        .await
+                }
+            }),
+        ))
+    }
+}
+
+/// Ids of deals attributed to a partner, as a subquery.
+fn attributed_to(partner_id: &str) -> sea_orm::sea_query::SelectStatement {
+    SeaQuery::select()
+        .column(attribution::Column::DealId)
+        .from(attribution::Entity)
+        .and_where(attribution::Column::PartnerId.eq(partner_id))
+        .to_owned()
+}

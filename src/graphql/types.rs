@@ -1,0 +1,566 @@
+//! GraphQL object types wrapping stored rows.
+
+use async_graphql::{Context, Enum, ID, Json, Object, Result, SimpleObject};
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+
+use crate::{
+    db::{
+        entities::{api_key, attribution, deal, event, partner, program, referral},
+        pages::PageArgs,
+    },
+    domain::{
+        auth::{ApiKeyRole, Principal},
+        partners::PartnerStatus,
+        programs::{CommissionType, ProgramKind, Tier, parse_stored_decimal, plan_of},
+        referrals::ReferralStatus,
+    },
+    error::ApiError,
+    graphql::{
+        connection::{TotalCount, connection},
+        loaders::{ChildCountKey, ChildKind, ChildPageKey, Loaders},
+        principal,
+    },
+};
+
+fn internal(what: &str, value: &str) -> async_graphql::Error {
+    ApiError::Internal(format!("stored {what} {value:?} is invalid")).into()
+}
+
+/// Complexity of a paginated field: its children count once per requested item.
+pub fn page_complexity(first: Option<i32>, child_complexity: usize) -> usize {
+    first.unwrap_or(20).clamp(1, 100) as usize * child_complexity.max(1) + 1
+}
+
+/// A partner program.
+pub struct Program(pub program::Model);
+
+/// A program's commission plan.
+#[derive(SimpleObject)]
+pub struct CommissionPlan {
+    /// `PERCENT` or `FLAT`.
+    #[graphql(name = "type")]
+    pub commission_type: CommissionType,
+    /// Percentage of the deal amount (PERCENT).
+    pub rate: Option<Decimal>,
+    /// Amount per won deal (FLAT).
+    pub flat_amount: Option<Decimal>,
+    /// Rate tiers by the partner's prior revenue.
+    pub tiers: Vec<Tier>,
+    /// Upper bound on one deal's commission.
+    pub cap_per_deal: Option<Decimal>,
+    /// Deals below this amount earn nothing.
+    pub min_deal_amount: Option<Decimal>,
+}
+
+#[Object]
+impl Program {
+    /// Unique id.
+    async fn id(&self) -> ID {
+        ID(self.0.id.clone())
+    }
+    /// Display name.
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    /// Kind of partnership.
+    async fn kind(&self) -> Result<ProgramKind> {
+        ProgramKind::parse(&self.0.kind).ok_or_else(|| internal("program kind", &self.0.kind))
+    }
+    /// ISO 4217 currency of commissions.
+    async fn currency(&self) -> &str {
+        &self.0.currency
+    }
+    /// How commissions are computed.
+    async fn commission(&self) -> Result<CommissionPlan> {
+        let plan = plan_of(&self.0)?;
+        Ok(CommissionPlan {
+            commission_type: plan.commission_type,
+            rate: plan.rate,
+            flat_amount: plan.flat_amount,
+            tiers: plan.tiers,
+            cap_per_deal: plan.cap_per_deal,
+            min_deal_amount: plan.min_deal_amount,
+        })
+    }
+    /// Days a referral may lead to an attributed deal.
+    async fn attribution_window_days(&self) -> i32 {
+        self.0.attribution_window_days
+    }
+    /// Days an accrual stays pending.
+    async fn hold_days(&self) -> i32 {
+        self.0.hold_days
+    }
+    /// Days after closing during which a won deal can be clawed back.
+    async fn clawback_days(&self) -> i32 {
+        self.0.clawback_days
+    }
+    /// When the program was created.
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+    /// The program's partners, oldest first (a partner key sees only itself).
+    #[graphql(complexity = "page_complexity(first, child_complexity)")]
+    async fn partners(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(validator(minimum = 0, maximum = 100))] first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<PartnerConnection> {
+        let principal = principal(ctx).await?;
+        let args = PageArgs::parse(first, after)?;
+        let had_cursor = args.after.is_some();
+        if let Principal::Partner { partner_id, .. } = principal {
+            // A partner sees its own record only.
+            let loaders = ctx.data_unchecked::<Loaders>();
+            let own = loaders.partners.load_one(partner_id.clone()).await?;
+            let items: Vec<partner::Model> = own
+                .filter(|p| p.program_id == self.0.id)
+                .filter(|p| args.after.as_ref().is_none_or(|a| p.id > *a))
+                .into_iter()
+                .take(args.first as usize)
+                .collect();
+            let total = TotalCount::Known(items.len() as u64);
+            let page = crate::db::pages::Page {
+                items,
+                has_next: false,
+            };
+            return Ok(PartnerConnection::build(
+                page,
+                had_cursor,
+                |p| p.id.clone(),
+                Partner,
+                total,
+            ));
+        }
+        let loaders = ctx.data_unchecked::<Loaders>();
+        let page = loaders
+            .program_partners
+            .load_one(ChildPageKey {
+                parent: self.0.id.clone(),
+                args,
+            })
+            .await?
+            .unwrap_or(crate::db::pages::Page {
+                items: Vec::new(),
+                has_next: false,
+            });
+        Ok(PartnerConnection::build(
+            page,
+            had_cursor,
+            |p| p.id.clone(),
+            Partner,
+            TotalCount::Child(ChildCountKey {
+                kind: ChildKind::ProgramPartners,
+                parent: self.0.id.clone(),
+            }),
+        ))
+    }
+}
+
+/// A partner in a program.
+pub struct Partner(pub partner::Model);
+
+#[Object]
+impl Partner {
+    /// Unique id.
+    async fn id(&self) -> ID {
+        ID(self.0.id.clone())
+    }
+    /// Display name.
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    /// Standing in the program.
+    async fn status(&self) -> Result<PartnerStatus> {
+        PartnerStatus::parse(&self.0.status).ok_or_else(|| internal("partner status", &self.0.status))
+    }
+    /// Code a CRM deal can carry to be attributed to this partner.
+    async fn referral_code(&self) -> &str {
+        &self.0.referral_code
+    }
+    /// The partner's own company domain.
+    async fn domain(&self) -> Option<&str> {
+        self.0.domain.as_deref()
+    }
+    /// Contact email.
+    async fn contact_email(&self) -> &str {
+        &self.0.contact_email
+    }
+    /// When the partner joined.
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+    /// When the partner was terminated, if it was.
+    async fn terminated_at(&self) -> Option<DateTime<Utc>> {
+        self.0.terminated_at
+    }
+    /// The program the partner belongs to.
+    async fn program(&self, ctx: &Context<'_>) -> Result<Program> {
+        let loaders = ctx.data_unchecked::<Loaders>();
+        loaders
+            .programs
+            .load_one(self.0.program_id.clone())
+            .await?
+            .map(Program)
+            .ok_or_else(|| ApiError::Internal(format!("partner {} has no program", self.0.id)).into())
+    }
+    /// The partner's referrals, newest first.
+    #[graphql(complexity = "page_complexity(first, child_complexity)")]
+    async fn referrals(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(validator(minimum = 0, maximum = 100))] first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<ReferralConnection> {
+        let args = PageArgs::parse(first, after)?;
+        let had_cursor = args.after.is_some();
+        let loaders = ctx.data_unchecked::<Loaders>();
+        let page = loaders
+            .partner_referrals
+            .load_one(ChildPageKey {
+                parent: self.0.id.clone(),
+                args,
+            })
+            .await?
+            .unwrap_or(crate::db::pages::Page {
+                items: Vec::new(),
+                has_next: false,
+            });
+        Ok(ReferralConnection::build(
+            page,
+            had_cursor,
+            |r| r.id.clone(),
+            Referral,
+            TotalCount::Child(ChildCountKey {
+                kind: ChildKind::PartnerReferrals,
+                parent: self.0.id.clone(),
+            }),
+        ))
+    }
+    /// Deals attributed to the partner, newest first.
+    #[graphql(complexity = "page_complexity(first, child_complexity)")]
+    async fn deals(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(validator(minimum = 0, maximum = 100))] first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<DealConnection> {
+        let args = PageArgs::parse(first, after)?;
+        let had_cursor = args.after.is_some();
+        let loaders = ctx.data_unchecked::<Loaders>();
+        let page = loaders
+            .partner_deals
+            .load_one(ChildPageKey {
+                parent: self.0.id.clone(),
+                args,
+            })
+            .await?
+            .unwrap_or(crate::db::pages::Page {
+                items: Vec::new(),
+                has_next: false,
+            });
+        Ok(DealConnection::build(
+            page,
+            had_cursor,
+            |d| d.id.clone(),
+            Deal,
+            TotalCount::Child(ChildCountKey {
+                kind: ChildKind::PartnerDeals,
+                parent: self.0.id.clone(),
+            }),
+        ))
+    }
+}
+
+/// A registered referral (deal registration).
+pub struct Referral(pub referral::Model);
+
+#[Object]
+impl Referral {
+    /// Unique id.
+    async fn id(&self) -> ID {
+        ID(self.0.id.clone())
+    }
+    /// Where the referral stands.
+    async fn status(&self) -> Result<ReferralStatus> {
+        ReferralStatus::parse(&self.0.status)
+            .ok_or_else(|| internal("referral status", &self.0.status))
+    }
+    /// The referred company.
+    async fn company_name(&self) -> &str {
+        &self.0.company_name
+    }
+    /// Its normalised domain (free-mail domains are dropped).
+    async fn company_domain(&self) -> Option<&str> {
+        self.0.company_domain.as_deref()
+    }
+    /// Contact name.
+    async fn contact_name(&self) -> Option<&str> {
+        self.0.contact_name.as_deref()
+    }
+    /// Normalised contact email.
+    async fn contact_email(&self) -> Option<&str> {
+        self.0.contact_email.as_deref()
+    }
+    /// Notes from the submitter.
+    async fn notes(&self) -> Option<&str> {
+        self.0.notes.as_deref()
+    }
+    /// When it was submitted.
+    async fn submitted_at(&self) -> DateTime<Utc> {
+        self.0.submitted_at
+    }
+    /// The earlier registration this one duplicates. Admins only: a partner is never told
+    /// which registration (or partner) came first.
+    async fn duplicate_of_id(&self, ctx: &Context<'_>) -> Result<Option<ID>> {
+        let principal = principal(ctx).await?;
+        Ok(match principal {
+            Principal::Admin { .. } => self.0.duplicate_of_id.clone().map(ID),
+            _ => None,
+        })
+    }
+    /// The submitting partner.
+    async fn partner(&self, ctx: &Context<'_>) -> Result<Partner> {
+        let loaders = ctx.data_unchecked::<Loaders>();
+        loaders
+            .partners
+            .load_one(self.0.partner_id.clone())
+            .await?
+            .map(Partner)
+            .ok_or_else(|| ApiError::Internal(format!("referral {} has no partner", self.0.id)).into())
+    }
+    /// The CRM deal attributed to this referral, if any.
+    async fn deal(&self, ctx: &Context<'_>) -> Result<Option<Deal>> {
+        let principal = principal(ctx).await?;
+        let loaders = ctx.data_unchecked::<Loaders>();
+        let found = loaders.deal_by_referral.load_one(self.0.id.clone()).await?;
+        Ok(found
+            .filter(|(_, a)| {
+                principal
+                    .partner_scope()
+                    .is_none_or(|own| own == a.partner_id)
+            })
+            .map(|(d, _)| Deal(d)))
+    }
+}
+
+/// How a deal was attributed to its partner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+pub enum AttributionMethod {
+    /// An admin attributed it.
+    Manual,
+    /// The deal carried the partner's referral code.
+    Code,
+    /// The deal's company or contact domain matched an accepted referral.
+    Domain,
+}
+
+/// Deal status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+pub enum DealStatus {
+    /// Still open.
+    Open,
+    /// Won.
+    Won,
+    /// Lost (or deleted).
+    Lost,
+}
+
+/// A CRM deal mirrored into Tandem.
+pub struct Deal(pub deal::Model);
+
+impl Deal {
+    async fn attribution(&self, ctx: &Context<'_>) -> Result<Option<attribution::Model>> {
+        let loaders = ctx.data_unchecked::<Loaders>();
+        loaders.attributions.load_one(self.0.id.clone()).await
+    }
+}
+
+#[Object]
+impl Deal {
+    /// Unique id.
+    async fn id(&self) -> ID {
+        ID(self.0.id.clone())
+    }
+    /// The CRM's id for the deal.
+    async fn external_id(&self) -> &str {
+        &self.0.external_id
+    }
+    /// Deal name.
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    /// Amount in `currency`.
+    async fn amount(&self) -> Result<Decimal> {
+        Ok(parse_stored_decimal(&self.0.amount)?)
+    }
+    /// ISO 4217 currency of the amount.
+    async fn currency(&self) -> &str {
+        &self.0.currency
+    }
+    /// Open, won or lost (a deleted deal counts as lost).
+    async fn status(&self) -> Result<DealStatus> {
+        if self.0.deleted {
+            return Ok(DealStatus::Lost);
+        }
+        match self.0.status.as_str() {
+            "OPEN" => Ok(DealStatus::Open),
+            "WON" => Ok(DealStatus::Won),
+            "LOST" => Ok(DealStatus::Lost),
+            other => Err(internal("deal status", other)),
+        }
+    }
+    /// The CRM's stage label.
+    async fn stage(&self) -> Option<&str> {
+        self.0.stage.as_deref()
+    }
+    /// When the deal closed.
+    async fn closed_at(&self) -> Option<DateTime<Utc>> {
+        self.0.closed_at
+    }
+    /// When the deal was created in the CRM.
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+    /// The CRM's last modification time.
+    async fn updated_at(&self) -> DateTime<Utc> {
+        self.0.updated_at
+    }
+    /// The customer's company domain.
+    async fn company_domain(&self) -> Option<&str> {
+        self.0.company_domain.as_deref()
+    }
+    /// Contact emails on the deal.
+    async fn contact_emails(&self) -> Vec<String> {
+        serde_json::from_value(self.0.contact_emails.clone()).unwrap_or_default()
+    }
+    /// Referral code carried by the deal.
+    async fn referral_code(&self) -> Option<&str> {
+        self.0.referral_code.as_deref()
+    }
+    /// Whether the CRM deleted the deal.
+    async fn deleted(&self) -> bool {
+        self.0.deleted
+    }
+    /// The partner the deal is attributed to.
+    async fn partner(&self, ctx: &Context<'_>) -> Result<Option<Partner>> {
+        let Some(attribution) = self.attribution(ctx).await? else {
+            return Ok(None);
+        };
+        let loaders = ctx.data_unchecked::<Loaders>();
+        Ok(loaders
+            .partners
+            .load_one(attribution.partner_id)
+            .await?
+            .map(Partner))
+    }
+    /// How the deal was attributed.
+    async fn attribution_method(&self, ctx: &Context<'_>) -> Result<Option<AttributionMethod>> {
+        let Some(attribution) = self.attribution(ctx).await? else {
+            return Ok(None);
+        };
+        Ok(match attribution.method.as_str() {
+            "MANUAL" => Some(AttributionMethod::Manual),
+            "CODE" => Some(AttributionMethod::Code),
+            "DOMAIN" => Some(AttributionMethod::Domain),
+            other => return Err(internal("attribution method", other)),
+        })
+    }
+}
+
+/// An API key (never its token, which is shown once at creation).
+pub struct ApiKey(pub api_key::Model);
+
+#[Object]
+impl ApiKey {
+    /// Unique id.
+    async fn id(&self) -> ID {
+        ID(self.0.id.clone())
+    }
+    /// Label.
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    /// Role.
+    async fn role(&self) -> Result<ApiKeyRole> {
+        ApiKeyRole::parse(&self.0.role).ok_or_else(|| internal("key role", &self.0.role))
+    }
+    /// The partner a PARTNER key is bound to.
+    async fn partner_id(&self) -> Option<ID> {
+        self.0.partner_id.clone().map(ID)
+    }
+    /// Programs an INTEGRATION key may read events of.
+    async fn program_ids(&self) -> Vec<ID> {
+        self.0
+            .program_ids
+            .clone()
+            .and_then(|v| serde_json::from_value::<Vec<String>>(v).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .map(ID)
+            .collect()
+    }
+    /// The first characters of the token, to recognise it.
+    async fn token_prefix(&self) -> &str {
+        &self.0.token_prefix
+    }
+    /// When it was created.
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+    /// When it was revoked.
+    async fn revoked_at(&self) -> Option<DateTime<Utc>> {
+        self.0.revoked_at
+    }
+}
+
+/// An event from the outbox.
+pub struct Event(pub event::Model);
+
+#[Object]
+impl Event {
+    /// Stable id (the `webhook-id` of its deliveries).
+    async fn id(&self) -> &str {
+        &self.0.id
+    }
+    /// Type, such as `referral.submitted`.
+    #[graphql(name = "type")]
+    async fn event_type(&self) -> &str {
+        &self.0.event_type
+    }
+    /// When it happened.
+    async fn timestamp(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+    /// Payload; always carries `programId`, and `partnerId` where a partner is concerned.
+    async fn data(&self) -> Json<serde_json::Value> {
+        Json(self.0.data.clone())
+    }
+}
+
+/// Who is calling.
+pub struct Viewer(pub Principal);
+
+#[Object]
+impl Viewer {
+    /// The key's role.
+    async fn role(&self) -> ApiKeyRole {
+        self.0.role()
+    }
+    /// The partner a PARTNER key is bound to.
+    async fn partner(&self, ctx: &Context<'_>) -> Result<Option<Partner>> {
+        let Some(id) = self.0.partner_scope() else {
+            return Ok(None);
+        };
+        let loaders = ctx.data_unchecked::<Loaders>();
+        Ok(loaders.partners.load_one(id.to_string()).await?.map(Partner))
+    }
+}
+
+connection!(ProgramConnection, ProgramEdge, Program, "programs");
+connection!(PartnerConnection, PartnerEdge, Partner, "partners");
+connection!(ReferralConnection, ReferralEdge, Referral, "referrals");
+connection!(DealConnection, DealEdge, Deal, "deals");
+connection!(ApiKeyConnection, ApiKeyEdge, ApiKey, "API keys");
+connection!(EventConnection, EventEdge, Event, "events");

@@ -1,0 +1,151 @@
+//! `POST /graphql` and `GET /graphql` (GraphiQL). The body is read with a 1 MiB limit (413
+//! beyond), malformed JSON answers 400, and every GraphQL error leaves with an
+//! `extensions.code`.
+
+use std::time::Instant;
+
+use async_graphql::{ErrorExtensionValues, Response as GqlResponse, http::GraphiQLSource};
+use poem::{
+    Body, IntoResponse, Request, Response, handler,
+    error::ReadBodyError,
+    http::{StatusCode, header},
+    web::{Data, Html},
+};
+use serde_json::json;
+
+use crate::{
+    graphql::{RequestAuth, loaders::Loaders},
+    http::{AppState, metrics::operation_name},
+};
+
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// GraphiQL, pointed at this server.
+#[handler]
+pub async fn graphiql() -> Html<String> {
+    Html(
+        GraphiQLSource::build()
+            .endpoint("/graphql")
+            .title("Tandem GraphiQL")
+            .finish(),
+    )
+}
+
+fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
+    Response::builder()
+        .status(status)
+        .content_type("application/json")
+        .body(
+            json!({"errors": [{"message": message, "extensions": {"code": code}}]}).to_string(),
+        )
+}
+
+/// The bearer token of a request: `Some("")` for a malformed header, so that it is rejected
+/// rather than treated as anonymous.
+pub fn bearer_token(req: &Request) -> Option<String> {
+    let value = req.headers().get(header::AUTHORIZATION)?;
+    let value = value.to_str().unwrap_or_default().trim();
+    let token = match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+        _ => "",
+    };
+    Some(token.to_string())
+}
+
+/// Gives every error without a code one: errors raised before execution (parse, validation,
+/// argument coercion) are the client's, so `BAD_USER_INPUT`, naming the argument when known.
+fn add_error_codes(response: &mut GqlResponse) {
+    for error in &mut response.errors {
+        let has_code = error
+            .extensions
+            .as_ref()
+            .is_some_and(|ext| ext.get("code").is_some());
+        if has_code {
+            continue;
+        }
+        let mut ext = error.extensions.take().unwrap_or_else(ErrorExtensionValues::default);
+        ext.set("code", "BAD_USER_INPUT");
+        if let Some(field) = argument_in_message(&error.message) {
+            ext.set("field", field);
+        }
+        error.extensions = Some(ext);
+    }
+}
+
+/// Extracts `input.kind` from messages such as
+/// `Invalid value for argument "input.kind", enumeration type …`.
+fn argument_in_message(message: &str) -> Option<String> {
+    let rest = message.split_once("argument \"")?.1;
+    let (field, _) = rest.split_once('"')?;
+    Some(field.to_string())
+}
+
+/// Executes one GraphQL request.
+#[handler]
+pub async fn graphql_post(req: &Request, body: Body, state: Data<&AppState>) -> Response {
+    let started = Instant::now();
+    let bytes = match body.into_bytes_limit(MAX_BODY_BYTES).await {
+        Ok(bytes) => bytes,
+        Err(ReadBodyError::PayloadTooLarge) => {
+            return json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "BAD_USER_INPUT",
+                "request body exceeds 1 MiB",
+            );
+        }
+        Err(_) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "BAD_USER_INPUT",
+                "could not read the request body",
+            );
+        }
+    };
+    let request: async_graphql::Request = match serde_json::from_slice(&bytes) {
+        Ok(request) => request,
+        Err(err) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "BAD_USER_INPUT",
+                &format!("the body is not a GraphQL request in JSON: {err}"),
+            );
+        }
+    };
+    let operation = operation_name(request.operation_name.as_deref(), &request.query);
+    let request = request
+        .data(RequestAuth::new(bearer_token(req)))
+        .data(Loaders::new(&state.db));
+    let mut response = state.schema.execute(request).await;
+    add_error_codes(&mut response);
+    state
+        .metrics
+        .observe_graphql(&operation, response.errors.is_empty(), started.elapsed().as_secs_f64());
+    match serde_json::to_vec(&response) {
+        Ok(body) => Response::builder()
+            .content_type("application/json")
+            .body(body),
+        Err(err) => {
+            tracing::error!(error = %err, "serialising a GraphQL response failed");
+            json_error(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "internal error")
+        }
+    }
+    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argument_names_are_extracted() {
+        assert_eq!(
+            argument_in_message(
+                "Invalid value for argument \"input.kind\", enumeration type \"ProgramKind\" does not contain the value \"X\""
+            )
+            .as_deref(),
+            Some("input.kind")
+        );
+        assert_eq!(argument_in_message("Unknown field"), None);
+    }
+}

@@ -1,0 +1,235 @@
+//! Prometheus metrics: requests and latency per HTTP route and per GraphQL operation, plus
+//! database statements. Rendered in the text exposition format at `GET /metrics`.
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+};
+
+/// Most distinct GraphQL operation names tracked; further names are counted as `other`.
+const MAX_OPERATION_LABELS: usize = 200;
+
+/// The process's metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    http_requests: IntCounterVec,
+    http_latency: HistogramVec,
+    graphql_requests: IntCounterVec,
+    graphql_latency: HistogramVec,
+    db_statements: IntCounter,
+    operations: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let http_requests = IntCounterVec::new(
+            Opts::new("tandem_http_requests_total", "HTTP requests by route and status"),
+            &["route", "method", "status"],
+        )
+        .expect("valid metric");
+        let http_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "tandem_http_request_duration_seconds",
+                "HTTP request latency by route",
+            ),
+            &["route"],
+        )
+        .expect("valid metric");
+        let graphql_requests = IntCounterVec::new(
+            Opts::new(
+                "tandem_graphql_requests_total",
+                "GraphQL operations by name and outcome",
+            ),
+            &["operation", "outcome"],
+        )
+        .expect("valid metric");
+        let graphql_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "tandem_graphql_request_duration_seconds",
+                "GraphQL operation latency by name",
+            ),
+            &["operation"],
+        )
+        .expect("valid metric");
+        let db_statements = IntCounter::new(
+            "tandem_db_statements_total",
+            "SQL statements executed by this process",
+        )
+        .expect("valid metric");
+        for collector in [
+            Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(http_latency.clone()),
+            Box::new(graphql_requests.clone()),
+            Box::new(graphql_latency.clone()),
+            Box::new(db_statements.clone()),
+        ] {
+            registry.register(collector).expect("metric registered once");
+        }
+        Metrics {
+            registry,
+            http_requests,
+            http_latency,
+            graphql_requests,
+            graphql_latency,
+            db_statements,
+            operations: Arc::new(Mutex::new(HashSet::new())),
+        }
+    }
+
+    /// Records one GraphQL operation.
+    pub fn observe_graphql(&self, operation: &str, ok: bool, seconds: f64) {
+        let label = self.operation_label(operation);
+        let outcome = if ok { "ok" } else { "error" };
+        self.graphql_requests
+            .with_label_values(&[label.as_str(), outcome])
+            .inc();
+        self.graphql_latency
+            .with_label_values(&[label.as_str()])
+            .observe(seconds);
+    }
+
+    fn operation_label(&self, operation: &str) -> String {
+        let valid = !operation.is_empty()
+            && operation.len() <= 64
+            && operation
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return "other".to_string();
+        }
+        let mut seen = self.operations.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.contains(operation) || seen.len() < MAX_OPERATION_LABELS {
+            seen.insert(operation.to_string());
+            operation.to_string()
+        } else {
+            "other".to_string()
+        }
+    }
+
+    /// Renders every metric; `statements` is the database's running statement count.
+    pub fn render(&self, statements: u64) -> String {
+        let current = self.db_statements.get();
+        if statements > current {
+            self.db_statements.inc_by(statements - current);
+        }
+        let mut buffer = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(err) = encoder.encode(&self.registry.gather(), &mut buffer) {
+            tracing::error!(error = %err, "encoding metrics failed");
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+
+    /// Middleware recording requests and latency under a fixed route label.
+    pub fn route(&self, route: &'static str) -> RouteMetrics {
+        RouteMetrics {
+            metrics: self.clone(),
+            route,
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// Middleware that records one route's requests.
+pub struct RouteMetrics {
+    metrics: Metrics,
+    route: &'static str,
+}
+
+impl<E: Endpoint> Middleware<E> for RouteMetrics {
+    type Output = RouteMetricsEndpoint<E>;
+
+    fn transform(&self, inner: E) -> Self::Output {
+        RouteMetricsEndpoint {
+            inner,
+            metrics: self.metrics.clone(),
+            route: self.route,
+        }
+    }
+}
+
+/// See [`RouteMetrics`].
+pub struct RouteMetricsEndpoint<E> {
+    inner: E,
+    metrics: Metrics,
+    route: &'static str,
+}
+
+impl<E: Endpoint> Endpoint for RouteMetricsEndpoint<E> {
+    type Output = Response;
+
+    async fn call(&self, req: Request) -> poem::Result<Response> {
+        let start = Instant::now();
+        let method = req.method().to_string();
+        let result = self.inner.call(req).await.map(IntoResponse::into_response);
+        let status = match &result {
+            Ok(resp) => resp.status(),
+            Err(err) => err.status(),
+        };
+        self.metrics
+            .http_requests
+            .with_label_values(&[self.route, method.as_str(), status.as_str()])
+            .inc();
+        self.metrics
+            .http_latency
+            .with_label_values(&[self.route])
+            .observe(start.elapsed().as_secs_f64());
+        result
+    }
+}
+
+/// The operation name of a request: the explicit `operationName`, else the name of the first
+/// operation in the document, else `anonymous`.
+pub fn operation_name(explicit: Option<&str>, query: &str) -> String {
+    if let Some(name) = explicit {
+        return name.to_string();
+    }
+    let mut rest = query.trim_start();
+    while let Some(stripped) = rest.strip_prefix('#') {
+        rest = stripped
+            .split_once('\n')
+            .map(|(_, r)| r)
+            .unwrap_or("")
+            .trim_start();
+    }
+    for keyword in ["query", "mutation", "subscription"] {
+        if let Some(after) = rest.strip_prefix(keyword) {
+            let name: String = after
+                .trim_start()
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if !name.is_empty() {
+                return name;
+            }
+        }
+    }
+    "anonymous".to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operation_names_are_found() {
+        assert_eq!(operation_name(Some("X"), "query Y { a }"), "X");
+        assert_eq!(operation_name(None, "  query Dashboard($id: ID!) { a }"), "Dashboard");
+        assert_eq!(operation_name(None, "# c\nmutation Make { a }"), "Make");
+        assert_eq!(operation_name(None, "{ a }"), "anonymous");
+    }
+}

@@ -1,0 +1,72 @@
+//! The HTTP surface (poem): GraphQL, GraphiQL, health, readiness and metrics.
+
+pub mod graphql;
+pub mod metrics;
+
+use poem::{
+    EndpointExt, IntoResponse, Response, Route, get, handler,
+    http::StatusCode,
+    web::{Data, Json},
+};
+use serde_json::json;
+
+use crate::{config::Config, db::Db, graphql::TandemSchema};
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// The database.
+    pub db: Db,
+    /// The GraphQL schema.
+    pub schema: TandemSchema,
+    /// Metrics.
+    pub metrics: metrics::Metrics,
+    /// Configuration.
+    pub config: Config,
+}
+
+/// `GET /healthz`: the process is up.
+#[handler]
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// `GET /readyz`: the database answers.
+#[handler]
+async fn readyz(state: Data<&AppState>) -> Response {
+    match state.db.ping().await {
+        Ok(()) => Json(json!({"status": "ready"})).into_response(),
+        Err(err) => {
+            tracing::warn!(error = %err, "readiness check failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"status": "unavailable", "reason": "database unreachable"})),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// `GET /metrics`: Prometheus text format.
+#[handler]
+async fn metrics_endpoint(state: Data<&AppState>) -> Response {
+    Response::builder()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render(state.db.statement_count()))
+}
+
+/// All routes.
+pub fn routes(state: AppState) -> impl poem::Endpoint {
+    let m = state.metrics.clone();
+    Route::new()
+        .at(
+            "/graphql",
+            get(graphql::graphiql)
+                .post(graphql::graphql_post)
+                .with(m.route("/graphql")),
+        )
+        .at("/healthz", get(healthz).with(m.route("/healthz")))
+        .at("/readyz", get(readyz).with(m.route("/readyz")))
+        .at("/metrics", get(metrics_endpoint).with(m.route("/metrics")))
+        .data(state)
+}

@@ -1,0 +1,16 @@
+//! `tandem` binary: parses the command line and hands over to the library.
+#![forbid(unsafe_code)]
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tandem::install_crypto_provider();
+    match tandem::cli::run(tandem::cli::Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("tandem: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
