@@ -10,10 +10,10 @@ use poem::{
 };
 
 use crate::{
-    error::ApiError,
     config::Config,
     db::Db,
     domain::auth::{ApiKeyRole, create_key, has_admin_key},
+    error::ApiError,
     graphql::build_schema,
     http::{AppState, metrics::Metrics, routes},
 };
@@ -74,9 +74,15 @@ impl App {
         {
             return Ok(None);
         }
-        let created = create_key(&self.state.db, "initial admin", ApiKeyRole::Admin, None, &[])
-            .await
-            .map_err(ApiError::into_anyhow)?;
+        let created = create_key(
+            &self.state.db,
+            "initial admin",
+            ApiKeyRole::Admin,
+            None,
+            &[],
+        )
+        .await
+        .map_err(ApiError::into_anyhow)?;
         Ok(Some(created.token))
     }
 

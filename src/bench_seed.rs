@@ -8,7 +8,6 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::{
-    error::ApiError,
     db::{
         Db,
         entities::{attribution, deal, partner, program, referral},
@@ -18,6 +17,7 @@ use crate::{
         ids::new_id,
         partners::generate_referral_code,
     },
+    error::ApiError,
 };
 
 /// What was seeded.
@@ -62,7 +62,8 @@ pub async fn seed(db: &Db, partners: u32, referrals: u32) -> anyhow::Result<Benc
     let mut partner_ids = Vec::with_capacity(partners as usize);
     for chunk_start in (0..partners).step_by(BATCH) {
         let tx = db.begin_write().await?;
-        let rows: Vec<partner::ActiveModel> = (chunk_start..(chunk_start + BATCH as u32).min(partners))
+        let rows: Vec<partner::ActiveModel> = (chunk_start
+            ..(chunk_start + BATCH as u32).min(partners))
             .map(|i| {
                 let id = new_id();
                 partner_ids.push(id.clone());
@@ -143,15 +144,23 @@ pub async fn seed(db: &Db, partners: u32, referrals: u32) -> anyhow::Result<Benc
         referral::Entity::insert_many(refs).exec(&*tx).await?;
         if !deals.is_empty() {
             deal::Entity::insert_many(deals).exec(&*tx).await?;
-            attribution::Entity::insert_many(attributions).exec(&*tx).await?;
+            attribution::Entity::insert_many(attributions)
+                .exec(&*tx)
+                .await?;
         }
         tx.commit().await?;
         next = end;
     }
     let partner_id = partner_ids[partner_ids.len() / 2].clone();
-    let key = create_key(db, "bench partner", ApiKeyRole::Partner, Some(&partner_id), &[])
-        .await
-        .map_err(ApiError::into_anyhow)?;
+    let key = create_key(
+        db,
+        "bench partner",
+        ApiKeyRole::Partner,
+        Some(&partner_id),
+        &[],
+    )
+    .await
+    .map_err(ApiError::into_anyhow)?;
     let admin = create_key(db, "bench admin", ApiKeyRole::Admin, None, &[])
         .await
         .map_err(ApiError::into_anyhow)?;

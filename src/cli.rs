@@ -169,13 +169,11 @@ async fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
         eprintln!("\nCreated the first admin API key (shown once, store it now):\n\n    {token}\n");
         eprintln!("GraphiQL: {base}/graphql  (send the header  Authorization: Bearer {token})\n");
     }
-    if demo {
-        if let Some(seeded) = crate::demo::seed_demo(&app.state.db).await? {
-            eprintln!(
-                "Seeded the demo program {} with partners; partner key for {} (shown once):\n\n    {}\n",
-                seeded.program_id, seeded.partner_name, seeded.partner_token
-            );
-        }
+    if demo && let Some(seeded) = crate::demo::seed_demo(&app.state.db).await? {
+        eprintln!(
+            "Seeded the demo program {} with partners; partner key for {} (shown once):\n\n    {}\n",
+            seeded.program_id, seeded.partner_name, seeded.partner_token
+        );
     }
     tracing::info!(address = %app.addr, "Tandem listening; GraphiQL at {base}/graphql");
     app.run_until(shutdown_signal()).await?;

@@ -35,6 +35,9 @@ pub struct Config {
     pub public_url: Option<String>,
     /// Maximum number of pooled database connections.
     pub database_max_connections: u32,
+    /// How long a GraphQL DataLoader waits to gather keys into one batch, in milliseconds
+    /// (`TANDEM_GRAPHQL_BATCH_DELAY_MS`).
+    pub graphql_batch_delay_ms: u64,
 }
 
 impl Default for Config {
@@ -46,6 +49,7 @@ impl Default for Config {
             log_format: LogFormat::Pretty,
             public_url: None,
             database_max_connections: 8,
+            graphql_batch_delay_ms: 2,
         }
     }
 }
@@ -64,7 +68,7 @@ pub struct FlagOverrides {
 impl Config {
     /// Loads the layered configuration from `tandem.toml` (if present in the working
     /// directory, or at `TANDEM_CONFIG`), the environment and the flags.
-    pub fn load(flags: &FlagOverrides) -> Result<Config, figment::Error> {
+    pub fn load(flags: &FlagOverrides) -> Result<Config, Box<figment::Error>> {
         let file = std::env::var("TANDEM_CONFIG").unwrap_or_else(|_| "tandem.toml".to_string());
         let config: Config = Figment::from(Serialized::defaults(Config::default()))
             .merge(Toml::file(file))
@@ -75,32 +79,34 @@ impl Config {
                 "log_format",
                 "public_url",
                 "database_max_connections",
+                "graphql_batch_delay_ms",
             ]))
             .merge(Serialized::defaults(flags))
-            .extract()?;
+            .extract()
+            .map_err(Box::new)?;
         config.validate()?;
         Ok(config)
     }
 
-    fn validate(&self) -> Result<(), figment::Error> {
+    fn validate(&self) -> Result<(), Box<figment::Error>> {
         if !(self.database_url.starts_with("sqlite:")
             || self.database_url.starts_with("postgres://")
             || self.database_url.starts_with("postgresql://"))
         {
-            return Err(figment::Error::from(
+            return Err(Box::new(figment::Error::from(
                 "database_url must start with sqlite: or postgres://".to_string(),
-            ));
-        }
-        if self.bind.parse::<SocketAddr>().is_err() {
-            return Err(figment::Error::from(format!(
-                "bind must be an address such as 127.0.0.1:8080, got {:?}",
-                self.bind
             )));
         }
+        if self.bind.parse::<SocketAddr>().is_err() {
+            return Err(Box::new(figment::Error::from(format!(
+                "bind must be an address such as 127.0.0.1:8080, got {:?}",
+                self.bind
+            ))));
+        }
         if self.database_max_connections == 0 {
-            return Err(figment::Error::from(
+            return Err(Box::new(figment::Error::from(
                 "database_max_connections must be at least 1".to_string(),
-            ));
+            )));
         }
         Ok(())
     }

@@ -16,7 +16,10 @@ use crate::{
         events::{self, EventType},
         ids::new_id,
         partners::{CreatePartnerInput, create_partner},
-        programs::{CommissionPlanInput, CommissionType, CreateProgramInput, ProgramKind, Tier, create_program},
+        programs::{
+            CommissionPlanInput, CommissionType, CreateProgramInput, ProgramKind, Tier,
+            create_program,
+        },
         referrals::{SubmitReferralInput, submit_referral},
     },
     error::ApiError,
@@ -73,9 +76,21 @@ pub async fn seed_demo(db: &Db) -> anyhow::Result<Option<DemoSeed>> {
     .map_err(err)?;
     let mut partners = Vec::new();
     for (name, domain, email) in [
-        ("Northwind Agency", "northwind.example", "alliances@northwind.example"),
-        ("Globex Resellers", "globex.example", "partners@globex.example"),
-        ("Initech Integrations", "initech.example", "bd@initech.example"),
+        (
+            "Northwind Agency",
+            "northwind.example",
+            "alliances@northwind.example",
+        ),
+        (
+            "Globex Resellers",
+            "globex.example",
+            "partners@globex.example",
+        ),
+        (
+            "Initech Integrations",
+            "initech.example",
+            "bd@initech.example",
+        ),
     ] {
         partners.push(
             create_partner(
@@ -96,10 +111,25 @@ pub async fn seed_demo(db: &Db) -> anyhow::Result<Option<DemoSeed>> {
     };
     let referrals = [
         (0, "Contoso Ltd", "contoso.example", "it@contoso.example"),
-        (0, "Fabrikam Inc", "fabrikam.example", "cto@fabrikam.example"),
-        (1, "Tailspin Toys", "tailspin.example", "ops@tailspin.example"),
+        (
+            0,
+            "Fabrikam Inc",
+            "fabrikam.example",
+            "cto@fabrikam.example",
+        ),
+        (
+            1,
+            "Tailspin Toys",
+            "tailspin.example",
+            "ops@tailspin.example",
+        ),
         (1, "Contoso Ltd", "contoso.example", "buyer@contoso.example"),
-        (2, "Wide World Importers", "wideworld.example", "it@wideworld.example"),
+        (
+            2,
+            "Wide World Importers",
+            "wideworld.example",
+            "it@wideworld.example",
+        ),
     ];
     let mut submitted = Vec::new();
     for (partner, company, domain, email) in referrals {
@@ -125,8 +155,18 @@ pub async fn seed_demo(db: &Db) -> anyhow::Result<Option<DemoSeed>> {
     let now = Utc::now();
     let tx = db.begin_write().await?;
     for (referral, name, amount, won) in [
-        (&submitted[0], "Contoso — annual plan", Decimal::from(12_000), true),
-        (&submitted[2], "Tailspin — pilot", Decimal::from(4_500), false),
+        (
+            &submitted[0],
+            "Contoso — annual plan",
+            Decimal::from(12_000),
+            true,
+        ),
+        (
+            &submitted[2],
+            "Tailspin — pilot",
+            Decimal::from(4_500),
+            false,
+        ),
     ] {
         let deal = deal::ActiveModel {
             id: Set(new_id()),

@@ -51,10 +51,10 @@ pub fn normalize_domain(input: &str) -> Option<String> {
     }
     let end = s.find(['/', '?', '#']).unwrap_or(s.len());
     s.truncate(end);
-    if let Some(colon) = s.rfind(':') {
-        if s[colon + 1..].chars().all(|c| c.is_ascii_digit()) {
-            s.truncate(colon);
-        }
+    if let Some(colon) = s.rfind(':')
+        && s[colon + 1..].chars().all(|c| c.is_ascii_digit())
+    {
+        s.truncate(colon);
     }
     let s = s.trim_end_matches('.');
     let s = s.strip_prefix("www.").unwrap_or(s);
@@ -125,8 +125,14 @@ mod tests {
             normalize_domain(" HTTPS://www.Acme.com/pricing?x=1 ").as_deref(),
             Some("acme.com")
         );
-        assert_eq!(normalize_domain("acme.co.uk:443").as_deref(), Some("acme.co.uk"));
-        assert_eq!(normalize_domain("sub.acme.io.").as_deref(), Some("sub.acme.io"));
+        assert_eq!(
+            normalize_domain("acme.co.uk:443").as_deref(),
+            Some("acme.co.uk")
+        );
+        assert_eq!(
+            normalize_domain("sub.acme.io.").as_deref(),
+            Some("sub.acme.io")
+        );
         assert_eq!(normalize_domain("not a domain"), None);
         assert_eq!(normalize_domain("localhost"), None);
         assert_eq!(normalize_domain("a@b.com"), None);

@@ -99,7 +99,10 @@ pub async fn create_partner(db: &Db, input: CreatePartnerInput) -> ApiResult<par
     };
     let program_id = input.program_id.to_string();
     if !is_valid_id(&program_id) {
-        return Err(ApiError::bad_input("input.programId", "no program has this id"));
+        return Err(ApiError::bad_input(
+            "input.programId",
+            "no program has this id",
+        ));
     }
     let tx = db.begin_write().await?;
     program::Entity::find_by_id(program_id.clone())
@@ -197,10 +200,10 @@ pub async fn find_visible_partner(
     id: &str,
 ) -> ApiResult<Option<partner::Model>> {
     principal.require_admin_or_partner()?;
-    if let Some(own) = principal.partner_scope() {
-        if own != id {
-            return Ok(None);
-        }
+    if let Some(own) = principal.partner_scope()
+        && own != id
+    {
+        return Ok(None);
     }
     if !is_valid_id(id) {
         return Ok(None);

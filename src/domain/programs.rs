@@ -172,9 +172,9 @@ impl CommissionPlanInput {
         let tiers = self.tiers.unwrap_or_default();
         match self.commission_type {
             CommissionType::Percent => {
-                let rate = self
-                    .rate
-                    .ok_or_else(|| ApiError::bad_input(field("rate"), "PERCENT plans need a rate"))?;
+                let rate = self.rate.ok_or_else(|| {
+                    ApiError::bad_input(field("rate"), "PERCENT plans need a rate")
+                })?;
                 check_percentage(&field("rate"), rate, false)?;
                 if self.flat_amount.is_some() {
                     return Err(ApiError::bad_input(
@@ -319,8 +319,9 @@ fn apply_plan(model: &mut program::ActiveModel, plan: CommissionPlan) -> ApiResu
     model.commission_type = Set(plan.commission_type.as_str().to_string());
     model.commission_rate = Set(decimal_str(plan.rate));
     model.commission_flat_amount = Set(decimal_str(plan.flat_amount));
-    model.commission_tiers = Set(serde_json::to_value(&plan.tiers)
-        .map_err(|e| ApiError::Internal(format!("tiers: {e}")))?);
+    model.commission_tiers =
+        Set(serde_json::to_value(&plan.tiers)
+            .map_err(|e| ApiError::Internal(format!("tiers: {e}")))?);
     model.cap_per_deal = Set(decimal_str(plan.cap_per_deal));
     model.min_deal_amount = Set(decimal_str(plan.min_deal_amount));
     Ok(())
@@ -346,7 +347,12 @@ pub async fn create_program(db: &Db, input: CreateProgramInput) -> ApiResult<pro
             1,
         )?),
         hold_days: Set(check_days("input.holdDays", input.hold_days, 30, 0)?),
-        clawback_days: Set(check_days("input.clawbackDays", input.clawback_days, 90, 0)?),
+        clawback_days: Set(check_days(
+            "input.clawbackDays",
+            input.clawback_days,
+            90,
+            0,
+        )?),
         created_at: Set(now),
         updated_at: Set(now),
         ..Default::default()

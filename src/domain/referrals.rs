@@ -103,21 +103,27 @@ fn validate(input: &SubmitReferralInput) -> ApiResult<ValidReferral> {
     let domain = match input.company_domain.as_deref().map(str::trim) {
         None | Some("") => None,
         Some(d) => Some(normalize_domain(d).ok_or_else(|| {
-            ApiError::bad_input("input.companyDomain", "must be a domain name such as acme.com")
+            ApiError::bad_input(
+                "input.companyDomain",
+                "must be a domain name such as acme.com",
+            )
         })?),
     };
     let contact_email = match input.contact_email.as_deref().map(str::trim) {
         None | Some("") => None,
-        Some(e) => Some(
-            normalize_email(e)
-                .ok_or_else(|| ApiError::bad_input("input.contactEmail", "must be an email address"))?,
-        ),
+        Some(e) => Some(normalize_email(e).ok_or_else(|| {
+            ApiError::bad_input("input.contactEmail", "must be an email address")
+        })?),
     };
     let contact_name = match input.contact_name.as_deref().map(str::trim) {
         None | Some("") => None,
         Some(n) => Some(validated_name("input.contactName", n)?),
     };
-    let notes = input.notes.as_deref().map(str::trim).filter(|n| !n.is_empty());
+    let notes = input
+        .notes
+        .as_deref()
+        .map(str::trim)
+        .filter(|n| !n.is_empty());
     if notes.is_some_and(|n| n.chars().count() > 5000) {
         return Err(ApiError::bad_input(
             "input.notes",
@@ -207,8 +213,12 @@ pub async fn submit_referral(
         .ok_or(ApiError::NotFound("program"))?;
     let now = Utc::now();
     let dedupe_key = match (&valid.company_domain, &valid.contact_email) {
-        (Some(domain), _) => Some(Condition::all().add(referral::Column::CompanyDomain.eq(domain.as_str()))),
-        (None, Some(email)) => Some(Condition::all().add(referral::Column::ContactEmail.eq(email.as_str()))),
+        (Some(domain), _) => {
+            Some(Condition::all().add(referral::Column::CompanyDomain.eq(domain.as_str())))
+        }
+        (None, Some(email)) => {
+            Some(Condition::all().add(referral::Column::ContactEmail.eq(email.as_str())))
+        }
         (None, None) => None,
     };
     let mut duplicate_of = None;

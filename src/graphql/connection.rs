@@ -60,7 +60,11 @@ impl TotalCount {
             }
             TotalCount::Child(key) => {
                 let loaders = ctx.data_unchecked::<Loaders>();
-                Ok(loaders.child_counts.load_one(key.clone()).await?.unwrap_or(0))
+                Ok(loaders
+                    .child_counts
+                    .load_one(key.clone())
+                    .await?
+                    .unwrap_or(0))
             }
         }
     }
@@ -106,6 +110,7 @@ macro_rules! connection {
             pub node: $node,
         }
 
+        #[doc = concat!("A page of ", $what, ".")]
         #[async_graphql::Object]
         impl $conn {
             /// The items of this page with their cursors.
@@ -119,7 +124,10 @@ macro_rules! connection {
             }
 
             /// Number of items in the whole list (all pages).
-            async fn total_count(&self, ctx: &async_graphql::Context<'_>) -> async_graphql::Result<i64> {
+            async fn total_count(
+                &self,
+                ctx: &async_graphql::Context<'_>,
+            ) -> async_graphql::Result<i64> {
                 self.total.resolve(ctx).await
             }
         }

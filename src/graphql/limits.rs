@@ -45,20 +45,19 @@ fn check_selection_set(
         match &item.node {
             Selection::Field(field) => {
                 for (name, value) in &field.node.arguments {
-                    if name.node.as_str() == "first" {
-                        if let Some(n) = first_value(&value.node, variables) {
-                            if !(0..=MAX_PAGE_SIZE as i64).contains(&n) {
-                                let mut err = ServerError::new(
-                                    format!("first must be between 0 and {MAX_PAGE_SIZE}, got {n}"),
-                                    Some(value.pos),
-                                );
-                                let mut ext = async_graphql::ErrorExtensionValues::default();
-                                ext.set("code", "BAD_USER_INPUT");
-                                ext.set("field", "first");
-                                err.extensions = Some(ext);
-                                return Err(err);
-                            }
-                        }
+                    if name.node.as_str() == "first"
+                        && let Some(n) = first_value(&value.node, variables)
+                        && !(0..=MAX_PAGE_SIZE as i64).contains(&n)
+                    {
+                        let mut err = ServerError::new(
+                            format!("first must be between 0 and {MAX_PAGE_SIZE}, got {n}"),
+                            Some(value.pos),
+                        );
+                        let mut ext = async_graphql::ErrorExtensionValues::default();
+                        ext.set("code", "BAD_USER_INPUT");
+                        ext.set("field", "first");
+                        err.extensions = Some(ext);
+                        return Err(err);
                     }
                 }
                 check_selection_set(&field.node.selection_set.node, doc, variables, depth + 1)?;

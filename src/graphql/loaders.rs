@@ -1,7 +1,7 @@
 //! DataLoaders: every nested reference or list is batched into one statement per level, so a
 //! query's statement count does not grow with page size.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
 use async_graphql::dataloader::{DataLoader, Loader};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
@@ -186,7 +186,10 @@ where
     ) -> Result<HashMap<ChildPageKey, Page<M>>, async_graphql::Error> {
         let mut groups: HashMap<&PageArgs, Vec<String>> = HashMap::new();
         for key in keys {
-            groups.entry(&key.args).or_default().push(key.parent.clone());
+            groups
+                .entry(&key.args)
+                .or_default()
+                .push(key.parent.clone());
         }
         let list = self.kind.list();
         let mut out = HashMap::new();
@@ -263,8 +266,8 @@ pub struct Loaders {
 
 impl Loaders {
     /// Fresh loaders for one request.
-    pub fn new(db: &Db) -> Loaders {
-        fn child<M>(db: &Db, kind: ChildKind) -> DataLoader<ChildPageLoader<M>>
+    pub fn new(db: &Db, delay: Duration) -> Loaders {
+        fn child<M>(db: &Db, kind: ChildKind, delay: Duration) -> DataLoader<ChildPageLoader<M>>
         where
             M: sea_orm::FromQueryResult + Clone + Send + Sync + 'static,
         {
@@ -276,16 +279,18 @@ impl Loaders {
                 },
                 tokio::spawn,
             )
+            .delay(delay)
         }
         Loaders {
-            programs: DataLoader::new(ProgramLoader(db.clone()), tokio::spawn),
-            partners: DataLoader::new(PartnerLoader(db.clone()), tokio::spawn),
-            attributions: DataLoader::new(AttributionLoader(db.clone()), tokio::spawn),
-            deal_by_referral: DataLoader::new(DealByReferralLoader(db.clone()), tokio::spawn),
-            program_partners: child(db, ChildKind::ProgramPartners),
-            partner_referrals: child(db, ChildKind::PartnerReferrals),
-            partner_deals: child(db, ChildKind::PartnerDeals),
-            child_counts: DataLoader::new(ChildCountLoader(db.clone()), tokio::spawn),
+            programs: DataLoader::new(ProgramLoader(db.clone()), tokio::spawn).delay(delay),
+            partners: DataLoader::new(PartnerLoader(db.clone()), tokio::spawn).delay(delay),
+            attributions: DataLoader::new(AttributionLoader(db.clone()), tokio::spawn).delay(delay),
+            deal_by_referral: DataLoader::new(DealByReferralLoader(db.clone()), tokio::spawn)
+                .delay(delay),
+            program_partners: child(db, ChildKind::ProgramPartners, delay),
+            partner_referrals: child(db, ChildKind::PartnerReferrals, delay),
+            partner_deals: child(db, ChildKind::PartnerDeals, delay),
+            child_counts: DataLoader::new(ChildCountLoader(db.clone()), tokio::spawn).delay(delay),
         }
     }
 }

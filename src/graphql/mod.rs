@@ -23,7 +23,7 @@ pub type TandemSchema = Schema<query::QueryRoot, mutation::MutationRoot, EmptySu
 /// Maximum query depth.
 pub const MAX_DEPTH: usize = 12;
 /// Maximum query complexity (list fields multiply their children by `first`).
-pub const MAX_COMPLEXITY: usize = 5_000;
+pub const MAX_COMPLEXITY: usize = 10_000;
 
 /// The schema without data: enough for SDL export and schema tests.
 pub fn schema_builder() -> SchemaBuilder<query::QueryRoot, mutation::MutationRoot, EmptySubscription>

@@ -6,7 +6,9 @@ use crate::{
     db::Db,
     domain::{
         auth::{ApiKeyRole, create_key, revoke_key},
-        partners::{CreatePartnerInput, UpdatePartnerStatusInput, create_partner, update_partner_status},
+        partners::{
+            CreatePartnerInput, UpdatePartnerStatusInput, create_partner, update_partner_status,
+        },
         programs::{CreateProgramInput, UpdateProgramInput, create_program, update_program},
         referrals::{
             SubmitReferralInput, UpdateReferralStatusInput, submit_referral, update_referral_status,
@@ -99,6 +101,7 @@ pub struct UpdateReferralStatusPayload {
 /// The mutation root.
 pub struct MutationRoot;
 
+/// The mutation root.
 #[Object]
 impl MutationRoot {
     /// Creates a partner program (admins).
@@ -168,8 +171,14 @@ impl MutationRoot {
             .map(|id| id.to_string())
             .collect();
         let partner_id = input.partner_id.map(|id| id.to_string());
-        let created = create_key(db, &input.name, input.role, partner_id.as_deref(), &program_ids)
-            .await?;
+        let created = create_key(
+            db,
+            &input.name,
+            input.role,
+            partner_id.as_deref(),
+            &program_ids,
+        )
+        .await?;
         Ok(CreateApiKeyPayload {
             api_key: ApiKey(created.key),
             token: created.token,

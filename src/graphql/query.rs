@@ -69,6 +69,7 @@ fn ids_valid(id: &ID) -> bool {
     is_valid_id(id.as_str())
 }
 
+/// The query root.
 #[Object]
 impl QueryRoot {
     /// The caller: its role and, for partner keys, its partner.
@@ -76,24 +77,27 @@ impl QueryRoot {
         Ok(Viewer(principal(ctx).await?.clone()))
     }
 
-    /// One program by id (a partner key sees only its own program).
+    /// One program by id (a partner key sees only its own program; others are `NOT_FOUND`).
     async fn program(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Program>> {
         let principal = principal(ctx).await?;
         principal.require_admin_or_partner()?;
-        if let Principal::Partner { program_id, .. } = principal {
-            if program_id != id.as_str() {
-                return Ok(None);
-            }
+        if let Principal::Partner { program_id, .. } = principal
+            && program_id != id.as_str()
+        {
+            return Err(ApiError::NotFound("program").into());
         }
         if !ids_valid(&id) {
-            return Ok(None);
+            return Err(ApiError::NotFound("program").into());
         }
         let db = ctx.data_unchecked::<Db>();
-        Ok(program::Entity::find_by_id(id.to_string())
-            .one(&db.conn)
-            .await
-            .map_err(ApiError::from)?
-            .map(Program))
+        Ok(Some(
+            program::Entity::find_by_id(id.to_string())
+                .one(&db.conn)
+                .await
+                .map_err(ApiError::from)?
+                .map(Program)
+                .ok_or(ApiError::NotFound("program"))?,
+        ))
     }
 
     /// Programs, oldest first (a partner key sees only its own).
@@ -138,9 +142,12 @@ impl QueryRoot {
     async fn partner(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Partner>> {
         let principal = principal(ctx).await?;
         let db = ctx.data_unchecked::<Db>();
-        Ok(find_visible_partner(db, principal, id.as_str())
-            .await?
-            .map(Partner))
+        Ok(Some(
+            find_visible_partner(db, principal, id.as_str())
+                .await?
+                .map(Partner)
+                .ok_or(ApiError::NotFound("partner"))?,
+        ))
     }
 
     /// Partners, oldest first (a partner key sees only itself).
@@ -194,18 +201,21 @@ impl QueryRoot {
         let principal = principal(ctx).await?;
         principal.require_admin_or_partner()?;
         if !ids_valid(&id) {
-            return Ok(None);
+            return Err(ApiError::NotFound("referral").into());
         }
         let db = ctx.data_unchecked::<Db>();
         let mut query = referral::Entity::find_by_id(id.to_string());
         if let Some(own) = principal.partner_scope() {
             query = query.filter(referral::Column::PartnerId.eq(own));
         }
-        Ok(query
-            .one(&db.conn)
-            .await
-            .map_err(ApiError::from)?
-            .map(Referral))
+        Ok(Some(
+            query
+                .one(&db.conn)
+                .await
+                .map_err(ApiError::from)?
+                .map(Referral)
+                .ok_or(ApiError::NotFound("referral"))?,
+        ))
     }
 
     /// Referrals, newest first (a partner key sees only its own).
@@ -262,18 +272,21 @@ impl QueryRoot {
         let principal = principal(ctx).await?;
         principal.require_admin_or_partner()?;
         if !ids_valid(&id) {
-            return Ok(None);
+            return Err(ApiError::NotFound("deal").into());
         }
         let db = ctx.data_unchecked::<Db>();
         let mut query = deal::Entity::find_by_id(id.to_string());
         if let Some(own) = principal.partner_scope() {
             query = query.filter(deal::Column::Id.in_subquery(attributed_to(own)));
         }
-        Ok(query
-            .one(&db.conn)
-            .await
-            .map_err(ApiError::from)?
-            .map(Deal))
+        Ok(Some(
+            query
+                .one(&db.conn)
+                .await
+                .map_err(ApiError::from)?
+                .map(Deal)
+                .ok_or(ApiError::NotFound("deal"))?,
+        ))
     }
 
     /// Deals, newest first (a partner key sees only deals attributed to it).
@@ -414,8 +427,13 @@ impl QueryRoot {
                 let principal = count_principal.clone();
                 let types = types.clone();
                 async move {
-                    crate::domain::events::count_events(&db, &principal, after_seq, types.as_deref())
-                        .await
+                    crate::domain::events::count_events(
+                        &db,
+                        &principal,
+                        after_seq,
+                        types.as_deref(),
+                    )
+                    .await
                 }
             }),
         ))

@@ -53,6 +53,7 @@ pub struct CommissionPlan {
     pub min_deal_amount: Option<Decimal>,
 }
 
+/// A partner program.
 #[Object]
 impl Program {
     /// Unique id.
@@ -161,6 +162,7 @@ impl Program {
 /// A partner in a program.
 pub struct Partner(pub partner::Model);
 
+/// A partner in a program.
 #[Object]
 impl Partner {
     /// Unique id.
@@ -173,7 +175,8 @@ impl Partner {
     }
     /// Standing in the program.
     async fn status(&self) -> Result<PartnerStatus> {
-        PartnerStatus::parse(&self.0.status).ok_or_else(|| internal("partner status", &self.0.status))
+        PartnerStatus::parse(&self.0.status)
+            .ok_or_else(|| internal("partner status", &self.0.status))
     }
     /// Code a CRM deal can carry to be attributed to this partner.
     async fn referral_code(&self) -> &str {
@@ -203,7 +206,9 @@ impl Partner {
             .load_one(self.0.program_id.clone())
             .await?
             .map(Program)
-            .ok_or_else(|| ApiError::Internal(format!("partner {} has no program", self.0.id)).into())
+            .ok_or_else(|| {
+                ApiError::Internal(format!("partner {} has no program", self.0.id)).into()
+            })
     }
     /// The partner's referrals, newest first.
     #[graphql(complexity = "page_complexity(first, child_complexity)")]
@@ -276,6 +281,7 @@ impl Partner {
 /// A registered referral (deal registration).
 pub struct Referral(pub referral::Model);
 
+/// A registered referral (deal registration).
 #[Object]
 impl Referral {
     /// Unique id.
@@ -328,7 +334,9 @@ impl Referral {
             .load_one(self.0.partner_id.clone())
             .await?
             .map(Partner)
-            .ok_or_else(|| ApiError::Internal(format!("referral {} has no partner", self.0.id)).into())
+            .ok_or_else(|| {
+                ApiError::Internal(format!("referral {} has no partner", self.0.id)).into()
+            })
     }
     /// The CRM deal attributed to this referral, if any.
     async fn deal(&self, ctx: &Context<'_>) -> Result<Option<Deal>> {
@@ -377,6 +385,7 @@ impl Deal {
     }
 }
 
+/// A CRM deal mirrored into Tandem.
 #[Object]
 impl Deal {
     /// Unique id.
@@ -472,6 +481,7 @@ impl Deal {
 /// An API key (never its token, which is shown once at creation).
 pub struct ApiKey(pub api_key::Model);
 
+/// An API key (never its token, which is shown once at creation).
 #[Object]
 impl ApiKey {
     /// Unique id.
@@ -518,6 +528,7 @@ impl ApiKey {
 /// An event from the outbox.
 pub struct Event(pub event::Model);
 
+/// An event from the outbox.
 #[Object]
 impl Event {
     /// Stable id (the `webhook-id` of its deliveries).
@@ -542,6 +553,7 @@ impl Event {
 /// Who is calling.
 pub struct Viewer(pub Principal);
 
+/// Who is calling.
 #[Object]
 impl Viewer {
     /// The key's role.
@@ -554,7 +566,11 @@ impl Viewer {
             return Ok(None);
         };
         let loaders = ctx.data_unchecked::<Loaders>();
-        Ok(loaders.partners.load_one(id.to_string()).await?.map(Partner))
+        Ok(loaders
+            .partners
+            .load_one(id.to_string())
+            .await?
+            .map(Partner))
     }
 }
 

@@ -6,8 +6,9 @@ use std::time::Instant;
 
 use async_graphql::{ErrorExtensionValues, Response as GqlResponse, http::GraphiQLSource};
 use poem::{
-    Body, IntoResponse, Request, Response, handler,
+    Body, IntoResponse, Request, Response,
     error::ReadBodyError,
+    handler,
     http::{StatusCode, header},
     web::{Data, Html},
 };
@@ -36,9 +37,7 @@ fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
     Response::builder()
         .status(status)
         .content_type("application/json")
-        .body(
-            json!({"errors": [{"message": message, "extensions": {"code": code}}]}).to_string(),
-        )
+        .body(json!({"errors": [{"message": message, "extensions": {"code": code}}]}).to_string())
 }
 
 /// The bearer token of a request: `Some("")` for a malformed header, so that it is rejected
@@ -64,10 +63,17 @@ fn add_error_codes(response: &mut GqlResponse) {
         if has_code {
             continue;
         }
-        let mut ext = error.extensions.take().unwrap_or_else(ErrorExtensionValues::default);
+        let mut ext = error
+            .extensions
+            .take()
+            .unwrap_or_else(ErrorExtensionValues::default);
         ext.set("code", "BAD_USER_INPUT");
         if let Some(field) = argument_in_message(&error.message) {
             ext.set("field", field);
+        } else if error.message.starts_with("Failed to parse") && error.path.len() == 1 {
+            // A scalar inside the `input` argument could not be parsed; async-graphql does not
+            // say which nested field, so the argument is named.
+            ext.set("field", "input");
         }
         error.extensions = Some(ext);
     }
@@ -115,19 +121,28 @@ pub async fn graphql_post(req: &Request, body: Body, state: Data<&AppState>) -> 
     let operation = operation_name(request.operation_name.as_deref(), &request.query);
     let request = request
         .data(RequestAuth::new(bearer_token(req)))
-        .data(Loaders::new(&state.db));
+        .data(Loaders::new(
+            &state.db,
+            std::time::Duration::from_millis(state.config.graphql_batch_delay_ms),
+        ));
     let mut response = state.schema.execute(request).await;
     add_error_codes(&mut response);
-    state
-        .metrics
-        .observe_graphql(&operation, response.errors.is_empty(), started.elapsed().as_secs_f64());
+    state.metrics.observe_graphql(
+        &operation,
+        response.errors.is_empty(),
+        started.elapsed().as_secs_f64(),
+    );
     match serde_json::to_vec(&response) {
         Ok(body) => Response::builder()
             .content_type("application/json")
             .body(body),
         Err(err) => {
             tracing::error!(error = %err, "serialising a GraphQL response failed");
-            json_error(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "internal error")
+            json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "INTERNAL",
+                "internal error",
+            )
         }
     }
     .into_response()

@@ -32,7 +32,10 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let http_requests = IntCounterVec::new(
-            Opts::new("tandem_http_requests_total", "HTTP requests by route and status"),
+            Opts::new(
+                "tandem_http_requests_total",
+                "HTTP requests by route and status",
+            ),
             &["route", "method", "status"],
         )
         .expect("valid metric");
@@ -72,7 +75,9 @@ impl Metrics {
             Box::new(graphql_latency.clone()),
             Box::new(db_statements.clone()),
         ] {
-            registry.register(collector).expect("metric registered once");
+            registry
+                .register(collector)
+                .expect("metric registered once");
         }
         Metrics {
             registry,
@@ -228,7 +233,10 @@ mod tests {
     #[test]
     fn operation_names_are_found() {
         assert_eq!(operation_name(Some("X"), "query Y { a }"), "X");
-        assert_eq!(operation_name(None, "  query Dashboard($id: ID!) { a }"), "Dashboard");
+        assert_eq!(
+            operation_name(None, "  query Dashboard($id: ID!) { a }"),
+            "Dashboard"
+        );
         assert_eq!(operation_name(None, "# c\nmutation Make { a }"), "Make");
         assert_eq!(operation_name(None, "{ a }"), "anonymous");
     }

@@ -1,1 +1,12 @@
-fn main(){}
+//! Integration tests: the real hub over HTTP, on SQLite and (with `TANDEM_TEST_POSTGRES_URL`)
+//! on PostgreSQL.
+
+mod auth;
+mod events;
+mod helpers;
+mod isolation;
+mod limits;
+mod ops;
+mod programs;
+mod referrals;
+mod schema;

@@ -1,0 +1,285 @@
+//! `TestApp`: boots the real hub in-process on `127.0.0.1:0` against a fresh database —
+//! a temporary SQLite file, or a fresh PostgreSQL database (created from
+//! `TANDEM_TEST_POSTGRES_URL`, dropped afterwards).
+
+use serde_json::{Value, json};
+use tandem::{app::App, config::Config, db::Db};
+use tokio::sync::oneshot;
+
+/// Runs each named scenario `async fn name(app: TestApp)` on SQLite and on PostgreSQL.
+#[macro_export]
+macro_rules! db_tests {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::TestApp::sqlite().await).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    match $crate::helpers::TestApp::postgres().await {
+                        Some(app) => super::$name(app).await,
+                        None => eprintln!(
+                            "skipped {} on PostgreSQL: TANDEM_TEST_POSTGRES_URL is not set",
+                            stringify!($name)
+                        ),
+                    }
+                }
+            )*
+        }
+    };
+}
+
+enum Cleanup {
+    SqliteFile(std::path::PathBuf),
+    PostgresDatabase { admin_url: String, name: String },
+}
+
+/// A running hub with an admin token.
+pub struct TestApp {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// HTTP client.
+    pub client: reqwest::Client,
+    /// An admin token.
+    pub admin: String,
+    /// The hub's database handle (same pool and statement counter as the server).
+    pub db: Db,
+    shutdown: Option<oneshot::Sender<()>>,
+    cleanup: Option<Cleanup>,
+}
+
+fn config(database_url: &str) -> Config {
+    Config {
+        database_url: database_url.to_string(),
+        bind: "127.0.0.1:0".to_string(),
+        // Debug builds resolve a page of 50 slowly; a wider batching window keeps every
+        // nested list in one batch so statement counts are deterministic.
+        graphql_batch_delay_ms: 25,
+        ..Config::default()
+    }
+}
+
+impl TestApp {
+    /// A hub on a fresh SQLite file.
+    pub async fn sqlite() -> TestApp {
+        let path = std::env::temp_dir().join(format!("tandem-test-{}.db", uuid::Uuid::new_v4()));
+        let url = format!("sqlite://{}", path.display());
+        TestApp::start(&url, Cleanup::SqliteFile(path)).await
+    }
+
+    /// A hub on a fresh PostgreSQL database, or `None` without `TANDEM_TEST_POSTGRES_URL`.
+    pub async fn postgres() -> Option<TestApp> {
+        let admin_url = std::env::var("TANDEM_TEST_POSTGRES_URL").ok()?;
+        let name = format!("tandem_test_{}", uuid::Uuid::new_v4().simple());
+        let admin = Db::connect(&admin_url, 1)
+            .await
+            .expect("TANDEM_TEST_POSTGRES_URL must be reachable");
+        sea_orm::ConnectionTrait::execute_unprepared(
+            &admin.conn,
+            &format!("CREATE DATABASE {name}"),
+        )
+        .await
+        .expect("create test database");
+        admin.close().await.ok();
+        let url = database_url_with_name(&admin_url, &name);
+        Some(TestApp::start(&url, Cleanup::PostgresDatabase { admin_url, name }).await)
+    }
+
+    async fn start(url: &str, cleanup: Cleanup) -> TestApp {
+        tandem::install_crypto_provider();
+        let db = Db::connect(url, 8).await.expect("connect test database");
+        db.migrate().await.expect("migrate test database");
+        let app = App::build_with_db(config(url), db.clone())
+            .await
+            .expect("build app");
+        let admin = app
+            .ensure_admin_key()
+            .await
+            .expect("admin key")
+            .expect("fresh database has no admin key");
+        let base = format!("http://{}", app.addr);
+        let (tx, rx) = oneshot::channel::<()>();
+        tokio::spawn(app.run_until(async {
+            let _ = rx.await;
+        }));
+        TestApp {
+            base,
+            client: reqwest::Client::new(),
+            admin,
+            db,
+            shutdown: Some(tx),
+            cleanup: Some(cleanup),
+        }
+    }
+
+    /// Posts a GraphQL request and returns the JSON response (any HTTP status).
+    pub async fn gql(&self, token: &str, query: &str, variables: Value) -> Value {
+        let mut req = self
+            .client
+            .post(format!("{}/graphql", self.base))
+            .json(&json!({"query": query, "variables": variables}));
+        if !token.is_empty() {
+            req = req.bearer_auth(token);
+        }
+        req.send()
+            .await
+            .expect("request")
+            .json()
+            .await
+            .expect("json response")
+    }
+
+    /// Like [`TestApp::gql`] as admin, asserting there are no errors; returns `data`.
+    pub async fn admin_ok(&self, query: &str, variables: Value) -> Value {
+        let resp = self.gql(&self.admin, query, variables).await;
+        assert!(resp.get("errors").is_none(), "unexpected errors: {resp}");
+        resp["data"].clone()
+    }
+
+    /// Like [`TestApp::gql`] with `token`, asserting there are no errors; returns `data`.
+    pub async fn ok(&self, token: &str, query: &str, variables: Value) -> Value {
+        let resp = self.gql(token, query, variables).await;
+        assert!(resp.get("errors").is_none(), "unexpected errors: {resp}");
+        resp["data"].clone()
+    }
+
+    /// Creates a program with a 20 % plan and returns its id.
+    pub async fn create_program(&self, name: &str) -> String {
+        let data = self
+            .admin_ok(
+                "mutation($input: CreateProgramInput!) { createProgram(input: $input) { program { id } } }",
+                json!({"input": {"name": name, "kind": "REVENUE_SHARE", "currency": "usd",
+                    "commission": {"type": "PERCENT", "rate": "20"}}}),
+            )
+            .await;
+        data["createProgram"]["program"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Creates a partner and returns its id.
+    pub async fn create_partner(&self, program_id: &str, name: &str) -> String {
+        let data = self
+            .admin_ok(
+                "mutation($input: CreatePartnerInput!) { createPartner(input: $input) { partner { id } } }",
+                json!({"input": {"programId": program_id, "name": name,
+                    "contactEmail": format!("{}@partners.example", name.to_lowercase().replace(' ', "."))}}),
+            )
+            .await;
+        data["createPartner"]["partner"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Creates a PARTNER key and returns its token.
+    pub async fn partner_key(&self, partner_id: &str) -> String {
+        let data = self
+            .admin_ok(
+                "mutation($input: CreateApiKeyInput!) { createApiKey(input: $input) { token } }",
+                json!({"input": {"name": "partner key", "role": "PARTNER", "partnerId": partner_id}}),
+            )
+            .await;
+        data["createApiKey"]["token"].as_str().unwrap().to_string()
+    }
+
+    /// Submits a referral with a partner token; returns the payload's referral.
+    pub async fn submit_referral(&self, token: &str, input: Value) -> Value {
+        let data = self
+            .ok(
+                token,
+                "mutation($input: SubmitReferralInput!) { submitReferral(input: $input) { referral { id status companyDomain contactEmail duplicateOfId } } }",
+                json!({"input": input}),
+            )
+            .await;
+        data["submitReferral"]["referral"].clone()
+    }
+
+    /// Counts rows of a table directly in the database.
+    pub async fn count_rows(&self, table: &str) -> i64 {
+        let row = sea_orm::ConnectionTrait::query_one_raw(
+            &self.db.conn,
+            sea_orm::Statement::from_string(
+                self.db.backend(),
+                format!("SELECT COUNT(*) AS n FROM {table}"),
+            ),
+        )
+        .await
+        .expect("count")
+        .expect("a row");
+        row.try_get::<i64>("", "n").expect("count column")
+    }
+}
+
+/// The first error's `extensions.code`.
+pub fn error_code(resp: &Value) -> &str {
+    resp["errors"][0]["extensions"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error code in {resp}"))
+}
+
+/// The first error's `extensions.field`.
+pub fn error_field(resp: &Value) -> &str {
+    resp["errors"][0]["extensions"]["field"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error field in {resp}"))
+}
+
+fn database_url_with_name(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let root = match base[scheme_end..].find('/') {
+        Some(i) => &base[..scheme_end + i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{root}/{name}?{q}"),
+        None => format!("{root}/{name}"),
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.cleanup.take() {
+            Some(Cleanup::SqliteFile(path)) => {
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+                }
+            }
+            Some(Cleanup::PostgresDatabase { admin_url, name }) => {
+                // Drop runs inside the test's runtime: use a thread with its own runtime.
+                let _ = std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("runtime");
+                    rt.block_on(async {
+                        if let Ok(admin) = Db::connect(&admin_url, 1).await {
+                            let _ = sea_orm::ConnectionTrait::execute_unprepared(
+                                &admin.conn,
+                                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                            )
+                            .await;
+                            let _ = admin.close().await;
+                        }
+                    });
+                })
+                .join();
+            }
+            None => {}
+        }
+    }
+}

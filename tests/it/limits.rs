@@ -1,0 +1,159 @@
+//! Request limits: page size, depth, complexity, body size, malformed JSON — rejected before the
+//! database is touched; nested lists cost a constant number of statements.
+
+use serde_json::json;
+
+use crate::{
+    db_tests,
+    helpers::{TestApp, error_code, error_field},
+};
+
+async fn oversized_pages_deep_and_complex_queries_are_rejected_before_the_database(app: TestApp) {
+    let before = app.db.statement_count();
+    let resp = app
+        .gql(
+            &app.admin,
+            "{ programs(first: 101) { totalCount } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(error_code(&resp), "BAD_USER_INPUT");
+    assert_eq!(error_field(&resp), "first");
+    let resp = app
+        .gql(&app.admin, "query($n: Int) { partners { edges { node { referrals(first: $n) { totalCount } } } } }", json!({"n": 500}))
+        .await;
+    assert_eq!(error_field(&resp), "first");
+    let resp = app
+        .gql(
+            &app.admin,
+            "{ programs(first: -1) { totalCount } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(error_code(&resp), "BAD_USER_INPUT");
+
+    let deep = "{ viewer { partner { program { partners(first: 1) { edges { node { program { partners(first: 1) { edges { node { program { partners(first: 1) { edges { node { id } } } } } } } } } } } } } } }";
+    let resp = app.gql(&app.admin, deep, json!({})).await;
+    assert_eq!(error_code(&resp), "BAD_USER_INPUT", "{resp}");
+    assert!(
+        resp["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nested too deep"),
+        "{resp}"
+    );
+
+    let complex = "{ partners(first: 100) { edges { node { referrals(first: 100) { edges { node { id companyName } } } } } } }";
+    let resp = app.gql(&app.admin, complex, json!({})).await;
+    assert_eq!(error_code(&resp), "BAD_USER_INPUT", "{resp}");
+    assert!(
+        resp["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("complex"),
+        "{resp}"
+    );
+
+    let resp = app.gql(&app.admin, "{ nosuchfield }", json!({})).await;
+    assert_eq!(error_code(&resp), "BAD_USER_INPUT");
+    assert_eq!(app.db.statement_count(), before, "no statement ran");
+}
+
+async fn malformed_and_oversized_bodies_get_http_errors(app: TestApp) {
+    let url = format!("{}/graphql", app.base);
+    let resp = app
+        .client
+        .post(&url)
+        .bearer_auth(&app.admin)
+        .header("content-type", "application/json")
+        .body("{\"query\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(error_code(&body), "BAD_USER_INPUT");
+
+    let huge = format!(
+        "{{\"query\": \"{{ viewer {{ role }} }}\", \"variables\": {{\"x\": \"{}\"}}}}",
+        "a".repeat(1024 * 1024 + 10)
+    );
+    let resp = app
+        .client
+        .post(&url)
+        .bearer_auth(&app.admin)
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    // The server is still up.
+    assert_eq!(
+        app.admin_ok("{ viewer { role } }", json!({})).await["viewer"]["role"],
+        "ADMIN"
+    );
+}
+
+async fn statements_per_dashboard_query_do_not_grow_with_page_size(app: TestApp) {
+    let program = app.create_program("P").await;
+    let alpha = app.create_partner(&program, "Alpha").await;
+    let token = app.partner_key(&alpha).await;
+    for i in 0..60 {
+        let r = app
+            .submit_referral(
+                &token,
+                json!({"companyName": format!("C{i}"), "companyDomain": format!("c{i}.com")}),
+            )
+            .await;
+        if i % 2 == 0 {
+            crate::isolation::insert_attributed_deal(
+                &app,
+                &program,
+                &alpha,
+                r["id"].as_str(),
+                &format!("D{i}"),
+            )
+            .await;
+        }
+    }
+    let dashboard = "query($id: ID!, $n: Int!) { partner(id: $id) { id name referralCode program { name currency }
+        referrals(first: $n) { totalCount edges { node { id status companyName submittedAt partner { name }
+          deal { id name amount status partner { id } attributionMethod } } } }
+        deals(first: $n) { totalCount edges { node { id amount } } } } }";
+    let mut costs = Vec::new();
+    // Every page holds referrals with and without deals, so each page exercises every loader.
+    for n in [2, 10, 50] {
+        let before = app.db.statement_count();
+        let data = app
+            .ok(&token, dashboard, json!({"id": alpha, "n": n}))
+            .await;
+        assert_eq!(
+            data["partner"]["referrals"]["edges"]
+                .as_array()
+                .unwrap()
+                .len(),
+            n
+        );
+        costs.push(app.db.statement_count() - before);
+    }
+    assert_eq!(costs[0], costs[1], "statements per request: {costs:?}");
+    assert_eq!(costs[1], costs[2], "statements per request: {costs:?}");
+    assert!(costs[2] <= 12, "statements per request: {costs:?}");
+    // The deal reached through a referral is the attributed one.
+    let data = app
+        .ok(&token, dashboard, json!({"id": alpha, "n": 2}))
+        .await;
+    let edges = data["partner"]["referrals"]["edges"].as_array().unwrap();
+    assert!(
+        edges
+            .iter()
+            .any(|e| e["node"]["deal"]["attributionMethod"] == "DOMAIN")
+    );
+}
+
+db_tests!(
+    oversized_pages_deep_and_complex_queries_are_rejected_before_the_database,
+    malformed_and_oversized_bodies_get_http_errors,
+    statements_per_dashboard_query_do_not_grow_with_page_size,
+);
