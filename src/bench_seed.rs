@@ -92,7 +92,13 @@ pub async fn seed(db: &Db, partners: u32, referrals: u32) -> anyhow::Result<Benc
         let mut deals = Vec::new();
         let mut attributions = Vec::new();
         for i in next..end {
-            let partner_id = partner_ids[(i % partners) as usize].clone();
+            // Every 50th referral goes to the dashboard partner, so it has well over 50.
+            let partner_index = if i % 50 == 0 {
+                partners / 2
+            } else {
+                i % partners
+            };
+            let partner_id = partner_ids[partner_index as usize].clone();
             let id = new_id();
             let submitted = now - Duration::minutes(i64::from(referrals - i));
             if i % 5 == 0 {
@@ -151,7 +157,7 @@ pub async fn seed(db: &Db, partners: u32, referrals: u32) -> anyhow::Result<Benc
         tx.commit().await?;
         next = end;
     }
-    let partner_id = partner_ids[partner_ids.len() / 2].clone();
+    let partner_id = partner_ids[(partners / 2) as usize].clone();
     let key = create_key(
         db,
         "bench partner",

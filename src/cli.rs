@@ -163,6 +163,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal();
     let app = App::build(config).await?;
     let base = app.base_url();
     if let Some(token) = app.ensure_admin_key().await? {
@@ -176,7 +177,7 @@ async fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
         );
     }
     tracing::info!(address = %app.addr, "Tandem listening; GraphiQL at {base}/graphql");
-    app.run_until(shutdown_signal()).await?;
+    app.run_until(shutdown).await?;
     tracing::info!("stopped");
     Ok(())
 }

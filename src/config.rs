@@ -119,3 +119,51 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closure type is fixed by figment
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_environment_beats_file_beats_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "tandem.toml",
+                "database_url = \"sqlite://file.db\"\nbind = \"127.0.0.1:9000\"\nlog = \"debug\"\n",
+            )?;
+            let config = Config::load(&FlagOverrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(config.database_url, "sqlite://file.db");
+            assert_eq!(config.bind, "127.0.0.1:9000");
+            assert_eq!(config.log_format, LogFormat::Pretty);
+
+            jail.set_env("TANDEM_BIND", "127.0.0.1:9100");
+            jail.set_env("TANDEM_LOG_FORMAT", "json");
+            let config = Config::load(&FlagOverrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(config.bind, "127.0.0.1:9100");
+            assert_eq!(config.log_format, LogFormat::Json);
+            assert_eq!(config.log, "debug");
+
+            let flags = FlagOverrides {
+                database_url: Some("postgres://db/x".into()),
+                bind: Some("127.0.0.1:9200".into()),
+            };
+            let config = Config::load(&flags).map_err(|e| e.to_string())?;
+            assert_eq!(config.bind, "127.0.0.1:9200");
+            assert_eq!(config.database_url, "postgres://db/x");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn invalid_settings_are_rejected() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("TANDEM_BIND", "not an address");
+            assert!(Config::load(&FlagOverrides::default()).is_err());
+            jail.set_env("TANDEM_BIND", "127.0.0.1:1");
+            jail.set_env("TANDEM_DATABASE_URL", "mysql://x");
+            assert!(Config::load(&FlagOverrides::default()).is_err());
+            Ok(())
+        });
+    }
+}

@@ -4,6 +4,7 @@
 
 pub mod deal;
 pub mod error;
+pub mod verify;
 
 pub use deal::{DealStatus, NeutralDeal};
 pub use error::{ConnectorError, Result};

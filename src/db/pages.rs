@@ -79,66 +79,89 @@ impl<T> Page<T> {
     }
 }
 
-/// Describes a child list: `from` is a FROM clause whose item rows are aliased `t`, and
-/// `parent` the expression naming each row's parent.
+/// Describes a child list: `from` is a FROM clause whose item rows are aliased `t`, `parent`
+/// the expression naming each row's parent, and `order_key` the indexed expression equal to
+/// `t.id` that rows are ordered and paged by.
 pub struct ChildList {
     /// FROM clause, e.g. `referrals t`.
     pub from: &'static str,
     /// Parent expression, e.g. `t.partner_id`.
     pub parent: &'static str,
+    /// Ordering expression equal to `t.id`, e.g. `t.id` or `a.deal_id`.
+    pub order_key: &'static str,
     /// Sort order.
     pub direction: Direction,
 }
 
-/// Loads one page of children for each parent in one statement.
+/// Parents per statement: each parent is one branch of a `UNION ALL`.
+const PARENTS_PER_STATEMENT: usize = 100;
+
+/// Loads one page of children for each parent. Each parent is a `UNION ALL` branch walking
+/// the `(parent, id)` index with its own `LIMIT`, so the cost is proportional to the page, not
+/// to the parent's total number of children; up to 100 parents share one statement.
 pub async fn child_pages<M: FromQueryResult>(
     db: &Db,
     list: &ChildList,
     parents: &[String],
     args: &PageArgs,
 ) -> Result<HashMap<String, Page<M>>, DbErr> {
-    let mut result: HashMap<String, Vec<M>> = HashMap::new();
-    if parents.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let mut values: Vec<Value> = Vec::new();
-    let mut placeholders = Vec::new();
-    for parent in parents {
-        values.push(parent.clone().into());
-        placeholders.push(db.placeholder(values.len()));
-    }
+    let mut result: HashMap<String, Vec<(String, M)>> = HashMap::new();
     let (order, cmp) = match list.direction {
         Direction::Ascending => ("ASC", ">"),
         Direction::Descending => ("DESC", "<"),
     };
-    let mut cursor_clause = String::new();
-    if let Some(after) = &args.after {
-        values.push(after.clone().into());
-        cursor_clause = format!(" AND t.id {cmp} {}", db.placeholder(values.len()));
+    for chunk in parents.chunks(PARENTS_PER_STATEMENT) {
+        let mut values: Vec<Value> = Vec::new();
+        let mut branches = Vec::new();
+        for (i, parent) in chunk.iter().enumerate() {
+            values.push(parent.clone().into());
+            let mut branch = format!(
+                "SELECT * FROM (SELECT t.*, {parent_expr} AS tandem_parent, {key} AS tandem_key \
+                 FROM {from} WHERE {parent_expr} = {ph}",
+                key = list.order_key,
+                parent_expr = list.parent,
+                from = list.from,
+                ph = db.placeholder(values.len()),
+            );
+            if let Some(after) = &args.after {
+                values.push(after.clone().into());
+                branch.push_str(&format!(
+                    " AND {key} {cmp} {ph}",
+                    key = list.order_key,
+                    ph = db.placeholder(values.len())
+                ));
+            }
+            values.push(((args.first + 1) as i64).into());
+            branch.push_str(&format!(
+                " ORDER BY {key} {order} LIMIT {ph}) AS tandem_b{i}",
+                key = list.order_key,
+                ph = db.placeholder(values.len())
+            ));
+            branches.push(branch);
+        }
+        let sql = branches.join(" UNION ALL ");
+        let rows = db
+            .conn
+            .query_all_raw(Statement::from_sql_and_values(db.backend(), sql, values))
+            .await?;
+        for row in rows {
+            let parent: String = row.try_get("", "tandem_parent")?;
+            let key: String = row.try_get("", "tandem_key")?;
+            let model = M::from_query_result(&row, "")?;
+            result.entry(parent).or_default().push((key, model));
+        }
     }
-    values.push(((args.first + 1) as i64).into());
-    let limit = db.placeholder(values.len());
-    let sql = format!(
-        "SELECT * FROM (SELECT t.*, {parent} AS tandem_parent, \
-         ROW_NUMBER() OVER (PARTITION BY {parent} ORDER BY t.id {order}) AS tandem_rn \
-         FROM {from} WHERE {parent} IN ({ins}){cursor_clause}) sub \
-         WHERE tandem_rn <= {limit} ORDER BY tandem_parent, tandem_rn",
-        parent = list.parent,
-        from = list.from,
-        ins = placeholders.join(", "),
-    );
-    let rows = db
-        .conn
-        .query_all_raw(Statement::from_sql_and_values(db.backend(), sql, values))
-        .await?;
-    for row in rows {
-        let parent: String = row.try_get("", "tandem_parent")?;
-        let model = M::from_query_result(&row, "")?;
-        result.entry(parent).or_default().push(model);
-    }
+    // UNION ALL does not promise to keep each branch's order: restore it.
     Ok(result
         .into_iter()
-        .map(|(parent, rows)| (parent, Page::from_overfetch(rows, args.first)))
+        .map(|(parent, mut rows)| {
+            rows.sort_by(|a, b| match list.direction {
+                Direction::Ascending => a.0.cmp(&b.0),
+                Direction::Descending => b.0.cmp(&a.0),
+            });
+            let rows = rows.into_iter().map(|(_, model)| model).collect();
+            (parent, Page::from_overfetch(rows, args.first))
+        })
         .collect())
 }
 

@@ -132,16 +132,19 @@ impl ChildKind {
             ChildKind::ProgramPartners => ChildList {
                 from: "partners t",
                 parent: "t.program_id",
+                order_key: "t.id",
                 direction: Direction::Ascending,
             },
             ChildKind::PartnerReferrals => ChildList {
                 from: "referrals t",
                 parent: "t.partner_id",
+                order_key: "t.id",
                 direction: Direction::Descending,
             },
             ChildKind::PartnerDeals => ChildList {
                 from: "deals t JOIN attributions a ON a.deal_id = t.id",
                 parent: "a.partner_id",
+                order_key: "a.deal_id",
                 direction: Direction::Descending,
             },
         }

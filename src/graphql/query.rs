@@ -284,7 +284,7 @@ impl QueryRoot {
                 .one(&db.conn)
                 .await
                 .map_err(ApiError::from)?
-                .map(Deal)
+                .map(Deal::from)
                 .ok_or(ApiError::NotFound("deal"))?,
         ))
     }
@@ -342,7 +342,7 @@ impl QueryRoot {
             Page::from_overfetch(rows, args.first),
             args.after.is_some(),
             |d| d.id.clone(),
-            Deal,
+            Deal::from,
             TotalCount::query(move |db| {
                 let q = count_query.clone();
                 async move { q.count(&db.conn).await }

@@ -269,7 +269,7 @@ impl Partner {
             page,
             had_cursor,
             |d| d.id.clone(),
-            Deal,
+            Deal::from,
             TotalCount::Child(ChildCountKey {
                 kind: ChildKind::PartnerDeals,
                 parent: self.0.id.clone(),
@@ -349,7 +349,7 @@ impl Referral {
                     .partner_scope()
                     .is_none_or(|own| own == a.partner_id)
             })
-            .map(|(d, _)| Deal(d)))
+            .map(|(d, a)| Deal(d, Some(a))))
     }
 }
 
@@ -376,10 +376,21 @@ pub enum DealStatus {
 }
 
 /// A CRM deal mirrored into Tandem.
-pub struct Deal(pub deal::Model);
+pub struct Deal(pub deal::Model, pub Option<attribution::Model>);
+
+impl From<deal::Model> for Deal {
+    fn from(model: deal::Model) -> Self {
+        Deal(model, None)
+    }
+}
 
 impl Deal {
+    /// The deal's attribution: already known when the deal was reached through its referral,
+    /// otherwise batched through the attribution loader.
     async fn attribution(&self, ctx: &Context<'_>) -> Result<Option<attribution::Model>> {
+        if let Some(known) = &self.1 {
+            return Ok(Some(known.clone()));
+        }
         let loaders = ctx.data_unchecked::<Loaders>();
         loaders.attributions.load_one(self.0.id.clone()).await
     }

@@ -2,6 +2,7 @@
 //! on PostgreSQL.
 
 mod auth;
+mod cli;
 mod events;
 mod helpers;
 mod isolation;
