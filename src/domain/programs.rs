@@ -116,20 +116,21 @@ pub struct CommissionPlanInput {
     pub min_deal_amount: Option<Decimal>,
 }
 
-/// A validated commission plan.
-#[derive(Debug, Clone, PartialEq)]
+/// A program's commission plan.
+#[derive(Debug, Clone, PartialEq, SimpleObject)]
 pub struct CommissionPlan {
-    /// Percent or flat.
+    /// `PERCENT` or `FLAT`.
+    #[graphql(name = "type")]
     pub commission_type: CommissionType,
-    /// Percentage (PERCENT).
+    /// Percentage of the deal amount (PERCENT).
     pub rate: Option<Decimal>,
-    /// Amount per deal (FLAT).
+    /// Amount per won deal (FLAT).
     pub flat_amount: Option<Decimal>,
-    /// Tiers, increasing.
+    /// Rate tiers by the partner's prior revenue.
     pub tiers: Vec<Tier>,
-    /// Cap per deal.
+    /// Upper bound on one deal's commission.
     pub cap_per_deal: Option<Decimal>,
-    /// Minimum deal amount.
+    /// Deals below this amount earn nothing.
     pub min_deal_amount: Option<Decimal>,
 }
 

@@ -1,24 +1,24 @@
 //! GraphQL object types wrapping stored rows.
 
-use async_graphql::{Context, Enum, ID, Json, Object, Result, SimpleObject};
+use async_graphql::{Context, Enum, ID, Json, Object, Result, dataloader::DataLoader};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
 use crate::{
     db::{
         entities::{api_key, attribution, deal, event, partner, program, referral},
-        pages::PageArgs,
+        pages::{Page, PageArgs},
     },
     domain::{
         auth::{ApiKeyRole, Principal},
         partners::PartnerStatus,
-        programs::{CommissionType, ProgramKind, Tier, parse_stored_decimal, plan_of},
+        programs::{CommissionPlan, ProgramKind, parse_stored_decimal, plan_of},
         referrals::ReferralStatus,
     },
     error::ApiError,
     graphql::{
         connection::{TotalCount, connection},
-        loaders::{ChildCountKey, ChildKind, ChildPageKey, Loaders},
+        loaders::{ChildCountKey, ChildKind, ChildPageKey, ChildPageLoader, Loaders},
         principal,
     },
 };
@@ -32,26 +32,30 @@ pub fn page_complexity(first: Option<i32>, child_complexity: usize) -> usize {
     first.unwrap_or(20).clamp(1, 100) as usize * child_complexity.max(1) + 1
 }
 
+/// One page of a child list through its DataLoader (an absent parent has an empty page).
+async fn child_page<M>(
+    loader: &DataLoader<ChildPageLoader<M>>,
+    parent: &str,
+    args: PageArgs,
+) -> Result<Page<M>>
+where
+    M: sea_orm::FromQueryResult + Clone + Send + Sync + 'static,
+{
+    Ok(loader
+        .load_one(ChildPageKey {
+            parent: parent.to_string(),
+            args,
+        })
+        .await?
+        .unwrap_or(Page {
+            items: Vec::new(),
+            has_next: false,
+        }))
+}
+
 /// A partner program.
 pub struct Program(pub program::Model);
 
-/// A program's commission plan.
-#[derive(SimpleObject)]
-pub struct CommissionPlan {
-    /// `PERCENT` or `FLAT`.
-    #[graphql(name = "type")]
-    pub commission_type: CommissionType,
-    /// Percentage of the deal amount (PERCENT).
-    pub rate: Option<Decimal>,
-    /// Amount per won deal (FLAT).
-    pub flat_amount: Option<Decimal>,
-    /// Rate tiers by the partner's prior revenue.
-    pub tiers: Vec<Tier>,
-    /// Upper bound on one deal's commission.
-    pub cap_per_deal: Option<Decimal>,
-    /// Deals below this amount earn nothing.
-    pub min_deal_amount: Option<Decimal>,
-}
 
 /// A partner program.
 #[Object]
@@ -74,15 +78,7 @@ impl Program {
     }
     /// How commissions are computed.
     async fn commission(&self) -> Result<CommissionPlan> {
-        let plan = plan_of(&self.0)?;
-        Ok(CommissionPlan {
-            commission_type: plan.commission_type,
-            rate: plan.rate,
-            flat_amount: plan.flat_amount,
-            tiers: plan.tiers,
-            cap_per_deal: plan.cap_per_deal,
-            min_deal_amount: plan.min_deal_amount,
-        })
+        Ok(plan_of(&self.0)?)
     }
     /// Days a referral may lead to an attributed deal.
     async fn attribution_window_days(&self) -> i32 {
@@ -122,7 +118,7 @@ impl Program {
                 .take(args.first as usize)
                 .collect();
             let total = TotalCount::Known(items.len() as u64);
-            let page = crate::db::pages::Page {
+            let page = Page {
                 items,
                 has_next: false,
             };
@@ -135,17 +131,7 @@ impl Program {
             ));
         }
         let loaders = ctx.data_unchecked::<Loaders>();
-        let page = loaders
-            .program_partners
-            .load_one(ChildPageKey {
-                parent: self.0.id.clone(),
-                args,
-            })
-            .await?
-            .unwrap_or(crate::db::pages::Page {
-                items: Vec::new(),
-                has_next: false,
-            });
+        let page = child_page(&loaders.program_partners, &self.0.id, args).await?;
         Ok(PartnerConnection::build(
             page,
             had_cursor,
@@ -221,17 +207,7 @@ impl Partner {
         let args = PageArgs::parse(first, after)?;
         let had_cursor = args.after.is_some();
         let loaders = ctx.data_unchecked::<Loaders>();
-        let page = loaders
-            .partner_referrals
-            .load_one(ChildPageKey {
-                parent: self.0.id.clone(),
-                args,
-            })
-            .await?
-            .unwrap_or(crate::db::pages::Page {
-                items: Vec::new(),
-                has_next: false,
-            });
+        let page = child_page(&loaders.partner_referrals, &self.0.id, args).await?;
         Ok(ReferralConnection::build(
             page,
             had_cursor,
@@ -254,17 +230,7 @@ impl Partner {
         let args = PageArgs::parse(first, after)?;
         let had_cursor = args.after.is_some();
         let loaders = ctx.data_unchecked::<Loaders>();
-        let page = loaders
-            .partner_deals
-            .load_one(ChildPageKey {
-                parent: self.0.id.clone(),
-                args,
-            })
-            .await?
-            .unwrap_or(crate::db::pages::Page {
-                items: Vec::new(),
-                has_next: false,
-            });
+        let page = child_page(&loaders.partner_deals, &self.0.id, args).await?;
         Ok(DealConnection::build(
             page,
             had_cursor,
