@@ -56,7 +56,6 @@ where
 /// A partner program.
 pub struct Program(pub program::Model);
 
-
 /// A partner program.
 #[Object]
 impl Program {
