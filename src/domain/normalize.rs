@@ -166,4 +166,35 @@ mod tests {
         assert_eq!(normalize_currency("XXX"), None);
         assert_eq!(normalize_currency("EURO"), None);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn normalisation_never_panics_and_is_idempotent(input in "\\PC{0,80}") {
+            if let Some(domain) = normalize_domain(&input) {
+                proptest::prop_assert_eq!(normalize_domain(&domain), Some(domain.clone()));
+                proptest::prop_assert!(!domain.starts_with("www."));
+                proptest::prop_assert!(!domain.contains('/'));
+                proptest::prop_assert_eq!(domain.to_ascii_lowercase(), domain);
+            }
+            if let Some(email) = normalize_email(&input) {
+                proptest::prop_assert_eq!(normalize_email(&email), Some(email.clone()));
+                proptest::prop_assert!(email_domain(&email).is_some());
+            }
+            let _ = normalize_currency(&input);
+        }
+
+        #[test]
+        fn urls_of_a_domain_normalise_to_it(
+            label in "[a-z][a-z0-9-]{0,10}[a-z0-9]",
+            tld in "(com|io|co\\.uk|example)",
+            scheme in "(|http://|https://|HTTPS://)",
+            www in "(|www\\.|WWW\\.)",
+            path in "(|/|/pricing|/a/b\\?x=1|:8443/x)",
+        ) {
+            proptest::prop_assume!(label != "www");
+            let domain = format!("{label}.{tld}");
+            let url = format!("{scheme}{www}{domain}{path}");
+            proptest::prop_assert_eq!(normalize_domain(&url), Some(domain));
+        }
+    }
 }
