@@ -95,50 +95,43 @@ impl App {
     }
 }
 
+#[cfg(unix)]
+fn listen(
+    kind: tokio::signal::unix::SignalKind,
+    name: &str,
+) -> Option<tokio::signal::unix::Signal> {
+    match tokio::signal::unix::signal(kind) {
+        Ok(sig) => Some(sig),
+        Err(err) => {
+            tracing::error!(error = %err, "cannot listen for {name}");
+            None
+        }
+    }
+}
+
+#[cfg(unix)]
+async fn received(sig: &mut Option<tokio::signal::unix::Signal>) {
+    match sig.as_mut() {
+        Some(sig) => {
+            sig.recv().await;
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
 /// Completes on SIGINT or SIGTERM. The handlers are installed when this is called (not when
 /// the future is first polled), so a signal arriving right after start-up is not missed.
 pub fn shutdown_signal() -> impl Future<Output = ()> + Send {
     #[cfg(unix)]
-    let mut terminate =
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(sig) => Some(sig),
-            Err(err) => {
-                tracing::error!(error = %err, "cannot listen for SIGTERM");
-                None
-            }
-        };
-    #[cfg(unix)]
-    let mut interrupt =
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()) {
-            Ok(sig) => Some(sig),
-            Err(err) => {
-                tracing::error!(error = %err, "cannot listen for SIGINT");
-                None
-            }
-        };
+    let (mut terminate, mut interrupt) = (
+        listen(tokio::signal::unix::SignalKind::terminate(), "SIGTERM"),
+        listen(tokio::signal::unix::SignalKind::interrupt(), "SIGINT"),
+    );
     async move {
         #[cfg(unix)]
-        {
-            let term = async {
-                match terminate.as_mut() {
-                    Some(sig) => {
-                        sig.recv().await;
-                    }
-                    None => std::future::pending::<()>().await,
-                }
-            };
-            let int = async {
-                match interrupt.as_mut() {
-                    Some(sig) => {
-                        sig.recv().await;
-                    }
-                    None => std::future::pending::<()>().await,
-                }
-            };
-            tokio::select! {
-                _ = term => {},
-                _ = int => {},
-            }
+        tokio::select! {
+            _ = received(&mut terminate) => {},
+            _ = received(&mut interrupt) => {},
         }
         #[cfg(not(unix))]
         {
