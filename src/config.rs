@@ -89,24 +89,21 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), Box<figment::Error>> {
+        let invalid = |message: String| Err(Box::new(figment::Error::from(message)));
         if !(self.database_url.starts_with("sqlite:")
             || self.database_url.starts_with("postgres://")
             || self.database_url.starts_with("postgresql://"))
         {
-            return Err(Box::new(figment::Error::from(
-                "database_url must start with sqlite: or postgres://".to_string(),
-            )));
+            return invalid("database_url must start with sqlite: or postgres://".to_string());
         }
         if self.bind.parse::<SocketAddr>().is_err() {
-            return Err(Box::new(figment::Error::from(format!(
+            return invalid(format!(
                 "bind must be an address such as 127.0.0.1:8080, got {:?}",
                 self.bind
-            ))));
+            ));
         }
         if self.database_max_connections == 0 {
-            return Err(Box::new(figment::Error::from(
-                "database_max_connections must be at least 1".to_string(),
-            )));
+            return invalid("database_max_connections must be at least 1".to_string());
         }
         Ok(())
     }

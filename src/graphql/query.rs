@@ -313,17 +313,16 @@ impl QueryRoot {
             query = query.filter(deal::Column::Id.in_subquery(attributed_to(partner_id.as_str())));
         }
         if let Some(status) = filter.status {
+            let stored = tandem_connectors::DealStatus::from(status).as_str();
             query = match status {
+                // A deleted deal counts as lost, whatever its stored status.
                 DealStatus::Lost => query.filter(
                     sea_orm::Condition::any()
-                        .add(deal::Column::Status.eq("LOST"))
+                        .add(deal::Column::Status.eq(stored))
                         .add(deal::Column::Deleted.eq(true)),
                 ),
-                DealStatus::Open => query
-                    .filter(deal::Column::Status.eq("OPEN"))
-                    .filter(deal::Column::Deleted.eq(false)),
-                DealStatus::Won => query
-                    .filter(deal::Column::Status.eq("WON"))
+                DealStatus::Open | DealStatus::Won => query
+                    .filter(deal::Column::Status.eq(stored))
                     .filter(deal::Column::Deleted.eq(false)),
             };
         }

@@ -331,6 +331,7 @@ pub enum AttributionMethod {
 
 /// Deal status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[graphql(remote = "tandem_connectors::DealStatus")]
 pub enum DealStatus {
     /// Still open.
     Open,
@@ -389,12 +390,9 @@ impl Deal {
         if self.0.deleted {
             return Ok(DealStatus::Lost);
         }
-        match self.0.status.as_str() {
-            "OPEN" => Ok(DealStatus::Open),
-            "WON" => Ok(DealStatus::Won),
-            "LOST" => Ok(DealStatus::Lost),
-            other => Err(internal("deal status", other)),
-        }
+        tandem_connectors::DealStatus::parse(&self.0.status)
+            .map(DealStatus::from)
+            .ok_or_else(|| internal("deal status", &self.0.status))
     }
     /// The CRM's stage label.
     async fn stage(&self) -> Option<&str> {

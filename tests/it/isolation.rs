@@ -145,6 +145,18 @@ async fn a_partner_sees_only_its_own_data(app: TestApp) {
     assert_eq!(data["partners"]["totalCount"], 2);
     assert_eq!(data["referrals"]["totalCount"], 2);
     assert_eq!(data["deals"]["totalCount"], 2);
+    let data = app
+        .admin_ok(
+            "{ open: deals(filter: {status: OPEN}) { totalCount edges { node { status } } }
+               won: deals(filter: {status: WON}) { totalCount }
+               lost: deals(filter: {status: LOST}) { totalCount } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(data["open"]["totalCount"], 2);
+    assert_eq!(data["open"]["edges"][0]["node"]["status"], "OPEN");
+    assert_eq!(data["won"]["totalCount"], 0);
+    assert_eq!(data["lost"]["totalCount"], 0);
 }
 
 async fn integration_keys_read_events_of_granted_programs_only(app: TestApp) {
