@@ -137,9 +137,13 @@ async fn statements_per_dashboard_query_do_not_grow_with_page_size(app: TestApp)
         );
         costs.push(app.db.statement_count() - before);
     }
-    assert_eq!(costs[0], costs[1], "statements per request: {costs:?}");
-    assert_eq!(costs[1], costs[2], "statements per request: {costs:?}");
-    assert!(costs[2] <= 16, "statements per request: {costs:?}");
+    // One statement per loader level, whatever the page size (two levels may share a batching
+    // window and merge, so a request can take one fewer); a per-item implementation would need
+    // at least 50 at the largest page.
+    assert!(
+        costs.iter().all(|&c| c <= 12),
+        "statements per request: {costs:?}"
+    );
     // The deal reached through a referral is the attributed one.
     let data = app
         .ok(&token, dashboard, json!({"id": alpha, "n": 2}))
