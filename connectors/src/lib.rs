@@ -4,6 +4,8 @@
 
 pub mod deal;
 pub mod error;
+pub mod inbound;
+pub mod lenient;
 pub mod verify;
 
 pub use deal::{DealStatus, NeutralDeal};

@@ -12,3 +12,5 @@ pub mod partner;
 pub mod payout;
 pub mod program;
 pub mod referral;
+pub mod webhook_receipt;
+pub mod webhook_source;
