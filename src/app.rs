@@ -1,7 +1,7 @@
 //! Building and running the hub: connect and migrate the database, bind the listener, serve
 //! until a shutdown signal.
 
-use std::{future::Future, net::SocketAddr, time::Duration};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use poem::{
@@ -12,7 +12,12 @@ use poem::{
 use crate::{
     config::Config,
     db::Db,
-    domain::auth::{ApiKeyRole, create_key, has_admin_key},
+    domain::{
+        auth::{ApiKeyRole, create_key, has_admin_key},
+        inbox::{Inbox, InboxWorker},
+        secrets::SecretKey,
+        webhooks::Webhooks,
+    },
     error::ApiError,
     graphql::build_schema,
     http::{AppState, metrics::Metrics, routes},
@@ -25,6 +30,8 @@ pub struct App {
     /// The bound address (useful with port 0).
     pub addr: SocketAddr,
     acceptor: TcpAcceptor,
+    stop_workers: tokio::sync::watch::Sender<bool>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl App {
@@ -48,22 +55,38 @@ impl App {
             .into_iter()
             .find_map(|a| a.as_socket_addr().copied())
             .context("the listener has no socket address")?;
+        let key = SecretKey::resolve(
+            config.secret_key.as_ref().map(|k| k.0.as_str()),
+            &config.database_url,
+        )?;
+        let webhooks = Webhooks::new(db.clone(), Arc::new(key));
+        let inbox = Inbox::start(db.clone());
+        let public_base = config.public_base_url(addr);
+        let (stop_workers, stop) = tokio::sync::watch::channel(false);
+        // Receipts left in the inbox by a previous run are applied from here on.
+        let worker = InboxWorker::new(db.clone(), webhooks.clone(), inbox.notifier());
+        let workers = vec![tokio::spawn(worker.run(stop))];
         let state = AppState {
-            schema: build_schema(db.clone()),
+            schema: build_schema(db.clone(), webhooks.clone(), public_base.clone()),
             db,
             metrics: Metrics::new(),
             config,
+            webhooks,
+            inbox,
+            public_base,
         };
         Ok(App {
             state,
             addr,
             acceptor,
+            stop_workers,
+            workers,
         })
     }
 
     /// The base URL clients use.
     pub fn base_url(&self) -> String {
-        self.state.config.public_base_url(self.addr)
+        self.state.public_base.clone()
     }
 
     /// On a database without an admin key, creates one and returns its token.
@@ -89,9 +112,15 @@ impl App {
     /// Serves until `shutdown` completes, then drains in-flight requests (up to 10 s).
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> std::io::Result<()> {
         let endpoint = routes(self.state);
-        Server::new_with_acceptor(self.acceptor)
+        let served = Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(endpoint, shutdown, Some(Duration::from_secs(10)))
-            .await
+            .await;
+        // Let the workers finish their current transaction; an interrupted one rolls back.
+        let _ = self.stop_workers.send(true);
+        for worker in self.workers {
+            let _ = tokio::time::timeout(Duration::from_secs(10), worker).await;
+        }
+        served
     }
 }
 

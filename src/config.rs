@@ -38,6 +38,20 @@ pub struct Config {
     /// How long a GraphQL DataLoader waits to gather keys into one batch, in milliseconds
     /// (`TANDEM_GRAPHQL_BATCH_DELAY_MS`).
     pub graphql_batch_delay_ms: u64,
+    /// Key sealing webhook secrets and CRM credentials at rest (`TANDEM_SECRET_KEY`, 32 bytes
+    /// in base64). Generated beside a SQLite database when absent; required with PostgreSQL.
+    pub secret_key: Option<Redacted>,
+}
+
+/// A configuration value that must never reach a log: `Debug` prints `[redacted]`.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Redacted(pub String);
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
 }
 
 impl Default for Config {
@@ -50,6 +64,7 @@ impl Default for Config {
             public_url: None,
             database_max_connections: 8,
             graphql_batch_delay_ms: 2,
+            secret_key: None,
         }
     }
 }
@@ -80,6 +95,7 @@ impl Config {
                 "public_url",
                 "database_max_connections",
                 "graphql_batch_delay_ms",
+                "secret_key",
             ]))
             .merge(Serialized::defaults(flags))
             .extract()

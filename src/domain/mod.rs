@@ -2,9 +2,13 @@
 //! normalised, and how programs, partners and referrals change (with their events).
 
 pub mod auth;
+pub mod deals;
 pub mod events;
 pub mod ids;
+pub mod inbox;
 pub mod normalize;
 pub mod partners;
 pub mod programs;
 pub mod referrals;
+pub mod secrets;
+pub mod webhooks;

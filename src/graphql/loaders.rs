@@ -9,7 +9,7 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use crate::{
     db::{
         Db,
-        entities::{attribution, deal, partner, program, referral},
+        entities::{attribution, deal, partner, program, referral, webhook_source},
         pages::{ChildList, Direction, Page, PageArgs, child_counts, child_pages},
     },
     error::ApiError,
@@ -21,39 +21,48 @@ fn db_error(err: sea_orm::DbErr) -> async_graphql::Error {
     ApiError::from(err).into()
 }
 
-/// Programs by id.
-pub struct ProgramLoader(Db);
+/// Defines a loader of rows by their string primary key `id`.
+macro_rules! by_id_loader {
+    ($(#[$doc:meta])* $name:ident, $entity:ident) => {
+        $(#[$doc])*
+        pub struct $name(Db);
 
-impl Loader<String> for ProgramLoader {
-    type Value = program::Model;
-    type Error = async_graphql::Error;
+        impl Loader<String> for $name {
+            type Value = $entity::Model;
+            type Error = async_graphql::Error;
 
-    async fn load(&self, keys: &[String]) -> LoadResult<program::Model> {
-        let rows = program::Entity::find()
-            .filter(program::Column::Id.is_in(keys.iter().cloned()))
-            .all(&self.0.conn)
-            .await
-            .map_err(db_error)?;
-        Ok(rows.into_iter().map(|m| (m.id.clone(), m)).collect())
-    }
+            async fn load(&self, keys: &[String]) -> LoadResult<$entity::Model> {
+                let rows = $entity::Entity::find()
+                    .filter($entity::Column::Id.is_in(keys.iter().cloned()))
+                    .all(&self.0.conn)
+                    .await
+                    .map_err(db_error)?;
+                Ok(rows.into_iter().map(|m| (m.id.clone(), m)).collect())
+            }
+        }
+    };
 }
 
-/// Partners by id.
-pub struct PartnerLoader(Db);
-
-impl Loader<String> for PartnerLoader {
-    type Value = partner::Model;
-    type Error = async_graphql::Error;
-
-    async fn load(&self, keys: &[String]) -> LoadResult<partner::Model> {
-        let rows = partner::Entity::find()
-            .filter(partner::Column::Id.is_in(keys.iter().cloned()))
-            .all(&self.0.conn)
-            .await
-            .map_err(db_error)?;
-        Ok(rows.into_iter().map(|m| (m.id.clone(), m)).collect())
-    }
-}
+by_id_loader!(
+    /// Programs by id.
+    ProgramLoader,
+    program
+);
+by_id_loader!(
+    /// Partners by id.
+    PartnerLoader,
+    partner
+);
+by_id_loader!(
+    /// Deals by id.
+    DealLoader,
+    deal
+);
+by_id_loader!(
+    /// Webhook sources by id.
+    WebhookSourceLoader,
+    webhook_source
+);
 
 /// A deal's attribution, by deal id.
 pub struct AttributionLoader(Db);
@@ -253,6 +262,10 @@ pub struct Loaders {
     pub programs: DataLoader<ProgramLoader>,
     /// Partners by id.
     pub partners: DataLoader<PartnerLoader>,
+    /// Deals by id.
+    pub deals: DataLoader<DealLoader>,
+    /// Webhook sources by id.
+    pub webhook_sources: DataLoader<WebhookSourceLoader>,
     /// Attributions by deal id.
     pub attributions: DataLoader<AttributionLoader>,
     /// Attributed deal by referral id.
@@ -287,6 +300,9 @@ impl Loaders {
         Loaders {
             programs: DataLoader::new(ProgramLoader(db.clone()), tokio::spawn).delay(delay),
             partners: DataLoader::new(PartnerLoader(db.clone()), tokio::spawn).delay(delay),
+            deals: DataLoader::new(DealLoader(db.clone()), tokio::spawn).delay(delay),
+            webhook_sources: DataLoader::new(WebhookSourceLoader(db.clone()), tokio::spawn)
+                .delay(delay),
             attributions: DataLoader::new(AttributionLoader(db.clone()), tokio::spawn).delay(delay),
             deal_by_referral: DataLoader::new(DealByReferralLoader(db.clone()), tokio::spawn)
                 .delay(delay),

@@ -7,18 +7,30 @@ pub mod loaders;
 pub mod mutation;
 pub mod query;
 pub mod types;
+pub mod webhooks;
 
-use async_graphql::{Context, EmptySubscription, Schema, SchemaBuilder};
+use async_graphql::{Context, EmptySubscription, MergedObject, Schema, SchemaBuilder};
 use tokio::sync::OnceCell;
 
 use crate::{
     db::Db,
-    domain::auth::{Principal, authenticate},
+    domain::{
+        auth::{Principal, authenticate},
+        webhooks::Webhooks,
+    },
     error::{ApiError, ApiResult},
 };
 
+/// The query root: every domain's queries merged.
+#[derive(MergedObject, Default)]
+pub struct QueryRoot(query::CoreQuery, webhooks::WebhookQuery);
+
+/// The mutation root: every domain's mutations merged.
+#[derive(MergedObject, Default)]
+pub struct MutationRoot(mutation::CoreMutation, webhooks::WebhookMutation);
+
 /// The Tandem schema type.
-pub type TandemSchema = Schema<query::QueryRoot, mutation::MutationRoot, EmptySubscription>;
+pub type TandemSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
 
 /// Maximum query depth.
 pub const MAX_DEPTH: usize = 12;
@@ -26,17 +38,27 @@ pub const MAX_DEPTH: usize = 12;
 pub const MAX_COMPLEXITY: usize = 10_000;
 
 /// The schema without data: enough for SDL export and schema tests.
-pub fn schema_builder() -> SchemaBuilder<query::QueryRoot, mutation::MutationRoot, EmptySubscription>
-{
-    Schema::build(query::QueryRoot, mutation::MutationRoot, EmptySubscription)
-        .limit_depth(MAX_DEPTH)
-        .limit_complexity(MAX_COMPLEXITY)
-        .extension(limits::PageSizeLimit)
+pub fn schema_builder() -> SchemaBuilder<QueryRoot, MutationRoot, EmptySubscription> {
+    Schema::build(
+        QueryRoot::default(),
+        MutationRoot::default(),
+        EmptySubscription,
+    )
+    .limit_depth(MAX_DEPTH)
+    .limit_complexity(MAX_COMPLEXITY)
+    .extension(limits::PageSizeLimit)
 }
 
-/// The schema with the database attached.
-pub fn build_schema(db: Db) -> TandemSchema {
-    schema_builder().data(db).finish()
+/// The base URL webhook source URLs are built on.
+pub struct PublicBase(pub String);
+
+/// The schema with the database and services attached.
+pub fn build_schema(db: Db, webhooks: Webhooks, public_base: String) -> TandemSchema {
+    schema_builder()
+        .data(db)
+        .data(webhooks)
+        .data(PublicBase(public_base))
+        .finish()
 }
 
 /// The SDL of the schema, as committed in `schema/schema.graphql`.

@@ -98,12 +98,13 @@ pub struct UpdateReferralStatusPayload {
     pub referral: Referral,
 }
 
-/// The mutation root.
-pub struct MutationRoot;
+/// Core mutations: programs, partners, keys and referrals.
+#[derive(Default)]
+pub struct CoreMutation;
 
-/// The mutation root.
+/// Core mutations: programs, partners, keys and referrals.
 #[Object]
-impl MutationRoot {
+impl CoreMutation {
     /// Creates a partner program (admins).
     async fn create_program(
         &self,

@@ -62,16 +62,17 @@ pub struct DealFilter {
     pub status: Option<DealStatus>,
 }
 
-/// The query root.
-pub struct QueryRoot;
+/// Core queries: programs, partners, referrals, deals, keys and events.
+#[derive(Default)]
+pub struct CoreQuery;
 
 fn ids_valid(id: &ID) -> bool {
     is_valid_id(id.as_str())
 }
 
-/// The query root.
+/// Core queries: programs, partners, referrals, deals, keys and events.
 #[Object]
-impl QueryRoot {
+impl CoreQuery {
     /// The caller: its role and, for partner keys, its partner.
     async fn viewer(&self, ctx: &Context<'_>) -> Result<Viewer> {
         Ok(Viewer(principal(ctx).await?.clone()))

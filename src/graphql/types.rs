@@ -11,6 +11,7 @@ use crate::{
     },
     domain::{
         auth::{ApiKeyRole, Principal},
+        deals::AttributionMethod,
         partners::PartnerStatus,
         programs::{CommissionPlan, ProgramKind, parse_stored_decimal, plan_of},
         referrals::ReferralStatus,
@@ -318,17 +319,6 @@ impl Referral {
     }
 }
 
-/// How a deal was attributed to its partner.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
-pub enum AttributionMethod {
-    /// An admin attributed it.
-    Manual,
-    /// The deal carried the partner's referral code.
-    Code,
-    /// The deal's company or contact domain matched an accepted referral.
-    Domain,
-}
-
 /// Deal status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
 #[graphql(remote = "tandem_connectors::DealStatus")]
@@ -443,12 +433,9 @@ impl Deal {
         let Some(attribution) = self.attribution(ctx).await? else {
             return Ok(None);
         };
-        Ok(match attribution.method.as_str() {
-            "MANUAL" => Some(AttributionMethod::Manual),
-            "CODE" => Some(AttributionMethod::Code),
-            "DOMAIN" => Some(AttributionMethod::Domain),
-            other => return Err(internal("attribution method", other)),
-        })
+        AttributionMethod::parse(&attribution.method)
+            .map(Some)
+            .ok_or_else(|| internal("attribution method", &attribution.method))
     }
 }
 

@@ -24,6 +24,8 @@ pub struct Metrics {
     graphql_requests: IntCounterVec,
     graphql_latency: HistogramVec,
     db_statements: IntCounter,
+    webhook_receipts: IntCounterVec,
+    inbox_backlog: prometheus::IntGauge,
     operations: Arc<Mutex<HashSet<String>>>,
 }
 
@@ -68,12 +70,27 @@ impl Metrics {
             "SQL statements executed by this process",
         )
         .expect("valid metric");
+        let webhook_receipts = IntCounterVec::new(
+            Opts::new(
+                "tandem_webhook_receipts_total",
+                "Inbound webhook events by source kind and outcome (RECEIVED, FAILED, DUPLICATE, unauthorized)",
+            ),
+            &["kind", "outcome"],
+        )
+        .expect("valid metric");
+        let inbox_backlog = prometheus::IntGauge::new(
+            "tandem_inbox_backlog",
+            "Webhook receipts stored but not yet applied",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_latency.clone()),
             Box::new(graphql_requests.clone()),
             Box::new(graphql_latency.clone()),
             Box::new(db_statements.clone()),
+            Box::new(webhook_receipts.clone()),
+            Box::new(inbox_backlog.clone()),
         ] {
             registry
                 .register(collector)
@@ -86,6 +103,8 @@ impl Metrics {
             graphql_requests,
             graphql_latency,
             db_statements,
+            webhook_receipts,
+            inbox_backlog,
             operations: Arc::new(Mutex::new(HashSet::new())),
         }
     }
@@ -100,6 +119,19 @@ impl Metrics {
         self.graphql_latency
             .with_label_values(&[label.as_str()])
             .observe(seconds);
+    }
+
+    /// Records one inbound webhook event (or a rejected request).
+    pub fn observe_webhook(&self, kind: &str, outcome: &str) {
+        self.webhook_receipts
+            .with_label_values(&[kind, outcome])
+            .inc();
+    }
+
+    /// Sets the inbox backlog gauge (refreshed on every scrape).
+    pub fn set_inbox_backlog(&self, backlog: u64) {
+        self.inbox_backlog
+            .set(i64::try_from(backlog).unwrap_or(i64::MAX));
     }
 
     fn operation_label(&self, operation: &str) -> String {

@@ -2,6 +2,7 @@
 
 pub mod graphql;
 pub mod metrics;
+pub mod webhooks;
 
 use poem::{
     EndpointExt, IntoResponse, Response, Route, get, handler,
@@ -10,7 +11,12 @@ use poem::{
 };
 use serde_json::json;
 
-use crate::{config::Config, db::Db, graphql::TandemSchema};
+use crate::{
+    config::Config,
+    db::Db,
+    domain::{inbox::Inbox, webhooks::Webhooks},
+    graphql::TandemSchema,
+};
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -23,6 +29,12 @@ pub struct AppState {
     pub metrics: metrics::Metrics,
     /// Configuration.
     pub config: Config,
+    /// Webhook sources (verification, cached secrets).
+    pub webhooks: Webhooks,
+    /// The inbound inbox writer.
+    pub inbox: Inbox,
+    /// The base URL senders reach this hub at (signed HubSpot URLs are rebuilt from it).
+    pub public_base: String,
 }
 
 /// `GET /healthz`: the process is up.
@@ -50,6 +62,10 @@ async fn readyz(state: Data<&AppState>) -> Response {
 /// `GET /metrics`: Prometheus text format.
 #[handler]
 async fn metrics_endpoint(state: Data<&AppState>) -> Response {
+    match crate::domain::inbox::backlog(&state.db).await {
+        Ok(backlog) => state.metrics.set_inbox_backlog(backlog),
+        Err(err) => tracing::warn!(error = %err, "counting the inbox backlog failed"),
+    }
     Response::builder()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render(state.db.statement_count()))
@@ -64,6 +80,10 @@ pub fn routes(state: AppState) -> impl poem::Endpoint {
             get(graphql::graphiql)
                 .post(graphql::graphql_post)
                 .with(m.route("/graphql")),
+        )
+        .at(
+            "/webhooks/:source_id",
+            poem::post(webhooks::receive_webhook).with(m.route("/webhooks/{sourceId}")),
         )
         .at("/healthz", get(healthz).with(m.route("/healthz")))
         .at("/readyz", get(readyz).with(m.route("/readyz")))

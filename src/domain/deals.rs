@@ -1,0 +1,477 @@
+//! The deal mirror and attribution (DESIGN §4): applying a CRM deal change (stale updates are
+//! recorded, not applied), attributing the deal (MANUAL > CODE > DOMAIN), converting the
+//! referral on a win, and writing `deal.attributed`, `deal.won`, `deal.lost` in the caller's
+//! transaction.
+
+use chrono::{DateTime, Duration, Utc};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, DbErr,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+};
+use serde_json::json;
+use tandem_connectors::{DealStatus, NeutralDeal, inbound::DealChange};
+
+use crate::{
+    db::{
+        Db,
+        entities::{attribution, deal, partner, program, referral},
+    },
+    domain::{
+        events::{self, EventType},
+        ids::new_id,
+        normalize::{email_domain, is_free_mail, normalize_domain, normalize_email},
+        referrals::ReferralStatus,
+    },
+    error::{ApiError, ApiResult},
+};
+
+/// How a deal was attributed to its partner (the first matching rule wins).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, async_graphql::Enum)]
+pub enum AttributionMethod {
+    /// An admin attributed it with `attributeDeal`.
+    Manual,
+    /// The deal carried the partner's referral code.
+    Code,
+    /// The deal's company or contact domain matched an accepted referral.
+    Domain,
+}
+
+impl AttributionMethod {
+    /// Database form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttributionMethod::Manual => "MANUAL",
+            AttributionMethod::Code => "CODE",
+            AttributionMethod::Domain => "DOMAIN",
+        }
+    }
+
+    /// Parses the database form.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "MANUAL" => Some(AttributionMethod::Manual),
+            "CODE" => Some(AttributionMethod::Code),
+            "DOMAIN" => Some(AttributionMethod::Domain),
+            _ => None,
+        }
+    }
+}
+
+/// What applying a deal change did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApplyResult {
+    /// The mirror now holds the change (the deal id).
+    Applied(String),
+    /// The change is older than the stored deal: recorded, not applied.
+    Stale(String),
+    /// A deletion of a deal Tandem never mirrored: nothing to do.
+    UnknownDeal,
+}
+
+/// The status a deal counts as: a deleted deal counts as lost.
+pub fn effective_status(model: &deal::Model) -> Option<DealStatus> {
+    if model.deleted {
+        Some(DealStatus::Lost)
+    } else {
+        DealStatus::parse(&model.status)
+    }
+}
+
+/// Lower-cased contact emails, de-duplicated, invalid ones dropped.
+fn normalized_emails(emails: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = emails.iter().filter_map(|e| normalize_email(e)).collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The company domains a deal can match referrals on: its own domain and its contacts' email
+/// domains, never free-mail domains.
+fn candidate_domains(model: &deal::Model) -> Vec<String> {
+    let mut domains = Vec::new();
+    if let Some(domain) = model.company_domain.as_deref() {
+        domains.push(domain.to_string());
+    }
+    if let Some(emails) = model.contact_emails.as_array() {
+        for email in emails.iter().filter_map(|e| e.as_str()) {
+            if let Some(domain) = email_domain(email) {
+                domains.push(domain.to_string());
+            }
+        }
+    }
+    domains.retain(|d| !is_free_mail(d));
+    domains.sort();
+    domains.dedup();
+    domains
+}
+
+/// The earliest accepted or converted referral (of `partner_id` if given) whose company domain
+/// matches the deal, submitted at most the attribution window before the deal was created.
+async fn matching_referral(
+    conn: &impl ConnectionTrait,
+    program: &program::Model,
+    model: &deal::Model,
+    partner_id: Option<&str>,
+) -> Result<Option<referral::Model>, DbErr> {
+    let domains = candidate_domains(model);
+    if domains.is_empty() {
+        return Ok(None);
+    }
+    let window_start =
+        model.created_at - Duration::days(i64::from(program.attribution_window_days));
+    let mut query = referral::Entity::find()
+        .filter(referral::Column::ProgramId.eq(program.id.as_str()))
+        .filter(referral::Column::Status.is_in([
+            ReferralStatus::Accepted.as_str(),
+            ReferralStatus::Converted.as_str(),
+        ]))
+        .filter(referral::Column::CompanyDomain.is_in(domains))
+        .filter(referral::Column::SubmittedAt.lte(model.created_at))
+        .filter(referral::Column::SubmittedAt.gte(window_start));
+    if let Some(partner_id) = partner_id {
+        query = query.filter(referral::Column::PartnerId.eq(partner_id));
+    }
+    query
+        .order_by_asc(referral::Column::SubmittedAt)
+        .order_by_asc(referral::Column::Id)
+        .one(conn)
+        .await
+}
+
+/// An attribution the rules arrived at.
+struct Candidate {
+    partner_id: String,
+    referral_id: Option<String>,
+    method: AttributionMethod,
+}
+
+/// CODE, then DOMAIN.
+async fn automatic_attribution(
+    conn: &impl ConnectionTrait,
+    program: &program::Model,
+    model: &deal::Model,
+) -> Result<Option<Candidate>, DbErr> {
+    if let Some(code) = model.referral_code.as_deref() {
+        let code = code.trim().to_ascii_uppercase();
+        if let Some(partner) = partner::Entity::find()
+            .filter(partner::Column::ProgramId.eq(program.id.as_str()))
+            .filter(partner::Column::ReferralCode.eq(code))
+            .one(conn)
+            .await?
+        {
+            let referral = matching_referral(conn, program, model, Some(&partner.id)).await?;
+            return Ok(Some(Candidate {
+                partner_id: partner.id,
+                referral_id: referral.map(|r| r.id),
+                method: AttributionMethod::Code,
+            }));
+        }
+    }
+    Ok(matching_referral(conn, program, model, None)
+        .await?
+        .map(|r| Candidate {
+            partner_id: r.partner_id,
+            referral_id: Some(r.id),
+            method: AttributionMethod::Domain,
+        }))
+}
+
+/// Stores `candidate` as the deal's attribution when it differs from `current`; writes
+/// `deal.attributed`. Returns the attribution in force and whether its partner changed.
+async fn store_attribution(
+    conn: &impl ConnectionTrait,
+    model: &deal::Model,
+    current: Option<attribution::Model>,
+    candidate: Candidate,
+) -> Result<(attribution::Model, bool), DbErr> {
+    let now = Utc::now();
+    if let Some(current) = &current
+        && current.partner_id == candidate.partner_id
+        && current.method == candidate.method.as_str()
+        && current.referral_id == candidate.referral_id
+    {
+        return Ok((current.clone(), false));
+    }
+    let previous_partner = current.as_ref().map(|c| c.partner_id.clone());
+    let stored = match current {
+        Some(current) => {
+            let mut active: attribution::ActiveModel = current.into();
+            active.partner_id = Set(candidate.partner_id.clone());
+            active.referral_id = Set(candidate.referral_id.clone());
+            active.method = Set(candidate.method.as_str().to_string());
+            active.updated_at = Set(now);
+            active.update(conn).await?
+        }
+        None => {
+            attribution::ActiveModel {
+                deal_id: Set(model.id.clone()),
+                partner_id: Set(candidate.partner_id.clone()),
+                referral_id: Set(candidate.referral_id.clone()),
+                method: Set(candidate.method.as_str().to_string()),
+                created_at: Set(now),
+                updated_at: Set(now),
+            }
+            .insert(conn)
+            .await?
+        }
+    };
+    let partner_changed = previous_partner.as_deref() != Some(stored.partner_id.as_str());
+    events::record(
+        conn,
+        EventType::DealAttributed,
+        &model.program_id,
+        Some(&stored.partner_id),
+        json!({
+            "dealId": model.id,
+            "externalId": model.external_id,
+            "method": stored.method,
+            "referralId": stored.referral_id,
+            "previousPartnerId": previous_partner,
+        }),
+    )
+    .await?;
+    Ok((stored, partner_changed))
+}
+
+/// Writes `deal.won` / `deal.lost` when an attributed deal enters that state (or moves to a new
+/// partner while in it), and converts the attributed referral on a win.
+async fn record_outcome(
+    conn: &impl ConnectionTrait,
+    model: &deal::Model,
+    attribution: &attribution::Model,
+    previous_status: Option<DealStatus>,
+    partner_changed: bool,
+) -> Result<(), DbErr> {
+    let status = effective_status(model);
+    let entered = |target: DealStatus| {
+        status == Some(target) && (previous_status != Some(target) || partner_changed)
+    };
+    let data = json!({
+        "dealId": model.id,
+        "externalId": model.external_id,
+        "name": model.name,
+        "amount": model.amount,
+        "currency": model.currency,
+        "closedAt": model.closed_at,
+        "deleted": model.deleted,
+    });
+    if entered(DealStatus::Won) {
+        events::record(
+            conn,
+            EventType::DealWon,
+            &model.program_id,
+            Some(&attribution.partner_id),
+            data,
+        )
+        .await?;
+        if let Some(referral_id) = &attribution.referral_id {
+            convert_referral(conn, referral_id, &model.id).await?;
+        }
+    } else if entered(DealStatus::Lost) {
+        events::record(
+            conn,
+            EventType::DealLost,
+            &model.program_id,
+            Some(&attribution.partner_id),
+            data,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+async fn convert_referral(
+    conn: &impl ConnectionTrait,
+    referral_id: &str,
+    deal_id: &str,
+) -> Result<(), DbErr> {
+    let Some(found) = referral::Entity::find_by_id(referral_id.to_string())
+        .one(conn)
+        .await?
+    else {
+        return Ok(());
+    };
+    if found.status != ReferralStatus::Accepted.as_str() {
+        return Ok(());
+    }
+    let (program_id, partner_id) = (found.program_id.clone(), found.partner_id.clone());
+    let mut active: referral::ActiveModel = found.into();
+    active.status = Set(ReferralStatus::Converted.as_str().to_string());
+    active.updated_at = Set(Utc::now());
+    active.update(conn).await?;
+    events::record(
+        conn,
+        EventType::ReferralStatusChanged,
+        &program_id,
+        Some(&partner_id),
+        json!({
+            "referralId": referral_id,
+            "status": ReferralStatus::Converted.as_str(),
+            "previousStatus": ReferralStatus::Accepted.as_str(),
+            "dealId": deal_id,
+        }),
+    )
+    .await?;
+    Ok(())
+}
+
+fn deal_row(
+    id: String,
+    program_id: &str,
+    source_id: &str,
+    deal: &NeutralDeal,
+    now: DateTime<Utc>,
+) -> deal::ActiveModel {
+    deal::ActiveModel {
+        id: Set(id),
+        program_id: Set(program_id.to_string()),
+        source_id: Set(source_id.to_string()),
+        external_id: Set(deal.external_id.clone()),
+        name: Set(deal.name.clone()),
+        amount: Set(deal.amount.to_string()),
+        currency: Set(deal.currency.trim().to_ascii_uppercase()),
+        status: Set(deal.status.as_str().to_string()),
+        stage: Set(deal.stage.clone()),
+        closed_at: Set(deal.closed_at),
+        created_at: Set(deal.created_at),
+        updated_at: Set(deal.updated_at),
+        company_domain: Set(deal.company_domain.as_deref().and_then(normalize_domain)),
+        contact_emails: Set(json!(normalized_emails(&deal.contact_emails))),
+        referral_code: Set(deal
+            .referral_code
+            .as_ref()
+            .map(|c| c.trim().to_ascii_uppercase())
+            .filter(|c| !c.is_empty())),
+        deleted: Set(deal.deleted),
+        first_seen_at: Set(now),
+        last_applied_at: Set(now),
+    }
+}
+
+/// Applies one CRM deal change from `source_id` to the mirror of `program`, inside the caller's
+/// transaction: upsert (unless stale), attribution, conversion and events.
+pub async fn apply_deal_change(
+    conn: &impl ConnectionTrait,
+    program: &program::Model,
+    source_id: &str,
+    change: &DealChange,
+) -> Result<ApplyResult, DbErr> {
+    let mut query = deal::Entity::find()
+        .filter(deal::Column::SourceId.eq(source_id))
+        .filter(deal::Column::ExternalId.eq(change.external_id()));
+    if conn.get_database_backend() == DbBackend::Postgres {
+        // Serialises concurrent workers on the same deal.
+        query = query.lock_exclusive();
+    }
+    let existing = query.one(conn).await?;
+    let incoming_time = match change {
+        DealChange::Upsert(deal) => deal.updated_at,
+        DealChange::Delete { updated_at, .. } => *updated_at,
+    };
+    if let Some(existing) = &existing
+        && incoming_time < existing.updated_at
+    {
+        return Ok(ApplyResult::Stale(existing.id.clone()));
+    }
+    let now = Utc::now();
+    let previous_status = existing.as_ref().and_then(effective_status);
+    let model = match (change, existing) {
+        (DealChange::Upsert(deal), None) => {
+            deal_row(new_id(), &program.id, source_id, deal, now)
+                .insert(conn)
+                .await?
+        }
+        (DealChange::Upsert(deal), Some(existing)) => {
+            let mut row = deal_row(existing.id.clone(), &program.id, source_id, deal, now);
+            row.first_seen_at = Set(existing.first_seen_at);
+            row.update(conn).await?
+        }
+        (DealChange::Delete { .. }, None) => return Ok(ApplyResult::UnknownDeal),
+        (DealChange::Delete { updated_at, .. }, Some(existing)) => {
+            let mut row: deal::ActiveModel = existing.into();
+            row.deleted = Set(true);
+            row.updated_at = Set(*updated_at);
+            row.last_applied_at = Set(now);
+            row.update(conn).await?
+        }
+    };
+    let current = attribution::Entity::find_by_id(model.id.clone())
+        .one(conn)
+        .await?;
+    let manual = current
+        .as_ref()
+        .is_some_and(|c| c.method == AttributionMethod::Manual.as_str());
+    let (attribution, partner_changed) = if manual {
+        (current, false)
+    } else {
+        match automatic_attribution(conn, program, &model).await? {
+            Some(candidate) => {
+                let (stored, changed) = store_attribution(conn, &model, current, candidate).await?;
+                (Some(stored), changed)
+            }
+            // An attribution stays once made: a later update that no longer matches (a code
+            // removed in the CRM) does not take the deal away from its partner.
+            None => (current, false),
+        }
+    };
+    if let Some(attribution) = &attribution {
+        record_outcome(conn, &model, attribution, previous_status, partner_changed).await?;
+    }
+    Ok(ApplyResult::Applied(model.id))
+}
+
+/// Input of `attributeDeal`.
+#[derive(Debug, async_graphql::InputObject)]
+pub struct AttributeDealInput {
+    /// The deal.
+    pub deal_id: async_graphql::ID,
+    /// The partner to credit; must belong to the deal's program.
+    pub partner_id: async_graphql::ID,
+}
+
+/// An admin attributes a deal to a partner (`MANUAL`, which automatic rules never override).
+pub async fn attribute_deal(
+    db: &Db,
+    input: AttributeDealInput,
+) -> ApiResult<(deal::Model, attribution::Model)> {
+    let tx = db.begin_write().await?;
+    let mut query = deal::Entity::find_by_id(input.deal_id.to_string());
+    if db.is_postgres() {
+        query = query.lock_exclusive();
+    }
+    let model = query.one(&*tx).await?.ok_or(ApiError::NotFound("deal"))?;
+    let partner = partner::Entity::find_by_id(input.partner_id.to_string())
+        .one(&*tx)
+        .await?
+        .ok_or(ApiError::NotFound("partner"))?;
+    if partner.program_id != model.program_id {
+        return Err(ApiError::bad_input(
+            "input.partnerId",
+            "the partner belongs to another program than the deal",
+        ));
+    }
+    let program = program::Entity::find_by_id(model.program_id.clone())
+        .one(&*tx)
+        .await?
+        .ok_or(ApiError::NotFound("program"))?;
+    let referral = matching_referral(&*tx, &program, &model, Some(&partner.id)).await?;
+    let current = attribution::Entity::find_by_id(model.id.clone())
+        .one(&*tx)
+        .await?;
+    let (stored, partner_changed) = store_attribution(
+        &*tx,
+        &model,
+        current,
+        Candidate {
+            partner_id: partner.id,
+            referral_id: referral.map(|r| r.id),
+            method: AttributionMethod::Manual,
+        },
+    )
+    .await?;
+    let status = effective_status(&model);
+    // The deal's state did not change; only a new partner learns of an outcome already reached.
+    record_outcome(&*tx, &model, &stored, status, partner_changed).await?;
+    tx.commit().await?;
+    Ok((model, stored))
+}

@@ -1,0 +1,568 @@
+//! Webhook sources (DESIGN §6): creating them (their secret is shown once and sealed at rest),
+//! verifying inbound requests per source kind on the raw body, and splitting a verified request
+//! into provider events ready for the inbox.
+
+use std::{collections::HashMap, sync::Arc};
+
+use async_graphql::{Enum, ID, InputObject};
+use base64::{Engine, engine::general_purpose::STANDARD};
+use chrono::{DateTime, Utc};
+use http::HeaderMap;
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait};
+use secrecy::{ExposeSecret, SecretString};
+use tandem_connectors::{
+    inbound::{self, HubSpotDealEvent, InboundEvent},
+    verify::{self, HubSpotRequest, VerifyError},
+};
+use tokio::sync::RwLock;
+
+use crate::{
+    db::{
+        Db,
+        entities::{program, webhook_source},
+    },
+    domain::{
+        ids::{is_valid_id, new_id},
+        programs::validated_name,
+        secrets::{SecretKey, random_bytes},
+    },
+    error::{ApiError, ApiResult},
+};
+
+/// How a source's requests are verified and what they carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+pub enum WebhookSourceKind {
+    /// Standard Webhooks signatures; Tandem deal events.
+    Standard,
+    /// HubSpot app webhooks (signature v3, or v1/v2 when configured).
+    Hubspot,
+    /// Pipedrive webhooks (v2 payloads) with HTTP Basic credentials.
+    Pipedrive,
+    /// Salesforce Outbound Messages (SOAP) with an org id and a URL token.
+    Salesforce,
+}
+
+impl WebhookSourceKind {
+    /// Database form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookSourceKind::Standard => "STANDARD",
+            WebhookSourceKind::Hubspot => "HUBSPOT",
+            WebhookSourceKind::Pipedrive => "PIPEDRIVE",
+            WebhookSourceKind::Salesforce => "SALESFORCE",
+        }
+    }
+
+    /// Parses the database form.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "STANDARD" => Some(WebhookSourceKind::Standard),
+            "HUBSPOT" => Some(WebhookSourceKind::Hubspot),
+            "PIPEDRIVE" => Some(WebhookSourceKind::Pipedrive),
+            "SALESFORCE" => Some(WebhookSourceKind::Salesforce),
+            _ => None,
+        }
+    }
+}
+
+/// Which HubSpot signature scheme a HUBSPOT source checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[graphql(name = "HubSpotSignatureVersion")]
+pub enum HubSpotSignatureScheme {
+    /// `X-HubSpot-Signature` v1 (SHA-256 of secret + body).
+    V1,
+    /// `X-HubSpot-Signature` v2 (SHA-256 of secret + method + URI + body).
+    V2,
+    /// `X-HubSpot-Signature-v3` (HMAC-SHA256, timestamped): the default.
+    V3,
+}
+
+impl HubSpotSignatureScheme {
+    fn as_str(self) -> &'static str {
+        match self {
+            HubSpotSignatureScheme::V1 => "V1",
+            HubSpotSignatureScheme::V2 => "V2",
+            HubSpotSignatureScheme::V3 => "V3",
+        }
+    }
+
+    /// Parses the database form (absent means V3).
+    pub fn parse(s: Option<&str>) -> Self {
+        match s {
+            Some("V1") => HubSpotSignatureScheme::V1,
+            Some("V2") => HubSpotSignatureScheme::V2,
+            _ => HubSpotSignatureScheme::V3,
+        }
+    }
+
+    fn verifier(self) -> verify::HubSpotSignatureVersion {
+        match self {
+            HubSpotSignatureScheme::V1 => verify::HubSpotSignatureVersion::V1,
+            HubSpotSignatureScheme::V2 => verify::HubSpotSignatureVersion::V2,
+            HubSpotSignatureScheme::V3 => verify::HubSpotSignatureVersion::V3,
+        }
+    }
+}
+
+/// The Salesforce custom field carrying Tandem's referral code (DESIGN §7).
+pub const SALESFORCE_REFERRAL_CODE_FIELD: &str = "Tandem_Referral_Code__c";
+
+/// Input of `createWebhookSource`.
+#[derive(InputObject)]
+pub struct CreateWebhookSourceInput {
+    /// A label for the source.
+    pub name: String,
+    /// What sends to it.
+    pub kind: WebhookSourceKind,
+    /// The program whose deals it feeds.
+    pub program_id: ID,
+    /// HUBSPOT: the CRM connection deals are fetched through.
+    pub connection_id: Option<ID>,
+    /// STANDARD: an existing `whsec_…` secret (generated when absent). HUBSPOT: the app's
+    /// client secret (required). PIPEDRIVE: `user:password` (generated when absent).
+    /// SALESFORCE: the URL token (generated when absent).
+    pub secret: Option<String>,
+    /// SALESFORCE: the org id every Outbound Message must carry (required).
+    pub salesforce_org_id: Option<String>,
+    /// HUBSPOT: the signature scheme the app uses (default V3).
+    pub hubspot_signature_version: Option<HubSpotSignatureScheme>,
+    /// PIPEDRIVE: the custom field key holding the referral code; SALESFORCE: the field name
+    /// (default `Tandem_Referral_Code__c`).
+    pub referral_code_field: Option<String>,
+}
+
+impl std::fmt::Debug for CreateWebhookSourceInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateWebhookSourceInput")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("program_id", &self.program_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A source ready to verify requests: its row and its opened secret.
+pub struct Source {
+    /// The stored row.
+    pub model: webhook_source::Model,
+    /// Its kind.
+    pub kind: WebhookSourceKind,
+    secret: SecretString,
+    standard_key: Vec<u8>,
+    hubspot_scheme: HubSpotSignatureScheme,
+}
+
+/// The parts of an inbound request verification needs.
+pub struct InboundRequest<'a> {
+    /// HTTP method.
+    pub method: &'a str,
+    /// The full URL the sender called (public base URL + path + query).
+    pub url: &'a str,
+    /// Request headers.
+    pub headers: &'a HeaderMap,
+    /// The `token` query parameter (Salesforce).
+    pub token: Option<&'a str>,
+    /// The raw body.
+    pub body: &'a [u8],
+    /// When it arrived.
+    pub received_at: DateTime<Utc>,
+}
+
+impl InboundRequest<'_> {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// What the inbox should do with one event of a verified request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// Apply it now.
+    Apply,
+    /// Keep it until it can be applied, with the reason.
+    Park(String),
+    /// It can never be applied: stored as FAILED with the reason.
+    Fail(String),
+}
+
+/// One event of a verified request, ready for the inbox.
+#[derive(Debug, Clone)]
+pub struct ReceivedEvent {
+    /// The provider's event id (de-duplication key).
+    pub event_id: Option<String>,
+    /// What is stored.
+    pub payload: String,
+    /// What the inbox does with it.
+    pub disposition: Disposition,
+}
+
+/// Webhook sources: creation, a cache of opened secrets, verification and splitting.
+#[derive(Clone)]
+pub struct Webhooks {
+    db: Db,
+    key: Arc<SecretKey>,
+    cache: Arc<RwLock<HashMap<String, Arc<Source>>>>,
+}
+
+/// A source just created, with what is shown once.
+pub struct CreatedSource {
+    /// The stored source.
+    pub model: webhook_source::Model,
+    /// The secret to hand to the sender (`None` when the admin supplied the HubSpot secret).
+    pub secret: Option<String>,
+    /// The URL to configure in the sender.
+    pub url: String,
+}
+
+fn random_alphanumeric(len: usize) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut bytes = vec![0u8; len];
+    random_bytes(&mut bytes);
+    // 62 symbols: rejection-free mapping biases very slightly; 256 % 62 = 8 extra hits on the
+    // first 8 symbols lowers entropy per symbol from 5.954 to about 5.95 bits.
+    bytes
+        .iter()
+        .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
+        .collect()
+}
+
+fn is_salesforce_id(id: &str) -> bool {
+    matches!(id.len(), 15 | 18) && id.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+impl Webhooks {
+    /// Webhook sources on `db`, secrets sealed with `key`.
+    pub fn new(db: Db, key: Arc<SecretKey>) -> Webhooks {
+        Webhooks {
+            db,
+            key,
+            cache: Arc::new(RwLock::new(HashMap::new())),
+        }
+    }
+
+    /// The URL a sender posts to.
+    pub fn source_url(
+        base_url: &str,
+        model: &webhook_source::Model,
+        secret: Option<&str>,
+    ) -> String {
+        let url = format!("{}/webhooks/{}", base_url.trim_end_matches('/'), model.id);
+        match (model.kind.as_str(), secret) {
+            ("SALESFORCE", Some(token)) => format!("{url}?token={token}"),
+            _ => url,
+        }
+    }
+
+    /// Creates a source; the secret comes back once.
+    pub async fn create_source(
+        &self,
+        base_url: &str,
+        input: CreateWebhookSourceInput,
+    ) -> ApiResult<CreatedSource> {
+        let name = validated_name("input.name", &input.name)?;
+        let program_id = input.program_id.to_string();
+        if !is_valid_id(&program_id) {
+            return Err(ApiError::bad_input(
+                "input.programId",
+                "no program has this id",
+            ));
+        }
+        let given = input
+            .secret
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty());
+        let mut org_id = None;
+        let mut referral_code_field = input
+            .referral_code_field
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string);
+        let (secret, shown) = match input.kind {
+            WebhookSourceKind::Standard => {
+                let secret = match given {
+                    Some(s) => {
+                        let key = verify::decode_standard_secret(s).map_err(|_| {
+                            ApiError::bad_input("input.secret", "must be a whsec_ secret (base64)")
+                        })?;
+                        if key.len() < 16 {
+                            return Err(ApiError::bad_input(
+                                "input.secret",
+                                "must hold at least 16 bytes of key material",
+                            ));
+                        }
+                        s.to_string()
+                    }
+                    None => {
+                        let mut key = [0u8; 32];
+                        random_bytes(&mut key);
+                        format!("whsec_{}", STANDARD.encode(key))
+                    }
+                };
+                (secret.clone(), Some(secret))
+            }
+            WebhookSourceKind::Hubspot => {
+                let secret = given.ok_or_else(|| {
+                    ApiError::bad_input(
+                        "input.secret",
+                        "the HubSpot app's client secret is required",
+                    )
+                })?;
+                (secret.to_string(), None)
+            }
+            WebhookSourceKind::Pipedrive => {
+                let secret = match given {
+                    Some(s) => match s.split_once(':') {
+                        Some((user, password)) if !user.is_empty() && password.len() >= 8 => {
+                            s.to_string()
+                        }
+                        _ => {
+                            return Err(ApiError::bad_input(
+                                "input.secret",
+                                "must be user:password with a password of at least 8 characters",
+                            ));
+                        }
+                    },
+                    None => format!("tandem:{}", random_alphanumeric(32)),
+                };
+                (secret.clone(), Some(secret))
+            }
+            WebhookSourceKind::Salesforce => {
+                let org = input
+                    .salesforce_org_id
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|s| is_salesforce_id(s))
+                    .ok_or_else(|| {
+                        ApiError::bad_input(
+                            "input.salesforceOrgId",
+                            "the Salesforce org id (15 or 18 characters) is required",
+                        )
+                    })?;
+                org_id = Some(org.to_string());
+                referral_code_field
+                    .get_or_insert_with(|| SALESFORCE_REFERRAL_CODE_FIELD.to_string());
+                let token = match given {
+                    Some(s) if s.len() >= 16 && s.bytes().all(|b| b.is_ascii_alphanumeric()) => {
+                        s.to_string()
+                    }
+                    Some(_) => {
+                        return Err(ApiError::bad_input(
+                            "input.secret",
+                            "a Salesforce token must be at least 16 letters or digits",
+                        ));
+                    }
+                    None => random_alphanumeric(40),
+                };
+                (token.clone(), Some(token))
+            }
+        };
+        let connection_id = input.connection_id.map(|id| id.to_string());
+        if let Some(id) = &connection_id
+            && !is_valid_id(id)
+        {
+            return Err(ApiError::bad_input(
+                "input.connectionId",
+                "not a connection id",
+            ));
+        }
+        let tx = self.db.begin_write().await?;
+        program::Entity::find_by_id(program_id.clone())
+            .one(&*tx)
+            .await?
+            .ok_or_else(|| ApiError::bad_input("input.programId", "no program has this id"))?;
+        let model = webhook_source::ActiveModel {
+            id: Set(new_id()),
+            program_id: Set(program_id),
+            name: Set(name),
+            kind: Set(input.kind.as_str().to_string()),
+            connection_id: Set(connection_id),
+            secret_ciphertext: Set(self.key.seal(&secret)),
+            salesforce_org_id: Set(org_id),
+            hubspot_signature_version: Set((input.kind == WebhookSourceKind::Hubspot).then(|| {
+                input
+                    .hubspot_signature_version
+                    .unwrap_or(HubSpotSignatureScheme::V3)
+                    .as_str()
+                    .to_string()
+            })),
+            referral_code_field: Set(referral_code_field),
+            created_at: Set(Utc::now()),
+        }
+        .insert(&*tx)
+        .await?;
+        tx.commit().await?;
+        let url = Self::source_url(base_url, &model, shown.as_deref());
+        Ok(CreatedSource {
+            model,
+            secret: shown,
+            url,
+        })
+    }
+
+    /// The source with this id, its secret opened (cached: sources do not change).
+    pub async fn source(&self, id: &str) -> ApiResult<Option<Arc<Source>>> {
+        if let Some(found) = self.cache.read().await.get(id) {
+            return Ok(Some(found.clone()));
+        }
+        if !is_valid_id(id) {
+            return Ok(None);
+        }
+        let Some(model) = webhook_source::Entity::find_by_id(id.to_string())
+            .one(&self.db.conn)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let kind = WebhookSourceKind::parse(&model.kind)
+            .ok_or_else(|| ApiError::Internal(format!("unknown source kind {}", model.kind)))?;
+        let secret = self
+            .key
+            .open(&model.secret_ciphertext)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let standard_key = if kind == WebhookSourceKind::Standard {
+            verify::decode_standard_secret(secret.expose_secret())
+                .map_err(|_| ApiError::Internal("stored STANDARD secret is not base64".into()))?
+        } else {
+            Vec::new()
+        };
+        let source = Arc::new(Source {
+            hubspot_scheme: HubSpotSignatureScheme::parse(
+                model.hubspot_signature_version.as_deref(),
+            ),
+            model,
+            kind,
+            secret,
+            standard_key,
+        });
+        self.cache
+            .write()
+            .await
+            .insert(id.to_string(), source.clone());
+        Ok(Some(source))
+    }
+}
+
+impl Source {
+    /// Verifies a request on its raw body, before anything is parsed.
+    pub fn verify(&self, request: &InboundRequest<'_>) -> Result<(), VerifyError> {
+        match self.kind {
+            WebhookSourceKind::Standard => verify::verify_standard(
+                std::slice::from_ref(&self.standard_key),
+                request.header("webhook-id"),
+                request.header("webhook-timestamp"),
+                request.header("webhook-signature"),
+                request.body,
+                request.received_at.timestamp(),
+                Some(verify::STANDARD_TOLERANCE_SECS),
+            ),
+            WebhookSourceKind::Hubspot => {
+                let signature = match self.hubspot_scheme {
+                    HubSpotSignatureScheme::V3 => request.header("x-hubspot-signature-v3"),
+                    _ => request.header("x-hubspot-signature"),
+                };
+                verify::verify_hubspot(
+                    self.secret.expose_secret(),
+                    self.hubspot_scheme.verifier(),
+                    HubSpotRequest {
+                        method: request.method,
+                        uri: request.url,
+                        signature,
+                        timestamp_ms: request.header("x-hubspot-request-timestamp"),
+                        body: request.body,
+                    },
+                    request.received_at.timestamp_millis(),
+                    Some(verify::HUBSPOT_MAX_AGE_MS),
+                )
+            }
+            WebhookSourceKind::Pipedrive => {
+                verify::verify_basic(self.secret.expose_secret(), request.header("authorization"))
+            }
+            WebhookSourceKind::Salesforce => verify::verify_salesforce(
+                self.secret.expose_secret(),
+                self.model.salesforce_org_id.as_deref().unwrap_or_default(),
+                request.token,
+                request.body,
+            ),
+        }
+    }
+
+    /// Splits a verified request into events and decides what the inbox does with each. The
+    /// payload is checked here so that a malformed one is stored as FAILED at once (and, for
+    /// STANDARD, the sender is told).
+    pub fn split(&self, request: &InboundRequest<'_>) -> Vec<ReceivedEvent> {
+        let events: Vec<InboundEvent> = match self.kind {
+            WebhookSourceKind::Standard => vec![InboundEvent {
+                event_id: request.header("webhook-id").map(str::to_string),
+                payload: String::from_utf8_lossy(request.body).into_owned(),
+                error: None,
+            }],
+            WebhookSourceKind::Hubspot => inbound::split_hubspot(request.body),
+            WebhookSourceKind::Pipedrive => vec![inbound::split_pipedrive(request.body)],
+            WebhookSourceKind::Salesforce => inbound::split_salesforce(request.body),
+        };
+        events
+            .into_iter()
+            .map(|event| {
+                let disposition = match event.error {
+                    Some(err) => Disposition::Fail(err.0),
+                    None => match self.check(event.payload.as_bytes(), request.received_at) {
+                        Ok(disposition) => disposition,
+                        Err(err) => Disposition::Fail(err.0),
+                    },
+                };
+                ReceivedEvent {
+                    event_id: event.event_id,
+                    payload: event.payload,
+                    disposition,
+                }
+            })
+            .collect()
+    }
+
+    fn check(
+        &self,
+        payload: &[u8],
+        received_at: DateTime<Utc>,
+    ) -> Result<Disposition, inbound::PayloadError> {
+        // The currency only fills in a missing one when applying; any code validates.
+        match self.change(payload, "XXX", received_at)? {
+            Some(_) => Ok(Disposition::Apply),
+            None => Ok(Disposition::Park(HUBSPOT_WAITING.to_string())),
+        }
+    }
+
+    /// The deal change a stored payload asks for; `None` when the deal must first be fetched
+    /// from the CRM (HubSpot creation and property-change events).
+    pub fn change(
+        &self,
+        payload: &[u8],
+        currency: &str,
+        received_at: DateTime<Utc>,
+    ) -> Result<Option<inbound::DealChange>, inbound::PayloadError> {
+        let field = self.model.referral_code_field.as_deref();
+        match self.kind {
+            WebhookSourceKind::Standard => {
+                inbound::standard_deal_change(payload, currency, received_at).map(Some)
+            }
+            WebhookSourceKind::Hubspot => match inbound::hubspot_deal_event(payload)? {
+                HubSpotDealEvent::Deleted(change) => Ok(Some(change)),
+                HubSpotDealEvent::NeedsFetch { .. } => Ok(None),
+            },
+            WebhookSourceKind::Pipedrive => {
+                inbound::pipedrive_deal_change(payload, field, currency).map(Some)
+            }
+            WebhookSourceKind::Salesforce => inbound::salesforce_deal_change(
+                payload,
+                field.unwrap_or(SALESFORCE_REFERRAL_CODE_FIELD),
+                currency,
+            )
+            .map(Some),
+        }
+    }
+}
+
+/// Why a HubSpot creation/property-change receipt waits in the inbox.
+pub const HUBSPOT_WAITING: &str = "waiting for a HubSpot CRM connection to fetch the deal \
+(deal fetching arrives with the CRM connectors); the receipt stays RECEIVED until then";

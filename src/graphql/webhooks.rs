@@ -1,0 +1,322 @@
+//! GraphQL for inbound webhooks and deal attribution: `createWebhookSource`, `attributeDeal`,
+//! `webhookSources`, `webhookReceipts` (admins only).
+
+use async_graphql::{Context, ID, InputObject, Object, Result, SimpleObject};
+use chrono::{DateTime, Utc};
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
+
+use crate::{
+    db::{
+        Db,
+        entities::{webhook_receipt, webhook_source},
+        pages::{Page, PageArgs},
+    },
+    domain::{
+        deals::{AttributeDealInput, attribute_deal},
+        ids::is_valid_id,
+        inbox::ReceiptStatus,
+        webhooks::{CreateWebhookSourceInput, HubSpotSignatureScheme, WebhookSourceKind, Webhooks},
+    },
+    error::ApiError,
+    graphql::{
+        PublicBase,
+        connection::{TotalCount, connection},
+        loaders::Loaders,
+        principal,
+        types::{Deal, Program, page_complexity},
+    },
+};
+
+/// Where CRMs post: a kind, a program, and a verification secret (never shown again).
+pub struct WebhookSource(pub webhook_source::Model);
+
+/// Where CRMs post: a kind, a program, and a verification secret (never shown again).
+#[Object]
+impl WebhookSource {
+    /// Unique id (the last segment of its URL).
+    async fn id(&self) -> ID {
+        ID(self.0.id.clone())
+    }
+    /// Label.
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    /// How requests are verified and what they carry.
+    async fn kind(&self) -> Result<WebhookSourceKind> {
+        WebhookSourceKind::parse(&self.0.kind)
+            .ok_or_else(|| ApiError::Internal(format!("stored kind {:?}", self.0.kind)).into())
+    }
+    /// The program its deals belong to.
+    async fn program(&self, ctx: &Context<'_>) -> Result<Option<Program>> {
+        let loaders = ctx.data_unchecked::<Loaders>();
+        Ok(loaders
+            .programs
+            .load_one(self.0.program_id.clone())
+            .await?
+            .map(Program))
+    }
+    /// The URL to post to. For SALESFORCE the `token` parameter is left out: it is the secret,
+    /// shown once by `createWebhookSource`.
+    async fn url(&self, ctx: &Context<'_>) -> String {
+        Webhooks::source_url(&ctx.data_unchecked::<PublicBase>().0, &self.0, None)
+    }
+    /// HUBSPOT: the CRM connection deals are fetched through.
+    async fn connection_id(&self) -> Option<ID> {
+        self.0.connection_id.clone().map(ID)
+    }
+    /// SALESFORCE: the org id Outbound Messages must carry.
+    async fn salesforce_org_id(&self) -> Option<&str> {
+        self.0.salesforce_org_id.as_deref()
+    }
+    /// HUBSPOT: the signature scheme checked.
+    async fn hubspot_signature_version(&self) -> Option<HubSpotSignatureScheme> {
+        (self.0.kind == WebhookSourceKind::Hubspot.as_str())
+            .then(|| HubSpotSignatureScheme::parse(self.0.hubspot_signature_version.as_deref()))
+    }
+    /// The CRM field carrying Tandem's referral code (PIPEDRIVE, SALESFORCE).
+    async fn referral_code_field(&self) -> Option<&str> {
+        self.0.referral_code_field.as_deref()
+    }
+    /// When it was created.
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+}
+
+/// One provider event received through a webhook source, and what became of it.
+pub struct WebhookReceipt(pub webhook_receipt::Model);
+
+/// One provider event received through a webhook source, and what became of it.
+#[Object]
+impl WebhookReceipt {
+    /// Unique id.
+    async fn id(&self) -> ID {
+        ID(self.0.id.clone())
+    }
+    /// RECEIVED, APPLIED, IGNORED_STALE, DUPLICATE or FAILED.
+    async fn status(&self) -> Result<ReceiptStatus> {
+        ReceiptStatus::parse(&self.0.status)
+            .ok_or_else(|| ApiError::Internal(format!("stored status {:?}", self.0.status)).into())
+    }
+    /// Why it failed, was ignored, or still waits.
+    async fn reason(&self) -> Option<&str> {
+        self.0.reason.as_deref()
+    }
+    /// When it arrived (committed before the sender got its 2xx).
+    async fn received_at(&self) -> DateTime<Utc> {
+        self.0.received_at
+    }
+    /// When it was applied, ignored or given up.
+    async fn processed_at(&self) -> Option<DateTime<Utc>> {
+        self.0.processed_at
+    }
+    /// The provider's event id (`webhook-id`, HubSpot `eventId`, Pipedrive `meta.id`,
+    /// Salesforce notification `Id`).
+    async fn provider_event_id(&self) -> Option<&str> {
+        self.0.provider_event_id.as_deref()
+    }
+    /// Application attempts so far.
+    async fn attempts(&self) -> i32 {
+        self.0.attempts
+    }
+    /// The source it came through.
+    async fn source(&self, ctx: &Context<'_>) -> Result<Option<WebhookSource>> {
+        let loaders = ctx.data_unchecked::<Loaders>();
+        Ok(loaders
+            .webhook_sources
+            .load_one(self.0.source_id.clone())
+            .await?
+            .map(WebhookSource))
+    }
+    /// The deal it updated (or would have, when stale).
+    async fn deal(&self, ctx: &Context<'_>) -> Result<Option<Deal>> {
+        let Some(deal_id) = &self.0.deal_id else {
+            return Ok(None);
+        };
+        let loaders = ctx.data_unchecked::<Loaders>();
+        Ok(loaders
+            .deals
+            .load_one(deal_id.clone())
+            .await?
+            .map(Deal::from))
+    }
+}
+
+connection!(
+    WebhookSourceConnection,
+    WebhookSourceEdge,
+    WebhookSource,
+    "webhook sources"
+);
+connection!(
+    WebhookReceiptConnection,
+    WebhookReceiptEdge,
+    WebhookReceipt,
+    "webhook receipts"
+);
+
+/// Filters for `webhookReceipts`.
+#[derive(Debug, Default, InputObject)]
+pub struct WebhookReceiptFilter {
+    /// Only receipts of this source.
+    pub source_id: Option<ID>,
+    /// Only receipts in this status.
+    pub status: Option<ReceiptStatus>,
+}
+
+/// Webhook queries.
+#[derive(Default)]
+pub struct WebhookQuery;
+
+/// Webhook queries.
+#[Object]
+impl WebhookQuery {
+    /// Webhook sources, newest first (admins only).
+    #[graphql(complexity = "page_complexity(first, child_complexity)")]
+    async fn webhook_sources(
+        &self,
+        ctx: &Context<'_>,
+        program_id: Option<ID>,
+        #[graphql(validator(minimum = 0, maximum = 100))] first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<WebhookSourceConnection> {
+        principal(ctx).await?.require_admin()?;
+        let args = PageArgs::parse(first, after)?;
+        let mut query = webhook_source::Entity::find();
+        if let Some(program_id) = program_id {
+            query = query.filter(webhook_source::Column::ProgramId.eq(program_id.to_string()));
+        }
+        let count_query = query.clone();
+        if let Some(after) = &args.after {
+            query = query.filter(webhook_source::Column::Id.lt(after.as_str()));
+        }
+        let db = ctx.data_unchecked::<Db>();
+        let rows = query
+            .order_by_desc(webhook_source::Column::Id)
+            .limit(args.first + 1)
+            .all(&db.conn)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(WebhookSourceConnection::build(
+            Page::from_overfetch(rows, args.first),
+            args.after.is_some(),
+            |s| s.id.clone(),
+            WebhookSource,
+            TotalCount::query(move |db| {
+                let q = count_query.clone();
+                async move { q.count(&db.conn).await }
+            }),
+        ))
+    }
+
+    /// Webhook receipts, newest first (admins only).
+    #[graphql(complexity = "page_complexity(first, child_complexity)")]
+    async fn webhook_receipts(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<WebhookReceiptFilter>,
+        #[graphql(validator(minimum = 0, maximum = 100))] first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<WebhookReceiptConnection> {
+        principal(ctx).await?.require_admin()?;
+        let args = PageArgs::parse(first, after)?;
+        let filter = filter.unwrap_or_default();
+        let mut query = webhook_receipt::Entity::find();
+        if let Some(source_id) = filter.source_id {
+            query = query.filter(webhook_receipt::Column::SourceId.eq(source_id.to_string()));
+        }
+        if let Some(status) = filter.status {
+            query = query.filter(webhook_receipt::Column::Status.eq(status.as_str()));
+        }
+        let count_query = query.clone();
+        if let Some(after) = &args.after {
+            let seq: i64 = after
+                .parse()
+                .map_err(|_| ApiError::bad_input("after", "is not a cursor from this API"))?;
+            query = query.filter(webhook_receipt::Column::Seq.lt(seq));
+        }
+        let db = ctx.data_unchecked::<Db>();
+        let rows = query
+            .order_by_desc(webhook_receipt::Column::Seq)
+            .limit(args.first + 1)
+            .all(&db.conn)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(WebhookReceiptConnection::build(
+            Page::from_overfetch(rows, args.first),
+            args.after.is_some(),
+            |r| r.seq.to_string(),
+            WebhookReceipt,
+            TotalCount::query(move |db| {
+                let q = count_query.clone();
+                async move { q.count(&db.conn).await }
+            }),
+        ))
+    }
+}
+
+/// Result of `createWebhookSource`.
+#[derive(SimpleObject)]
+pub struct CreateWebhookSourcePayload {
+    /// The new source.
+    pub source: WebhookSource,
+    /// The secret to configure in the sender, shown this once (`whsec_…` for STANDARD,
+    /// `user:password` for PIPEDRIVE, the URL token for SALESFORCE; null for HUBSPOT, whose
+    /// client secret the admin supplied).
+    pub secret: Option<String>,
+    /// The URL to configure in the sender (for SALESFORCE it carries the token).
+    pub url: String,
+}
+
+/// Result of `attributeDeal`.
+#[derive(SimpleObject)]
+pub struct AttributeDealPayload {
+    /// The deal, now attributed MANUAL to the partner.
+    pub deal: Deal,
+}
+
+/// Webhook and attribution mutations.
+#[derive(Default)]
+pub struct WebhookMutation;
+
+/// Webhook and attribution mutations.
+#[Object]
+impl WebhookMutation {
+    /// Creates a webhook source (admins). Its secret is returned once and stored encrypted.
+    async fn create_webhook_source(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateWebhookSourceInput,
+    ) -> Result<CreateWebhookSourcePayload> {
+        principal(ctx).await?.require_admin()?;
+        let webhooks = ctx.data_unchecked::<Webhooks>();
+        let base = &ctx.data_unchecked::<PublicBase>().0;
+        let created = webhooks.create_source(base, input).await?;
+        Ok(CreateWebhookSourcePayload {
+            source: WebhookSource(created.model),
+            secret: created.secret,
+            url: created.url,
+        })
+    }
+
+    /// Attributes a deal to a partner of its program (admins). MANUAL attribution is never
+    /// overridden by the automatic CODE and DOMAIN rules.
+    async fn attribute_deal(
+        &self,
+        ctx: &Context<'_>,
+        input: AttributeDealInput,
+    ) -> Result<AttributeDealPayload> {
+        principal(ctx).await?.require_admin()?;
+        if !is_valid_id(input.deal_id.as_str()) {
+            return Err(ApiError::NotFound("deal").into());
+        }
+        if !is_valid_id(input.partner_id.as_str()) {
+            return Err(ApiError::NotFound("partner").into());
+        }
+        let db = ctx.data_unchecked::<Db>();
+        let (deal, attribution) = attribute_deal(db, input).await?;
+        Ok(AttributeDealPayload {
+            deal: Deal(deal, Some(attribution)),
+        })
+    }
+}
