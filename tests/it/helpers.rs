@@ -3,7 +3,11 @@
 //! `TANDEM_TEST_POSTGRES_URL`, dropped afterwards).
 
 use serde_json::{Value, json};
-use tandem::{app::App, config::Config, db::Db};
+use tandem::{
+    app::App,
+    config::{Config, Redacted},
+    db::Db,
+};
 use tokio::sync::oneshot;
 
 /// Runs each named scenario `async fn name(app: TestApp)` on SQLite and on PostgreSQL.
@@ -50,13 +54,19 @@ pub struct TestApp {
     pub admin: String,
     /// The hub's database handle (same pool and statement counter as the server).
     pub db: Db,
+    /// The database URL (for further instances on the same database).
+    pub database_url: String,
     shutdown: Option<oneshot::Sender<()>>,
     cleanup: Option<Cleanup>,
 }
 
+/// The secret key every test instance shares (instances on one database must).
+pub const TEST_SECRET_KEY: &str = "dGFuZGVtLXRlc3Qtc2VjcmV0LWtleS0zMi1ieXRlcyE=";
+
 fn config(database_url: &str) -> Config {
     Config {
         database_url: database_url.to_string(),
+        secret_key: Some(Redacted(TEST_SECRET_KEY.to_string())),
         bind: "127.0.0.1:0".to_string(),
         // Debug builds resolve a page of 50 slowly; a wider batching window keeps every
         // nested list in one batch so statement counts are deterministic.
@@ -113,9 +123,27 @@ impl TestApp {
             client: reqwest::Client::new(),
             admin,
             db,
+            database_url: url.to_string(),
             shutdown: Some(tx),
             cleanup: Some(cleanup),
         }
+    }
+
+    /// Starts another hub instance on the same database (as a second server in a deployment
+    /// would be); it runs until the returned sender is dropped or fired.
+    pub async fn spawn_instance(&self) -> (String, oneshot::Sender<()>) {
+        let db = Db::connect(&self.database_url, 8)
+            .await
+            .expect("connect second instance");
+        let app = App::build_with_db(config(&self.database_url), db)
+            .await
+            .expect("build second instance");
+        let base = format!("http://{}", app.addr);
+        let (tx, rx) = oneshot::channel::<()>();
+        tokio::spawn(app.run_until(async {
+            let _ = rx.await;
+        }));
+        (base, tx)
     }
 
     /// Posts a GraphQL request and returns the JSON response (any HTTP status).
@@ -255,7 +283,7 @@ impl Drop for TestApp {
         }
         match self.cleanup.take() {
             Some(Cleanup::SqliteFile(path)) => {
-                for suffix in ["", "-wal", "-shm"] {
+                for suffix in ["", "-wal", "-shm", ".key"] {
                     let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
                 }
             }

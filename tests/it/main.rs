@@ -11,3 +11,4 @@ mod ops;
 mod programs;
 mod referrals;
 mod schema;
+mod webhooks;
