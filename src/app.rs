@@ -64,7 +64,11 @@ impl App {
         let public_base = config.public_base_url(addr);
         let (stop_workers, stop) = tokio::sync::watch::channel(false);
         // Receipts left in the inbox by a previous run are applied from here on.
-        let worker = InboxWorker::new(db.clone(), webhooks.clone(), inbox.notifier());
+        let worker = InboxWorker::new(
+            db.with_own_statement_counter(),
+            webhooks.clone(),
+            inbox.notifier(),
+        );
         let workers = vec![tokio::spawn(worker.run(stop))];
         let state = AppState {
             schema: build_schema(db.clone(), webhooks.clone(), public_base.clone()),

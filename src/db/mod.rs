@@ -120,6 +120,22 @@ impl Db {
         self.statements.load(Ordering::Relaxed)
     }
 
+    /// The same pool (and SQLite writer lock) with its own statement counter: background
+    /// workers use it so that request statement counts stay exact.
+    pub fn with_own_statement_counter(&self) -> Db {
+        let statements = Arc::new(AtomicU64::new(0));
+        let mut conn = self.conn.clone();
+        let counter = statements.clone();
+        conn.set_metric_callback(move |_info| {
+            counter.fetch_add(1, Ordering::Relaxed);
+        });
+        Db {
+            conn,
+            write_lock: self.write_lock.clone(),
+            statements,
+        }
+    }
+
     /// Begins a write transaction.
     pub async fn begin_write(&self) -> Result<WriteTx, DbErr> {
         let guard = match &self.write_lock {

@@ -41,7 +41,58 @@ macro_rules! db_tests {
 
 enum Cleanup {
     SqliteFile(std::path::PathBuf),
-    PostgresDatabase { admin_url: String, name: String },
+    // Held for its Drop, which drops the database.
+    Postgres(#[allow(dead_code)] PgDatabase),
+}
+
+/// A fresh PostgreSQL database, dropped when this is dropped.
+pub struct PgDatabase {
+    /// Its URL.
+    pub url: String,
+    admin_url: String,
+    name: String,
+}
+
+/// Creates a fresh PostgreSQL database, or `None` without `TANDEM_TEST_POSTGRES_URL`.
+pub async fn fresh_postgres_database() -> Option<PgDatabase> {
+    let admin_url = std::env::var("TANDEM_TEST_POSTGRES_URL").ok()?;
+    let name = format!("tandem_test_{}", uuid::Uuid::new_v4().simple());
+    let admin = Db::connect(&admin_url, 1)
+        .await
+        .expect("TANDEM_TEST_POSTGRES_URL must be reachable");
+    sea_orm::ConnectionTrait::execute_unprepared(&admin.conn, &format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create test database");
+    admin.close().await.ok();
+    Some(PgDatabase {
+        url: database_url_with_name(&admin_url, &name),
+        admin_url,
+        name,
+    })
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        // Drop may run inside a runtime: use a thread with its own runtime.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                if let Ok(admin) = Db::connect(&admin_url, 1).await {
+                    let _ = sea_orm::ConnectionTrait::execute_unprepared(
+                        &admin.conn,
+                        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                    )
+                    .await;
+                    let _ = admin.close().await;
+                }
+            });
+        })
+        .join();
+    }
 }
 
 /// A running hub with an admin token.
@@ -85,20 +136,9 @@ impl TestApp {
 
     /// A hub on a fresh PostgreSQL database, or `None` without `TANDEM_TEST_POSTGRES_URL`.
     pub async fn postgres() -> Option<TestApp> {
-        let admin_url = std::env::var("TANDEM_TEST_POSTGRES_URL").ok()?;
-        let name = format!("tandem_test_{}", uuid::Uuid::new_v4().simple());
-        let admin = Db::connect(&admin_url, 1)
-            .await
-            .expect("TANDEM_TEST_POSTGRES_URL must be reachable");
-        sea_orm::ConnectionTrait::execute_unprepared(
-            &admin.conn,
-            &format!("CREATE DATABASE {name}"),
-        )
-        .await
-        .expect("create test database");
-        admin.close().await.ok();
-        let url = database_url_with_name(&admin_url, &name);
-        Some(TestApp::start(&url, Cleanup::PostgresDatabase { admin_url, name }).await)
+        let database = fresh_postgres_database().await?;
+        let url = database.url.clone();
+        Some(TestApp::start(&url, Cleanup::Postgres(database)).await)
     }
 
     async fn start(url: &str, cleanup: Cleanup) -> TestApp {
@@ -287,26 +327,7 @@ impl Drop for TestApp {
                     let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
                 }
             }
-            Some(Cleanup::PostgresDatabase { admin_url, name }) => {
-                // Drop runs inside the test's runtime: use a thread with its own runtime.
-                let _ = std::thread::spawn(move || {
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .expect("runtime");
-                    rt.block_on(async {
-                        if let Ok(admin) = Db::connect(&admin_url, 1).await {
-                            let _ = sea_orm::ConnectionTrait::execute_unprepared(
-                                &admin.conn,
-                                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-                            )
-                            .await;
-                            let _ = admin.close().await;
-                        }
-                    });
-                })
-                .join();
-            }
+            Some(Cleanup::Postgres(database)) => drop(database),
             None => {}
         }
     }

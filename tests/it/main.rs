@@ -3,6 +3,7 @@
 
 mod auth;
 mod cli;
+mod crash;
 mod events;
 mod helpers;
 mod isolation;

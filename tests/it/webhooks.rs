@@ -946,3 +946,104 @@ db_tests!(
     pipedrive_deals_arrive_inline,
     salesforce_outbound_messages_are_acknowledged,
 );
+
+/// Two hub instances on one PostgreSQL database, both receiving and both applying (claims with
+/// `FOR UPDATE SKIP LOCKED`): every receipt is applied exactly once, and concurrent updates of
+/// one deal end at its newest state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_postgres_apply_every_receipt_once() {
+    let Some(app) = TestApp::postgres().await else {
+        eprintln!(
+            "skipped two_instances_on_postgres_apply_every_receipt_once on PostgreSQL: TANDEM_TEST_POSTGRES_URL is not set"
+        );
+        return;
+    };
+    let (second_base, _second) = app.spawn_instance().await;
+    let program = app.create_program("Scale-out").await;
+    let partner = app.create_partner(&program, "Pat").await;
+    let code = referral_code(&app, &partner).await;
+    let source = standard_source(&app, &program).await;
+    let second = Source {
+        id: source.id.clone(),
+        secret: source.secret.clone(),
+        url: source.url.replace(&app.base, &second_base),
+    };
+    let t0 = Utc::now();
+    let ts = t0.timestamp();
+    let mut requests = Vec::new();
+    for n in 0..200 {
+        let target = if n % 2 == 0 { &source } else { &second };
+        let body = deal_event(
+            &format!("deal-{n}"),
+            "won",
+            t0,
+            json!({"referralCode": code}),
+        );
+        requests.push((target, format!("distinct-{n}"), body));
+    }
+    // Forty updates of one deal, in shuffled order across both instances.
+    for n in 0..40 {
+        let version = (n * 17) % 40;
+        let target = if n % 2 == 0 { &second } else { &source };
+        let body = deal_event(
+            "shared",
+            "open",
+            t0 + chrono::Duration::seconds(version),
+            json!({"amount": format!("{version}.00"), "referralCode": code}),
+        );
+        requests.push((target, format!("shared-{n}"), body));
+    }
+    let sends = requests
+        .iter()
+        .map(|(target, id, body)| post_signed(&app, target, id, ts, body));
+    for resp in futures_util::future::join_all(sends).await {
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+    drain(&app).await;
+    let count = |sql: &'static str| {
+        let db = app.db.clone();
+        async move {
+            let row = sea_orm::ConnectionTrait::query_one_raw(
+                &db.conn,
+                sea_orm::Statement::from_string(db.backend(), sql),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+            row.try_get::<i64>("", "n").unwrap()
+        }
+    };
+    assert_eq!(
+        count("SELECT COUNT(*) AS n FROM webhook_receipts").await,
+        240
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) AS n FROM webhook_receipts WHERE status = 'APPLIED' AND provider_event_id LIKE 'distinct-%'").await,
+        200
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) AS n FROM webhook_receipts WHERE status NOT IN ('APPLIED', 'IGNORED_STALE')").await,
+        0
+    );
+    assert_eq!(count("SELECT COUNT(*) AS n FROM deals").await, 201);
+    assert_eq!(
+        count("SELECT COUNT(*) AS n FROM events WHERE type = 'deal.won'").await,
+        200
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) AS n FROM events WHERE type = 'deal.attributed'").await,
+        201
+    );
+    let row = sea_orm::ConnectionTrait::query_one_raw(
+        &app.db.conn,
+        sea_orm::Statement::from_string(
+            app.db.backend(),
+            "SELECT amount FROM deals WHERE external_id = 'shared'",
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let amount: String = row.try_get("", "amount").unwrap();
+    assert_eq!(amount, "39.00", "the newest update wins");
+}
