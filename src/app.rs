@@ -67,9 +67,12 @@ impl App {
         let worker = InboxWorker::new(
             db.with_own_statement_counter(),
             webhooks.clone(),
-            inbox.notifier(),
+            inbox.clone(),
         );
-        let workers = vec![tokio::spawn(worker.run(stop))];
+        let mut workers = Vec::new();
+        if config.inbox_worker {
+            workers.push(tokio::spawn(worker.run(stop)));
+        }
         let state = AppState {
             schema: build_schema(db.clone(), webhooks.clone(), public_base.clone()),
             db,

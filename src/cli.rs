@@ -41,6 +41,8 @@ pub enum Command {
     Schema,
     /// Seed a benchmark data set (partners with many referrals) and print a partner token.
     BenchSeed(BenchSeedArgs),
+    /// Benchmark webhook ingest against a running hub (see bench/ingest.sh).
+    BenchIngest(crate::bench_ingest::BenchIngestArgs),
 }
 
 /// `tandem serve`.
@@ -149,6 +151,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .map_err(crate::error::ApiError::into_anyhow)?;
             println!("{}", created.token);
+            Ok(())
+        }
+        Command::BenchIngest(args) => {
+            println!("{}", crate::bench_ingest::run(args).await?);
             Ok(())
         }
         Command::BenchSeed(args) => {

@@ -41,6 +41,10 @@ pub struct Config {
     /// Key sealing webhook secrets and CRM credentials at rest (`TANDEM_SECRET_KEY`, 32 bytes
     /// in base64). Generated beside a SQLite database when absent; required with PostgreSQL.
     pub secret_key: Option<Redacted>,
+    /// Whether this instance runs the inbox worker that applies received webhooks
+    /// (`TANDEM_INBOX_WORKER`, default true). With several instances on one PostgreSQL, some
+    /// may only receive.
+    pub inbox_worker: bool,
 }
 
 /// A configuration value that must never reach a log: `Debug` prints `[redacted]`.
@@ -65,6 +69,7 @@ impl Default for Config {
             database_max_connections: 8,
             graphql_batch_delay_ms: 2,
             secret_key: None,
+            inbox_worker: true,
         }
     }
 }
@@ -96,6 +101,7 @@ impl Config {
                 "database_max_connections",
                 "graphql_batch_delay_ms",
                 "secret_key",
+                "inbox_worker",
             ]))
             .merge(Serialized::defaults(flags))
             .extract()

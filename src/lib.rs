@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod bench_ingest;
 pub mod bench_seed;
 pub mod cli;
 pub mod config;

@@ -3,10 +3,12 @@
 //! referral on a win, and writing `deal.attributed`, `deal.won`, `deal.lost` in the caller's
 //! transaction.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
+
 use chrono::{DateTime, Duration, Utc};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, DbErr,
-    EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect,
 };
 use serde_json::json;
 use tandem_connectors::{DealStatus, NeutralDeal, inbound::DealChange};
@@ -14,7 +16,7 @@ use tandem_connectors::{DealStatus, NeutralDeal, inbound::DealChange};
 use crate::{
     db::{
         Db,
-        entities::{attribution, deal, partner, program, referral},
+        entities::{attribution, deal, event, partner, program, referral},
     },
     domain::{
         events::{self, EventType},
@@ -148,24 +150,19 @@ struct Candidate {
 /// CODE, then DOMAIN.
 async fn automatic_attribution(
     conn: &impl ConnectionTrait,
+    cache: &mut DealCache,
     program: &program::Model,
     model: &deal::Model,
 ) -> Result<Option<Candidate>, DbErr> {
-    if let Some(code) = model.referral_code.as_deref() {
-        let code = code.trim().to_ascii_uppercase();
-        if let Some(partner) = partner::Entity::find()
-            .filter(partner::Column::ProgramId.eq(program.id.as_str()))
-            .filter(partner::Column::ReferralCode.eq(code))
-            .one(conn)
-            .await?
-        {
-            let referral = matching_referral(conn, program, model, Some(&partner.id)).await?;
-            return Ok(Some(Candidate {
-                partner_id: partner.id,
-                referral_id: referral.map(|r| r.id),
-                method: AttributionMethod::Code,
-            }));
-        }
+    if let Some(code) = model.referral_code.as_deref()
+        && let Some(partner) = cache.partner_by_code(conn, &program.id, code).await?
+    {
+        let referral = matching_referral(conn, program, model, Some(&partner.id)).await?;
+        return Ok(Some(Candidate {
+            partner_id: partner.id,
+            referral_id: referral.map(|r| r.id),
+            method: AttributionMethod::Code,
+        }));
     }
     Ok(matching_referral(conn, program, model, None)
         .await?
@@ -183,6 +180,7 @@ async fn store_attribution(
     model: &deal::Model,
     current: Option<attribution::Model>,
     candidate: Candidate,
+    events: &mut Vec<event::ActiveModel>,
 ) -> Result<(attribution::Model, bool), DbErr> {
     let now = Utc::now();
     if let Some(current) = &current
@@ -216,8 +214,7 @@ async fn store_attribution(
         }
     };
     let partner_changed = previous_partner.as_deref() != Some(stored.partner_id.as_str());
-    events::record(
-        conn,
+    events.push(events::new_event(
         EventType::DealAttributed,
         &model.program_id,
         Some(&stored.partner_id),
@@ -228,8 +225,7 @@ async fn store_attribution(
             "referralId": stored.referral_id,
             "previousPartnerId": previous_partner,
         }),
-    )
-    .await?;
+    ));
     Ok((stored, partner_changed))
 }
 
@@ -241,6 +237,7 @@ async fn record_outcome(
     attribution: &attribution::Model,
     previous_status: Option<DealStatus>,
     partner_changed: bool,
+    events: &mut Vec<event::ActiveModel>,
 ) -> Result<(), DbErr> {
     let status = effective_status(model);
     let entered = |target: DealStatus| {
@@ -256,26 +253,22 @@ async fn record_outcome(
         "deleted": model.deleted,
     });
     if entered(DealStatus::Won) {
-        events::record(
-            conn,
+        events.push(events::new_event(
             EventType::DealWon,
             &model.program_id,
             Some(&attribution.partner_id),
             data,
-        )
-        .await?;
+        ));
         if let Some(referral_id) = &attribution.referral_id {
-            convert_referral(conn, referral_id, &model.id).await?;
+            convert_referral(conn, referral_id, &model.id, events).await?;
         }
     } else if entered(DealStatus::Lost) {
-        events::record(
-            conn,
+        events.push(events::new_event(
             EventType::DealLost,
             &model.program_id,
             Some(&attribution.partner_id),
             data,
-        )
-        .await?;
+        ));
     }
     Ok(())
 }
@@ -284,6 +277,7 @@ async fn convert_referral(
     conn: &impl ConnectionTrait,
     referral_id: &str,
     deal_id: &str,
+    events: &mut Vec<event::ActiveModel>,
 ) -> Result<(), DbErr> {
     let Some(found) = referral::Entity::find_by_id(referral_id.to_string())
         .one(conn)
@@ -299,8 +293,7 @@ async fn convert_referral(
     active.status = Set(ReferralStatus::Converted.as_str().to_string());
     active.updated_at = Set(Utc::now());
     active.update(conn).await?;
-    events::record(
-        conn,
+    events.push(events::new_event(
         EventType::ReferralStatusChanged,
         &program_id,
         Some(&partner_id),
@@ -310,8 +303,7 @@ async fn convert_referral(
             "previousStatus": ReferralStatus::Accepted.as_str(),
             "dealId": deal_id,
         }),
-    )
-    .await?;
+    ));
     Ok(())
 }
 
@@ -348,22 +340,143 @@ fn deal_row(
     }
 }
 
+/// The deal rows (with their attributions) and partners a batch of deal changes reads, loaded
+/// with one statement per kind for the whole batch, and kept current as the batch applies.
+#[derive(Default)]
+pub struct DealCache {
+    /// Deals by (source id, external id): present when loaded and existing.
+    deals: HashMap<(String, String), deal::Model>,
+    /// Keys whose state is known (an absent deal in `deals` then means "does not exist").
+    known: HashSet<(String, String)>,
+    /// Attributions of known deals, by deal id.
+    attributions: HashMap<String, attribution::Model>,
+    partners_by_code: HashMap<(String, String), Option<partner::Model>>,
+    lock: bool,
+}
+
+impl DealCache {
+    /// Loads the deals with these (source id, external id) keys and their attributions. With
+    /// `lock` (PostgreSQL) the deal rows are locked, in external-id order so that concurrent
+    /// workers take locks in the same order.
+    pub async fn load(
+        conn: &impl ConnectionTrait,
+        keys: &[(String, String)],
+        lock: bool,
+    ) -> Result<DealCache, DbErr> {
+        let mut cache = DealCache {
+            lock,
+            ..DealCache::default()
+        };
+        let mut by_source: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (source, external) in keys {
+            by_source.entry(source).or_default().push(external);
+        }
+        for (source, mut externals) in by_source {
+            externals.sort_unstable();
+            externals.dedup();
+            for chunk in externals.chunks(500) {
+                let mut query = deal::Entity::find()
+                    .filter(deal::Column::SourceId.eq(source))
+                    .filter(deal::Column::ExternalId.is_in(chunk.iter().copied()))
+                    .order_by_asc(deal::Column::ExternalId);
+                if lock {
+                    query = query.lock_exclusive();
+                }
+                for found in query.all(conn).await? {
+                    cache
+                        .deals
+                        .insert((found.source_id.clone(), found.external_id.clone()), found);
+                }
+            }
+        }
+        cache.known.extend(keys.iter().cloned());
+        let ids: Vec<String> = cache.deals.values().map(|d| d.id.clone()).collect();
+        for chunk in ids.chunks(500) {
+            for found in attribution::Entity::find()
+                .filter(attribution::Column::DealId.is_in(chunk.iter().cloned()))
+                .all(conn)
+                .await?
+            {
+                cache.attributions.insert(found.deal_id.clone(), found);
+            }
+        }
+        Ok(cache)
+    }
+
+    async fn deal(
+        &mut self,
+        conn: &impl ConnectionTrait,
+        source_id: &str,
+        external_id: &str,
+    ) -> Result<Option<deal::Model>, DbErr> {
+        let key = (source_id.to_string(), external_id.to_string());
+        if !self.known.contains(&key) {
+            let loaded = DealCache::load(conn, std::slice::from_ref(&key), self.lock).await?;
+            self.deals.extend(loaded.deals);
+            self.attributions.extend(loaded.attributions);
+            self.known.insert(key.clone());
+        }
+        Ok(self.deals.get(&key).cloned())
+    }
+
+    async fn partner_by_code(
+        &mut self,
+        conn: &impl ConnectionTrait,
+        program_id: &str,
+        code: &str,
+    ) -> Result<Option<partner::Model>, DbErr> {
+        let key = (program_id.to_string(), code.trim().to_ascii_uppercase());
+        if let Some(found) = self.partners_by_code.get(&key) {
+            return Ok(found.clone());
+        }
+        let found = partner::Entity::find()
+            .filter(partner::Column::ProgramId.eq(key.0.as_str()))
+            .filter(partner::Column::ReferralCode.eq(key.1.as_str()))
+            .one(conn)
+            .await?;
+        self.partners_by_code.insert(key, found.clone());
+        Ok(found)
+    }
+
+    /// Records the state a successfully applied change left behind.
+    pub fn remember(&mut self, applied: AppliedDeal) {
+        let key = (
+            applied.deal.source_id.clone(),
+            applied.deal.external_id.clone(),
+        );
+        match applied.attribution {
+            Some(attribution) => {
+                self.attributions
+                    .insert(applied.deal.id.clone(), attribution);
+            }
+            None => {
+                self.attributions.remove(&applied.deal.id);
+            }
+        }
+        self.known.insert(key.clone());
+        self.deals.insert(key, applied.deal);
+    }
+}
+
+/// The state a change left behind, for [`DealCache::remember`].
+pub struct AppliedDeal {
+    deal: deal::Model,
+    attribution: Option<attribution::Model>,
+}
+
 /// Applies one CRM deal change from `source_id` to the mirror of `program`, inside the caller's
-/// transaction: upsert (unless stale), attribution, conversion and events.
+/// transaction: upsert (unless stale), attribution and conversion. The events it causes are
+/// appended to `events` for the caller to write in the same transaction. The caller passes the
+/// returned state to [`DealCache::remember`] once the change is kept.
 pub async fn apply_deal_change(
     conn: &impl ConnectionTrait,
+    cache: &mut DealCache,
     program: &program::Model,
     source_id: &str,
     change: &DealChange,
-) -> Result<ApplyResult, DbErr> {
-    let mut query = deal::Entity::find()
-        .filter(deal::Column::SourceId.eq(source_id))
-        .filter(deal::Column::ExternalId.eq(change.external_id()));
-    if conn.get_database_backend() == DbBackend::Postgres {
-        // Serialises concurrent workers on the same deal.
-        query = query.lock_exclusive();
-    }
-    let existing = query.one(conn).await?;
+    events: &mut Vec<event::ActiveModel>,
+) -> Result<(ApplyResult, Option<AppliedDeal>), DbErr> {
+    let existing = cache.deal(conn, source_id, change.external_id()).await?;
     let incoming_time = match change {
         DealChange::Upsert(deal) => deal.updated_at,
         DealChange::Delete { updated_at, .. } => *updated_at,
@@ -371,10 +484,13 @@ pub async fn apply_deal_change(
     if let Some(existing) = &existing
         && incoming_time < existing.updated_at
     {
-        return Ok(ApplyResult::Stale(existing.id.clone()));
+        return Ok((ApplyResult::Stale(existing.id.clone()), None));
     }
     let now = Utc::now();
     let previous_status = existing.as_ref().and_then(effective_status);
+    let current = existing
+        .as_ref()
+        .and_then(|d| cache.attributions.get(&d.id).cloned());
     let model = match (change, existing) {
         (DealChange::Upsert(deal), None) => {
             deal_row(new_id(), &program.id, source_id, deal, now)
@@ -386,7 +502,7 @@ pub async fn apply_deal_change(
             row.first_seen_at = Set(existing.first_seen_at);
             row.update(conn).await?
         }
-        (DealChange::Delete { .. }, None) => return Ok(ApplyResult::UnknownDeal),
+        (DealChange::Delete { .. }, None) => return Ok((ApplyResult::UnknownDeal, None)),
         (DealChange::Delete { updated_at, .. }, Some(existing)) => {
             let mut row: deal::ActiveModel = existing.into();
             row.deleted = Set(true);
@@ -395,18 +511,16 @@ pub async fn apply_deal_change(
             row.update(conn).await?
         }
     };
-    let current = attribution::Entity::find_by_id(model.id.clone())
-        .one(conn)
-        .await?;
     let manual = current
         .as_ref()
         .is_some_and(|c| c.method == AttributionMethod::Manual.as_str());
     let (attribution, partner_changed) = if manual {
         (current, false)
     } else {
-        match automatic_attribution(conn, program, &model).await? {
+        match automatic_attribution(conn, cache, program, &model).await? {
             Some(candidate) => {
-                let (stored, changed) = store_attribution(conn, &model, current, candidate).await?;
+                let (stored, changed) =
+                    store_attribution(conn, &model, current, candidate, events).await?;
                 (Some(stored), changed)
             }
             // An attribution stays once made: a later update that no longer matches (a code
@@ -415,9 +529,24 @@ pub async fn apply_deal_change(
         }
     };
     if let Some(attribution) = &attribution {
-        record_outcome(conn, &model, attribution, previous_status, partner_changed).await?;
+        record_outcome(
+            conn,
+            &model,
+            attribution,
+            previous_status,
+            partner_changed,
+            events,
+        )
+        .await?;
     }
-    Ok(ApplyResult::Applied(model.id))
+    let id = model.id.clone();
+    Ok((
+        ApplyResult::Applied(id),
+        Some(AppliedDeal {
+            deal: model,
+            attribution,
+        }),
+    ))
 }
 
 /// Input of `attributeDeal`.
@@ -458,6 +587,7 @@ pub async fn attribute_deal(
     let current = attribution::Entity::find_by_id(model.id.clone())
         .one(&*tx)
         .await?;
+    let mut buffered = Vec::new();
     let (stored, partner_changed) = store_attribution(
         &*tx,
         &model,
@@ -467,11 +597,21 @@ pub async fn attribute_deal(
             referral_id: referral.map(|r| r.id),
             method: AttributionMethod::Manual,
         },
+        &mut buffered,
     )
     .await?;
     let status = effective_status(&model);
     // The deal's state did not change; only a new partner learns of an outcome already reached.
-    record_outcome(&*tx, &model, &stored, status, partner_changed).await?;
+    record_outcome(
+        &*tx,
+        &model,
+        &stored,
+        status,
+        partner_changed,
+        &mut buffered,
+    )
+    .await?;
+    events::record_all(&*tx, buffered).await?;
     tx.commit().await?;
     Ok((model, stored))
 }

@@ -80,15 +80,14 @@ impl EventType {
     }
 }
 
-/// Appends an event inside the caller's transaction. `data` is an object; `programId` and
-/// (when given) `partnerId` are added to it, since they scope the event to keys.
-pub async fn record(
-    conn: &impl ConnectionTrait,
+/// Builds an event row: `data` is an object; `programId` and (when given) `partnerId` are added
+/// to it, since they scope the event to keys.
+pub fn new_event(
     event_type: EventType,
     program_id: &str,
     partner_id: Option<&str>,
     data: Value,
-) -> Result<event::Model, DbErr> {
+) -> event::ActiveModel {
     let mut data = match data {
         Value::Object(map) => map,
         other => {
@@ -110,8 +109,33 @@ pub async fn record(
         created_at: Set(Utc::now()),
         ..Default::default()
     }
-    .insert(conn)
-    .await
+}
+
+/// Appends an event inside the caller's transaction.
+pub async fn record(
+    conn: &impl ConnectionTrait,
+    event_type: EventType,
+    program_id: &str,
+    partner_id: Option<&str>,
+    data: Value,
+) -> Result<event::Model, DbErr> {
+    new_event(event_type, program_id, partner_id, data)
+        .insert(conn)
+        .await
+}
+
+/// Appends buffered events, in order, with one statement (inside the caller's transaction).
+pub async fn record_all(
+    conn: &impl ConnectionTrait,
+    events: Vec<event::ActiveModel>,
+) -> Result<(), DbErr> {
+    // Multi-row INSERTs stay well under both databases' bound-value limits.
+    let mut events = events.into_iter().peekable();
+    while events.peek().is_some() {
+        let chunk: Vec<_> = events.by_ref().take(500).collect();
+        event::Entity::insert_many(chunk).exec(conn).await?;
+    }
+    Ok(())
 }
 
 fn scoped_events(

@@ -5,15 +5,23 @@
 //! a crash rolls a half-applied batch back to RECEIVED, and what is in the inbox on start is
 //! applied.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use async_graphql::Enum;
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
     Statement, TransactionTrait, Value,
-    sea_query::{Expr, ExprTrait, LockBehavior, LockType},
+    sea_query::{LockBehavior, LockType},
 };
+use tandem_connectors::inbound::DealChange;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use crate::{
@@ -22,7 +30,8 @@ use crate::{
         entities::{program, webhook_receipt},
     },
     domain::{
-        deals::{ApplyResult, apply_deal_change},
+        deals::{ApplyResult, DealCache, apply_deal_change},
+        events,
         ids::new_id,
         webhooks::{Disposition, HUBSPOT_WAITING, ReceivedEvent, Webhooks},
     },
@@ -110,6 +119,7 @@ const ROWS_PER_INSERT: usize = 256;
 pub struct Inbox {
     sender: mpsc::Sender<Pending>,
     notify: Arc<Notify>,
+    committing: Arc<AtomicBool>,
 }
 
 impl Inbox {
@@ -117,13 +127,25 @@ impl Inbox {
     pub fn start(db: Db) -> Inbox {
         let (sender, receiver) = mpsc::channel(4096);
         let notify = Arc::new(Notify::new());
-        tokio::spawn(group_committer(db, receiver, notify.clone()));
-        Inbox { sender, notify }
+        let committing = Arc::new(AtomicBool::new(false));
+        tokio::spawn(group_committer(
+            db,
+            receiver,
+            notify.clone(),
+            committing.clone(),
+        ));
+        Inbox {
+            sender,
+            notify,
+            committing,
+        }
     }
 
-    /// Wakes the worker when receipts were committed.
-    pub fn notifier(&self) -> Arc<Notify> {
-        self.notify.clone()
+    /// Whether acknowledgements are waiting on the committer right now: the worker then lets
+    /// them go first (acknowledging fast is what senders need; applying can trail).
+    pub fn is_busy(&self) -> bool {
+        self.committing.load(Ordering::Relaxed)
+            || self.sender.capacity() < self.sender.max_capacity()
     }
 
     /// Commits `receipts` (in one transaction, possibly shared with other requests') and
@@ -141,8 +163,14 @@ impl Inbox {
     }
 }
 
-async fn group_committer(db: Db, mut receiver: mpsc::Receiver<Pending>, notify: Arc<Notify>) {
+async fn group_committer(
+    db: Db,
+    mut receiver: mpsc::Receiver<Pending>,
+    notify: Arc<Notify>,
+    committing: Arc<AtomicBool>,
+) {
     while let Some(first) = receiver.recv().await {
+        committing.store(true, Ordering::Relaxed);
         let mut group = vec![first];
         let mut rows = group[0].receipts.len();
         while rows < MAX_GROUP {
@@ -155,7 +183,9 @@ async fn group_committer(db: Db, mut receiver: mpsc::Receiver<Pending>, notify: 
             }
         }
         let all: Vec<&NewReceipt> = group.iter().flat_map(|p| p.receipts.iter()).collect();
-        match commit_receipts(&db, &all).await {
+        let committed = commit_receipts(&db, &all).await;
+        committing.store(false, Ordering::Relaxed);
+        match committed {
             Ok(mut stored) => {
                 notify.notify_waiters();
                 notify.notify_one();
@@ -287,8 +317,13 @@ async fn commit_receipts(db: &Db, receipts: &[&NewReceipt]) -> Result<Vec<Stored
     Ok(stored)
 }
 
-/// Receipts applied per transaction.
+/// Receipts claimed per transaction.
 const APPLY_BATCH: u64 = 200;
+/// How long one apply transaction may hold the (SQLite) writer lock before it commits what it
+/// has: ingest commits wait for it, so this bounds their added latency.
+const APPLY_TIME_BUDGET: Duration = Duration::from_millis(8);
+/// Longest the worker defers to busy ingest before applying a batch anyway.
+const MAX_YIELD: Duration = Duration::from_millis(50);
 /// A receipt whose application keeps failing on database errors is given up after this many
 /// attempts (its status becomes FAILED).
 const MAX_ATTEMPTS: i32 = 8;
@@ -298,7 +333,7 @@ const MAX_ATTEMPTS: i32 = 8;
 pub struct InboxWorker {
     db: Db,
     webhooks: Webhooks,
-    notify: Arc<Notify>,
+    inbox: Inbox,
 }
 
 /// What happened to one receipt.
@@ -310,12 +345,21 @@ struct Outcome {
 }
 
 impl InboxWorker {
-    /// A worker over `db`, woken by `notify`.
-    pub fn new(db: Db, webhooks: Webhooks, notify: Arc<Notify>) -> InboxWorker {
+    /// A worker over `db`, woken by `inbox` commits.
+    pub fn new(db: Db, webhooks: Webhooks, inbox: Inbox) -> InboxWorker {
         InboxWorker {
             db,
             webhooks,
-            notify,
+            inbox,
+        }
+    }
+
+    /// Lets pending acknowledgements go first, but never waits more than
+    /// [`MAX_YIELD`] so that a sustained flood cannot stop application altogether.
+    async fn yield_to_ingest(&self) {
+        let started = std::time::Instant::now();
+        while self.inbox.is_busy() && started.elapsed() < MAX_YIELD {
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
 
@@ -326,7 +370,8 @@ impl InboxWorker {
             if *stop.borrow() {
                 return;
             }
-            let notified = self.notify.notified();
+            let notified = self.inbox.notify.notified();
+            self.yield_to_ingest().await;
             match self.apply_due().await {
                 Ok(0) => {
                     tokio::select! {
@@ -348,7 +393,25 @@ impl InboxWorker {
     }
 
     /// Applies one batch of due receipts in one transaction; returns how many were processed.
+    /// The batch first runs without savepoints; if any receipt hits a database error the whole
+    /// transaction is rolled back and the batch re-run with a savepoint per receipt, so that
+    /// only that receipt is retried later.
     pub async fn apply_due(&self) -> Result<usize, DbErr> {
+        match self.apply_batch(false).await {
+            Err(BatchError::NeedsSavepoints) => match self.apply_batch(true).await {
+                Ok(n) => Ok(n),
+                Err(BatchError::Db(err)) => Err(err),
+                Err(BatchError::NeedsSavepoints) => Err(DbErr::Custom(
+                    "a receipt failed even with savepoints".into(),
+                )),
+            },
+            Err(BatchError::Db(err)) => Err(err),
+            Ok(n) => Ok(n),
+        }
+    }
+
+    async fn apply_batch(&self, careful: bool) -> Result<usize, BatchError> {
+        let started = std::time::Instant::now();
         let now_ms = Utc::now().timestamp_millis();
         let tx = self.db.begin_write().await?;
         let mut claim = webhook_receipt::Entity::find()
@@ -364,125 +427,147 @@ impl InboxWorker {
             return Ok(0);
         }
         let mut programs: HashMap<String, program::Model> = HashMap::new();
+        let program_ids: std::collections::BTreeSet<&String> =
+            receipts.iter().map(|r| &r.program_id).collect();
+        for found in program::Entity::find()
+            .filter(program::Column::Id.is_in(program_ids.into_iter().cloned()))
+            .all(&*tx)
+            .await?
+        {
+            programs.insert(found.id.clone(), found);
+        }
+        // Parse every payload first (pure), so the batch's deals load in one statement.
+        let mut planned = Vec::with_capacity(receipts.len());
         for receipt in &receipts {
-            if !programs.contains_key(&receipt.program_id)
-                && let Some(found) = program::Entity::find_by_id(receipt.program_id.clone())
-                    .one(&*tx)
-                    .await?
-            {
-                programs.insert(found.id.clone(), found);
+            let plan = self.plan(&programs, receipt).await;
+            planned.push(plan);
+        }
+        let keys: Vec<(String, String)> = planned
+            .iter()
+            .filter_map(|p| match p {
+                Plan::Apply { source, change, .. } => {
+                    Some((source.clone(), change.external_id().to_string()))
+                }
+                Plan::Done(_) => None,
+            })
+            .collect();
+        let mut cache = DealCache::load(&*tx, &keys, self.db.is_postgres()).await?;
+        let mut events = Vec::new();
+        let mut outcomes: Vec<(i64, Outcome)> = Vec::with_capacity(receipts.len());
+        for (receipt, plan) in receipts.iter().zip(planned) {
+            if started.elapsed() > APPLY_TIME_BUDGET && !outcomes.is_empty() {
+                // Keep the writer lock short: the rest stays RECEIVED for the next batch.
+                break;
             }
+            let (source, program_id, change) = match plan {
+                Plan::Done(outcome) => {
+                    outcomes.push((receipt.seq, outcome));
+                    continue;
+                }
+                Plan::Apply {
+                    source,
+                    program_id,
+                    change,
+                } => (source, program_id, change),
+            };
+            let program = &programs[&program_id];
+            let mut caused = Vec::new();
+            let applied = if careful {
+                let savepoint = tx.begin().await?;
+                match apply_deal_change(
+                    &savepoint,
+                    &mut cache,
+                    program,
+                    &source,
+                    &change,
+                    &mut caused,
+                )
+                .await
+                {
+                    Ok(result) => {
+                        savepoint.commit().await?;
+                        Ok(result)
+                    }
+                    Err(err) => {
+                        savepoint.rollback().await?;
+                        Err(err)
+                    }
+                }
+            } else {
+                apply_deal_change(&*tx, &mut cache, program, &source, &change, &mut caused).await
+            };
+            let outcome = match applied {
+                Ok((result, state)) => {
+                    if let Some(state) = state {
+                        cache.remember(state);
+                    }
+                    events.append(&mut caused);
+                    applied_outcome(result)
+                }
+                Err(err) if careful => {
+                    tracing::warn!(receipt = %receipt.id, error = %err, "applying a webhook receipt failed");
+                    self.retry_later(receipt, "internal error while applying")
+                }
+                Err(err) => {
+                    tracing::debug!(receipt = %receipt.id, error = %err, "re-running the batch with savepoints");
+                    return Err(BatchError::NeedsSavepoints);
+                }
+            };
+            outcomes.push((receipt.seq, outcome));
         }
-        let count = receipts.len();
-        for receipt in receipts {
-            let outcome = self.apply_one(&tx, &programs, &receipt).await?;
-            let processed = (outcome.status != ReceiptStatus::Received).then(Utc::now);
-            webhook_receipt::Entity::update_many()
-                .col_expr(
-                    webhook_receipt::Column::Status,
-                    Expr::value(outcome.status.as_str()),
-                )
-                .col_expr(webhook_receipt::Column::Reason, Expr::value(outcome.reason))
-                .col_expr(
-                    webhook_receipt::Column::DealId,
-                    Expr::value(outcome.deal_id),
-                )
-                .col_expr(
-                    webhook_receipt::Column::AvailableAtMs,
-                    Expr::value(outcome.available_at_ms),
-                )
-                .col_expr(webhook_receipt::Column::ProcessedAt, Expr::value(processed))
-                .col_expr(
-                    webhook_receipt::Column::Attempts,
-                    Expr::col(webhook_receipt::Column::Attempts).add(1),
-                )
-                .filter(webhook_receipt::Column::Seq.eq(receipt.seq))
-                .exec(&*tx)
-                .await?;
-        }
+        events::record_all(&*tx, events).await?;
+        record_outcomes(&self.db, &*tx, &outcomes).await?;
         tx.commit().await?;
-        Ok(count)
+        Ok(outcomes.len())
     }
 
-    async fn apply_one(
+    /// What to do with one receipt: its deal change, or an outcome reached without the database.
+    async fn plan(
         &self,
-        tx: &sea_orm::DatabaseTransaction,
         programs: &HashMap<String, program::Model>,
         receipt: &webhook_receipt::Model,
-    ) -> Result<Outcome, DbErr> {
-        let failed = |reason: String| Outcome {
-            status: ReceiptStatus::Failed,
-            reason: Some(reason),
-            deal_id: None,
-            available_at_ms: None,
+    ) -> Plan {
+        let failed = |reason: String| {
+            Plan::Done(Outcome {
+                status: ReceiptStatus::Failed,
+                reason: Some(reason),
+                deal_id: None,
+                available_at_ms: None,
+            })
         };
         let source = match self.webhooks.source(&receipt.source_id).await {
             Ok(Some(source)) => source,
-            Ok(None) => return Ok(failed("the webhook source no longer exists".into())),
+            Ok(None) => return failed("the webhook source no longer exists".into()),
             Err(err) => {
                 tracing::error!(receipt = %receipt.id, error = ?err.message(), "cannot open webhook source");
-                return Ok(self.retry_later(receipt, "internal error opening the source"));
+                return Plan::Done(self.retry_later(receipt, "internal error opening the source"));
             }
         };
         let Some(program) = programs.get(&receipt.program_id) else {
-            return Ok(failed("the program no longer exists".into()));
+            return failed("the program no longer exists".into());
         };
-        let change = match source.change(
+        match source.change(
             receipt.payload.as_bytes(),
             &program.currency,
             receipt.received_at,
         ) {
-            Ok(Some(change)) => change,
-            Ok(None) => {
-                return Ok(Outcome {
-                    status: ReceiptStatus::Received,
-                    reason: Some(HUBSPOT_WAITING.to_string()),
-                    deal_id: None,
-                    available_at_ms: None,
-                });
-            }
-            Err(err) => return Ok(failed(err.0)),
-        };
-        // Deals synced through a CRM connection and pushed by its webhooks are one deal.
-        let deal_source = source
-            .model
-            .connection_id
-            .clone()
-            .unwrap_or_else(|| source.model.id.clone());
-        let savepoint = tx.begin().await?;
-        match apply_deal_change(&savepoint, program, &deal_source, &change).await {
-            Ok(result) => {
-                savepoint.commit().await?;
-                Ok(match result {
-                    ApplyResult::Applied(deal_id) => Outcome {
-                        status: ReceiptStatus::Applied,
-                        reason: None,
-                        deal_id: Some(deal_id),
-                        available_at_ms: None,
-                    },
-                    ApplyResult::Stale(deal_id) => Outcome {
-                        status: ReceiptStatus::IgnoredStale,
-                        reason: Some(
-                            "older than the deal's stored updatedAt: recorded, not applied".into(),
-                        ),
-                        deal_id: Some(deal_id),
-                        available_at_ms: None,
-                    },
-                    ApplyResult::UnknownDeal => Outcome {
-                        status: ReceiptStatus::Applied,
-                        reason: Some(
-                            "deletion of a deal Tandem never mirrored: nothing to do".into(),
-                        ),
-                        deal_id: None,
-                        available_at_ms: None,
-                    },
-                })
-            }
-            Err(err) => {
-                savepoint.rollback().await?;
-                tracing::warn!(receipt = %receipt.id, error = %err, "applying a webhook receipt failed");
-                Ok(self.retry_later(receipt, "internal error while applying"))
-            }
+            Ok(Some(change)) => Plan::Apply {
+                // Deals synced through a CRM connection and pushed by its webhooks are one deal.
+                source: source
+                    .model
+                    .connection_id
+                    .clone()
+                    .unwrap_or_else(|| source.model.id.clone()),
+                program_id: program.id.clone(),
+                change,
+            },
+            Ok(None) => Plan::Done(Outcome {
+                status: ReceiptStatus::Received,
+                reason: Some(HUBSPOT_WAITING.to_string()),
+                deal_id: None,
+                available_at_ms: None,
+            }),
+            Err(err) => failed(err.0),
         }
     }
 
@@ -496,7 +581,7 @@ impl InboxWorker {
                 available_at_ms: None,
             };
         }
-        let delay_ms = 500_i64 << Ord::min(attempt, 10);
+        let delay_ms = 500_i64 << attempt.min(10);
         Outcome {
             status: ReceiptStatus::Received,
             reason: Some(format!("{what}; retrying (attempt {attempt})")),
@@ -504,6 +589,92 @@ impl InboxWorker {
             available_at_ms: Some(Utc::now().timestamp_millis() + delay_ms),
         }
     }
+}
+
+enum Plan {
+    Apply {
+        source: String,
+        program_id: String,
+        change: DealChange,
+    },
+    Done(Outcome),
+}
+
+enum BatchError {
+    NeedsSavepoints,
+    Db(DbErr),
+}
+
+impl From<DbErr> for BatchError {
+    fn from(err: DbErr) -> Self {
+        BatchError::Db(err)
+    }
+}
+
+fn applied_outcome(result: ApplyResult) -> Outcome {
+    match result {
+        ApplyResult::Applied(deal_id) => Outcome {
+            status: ReceiptStatus::Applied,
+            reason: None,
+            deal_id: Some(deal_id),
+            available_at_ms: None,
+        },
+        ApplyResult::Stale(deal_id) => Outcome {
+            status: ReceiptStatus::IgnoredStale,
+            reason: Some("older than the deal's stored updatedAt: recorded, not applied".into()),
+            deal_id: Some(deal_id),
+            available_at_ms: None,
+        },
+        ApplyResult::UnknownDeal => Outcome {
+            status: ReceiptStatus::Applied,
+            reason: Some("deletion of a deal Tandem never mirrored: nothing to do".into()),
+            deal_id: None,
+            available_at_ms: None,
+        },
+    }
+}
+
+/// Writes every receipt's outcome with one UPDATE (`CASE seq WHEN …`; the seqs come from the
+/// database, the values are bound).
+async fn record_outcomes(
+    db: &Db,
+    conn: &impl ConnectionTrait,
+    outcomes: &[(i64, Outcome)],
+) -> Result<(), DbErr> {
+    let now = Utc::now();
+    for chunk in outcomes.chunks(200) {
+        let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 5);
+        let mut column = |name: &str, value: &dyn Fn(&Outcome) -> Value| {
+            let mut sql = format!("{name} = CASE seq");
+            for (seq, outcome) in chunk {
+                values.push(value(outcome));
+                sql.push_str(&format!(
+                    " WHEN {seq} THEN {}",
+                    db.placeholder(values.len())
+                ));
+            }
+            sql.push_str(" END");
+            sql
+        };
+        let assignments = [
+            column("status", &|o| o.status.as_str().into()),
+            column("reason", &|o| o.reason.clone().into()),
+            column("deal_id", &|o| o.deal_id.clone().into()),
+            column("available_at_ms", &|o| o.available_at_ms.into()),
+            column("processed_at", &|o| {
+                (o.status != ReceiptStatus::Received).then_some(now).into()
+            }),
+        ];
+        let seqs: Vec<String> = chunk.iter().map(|(seq, _)| seq.to_string()).collect();
+        let sql = format!(
+            "UPDATE webhook_receipts SET {}, attempts = attempts + 1 WHERE seq IN ({})",
+            assignments.join(", "),
+            seqs.join(",")
+        );
+        conn.execute_raw(Statement::from_sql_and_values(db.backend(), sql, values))
+            .await?;
+    }
+    Ok(())
 }
 
 /// Counts receipts still to apply (due now or later, not parked).

@@ -945,6 +945,7 @@ db_tests!(
     hubspot_events_are_verified_and_stored,
     pipedrive_deals_arrive_inline,
     salesforce_outbound_messages_are_acknowledged,
+    a_failing_receipt_is_retried_alone,
 );
 
 /// Two hub instances on one PostgreSQL database, both receiving and both applying (claims with
@@ -1046,4 +1047,75 @@ async fn two_instances_on_postgres_apply_every_receipt_once() {
     .unwrap();
     let amount: String = row.try_get("", "amount").unwrap();
     assert_eq!(amount, "39.00", "the newest update wins");
+}
+
+/// A receipt whose application hits a database error is rolled back alone (the rest of its
+/// batch applies), stays RECEIVED with the reason and is retried until it applies.
+async fn a_failing_receipt_is_retried_alone(app: TestApp) {
+    let program = app.create_program("Retries").await;
+    let source = standard_source(&app, &program).await;
+    let trigger = if app.db.is_postgres() {
+        vec![
+            "CREATE FUNCTION refuse_boom() RETURNS trigger AS $$ BEGIN \
+             IF NEW.external_id = 'boom' THEN RAISE EXCEPTION 'boom'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql",
+            "CREATE TRIGGER refuse_boom BEFORE INSERT ON deals FOR EACH ROW EXECUTE FUNCTION refuse_boom()",
+        ]
+    } else {
+        vec![
+            "CREATE TRIGGER refuse_boom BEFORE INSERT ON deals WHEN NEW.external_id = 'boom' \
+             BEGIN SELECT RAISE(ABORT, 'boom'); END",
+        ]
+    };
+    for sql in trigger {
+        sea_orm::ConnectionTrait::execute_unprepared(&app.db.conn, sql)
+            .await
+            .unwrap();
+    }
+    let now = Utc::now();
+    let ts = now.timestamp();
+    for id in ["before", "boom", "after"] {
+        let body = deal_event(id, "open", now, json!({}));
+        assert!(
+            post_signed(&app, &source, id, ts, &body)
+                .await
+                .status()
+                .is_success()
+        );
+    }
+    // The two good receipts apply; the failing one waits for a retry.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let failing = loop {
+        let all = receipts(&app).await;
+        let applied = all.iter().filter(|r| r["status"] == "APPLIED").count();
+        let boom = all
+            .iter()
+            .find(|r| r["providerEventId"] == "boom")
+            .unwrap()
+            .clone();
+        if applied == 2 && boom["attempts"].as_i64().unwrap() >= 1 {
+            break boom;
+        }
+        assert!(std::time::Instant::now() < deadline, "{all:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(failing["status"], "RECEIVED");
+    assert!(
+        failing["reason"].as_str().unwrap().contains("retrying"),
+        "{failing}"
+    );
+    assert_eq!(app.count_rows("deals").await, 2);
+
+    // Once the cause is gone, the retry applies it.
+    let drop_sql = if app.db.is_postgres() {
+        "DROP TRIGGER refuse_boom ON deals"
+    } else {
+        "DROP TRIGGER refuse_boom"
+    };
+    sea_orm::ConnectionTrait::execute_unprepared(&app.db.conn, drop_sql)
+        .await
+        .unwrap();
+    drain(&app).await;
+    let all = receipts(&app).await;
+    assert!(all.iter().all(|r| r["status"] == "APPLIED"), "{all:?}");
+    assert_eq!(app.count_rows("deals").await, 3);
 }

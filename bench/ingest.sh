@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Webhook ingest benchmark: serves a release build on a fresh database and runs
+# `tandem bench-ingest` against it (signed STANDARD webhooks with distinct ids: a closed-loop
+# max-throughput phase, 1,000/s for latency, a 2,000/s burst and the time the apply worker
+# needs to empty the inbox). Usage:
+#   bench/ingest.sh sqlite            # SQLite file in a temporary directory
+#   bench/ingest.sh postgres [URL]    # a fresh database on the server at URL (dropped after)
+# Results go to bench/results/ingest-<backend>.txt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+backend="${1:-sqlite}"
+pg_url="${2:-postgres://postgres@127.0.0.1:5432/postgres}"
+port="${BENCH_PORT:-18182}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tandem-target}"
+
+cargo build --release --quiet
+bin="$CARGO_TARGET_DIR/release/tandem"
+work="$(mktemp -d)"
+server_pid=""
+cleanup() {
+  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null || true
+  if [ "$backend" = postgres ]; then
+    psql "$pg_url" -qc "DROP DATABASE IF EXISTS tandem_bench_ingest WITH (FORCE)" >/dev/null 2>&1 || true
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+case "$backend" in
+  sqlite) db_url="sqlite://$work/bench.db"; durability="SQLite WAL, synchronous=FULL (fsync on every commit)" ;;
+  postgres)
+    psql "$pg_url" -qc "DROP DATABASE IF EXISTS tandem_bench_ingest WITH (FORCE)" >/dev/null
+    psql "$pg_url" -qc "CREATE DATABASE tandem_bench_ingest" >/dev/null
+    db_url="${pg_url%/*}/tandem_bench_ingest"
+    durability="PostgreSQL $(psql "$pg_url" -Atc 'SHOW server_version'), synchronous_commit=$(psql "$pg_url" -Atc 'SHOW synchronous_commit'), fsync=$(psql "$pg_url" -Atc 'SHOW fsync')" ;;
+  *) echo "backend must be sqlite or postgres" >&2; exit 2 ;;
+esac
+
+TANDEM_SECRET_KEY="$(head -c 32 /dev/urandom | base64)" TANDEM_LOG=warn,tandem=info \
+  "$bin" serve --database-url "$db_url" --bind "127.0.0.1:$port" 2>"$work/server.log" &
+server_pid=$!
+token=""
+for _ in $(seq 1 100); do
+  token="$(grep -o 'tdm_[A-Za-z0-9]*' "$work/server.log" | head -1 || true)"
+  [ -n "$token" ] && curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break
+  sleep 0.2
+done
+[ -n "$token" ] || { echo "the server did not start:"; cat "$work/server.log"; exit 1; } >&2
+
+mkdir -p bench/results
+out="bench/results/ingest-$backend.txt"
+{
+  echo "# webhook ingest benchmark, $backend, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "# machine: $(nproc) cores ($(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | xargs)), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)"
+  echo "# durability: $durability"
+  echo "# load generator: tandem bench-ingest on the same cores as the server"
+  "$bin" bench-ingest --url "http://127.0.0.1:$port" --token "$token" "${@:3}"
+  echo "# server RSS after the run: $(( $(awk '/VmRSS/ {print $2}' "/proc/$server_pid/status") / 1024 )) MiB"
+} | tee "$out"
