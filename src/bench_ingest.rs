@@ -134,18 +134,21 @@ impl Latencies {
     }
 }
 
-async fn backlog(target: &Target, base: &str, token: &str) -> anyhow::Result<i64> {
-    let data = graphql(
-        &target.client,
-        base,
-        token,
-        "{ webhookReceipts(filter: {status: RECEIVED}) { totalCount } }",
-        json!({}),
-    )
-    .await?;
-    data["webhookReceipts"]["totalCount"]
-        .as_i64()
-        .context("totalCount")
+/// The hub's own inbox backlog gauge (`tandem_inbox_backlog` on `/metrics`).
+async fn backlog(target: &Target, base: &str) -> anyhow::Result<i64> {
+    let text = target
+        .client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("tandem_inbox_backlog "))
+        .context("tandem_inbox_backlog missing from /metrics")?
+        .trim()
+        .parse()
+        .context("tandem_inbox_backlog is not a number")
 }
 
 async fn wait_for_empty_inbox(
@@ -158,7 +161,7 @@ async fn wait_for_empty_inbox(
         return Ok(Duration::ZERO);
     }
     loop {
-        if backlog(target, &args.url, &args.token).await? == 0 {
+        if backlog(target, &args.url).await? == 0 {
             return Ok(started.elapsed());
         }
         if started.elapsed() > limit {

@@ -128,14 +128,6 @@ impl MigrationTrait for Migration {
                 true,
             ),
             (
-                "idx_webhook_receipts_pending",
-                vec![
-                    WebhookReceipts::Status.into_iden(),
-                    WebhookReceipts::Seq.into_iden(),
-                ],
-                false,
-            ),
-            (
                 "idx_webhook_receipts_source",
                 vec![
                     WebhookReceipts::SourceId.into_iden(),
@@ -153,6 +145,26 @@ impl MigrationTrait for Migration {
                 index.unique();
             }
             manager.create_index(index.to_owned()).await?;
+        }
+        // The worker's queue: a partial index holds only what is still to apply (parked receipts
+        // excluded), so claiming stays cheap however long the history grows (same syntax on
+        // SQLite and PostgreSQL).
+        manager
+            .get_connection()
+            .execute_unprepared(
+                "CREATE INDEX idx_webhook_receipts_pending ON webhook_receipts (seq) \
+                 WHERE status = 'RECEIVED' AND available_at_ms IS NOT NULL",
+            )
+            .await?;
+        if manager.get_database_backend() == sea_orm_migration::sea_orm::DatabaseBackend::Postgres {
+            // A queue table: vacuum and analyze it often so applied receipts leave the index.
+            manager
+                .get_connection()
+                .execute_unprepared(
+                    "ALTER TABLE webhook_receipts SET (autovacuum_vacuum_scale_factor = 0.02, \
+                     autovacuum_analyze_scale_factor = 0.02)",
+                )
+                .await?;
         }
         Ok(())
     }
