@@ -317,8 +317,10 @@ async fn commit_receipts(db: &Db, receipts: &[&NewReceipt]) -> Result<Vec<Stored
     Ok(stored)
 }
 
-/// Receipts claimed per transaction.
+/// Receipts claimed per transaction (PostgreSQL).
 const APPLY_BATCH: u64 = 200;
+/// Receipts claimed per transaction on SQLite, where the time budget ends most transactions.
+const APPLY_BATCH_SQLITE: u64 = 64;
 /// How long one apply transaction may hold the (SQLite) writer lock before it commits what it
 /// has: ingest commits wait for it, so this bounds their added latency.
 const APPLY_TIME_BUDGET: Duration = Duration::from_millis(8);
@@ -413,6 +415,16 @@ impl InboxWorker {
     async fn apply_batch(&self, careful: bool) -> Result<usize, BatchError> {
         let now_ms = Utc::now().timestamp_millis();
         let tx = self.db.begin_write().await?;
+        // Only SQLite's single writer makes ingest wait for this transaction: bound how long it
+        // holds the lock, and claim and parse no more than such a transaction gets through.
+        let (budget, batch) = if self.db.is_postgres() {
+            (None, APPLY_BATCH)
+        } else {
+            (
+                Some(std::time::Instant::now() + APPLY_TIME_BUDGET),
+                APPLY_BATCH_SQLITE,
+            )
+        };
         if self.db.is_postgres() {
             // Walk the pending index in seq order: an index scan stops after the batch and marks
             // entries of applied receipts dead as it passes them, where a bitmap scan (which
@@ -429,7 +441,7 @@ impl InboxWorker {
             .filter(webhook_receipt::Column::AvailableAtMs.is_not_null())
             .filter(webhook_receipt::Column::AvailableAtMs.lte(now_ms))
             .order_by_asc(webhook_receipt::Column::Seq)
-            .limit(APPLY_BATCH);
+            .limit(batch);
         if self.db.is_postgres() {
             claim = claim.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
         }
@@ -463,9 +475,6 @@ impl InboxWorker {
             })
             .collect();
         let mut cache = DealCache::load(&*tx, &keys, self.db.is_postgres()).await?;
-        // Only SQLite's single writer makes ingest wait for this transaction.
-        let budget =
-            (!self.db.is_postgres()).then(|| std::time::Instant::now() + APPLY_TIME_BUDGET);
         let mut events = Vec::new();
         let mut outcomes: Vec<(i64, Outcome)> = Vec::with_capacity(receipts.len());
         for (receipt, plan) in receipts.iter().zip(planned) {
