@@ -742,6 +742,30 @@ async fn hubspot_events_are_verified_and_stored(app: TestApp) {
         2
     );
 
+    // A verified body that is not a batch of events: acknowledged (HubSpot retries anything
+    // else), stored FAILED with the reason.
+    let odd = r#"{"not":"an array"}"#;
+    let ts = Utc::now().timestamp_millis().to_string();
+    let resp = app
+        .client
+        .post(&called)
+        .header(
+            "X-HubSpot-Signature-v3",
+            hubspot_v3("hubspot-client-secret", "POST", &signed_uri, odd, &ts),
+        )
+        .header("X-HubSpot-Request-Timestamp", ts)
+        .body(odd)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let newest = &receipts(&app).await[0];
+    assert_eq!(newest["status"], "FAILED");
+    assert!(
+        newest["reason"].as_str().unwrap().contains("JSON array"),
+        "{newest}"
+    );
+
     // A v1 source checks X-HubSpot-Signature = hex(SHA-256(secret + body)).
     let v1 = create_source(
         &app,
