@@ -44,7 +44,8 @@ seed_secs=$(( $(date +%s) - seed_start ))
 partner_id="$(echo "$seed_json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["partner_id"])')"
 token="$(echo "$seed_json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["partner_token"])')"
 
-TANDEM_LOG=warn "$bin" serve --database-url "$db_url" --bind "127.0.0.1:$port" 2>"$work/server.log" &
+TANDEM_SECRET_KEY="$(head -c 32 /dev/urandom | base64)" TANDEM_LOG=warn \
+  "$bin" serve --database-url "$db_url" --bind "127.0.0.1:$port" 2>"$work/server.log" &
 server_pid=$!
 for _ in $(seq 1 50); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.2; done
 sleep 2
