@@ -67,7 +67,10 @@ impl WebhookSourceKind {
 
 /// Which HubSpot signature scheme a HUBSPOT source checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
-#[graphql(name = "HubSpotSignatureVersion")]
+#[graphql(
+    name = "HubSpotSignatureVersion",
+    remote = "tandem_connectors::verify::HubSpotSignatureVersion"
+)]
 pub enum HubSpotSignatureScheme {
     /// `X-HubSpot-Signature` v1 (SHA-256 of secret + body).
     V1,
@@ -92,14 +95,6 @@ impl HubSpotSignatureScheme {
             Some("V1") => HubSpotSignatureScheme::V1,
             Some("V2") => HubSpotSignatureScheme::V2,
             _ => HubSpotSignatureScheme::V3,
-        }
-    }
-
-    fn verifier(self) -> verify::HubSpotSignatureVersion {
-        match self {
-            HubSpotSignatureScheme::V1 => verify::HubSpotSignatureVersion::V1,
-            HubSpotSignatureScheme::V2 => verify::HubSpotSignatureVersion::V2,
-            HubSpotSignatureScheme::V3 => verify::HubSpotSignatureVersion::V3,
         }
     }
 }
@@ -464,7 +459,7 @@ impl Source {
                 };
                 verify::verify_hubspot(
                     self.secret.expose_secret(),
-                    self.hubspot_scheme.verifier(),
+                    self.hubspot_scheme.into(),
                     HubSpotRequest {
                         method: request.method,
                         uri: request.url,
