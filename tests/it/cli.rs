@@ -1,11 +1,9 @@
 //! The binary as a user runs it: `schema`, `keys create`, `serve` printing the first admin key
 //! once, and a clean exit on SIGTERM.
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::process::Command;
+
+use crate::helpers::{free_port, spawn_serve, terminate};
 
 fn tandem() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tandem"))
@@ -42,42 +40,14 @@ fn serve_prints_the_admin_key_once_and_stops_on_sigterm() {
         .unwrap();
     assert!(!out.status.success(), "a partner key needs --partner-id");
 
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let start = |expect_key: bool| {
-        let mut child = tandem()
-            .args([
-                "serve",
-                "--bind",
-                &format!("127.0.0.1:{port}"),
-                "--database-url",
-                &db,
-            ])
-            .env("TANDEM_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let mut lines = BufReader::new(stderr).lines();
-        let mut token = None;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        for line in lines.by_ref() {
-            let line = line.unwrap();
-            if let Some(t) = line.split_whitespace().find(|w| w.starts_with("tdm_")) {
-                token.get_or_insert(t.to_string());
-            }
-            if line.contains("Tandem listening") || Instant::now() > deadline {
-                break;
-            }
-        }
+        let (child, token) = spawn_serve(&db, port, &[]);
         assert_eq!(
             token.is_some(),
             expect_key,
             "admin key printed only on first start"
         );
-        std::thread::spawn(move || for _ in lines {});
         (child, token)
     };
 
@@ -98,21 +68,9 @@ fn serve_prints_the_admin_key_once_and_stops_on_sigterm() {
             .unwrap();
         assert_eq!(resp["data"]["viewer"]["role"], "ADMIN");
     });
-    let stop = |mut child: std::process::Child| {
-        let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                assert!(status.success(), "exit status {status}");
-                break;
-            }
-            assert!(Instant::now() < deadline, "did not stop on SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    let stop = |child: std::process::Child| {
+        let status = terminate(child).expect("did not stop on SIGTERM");
+        assert!(status.success(), "exit status {status}");
     };
     stop(child);
     // Second start on the same database: no new admin key is printed.

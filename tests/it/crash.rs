@@ -3,8 +3,6 @@
 //! the inbox and applied exactly once; none may be applied twice.
 
 use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -17,47 +15,9 @@ use serde_json::{Value, json};
 use tandem::db::Db;
 use tandem_connectors::verify::{decode_standard_secret, sign_standard};
 
-use crate::helpers::{TEST_SECRET_KEY, fresh_postgres_database};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Starts `tandem serve`, waits until it listens, returns the child and the printed admin key.
-fn start(database_url: &str, port: u16) -> (Child, Option<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
-        .args([
-            "serve",
-            "--bind",
-            &format!("127.0.0.1:{port}"),
-            "--database-url",
-            database_url,
-        ])
-        .env("TANDEM_LOG", "info")
-        .env("TANDEM_SECRET_KEY", TEST_SECRET_KEY)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut token = None;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if let Some(t) = line.split_whitespace().find(|w| w.starts_with("tdm_")) {
-            token.get_or_insert(t.to_string());
-        }
-        if line.contains("Tandem listening") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "server did not start");
-    }
-    std::thread::spawn(move || for _ in lines {});
-    (child, token)
-}
+use crate::helpers::{
+    TEST_SECRET_KEY, count, free_port, fresh_postgres_database, spawn_serve, terminate,
+};
 
 async fn gql(
     client: &reqwest::Client,
@@ -80,22 +40,15 @@ async fn gql(
     resp["data"].clone()
 }
 
-async fn count(db: &Db, sql: &str) -> i64 {
-    let row = sea_orm::ConnectionTrait::query_one_raw(
-        &db.conn,
-        sea_orm::Statement::from_string(db.backend(), sql.to_string()),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    row.try_get::<i64>("", "n").unwrap()
-}
-
 async fn kill_mid_burst_and_restart(database_url: &str) {
     tandem::install_crypto_provider();
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let (child, token) = start(database_url, port);
+    let (child, token) = spawn_serve(
+        database_url,
+        port,
+        &[("TANDEM_SECRET_KEY", TEST_SECRET_KEY)],
+    );
     let admin = token.expect("first start prints the admin key");
     let client = reqwest::Client::new();
     let program = gql(
@@ -177,7 +130,11 @@ async fn kill_mid_burst_and_restart(database_url: &str) {
     assert!(acked.len() < total, "the kill landed mid-burst");
 
     // Restart: receipts left in the inbox are applied.
-    let (child, token) = start(database_url, port);
+    let (child, token) = spawn_serve(
+        database_url,
+        port,
+        &[("TANDEM_SECRET_KEY", TEST_SECRET_KEY)],
+    );
     assert!(token.is_none());
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -200,7 +157,7 @@ async fn kill_mid_burst_and_restart(database_url: &str) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    stop(child);
+    terminate(child);
 
     let db = Db::connect(database_url, 1).await.unwrap();
     for id in &acked {
@@ -236,20 +193,6 @@ async fn kill_mid_burst_and_restart(database_url: &str) {
     let twice = count(&db, "SELECT COUNT(*) AS n FROM (SELECT partner_id FROM events WHERE type = 'deal.attributed' GROUP BY partner_id, CAST(data AS TEXT) HAVING COUNT(*) > 1) t").await;
     assert_eq!(twice, 0);
     db.close().await.ok();
-}
-
-fn stop(mut child: Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            child.kill().ok();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -272,18 +272,30 @@ impl TestApp {
 
     /// Counts rows of a table directly in the database.
     pub async fn count_rows(&self, table: &str) -> i64 {
-        let row = sea_orm::ConnectionTrait::query_one_raw(
-            &self.db.conn,
-            sea_orm::Statement::from_string(
-                self.db.backend(),
-                format!("SELECT COUNT(*) AS n FROM {table}"),
-            ),
-        )
-        .await
-        .expect("count")
-        .expect("a row");
-        row.try_get::<i64>("", "n").expect("count column")
+        count(&self.db, &format!("SELECT COUNT(*) AS n FROM {table}")).await
     }
+}
+
+/// Runs a `SELECT COUNT(*) AS n …` statement directly in the database.
+pub async fn count(db: &Db, sql: &str) -> i64 {
+    let row = sea_orm::ConnectionTrait::query_one_raw(
+        &db.conn,
+        sea_orm::Statement::from_string(db.backend(), sql.to_string()),
+    )
+    .await
+    .expect("count")
+    .expect("a row");
+    row.try_get::<i64>("", "n").expect("count column")
+}
+
+/// The nodes of a connection (`{edges {node}}`) in a GraphQL response.
+pub fn nodes(connection: &Value) -> Vec<Value> {
+    connection["edges"]
+        .as_array()
+        .expect("a connection with edges")
+        .iter()
+        .map(|e| e["node"].clone())
+        .collect()
 }
 
 /// The first error's `extensions.code`.
@@ -330,5 +342,73 @@ impl Drop for TestApp {
             Some(Cleanup::Postgres(database)) => drop(database),
             None => {}
         }
+    }
+}
+
+/// A free local TCP port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind port 0")
+        .local_addr()
+        .expect("local address")
+        .port()
+}
+
+/// Starts the real binary (`tandem serve`) on `database_url` and `port` with extra environment,
+/// waits (at most 60 s) until it listens, and returns it with the admin key it printed, if any.
+pub fn spawn_serve(
+    database_url: &str,
+    port: u16,
+    env: &[(&str, &str)],
+) -> (std::process::Child, Option<String>) {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args([
+            "serve",
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+            "--database-url",
+            database_url,
+        ])
+        .env("TANDEM_LOG", "info")
+        .envs(env.iter().copied())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn tandem serve");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut token = None;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    for line in lines.by_ref() {
+        let line = line.expect("stderr line");
+        if let Some(t) = line.split_whitespace().find(|w| w.starts_with("tdm_")) {
+            token.get_or_insert(t.to_string());
+        }
+        if line.contains("Tandem listening") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "server did not start");
+    }
+    std::thread::spawn(move || for _ in lines {});
+    (child, token)
+}
+
+/// Sends SIGTERM and waits up to 20 s for the process to exit; `None` when it did not (it is
+/// then killed).
+pub fn terminate(mut child: std::process::Child) -> Option<std::process::ExitStatus> {
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(sent.success(), "kill -TERM failed");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().ok();
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }

@@ -13,7 +13,7 @@ use tandem_connectors::verify::{decode_standard_secret, sign_standard};
 
 use crate::{
     db_tests,
-    helpers::{TestApp, error_code, error_field},
+    helpers::{TestApp, count, error_code, error_field, nodes},
 };
 
 /// A created source: id, secret shown once, URL.
@@ -107,12 +107,7 @@ async fn receipts(app: &TestApp) -> Vec<Value> {
             json!({}),
         )
         .await;
-    data["webhookReceipts"]["edges"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["node"].clone())
-        .collect()
+    nodes(&data["webhookReceipts"])
 }
 
 async fn events_of(app: &TestApp, types: &[&str]) -> Vec<Value> {
@@ -122,12 +117,7 @@ async fn events_of(app: &TestApp, types: &[&str]) -> Vec<Value> {
             json!({"types": types}),
         )
         .await;
-    data["events"]["edges"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["node"].clone())
-        .collect()
+    nodes(&data["events"])
 }
 
 async fn referral_code(app: &TestApp, partner: &str) -> String {
@@ -1025,38 +1015,33 @@ async fn two_instances_on_postgres_apply_every_receipt_once() {
         assert_eq!(resp.status(), StatusCode::OK);
     }
     drain(&app).await;
-    let count = |sql: &'static str| {
-        let db = app.db.clone();
-        async move {
-            let row = sea_orm::ConnectionTrait::query_one_raw(
-                &db.conn,
-                sea_orm::Statement::from_string(db.backend(), sql),
-            )
-            .await
-            .unwrap()
-            .unwrap();
-            row.try_get::<i64>("", "n").unwrap()
-        }
-    };
     assert_eq!(
-        count("SELECT COUNT(*) AS n FROM webhook_receipts").await,
+        count(&app.db, "SELECT COUNT(*) AS n FROM webhook_receipts").await,
         240
     );
     assert_eq!(
-        count("SELECT COUNT(*) AS n FROM webhook_receipts WHERE status = 'APPLIED' AND provider_event_id LIKE 'distinct-%'").await,
+        count(&app.db, "SELECT COUNT(*) AS n FROM webhook_receipts WHERE status = 'APPLIED' AND provider_event_id LIKE 'distinct-%'").await,
         200
     );
     assert_eq!(
-        count("SELECT COUNT(*) AS n FROM webhook_receipts WHERE status NOT IN ('APPLIED', 'IGNORED_STALE')").await,
+        count(&app.db, "SELECT COUNT(*) AS n FROM webhook_receipts WHERE status NOT IN ('APPLIED', 'IGNORED_STALE')").await,
         0
     );
-    assert_eq!(count("SELECT COUNT(*) AS n FROM deals").await, 201);
+    assert_eq!(count(&app.db, "SELECT COUNT(*) AS n FROM deals").await, 201);
     assert_eq!(
-        count("SELECT COUNT(*) AS n FROM events WHERE type = 'deal.won'").await,
+        count(
+            &app.db,
+            "SELECT COUNT(*) AS n FROM events WHERE type = 'deal.won'"
+        )
+        .await,
         200
     );
     assert_eq!(
-        count("SELECT COUNT(*) AS n FROM events WHERE type = 'deal.attributed'").await,
+        count(
+            &app.db,
+            "SELECT COUNT(*) AS n FROM events WHERE type = 'deal.attributed'"
+        )
+        .await,
         201
     );
     let row = sea_orm::ConnectionTrait::query_one_raw(
