@@ -109,6 +109,11 @@ struct Pending {
     reply: oneshot::Sender<Result<Vec<StoredReceipt>, String>>,
 }
 
+/// The head of both receipt inserts (first receipts and duplicates).
+const INSERT_RECEIPT: &str = "INSERT INTO webhook_receipts (id, source_id, program_id, \
+    provider_event_id, dedupe_key, payload, status, reason, attempts, available_at_ms, \
+    received_at, processed_at) VALUES ";
+
 /// Receipts gathered into one transaction at most.
 const MAX_GROUP: usize = 512;
 /// Rows per INSERT statement (12 bound values each; well under both databases' limits).
@@ -224,11 +229,7 @@ async fn commit_receipts(db: &Db, receipts: &[&NewReceipt]) -> Result<Vec<Stored
     let mut inserted = std::collections::HashSet::new();
     for (chunk_index, chunk) in receipts.chunks(ROWS_PER_INSERT).enumerate() {
         let offset = chunk_index * ROWS_PER_INSERT;
-        let mut sql = String::from(
-            "INSERT INTO webhook_receipts (id, source_id, program_id, provider_event_id, \
-             dedupe_key, payload, status, reason, attempts, available_at_ms, received_at, \
-             processed_at) VALUES ",
-        );
+        let mut sql = String::from(INSERT_RECEIPT);
         let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 11);
         for (i, receipt) in chunk.iter().enumerate() {
             let (status, reason, available) = initial_state(&receipt.event, now_ms);
@@ -280,9 +281,7 @@ async fn commit_receipts(db: &Db, receipts: &[&NewReceipt]) -> Result<Vec<Stored
             receipt.event.event_id.as_deref().unwrap_or_default()
         );
         let sql = format!(
-            "INSERT INTO webhook_receipts (id, source_id, program_id, provider_event_id, \
-             dedupe_key, payload, status, reason, attempts, available_at_ms, received_at, \
-             processed_at) VALUES ({}, {}, {}, {}, NULL, {}, 'DUPLICATE', {}, 0, NULL, {}, {})",
+            "{INSERT_RECEIPT}({}, {}, {}, {}, NULL, {}, 'DUPLICATE', {}, 0, NULL, {}, {})",
             db.placeholder(1),
             db.placeholder(2),
             db.placeholder(3),
