@@ -21,6 +21,7 @@ use crate::{
     error::ApiError,
     graphql::build_schema,
     http::{AppState, metrics::Metrics, routes},
+    jobs::{Jobs, start_scheduler},
 };
 
 /// A hub whose database is ready and whose listener is bound.
@@ -32,6 +33,7 @@ pub struct App {
     acceptor: TcpAcceptor,
     stop_workers: tokio::sync::watch::Sender<bool>,
     workers: Vec<tokio::task::JoinHandle<()>>,
+    scheduler: Option<tokio_cron_scheduler::JobScheduler>,
 }
 
 impl App {
@@ -73,8 +75,21 @@ impl App {
         if config.inbox_worker {
             workers.push(tokio::spawn(worker.run(stop)));
         }
+        let jobs = Jobs::new(
+            db.with_own_statement_counter(),
+            Duration::from_secs(config.job_lease_secs),
+        );
+        let scheduler = if config.scheduler {
+            Some(
+                start_scheduler(jobs.clone(), &config)
+                    .await
+                    .context("starting the job scheduler")?,
+            )
+        } else {
+            None
+        };
         let state = AppState {
-            schema: build_schema(db.clone(), webhooks.clone(), public_base.clone()),
+            schema: build_schema(db.clone(), webhooks.clone(), jobs, public_base.clone()),
             db,
             metrics: Metrics::new(),
             config,
@@ -88,6 +103,7 @@ impl App {
             acceptor,
             stop_workers,
             workers,
+            scheduler,
         })
     }
 
@@ -122,6 +138,10 @@ impl App {
         let served = Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(endpoint, shutdown, Some(Duration::from_secs(10)))
             .await;
+        // No new job runs; a run in progress is cut at exit and its lease expires.
+        if let Some(mut scheduler) = self.scheduler {
+            let _ = scheduler.shutdown().await;
+        }
         // Let the workers finish their current transaction; an interrupted one rolls back.
         let _ = self.stop_workers.send(true);
         for worker in self.workers {

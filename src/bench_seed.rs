@@ -122,6 +122,7 @@ pub async fn seed(db: &Db, partners: u32, referrals: u32) -> anyhow::Result<Benc
                     deleted: Set(false),
                     first_seen_at: Set(now),
                     last_applied_at: Set(now),
+                    ..Default::default()
                 });
                 attributions.push(attribution::ActiveModel {
                     deal_id: Set(deal_id),

@@ -45,6 +45,16 @@ pub struct Config {
     /// (`TANDEM_INBOX_WORKER`, default true). With several instances on one PostgreSQL, some
     /// may only receive.
     pub inbox_worker: bool,
+    /// Whether this instance runs scheduled jobs (`TANDEM_SCHEDULER`, default true). Each due
+    /// run happens once across instances sharing a database (a database lease).
+    pub scheduler: bool,
+    /// Cron (6 fields, seconds first, UTC) of `reconcile` (`TANDEM_RECONCILE_SCHEDULE`).
+    pub reconcile_schedule: String,
+    /// Cron of `release-holds` (`TANDEM_RELEASE_HOLDS_SCHEDULE`).
+    pub release_holds_schedule: String,
+    /// How long a job's lease lasts without renewal, in seconds (`TANDEM_JOB_LEASE_SECS`): a
+    /// crashed holder's run can be taken over after this.
+    pub job_lease_secs: u64,
 }
 
 /// A configuration value that must never reach a log: `Debug` prints `[redacted]`.
@@ -70,6 +80,10 @@ impl Default for Config {
             graphql_batch_delay_ms: 2,
             secret_key: None,
             inbox_worker: true,
+            scheduler: true,
+            reconcile_schedule: "0 */10 * * * *".to_string(),
+            release_holds_schedule: "0 0 * * * *".to_string(),
+            job_lease_secs: 300,
         }
     }
 }
@@ -102,6 +116,10 @@ impl Config {
                 "graphql_batch_delay_ms",
                 "secret_key",
                 "inbox_worker",
+                "scheduler",
+                "reconcile_schedule",
+                "release_holds_schedule",
+                "job_lease_secs",
             ]))
             .merge(Serialized::defaults(flags))
             .extract()
@@ -123,6 +141,17 @@ impl Config {
                 "bind must be an address such as 127.0.0.1:8080, got {:?}",
                 self.bind
             ));
+        }
+        for (name, cron) in [
+            ("reconcile_schedule", &self.reconcile_schedule),
+            ("release_holds_schedule", &self.release_holds_schedule),
+        ] {
+            if let Err(e) = crate::jobs::parse_cron(cron) {
+                return invalid(format!("{name} {cron:?} is not a 6-field cron: {e}"));
+            }
+        }
+        if self.job_lease_secs < 2 {
+            return invalid("job_lease_secs must be at least 2".to_string());
         }
         if self.database_max_connections == 0 {
             return invalid("database_max_connections must be at least 1".to_string());

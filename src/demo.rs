@@ -9,7 +9,7 @@ use serde_json::json;
 use crate::{
     db::{
         Db,
-        entities::{attribution, deal, ledger_entry, program},
+        entities::{attribution, deal, program},
     },
     domain::{
         auth::{ApiKeyRole, create_key},
@@ -187,6 +187,7 @@ pub async fn seed_demo(db: &Db) -> anyhow::Result<Option<DemoSeed>> {
             deleted: Set(false),
             first_seen_at: Set(now),
             last_applied_at: Set(now),
+            ..Default::default()
         }
         .insert(&*tx)
         .await?;
@@ -220,34 +221,12 @@ pub async fn seed_demo(db: &Db) -> anyhow::Result<Option<DemoSeed>> {
             let mut converted: crate::db::entities::referral::ActiveModel = referral.clone().into();
             converted.status = Set("CONVERTED".into());
             converted.update(&*tx).await?;
-            // 20 % of 12,000 USD (first tier; below the 10,000 cap).
-            let entry = ledger_entry::ActiveModel {
-                id: Set(new_id()),
-                partner_id: Set(referral.partner_id.clone()),
-                program_id: Set(program.id.clone()),
-                deal_id: Set(Some(deal.id.clone())),
-                payout_id: Set(None),
-                kind: Set("ACCRUAL".into()),
-                amount: Set("2400.00".into()),
-                currency: Set("USD".into()),
-                status: Set("PENDING".into()),
-                created_at: Set(now),
-                available_at: Set(now + Duration::days(i64::from(program.hold_days))),
-                updated_at: Set(now),
-            }
-            .insert(&*tx)
-            .await?;
-            events::record(
-                &*tx,
-                EventType::CommissionAccrued,
-                &program.id,
-                Some(&referral.partner_id),
-                json!({"ledgerEntryId": entry.id, "dealId": deal.id, "amount": entry.amount, "currency": "USD"}),
-            )
-            .await?;
         }
     }
     tx.commit().await?;
+    // The won deal earns 20 % of 12,000 USD (first tier; below the 10,000 cap): the
+    // reconciler books it, as it would for any CRM deal.
+    crate::domain::reconcile::reconcile(db, None).await?;
     let key = create_key(
         db,
         "demo partner key",

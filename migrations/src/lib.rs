@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261123_000001_initial;
 mod m20261124_000001_webhooks;
+mod m20261124_000002_commissions;
 
 /// The ordered list of Tandem migrations.
 pub struct Migrator;
@@ -16,6 +17,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261123_000001_initial::Migration),
             Box::new(m20261124_000001_webhooks::Migration),
+            Box::new(m20261124_000002_commissions::Migration),
         ]
     }
 }

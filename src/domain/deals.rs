@@ -337,6 +337,7 @@ fn deal_row(
         deleted: Set(deal.deleted),
         first_seen_at: Set(now),
         last_applied_at: Set(now),
+        ..Default::default()
     }
 }
 
@@ -500,14 +501,28 @@ pub async fn apply_deal_change(
         (DealChange::Upsert(deal), Some(existing)) => {
             let mut row = deal_row(existing.id.clone(), &program.id, source_id, deal, now);
             row.first_seen_at = Set(existing.first_seen_at);
+            let status = if deal.deleted {
+                DealStatus::Lost
+            } else {
+                deal.status
+            };
+            set_clawback_lock(&mut row, &existing, status, deal.updated_at, program, now);
             row.update(conn).await?
         }
         (DealChange::Delete { .. }, None) => return Ok((ApplyResult::UnknownDeal, None)),
         (DealChange::Delete { updated_at, .. }, Some(existing)) => {
-            let mut row: deal::ActiveModel = existing.into();
+            let mut row: deal::ActiveModel = existing.clone().into();
             row.deleted = Set(true);
             row.updated_at = Set(*updated_at);
             row.last_applied_at = Set(now);
+            set_clawback_lock(
+                &mut row,
+                &existing,
+                DealStatus::Lost,
+                *updated_at,
+                program,
+                now,
+            );
             row.update(conn).await?
         }
     };
@@ -547,6 +562,39 @@ pub async fn apply_deal_change(
             attribution,
         }),
     ))
+}
+
+/// The clawback rule of DESIGN §4: an update taking a WON deal out of WON more than
+/// `clawbackDays` after it closed LOCKS it: it keeps the commission of its WON snapshot
+/// (amount, currency, close), which is stored with the lock. Winning again lifts the lock;
+/// otherwise a lock stays.
+fn set_clawback_lock(
+    row: &mut deal::ActiveModel,
+    existing: &deal::Model,
+    new_status: DealStatus,
+    new_updated_at: DateTime<Utc>,
+    program: &program::Model,
+    now: DateTime<Utc>,
+) {
+    if new_status == DealStatus::Won {
+        if existing.locked_at.is_some() {
+            row.locked_at = Set(None);
+            row.locked_amount = Set(None);
+            row.locked_currency = Set(None);
+            row.locked_closed_at = Set(None);
+        }
+        return;
+    }
+    if effective_status(existing) != Some(DealStatus::Won) {
+        return;
+    }
+    let closed = existing.closed_at.unwrap_or(existing.updated_at);
+    if new_updated_at > closed + Duration::days(i64::from(program.clawback_days)) {
+        row.locked_at = Set(Some(now));
+        row.locked_amount = Set(Some(existing.amount.clone()));
+        row.locked_currency = Set(Some(existing.currency.clone()));
+        row.locked_closed_at = Set(Some(closed));
+    }
 }
 
 /// Input of `attributeDeal`.

@@ -2,13 +2,17 @@
 //! normalised, and how programs, partners and referrals change (with their events).
 
 pub mod auth;
+pub mod commission;
 pub mod deals;
 pub mod events;
 pub mod ids;
 pub mod inbox;
+pub mod kpis;
+pub mod ledger;
 pub mod normalize;
 pub mod partners;
 pub mod programs;
+pub mod reconcile;
 pub mod referrals;
 pub mod secrets;
 pub mod webhooks;

@@ -1,6 +1,7 @@
 //! The GraphQL gateway (async-graphql, no HTTP here): schema, types, loaders and limits.
 //! Per-request data (the caller's token and fresh DataLoaders) is injected by the HTTP layer.
 
+pub mod commissions;
 pub mod connection;
 pub mod limits;
 pub mod loaders;
@@ -19,15 +20,24 @@ use crate::{
         webhooks::Webhooks,
     },
     error::{ApiError, ApiResult},
+    jobs::Jobs,
 };
 
 /// The query root: every domain's queries merged.
 #[derive(MergedObject, Default)]
-pub struct QueryRoot(query::CoreQuery, webhooks::WebhookQuery);
+pub struct QueryRoot(
+    query::CoreQuery,
+    webhooks::WebhookQuery,
+    commissions::CommissionQuery,
+);
 
 /// The mutation root: every domain's mutations merged.
 #[derive(MergedObject, Default)]
-pub struct MutationRoot(mutation::CoreMutation, webhooks::WebhookMutation);
+pub struct MutationRoot(
+    mutation::CoreMutation,
+    webhooks::WebhookMutation,
+    commissions::CommissionMutation,
+);
 
 /// The Tandem schema type.
 pub type TandemSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
@@ -53,10 +63,11 @@ pub fn schema_builder() -> SchemaBuilder<QueryRoot, MutationRoot, EmptySubscript
 pub struct PublicBase(pub String);
 
 /// The schema with the database and services attached.
-pub fn build_schema(db: Db, webhooks: Webhooks, public_base: String) -> TandemSchema {
+pub fn build_schema(db: Db, webhooks: Webhooks, jobs: Jobs, public_base: String) -> TandemSchema {
     schema_builder()
         .data(db)
         .data(webhooks)
+        .data(jobs)
         .data(PublicBase(public_base))
         .finish()
 }

@@ -122,6 +122,8 @@ fn config(database_url: &str) -> Config {
         // Debug builds resolve a page of 50 slowly; a wider batching window keeps every
         // nested list in one batch so statement counts are deterministic.
         graphql_batch_delay_ms: 25,
+        // Tests run jobs with `runJob`; the lease tests start schedulers themselves.
+        scheduler: false,
         ..Config::default()
     }
 }

@@ -40,6 +40,7 @@ pub async fn insert_attributed_deal(
         deleted: Set(false),
         first_seen_at: Set(now),
         last_applied_at: Set(now),
+        ..Default::default()
     }
     .insert(&app.db.conn)
     .await

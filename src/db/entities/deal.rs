@@ -25,6 +25,12 @@ pub struct Model {
     pub deleted: bool,
     pub first_seen_at: DateTimeUtc,
     pub last_applied_at: DateTimeUtc,
+    /// Set when an update took the deal out of WON after its clawback period: it keeps the
+    /// commission of the WON snapshot below.
+    pub locked_at: Option<DateTimeUtc>,
+    pub locked_amount: Option<String>,
+    pub locked_currency: Option<String>,
+    pub locked_closed_at: Option<DateTimeUtc>,
 }
 
 /// No relations are declared: joins are written explicitly where they are needed.

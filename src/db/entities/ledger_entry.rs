@@ -13,12 +13,15 @@ pub struct Model {
     pub deal_id: Option<String>,
     pub payout_id: Option<String>,
     pub kind: String,
-    pub amount: String,
+    /// Signed amount in cents (of `currency`).
+    pub amount_cents: i64,
     pub currency: String,
     pub status: String,
     pub created_at: DateTimeUtc,
     pub available_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
+    /// For reconciliation entries: n for the n-th entry of this (partner, deal).
+    pub deal_seq: Option<i32>,
 }
 
 /// No relations are declared: joins are written explicitly where they are needed.

@@ -4,8 +4,10 @@
 pub mod api_key;
 pub mod attribution;
 pub mod deal;
+pub mod deal_commission;
 pub mod event;
 pub mod exchange_rate;
+pub mod job_lease;
 pub mod job_run;
 pub mod ledger_entry;
 pub mod partner;

@@ -11,11 +11,12 @@ pub struct Model {
     pub partner_id: String,
     pub program_id: String,
     pub currency: String,
-    pub total: String,
     pub status: String,
     pub reference: Option<String>,
     pub created_at: DateTimeUtc,
     pub paid_at: Option<DateTimeUtc>,
+    /// Total in cents (of `currency`).
+    pub total_cents: i64,
 }
 
 /// No relations are declared: joins are written explicitly where they are needed.

@@ -1,0 +1,486 @@
+//! The commission rules of DESIGN §4 as pure functions: currency conversion at the rate
+//! effective when a deal closed, a partner's prior revenue over the trailing 365 days, tiers,
+//! cap, minimum, termination, and rounding half away from zero once at the end. No database
+//! and no floats: the reconciler feeds these the facts it read.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Duration, Utc};
+use rust_decimal::{Decimal, RoundingStrategy, prelude::ToPrimitive};
+use tandem_connectors::DealStatus;
+
+use crate::domain::programs::{CommissionPlan, CommissionType};
+
+/// How far back a partner's won deals count towards its tier.
+pub const TIER_LOOKBACK_DAYS: i64 = 365;
+
+/// Exchange rates by (base, quote), each list sorted by `effective_at`.
+#[derive(Debug, Default, Clone)]
+pub struct Rates {
+    by_pair: HashMap<(String, String), Vec<(DateTime<Utc>, Decimal)>>,
+}
+
+impl Rates {
+    /// Adds a rate: one `base` is worth `rate` of `quote` from `effective_at` on.
+    pub fn insert(&mut self, base: &str, quote: &str, effective_at: DateTime<Utc>, rate: Decimal) {
+        let list = self
+            .by_pair
+            .entry((base.to_string(), quote.to_string()))
+            .or_default();
+        let at = list.partition_point(|(t, _)| *t <= effective_at);
+        list.insert(at, (effective_at, rate));
+    }
+
+    /// The rate from `base` to `quote` effective at `at`: the latest with `effective_at ≤ at`
+    /// (1 for the same currency).
+    pub fn rate_at(&self, base: &str, quote: &str, at: DateTime<Utc>) -> Option<Decimal> {
+        if base == quote {
+            return Some(Decimal::ONE);
+        }
+        let list = self.by_pair.get(&(base.to_string(), quote.to_string()))?;
+        let n = list.partition_point(|(t, _)| *t <= at);
+        (n > 0).then(|| list[n - 1].1)
+    }
+
+    /// `amount` of `base` in `quote` at `at`, exactly (no rounding).
+    pub fn convert(
+        &self,
+        amount: Decimal,
+        base: &str,
+        quote: &str,
+        at: DateTime<Utc>,
+    ) -> Option<Decimal> {
+        amount.checked_mul(self.rate_at(base, quote, at)?)
+    }
+}
+
+/// A program's terms as the computation needs them.
+#[derive(Debug, Clone)]
+pub struct Terms {
+    /// The commission plan.
+    pub plan: CommissionPlan,
+    /// The program currency.
+    pub currency: String,
+}
+
+/// What a deal is credited on: its WON facts, or the WON snapshot it kept when locked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Basis {
+    /// Deal amount in the deal currency.
+    pub amount: Decimal,
+    /// Deal currency.
+    pub currency: String,
+    /// When it closed (won).
+    pub closed_at: DateTime<Utc>,
+}
+
+/// One deal of a partner's timeline, as read from the mirror.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DealFacts {
+    /// Deal id (ties on `closed_at` are broken by it).
+    pub id: String,
+    /// Status as counted (deleted counts LOST).
+    pub status: DealStatus,
+    /// Current amount and currency.
+    pub amount: Decimal,
+    /// Current currency.
+    pub currency: String,
+    /// Close time; a WON deal without one counts as closed at `updated_at`.
+    pub closed_at: Option<DateTime<Utc>>,
+    /// The CRM's modification time.
+    pub updated_at: DateTime<Utc>,
+    /// The WON snapshot kept by a deal LOCKED after its clawback period.
+    pub locked: Option<Basis>,
+}
+
+impl DealFacts {
+    /// The close time counted for a WON deal.
+    pub fn effective_closed_at(&self) -> DateTime<Utc> {
+        self.closed_at.unwrap_or(self.updated_at)
+    }
+
+    /// The basis the deal is credited on, and whether it is the locked snapshot.
+    pub fn basis(&self) -> Option<(Basis, bool)> {
+        if self.status == DealStatus::Won {
+            return Some((
+                Basis {
+                    amount: self.amount,
+                    currency: self.currency.clone(),
+                    closed_at: self.effective_closed_at(),
+                },
+                false,
+            ));
+        }
+        self.locked.clone().map(|b| (b, true))
+    }
+}
+
+/// Why a deal earns what it earns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommissionState {
+    /// WON and earning its computed commission.
+    Earned,
+    /// Not WON (or below the minimum, or closed after the partner's termination): earns 0.
+    NotEarned,
+    /// No exchange rate into the program currency at its close: nothing is written for it
+    /// until one exists.
+    MissingFxRate,
+    /// Taken out of WON after its clawback period: keeps the commission of its WON snapshot.
+    Locked,
+    /// No longer attributed to this partner: earns 0 here.
+    Detached,
+    /// The amount is out of the computable range: nothing is written for it.
+    Invalid,
+}
+
+impl CommissionState {
+    /// Database form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommissionState::Earned => "EARNED",
+            CommissionState::NotEarned => "NOT_EARNED",
+            CommissionState::MissingFxRate => "MISSING_FX_RATE",
+            CommissionState::Locked => "LOCKED",
+            CommissionState::Detached => "DETACHED",
+            CommissionState::Invalid => "INVALID",
+        }
+    }
+
+    /// Whether the ledger may be brought to the expected value (false: leave it alone).
+    pub fn writable(self) -> bool {
+        !matches!(
+            self,
+            CommissionState::MissingFxRate | CommissionState::Invalid
+        )
+    }
+}
+
+/// The outcome for one deal of a timeline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    /// Deal id.
+    pub deal_id: String,
+    /// Why.
+    pub state: CommissionState,
+    /// Expected commission, rounded to 2 places (0 unless earned or locked).
+    pub expected: Decimal,
+    /// The amount in program currency (exact) at the basis' close, or, for a deal with no
+    /// basis, at its current close (or `now` while open); `None` without a rate.
+    pub amount_program: Option<Decimal>,
+    /// The close time counted.
+    pub closed_at: Option<DateTime<Utc>>,
+}
+
+/// Rounds money to 2 places, half away from zero.
+pub fn round_money(value: Decimal) -> Decimal {
+    value.round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero)
+}
+
+/// A rounded amount in cents.
+pub fn to_cents(value: Decimal) -> Option<i64> {
+    (round_money(value) * Decimal::ONE_HUNDRED).to_i64()
+}
+
+/// Cents back to a 2-place decimal.
+pub fn from_cents(cents: i64) -> Decimal {
+    Decimal::new(cents, 2)
+}
+
+/// The commission for a deal whose amount in program currency is `amount_p`, given the
+/// partner's prior revenue (unrounded; [`round_money`] is applied by the caller).
+fn raw_commission(plan: &CommissionPlan, amount_p: Decimal, prior: Decimal) -> Option<Decimal> {
+    let commission = match plan.commission_type {
+        CommissionType::Flat => plan.flat_amount.unwrap_or_default(),
+        CommissionType::Percent => {
+            let rate = plan
+                .tiers
+                .iter()
+                .rev()
+                .find(|t| t.min_revenue <= prior)
+                .map(|t| t.rate)
+                .or(plan.rate)
+                .unwrap_or_default();
+            amount_p.checked_mul(rate)? / Decimal::ONE_HUNDRED
+        }
+    };
+    Some(match plan.cap_per_deal {
+        Some(cap) if commission > cap => cap,
+        _ => commission,
+    })
+}
+
+/// Computes every deal of one partner's timeline in one program. `deals` are the deals
+/// attributed to the partner (any order); `terminated_at` is the partner's termination;
+/// `now` converts open deals for reporting.
+pub fn compute_timeline(
+    terms: &Terms,
+    rates: &Rates,
+    terminated_at: Option<DateTime<Utc>>,
+    deals: &[DealFacts],
+    now: DateTime<Utc>,
+) -> Vec<Outcome> {
+    // Each deal's basis converted into program currency.
+    let converted: Vec<Option<(Basis, bool, Option<Decimal>)>> = deals
+        .iter()
+        .map(|d| {
+            d.basis().map(|(basis, locked)| {
+                let amount_p = rates.convert(
+                    basis.amount,
+                    &basis.currency,
+                    &terms.currency,
+                    basis.closed_at,
+                );
+                (basis, locked, amount_p)
+            })
+        })
+        .collect();
+    // The WON deals with a rate, by (closed, id), with prefix sums of their program amounts.
+    let mut won: Vec<(DateTime<Utc>, &str, Decimal)> = deals
+        .iter()
+        .zip(&converted)
+        .filter_map(|(d, c)| match c {
+            Some((basis, false, Some(amount_p))) => {
+                Some((basis.closed_at, d.id.as_str(), *amount_p))
+            }
+            _ => None,
+        })
+        .collect();
+    won.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    let mut prefix = Vec::with_capacity(won.len() + 1);
+    prefix.push(Decimal::ZERO);
+    for (_, _, amount) in &won {
+        let last = *prefix.last().unwrap_or(&Decimal::ZERO);
+        prefix.push(last.checked_add(*amount).unwrap_or(Decimal::MAX));
+    }
+    let prior_revenue = |closed: DateTime<Utc>, id: &str| -> Decimal {
+        let hi = won.partition_point(|(t, i, _)| (*t, *i) < (closed, id));
+        let from = closed - Duration::days(TIER_LOOKBACK_DAYS);
+        let lo = won.partition_point(|(t, _, _)| *t < from);
+        if lo >= hi {
+            Decimal::ZERO
+        } else {
+            prefix[hi] - prefix[lo]
+        }
+    };
+    deals
+        .iter()
+        .zip(converted)
+        .map(|(deal, converted)| {
+            let Some((basis, locked, amount_p)) = converted else {
+                // No basis: earns nothing; report its amount at its close (or now).
+                let at = deal.closed_at.unwrap_or(now);
+                return Outcome {
+                    deal_id: deal.id.clone(),
+                    state: CommissionState::NotEarned,
+                    expected: Decimal::ZERO,
+                    amount_program: rates.convert(deal.amount, &deal.currency, &terms.currency, at),
+                    closed_at: deal.closed_at,
+                };
+            };
+            let outcome = |state, expected| Outcome {
+                deal_id: deal.id.clone(),
+                state,
+                expected,
+                amount_program: amount_p,
+                closed_at: Some(basis.closed_at),
+            };
+            let Some(amount_p) = amount_p else {
+                return outcome(CommissionState::MissingFxRate, Decimal::ZERO);
+            };
+            let earning = if locked {
+                CommissionState::Locked
+            } else {
+                CommissionState::Earned
+            };
+            let below_min = terms.plan.min_deal_amount.is_some_and(|m| amount_p < m);
+            let after_termination = terminated_at.is_some_and(|t| basis.closed_at >= t);
+            if below_min || after_termination {
+                let state = if locked {
+                    CommissionState::Locked
+                } else {
+                    CommissionState::NotEarned
+                };
+                return outcome(state, Decimal::ZERO);
+            }
+            let prior = prior_revenue(basis.closed_at, &deal.id);
+            match raw_commission(&terms.plan, amount_p, prior) {
+                Some(raw) => outcome(earning, round_money(raw)),
+                None => outcome(CommissionState::Invalid, Decimal::ZERO),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::programs::Tier;
+    use chrono::TimeZone;
+
+    fn day(n: i64) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 1, 1, 12, 0, 0).unwrap() + Duration::days(n)
+    }
+
+    fn dec(s: &str) -> Decimal {
+        s.parse().unwrap()
+    }
+
+    fn percent(rate: &str) -> CommissionPlan {
+        CommissionPlan {
+            commission_type: CommissionType::Percent,
+            rate: Some(dec(rate)),
+            flat_amount: None,
+            tiers: vec![],
+            cap_per_deal: None,
+            min_deal_amount: None,
+        }
+    }
+
+    fn won(id: &str, amount: &str, currency: &str, closed: i64) -> DealFacts {
+        DealFacts {
+            id: id.to_string(),
+            status: DealStatus::Won,
+            amount: dec(amount),
+            currency: currency.to_string(),
+            closed_at: Some(day(closed)),
+            updated_at: day(closed),
+            locked: None,
+        }
+    }
+
+    fn terms(plan: CommissionPlan) -> Terms {
+        Terms {
+            plan,
+            currency: "USD".into(),
+        }
+    }
+
+    fn expected(outcomes: &[Outcome]) -> Vec<String> {
+        outcomes
+            .iter()
+            .map(|o| format!("{:.2}", o.expected))
+            .collect()
+    }
+
+    #[test]
+    fn percent_rounds_half_away_from_zero_once() {
+        // 12.5 % of 100.10 = 12.5125 → 12.51; of 100.20 = 12.525 → 12.53.
+        let out = compute_timeline(
+            &terms(percent("12.5")),
+            &Rates::default(),
+            None,
+            &[won("a", "100.10", "USD", 1), won("b", "100.20", "USD", 2)],
+            day(10),
+        );
+        assert_eq!(expected(&out), ["12.51", "12.53"]);
+    }
+
+    #[test]
+    fn tiers_use_prior_revenue_of_the_trailing_year_with_ties_by_id() {
+        let mut plan = percent("10");
+        plan.tiers = vec![
+            Tier {
+                min_revenue: dec("0"),
+                rate: dec("10"),
+            },
+            Tier {
+                min_revenue: dec("1000"),
+                rate: dec("20"),
+            },
+        ];
+        let deals = [
+            won("a", "600", "USD", 0),
+            // Same close as "c": "b" < "c", so "b" counts for "c" but not the reverse.
+            won("b", "500", "USD", 10),
+            won("c", "100", "USD", 10),
+            // 366 days after "a": only b + c (600) are within the year → 10 %.
+            won("d", "100", "USD", 366),
+        ];
+        let out = compute_timeline(&terms(plan), &Rates::default(), None, &deals, day(400));
+        // a: prior 0 → 60; b: prior 600 → 50; c: prior 1100 → 20 % = 20; d: prior 600 → 10.
+        assert_eq!(expected(&out), ["60.00", "50.00", "20.00", "10.00"]);
+    }
+
+    #[test]
+    fn cap_minimum_flat_and_termination() {
+        let mut plan = percent("20");
+        plan.cap_per_deal = Some(dec("150"));
+        plan.min_deal_amount = Some(dec("100"));
+        let out = compute_timeline(
+            &terms(plan),
+            &Rates::default(),
+            Some(day(5)),
+            &[
+                won("a", "1000", "USD", 1),
+                won("b", "99.99", "USD", 2),
+                won("c", "500", "USD", 3),
+                won("d", "500", "USD", 5),
+            ],
+            day(10),
+        );
+        assert_eq!(expected(&out), ["150.00", "0.00", "100.00", "0.00"]);
+        let flat = CommissionPlan {
+            commission_type: CommissionType::Flat,
+            rate: None,
+            flat_amount: Some(dec("250")),
+            tiers: vec![],
+            cap_per_deal: Some(dec("200")),
+            min_deal_amount: None,
+        };
+        let out = compute_timeline(
+            &terms(flat),
+            &Rates::default(),
+            None,
+            &[won("a", "1", "USD", 1)],
+            day(10),
+        );
+        assert_eq!(expected(&out), ["200.00"]);
+    }
+
+    #[test]
+    fn conversion_uses_the_rate_effective_at_close() {
+        let mut rates = Rates::default();
+        rates.insert("EUR", "USD", day(0), dec("1.10"));
+        rates.insert("EUR", "USD", day(5), dec("1.20"));
+        let out = compute_timeline(
+            &terms(percent("10")),
+            &rates,
+            None,
+            &[
+                won("a", "1000", "EUR", 4),
+                won("b", "1000", "EUR", 5),
+                won("c", "1000", "GBP", 5),
+            ],
+            day(10),
+        );
+        assert_eq!(expected(&out), ["110.00", "120.00", "0.00"]);
+        assert_eq!(out[2].state, CommissionState::MissingFxRate);
+        assert_eq!(out[0].amount_program, Some(dec("1100.00")));
+    }
+
+    #[test]
+    fn a_locked_deal_keeps_its_snapshot_and_stops_counting_for_tiers() {
+        let mut plan = percent("10");
+        plan.tiers = vec![Tier {
+            min_revenue: dec("1000"),
+            rate: dec("20"),
+        }];
+        let mut locked = won("a", "1000", "USD", 0);
+        locked.status = DealStatus::Lost;
+        locked.closed_at = Some(day(200));
+        locked.locked = Some(Basis {
+            amount: dec("1000"),
+            currency: "USD".into(),
+            closed_at: day(0),
+        });
+        let out = compute_timeline(
+            &terms(plan),
+            &Rates::default(),
+            None,
+            &[locked, won("b", "100", "USD", 10)],
+            day(300),
+        );
+        assert_eq!(out[0].state, CommissionState::Locked);
+        assert_eq!(expected(&out), ["100.00", "10.00"]);
+    }
+}

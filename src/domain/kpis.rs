@@ -1,0 +1,347 @@
+//! Program KPIs (DESIGN §4), each computed by SQL aggregates: counts from the referral and deal
+//! mirror as they stand, money in the program currency from what the reconciler last computed
+//! (`deal_commissions`) and from the ledger and payouts.
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use sea_orm::{ConnectionTrait, DatabaseBackend, QueryResult, Statement, Value};
+
+use crate::{db::Db, domain::commission::from_cents, error::ApiResult};
+
+/// The question: a program, optionally one partner, optionally a time range.
+#[derive(Debug, Clone)]
+pub struct KpiQuery {
+    /// The program.
+    pub program_id: String,
+    /// Only this partner.
+    pub partner_id: Option<String>,
+    /// From (inclusive).
+    pub from: Option<DateTime<Utc>>,
+    /// To (exclusive).
+    pub to: Option<DateTime<Utc>>,
+    /// Leaderboard length.
+    pub leaderboard_size: u64,
+}
+
+/// The answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Kpis {
+    /// Referrals submitted in the range.
+    pub referrals_submitted: i64,
+    /// Of which ACCEPTED or CONVERTED.
+    pub referrals_accepted: i64,
+    /// Of which DUPLICATE.
+    pub referrals_duplicate: i64,
+    /// Attributed deals created in the range.
+    pub deals_attributed: i64,
+    /// Attributed deals won (closed in the range).
+    pub deals_won: i64,
+    /// Attributed deals lost or deleted (closed in the range).
+    pub deals_lost: i64,
+    /// dealsWon ÷ referralsAccepted.
+    pub conversion_rate: Option<f64>,
+    /// dealsWon ÷ (dealsWon + dealsLost).
+    pub win_rate: Option<f64>,
+    /// Open attributed deals, in program currency.
+    pub pipeline_value: Decimal,
+    /// Won attributed deals closed in the range, in program currency.
+    pub won_revenue: Decimal,
+    /// Net commission booked (accruals less reversals) in the range.
+    pub commission_accrued: Decimal,
+    /// Payouts marked paid in the range.
+    pub commission_paid: Decimal,
+    /// Median hours from a referral's submission to the creation of the first deal attributed
+    /// to it (referrals submitted in the range).
+    pub median_hours_to_first_deal: Option<f64>,
+    /// Partners by won revenue.
+    pub leaderboard: Vec<LeaderboardRow>,
+}
+
+/// One leaderboard line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaderboardRow {
+    /// The partner.
+    pub partner_id: String,
+    /// Won revenue in program currency.
+    pub won_revenue: Decimal,
+    /// Won deals.
+    pub deals_won: i64,
+}
+
+/// Builds `WHERE` fragments with numbered placeholders.
+struct Filter<'a> {
+    db: &'a Db,
+    values: Vec<Value>,
+}
+
+impl Filter<'_> {
+    fn bind(&mut self, value: impl Into<Value>) -> String {
+        self.values.push(value.into());
+        self.db.placeholder(self.values.len())
+    }
+
+    /// `program = ? [AND partner = ?] [AND time in range]`.
+    fn scope(&mut self, q: &KpiQuery, program: &str, partner: &str, time: Option<&str>) -> String {
+        let mut sql = format!("{program} = {}", self.bind(q.program_id.clone()));
+        if let Some(partner_id) = &q.partner_id {
+            sql.push_str(&format!(
+                " AND {partner} = {}",
+                self.bind(partner_id.clone())
+            ));
+        }
+        if let Some(time) = time {
+            if let Some(from) = q.from {
+                sql.push_str(&format!(" AND {time} >= {}", self.bind(from)));
+            }
+            if let Some(to) = q.to {
+                sql.push_str(&format!(" AND {time} < {}", self.bind(to)));
+            }
+        }
+        sql
+    }
+}
+
+async fn one_row(db: &Db, sql: String, values: Vec<Value>) -> ApiResult<QueryResult> {
+    let row = db
+        .conn
+        .query_one_raw(Statement::from_sql_and_values(db.backend(), sql, values))
+        .await?;
+    Ok(row.ok_or_else(|| crate::error::ApiError::Internal("aggregate returned no row".into()))?)
+}
+
+fn count(cond: &str) -> String {
+    format!("CAST(COALESCE(SUM(CASE WHEN {cond} THEN 1 ELSE 0 END), 0) AS BIGINT)")
+}
+
+fn cents(expr: &str) -> String {
+    format!("CAST(COALESCE(SUM({expr}), 0) AS BIGINT)")
+}
+
+fn ratio(n: i64, d: i64) -> Option<f64> {
+    (d > 0).then(|| n as f64 / d as f64)
+}
+
+/// Computes the KPIs.
+pub async fn kpis(db: &Db, q: &KpiQuery) -> ApiResult<Kpis> {
+    let mut f = Filter {
+        db,
+        values: Vec::new(),
+    };
+    let scope = f.scope(q, "program_id", "partner_id", Some("submitted_at"));
+    let row = one_row(
+        db,
+        format!(
+            "SELECT COUNT(*) AS submitted, {} AS accepted, {} AS duplicate \
+             FROM referrals WHERE {scope}",
+            count("status IN ('ACCEPTED', 'CONVERTED')"),
+            count("status = 'DUPLICATE'")
+        ),
+        f.values,
+    )
+    .await?;
+    let submitted: i64 = row.try_get("", "submitted")?;
+    let accepted: i64 = row.try_get("", "accepted")?;
+    let duplicate: i64 = row.try_get("", "duplicate")?;
+
+    // Deal counts: attributed by creation, won and lost by close (a deleted deal counts lost).
+    let closed = "COALESCE(d.closed_at, d.updated_at)";
+    let mut f = Filter {
+        db,
+        values: Vec::new(),
+    };
+    let base = f.scope(q, "d.program_id", "a.partner_id", None);
+    let range = |f: &mut Filter, col: &str| {
+        let mut sql = String::from("1 = 1");
+        if let Some(from) = q.from {
+            sql.push_str(&format!(" AND {col} >= {}", f.bind(from)));
+        }
+        if let Some(to) = q.to {
+            sql.push_str(&format!(" AND {col} < {}", f.bind(to)));
+        }
+        sql
+    };
+    let created_range = range(&mut f, "d.created_at");
+    let won_range = range(&mut f, closed);
+    let lost_range = range(&mut f, closed);
+    let row = one_row(
+        db,
+        format!(
+            "SELECT {} AS attributed, {} AS won, {} AS lost \
+             FROM deals d JOIN attributions a ON a.deal_id = d.id WHERE {base}",
+            count(&created_range),
+            count(&format!(
+                "d.status = 'WON' AND d.deleted = {} AND {won_range}",
+                sql_bool(db, false)
+            )),
+            count(&format!(
+                "(d.status = 'LOST' OR d.deleted = {}) AND {lost_range}",
+                sql_bool(db, true)
+            )),
+        ),
+        f.values,
+    )
+    .await?;
+    let deals_attributed: i64 = row.try_get("", "attributed")?;
+    let deals_won: i64 = row.try_get("", "won")?;
+    let deals_lost: i64 = row.try_get("", "lost")?;
+
+    // Money from the reconciler's view of each attributed deal.
+    let mut f = Filter {
+        db,
+        values: Vec::new(),
+    };
+    let base = f.scope(q, "program_id", "partner_id", None);
+    let won_range = range(&mut f, "closed_at");
+    let row = one_row(
+        db,
+        format!(
+            "SELECT {} AS pipeline, {} AS won FROM deal_commissions \
+             WHERE {base} AND state <> 'DETACHED'",
+            cents("CASE WHEN deal_status = 'OPEN' THEN amount_program_cents ELSE 0 END"),
+            cents(&format!(
+                "CASE WHEN deal_status = 'WON' AND {won_range} THEN amount_program_cents ELSE 0 END"
+            )),
+        ),
+        f.values,
+    )
+    .await?;
+    let pipeline: i64 = row.try_get("", "pipeline")?;
+    let won_revenue: i64 = row.try_get("", "won")?;
+
+    let mut f = Filter {
+        db,
+        values: Vec::new(),
+    };
+    let scope = f.scope(q, "program_id", "partner_id", Some("created_at"));
+    let row = one_row(
+        db,
+        format!(
+            "SELECT {} AS accrued FROM ledger_entries WHERE {scope} \
+             AND kind IN ('ACCRUAL', 'REVERSAL', 'ADJUSTMENT')",
+            cents("amount_cents")
+        ),
+        f.values,
+    )
+    .await?;
+    let accrued: i64 = row.try_get("", "accrued")?;
+    let mut f = Filter {
+        db,
+        values: Vec::new(),
+    };
+    let scope = f.scope(q, "program_id", "partner_id", Some("paid_at"));
+    let row = one_row(
+        db,
+        format!(
+            "SELECT {} AS paid FROM payouts WHERE {scope} AND status = 'PAID'",
+            cents("total_cents")
+        ),
+        f.values,
+    )
+    .await?;
+    let paid: i64 = row.try_get("", "paid")?;
+
+    let median = median_hours_to_first_deal(db, q).await?;
+
+    let mut f = Filter {
+        db,
+        values: Vec::new(),
+    };
+    let base = f.scope(q, "program_id", "partner_id", None);
+    let won_range = range(&mut f, "closed_at");
+    let limit = f.bind(q.leaderboard_size as i64);
+    let rows = db
+        .conn
+        .query_all_raw(Statement::from_sql_and_values(
+            db.backend(),
+            format!(
+                "SELECT partner_id, {} AS revenue, COUNT(*) AS won FROM deal_commissions \
+                 WHERE {base} AND state <> 'DETACHED' AND deal_status = 'WON' AND {won_range} \
+                 GROUP BY partner_id ORDER BY revenue DESC, partner_id LIMIT {limit}",
+                cents("COALESCE(amount_program_cents, 0)")
+            ),
+            f.values,
+        ))
+        .await?;
+    let mut leaderboard = Vec::with_capacity(rows.len());
+    for row in rows {
+        leaderboard.push(LeaderboardRow {
+            partner_id: row.try_get("", "partner_id")?,
+            won_revenue: from_cents(row.try_get("", "revenue")?),
+            deals_won: row.try_get("", "won")?,
+        });
+    }
+    Ok(Kpis {
+        referrals_submitted: submitted,
+        referrals_accepted: accepted,
+        referrals_duplicate: duplicate,
+        deals_attributed,
+        deals_won,
+        deals_lost,
+        conversion_rate: ratio(deals_won, accepted),
+        win_rate: ratio(deals_won, deals_won + deals_lost),
+        pipeline_value: from_cents(pipeline),
+        won_revenue: from_cents(won_revenue),
+        commission_accrued: from_cents(accrued),
+        commission_paid: from_cents(paid),
+        median_hours_to_first_deal: median,
+        leaderboard,
+    })
+}
+
+fn sql_bool(db: &Db, value: bool) -> &'static str {
+    match (db.backend(), value) {
+        (DatabaseBackend::Postgres, true) => "TRUE",
+        (DatabaseBackend::Postgres, false) => "FALSE",
+        (_, true) => "1",
+        (_, false) => "0",
+    }
+}
+
+/// The median, in SQL: the database orders the per-referral delays and returns the middle
+/// one or two.
+async fn median_hours_to_first_deal(db: &Db, q: &KpiQuery) -> ApiResult<Option<f64>> {
+    let hours = match db.backend() {
+        DatabaseBackend::Postgres => {
+            "GREATEST(EXTRACT(EPOCH FROM (MIN(d.created_at) - r.submitted_at)) / 3600.0, 0)::float8"
+        }
+        _ => "MAX((julianday(MIN(d.created_at)) - julianday(r.submitted_at)) * 24.0, 0.0)",
+    };
+    let mut f = Filter {
+        db,
+        values: Vec::new(),
+    };
+    let scope = f.scope(q, "r.program_id", "r.partner_id", Some("r.submitted_at"));
+    let delays = format!(
+        "SELECT {hours} AS hours FROM referrals r \
+         JOIN attributions a ON a.referral_id = r.id JOIN deals d ON d.id = a.deal_id \
+         WHERE {scope} GROUP BY r.id, r.submitted_at"
+    );
+    let row = one_row(
+        db,
+        format!("SELECT COUNT(*) AS n FROM ({delays}) t"),
+        f.values.clone(),
+    )
+    .await?;
+    let n: i64 = row.try_get("", "n")?;
+    if n == 0 {
+        return Ok(None);
+    }
+    let (limit, offset) = if n % 2 == 1 {
+        (1, (n - 1) / 2)
+    } else {
+        (2, n / 2 - 1)
+    };
+    let rows = db
+        .conn
+        .query_all_raw(Statement::from_sql_and_values(
+            db.backend(),
+            format!("{delays} ORDER BY hours LIMIT {limit} OFFSET {offset}"),
+            f.values,
+        ))
+        .await?;
+    let mut sum = 0.0;
+    for row in &rows {
+        sum += row.try_get::<f64>("", "hours")?;
+    }
+    Ok((!rows.is_empty()).then(|| sum / rows.len() as f64))
+}

@@ -1,0 +1,399 @@
+//! The commission ledger's read side and its money movements: exchange rates, balances,
+//! payouts (DESIGN §4). Entries are appended by the reconciler; here only their status (and the
+//! payout that gathers them) changes.
+
+use async_graphql::{Enum, InputObject};
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
+    QuerySelect, Statement,
+};
+use serde_json::json;
+
+use crate::{
+    db::{
+        Db,
+        entities::{exchange_rate, partner, payout},
+    },
+    domain::{
+        commission::from_cents,
+        events::{self, EventType},
+        ids::{is_valid_id, new_id},
+        normalize::normalize_currency,
+    },
+    error::{ApiError, ApiResult},
+};
+
+/// What a ledger entry records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+pub enum LedgerEntryKind {
+    /// Commission earned (positive), held `holdDays` before it can be paid.
+    Accrual,
+    /// Commission taken back (negative), approved at once.
+    Reversal,
+    /// A manual correction.
+    Adjustment,
+    /// A payment.
+    Payout,
+}
+
+impl LedgerEntryKind {
+    /// Database form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LedgerEntryKind::Accrual => "ACCRUAL",
+            LedgerEntryKind::Reversal => "REVERSAL",
+            LedgerEntryKind::Adjustment => "ADJUSTMENT",
+            LedgerEntryKind::Payout => "PAYOUT",
+        }
+    }
+
+    /// Parses the database form.
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            LedgerEntryKind::Accrual,
+            LedgerEntryKind::Reversal,
+            LedgerEntryKind::Adjustment,
+            LedgerEntryKind::Payout,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+/// Where a ledger entry stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+pub enum LedgerEntryStatus {
+    /// Held until `availableAt`.
+    Pending,
+    /// Available to pay.
+    Approved,
+    /// Paid out.
+    Paid,
+}
+
+impl LedgerEntryStatus {
+    /// Database form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LedgerEntryStatus::Pending => "PENDING",
+            LedgerEntryStatus::Approved => "APPROVED",
+            LedgerEntryStatus::Paid => "PAID",
+        }
+    }
+
+    /// Parses the database form.
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            LedgerEntryStatus::Pending,
+            LedgerEntryStatus::Approved,
+            LedgerEntryStatus::Paid,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+/// Where a payout stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+pub enum PayoutStatus {
+    /// Created: its entries are set aside, the money not yet sent.
+    Pending,
+    /// Marked paid with a reference.
+    Paid,
+}
+
+impl PayoutStatus {
+    /// Database form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PayoutStatus::Pending => "PENDING",
+            PayoutStatus::Paid => "PAID",
+        }
+    }
+
+    /// Parses the database form.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "PENDING" => Some(PayoutStatus::Pending),
+            "PAID" => Some(PayoutStatus::Paid),
+            _ => None,
+        }
+    }
+}
+
+/// Input of `setExchangeRate`.
+#[derive(Debug, InputObject)]
+pub struct SetExchangeRateInput {
+    /// ISO 4217 code converted from (the deal currency).
+    pub base: String,
+    /// ISO 4217 code converted into (the program currency).
+    pub quote: String,
+    /// How many `quote` one `base` is worth; greater than 0.
+    pub rate: Decimal,
+    /// From when the rate applies (deals closed at or after it use it, until a later one).
+    pub effective_at: DateTime<Utc>,
+}
+
+/// Records a rate. Setting the same pair and time again replaces the rate (the next
+/// reconciliation recomputes the deals it converts).
+pub async fn set_exchange_rate(
+    db: &Db,
+    input: SetExchangeRateInput,
+) -> ApiResult<exchange_rate::Model> {
+    let base = normalize_currency(&input.base)
+        .ok_or_else(|| ApiError::bad_input("input.base", "must be an ISO 4217 currency code"))?;
+    let quote = normalize_currency(&input.quote)
+        .ok_or_else(|| ApiError::bad_input("input.quote", "must be an ISO 4217 currency code"))?;
+    if base == quote {
+        return Err(ApiError::bad_input(
+            "input.quote",
+            "must differ from base (a currency converts to itself at 1)",
+        ));
+    }
+    if input.rate <= Decimal::ZERO {
+        return Err(ApiError::bad_input("input.rate", "must be greater than 0"));
+    }
+    if input.rate.scale() > 12 {
+        return Err(ApiError::bad_input(
+            "input.rate",
+            "must have at most 12 decimal places",
+        ));
+    }
+    let now = Utc::now();
+    let tx = db.begin_write().await?;
+    let existing = exchange_rate::Entity::find()
+        .filter(exchange_rate::Column::Base.eq(base.as_str()))
+        .filter(exchange_rate::Column::Quote.eq(quote.as_str()))
+        .filter(exchange_rate::Column::EffectiveAt.eq(input.effective_at))
+        .one(&*tx)
+        .await?;
+    let model = match existing {
+        Some(found) => {
+            let mut row: exchange_rate::ActiveModel = found.into();
+            row.rate = Set(input.rate.normalize().to_string());
+            row.created_at = Set(now);
+            row.update(&*tx).await?
+        }
+        None => {
+            exchange_rate::ActiveModel {
+                id: Set(new_id()),
+                base: Set(base),
+                quote: Set(quote),
+                rate: Set(input.rate.normalize().to_string()),
+                effective_at: Set(input.effective_at),
+                created_at: Set(now),
+            }
+            .insert(&*tx)
+            .await?
+        }
+    };
+    tx.commit().await?;
+    Ok(model)
+}
+
+/// One partner's money in one currency.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Balance {
+    /// ISO 4217 code.
+    pub currency: String,
+    /// Held (PENDING).
+    pub pending: Decimal,
+    /// APPROVED and not gathered into a payout: what `createPayout` would pay.
+    pub approved: Decimal,
+    /// APPROVED and gathered into a payout not yet marked paid.
+    pub in_payout: Decimal,
+    /// PAID.
+    pub paid: Decimal,
+}
+
+/// A partner's balances per currency, by SQL aggregate.
+pub async fn balances(db: &Db, partner_id: &str) -> ApiResult<Vec<Balance>> {
+    let sum = |cond: &str| {
+        format!("CAST(COALESCE(SUM(CASE WHEN {cond} THEN amount_cents ELSE 0 END), 0) AS BIGINT)")
+    };
+    let sql = format!(
+        "SELECT currency, {} AS pending, {} AS approved, {} AS in_payout, {} AS paid \
+         FROM ledger_entries WHERE partner_id = {} GROUP BY currency ORDER BY currency",
+        sum("status = 'PENDING'"),
+        sum("status = 'APPROVED' AND payout_id IS NULL"),
+        sum("status = 'APPROVED' AND payout_id IS NOT NULL"),
+        sum("status = 'PAID'"),
+        db.placeholder(1)
+    );
+    let rows = db
+        .conn
+        .query_all_raw(Statement::from_sql_and_values(
+            db.backend(),
+            sql,
+            [partner_id.into()],
+        ))
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let cents = |col: &str| row.try_get::<i64>("", col).map(from_cents);
+        out.push(Balance {
+            currency: row.try_get("", "currency")?,
+            pending: cents("pending")?,
+            approved: cents("approved")?,
+            in_payout: cents("in_payout")?,
+            paid: cents("paid")?,
+        });
+    }
+    Ok(out)
+}
+
+/// Input of `createPayout`.
+#[derive(Debug, InputObject)]
+pub struct CreatePayoutInput {
+    /// The partner to pay.
+    pub partner_id: async_graphql::ID,
+    /// The currency of the entries to gather.
+    pub currency: String,
+}
+
+/// Gathers all of a partner's APPROVED entries in `currency` not yet in a payout into one
+/// payout; its total must be positive (CONFLICT otherwise, and nothing changes).
+pub async fn create_payout(db: &Db, input: CreatePayoutInput) -> ApiResult<payout::Model> {
+    let currency = normalize_currency(&input.currency).ok_or_else(|| {
+        ApiError::bad_input("input.currency", "must be an ISO 4217 currency code")
+    })?;
+    if !is_valid_id(input.partner_id.as_str()) {
+        return Err(ApiError::NotFound("partner"));
+    }
+    let tx = db.begin_write().await?;
+    let partner = partner::Entity::find_by_id(input.partner_id.to_string())
+        .one(&*tx)
+        .await?
+        .ok_or(ApiError::NotFound("partner"))?;
+    let id = new_id();
+    let now = Utc::now();
+    let p = |n| db.placeholder(n);
+    let rows = tx
+        .query_all_raw(Statement::from_sql_and_values(
+            db.backend(),
+            format!(
+                "UPDATE ledger_entries SET payout_id = {}, updated_at = {} \
+                 WHERE partner_id = {} AND currency = {} AND status = 'APPROVED' \
+                 AND payout_id IS NULL RETURNING amount_cents",
+                p(1),
+                p(2),
+                p(3),
+                p(4)
+            ),
+            [
+                id.clone().into(),
+                now.into(),
+                partner.id.clone().into(),
+                currency.clone().into(),
+            ],
+        ))
+        .await?;
+    let mut total: i64 = 0;
+    for row in &rows {
+        total = total.saturating_add(row.try_get::<i64>("", "amount_cents")?);
+    }
+    if total <= 0 {
+        // Dropping the transaction rolls the gathering back.
+        return Err(ApiError::Conflict(if rows.is_empty() {
+            format!("partner has no approved {currency} commission to pay")
+        } else {
+            format!(
+                "partner's approved {currency} entries total {}, which is not positive",
+                from_cents(total)
+            )
+        }));
+    }
+    let model = payout::ActiveModel {
+        id: Set(id.clone()),
+        partner_id: Set(partner.id.clone()),
+        program_id: Set(partner.program_id.clone()),
+        currency: Set(currency.clone()),
+        total_cents: Set(total),
+        status: Set(PayoutStatus::Pending.as_str().to_string()),
+        reference: Set(None),
+        created_at: Set(now),
+        paid_at: Set(None),
+    }
+    .insert(&*tx)
+    .await?;
+    events::record(
+        &*tx,
+        EventType::PayoutCreated,
+        &partner.program_id,
+        Some(&partner.id),
+        json!({
+            "payoutId": id,
+            "total": from_cents(total).to_string(),
+            "currency": currency,
+            "entries": rows.len(),
+        }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(model)
+}
+
+/// Input of `markPayoutPaid`.
+#[derive(Debug, InputObject)]
+pub struct MarkPayoutPaidInput {
+    /// The payout.
+    pub id: async_graphql::ID,
+    /// The payment reference (bank transfer id, invoice number…).
+    pub reference: String,
+}
+
+/// Marks a payout and its entries PAID.
+pub async fn mark_payout_paid(db: &Db, input: MarkPayoutPaidInput) -> ApiResult<payout::Model> {
+    let reference = input.reference.trim().to_string();
+    if reference.is_empty() || reference.chars().count() > 200 {
+        return Err(ApiError::bad_input(
+            "input.reference",
+            "must be 1 to 200 characters",
+        ));
+    }
+    if !is_valid_id(input.id.as_str()) {
+        return Err(ApiError::NotFound("payout"));
+    }
+    let tx = db.begin_write().await?;
+    let mut query = payout::Entity::find_by_id(input.id.to_string());
+    if db.is_postgres() {
+        query = query.lock_exclusive();
+    }
+    let found = query.one(&*tx).await?.ok_or(ApiError::NotFound("payout"))?;
+    if found.status == PayoutStatus::Paid.as_str() {
+        return Err(ApiError::Conflict("the payout is already paid".to_string()));
+    }
+    let now = Utc::now();
+    tx.execute_raw(Statement::from_sql_and_values(
+        db.backend(),
+        format!(
+            "UPDATE ledger_entries SET status = 'PAID', updated_at = {} WHERE payout_id = {}",
+            db.placeholder(1),
+            db.placeholder(2)
+        ),
+        [now.into(), found.id.clone().into()],
+    ))
+    .await?;
+    let mut row: payout::ActiveModel = found.into();
+    row.status = Set(PayoutStatus::Paid.as_str().to_string());
+    row.reference = Set(Some(reference.clone()));
+    row.paid_at = Set(Some(now));
+    let model = row.update(&*tx).await?;
+    events::record(
+        &*tx,
+        EventType::PayoutPaid,
+        &model.program_id,
+        Some(&model.partner_id),
+        json!({
+            "payoutId": model.id,
+            "total": from_cents(model.total_cents).to_string(),
+            "currency": model.currency,
+            "reference": reference,
+        }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(model)
+}

@@ -1,0 +1,710 @@
+//! Reconciliation (DESIGN §4): for every attributed deal, bring the sum of its ledger entries to
+//! its expected commission by appending the difference. The ledger is the truth for what was
+//! booked; `deal_commissions` keeps what was last computed (for KPIs and to find the old
+//! partner and close of a deal that changed).
+//!
+//! Work is streamed in chunks of partners (or of deals), each read with a few statements and
+//! written in one transaction. Two reconcilers never write an entry twice: entry n+1 of a
+//! (partner, deal) is unique, so a second reconciler that read the same state collides and
+//! writes nothing for that deal.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use chrono::{DateTime, Duration, Utc};
+use rust_decimal::Decimal;
+use sea_orm::{
+    ConnectionTrait, DbErr, EntityTrait, QueryResult, Statement, Value, sea_query::OnConflict,
+};
+use serde::Serialize;
+use serde_json::json;
+use tandem_connectors::DealStatus;
+
+use crate::{
+    db::{
+        Db,
+        entities::{deal_commission, exchange_rate, partner, program},
+    },
+    domain::{
+        commission::{
+            Basis, CommissionState, DealFacts, Outcome, Rates, Terms, compute_timeline, from_cents,
+            to_cents,
+        },
+        events::{self, EventType},
+        ids::new_id,
+        programs::plan_of,
+    },
+};
+
+/// How far before the previous run's start an incremental run looks again, so that changes
+/// committed late (a long transaction, a clock a little behind) are not missed.
+pub const OVERLAP: Duration = Duration::minutes(2);
+
+/// Partners per chunk in a full (or per-partner) pass.
+const PARTNER_CHUNK: usize = 200;
+/// Deals per chunk in a per-deal pass.
+const DEAL_CHUNK: usize = 500;
+
+/// Ledger entry kinds.
+pub const ACCRUAL: &str = "ACCRUAL";
+/// A negative difference.
+pub const REVERSAL: &str = "REVERSAL";
+/// Kinds that count towards a deal's booked commission.
+const DEAL_KINDS: &str = "('ACCRUAL','REVERSAL','ADJUSTMENT')";
+
+/// What a reconciliation did (the job run's `stats`).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReconcileStats {
+    /// `full` or `incremental`.
+    pub mode: String,
+    /// Partners whose timeline was computed whole.
+    pub partners: u64,
+    /// (deal, partner) pairs compared with the ledger.
+    pub deals_checked: u64,
+    /// Entries appended.
+    pub entries_written: u64,
+    /// Sum of appended ACCRUAL amounts (all currencies, as a plain decimal).
+    #[serde(with = "rust_decimal::serde::str")]
+    pub accrued: Decimal,
+    /// Sum of appended REVERSAL amounts (negative).
+    #[serde(with = "rust_decimal::serde::str")]
+    pub reversed: Decimal,
+    /// Sum of the absolute differences corrected.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub total_drift: Decimal,
+    /// Deals LOCKED by the clawback rule.
+    pub locked: u64,
+    /// Deals without an exchange rate into their program currency.
+    pub missing_exchange_rates: u64,
+    /// Deals whose amount could not be computed.
+    pub invalid: u64,
+    /// Entries not written because another reconciler wrote that deal's entry first.
+    pub conflicts: u64,
+    /// The watermark the next incremental run starts from.
+    pub watermark: Option<DateTime<Utc>>,
+}
+
+/// Everything that does not change during a run: programs, rates, partners.
+struct Context {
+    terms: HashMap<String, (Terms, i32)>,
+    rates: Rates,
+    partners: HashMap<String, (String, Option<DateTime<Utc>>)>,
+    now: DateTime<Utc>,
+}
+
+impl Context {
+    async fn load(db: &Db, now: DateTime<Utc>) -> Result<Context, DbErr> {
+        let mut terms = HashMap::new();
+        for p in program::Entity::find().all(&db.conn).await? {
+            let plan = plan_of(&p).map_err(|e| DbErr::Custom(format!("{e:?}")))?;
+            terms.insert(
+                p.id.clone(),
+                (
+                    Terms {
+                        plan,
+                        currency: p.currency.clone(),
+                    },
+                    p.hold_days,
+                ),
+            );
+        }
+        let mut rates = Rates::default();
+        for r in exchange_rate::Entity::find().all(&db.conn).await? {
+            let rate: Decimal = r
+                .rate
+                .parse()
+                .map_err(|e| DbErr::Custom(format!("exchange rate {}: {e}", r.id)))?;
+            rates.insert(&r.base, &r.quote, r.effective_at, rate);
+        }
+        let partners = partner::Entity::find()
+            .all(&db.conn)
+            .await?
+            .into_iter()
+            .map(|p| (p.id, (p.program_id, p.terminated_at)))
+            .collect();
+        Ok(Context {
+            terms,
+            rates,
+            partners,
+            now,
+        })
+    }
+
+    fn tiered(&self, program_id: &str) -> bool {
+        self.terms
+            .get(program_id)
+            .is_some_and(|(t, _)| !t.plan.tiers.is_empty())
+    }
+}
+
+/// Which rows one chunk reads: whole partners, or single deals (of untiered programs, where
+/// a deal's commission does not depend on the partner's other deals).
+enum Scope<'a> {
+    Partners(&'a [String]),
+    Deals(&'a [String]),
+}
+
+impl Scope<'_> {
+    fn column(&self, table: &str) -> String {
+        match self {
+            Scope::Partners(_) => format!("{table}.partner_id"),
+            Scope::Deals(_) => format!("{table}.deal_id"),
+        }
+    }
+
+    fn ids(&self) -> &[String] {
+        match self {
+            Scope::Partners(ids) | Scope::Deals(ids) => ids,
+        }
+    }
+}
+
+fn in_list(db: &Db, column: &str, ids: &[String], first: usize) -> (String, Vec<Value>) {
+    let marks: Vec<String> = (0..ids.len()).map(|i| db.placeholder(first + i)).collect();
+    (
+        format!("{column} IN ({})", marks.join(", ")),
+        ids.iter().map(|id| id.clone().into()).collect(),
+    )
+}
+
+fn get<T: sea_orm::TryGetable>(row: &QueryResult, col: &str) -> Result<T, DbErr> {
+    row.try_get::<T>("", col)
+}
+
+/// One (deal, partner) pair's stored state.
+#[derive(Default, Clone)]
+struct Booked {
+    cents: i64,
+    max_seq: i32,
+}
+
+/// Runs a reconciliation: full when `since` is `None`, otherwise incremental over what changed
+/// after `since` (minus [`OVERLAP`]). The returned stats carry the next watermark.
+pub async fn reconcile(db: &Db, since: Option<DateTime<Utc>>) -> Result<ReconcileStats, DbErr> {
+    let now = Utc::now();
+    let ctx = Context::load(db, now).await?;
+    let mut stats = ReconcileStats {
+        mode: if since.is_some() {
+            "incremental"
+        } else {
+            "full"
+        }
+        .to_string(),
+        watermark: Some(now),
+        ..ReconcileStats::default()
+    };
+    match since {
+        None => {
+            let mut partners: Vec<String> = ctx.partners.keys().cloned().collect();
+            partners.sort();
+            for chunk in partners.chunks(PARTNER_CHUNK) {
+                process(db, &ctx, Scope::Partners(chunk), &mut stats).await?;
+            }
+        }
+        Some(since) => {
+            let (partners, deals) = changed_since(db, &ctx, since - OVERLAP).await?;
+            let partners: Vec<String> = partners.into_iter().collect();
+            for chunk in partners.chunks(PARTNER_CHUNK) {
+                process(db, &ctx, Scope::Partners(chunk), &mut stats).await?;
+            }
+            let deals: Vec<String> = deals.into_iter().collect();
+            for chunk in deals.chunks(DEAL_CHUNK) {
+                process(db, &ctx, Scope::Deals(chunk), &mut stats).await?;
+            }
+        }
+    }
+    Ok(stats)
+}
+
+/// What changed after `since`: partners to recompute whole (tier effects, termination, plan
+/// or rate changes) and single deals of untiered programs.
+async fn changed_since(
+    db: &Db,
+    ctx: &Context,
+    since: DateTime<Utc>,
+) -> Result<(BTreeSet<String>, BTreeSet<String>), DbErr> {
+    let p1 = db.placeholder(1);
+    let mut partners = BTreeSet::new();
+    let mut pairs: Vec<(String, Option<String>, String)> = Vec::new();
+    let rows = db
+        .conn
+        .query_all_raw(Statement::from_sql_and_values(
+            db.backend(),
+            format!(
+                "SELECT d.id AS deal_id, a.partner_id AS partner_id, d.program_id AS program_id \
+                 FROM deals d LEFT JOIN attributions a ON a.deal_id = d.id \
+                 WHERE d.last_applied_at > {p1} \
+                 UNION SELECT a.deal_id, a.partner_id, d.program_id \
+                 FROM attributions a JOIN deals d ON d.id = a.deal_id WHERE a.updated_at > {p1}"
+            ),
+            [since.into()],
+        ))
+        .await?;
+    for row in rows {
+        pairs.push((
+            get(&row, "deal_id")?,
+            get(&row, "partner_id")?,
+            get(&row, "program_id")?,
+        ));
+    }
+    // A re-attributed deal also concerns the partner it left.
+    let deal_ids: Vec<String> = pairs.iter().map(|p| p.0.clone()).collect();
+    for chunk in deal_ids.chunks(DEAL_CHUNK) {
+        let (cond, values) = in_list(db, "deal_id", chunk, 1);
+        for row in db
+            .conn
+            .query_all_raw(Statement::from_sql_and_values(
+                db.backend(),
+                format!(
+                    "SELECT deal_id, partner_id, program_id FROM deal_commissions WHERE {cond}"
+                ),
+                values,
+            ))
+            .await?
+        {
+            pairs.push((
+                get(&row, "deal_id")?,
+                Some(get(&row, "partner_id")?),
+                get(&row, "program_id")?,
+            ));
+        }
+    }
+    let mut deals = BTreeSet::new();
+    for (deal_id, partner_id, program_id) in pairs {
+        let Some(partner_id) = partner_id else {
+            continue;
+        };
+        if ctx.tiered(&program_id) {
+            partners.insert(partner_id);
+        } else {
+            deals.insert(deal_id);
+        }
+    }
+    // Whole partners: terminated (or otherwise changed) partners, programs whose plan changed,
+    // and deals a new exchange rate may convert.
+    for row in db
+        .conn
+        .query_all_raw(Statement::from_sql_and_values(
+            db.backend(),
+            format!(
+                "SELECT id AS partner_id FROM partners WHERE updated_at > {p1} \
+                 UNION SELECT pa.id FROM partners pa JOIN programs pr ON pr.id = pa.program_id \
+                 WHERE pr.updated_at > {p1} \
+                 UNION SELECT a.partner_id FROM exchange_rates r \
+                 JOIN programs pr ON pr.currency = r.quote \
+                 JOIN deals d ON d.program_id = pr.id \
+                   AND (d.currency = r.base OR d.locked_currency = r.base) \
+                 JOIN attributions a ON a.deal_id = d.id \
+                 WHERE r.created_at > {p1}"
+            ),
+            [since.into()],
+        ))
+        .await?
+    {
+        partners.insert(get(&row, "partner_id")?);
+    }
+    // A deal whose partner is also recomputed whole is checked twice: the second check finds
+    // the ledger already equal to what is expected and writes nothing.
+    Ok((partners, deals))
+}
+
+fn parse_decimal(text: &str, what: &str) -> Result<Decimal, DbErr> {
+    text.parse()
+        .map_err(|e| DbErr::Custom(format!("stored {what} {text:?}: {e}")))
+}
+
+/// Reads, computes and writes one chunk.
+async fn process(
+    db: &Db,
+    ctx: &Context,
+    scope: Scope<'_>,
+    stats: &mut ReconcileStats,
+) -> Result<(), DbErr> {
+    if scope.ids().is_empty() {
+        return Ok(());
+    }
+    if let Scope::Partners(ids) = &scope {
+        stats.partners += ids.len() as u64;
+    }
+    // The attributed deals in scope, by partner.
+    let (cond, values) = in_list(db, &scope.column("a"), scope.ids(), 1);
+    let rows = db
+        .conn
+        .query_all_raw(Statement::from_sql_and_values(
+            db.backend(),
+            format!(
+                "SELECT a.partner_id, d.id, d.program_id, d.amount, d.currency, d.status, \
+                 d.deleted, d.closed_at, d.updated_at, d.locked_amount, d.locked_currency, \
+                 d.locked_closed_at \
+                 FROM attributions a JOIN deals d ON d.id = a.deal_id WHERE {cond}"
+            ),
+            values,
+        ))
+        .await?;
+    let mut timelines: BTreeMap<String, Vec<DealFacts>> = BTreeMap::new();
+    for row in rows {
+        let partner_id: String = get(&row, "partner_id")?;
+        let deleted: bool = get(&row, "deleted")?;
+        let status: String = get(&row, "status")?;
+        let status = if deleted {
+            DealStatus::Lost
+        } else {
+            DealStatus::parse(&status)
+                .ok_or_else(|| DbErr::Custom(format!("stored deal status {status:?}")))?
+        };
+        let locked = match (
+            get::<Option<String>>(&row, "locked_amount")?,
+            get::<Option<String>>(&row, "locked_currency")?,
+            get::<Option<DateTime<Utc>>>(&row, "locked_closed_at")?,
+        ) {
+            (Some(amount), Some(currency), Some(closed_at)) => Some(Basis {
+                amount: parse_decimal(&amount, "locked amount")?,
+                currency,
+                closed_at,
+            }),
+            _ => None,
+        };
+        timelines.entry(partner_id).or_default().push(DealFacts {
+            id: get(&row, "id")?,
+            status,
+            amount: parse_decimal(&get::<String>(&row, "amount")?, "deal amount")?,
+            currency: get(&row, "currency")?,
+            closed_at: get(&row, "closed_at")?,
+            updated_at: get(&row, "updated_at")?,
+            locked,
+        });
+    }
+    // What was last computed, and what the ledger holds, for every pair in scope.
+    let (cond, values) = in_list(db, &scope.column("dc"), scope.ids(), 1);
+    let mut stored: HashMap<(String, String), deal_commission::Model> = HashMap::new();
+    for row in db
+        .conn
+        .query_all_raw(Statement::from_sql_and_values(
+            db.backend(),
+            format!(
+                "SELECT dc.deal_id, dc.partner_id, dc.program_id, dc.amount_program, \
+                 dc.amount_program_cents, dc.deal_status, dc.closed_at, dc.state, \
+                 dc.expected_cents, dc.computed_at FROM deal_commissions dc WHERE {cond}"
+            ),
+            values,
+        ))
+        .await?
+    {
+        let model = deal_commission::Model {
+            deal_id: get(&row, "deal_id")?,
+            partner_id: get(&row, "partner_id")?,
+            program_id: get(&row, "program_id")?,
+            amount_program: get(&row, "amount_program")?,
+            amount_program_cents: get(&row, "amount_program_cents")?,
+            deal_status: get(&row, "deal_status")?,
+            closed_at: get(&row, "closed_at")?,
+            state: get(&row, "state")?,
+            expected_cents: get(&row, "expected_cents")?,
+            computed_at: get(&row, "computed_at")?,
+        };
+        stored.insert((model.partner_id.clone(), model.deal_id.clone()), model);
+    }
+    let (cond, values) = in_list(db, &scope.column("le"), scope.ids(), 1);
+    let mut booked: HashMap<(String, String), Booked> = HashMap::new();
+    for row in db
+        .conn
+        .query_all_raw(Statement::from_sql_and_values(
+            db.backend(),
+            format!(
+                "SELECT le.partner_id, le.deal_id, CAST(SUM(le.amount_cents) AS BIGINT) AS cents, \
+                 CAST(COALESCE(MAX(le.deal_seq), 0) AS BIGINT) AS max_seq FROM ledger_entries le \
+                 WHERE {cond} AND le.deal_id IS NOT NULL AND le.kind IN {DEAL_KINDS} \
+                 GROUP BY le.partner_id, le.deal_id"
+            ),
+            values,
+        ))
+        .await?
+    {
+        let cents: Option<i64> = get(&row, "cents")?;
+        let max_seq: i64 = get::<Option<i64>>(&row, "max_seq")?.unwrap_or(0);
+        booked.insert(
+            (get(&row, "partner_id")?, get(&row, "deal_id")?),
+            Booked {
+                cents: cents.unwrap_or(0),
+                max_seq: i32::try_from(max_seq).unwrap_or(i32::MAX),
+            },
+        );
+    }
+
+    // Compute every pair.
+    let mut results: Vec<(String, String, Outcome, DealStatus)> = Vec::new();
+    let mut attributed: HashSet<(String, String)> = HashSet::new();
+    for (partner_id, deals) in &timelines {
+        let Some((program_id, terminated_at)) = ctx.partners.get(partner_id) else {
+            continue;
+        };
+        let Some((terms, _)) = ctx.terms.get(program_id) else {
+            continue;
+        };
+        let outcomes = compute_timeline(terms, &ctx.rates, *terminated_at, deals, ctx.now);
+        for (deal, outcome) in deals.iter().zip(outcomes) {
+            attributed.insert((partner_id.clone(), deal.id.clone()));
+            results.push((program_id.clone(), partner_id.clone(), outcome, deal.status));
+        }
+    }
+    // Pairs the ledger or the last computation knows whose deal is attributed elsewhere now.
+    let detached: BTreeSet<(String, String)> = stored
+        .keys()
+        .chain(booked.keys())
+        .filter(|k| !attributed.contains(*k))
+        .cloned()
+        .collect();
+    for (partner_id, deal_id) in detached {
+        let Some((program_id, _)) = ctx.partners.get(&partner_id) else {
+            continue;
+        };
+        let previous = stored.get(&(partner_id.clone(), deal_id.clone()));
+        let status = previous
+            .and_then(|p| DealStatus::parse(&p.deal_status))
+            .unwrap_or(DealStatus::Open);
+        results.push((
+            program_id.clone(),
+            partner_id,
+            Outcome {
+                deal_id,
+                state: CommissionState::Detached,
+                expected: Decimal::ZERO,
+                amount_program: previous
+                    .and_then(|p| p.amount_program.as_deref())
+                    .and_then(|a| a.parse().ok()),
+                closed_at: previous.and_then(|p| p.closed_at),
+            },
+            status,
+        ));
+    }
+
+    // Decide what to write.
+    let mut entries: Vec<NewEntry> = Vec::new();
+    let mut commissions: Vec<deal_commission::ActiveModel> = Vec::new();
+    for (program_id, partner_id, outcome, status) in results {
+        stats.deals_checked += 1;
+        match outcome.state {
+            CommissionState::Locked => stats.locked += 1,
+            CommissionState::MissingFxRate => stats.missing_exchange_rates += 1,
+            CommissionState::Invalid => stats.invalid += 1,
+            _ => {}
+        }
+        let key = (partner_id.clone(), outcome.deal_id.clone());
+        let expected_cents = to_cents(outcome.expected).unwrap_or(0);
+        let amount_program = outcome.amount_program.map(|a| a.normalize().to_string());
+        let amount_program_cents = outcome.amount_program.and_then(to_cents);
+        let status_text = status.as_str().to_string();
+        let previous = stored.get(&key);
+        let changed = previous.is_none_or(|p| {
+            p.state != outcome.state.as_str()
+                || p.expected_cents != expected_cents
+                || p.amount_program != amount_program
+                || p.deal_status != status_text
+                || p.closed_at != outcome.closed_at
+        });
+        if changed {
+            commissions.push(deal_commission::ActiveModel {
+                deal_id: sea_orm::Set(outcome.deal_id.clone()),
+                partner_id: sea_orm::Set(partner_id.clone()),
+                program_id: sea_orm::Set(program_id.clone()),
+                amount_program: sea_orm::Set(amount_program),
+                amount_program_cents: sea_orm::Set(amount_program_cents),
+                deal_status: sea_orm::Set(status_text),
+                closed_at: sea_orm::Set(outcome.closed_at),
+                state: sea_orm::Set(outcome.state.as_str().to_string()),
+                expected_cents: sea_orm::Set(expected_cents),
+                computed_at: sea_orm::Set(ctx.now),
+            });
+        }
+        if !outcome.state.writable() {
+            continue;
+        }
+        let have = booked.get(&key).cloned().unwrap_or_default();
+        let diff = expected_cents - have.cents;
+        if diff != 0 {
+            let (terms, hold_days) = &ctx.terms[&program_id];
+            entries.push(NewEntry {
+                id: new_id(),
+                partner_id,
+                program_id,
+                deal_id: outcome.deal_id,
+                cents: diff,
+                currency: terms.currency.clone(),
+                hold_days: *hold_days,
+                seq: have.max_seq + 1,
+            });
+        }
+    }
+    if entries.is_empty() && commissions.is_empty() {
+        return Ok(());
+    }
+    write(db, ctx, entries, commissions, stats).await
+}
+
+/// An entry to append.
+struct NewEntry {
+    id: String,
+    partner_id: String,
+    program_id: String,
+    deal_id: String,
+    cents: i64,
+    currency: String,
+    hold_days: i32,
+    seq: i32,
+}
+
+const INSERT_ENTRY: &str = "INSERT INTO ledger_entries (id, partner_id, program_id, deal_id, \
+    payout_id, kind, amount_cents, currency, status, created_at, available_at, updated_at, \
+    deal_seq) VALUES ";
+
+async fn write(
+    db: &Db,
+    ctx: &Context,
+    entries: Vec<NewEntry>,
+    commissions: Vec<deal_commission::ActiveModel>,
+    stats: &mut ReconcileStats,
+) -> Result<(), DbErr> {
+    let tx = db.begin_write().await?;
+    let now = ctx.now;
+    let mut inserted: HashSet<String> = HashSet::new();
+    for chunk in entries.chunks(500) {
+        let mut sql = String::from(INSERT_ENTRY);
+        let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 12);
+        for (i, e) in chunk.iter().enumerate() {
+            let (kind, status, available) = entry_terms(e, now);
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            let base = values.len();
+            let marks: Vec<String> = (1..=12).map(|n| db.placeholder(base + n)).collect();
+            sql.push_str(&format!(
+                "({}, {}, {}, {}, NULL, {}, {}, {}, {}, {}, {}, {}, {})",
+                marks[0],
+                marks[1],
+                marks[2],
+                marks[3],
+                marks[4],
+                marks[5],
+                marks[6],
+                marks[7],
+                marks[8],
+                marks[9],
+                marks[10],
+                marks[11]
+            ));
+            values.extend([
+                e.id.clone().into(),
+                e.partner_id.clone().into(),
+                e.program_id.clone().into(),
+                e.deal_id.clone().into(),
+                kind.into(),
+                e.cents.into(),
+                e.currency.clone().into(),
+                status.into(),
+                now.into(),
+                available.into(),
+                now.into(),
+                e.seq.into(),
+            ]);
+        }
+        sql.push_str(" ON CONFLICT (partner_id, deal_id, deal_seq) DO NOTHING RETURNING id");
+        for row in tx
+            .query_all_raw(Statement::from_sql_and_values(db.backend(), sql, values))
+            .await?
+        {
+            inserted.insert(get(&row, "id")?);
+        }
+    }
+    let mut buffered = Vec::new();
+    for e in &entries {
+        if !inserted.contains(&e.id) {
+            stats.conflicts += 1;
+            continue;
+        }
+        let (kind, status, available) = entry_terms(e, now);
+        let amount = from_cents(e.cents);
+        stats.entries_written += 1;
+        stats.total_drift += amount.abs();
+        let event_type = if e.cents > 0 {
+            stats.accrued += amount;
+            EventType::CommissionAccrued
+        } else {
+            stats.reversed += amount;
+            EventType::CommissionReversed
+        };
+        buffered.push(events::new_event(
+            event_type,
+            &e.program_id,
+            Some(&e.partner_id),
+            json!({
+                "ledgerEntryId": e.id,
+                "dealId": e.deal_id,
+                "kind": kind,
+                "amount": amount.to_string(),
+                "currency": e.currency,
+                "status": status,
+                "availableAt": available,
+            }),
+        ));
+    }
+    for chunk in commissions.chunks(500) {
+        deal_commission::Entity::insert_many(chunk.to_vec())
+            .on_conflict(
+                OnConflict::columns([
+                    deal_commission::Column::DealId,
+                    deal_commission::Column::PartnerId,
+                ])
+                .update_columns([
+                    deal_commission::Column::ProgramId,
+                    deal_commission::Column::AmountProgram,
+                    deal_commission::Column::AmountProgramCents,
+                    deal_commission::Column::DealStatus,
+                    deal_commission::Column::ClosedAt,
+                    deal_commission::Column::State,
+                    deal_commission::Column::ExpectedCents,
+                    deal_commission::Column::ComputedAt,
+                ])
+                .to_owned(),
+            )
+            .exec_without_returning(&*tx)
+            .await?;
+    }
+    events::record_all(&*tx, buffered).await?;
+    tx.commit().await
+}
+
+/// Kind, status and availability of a new entry: accruals are held `holdDays` (APPROVED at
+/// once without a hold), reversals are APPROVED at once.
+fn entry_terms(e: &NewEntry, now: DateTime<Utc>) -> (&'static str, &'static str, DateTime<Utc>) {
+    if e.cents > 0 {
+        let available = now + Duration::days(i64::from(e.hold_days));
+        let status = if available <= now {
+            "APPROVED"
+        } else {
+            "PENDING"
+        };
+        (ACCRUAL, status, available)
+    } else {
+        (REVERSAL, "APPROVED", now)
+    }
+}
+
+/// Moves PENDING entries whose `availableAt` has passed to APPROVED; returns how many.
+pub async fn release_holds(db: &Db) -> Result<u64, DbErr> {
+    let now = Utc::now();
+    let tx = db.begin_write().await?;
+    let result = tx
+        .execute_raw(Statement::from_sql_and_values(
+            db.backend(),
+            format!(
+                "UPDATE ledger_entries SET status = 'APPROVED', updated_at = {} \
+                 WHERE status = 'PENDING' AND available_at <= {}",
+                db.placeholder(1),
+                db.placeholder(2)
+            ),
+            [now.into(), now.into()],
+        ))
+        .await?;
+    tx.commit().await?;
+    Ok(result.rows_affected())
+}

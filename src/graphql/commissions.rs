@@ -1,0 +1,727 @@
+//! GraphQL for the commission engine: `ledgerEntries`, `balances`, `payouts`, `kpis`,
+//! `jobRuns`; `setExchangeRate`, `runJob`, `createPayout`, `markPayoutPaid`.
+
+use std::time::Duration;
+
+use async_graphql::{Context, ID, InputObject, Json, Object, Result, SimpleObject};
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
+
+use crate::{
+    db::{
+        Db,
+        entities::{exchange_rate, job_run, ledger_entry, payout, program},
+        pages::{Page, PageArgs},
+    },
+    domain::{
+        auth::Principal,
+        commission::from_cents,
+        ids::is_valid_id,
+        kpis::{KpiQuery, LeaderboardRow, kpis},
+        ledger::{
+            CreatePayoutInput, LedgerEntryKind, LedgerEntryStatus, MarkPayoutPaidInput,
+            PayoutStatus, SetExchangeRateInput, balances, create_payout, mark_payout_paid,
+            set_exchange_rate,
+        },
+        partners::find_visible_partner,
+    },
+    error::ApiError,
+    graphql::{
+        connection::{TotalCount, connection},
+        loaders::Loaders,
+        principal,
+        types::{Deal, Partner, page_complexity},
+    },
+    jobs::{JobName, Jobs},
+};
+
+fn stored<T>(parsed: Option<T>, what: &str, value: &str) -> Result<T> {
+    parsed.ok_or_else(|| ApiError::Internal(format!("stored {what} {value:?}")).into())
+}
+
+async fn load_partner(ctx: &Context<'_>, id: &str) -> Result<Option<Partner>> {
+    let loaders = ctx.data_unchecked::<Loaders>();
+    Ok(loaders
+        .partners
+        .load_one(id.to_string())
+        .await?
+        .map(Partner))
+}
+
+/// One ledger entry: commission accrued, reversed, adjusted or paid.
+pub struct LedgerEntry(pub ledger_entry::Model);
+
+/// One ledger entry: commission accrued, reversed, adjusted or paid.
+#[Object]
+impl LedgerEntry {
+    /// Unique id.
+    async fn id(&self) -> ID {
+        ID(self.0.id.clone())
+    }
+    /// ACCRUAL, REVERSAL, ADJUSTMENT or PAYOUT.
+    async fn kind(&self) -> Result<LedgerEntryKind> {
+        stored(LedgerEntryKind::parse(&self.0.kind), "kind", &self.0.kind)
+    }
+    /// Signed amount (reversals are negative).
+    async fn amount(&self) -> Decimal {
+        from_cents(self.0.amount_cents)
+    }
+    /// ISO 4217 code (the program currency).
+    async fn currency(&self) -> &str {
+        &self.0.currency
+    }
+    /// PENDING, APPROVED or PAID.
+    async fn status(&self) -> Result<LedgerEntryStatus> {
+        stored(
+            LedgerEntryStatus::parse(&self.0.status),
+            "status",
+            &self.0.status,
+        )
+    }
+    /// When it was appended.
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+    /// When it can be paid (accruals: `createdAt + holdDays`).
+    async fn available_at(&self) -> DateTime<Utc> {
+        self.0.available_at
+    }
+    /// The deal it concerns. For a partner key, null once the deal is attributed to another
+    /// partner.
+    async fn deal(&self, ctx: &Context<'_>) -> Result<Option<Deal>> {
+        let Some(deal_id) = &self.0.deal_id else {
+            return Ok(None);
+        };
+        let loaders = ctx.data_unchecked::<Loaders>();
+        let attribution = loaders.attributions.load_one(deal_id.clone()).await?;
+        if let Some(own) = principal(ctx).await?.partner_scope()
+            && attribution.as_ref().is_none_or(|a| a.partner_id != own)
+        {
+            return Ok(None);
+        }
+        Ok(loaders
+            .deals
+            .load_one(deal_id.clone())
+            .await?
+            .map(|d| Deal(d, attribution)))
+    }
+    /// The partner it is owed to.
+    async fn partner(&self, ctx: &Context<'_>) -> Result<Option<Partner>> {
+        load_partner(ctx, &self.0.partner_id).await
+    }
+    /// The payout that gathered it.
+    async fn payout_id(&self) -> Option<ID> {
+        self.0.payout_id.clone().map(ID)
+    }
+}
+
+/// A partner's money in one currency.
+#[derive(SimpleObject)]
+pub struct Balance {
+    /// ISO 4217 code.
+    pub currency: String,
+    /// Held until their `availableAt`.
+    pub pending: Decimal,
+    /// Available and not yet gathered into a payout (what `createPayout` would pay).
+    pub approved: Decimal,
+    /// Gathered into a payout not yet marked paid.
+    pub in_payout: Decimal,
+    /// Paid out.
+    pub paid: Decimal,
+}
+
+/// A payment to a partner gathering its approved entries.
+pub struct Payout(pub payout::Model);
+
+/// A payment to a partner gathering its approved entries.
+#[Object]
+impl Payout {
+    /// Unique id.
+    async fn id(&self) -> ID {
+        ID(self.0.id.clone())
+    }
+    /// The partner paid.
+    async fn partner(&self, ctx: &Context<'_>) -> Result<Option<Partner>> {
+        load_partner(ctx, &self.0.partner_id).await
+    }
+    /// ISO 4217 code.
+    async fn currency(&self) -> &str {
+        &self.0.currency
+    }
+    /// Sum of the gathered entries.
+    async fn total(&self) -> Decimal {
+        from_cents(self.0.total_cents)
+    }
+    /// PENDING until marked paid.
+    async fn status(&self) -> Result<PayoutStatus> {
+        stored(
+            PayoutStatus::parse(&self.0.status),
+            "status",
+            &self.0.status,
+        )
+    }
+    /// The payment reference given to `markPayoutPaid`.
+    async fn reference(&self) -> Option<&str> {
+        self.0.reference.as_deref()
+    }
+    /// When it was created.
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+    /// When it was marked paid.
+    async fn paid_at(&self) -> Option<DateTime<Utc>> {
+        self.0.paid_at
+    }
+}
+
+/// A rate converting deal amounts into a program currency.
+pub struct ExchangeRate(pub exchange_rate::Model);
+
+/// A rate converting deal amounts into a program currency.
+#[Object]
+impl ExchangeRate {
+    /// Unique id.
+    async fn id(&self) -> ID {
+        ID(self.0.id.clone())
+    }
+    /// Converted from.
+    async fn base(&self) -> &str {
+        &self.0.base
+    }
+    /// Converted into.
+    async fn quote(&self) -> &str {
+        &self.0.quote
+    }
+    /// One `base` is worth this many `quote`.
+    async fn rate(&self) -> Result<Decimal> {
+        Ok(self
+            .0
+            .rate
+            .parse()
+            .map_err(|e| ApiError::Internal(format!("stored rate: {e}")))?)
+    }
+    /// From when it applies.
+    async fn effective_at(&self) -> DateTime<Utc> {
+        self.0.effective_at
+    }
+}
+
+/// Job run status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, async_graphql::Enum)]
+pub enum JobRunStatus {
+    /// In progress.
+    Running,
+    /// Finished.
+    Succeeded,
+    /// Stopped with an error.
+    Failed,
+}
+
+/// One run of a scheduled job.
+pub struct JobRun(pub job_run::Model);
+
+/// One run of a scheduled job.
+#[Object]
+impl JobRun {
+    /// Unique id.
+    async fn id(&self) -> ID {
+        ID(self.0.id.clone())
+    }
+    /// `reconcile` or `release-holds`.
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    /// RUNNING, SUCCEEDED or FAILED.
+    async fn status(&self) -> Result<JobRunStatus> {
+        match self.0.status.as_str() {
+            "RUNNING" => Ok(JobRunStatus::Running),
+            "SUCCEEDED" => Ok(JobRunStatus::Succeeded),
+            "FAILED" => Ok(JobRunStatus::Failed),
+            other => stored(None, "job status", other),
+        }
+    }
+    /// When it started.
+    async fn started_at(&self) -> DateTime<Utc> {
+        self.0.started_at
+    }
+    /// When it finished.
+    async fn finished_at(&self) -> Option<DateTime<Utc>> {
+        self.0.finished_at
+    }
+    /// What it did (reconcile: mode, dealsChecked, entriesWritten, totalDrift, locked,
+    /// missingExchangeRates, …).
+    async fn stats(&self) -> Option<Json<serde_json::Value>> {
+        self.0.stats.clone().map(Json)
+    }
+    /// Why it failed.
+    async fn error(&self) -> Option<&str> {
+        self.0.error.as_deref()
+    }
+}
+
+/// One leaderboard line.
+pub struct LeaderboardEntry(pub LeaderboardRow);
+
+/// One leaderboard line.
+#[Object]
+impl LeaderboardEntry {
+    /// The partner.
+    async fn partner(&self, ctx: &Context<'_>) -> Result<Option<Partner>> {
+        load_partner(ctx, &self.0.partner_id).await
+    }
+    /// Won revenue in the program currency.
+    async fn won_revenue(&self) -> Decimal {
+        self.0.won_revenue
+    }
+    /// Won deals.
+    async fn deals_won(&self) -> i64 {
+        self.0.deals_won
+    }
+}
+
+/// Program KPIs. Counts come from the referral and deal mirror as they stand; money is in the
+/// program currency as of the last reconciliation (which converts deal amounts).
+pub struct Kpis(pub crate::domain::kpis::Kpis);
+
+/// Program KPIs. Counts come from the referral and deal mirror as they stand; money is in the
+/// program currency as of the last reconciliation (which converts deal amounts).
+#[Object]
+impl Kpis {
+    /// Referrals submitted in the range.
+    async fn referrals_submitted(&self) -> i64 {
+        self.0.referrals_submitted
+    }
+    /// Of those, ACCEPTED or CONVERTED.
+    async fn referrals_accepted(&self) -> i64 {
+        self.0.referrals_accepted
+    }
+    /// Of those, DUPLICATE.
+    async fn referrals_duplicate(&self) -> i64 {
+        self.0.referrals_duplicate
+    }
+    /// Attributed deals created in the range.
+    async fn deals_attributed(&self) -> i64 {
+        self.0.deals_attributed
+    }
+    /// Attributed deals won, closed in the range.
+    async fn deals_won(&self) -> i64 {
+        self.0.deals_won
+    }
+    /// Attributed deals lost or deleted, closed in the range.
+    async fn deals_lost(&self) -> i64 {
+        self.0.deals_lost
+    }
+    /// dealsWon ÷ referralsAccepted (null without accepted referrals).
+    async fn conversion_rate(&self) -> Option<f64> {
+        self.0.conversion_rate
+    }
+    /// dealsWon ÷ (dealsWon + dealsLost) (null without closed deals).
+    async fn win_rate(&self) -> Option<f64> {
+        self.0.win_rate
+    }
+    /// Open attributed deals (whatever the range).
+    async fn pipeline_value(&self) -> Decimal {
+        self.0.pipeline_value
+    }
+    /// Won attributed deals closed in the range.
+    async fn won_revenue(&self) -> Decimal {
+        self.0.won_revenue
+    }
+    /// Net commission booked in the range (accruals less reversals).
+    async fn commission_accrued(&self) -> Decimal {
+        self.0.commission_accrued
+    }
+    /// Payouts marked paid in the range.
+    async fn commission_paid(&self) -> Decimal {
+        self.0.commission_paid
+    }
+    /// Median hours from a referral's submission to the creation of the first deal attributed
+    /// to it (referrals submitted in the range; null when none has a deal).
+    async fn median_hours_to_first_deal(&self) -> Option<f64> {
+        self.0.median_hours_to_first_deal
+    }
+    /// Partners by won revenue (a partner key sees only itself).
+    async fn leaderboard(&self) -> Vec<LeaderboardEntry> {
+        self.0
+            .leaderboard
+            .iter()
+            .cloned()
+            .map(LeaderboardEntry)
+            .collect()
+    }
+}
+
+connection!(
+    LedgerEntryConnection,
+    LedgerEntryEdge,
+    LedgerEntry,
+    "ledger entries"
+);
+connection!(PayoutConnection, PayoutEdge, Payout, "payouts");
+connection!(JobRunConnection, JobRunEdge, JobRun, "job runs");
+
+/// Filters for `ledgerEntries`.
+#[derive(Debug, Default, InputObject)]
+pub struct LedgerEntryFilter {
+    /// Only this partner's entries.
+    pub partner_id: Option<ID>,
+    /// Only entries of this deal.
+    pub deal_id: Option<ID>,
+    /// Only this kind.
+    pub kind: Option<LedgerEntryKind>,
+    /// Only this status.
+    pub status: Option<LedgerEntryStatus>,
+}
+
+/// Filters for `payouts`.
+#[derive(Debug, Default, InputObject)]
+pub struct PayoutFilter {
+    /// Only this partner's payouts.
+    pub partner_id: Option<ID>,
+    /// Only payouts in this status.
+    pub status: Option<PayoutStatus>,
+}
+
+/// Filters for `jobRuns`.
+#[derive(Debug, Default, InputObject)]
+pub struct JobRunFilter {
+    /// Only runs of this job.
+    pub name: Option<String>,
+}
+
+/// The partner a list is limited to: a partner key's own; an admin's filter. `None` inside
+/// means "no partner limit"; `Err(())` means "nothing is visible" (another partner's id).
+fn partner_limit(principal: &Principal, asked: Option<&ID>) -> Result<Option<Option<String>>> {
+    principal.require_admin_or_partner()?;
+    match (principal.partner_scope(), asked) {
+        (Some(own), Some(asked)) if own != asked.as_str() => Ok(None),
+        (Some(own), _) => Ok(Some(Some(own.to_string()))),
+        (None, asked) => Ok(Some(asked.map(|a| a.to_string()))),
+    }
+}
+
+/// Commission queries.
+#[derive(Default)]
+pub struct CommissionQuery;
+
+/// Commission queries.
+#[Object]
+impl CommissionQuery {
+    /// Ledger entries, newest first. A partner key sees only its own.
+    #[graphql(complexity = "page_complexity(first, child_complexity)")]
+    async fn ledger_entries(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<LedgerEntryFilter>,
+        #[graphql(validator(minimum = 0, maximum = 100))] first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<LedgerEntryConnection> {
+        let principal = principal(ctx).await?;
+        let args = PageArgs::parse(first, after)?;
+        let filter = filter.unwrap_or_default();
+        let mut query = ledger_entry::Entity::find();
+        match partner_limit(principal, filter.partner_id.as_ref())? {
+            None => query = query.filter(ledger_entry::Column::Id.is_null()),
+            Some(Some(partner_id)) => {
+                query = query.filter(ledger_entry::Column::PartnerId.eq(partner_id))
+            }
+            Some(None) => {}
+        }
+        if let Some(deal_id) = filter.deal_id {
+            query = query.filter(ledger_entry::Column::DealId.eq(deal_id.to_string()));
+        }
+        if let Some(kind) = filter.kind {
+            query = query.filter(ledger_entry::Column::Kind.eq(kind.as_str()));
+        }
+        if let Some(status) = filter.status {
+            query = query.filter(ledger_entry::Column::Status.eq(status.as_str()));
+        }
+        let count_query = query.clone();
+        if let Some(after) = &args.after {
+            query = query.filter(ledger_entry::Column::Id.lt(after.as_str()));
+        }
+        let db = ctx.data_unchecked::<Db>();
+        let rows = query
+            .order_by_desc(ledger_entry::Column::Id)
+            .limit(args.first + 1)
+            .all(&db.conn)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(LedgerEntryConnection::build(
+            Page::from_overfetch(rows, args.first),
+            args.after.is_some(),
+            |e| e.id.clone(),
+            LedgerEntry,
+            TotalCount::query(move |db| {
+                let q = count_query.clone();
+                async move { q.count(&db.conn).await }
+            }),
+        ))
+    }
+
+    /// A partner's balances per currency (pending, approved, in payout, paid).
+    async fn balances(&self, ctx: &Context<'_>, partner_id: ID) -> Result<Vec<Balance>> {
+        let principal = principal(ctx).await?;
+        let db = ctx.data_unchecked::<Db>();
+        let partner = find_visible_partner(db, principal, partner_id.as_str())
+            .await?
+            .ok_or(ApiError::NotFound("partner"))?;
+        Ok(balances(db, &partner.id)
+            .await?
+            .into_iter()
+            .map(|b| Balance {
+                currency: b.currency,
+                pending: b.pending,
+                approved: b.approved,
+                in_payout: b.in_payout,
+                paid: b.paid,
+            })
+            .collect())
+    }
+
+    /// Payouts, newest first. A partner key sees only its own.
+    #[graphql(complexity = "page_complexity(first, child_complexity)")]
+    async fn payouts(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<PayoutFilter>,
+        #[graphql(validator(minimum = 0, maximum = 100))] first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<PayoutConnection> {
+        let principal = principal(ctx).await?;
+        let args = PageArgs::parse(first, after)?;
+        let filter = filter.unwrap_or_default();
+        let mut query = payout::Entity::find();
+        match partner_limit(principal, filter.partner_id.as_ref())? {
+            None => query = query.filter(payout::Column::Id.is_null()),
+            Some(Some(partner_id)) => {
+                query = query.filter(payout::Column::PartnerId.eq(partner_id))
+            }
+            Some(None) => {}
+        }
+        if let Some(status) = filter.status {
+            query = query.filter(payout::Column::Status.eq(status.as_str()));
+        }
+        let count_query = query.clone();
+        if let Some(after) = &args.after {
+            query = query.filter(payout::Column::Id.lt(after.as_str()));
+        }
+        let db = ctx.data_unchecked::<Db>();
+        let rows = query
+            .order_by_desc(payout::Column::Id)
+            .limit(args.first + 1)
+            .all(&db.conn)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(PayoutConnection::build(
+            Page::from_overfetch(rows, args.first),
+            args.after.is_some(),
+            |p| p.id.clone(),
+            Payout,
+            TotalCount::query(move |db| {
+                let q = count_query.clone();
+                async move { q.count(&db.conn).await }
+            }),
+        ))
+    }
+
+    /// KPIs of a program, optionally for one partner and a time range (`from` inclusive, `to`
+    /// exclusive). A partner key gets its own figures only.
+    #[allow(clippy::too_many_arguments)]
+    async fn kpis(
+        &self,
+        ctx: &Context<'_>,
+        program_id: ID,
+        partner_id: Option<ID>,
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
+        #[graphql(default = 10, validator(minimum = 0, maximum = 100))] leaderboard_size: i32,
+    ) -> Result<Kpis> {
+        let principal = principal(ctx).await?;
+        principal.require_admin_or_partner()?;
+        let db = ctx.data_unchecked::<Db>();
+        if let (Some(from), Some(to)) = (from, to)
+            && to <= from
+        {
+            return Err(ApiError::bad_input("to", "must be after from").into());
+        }
+        if !is_valid_id(program_id.as_str()) {
+            return Err(ApiError::NotFound("program").into());
+        }
+        let partner_id = match (principal.partner_scope(), partner_id) {
+            (Some(own), Some(asked)) if own != asked.as_str() => {
+                return Err(ApiError::NotFound("partner").into());
+            }
+            (Some(own), _) => Some(own.to_string()),
+            (None, Some(asked)) => {
+                let found = find_visible_partner(db, principal, asked.as_str())
+                    .await?
+                    .ok_or(ApiError::NotFound("partner"))?;
+                if found.program_id != program_id.as_str() {
+                    return Err(ApiError::NotFound("partner").into());
+                }
+                Some(found.id)
+            }
+            (None, None) => None,
+        };
+        if let Principal::Partner {
+            program_id: own, ..
+        } = principal
+            && own != program_id.as_str()
+        {
+            return Err(ApiError::NotFound("program").into());
+        }
+        program::Entity::find_by_id(program_id.to_string())
+            .one(&db.conn)
+            .await
+            .map_err(ApiError::from)?
+            .ok_or(ApiError::NotFound("program"))?;
+        let query = KpiQuery {
+            program_id: program_id.to_string(),
+            partner_id,
+            from,
+            to,
+            leaderboard_size: leaderboard_size as u64,
+        };
+        Ok(Kpis(kpis(db, &query).await?))
+    }
+
+    /// Job runs, newest first (admins only).
+    #[graphql(complexity = "page_complexity(first, child_complexity)")]
+    async fn job_runs(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<JobRunFilter>,
+        #[graphql(validator(minimum = 0, maximum = 100))] first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<JobRunConnection> {
+        principal(ctx).await?.require_admin()?;
+        let args = PageArgs::parse(first, after)?;
+        let mut query = job_run::Entity::find();
+        if let Some(name) = filter.unwrap_or_default().name {
+            query = query.filter(job_run::Column::Name.eq(name));
+        }
+        let count_query = query.clone();
+        if let Some(after) = &args.after {
+            query = query.filter(job_run::Column::Id.lt(after.as_str()));
+        }
+        let db = ctx.data_unchecked::<Db>();
+        let rows = query
+            .order_by_desc(job_run::Column::Id)
+            .limit(args.first + 1)
+            .all(&db.conn)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(JobRunConnection::build(
+            Page::from_overfetch(rows, args.first),
+            args.after.is_some(),
+            |r| r.id.clone(),
+            JobRun,
+            TotalCount::query(move |db| {
+                let q = count_query.clone();
+                async move { q.count(&db.conn).await }
+            }),
+        ))
+    }
+}
+
+/// Input of `runJob`.
+#[derive(Debug, InputObject)]
+pub struct RunJobInput {
+    /// `reconcile` or `release-holds`.
+    pub name: String,
+    /// reconcile: recompute every deal instead of what changed since the last run.
+    #[graphql(default)]
+    pub full: bool,
+}
+
+/// Result of `setExchangeRate`.
+#[derive(SimpleObject)]
+pub struct SetExchangeRatePayload {
+    /// The rate as stored.
+    pub exchange_rate: ExchangeRate,
+}
+
+/// Result of `runJob`.
+#[derive(SimpleObject)]
+pub struct RunJobPayload {
+    /// The finished run (SUCCEEDED or FAILED).
+    pub job_run: JobRun,
+}
+
+/// Result of `createPayout` and `markPayoutPaid`.
+#[derive(SimpleObject)]
+pub struct CreatePayoutPayload {
+    /// The payout.
+    pub payout: Payout,
+}
+
+/// Result of `markPayoutPaid`.
+#[derive(SimpleObject)]
+pub struct MarkPayoutPaidPayload {
+    /// The payout, now PAID.
+    pub payout: Payout,
+}
+
+/// Commission mutations (admins only).
+#[derive(Default)]
+pub struct CommissionMutation;
+
+/// Commission mutations (admins only).
+#[Object]
+impl CommissionMutation {
+    /// Records an exchange rate (deals closed from `effectiveAt` on convert with it).
+    async fn set_exchange_rate(
+        &self,
+        ctx: &Context<'_>,
+        input: SetExchangeRateInput,
+    ) -> Result<SetExchangeRatePayload> {
+        principal(ctx).await?.require_admin()?;
+        let db = ctx.data_unchecked::<Db>();
+        Ok(SetExchangeRatePayload {
+            exchange_rate: ExchangeRate(set_exchange_rate(db, input).await?),
+        })
+    }
+
+    /// Runs a job now and returns its finished run. Waits (up to 60 s) for a run of the same
+    /// job in progress on another instance, then answers CONFLICT.
+    async fn run_job(&self, ctx: &Context<'_>, input: RunJobInput) -> Result<RunJobPayload> {
+        principal(ctx).await?.require_admin()?;
+        let name: JobName = input.name.parse()?;
+        let jobs = ctx.data_unchecked::<Jobs>();
+        let run = jobs
+            .run_now(name, input.full, Duration::from_secs(60))
+            .await?;
+        Ok(RunJobPayload {
+            job_run: JobRun(run),
+        })
+    }
+
+    /// Gathers a partner's approved entries in a currency into a payout (CONFLICT when their
+    /// total is not positive).
+    async fn create_payout(
+        &self,
+        ctx: &Context<'_>,
+        input: CreatePayoutInput,
+    ) -> Result<CreatePayoutPayload> {
+        principal(ctx).await?.require_admin()?;
+        let db = ctx.data_unchecked::<Db>();
+        Ok(CreatePayoutPayload {
+            payout: Payout(create_payout(db, input).await?),
+        })
+    }
+
+    /// Marks a payout and its entries PAID.
+    async fn mark_payout_paid(
+        &self,
+        ctx: &Context<'_>,
+        input: MarkPayoutPaidInput,
+    ) -> Result<MarkPayoutPaidPayload> {
+        principal(ctx).await?.require_admin()?;
+        let db = ctx.data_unchecked::<Db>();
+        Ok(MarkPayoutPaidPayload {
+            payout: Payout(mark_payout_paid(db, input).await?),
+        })
+    }
+}

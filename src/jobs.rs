@@ -1,0 +1,426 @@
+//! Scheduled jobs (DESIGN §8). Job bodies are plain async functions returning their stats;
+//! tokio-cron-scheduler only wires cron expressions to them. Every run is a `job_runs` row.
+//!
+//! A database lease (`job_leases`) makes each due run happen once across instances sharing a
+//! database: a scheduled run claims its tick (the lease's `due_at` moves to the next tick, so
+//! an instance firing the same tick later skips it) and holds the lease while it runs,
+//! renewing it; a crashed holder's lease expires and its run is recorded FAILED by whoever
+//! takes the lease next. `runJob` runs at once (waiting for a running one to finish).
+
+use std::{str::FromStr, sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+use croner::{Cron, parser::CronParser};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, ConnectionTrait, EntityTrait, Statement};
+use serde_json::{Value, json};
+use tokio_cron_scheduler::{Job, JobScheduler};
+
+use crate::{
+    config::Config,
+    db::{
+        Db,
+        entities::{job_lease, job_run},
+    },
+    domain::{ids::new_id, reconcile},
+    error::{ApiError, ApiResult},
+};
+
+/// Parses a 6-field cron expression (seconds first) exactly as the scheduler does.
+pub fn parse_cron(expr: &str) -> Result<Cron, croner::errors::CronError> {
+    CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .dom_and_dow(true)
+        .build()
+        .parse(expr)
+}
+
+/// The jobs this hub runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobName {
+    /// Brings the ledger to the expected commissions.
+    Reconcile,
+    /// Approves accruals whose hold has passed.
+    ReleaseHolds,
+}
+
+impl JobName {
+    /// The public name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobName::Reconcile => "reconcile",
+            JobName::ReleaseHolds => "release-holds",
+        }
+    }
+}
+
+impl FromStr for JobName {
+    type Err = ApiError;
+    fn from_str(s: &str) -> Result<JobName, ApiError> {
+        match s {
+            "reconcile" => Ok(JobName::Reconcile),
+            "release-holds" => Ok(JobName::ReleaseHolds),
+            "crm-sync" => Err(ApiError::bad_input(
+                "input.name",
+                "crm-sync runs per CRM connection, which this hub does not have yet",
+            )),
+            _ => Err(ApiError::bad_input(
+                "input.name",
+                "unknown job: expected reconcile or release-holds",
+            )),
+        }
+    }
+}
+
+/// How a run was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// By the scheduler, for the tick at this time.
+    Scheduled(DateTime<Utc>, DateTime<Utc>),
+    /// By `runJob`; `full` forces a full reconciliation.
+    Manual {
+        /// Full instead of incremental (reconcile only).
+        full: bool,
+    },
+}
+
+/// Runs jobs under the lease.
+#[derive(Clone)]
+pub struct Jobs {
+    db: Db,
+    holder: Arc<str>,
+    lease: Duration,
+}
+
+/// Whether a scheduled tick ran here.
+#[derive(Debug)]
+pub enum TickOutcome {
+    /// This instance ran it.
+    Ran(job_run::Model),
+    /// Another instance ran (or runs) this tick.
+    Skipped,
+}
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+impl Jobs {
+    /// Jobs on `db`, leases lasting `lease`.
+    pub fn new(db: Db, lease: Duration) -> Jobs {
+        Jobs {
+            db,
+            holder: Arc::from(format!("{}-{}", std::process::id(), new_id()).as_str()),
+            lease,
+        }
+    }
+
+    /// Tries to take the lease of `name`. For a scheduled tick, only if the tick is due (not
+    /// claimed by another instance). Returns the job's cursor when taken.
+    async fn acquire(
+        &self,
+        name: JobName,
+        run_id: &str,
+        trigger: Trigger,
+    ) -> ApiResult<Option<Option<String>>> {
+        let db = &self.db;
+        let now = Utc::now();
+        let expires = ms(now) + self.lease.as_millis() as i64;
+        let p = |n| db.placeholder(n);
+        // A crashed holder's run stays RUNNING: close it when its lease is found expired.
+        let previous = job_lease::Entity::find_by_id(name.as_str())
+            .one(&db.conn)
+            .await?;
+        let (due_check, next_due) = match trigger {
+            Trigger::Scheduled(tick, next) => (
+                format!(" AND job_leases.due_at_ms <= {}", p(6)),
+                ms(next).max(ms(tick) + 1),
+            ),
+            Trigger::Manual { .. } => (String::new(), 0),
+        };
+        let due_update = match trigger {
+            Trigger::Scheduled(..) => "excluded.due_at_ms",
+            Trigger::Manual { .. } => "job_leases.due_at_ms",
+        };
+        let mut values: Vec<sea_orm::Value> = vec![
+            name.as_str().into(),
+            self.holder.to_string().into(),
+            run_id.into(),
+            expires.into(),
+            next_due.into(),
+        ];
+        if let Trigger::Scheduled(tick, _) = trigger {
+            values.push(ms(tick).into());
+        }
+        let sql = format!(
+            "INSERT INTO job_leases (name, holder, run_id, expires_at_ms, due_at_ms, cursor) \
+             VALUES ({}, {}, {}, {}, {}, NULL) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
+             run_id = excluded.run_id, expires_at_ms = excluded.expires_at_ms, \
+             due_at_ms = {due_update} \
+             WHERE job_leases.expires_at_ms < {}{due_check} RETURNING cursor",
+            p(1),
+            p(2),
+            p(3),
+            p(4),
+            p(5),
+            ms(now)
+        );
+        let tx = db.begin_write().await?;
+        let row = tx
+            .query_one_raw(Statement::from_sql_and_values(db.backend(), sql, values))
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let cursor: Option<String> = row.try_get("", "cursor")?;
+        if let Some(previous) = previous
+            && previous.expires_at_ms < ms(now)
+            && let Some(stale) = previous.run_id
+        {
+            tx.execute_raw(Statement::from_sql_and_values(
+                db.backend(),
+                format!(
+                    "UPDATE job_runs SET status = 'FAILED', finished_at = {}, \
+                     error = 'the instance running it stopped (lease expired)' \
+                     WHERE id = {} AND status = 'RUNNING'",
+                    p(1),
+                    p(2)
+                ),
+                [now.into(), stale.into()],
+            ))
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Some(cursor))
+    }
+
+    async fn release(&self, name: JobName, run_id: &str, cursor: Option<String>) -> ApiResult<()> {
+        let db = &self.db;
+        let p = |n| db.placeholder(n);
+        let set_cursor = if cursor.is_some() {
+            format!(", cursor = {}", p(3))
+        } else {
+            String::new()
+        };
+        let mut values: Vec<sea_orm::Value> = vec![name.as_str().into(), run_id.into()];
+        if let Some(cursor) = cursor {
+            values.push(cursor.into());
+        }
+        let tx = db.begin_write().await?;
+        tx.execute_raw(Statement::from_sql_and_values(
+            db.backend(),
+            format!(
+                "UPDATE job_leases SET holder = NULL, run_id = NULL, expires_at_ms = 0{set_cursor} \
+                 WHERE name = {} AND run_id = {}",
+                p(1),
+                p(2)
+            ),
+            values,
+        ))
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn renew(db: Db, name: JobName, run_id: String, lease: Duration) {
+        let every = lease / 3;
+        loop {
+            tokio::time::sleep(every).await;
+            let expires = ms(Utc::now()) + lease.as_millis() as i64;
+            let renewed = async {
+                let tx = db.begin_write().await?;
+                tx.execute_raw(Statement::from_sql_and_values(
+                    db.backend(),
+                    format!(
+                        "UPDATE job_leases SET expires_at_ms = {} WHERE name = {} AND run_id = {}",
+                        db.placeholder(1),
+                        db.placeholder(2),
+                        db.placeholder(3)
+                    ),
+                    [expires.into(), name.as_str().into(), run_id.clone().into()],
+                ))
+                .await?;
+                tx.commit().await
+            }
+            .await;
+            if let Err(e) = renewed {
+                tracing::warn!(job = name.as_str(), error = %e, "renewing the job lease failed");
+            }
+        }
+    }
+
+    /// Runs `name` now (`runJob`), waiting up to `wait` for a run in progress elsewhere to end.
+    pub async fn run_now(
+        &self,
+        name: JobName,
+        full: bool,
+        wait: Duration,
+    ) -> ApiResult<job_run::Model> {
+        let run_id = new_id();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(cursor) = self
+                .acquire(name, &run_id, Trigger::Manual { full })
+                .await?
+            {
+                return self.execute(name, run_id, cursor, full).await;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::Conflict(format!(
+                    "{} is running on another instance; try again when it finishes",
+                    name.as_str()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Runs the scheduled tick `tick` of `name` unless another instance claimed it; `next` is
+    /// the following tick.
+    pub async fn run_tick(
+        &self,
+        name: JobName,
+        tick: DateTime<Utc>,
+        next: DateTime<Utc>,
+    ) -> ApiResult<TickOutcome> {
+        let run_id = new_id();
+        match self
+            .acquire(name, &run_id, Trigger::Scheduled(tick, next))
+            .await?
+        {
+            Some(cursor) => Ok(TickOutcome::Ran(
+                self.execute(name, run_id, cursor, false).await?,
+            )),
+            None => Ok(TickOutcome::Skipped),
+        }
+    }
+
+    async fn execute(
+        &self,
+        name: JobName,
+        run_id: String,
+        cursor: Option<String>,
+        full: bool,
+    ) -> ApiResult<job_run::Model> {
+        let started = Utc::now();
+        let run = {
+            let tx = self.db.begin_write().await?;
+            let run = job_run::ActiveModel {
+                id: Set(run_id.clone()),
+                name: Set(name.as_str().to_string()),
+                status: Set("RUNNING".to_string()),
+                started_at: Set(started),
+                finished_at: Set(None),
+                stats: Set(None),
+                error: Set(None),
+            }
+            .insert(&*tx)
+            .await?;
+            tx.commit().await?;
+            run
+        };
+        let heartbeat = tokio::spawn(Jobs::renew(
+            self.db.clone(),
+            name,
+            run_id.clone(),
+            self.lease,
+        ));
+        let outcome = self.body(name, cursor.as_deref(), full).await;
+        heartbeat.abort();
+        let (status, stats, error, next_cursor) = match outcome {
+            Ok((stats, next_cursor)) => ("SUCCEEDED", Some(stats), None, next_cursor),
+            Err(e) => {
+                tracing::error!(job = name.as_str(), error = %e, "job failed");
+                ("FAILED", None, Some(e), None)
+            }
+        };
+        let mut row: job_run::ActiveModel = run.into();
+        row.status = Set(status.to_string());
+        row.finished_at = Set(Some(Utc::now()));
+        row.stats = Set(stats);
+        row.error = Set(error);
+        let finished = {
+            let tx = self.db.begin_write().await?;
+            let finished = row.update(&*tx).await?;
+            tx.commit().await?;
+            finished
+        };
+        self.release(name, &run_id, next_cursor).await?;
+        Ok(finished)
+    }
+
+    /// The job bodies: stats, and the cursor to keep.
+    async fn body(
+        &self,
+        name: JobName,
+        cursor: Option<&str>,
+        full: bool,
+    ) -> Result<(Value, Option<String>), String> {
+        match name {
+            JobName::Reconcile => {
+                let since = if full {
+                    None
+                } else {
+                    cursor
+                        .and_then(|c| DateTime::parse_from_rfc3339(c).ok())
+                        .map(|t| t.with_timezone(&Utc))
+                };
+                let stats = reconcile::reconcile(&self.db, since)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let next = stats.watermark.map(|w| w.to_rfc3339());
+                Ok((
+                    serde_json::to_value(&stats).map_err(|e| e.to_string())?,
+                    next,
+                ))
+            }
+            JobName::ReleaseHolds => {
+                let released = reconcile::release_holds(&self.db)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok((json!({ "released": released }), None))
+            }
+        }
+    }
+}
+
+/// Starts the cron scheduler with the configured schedules.
+pub async fn start_scheduler(jobs: Jobs, config: &Config) -> anyhow::Result<JobScheduler> {
+    let scheduler = JobScheduler::new().await?;
+    for (name, expr) in [
+        (JobName::Reconcile, config.reconcile_schedule.clone()),
+        (JobName::ReleaseHolds, config.release_holds_schedule.clone()),
+    ] {
+        let cron = Arc::new(parse_cron(&expr)?);
+        let jobs = jobs.clone();
+        scheduler
+            .add(Job::new_async(expr.as_str(), move |_id, _scheduler| {
+                let jobs = jobs.clone();
+                let cron = cron.clone();
+                Box::pin(async move {
+                    // The tick this firing belongs to (the scheduler may fire a little late).
+                    let now = Utc::now() + chrono::Duration::milliseconds(500);
+                    let Ok(tick) = cron.find_previous_occurrence(&now, true) else {
+                        return;
+                    };
+                    let Ok(next) = cron.find_next_occurrence(&tick, false) else {
+                        return;
+                    };
+                    match jobs.run_tick(name, tick, next).await {
+                        Ok(TickOutcome::Ran(run)) => {
+                            tracing::info!(job = name.as_str(), run = %run.id, status = %run.status, "job ran");
+                        }
+                        Ok(TickOutcome::Skipped) => {
+                            tracing::debug!(job = name.as_str(), "tick taken by another instance");
+                        }
+                        Err(e) => {
+                            tracing::error!(job = name.as_str(), error = ?e, "job could not run");
+                        }
+                    }
+                })
+            })?)
+            .await?;
+    }
+    scheduler.start().await?;
+    Ok(scheduler)
+}
