@@ -92,7 +92,7 @@ async fn cents_backfill(
             .map_err(|e| DbErr::Migration(format!("{table}.{text_col} {text:?}: {e}")))?;
         let p = |n: usize| match backend {
             DatabaseBackend::Postgres => format!("${n}"),
-            _ => "?".to_string(),
+            _ => format!("?{n}"),
         };
         conn.execute_raw(Statement::from_sql_and_values(
             backend,

@@ -154,11 +154,12 @@ impl Db {
             .map(|_| ())
     }
 
-    /// Placeholder for the n-th (1-based) bound value in raw SQL.
+    /// Placeholder for the n-th (1-based) bound value in raw SQL. Numbered on both databases
+    /// (`$n`, `?n`), so a value may be used twice and placeholders may appear out of order.
     pub fn placeholder(&self, n: usize) -> String {
         match self.backend() {
             DatabaseBackend::Postgres => format!("${n}"),
-            _ => "?".to_string(),
+            _ => format!("?{n}"),
         }
     }
 

@@ -269,7 +269,7 @@ async fn changed_since(
             ));
         }
     }
-    let mut deals = BTreeSet::new();
+    let mut deals: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (deal_id, partner_id, program_id) in pairs {
         let Some(partner_id) = partner_id else {
             continue;
@@ -277,7 +277,7 @@ async fn changed_since(
         if ctx.tiered(&program_id) {
             partners.insert(partner_id);
         } else {
-            deals.insert(deal_id);
+            deals.entry(deal_id).or_default().push(partner_id);
         }
     }
     // Whole partners: terminated (or otherwise changed) partners, programs whose plan changed,
@@ -303,8 +303,12 @@ async fn changed_since(
     {
         partners.insert(get(&row, "partner_id")?);
     }
-    // A deal whose partner is also recomputed whole is checked twice: the second check finds
-    // the ledger already equal to what is expected and writes nothing.
+    // A deal whose partners are all recomputed whole needs no pass of its own.
+    let deals = deals
+        .into_iter()
+        .filter(|(_, concerned)| concerned.iter().any(|p| !partners.contains(p)))
+        .map(|(deal_id, _)| deal_id)
+        .collect();
     Ok((partners, deals))
 }
 

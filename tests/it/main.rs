@@ -3,10 +3,12 @@
 
 mod auth;
 mod cli;
+mod commissions;
 mod crash;
 mod events;
 mod helpers;
 mod isolation;
+mod jobs;
 mod limits;
 mod ops;
 mod programs;
