@@ -14,10 +14,13 @@ use crate::domain::programs::{CommissionPlan, CommissionType};
 /// How far back a partner's won deals count towards its tier.
 pub const TIER_LOOKBACK_DAYS: i64 = 365;
 
-/// Exchange rates by (base, quote), each list sorted by `effective_at`.
+/// One currency pair's rates, sorted by `effective_at`.
+type RateHistory = Vec<(DateTime<Utc>, Decimal)>;
+
+/// Exchange rates by (base, quote).
 #[derive(Debug, Default, Clone)]
 pub struct Rates {
-    by_pair: HashMap<(String, String), Vec<(DateTime<Utc>, Decimal)>>,
+    by_pair: HashMap<(String, String), RateHistory>,
 }
 
 impl Rates {

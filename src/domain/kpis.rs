@@ -106,7 +106,7 @@ async fn one_row(db: &Db, sql: String, values: Vec<Value>) -> ApiResult<QueryRes
         .conn
         .query_one_raw(Statement::from_sql_and_values(db.backend(), sql, values))
         .await?;
-    Ok(row.ok_or_else(|| crate::error::ApiError::Internal("aggregate returned no row".into()))?)
+    row.ok_or_else(|| crate::error::ApiError::Internal("aggregate returned no row".into()))
 }
 
 fn count(cond: &str) -> String {

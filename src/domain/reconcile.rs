@@ -181,6 +181,16 @@ struct Booked {
 /// Runs a reconciliation: full when `since` is `None`, otherwise incremental over what changed
 /// after `since` (minus [`OVERLAP`]). The returned stats carry the next watermark.
 pub async fn reconcile(db: &Db, since: Option<DateTime<Utc>>) -> Result<ReconcileStats, DbErr> {
+    reconcile_with_overlap(db, since, OVERLAP).await
+}
+
+/// [`reconcile`] with another overlap (tests use none, to check that an incremental run finds
+/// exactly what changed).
+pub async fn reconcile_with_overlap(
+    db: &Db,
+    since: Option<DateTime<Utc>>,
+    overlap: Duration,
+) -> Result<ReconcileStats, DbErr> {
     let now = Utc::now();
     let ctx = Context::load(db, now).await?;
     let mut stats = ReconcileStats {
@@ -202,7 +212,7 @@ pub async fn reconcile(db: &Db, since: Option<DateTime<Utc>>) -> Result<Reconcil
             }
         }
         Some(since) => {
-            let (partners, deals) = changed_since(db, &ctx, since - OVERLAP).await?;
+            let (partners, deals) = changed_since(db, &ctx, since - overlap).await?;
             let partners: Vec<String> = partners.into_iter().collect();
             for chunk in partners.chunks(PARTNER_CHUNK) {
                 process(db, &ctx, Scope::Partners(chunk), &mut stats).await?;

@@ -45,7 +45,10 @@ pub async fn partner(app: &TestApp, program: &str, name: &str) -> TestPartner {
         .await;
     TestPartner {
         id,
-        code: data["partner"]["referralCode"].as_str().unwrap().to_string(),
+        code: data["partner"]["referralCode"]
+            .as_str()
+            .unwrap()
+            .to_string(),
     }
 }
 
@@ -186,7 +189,10 @@ async fn percent_accrues_adjusts_and_reverses(app: TestApp) {
     assert_eq!(stats["mode"], "full", "the first run is full: {stats}");
     assert_eq!(stats["entriesWritten"], 1, "{stats}");
     assert_eq!(stats["accrued"], "12.51");
-    assert_eq!(ledger(&app, &alice.id).await, [e("ACCRUAL", "12.51", "PENDING")]);
+    assert_eq!(
+        ledger(&app, &alice.id).await,
+        [e("ACCRUAL", "12.51", "PENDING")]
+    );
 
     // Nothing new: nothing written.
     let stats = reconcile(&app).await;
@@ -199,9 +205,12 @@ async fn percent_accrues_adjusts_and_reverses(app: TestApp) {
     assert_eq!(stats["entriesWritten"], 1, "{stats}");
     assert_eq!(stats["totalDrift"], "12.52");
     // Lost within the clawback period: everything is reversed, approved at once.
-    crm.deal(&app, json!({"id": "D1", "amount": "200.20", "status": "lost",
-        "closedAt": days(1).to_rfc3339(), "referralCode": alice.code}))
-        .await;
+    crm.deal(
+        &app,
+        json!({"id": "D1", "amount": "200.20", "status": "lost",
+        "closedAt": days(1).to_rfc3339(), "referralCode": alice.code}),
+    )
+    .await;
     reconcile(&app).await;
     assert_eq!(
         ledger(&app, &alice.id).await,
@@ -267,9 +276,12 @@ async fn tiers_and_a_clawback_that_moves_a_later_deal_down(app: TestApp) {
 
     // A is lost (within clawback): A is reversed, and B falls back to 10 % → 50.00. The
     // incremental run finds B through A's partner.
-    crm.deal(&app, json!({"id": "A", "amount": "1000", "status": "lost",
-        "closedAt": days(20).to_rfc3339(), "referralCode": alice.code}))
-        .await;
+    crm.deal(
+        &app,
+        json!({"id": "A", "amount": "1000", "status": "lost",
+        "closedAt": days(20).to_rfc3339(), "referralCode": alice.code}),
+    )
+    .await;
     let stats = reconcile(&app).await;
     assert_eq!(stats["mode"], "incremental");
     assert_eq!(stats["entriesWritten"], 2, "{stats}");
@@ -303,9 +315,12 @@ async fn cap_minimum_flat_and_termination(app: TestApp) {
         json!({"input": {"id": alice.id, "status": "TERMINATED"}}),
     )
     .await;
-    crm.deal(&app, json!({"id": "LATE", "amount": "400", "status": "won",
-        "closedAt": (Utc::now() + Duration::seconds(5)).to_rfc3339(), "referralCode": alice.code}))
-        .await;
+    crm.deal(
+        &app,
+        json!({"id": "LATE", "amount": "400", "status": "won",
+        "closedAt": (Utc::now() + Duration::seconds(5)).to_rfc3339(), "referralCode": alice.code}),
+    )
+    .await;
     reconcile(&app).await;
     assert_eq!(booked(&app, &alice.id, "LATE").await, "0.00");
     assert_eq!(booked(&app, &alice.id, "MID").await, "100.00");
@@ -328,9 +343,12 @@ async fn currency_conversion_and_missing_rates(app: TestApp) {
     let program = program_with(&app, json!({"type": "PERCENT", "rate": "10"}), json!({})).await;
     let alice = partner(&app, &program, "Alice").await;
     let mut crm = Crm::new(&app, &program).await;
-    crm.deal(&app, json!({"id": "EU", "amount": "1000", "currency": "EUR", "status": "won",
-        "closedAt": days(5).to_rfc3339(), "referralCode": alice.code}))
-        .await;
+    crm.deal(
+        &app,
+        json!({"id": "EU", "amount": "1000", "currency": "EUR", "status": "won",
+        "closedAt": days(5).to_rfc3339(), "referralCode": alice.code}),
+    )
+    .await;
     let stats = reconcile(&app).await;
     assert_eq!(stats["missingExchangeRates"], 1, "{stats}");
     assert_eq!(stats["entriesWritten"], 0);
@@ -373,18 +391,24 @@ async fn a_deal_lost_after_its_clawback_period_is_locked(app: TestApp) {
     reconcile(&app).await;
     // OLD closed 60 days ago (> 30): losing it now locks it; NEW is still clawed back.
     for id in ["OLD", "NEW"] {
-        crm.deal(&app, json!({"id": id, "amount": "1000", "status": "lost",
-            "closedAt": days(0).to_rfc3339(), "referralCode": alice.code}))
-            .await;
+        crm.deal(
+            &app,
+            json!({"id": id, "amount": "1000", "status": "lost",
+            "closedAt": days(0).to_rfc3339(), "referralCode": alice.code}),
+        )
+        .await;
     }
     let stats = reconcile(&app).await;
     assert_eq!(stats["locked"], 1, "{stats}");
     assert_eq!(booked(&app, &alice.id, "OLD").await, "100.00");
     assert_eq!(booked(&app, &alice.id, "NEW").await, "0.00");
     // A locked deal's later changes do not reverse it either; winning again recomputes.
-    crm.deal(&app, json!({"id": "OLD", "amount": "5000", "status": "open",
-        "referralCode": alice.code}))
-        .await;
+    crm.deal(
+        &app,
+        json!({"id": "OLD", "amount": "5000", "status": "open",
+        "referralCode": alice.code}),
+    )
+    .await;
     reconcile(&app).await;
     assert_eq!(booked(&app, &alice.id, "OLD").await, "100.00");
     crm.won(&app, "OLD", "2000", 0, &alice.code).await;
@@ -428,7 +452,11 @@ async fn reattribution_moves_the_commission(app: TestApp) {
         )
         .await;
     assert_eq!(mine["ledgerEntries"]["totalCount"], 2);
-    assert!(nodes(&mine["ledgerEntries"]).iter().all(|n| n["deal"].is_null()));
+    assert!(
+        nodes(&mine["ledgerEntries"])
+            .iter()
+            .all(|n| n["deal"].is_null())
+    );
 }
 
 async fn payouts_gather_approved_entries(app: TestApp) {
@@ -445,7 +473,8 @@ async fn payouts_gather_approved_entries(app: TestApp) {
     crm.won(&app, "A1", "1000", 2, &alice.code).await;
     crm.won(&app, "A2", "234.56", 1, &alice.code).await; // 23.456 → 23.46
     reconcile(&app).await;
-    let balances = "query($p: ID!) { balances(partnerId: $p) { currency pending approved inPayout paid } }";
+    let balances =
+        "query($p: ID!) { balances(partnerId: $p) { currency pending approved inPayout paid } }";
     let data = app.admin_ok(balances, json!({"p": alice.id})).await;
     assert_eq!(
         data["balances"],
@@ -454,7 +483,10 @@ async fn payouts_gather_approved_entries(app: TestApp) {
 
     let create = "mutation($input: CreatePayoutInput!) { createPayout(input: $input) { payout { id total currency status partner { id } } } }";
     let data = app
-        .admin_ok(create, json!({"input": {"partnerId": alice.id, "currency": "usd"}}))
+        .admin_ok(
+            create,
+            json!({"input": {"partnerId": alice.id, "currency": "usd"}}),
+        )
         .await;
     let payout = &data["createPayout"]["payout"];
     assert_eq!(payout["total"], "123.46");
@@ -463,11 +495,19 @@ async fn payouts_gather_approved_entries(app: TestApp) {
     // Nothing left to gather: CONFLICT, and nothing written.
     let payouts_before = app.count_rows("payouts").await;
     let resp = app
-        .gql(&app.admin, create, json!({"input": {"partnerId": alice.id, "currency": "USD"}}))
+        .gql(
+            &app.admin,
+            create,
+            json!({"input": {"partnerId": alice.id, "currency": "USD"}}),
+        )
         .await;
     assert_eq!(error_code(&resp), "CONFLICT", "{resp}");
     let resp = app
-        .gql(&app.admin, create, json!({"input": {"partnerId": bob.id, "currency": "USD"}}))
+        .gql(
+            &app.admin,
+            create,
+            json!({"input": {"partnerId": bob.id, "currency": "USD"}}),
+        )
         .await;
     assert_eq!(error_code(&resp), "CONFLICT", "{resp}");
     assert_eq!(app.count_rows("payouts").await, payouts_before);
@@ -477,35 +517,56 @@ async fn payouts_gather_approved_entries(app: TestApp) {
 
     let paid = "mutation($input: MarkPayoutPaidInput!) { markPayoutPaid(input: $input) { payout { status reference paidAt } } }";
     let data = app
-        .admin_ok(paid, json!({"input": {"id": payout_id, "reference": "SEPA-42"}}))
+        .admin_ok(
+            paid,
+            json!({"input": {"id": payout_id, "reference": "SEPA-42"}}),
+        )
         .await;
     assert_eq!(data["markPayoutPaid"]["payout"]["status"], "PAID");
     assert_eq!(data["markPayoutPaid"]["payout"]["reference"], "SEPA-42");
     let resp = app
-        .gql(&app.admin, paid, json!({"input": {"id": payout_id, "reference": "again"}}))
+        .gql(
+            &app.admin,
+            paid,
+            json!({"input": {"id": payout_id, "reference": "again"}}),
+        )
         .await;
     assert_eq!(error_code(&resp), "CONFLICT");
     let resp = app
-        .gql(&app.admin, paid, json!({"input": {"id": payout_id, "reference": "  "}}))
+        .gql(
+            &app.admin,
+            paid,
+            json!({"input": {"id": payout_id, "reference": "  "}}),
+        )
         .await;
     assert_eq!(error_field(&resp), "input.reference");
     let data = app.admin_ok(balances, json!({"p": alice.id})).await;
     assert_eq!(data["balances"][0]["paid"], "123.46");
     assert_eq!(
         ledger(&app, &alice.id).await,
-        [e("ACCRUAL", "100.00", "PAID"), e("ACCRUAL", "23.46", "PAID")]
+        [
+            e("ACCRUAL", "100.00", "PAID"),
+            e("ACCRUAL", "23.46", "PAID")
+        ]
     );
 
     // A deal lost after payment is reversed: the approved balance goes negative, and a payout
     // then has nothing positive to pay.
-    crm.deal(&app, json!({"id": "A2", "amount": "234.56", "status": "lost",
-        "closedAt": days(0).to_rfc3339(), "referralCode": alice.code}))
-        .await;
+    crm.deal(
+        &app,
+        json!({"id": "A2", "amount": "234.56", "status": "lost",
+        "closedAt": days(0).to_rfc3339(), "referralCode": alice.code}),
+    )
+    .await;
     reconcile(&app).await;
     let data = app.admin_ok(balances, json!({"p": alice.id})).await;
     assert_eq!(data["balances"][0]["approved"], "-23.46");
     let resp = app
-        .gql(&app.admin, create, json!({"input": {"partnerId": alice.id, "currency": "USD"}}))
+        .gql(
+            &app.admin,
+            create,
+            json!({"input": {"partnerId": alice.id, "currency": "USD"}}),
+        )
         .await;
     assert_eq!(error_code(&resp), "CONFLICT");
 
@@ -553,7 +614,10 @@ async fn release_holds_approves_due_accruals(app: TestApp) {
     assert_eq!(stats["released"], 1);
     assert_eq!(
         ledger(&app, &alice.id).await,
-        [e("ACCRUAL", "100.00", "APPROVED"), e("ACCRUAL", "200.00", "PENDING")]
+        [
+            e("ACCRUAL", "100.00", "APPROVED"),
+            e("ACCRUAL", "200.00", "PENDING")
+        ]
     );
     let data = app
         .admin_ok(
@@ -562,7 +626,11 @@ async fn release_holds_approves_due_accruals(app: TestApp) {
         )
         .await;
     assert_eq!(data["jobRuns"]["totalCount"], 2);
-    assert_eq!(nodes(&data["jobRuns"])[0]["stats"]["released"], 1, "newest first");
+    assert_eq!(
+        nodes(&data["jobRuns"])[0]["stats"]["released"],
+        1,
+        "newest first"
+    );
 }
 
 async fn kpis_are_aggregates_scoped_to_the_key(app: TestApp) {
@@ -576,25 +644,41 @@ async fn kpis_are_aggregates_scoped_to_the_key(app: TestApp) {
     let bob = partner(&app, &program, "Bob").await;
     let alice_key = app.partner_key(&alice.id).await;
     let bob_key = app.partner_key(&bob.id).await;
-    for (key, domain) in [(&alice_key, "a1.com"), (&alice_key, "a2.com"), (&bob_key, "b1.com")] {
+    for (key, domain) in [
+        (&alice_key, "a1.com"),
+        (&alice_key, "a2.com"),
+        (&bob_key, "b1.com"),
+    ] {
         app.submit_referral(key, json!({"companyName": domain, "companyDomain": domain}))
             .await;
     }
     // A duplicate registration of Alice's a1.com by Bob.
-    app.submit_referral(&bob_key, json!({"companyName": "dup", "companyDomain": "a1.com"}))
-        .await;
+    app.submit_referral(
+        &bob_key,
+        json!({"companyName": "dup", "companyDomain": "a1.com"}),
+    )
+    .await;
     let mut crm = Crm::new(&app, &program).await;
     // Deals attributed by domain (created after the referrals), one by code.
     let created = (Utc::now() + Duration::hours(2)).to_rfc3339();
-    crm.deal(&app, json!({"id": "W1", "amount": "1000", "status": "won", "createdAt": created,
-        "closedAt": days(0).to_rfc3339(), "companyDomain": "a1.com"}))
-        .await;
-    crm.deal(&app, json!({"id": "L1", "amount": "300", "status": "lost", "createdAt": created,
-        "closedAt": days(0).to_rfc3339(), "companyDomain": "a2.com"}))
-        .await;
-    crm.deal(&app, json!({"id": "O1", "amount": "700", "status": "open", "createdAt": created,
-        "companyDomain": "b1.com"}))
-        .await;
+    crm.deal(
+        &app,
+        json!({"id": "W1", "amount": "1000", "status": "won", "createdAt": created,
+        "closedAt": days(0).to_rfc3339(), "companyDomain": "a1.com"}),
+    )
+    .await;
+    crm.deal(
+        &app,
+        json!({"id": "L1", "amount": "300", "status": "lost", "createdAt": created,
+        "closedAt": days(0).to_rfc3339(), "companyDomain": "a2.com"}),
+    )
+    .await;
+    crm.deal(
+        &app,
+        json!({"id": "O1", "amount": "700", "status": "open", "createdAt": created,
+        "companyDomain": "b1.com"}),
+    )
+    .await;
     crm.won(&app, "W2", "4000", 0, &bob.code).await;
     reconcile(&app).await;
     let query = "query($p: ID!, $partner: ID) { kpis(programId: $p, partnerId: $partner) {
@@ -640,7 +724,10 @@ async fn kpis_are_aggregates_scoped_to_the_key(app: TestApp) {
             json!({"p": program, "from": days(400).to_rfc3339(), "to": days(300).to_rfc3339()}),
         )
         .await;
-    assert_eq!(range["kpis"], json!({"dealsWon": 0, "wonRevenue": "0.00", "referralsSubmitted": 0}));
+    assert_eq!(
+        range["kpis"],
+        json!({"dealsWon": 0, "wonRevenue": "0.00", "referralsSubmitted": 0})
+    );
 }
 
 async fn partner_keys_cannot_run_jobs_pay_or_read_others(app: TestApp) {
@@ -652,7 +739,10 @@ async fn partner_keys_cannot_run_jobs_pay_or_read_others(app: TestApp) {
     reconcile(&app).await;
     let key = app.partner_key(&alice.id).await;
     for (query, variables) in [
-        ("mutation { runJob(input: {name: \"reconcile\"}) { jobRun { id } } }", json!({})),
+        (
+            "mutation { runJob(input: {name: \"reconcile\"}) { jobRun { id } } }",
+            json!({}),
+        ),
         (
             "mutation($p: ID!) { createPayout(input: {partnerId: $p, currency: \"USD\"}) { payout { id } } }",
             json!({"p": alice.id}),
@@ -667,7 +757,11 @@ async fn partner_keys_cannot_run_jobs_pay_or_read_others(app: TestApp) {
         assert_eq!(error_code(&resp), "FORBIDDEN", "{query}: {resp}");
     }
     let resp = app
-        .gql(&key, "query($p: ID!) { balances(partnerId: $p) { paid } }", json!({"p": bob.id}))
+        .gql(
+            &key,
+            "query($p: ID!) { balances(partnerId: $p) { paid } }",
+            json!({"p": bob.id}),
+        )
         .await;
     assert_eq!(error_code(&resp), "NOT_FOUND");
     let data = app
@@ -688,18 +782,35 @@ async fn partner_keys_cannot_run_jobs_pay_or_read_others(app: TestApp) {
 }
 
 async fn bad_input_is_rejected_and_writes_nothing(app: TestApp) {
-    let create = "mutation($input: CreateProgramInput!) { createProgram(input: $input) { program { id } } }";
+    let create =
+        "mutation($input: CreateProgramInput!) { createProgram(input: $input) { program { id } } }";
     let programs = app.count_rows("programs").await;
     for (commission, currency, field) in [
-        (json!({"type": "PERCENT", "rate": "-1"}), "USD", "input.commission.rate"),
-        (json!({"type": "PERCENT", "rate": "101"}), "USD", "input.commission.rate"),
+        (
+            json!({"type": "PERCENT", "rate": "-1"}),
+            "USD",
+            "input.commission.rate",
+        ),
+        (
+            json!({"type": "PERCENT", "rate": "101"}),
+            "USD",
+            "input.commission.rate",
+        ),
         (
             json!({"type": "PERCENT", "rate": "10", "tiers": [{"minRevenue": "1000", "rate": "20"}, {"minRevenue": "500", "rate": "15"}]}),
             "USD",
             "input.commission.tiers[1].minRevenue",
         ),
-        (json!({"type": "PERCENT", "rate": "10", "capPerDeal": "-5"}), "USD", "input.commission.capPerDeal"),
-        (json!({"type": "PERCENT", "rate": "10"}), "XYZ", "input.currency"),
+        (
+            json!({"type": "PERCENT", "rate": "10", "capPerDeal": "-5"}),
+            "USD",
+            "input.commission.capPerDeal",
+        ),
+        (
+            json!({"type": "PERCENT", "rate": "10"}),
+            "XYZ",
+            "input.currency",
+        ),
     ] {
         let resp = app
             .gql(
@@ -715,11 +826,26 @@ async fn bad_input_is_rejected_and_writes_nothing(app: TestApp) {
 
     let rate = "mutation($input: SetExchangeRateInput!) { setExchangeRate(input: $input) { exchangeRate { id } } }";
     for (input, field) in [
-        (json!({"base": "EURO", "quote": "USD", "rate": "1.1"}), "input.base"),
-        (json!({"base": "EUR", "quote": "US", "rate": "1.1"}), "input.quote"),
-        (json!({"base": "EUR", "quote": "EUR", "rate": "1"}), "input.quote"),
-        (json!({"base": "EUR", "quote": "USD", "rate": "0"}), "input.rate"),
-        (json!({"base": "EUR", "quote": "USD", "rate": "-2"}), "input.rate"),
+        (
+            json!({"base": "EURO", "quote": "USD", "rate": "1.1"}),
+            "input.base",
+        ),
+        (
+            json!({"base": "EUR", "quote": "US", "rate": "1.1"}),
+            "input.quote",
+        ),
+        (
+            json!({"base": "EUR", "quote": "EUR", "rate": "1"}),
+            "input.quote",
+        ),
+        (
+            json!({"base": "EUR", "quote": "USD", "rate": "0"}),
+            "input.rate",
+        ),
+        (
+            json!({"base": "EUR", "quote": "USD", "rate": "-2"}),
+            "input.rate",
+        ),
     ] {
         let mut input = input;
         input["effectiveAt"] = json!("2026-01-01T00:00:00Z");
@@ -730,20 +856,31 @@ async fn bad_input_is_rejected_and_writes_nothing(app: TestApp) {
 
     let run = "mutation($input: RunJobInput!) { runJob(input: $input) { jobRun { id } } }";
     for name in ["nope", "crm-sync"] {
-        let resp = app.gql(&app.admin, run, json!({"input": {"name": name}})).await;
+        let resp = app
+            .gql(&app.admin, run, json!({"input": {"name": name}}))
+            .await;
         assert_eq!(error_field(&resp), "input.name", "{resp}");
     }
     assert_eq!(app.count_rows("job_runs").await, 0);
 
     let program = program_with(&app, json!({"type": "PERCENT", "rate": "10"}), json!({})).await;
     let alice = partner(&app, &program, "Alice").await;
-    let payout = "mutation($input: CreatePayoutInput!) { createPayout(input: $input) { payout { id } } }";
+    let payout =
+        "mutation($input: CreatePayoutInput!) { createPayout(input: $input) { payout { id } } }";
     let resp = app
-        .gql(&app.admin, payout, json!({"input": {"partnerId": alice.id, "currency": "dollars"}}))
+        .gql(
+            &app.admin,
+            payout,
+            json!({"input": {"partnerId": alice.id, "currency": "dollars"}}),
+        )
         .await;
     assert_eq!(error_field(&resp), "input.currency");
     let resp = app
-        .gql(&app.admin, payout, json!({"input": {"partnerId": uuid::Uuid::now_v7().to_string(), "currency": "USD"}}))
+        .gql(
+            &app.admin,
+            payout,
+            json!({"input": {"partnerId": uuid::Uuid::now_v7().to_string(), "currency": "USD"}}),
+        )
         .await;
     assert_eq!(error_code(&resp), "NOT_FOUND");
     let resp = app

@@ -47,7 +47,9 @@ async fn each_due_tick_runs_once_across_instances(app: TestApp) {
     // The next tick runs.
     let after = next + chrono::Duration::minutes(10);
     assert!(matches!(
-        b.run_tick(JobName::ReleaseHolds, next, after).await.unwrap(),
+        b.run_tick(JobName::ReleaseHolds, next, after)
+            .await
+            .unwrap(),
         TickOutcome::Ran(_)
     ));
     // Another job's ticks are independent.
@@ -147,8 +149,12 @@ async fn the_scheduler_fires_each_tick_once(app: TestApp) {
         ..Config::default()
     };
     let started = std::time::Instant::now();
-    let mut one = start_scheduler(instance(&app).await, &config).await.unwrap();
-    let mut two = start_scheduler(instance(&app).await, &config).await.unwrap();
+    let mut one = start_scheduler(instance(&app).await, &config)
+        .await
+        .unwrap();
+    let mut two = start_scheduler(instance(&app).await, &config)
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(4200)).await;
     one.shutdown().await.unwrap();
     two.shutdown().await.unwrap();

@@ -9,6 +9,7 @@ mod events;
 mod helpers;
 mod isolation;
 mod jobs;
+mod ledger_props;
 mod limits;
 mod ops;
 mod programs;
