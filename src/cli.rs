@@ -43,6 +43,8 @@ pub enum Command {
     BenchSeed(BenchSeedArgs),
     /// Benchmark webhook ingest against a running hub (see bench/ingest.sh).
     BenchIngest(crate::bench_ingest::BenchIngestArgs),
+    /// Benchmark the commission engine, one phase per run (see bench/reconcile.sh).
+    BenchReconcile(crate::bench_reconcile::BenchReconcileArgs),
 }
 
 /// `tandem serve`.
@@ -162,6 +164,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             db.migrate().await?;
             let seeded = crate::bench_seed::seed(&db, args.partners, args.referrals).await?;
             println!("{}", serde_json::to_string(&seeded)?);
+            Ok(())
+        }
+        Command::BenchReconcile(args) => {
+            let db = Db::connect(&config.database_url, 4).await?;
+            db.migrate().await?;
+            let line = crate::bench_reconcile::run(&db, &args).await?;
+            println!("{}", serde_json::to_string(&line)?);
             Ok(())
         }
         Command::Schema => unreachable!("handled above"),

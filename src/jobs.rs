@@ -196,7 +196,7 @@ impl Jobs {
 
     async fn release(&self, name: JobName, run_id: &str, cursor: Option<String>) -> ApiResult<()> {
         let db = &self.db;
-        let p = |n| db.placeholder(n);
+        let p = |n| db.numbered(n);
         let set_cursor = if cursor.is_some() {
             format!(", cursor = {}", p(3))
         } else {

@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod bench_ingest;
+pub mod bench_reconcile;
 pub mod bench_seed;
 pub mod cli;
 pub mod config;

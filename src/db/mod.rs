@@ -154,9 +154,20 @@ impl Db {
             .map(|_| ())
     }
 
-    /// Placeholder for the n-th (1-based) bound value in raw SQL. Numbered on both databases
-    /// (`$n`, `?n`), so a value may be used twice and placeholders may appear out of order.
+    /// Placeholder for the n-th (1-based) bound value in raw SQL: `$n` on PostgreSQL, a plain
+    /// `?` on SQLite, so values must be bound in the order their placeholders appear, once
+    /// each. (SQLite resolves `?NNN` names with a linear scan per parameter, which makes a bulk
+    /// statement with thousands of them quadratic.) See [`Db::numbered`] for reuse.
     pub fn placeholder(&self, n: usize) -> String {
+        match self.backend() {
+            DatabaseBackend::Postgres => format!("${n}"),
+            _ => "?".to_string(),
+        }
+    }
+
+    /// A numbered placeholder (`$n`, `?n`): the same value may appear several times and out of
+    /// order. For small statements only (see [`Db::placeholder`]).
+    pub fn numbered(&self, n: usize) -> String {
         match self.backend() {
             DatabaseBackend::Postgres => format!("${n}"),
             _ => format!("?{n}"),

@@ -77,7 +77,7 @@ struct Filter<'a> {
 impl Filter<'_> {
     fn bind(&mut self, value: impl Into<Value>) -> String {
         self.values.push(value.into());
-        self.db.placeholder(self.values.len())
+        self.db.numbered(self.values.len())
     }
 
     /// `program = ? [AND partner = ?] [AND time in range]`.

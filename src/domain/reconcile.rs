@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use chrono::{DateTime, Duration, Utc};
 use rust_decimal::Decimal;
 use sea_orm::{
-    ConnectionTrait, DbErr, EntityTrait, QueryResult, Statement, Value, sea_query::OnConflict,
+    ActiveValue::Set, ConnectionTrait, DbErr, EntityTrait, QueryResult, Statement, Value, sea_query::OnConflict,
 };
 use serde::Serialize;
 use serde_json::json;
@@ -22,7 +22,7 @@ use tandem_connectors::DealStatus;
 use crate::{
     db::{
         Db,
-        entities::{deal_commission, exchange_rate, partner, program},
+        entities::{deal_commission, exchange_rate, ledger_entry, partner, program},
     },
     domain::{
         commission::{
@@ -40,9 +40,9 @@ use crate::{
 pub const OVERLAP: Duration = Duration::minutes(2);
 
 /// Partners per chunk in a full (or per-partner) pass.
-const PARTNER_CHUNK: usize = 200;
+const PARTNER_CHUNK: usize = 500;
 /// Deals per chunk in a per-deal pass.
-const DEAL_CHUNK: usize = 500;
+const DEAL_CHUNK: usize = 2_000;
 
 /// Ledger entry kinds.
 pub const ACCRUAL: &str = "ACCRUAL";
@@ -82,6 +82,22 @@ pub struct ReconcileStats {
     pub conflicts: u64,
     /// The watermark the next incremental run starts from.
     pub watermark: Option<DateTime<Utc>>,
+    /// Where the time went: finding what changed, reading, computing, writing (seconds).
+    pub timings: Timings,
+}
+
+/// Seconds spent per step of a run.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Timings {
+    /// Finding what changed (incremental runs).
+    pub changes: f64,
+    /// Reading deals, last computations and ledger sums.
+    pub read: f64,
+    /// Computing expected commissions.
+    pub compute: f64,
+    /// Writing entries, events and computations.
+    pub write: f64,
 }
 
 /// Everything that does not change during a run: programs, rates, partners.
@@ -90,6 +106,8 @@ struct Context {
     rates: Rates,
     partners: HashMap<String, (String, Option<DateTime<Utc>>)>,
     now: DateTime<Utc>,
+    /// Full runs compare every pair with the ledger itself.
+    verify_all: bool,
 }
 
 impl Context {
@@ -127,6 +145,7 @@ impl Context {
             rates,
             partners,
             now,
+            verify_all: true,
         })
     }
 
@@ -171,6 +190,44 @@ fn get<T: sea_orm::TryGetable>(row: &QueryResult, col: &str) -> Result<T, DbErr>
     row.try_get::<T>("", col)
 }
 
+/// What the ledger holds per (partner, deal) for the pairs of these partners or deals
+/// (`column` is `le.partner_id` or `le.deal_id`).
+async fn read_booked(
+    db: &Db,
+    column: &str,
+    ids: &[String],
+) -> Result<HashMap<(String, String), Booked>, DbErr> {
+    let mut booked = HashMap::new();
+    for chunk in ids.chunks(DEAL_CHUNK) {
+        let (cond, values) = in_list(db, column, chunk, 1);
+        for row in db
+            .conn
+            .query_all_raw(Statement::from_sql_and_values(
+                db.backend(),
+                format!(
+                    "SELECT le.partner_id, le.deal_id, CAST(SUM(le.amount_cents) AS BIGINT) AS cents, \
+                     CAST(COALESCE(MAX(le.deal_seq), 0) AS BIGINT) AS max_seq FROM ledger_entries le \
+                     WHERE {cond} AND le.deal_id IS NOT NULL AND le.kind IN {DEAL_KINDS} \
+                     GROUP BY le.partner_id, le.deal_id"
+                ),
+                values,
+            ))
+            .await?
+        {
+            let cents: Option<i64> = get(&row, "cents")?;
+            let max_seq: i64 = get::<Option<i64>>(&row, "max_seq")?.unwrap_or(0);
+            booked.insert(
+                (get(&row, "partner_id")?, get(&row, "deal_id")?),
+                Booked {
+                    cents: cents.unwrap_or(0),
+                    max_seq: i32::try_from(max_seq).unwrap_or(i32::MAX),
+                },
+            );
+        }
+    }
+    Ok(booked)
+}
+
 /// One (deal, partner) pair's stored state.
 #[derive(Default, Clone)]
 struct Booked {
@@ -192,7 +249,8 @@ pub async fn reconcile_with_overlap(
     overlap: Duration,
 ) -> Result<ReconcileStats, DbErr> {
     let now = Utc::now();
-    let ctx = Context::load(db, now).await?;
+    let mut ctx = Context::load(db, now).await?;
+    ctx.verify_all = since.is_none();
     let mut stats = ReconcileStats {
         mode: if since.is_some() {
             "incremental"
@@ -212,7 +270,9 @@ pub async fn reconcile_with_overlap(
             }
         }
         Some(since) => {
+            let started = std::time::Instant::now();
             let (partners, deals) = changed_since(db, &ctx, since - overlap).await?;
+            stats.timings.changes += started.elapsed().as_secs_f64();
             let partners: Vec<String> = partners.into_iter().collect();
             for chunk in partners.chunks(PARTNER_CHUNK) {
                 process(db, &ctx, Scope::Partners(chunk), &mut stats).await?;
@@ -233,7 +293,7 @@ async fn changed_since(
     ctx: &Context,
     since: DateTime<Utc>,
 ) -> Result<(BTreeSet<String>, BTreeSet<String>), DbErr> {
-    let p1 = db.placeholder(1);
+    let p1 = db.numbered(1);
     let mut partners = BTreeSet::new();
     let mut pairs: Vec<(String, Option<String>, String)> = Vec::new();
     let rows = db
@@ -340,6 +400,7 @@ async fn process(
     if let Scope::Partners(ids) = &scope {
         stats.partners += ids.len() as u64;
     }
+    let started = std::time::Instant::now();
     // The attributed deals in scope, by partner.
     let (cond, values) = in_list(db, &scope.column("a"), scope.ids(), 1);
     let rows = db
@@ -418,33 +479,16 @@ async fn process(
         };
         stored.insert((model.partner_id.clone(), model.deal_id.clone()), model);
     }
-    let (cond, values) = in_list(db, &scope.column("le"), scope.ids(), 1);
-    let mut booked: HashMap<(String, String), Booked> = HashMap::new();
-    for row in db
-        .conn
-        .query_all_raw(Statement::from_sql_and_values(
-            db.backend(),
-            format!(
-                "SELECT le.partner_id, le.deal_id, CAST(SUM(le.amount_cents) AS BIGINT) AS cents, \
-                 CAST(COALESCE(MAX(le.deal_seq), 0) AS BIGINT) AS max_seq FROM ledger_entries le \
-                 WHERE {cond} AND le.deal_id IS NOT NULL AND le.kind IN {DEAL_KINDS} \
-                 GROUP BY le.partner_id, le.deal_id"
-            ),
-            values,
-        ))
-        .await?
-    {
-        let cents: Option<i64> = get(&row, "cents")?;
-        let max_seq: i64 = get::<Option<i64>>(&row, "max_seq")?.unwrap_or(0);
-        booked.insert(
-            (get(&row, "partner_id")?, get(&row, "deal_id")?),
-            Booked {
-                cents: cents.unwrap_or(0),
-                max_seq: i32::try_from(max_seq).unwrap_or(i32::MAX),
-            },
-        );
-    }
-
+    // A full run checks every pair against the ledger; an incremental one trusts that the
+    // ledger holds what was last computed (both are written in one transaction) and reads the
+    // ledger only for pairs whose expectation moved.
+    let mut booked = if ctx.verify_all {
+        read_booked(db, &scope.column("le"), scope.ids()).await?
+    } else {
+        HashMap::new()
+    };
+    stats.timings.read += started.elapsed().as_secs_f64();
+    let started = std::time::Instant::now();
     // Compute every pair.
     let mut results: Vec<(String, String, Outcome, DealStatus)> = Vec::new();
     let mut attributed: HashSet<(String, String)> = HashSet::new();
@@ -492,9 +536,36 @@ async fn process(
         ));
     }
 
+    // Which pairs must be compared with the ledger.
+    let needs_check = |partner_id: &str, outcome: &Outcome| -> bool {
+        if !outcome.state.writable() {
+            return false;
+        }
+        if ctx.verify_all {
+            return true;
+        }
+        let expected_cents = to_cents(outcome.expected).unwrap_or(0);
+        stored
+            .get(&(partner_id.to_string(), outcome.deal_id.clone()))
+            .is_none_or(|p| {
+                p.expected_cents != expected_cents
+                    || !matches!(p.state.as_str(), "EARNED" | "NOT_EARNED" | "LOCKED" | "DETACHED")
+            })
+    };
+    if !ctx.verify_all {
+        let mut need: Vec<String> = results
+            .iter()
+            .filter(|(_, partner_id, outcome, _)| needs_check(partner_id, outcome))
+            .map(|(_, _, outcome, _)| outcome.deal_id.clone())
+            .collect();
+        need.sort();
+        need.dedup();
+        booked = read_booked(db, "le.deal_id", &need).await?;
+    }
+
     // Decide what to write.
     let mut entries: Vec<NewEntry> = Vec::new();
-    let mut commissions: Vec<deal_commission::ActiveModel> = Vec::new();
+    let mut commissions: Vec<((String, String), deal_commission::ActiveModel)> = Vec::new();
     for (program_id, partner_id, outcome, status) in results {
         stats.deals_checked += 1;
         match outcome.state {
@@ -517,20 +588,20 @@ async fn process(
                 || p.closed_at != outcome.closed_at
         });
         if changed {
-            commissions.push(deal_commission::ActiveModel {
-                deal_id: sea_orm::Set(outcome.deal_id.clone()),
-                partner_id: sea_orm::Set(partner_id.clone()),
-                program_id: sea_orm::Set(program_id.clone()),
-                amount_program: sea_orm::Set(amount_program),
-                amount_program_cents: sea_orm::Set(amount_program_cents),
-                deal_status: sea_orm::Set(status_text),
-                closed_at: sea_orm::Set(outcome.closed_at),
-                state: sea_orm::Set(outcome.state.as_str().to_string()),
-                expected_cents: sea_orm::Set(expected_cents),
-                computed_at: sea_orm::Set(ctx.now),
-            });
+            commissions.push((key.clone(), deal_commission::ActiveModel {
+                deal_id: Set(outcome.deal_id.clone()),
+                partner_id: Set(partner_id.clone()),
+                program_id: Set(program_id.clone()),
+                amount_program: Set(amount_program),
+                amount_program_cents: Set(amount_program_cents),
+                deal_status: Set(status_text),
+                closed_at: Set(outcome.closed_at),
+                state: Set(outcome.state.as_str().to_string()),
+                expected_cents: Set(expected_cents),
+                computed_at: Set(ctx.now),
+            }));
         }
-        if !outcome.state.writable() {
+        if !needs_check(&partner_id, &outcome) {
             continue;
         }
         let have = booked.get(&key).cloned().unwrap_or_default();
@@ -549,10 +620,14 @@ async fn process(
             });
         }
     }
+    stats.timings.compute += started.elapsed().as_secs_f64();
     if entries.is_empty() && commissions.is_empty() {
         return Ok(());
     }
-    write(db, ctx, entries, commissions, stats).await
+    let started = std::time::Instant::now();
+    write(db, ctx, entries, commissions, stats).await?;
+    stats.timings.write += started.elapsed().as_secs_f64();
+    Ok(())
 }
 
 /// An entry to append.
@@ -567,72 +642,76 @@ struct NewEntry {
     seq: i32,
 }
 
-const INSERT_ENTRY: &str = "INSERT INTO ledger_entries (id, partner_id, program_id, deal_id, \
-    payout_id, kind, amount_cents, currency, status, created_at, available_at, updated_at, \
-    deal_seq) VALUES ";
-
 async fn write(
     db: &Db,
     ctx: &Context,
     entries: Vec<NewEntry>,
-    commissions: Vec<deal_commission::ActiveModel>,
+    commissions: Vec<((String, String), deal_commission::ActiveModel)>,
     stats: &mut ReconcileStats,
 ) -> Result<(), DbErr> {
     let tx = db.begin_write().await?;
     let now = ctx.now;
     let mut inserted: HashSet<String> = HashSet::new();
     for chunk in entries.chunks(500) {
-        let mut sql = String::from(INSERT_ENTRY);
-        let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 12);
-        for (i, e) in chunk.iter().enumerate() {
-            let (kind, status, available) = entry_terms(e, now);
-            if i > 0 {
-                sql.push_str(", ");
+        let rows: Vec<ledger_entry::ActiveModel> = chunk
+            .iter()
+            .map(|e| {
+                let (kind, status, available) = entry_terms(e, now);
+                ledger_entry::ActiveModel {
+                    id: Set(e.id.clone()),
+                    partner_id: Set(e.partner_id.clone()),
+                    program_id: Set(e.program_id.clone()),
+                    deal_id: Set(Some(e.deal_id.clone())),
+                    payout_id: Set(None),
+                    kind: Set(kind.to_string()),
+                    amount_cents: Set(e.cents),
+                    currency: Set(e.currency.clone()),
+                    status: Set(status.to_string()),
+                    created_at: Set(now),
+                    available_at: Set(available),
+                    updated_at: Set(now),
+                    deal_seq: Set(Some(e.seq)),
+                }
+            })
+            .collect();
+        let affected = ledger_entry::Entity::insert_many(rows)
+            .on_conflict(
+                OnConflict::columns([
+                    ledger_entry::Column::PartnerId,
+                    ledger_entry::Column::DealId,
+                    ledger_entry::Column::DealSeq,
+                ])
+                .do_nothing()
+                .to_owned(),
+            )
+            .exec_without_returning(&*tx)
+            .await?;
+        let ids: Vec<String> = chunk.iter().map(|e| e.id.clone()).collect();
+        if affected == chunk.len() as u64 {
+            inserted.extend(ids);
+        } else {
+            // Some collided with another reconciler's entries: find which of ours are in.
+            let (cond, values) = in_list(db, "id", &ids, 1);
+            for row in tx
+                .query_all_raw(Statement::from_sql_and_values(
+                    db.backend(),
+                    format!("SELECT id FROM ledger_entries WHERE {cond}"),
+                    values,
+                ))
+                .await?
+            {
+                inserted.insert(get(&row, "id")?);
             }
-            let base = values.len();
-            let marks: Vec<String> = (1..=12).map(|n| db.placeholder(base + n)).collect();
-            sql.push_str(&format!(
-                "({}, {}, {}, {}, NULL, {}, {}, {}, {}, {}, {}, {}, {})",
-                marks[0],
-                marks[1],
-                marks[2],
-                marks[3],
-                marks[4],
-                marks[5],
-                marks[6],
-                marks[7],
-                marks[8],
-                marks[9],
-                marks[10],
-                marks[11]
-            ));
-            values.extend([
-                e.id.clone().into(),
-                e.partner_id.clone().into(),
-                e.program_id.clone().into(),
-                e.deal_id.clone().into(),
-                kind.into(),
-                e.cents.into(),
-                e.currency.clone().into(),
-                status.into(),
-                now.into(),
-                available.into(),
-                now.into(),
-                e.seq.into(),
-            ]);
-        }
-        sql.push_str(" ON CONFLICT (partner_id, deal_id, deal_seq) DO NOTHING RETURNING id");
-        for row in tx
-            .query_all_raw(Statement::from_sql_and_values(db.backend(), sql, values))
-            .await?
-        {
-            inserted.insert(get(&row, "id")?);
         }
     }
     let mut buffered = Vec::new();
+    let mut conflicted: HashSet<(String, String)> = HashSet::new();
     for e in &entries {
         if !inserted.contains(&e.id) {
+            // Another reconciler wrote this pair's entry first. Its computation is not
+            // recorded as ours, so the next run compares the pair with the ledger again.
             stats.conflicts += 1;
+            conflicted.insert((e.partner_id.clone(), e.deal_id.clone()));
             continue;
         }
         let (kind, status, available) = entry_terms(e, now);
@@ -661,6 +740,11 @@ async fn write(
             }),
         ));
     }
+    let commissions: Vec<deal_commission::ActiveModel> = commissions
+        .into_iter()
+        .filter(|(key, _)| !conflicted.contains(key))
+        .map(|(_, model)| model)
+        .collect();
     for chunk in commissions.chunks(500) {
         deal_commission::Entity::insert_many(chunk.to_vec())
             .on_conflict(

@@ -1,0 +1,315 @@
+//! `tandem bench-reconcile <phase>`: the commission-engine benchmark (bench/reconcile.sh runs
+//! the phases, each in its own process so that its peak RSS is its own):
+//! - `seed`: N deals across P partners in 5 programs (two tiered, one FLAT, two with cap and
+//!   minimum), 60 % won, 20 % lost, 20 % open, 10 % in EUR (one EUR→USD rate), closes spread
+//!   over three years; everything back-dated a day so that it is not "recent";
+//! - `full`: a full reconciliation through the job system (`runJob(reconcile, full)`);
+//! - `touch`: changes 1 % of the deals the way CRM updates would (amount, and a third of the
+//!   won ones lost), stamping them as just applied;
+//! - `incremental`: an incremental reconciliation (what changed since the full run);
+//! - `kpis`: the KPIs of every program.
+//!
+//! Each phase prints one JSON line: seconds, peak RSS (VmHWM) and the phase's figures.
+
+use std::time::{Duration, Instant};
+
+use chrono::{Duration as Span, Utc};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use sea_orm::{ActiveValue::Set, ConnectionTrait, EntityTrait, Statement};
+use serde_json::{Value, json};
+
+use crate::{
+    db::{
+        Db,
+        entities::{attribution, deal, exchange_rate, partner, program},
+    },
+    domain::{
+        ids::new_id,
+        kpis::{KpiQuery, kpis},
+        partners::generate_referral_code,
+    },
+    jobs::{JobName, Jobs},
+};
+
+/// The phases.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Phase {
+    /// Load the data set.
+    Seed,
+    /// Full reconciliation.
+    Full,
+    /// Change 1 % of the deals.
+    Touch,
+    /// Incremental reconciliation.
+    Incremental,
+    /// KPIs of every program.
+    Kpis,
+}
+
+/// `tandem bench-reconcile`.
+#[derive(Debug, clap::Args)]
+pub struct BenchReconcileArgs {
+    /// Which phase.
+    #[arg(value_enum)]
+    pub phase: Phase,
+    /// Deals to seed.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub deals: u32,
+    /// Partners to seed (spread over 5 programs).
+    #[arg(long, default_value_t = 10_000)]
+    pub partners: u32,
+    /// Percentage of deals `touch` changes.
+    #[arg(long, default_value_t = 1.0)]
+    pub percent: f64,
+}
+
+/// Peak resident set size of this process, in MiB.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Runs one phase and returns its JSON line.
+pub async fn run(db: &Db, args: &BenchReconcileArgs) -> anyhow::Result<Value> {
+    let started = Instant::now();
+    let figures = match args.phase {
+        Phase::Seed => seed(db, args.deals, args.partners).await?,
+        Phase::Full | Phase::Incremental => {
+            let jobs = Jobs::new(db.clone(), Duration::from_secs(300));
+            let run = jobs
+                .run_now(
+                    JobName::Reconcile,
+                    matches!(args.phase, Phase::Full),
+                    Duration::from_secs(5),
+                )
+                .await
+                .map_err(crate::error::ApiError::into_anyhow)?;
+            anyhow::ensure!(run.status == "SUCCEEDED", "reconcile failed: {:?}", run.error);
+            run.stats.unwrap_or(Value::Null)
+        }
+        Phase::Touch => touch(db, args.percent).await?,
+        Phase::Kpis => {
+            let mut times = Vec::new();
+            for p in program::Entity::find().all(&db.conn).await? {
+                let t = Instant::now();
+                let k = kpis(
+                    db,
+                    &KpiQuery {
+                        program_id: p.id.clone(),
+                        partner_id: None,
+                        from: None,
+                        to: None,
+                        leaderboard_size: 10,
+                    },
+                )
+                .await
+                .map_err(crate::error::ApiError::into_anyhow)?;
+                times.push(json!({"program": p.name, "ms": t.elapsed().as_secs_f64() * 1000.0,
+                    "dealsWon": k.deals_won, "wonRevenue": k.won_revenue.to_string()}));
+            }
+            json!({ "programs": times })
+        }
+    };
+    Ok(json!({
+        "phase": format!("{:?}", args.phase).to_lowercase(),
+        "seconds": started.elapsed().as_secs_f64(),
+        "peakRssMiB": peak_rss_mib(),
+        "figures": figures,
+    }))
+}
+
+const BATCH: usize = 2_000;
+
+async fn seed(db: &Db, deals: u32, partners: u32) -> anyhow::Result<Value> {
+    anyhow::ensure!(partners >= 5, "--partners must be at least 5");
+    let mut rng = StdRng::seed_from_u64(42);
+    let now = Utc::now();
+    let past = now - Span::days(1);
+    let tiers = json!([{"minRevenue": "0", "rate": "8"}, {"minRevenue": "50000", "rate": "12"},
+                      {"minRevenue": "250000", "rate": "15"}]);
+    let plans = [
+        ("Tiered resellers", "PERCENT", Some("8"), None, tiers.clone(), None, None),
+        ("Tiered agencies", "PERCENT", Some("10"), None, tiers, Some("5000"), None),
+        ("Referral network", "FLAT", None, Some("250"), json!([]), None, Some("1000")),
+        ("Alliances", "PERCENT", Some("15"), None, json!([]), Some("2500"), Some("500")),
+        ("Integrations", "PERCENT", Some("5"), None, json!([]), None, None),
+    ];
+    let mut program_ids = Vec::new();
+    for (name, kind, rate, flat, tiers, cap, min) in plans {
+        let id = new_id();
+        program::Entity::insert(program::ActiveModel {
+            id: Set(id.clone()),
+            name: Set(name.into()),
+            kind: Set("CHANNEL".into()),
+            currency: Set("USD".into()),
+            commission_type: Set(kind.into()),
+            commission_rate: Set(rate.map(str::to_string)),
+            commission_flat_amount: Set(flat.map(str::to_string)),
+            commission_tiers: Set(tiers),
+            cap_per_deal: Set(cap.map(str::to_string)),
+            min_deal_amount: Set(min.map(str::to_string)),
+            attribution_window_days: Set(90),
+            hold_days: Set(30),
+            clawback_days: Set(90),
+            created_at: Set(past),
+            updated_at: Set(past),
+        })
+        .exec(&db.conn)
+        .await?;
+        program_ids.push(id);
+    }
+    exchange_rate::Entity::insert(exchange_rate::ActiveModel {
+        id: Set(new_id()),
+        base: Set("EUR".into()),
+        quote: Set("USD".into()),
+        rate: Set("1.0845".into()),
+        effective_at: Set(now - Span::days(5 * 365)),
+        created_at: Set(past),
+    })
+    .exec(&db.conn)
+    .await?;
+    let mut partner_rows = Vec::with_capacity(partners as usize);
+    for i in 0..partners {
+        partner_rows.push((new_id(), program_ids[(i % 5) as usize].clone()));
+    }
+    for (n, chunk) in partner_rows.chunks(BATCH / 4).enumerate() {
+        let tx = db.begin_write().await?;
+        let rows: Vec<partner::ActiveModel> = chunk
+            .iter()
+            .enumerate()
+            .map(|(k, (id, program_id))| {
+                let i = n * (BATCH / 4) + k;
+                partner::ActiveModel {
+                    id: Set(id.clone()),
+                    program_id: Set(program_id.clone()),
+                    name: Set(format!("Partner {i}")),
+                    domain: Set(None),
+                    contact_email: Set(format!("p{i}@partners.example")),
+                    status: Set("ACTIVE".into()),
+                    referral_code: Set(format!("{}{i}", &generate_referral_code()[..3])),
+                    terminated_at: Set(None),
+                    created_at: Set(past),
+                    updated_at: Set(past),
+                }
+            })
+            .collect();
+        partner::Entity::insert_many(rows).exec(&*tx).await?;
+        tx.commit().await?;
+    }
+    let mut next = 0u32;
+    while next < deals {
+        let end = (next + BATCH as u32).min(deals);
+        let mut deal_rows = Vec::with_capacity(BATCH);
+        let mut attribution_rows = Vec::with_capacity(BATCH);
+        for i in next..end {
+            let (partner_id, program_id) = &partner_rows[(i % partners) as usize];
+            let id = new_id();
+            let roll: u32 = rng.random_range(0..100);
+            let status = match roll {
+                0..60 => "WON",
+                60..80 => "LOST",
+                _ => "OPEN",
+            };
+            let created = now - Span::minutes(rng.random_range(0..3 * 365 * 24 * 60));
+            let closed = (status != "OPEN").then(|| created + Span::days(rng.random_range(0..30)));
+            let cents: i64 = rng.random_range(10_000..5_000_000);
+            deal_rows.push(deal::ActiveModel {
+                id: Set(id.clone()),
+                program_id: Set(program_id.clone()),
+                source_id: Set("bench".into()),
+                external_id: Set(format!("bench-{i}")),
+                name: Set(format!("Deal {i}")),
+                amount: Set(format!("{}.{:02}", cents / 100, cents % 100)),
+                currency: Set(if i % 10 == 0 { "EUR" } else { "USD" }.into()),
+                status: Set(status.into()),
+                stage: Set(None),
+                closed_at: Set(closed),
+                created_at: Set(created),
+                updated_at: Set(closed.unwrap_or(created)),
+                company_domain: Set(None),
+                contact_emails: Set(json!([])),
+                referral_code: Set(None),
+                deleted: Set(false),
+                first_seen_at: Set(past),
+                last_applied_at: Set(past),
+                ..Default::default()
+            });
+            attribution_rows.push(attribution::ActiveModel {
+                deal_id: Set(id),
+                partner_id: Set(partner_id.clone()),
+                referral_id: Set(None),
+                method: Set("CODE".into()),
+                created_at: Set(past),
+                updated_at: Set(past),
+            });
+        }
+        let tx = db.begin_write().await?;
+        for rows in deal_rows.chunks(500) {
+            deal::Entity::insert_many(rows.to_vec()).exec(&*tx).await?;
+        }
+        for rows in attribution_rows.chunks(1000) {
+            attribution::Entity::insert_many(rows.to_vec())
+                .exec(&*tx)
+                .await?;
+        }
+        tx.commit().await?;
+        next = end;
+    }
+    Ok(json!({"deals": deals, "partners": partners, "programs": 5}))
+}
+
+async fn touch(db: &Db, percent: f64) -> anyhow::Result<Value> {
+    let rows = db
+        .conn
+        .query_all_raw(Statement::from_string(
+            db.backend(),
+            "SELECT id, amount, status FROM deals",
+        ))
+        .await?;
+    let mut rng = StdRng::seed_from_u64(7);
+    let now = Utc::now();
+    let mut changed = 0u64;
+    let mut lost = 0u64;
+    let picked: Vec<_> = rows
+        .iter()
+        .filter(|_| rng.random_bool(percent / 100.0))
+        .collect();
+    for chunk in picked.chunks(1000) {
+        let tx = db.begin_write().await?;
+        for row in chunk {
+            let id: String = row.try_get("", "id")?;
+            let status: String = row.try_get("", "status")?;
+            let amount: String = row.try_get("", "amount")?;
+            let amount: rust_decimal::Decimal = amount.parse()?;
+            let bumped = (amount * rust_decimal::Decimal::new(105, 2)).round_dp(2);
+            let lose = status == "WON" && rng.random_range(0..3) == 0;
+            let new_status = if lose { "LOST" } else { status.as_str() };
+            lost += u64::from(lose);
+            tx.execute_raw(Statement::from_sql_and_values(
+                db.backend(),
+                format!(
+                    "UPDATE deals SET amount = {}, status = {}, updated_at = {}, \
+                     last_applied_at = {} WHERE id = {}",
+                    db.placeholder(1),
+                    db.placeholder(2),
+                    db.placeholder(3),
+                    db.placeholder(4),
+                    db.placeholder(5)
+                ),
+                [
+                    bumped.to_string().into(),
+                    new_status.into(),
+                    now.into(),
+                    now.into(),
+                    id.into(),
+                ],
+            ))
+            .await?;
+            changed += 1;
+        }
+        tx.commit().await?;
+    }
+    Ok(json!({"changed": changed, "lost": lost}))
+}
