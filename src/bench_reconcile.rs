@@ -86,7 +86,11 @@ pub async fn run(db: &Db, args: &BenchReconcileArgs) -> anyhow::Result<Value> {
                 )
                 .await
                 .map_err(crate::error::ApiError::into_anyhow)?;
-            anyhow::ensure!(run.status == "SUCCEEDED", "reconcile failed: {:?}", run.error);
+            anyhow::ensure!(
+                run.status == "SUCCEEDED",
+                "reconcile failed: {:?}",
+                run.error
+            );
             run.stats.unwrap_or(Value::Null)
         }
         Phase::Touch => touch(db, args.percent).await?,
@@ -106,8 +110,10 @@ pub async fn run(db: &Db, args: &BenchReconcileArgs) -> anyhow::Result<Value> {
                 )
                 .await
                 .map_err(crate::error::ApiError::into_anyhow)?;
-                times.push(json!({"program": p.name, "ms": t.elapsed().as_secs_f64() * 1000.0,
-                    "dealsWon": k.deals_won, "wonRevenue": k.won_revenue.to_string()}));
+                times.push(
+                    json!({"program": p.name, "ms": t.elapsed().as_secs_f64() * 1000.0,
+                    "dealsWon": k.deals_won, "wonRevenue": k.won_revenue.to_string()}),
+                );
             }
             json!({ "programs": times })
         }
@@ -130,11 +136,51 @@ async fn seed(db: &Db, deals: u32, partners: u32) -> anyhow::Result<Value> {
     let tiers = json!([{"minRevenue": "0", "rate": "8"}, {"minRevenue": "50000", "rate": "12"},
                       {"minRevenue": "250000", "rate": "15"}]);
     let plans = [
-        ("Tiered resellers", "PERCENT", Some("8"), None, tiers.clone(), None, None),
-        ("Tiered agencies", "PERCENT", Some("10"), None, tiers, Some("5000"), None),
-        ("Referral network", "FLAT", None, Some("250"), json!([]), None, Some("1000")),
-        ("Alliances", "PERCENT", Some("15"), None, json!([]), Some("2500"), Some("500")),
-        ("Integrations", "PERCENT", Some("5"), None, json!([]), None, None),
+        (
+            "Tiered resellers",
+            "PERCENT",
+            Some("8"),
+            None,
+            tiers.clone(),
+            None,
+            None,
+        ),
+        (
+            "Tiered agencies",
+            "PERCENT",
+            Some("10"),
+            None,
+            tiers,
+            Some("5000"),
+            None,
+        ),
+        (
+            "Referral network",
+            "FLAT",
+            None,
+            Some("250"),
+            json!([]),
+            None,
+            Some("1000"),
+        ),
+        (
+            "Alliances",
+            "PERCENT",
+            Some("15"),
+            None,
+            json!([]),
+            Some("2500"),
+            Some("500"),
+        ),
+        (
+            "Integrations",
+            "PERCENT",
+            Some("5"),
+            None,
+            json!([]),
+            None,
+            None,
+        ),
     ];
     let mut program_ids = Vec::new();
     for (name, kind, rate, flat, tiers, cap, min) in plans {

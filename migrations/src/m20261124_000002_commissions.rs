@@ -42,6 +42,8 @@ enum DealCommissions {
     /// The status the computation counted: OPEN, WON or LOST (deleted counts LOST).
     DealStatus,
     ClosedAt,
+    /// The deal's creation (KPIs count attributed deals by it).
+    DealCreatedAt,
     /// EARNED, NOT_EARNED, MISSING_FX_RATE, LOCKED, or DETACHED (attributed elsewhere now).
     State,
     /// What the ledger should hold for this (deal, partner) (the ledger itself is the truth
@@ -167,6 +169,7 @@ impl MigrationTrait for Migration {
                     .col(big_integer_null(DealCommissions::AmountProgramCents))
                     .col(string(DealCommissions::DealStatus))
                     .col(timestamp_with_time_zone_null(DealCommissions::ClosedAt))
+                    .col(timestamp_with_time_zone(DealCommissions::DealCreatedAt))
                     .col(string(DealCommissions::State))
                     .col(big_integer(DealCommissions::ExpectedCents))
                     .col(timestamp_with_time_zone(DealCommissions::ComputedAt))

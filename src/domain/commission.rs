@@ -92,6 +92,8 @@ pub struct DealFacts {
     pub closed_at: Option<DateTime<Utc>>,
     /// The CRM's modification time.
     pub updated_at: DateTime<Utc>,
+    /// When the deal was created in the CRM (reported, not computed with).
+    pub created_at: DateTime<Utc>,
     /// The WON snapshot kept by a deal LOCKED after its clawback period.
     pub locked: Option<Basis>,
 }
@@ -347,6 +349,7 @@ mod tests {
             currency: currency.to_string(),
             closed_at: Some(day(closed)),
             updated_at: day(closed),
+            created_at: day(closed),
             locked: None,
         }
     }

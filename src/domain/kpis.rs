@@ -1,6 +1,6 @@
-//! Program KPIs (DESIGN §4), each computed by SQL aggregates: counts from the referral and deal
-//! mirror as they stand, money in the program currency from what the reconciler last computed
-//! (`deal_commissions`) and from the ledger and payouts.
+//! Program KPIs (DESIGN §4), each computed by SQL aggregates: referrals as they stand; deals and
+//! their money (in the program currency) as of the last reconciliation, which keeps one row per
+//! attributed deal (`deal_commissions`); commission from the ledger and payouts.
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -143,13 +143,8 @@ pub async fn kpis(db: &Db, q: &KpiQuery) -> ApiResult<Kpis> {
     let accepted: i64 = row.try_get("", "accepted")?;
     let duplicate: i64 = row.try_get("", "duplicate")?;
 
-    // Deal counts: attributed by creation, won and lost by close (a deleted deal counts lost).
-    let closed = "COALESCE(d.closed_at, d.updated_at)";
-    let mut f = Filter {
-        db,
-        values: Vec::new(),
-    };
-    let base = f.scope(q, "d.program_id", "a.partner_id", None);
+    // Deals, from the reconciler's view of every attributed deal (one scan): attributed by
+    // creation, won and lost by close (a deleted deal counts lost), open ones as pipeline.
     let range = |f: &mut Filter, col: &str| {
         let mut sql = String::from("1 = 1");
         if let Some(from) = q.from {
@@ -160,22 +155,24 @@ pub async fn kpis(db: &Db, q: &KpiQuery) -> ApiResult<Kpis> {
         }
         sql
     };
-    let created_range = range(&mut f, "d.created_at");
-    let won_range = range(&mut f, closed);
-    let lost_range = range(&mut f, closed);
+    let mut f = Filter {
+        db,
+        values: Vec::new(),
+    };
+    let base = f.scope(q, "program_id", "partner_id", None);
+    let created_range = range(&mut f, "deal_created_at");
+    let closed_range = range(&mut f, "closed_at");
     let row = one_row(
         db,
         format!(
-            "SELECT {} AS attributed, {} AS won, {} AS lost \
-             FROM deals d JOIN attributions a ON a.deal_id = d.id WHERE {base}",
+            "SELECT {} AS attributed, {} AS won, {} AS lost, {} AS pipeline, {} AS revenue \
+             FROM deal_commissions WHERE {base} AND state <> 'DETACHED'",
             count(&created_range),
-            count(&format!(
-                "d.status = 'WON' AND d.deleted = {} AND {won_range}",
-                sql_bool(db, false)
-            )),
-            count(&format!(
-                "(d.status = 'LOST' OR d.deleted = {}) AND {lost_range}",
-                sql_bool(db, true)
+            count(&format!("deal_status = 'WON' AND {closed_range}")),
+            count(&format!("deal_status = 'LOST' AND {closed_range}")),
+            cents("CASE WHEN deal_status = 'OPEN' THEN amount_program_cents ELSE 0 END"),
+            cents(&format!(
+                "CASE WHEN deal_status = 'WON' AND {closed_range} THEN amount_program_cents ELSE 0 END"
             )),
         ),
         f.values,
@@ -184,29 +181,8 @@ pub async fn kpis(db: &Db, q: &KpiQuery) -> ApiResult<Kpis> {
     let deals_attributed: i64 = row.try_get("", "attributed")?;
     let deals_won: i64 = row.try_get("", "won")?;
     let deals_lost: i64 = row.try_get("", "lost")?;
-
-    // Money from the reconciler's view of each attributed deal.
-    let mut f = Filter {
-        db,
-        values: Vec::new(),
-    };
-    let base = f.scope(q, "program_id", "partner_id", None);
-    let won_range = range(&mut f, "closed_at");
-    let row = one_row(
-        db,
-        format!(
-            "SELECT {} AS pipeline, {} AS won FROM deal_commissions \
-             WHERE {base} AND state <> 'DETACHED'",
-            cents("CASE WHEN deal_status = 'OPEN' THEN amount_program_cents ELSE 0 END"),
-            cents(&format!(
-                "CASE WHEN deal_status = 'WON' AND {won_range} THEN amount_program_cents ELSE 0 END"
-            )),
-        ),
-        f.values,
-    )
-    .await?;
     let pipeline: i64 = row.try_get("", "pipeline")?;
-    let won_revenue: i64 = row.try_get("", "won")?;
+    let won_revenue: i64 = row.try_get("", "revenue")?;
 
     let mut f = Filter {
         db,
@@ -286,15 +262,6 @@ pub async fn kpis(db: &Db, q: &KpiQuery) -> ApiResult<Kpis> {
         median_hours_to_first_deal: median,
         leaderboard,
     })
-}
-
-fn sql_bool(db: &Db, value: bool) -> &'static str {
-    match (db.backend(), value) {
-        (DatabaseBackend::Postgres, true) => "TRUE",
-        (DatabaseBackend::Postgres, false) => "FALSE",
-        (_, true) => "1",
-        (_, false) => "0",
-    }
 }
 
 /// The median, in SQL: the database orders the per-referral delays and returns the middle

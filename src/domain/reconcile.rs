@@ -13,7 +13,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use chrono::{DateTime, Duration, Utc};
 use rust_decimal::Decimal;
 use sea_orm::{
-    ActiveValue::Set, ConnectionTrait, DbErr, EntityTrait, QueryResult, Statement, Value, sea_query::OnConflict,
+    ActiveValue::Set, ConnectionTrait, DbErr, EntityTrait, QueryResult, Statement, Value,
+    sea_query::OnConflict,
 };
 use serde::Serialize;
 use serde_json::json;
@@ -80,6 +81,8 @@ pub struct ReconcileStats {
     pub invalid: u64,
     /// Entries not written because another reconciler wrote that deal's entry first.
     pub conflicts: u64,
+    /// Deals whose stored computation (state, expected, amount in program currency) changed.
+    pub computations_updated: u64,
     /// The watermark the next incremental run starts from.
     pub watermark: Option<DateTime<Utc>>,
     /// Where the time went: finding what changed, reading, computing, writing (seconds).
@@ -228,6 +231,42 @@ async fn read_booked(
     Ok(booked)
 }
 
+/// One computed (deal, partner).
+struct Pair {
+    program_id: String,
+    partner_id: String,
+    outcome: Outcome,
+    status: DealStatus,
+    created_at: DateTime<Utc>,
+}
+
+/// What the last run computed for a (deal, partner).
+struct Stored {
+    state: String,
+    expected_cents: i64,
+    amount_program: Option<String>,
+    deal_status: String,
+    closed_at: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+}
+
+impl Stored {
+    /// From the `dc_*` columns of a row (`None` when the pair was never computed).
+    fn from_row(row: &QueryResult) -> Result<Option<Stored>, DbErr> {
+        let Some(state) = get::<Option<String>>(row, "dc_state")? else {
+            return Ok(None);
+        };
+        Ok(Some(Stored {
+            state,
+            expected_cents: get(row, "dc_expected")?,
+            amount_program: get(row, "dc_amount")?,
+            deal_status: get(row, "dc_status")?,
+            closed_at: get(row, "dc_closed")?,
+            created_at: get(row, "dc_created")?,
+        }))
+    }
+}
+
 /// One (deal, partner) pair's stored state.
 #[derive(Default, Clone)]
 struct Booked {
@@ -295,26 +334,34 @@ async fn changed_since(
 ) -> Result<(BTreeSet<String>, BTreeSet<String>), DbErr> {
     let p1 = db.numbered(1);
     let mut partners = BTreeSet::new();
-    let mut pairs: Vec<(String, Option<String>, String)> = Vec::new();
+    // (deal, partner concerned, program, whether the deal counts towards the partner's
+    // revenue or is credited on it: WON, or LOCKED, before or after the change).
+    let mut pairs: Vec<(String, Option<String>, String, bool)> = Vec::new();
     let rows = db
         .conn
         .query_all_raw(Statement::from_sql_and_values(
             db.backend(),
             format!(
-                "SELECT d.id AS deal_id, a.partner_id AS partner_id, d.program_id AS program_id \
+                "SELECT d.id AS deal_id, a.partner_id AS partner_id, d.program_id AS program_id, \
+                 d.status AS status, d.deleted AS deleted, d.locked_closed_at AS locked \
                  FROM deals d LEFT JOIN attributions a ON a.deal_id = d.id \
                  WHERE d.last_applied_at > {p1} \
-                 UNION SELECT a.deal_id, a.partner_id, d.program_id \
-                 FROM attributions a JOIN deals d ON d.id = a.deal_id WHERE a.updated_at > {p1}"
+                 UNION SELECT a.deal_id, a.partner_id, d.program_id, d.status, d.deleted, \
+                 d.locked_closed_at FROM attributions a JOIN deals d ON d.id = a.deal_id \
+                 WHERE a.updated_at > {p1}"
             ),
             [since.into()],
         ))
         .await?;
     for row in rows {
+        let status: String = get(&row, "status")?;
+        let deleted: bool = get(&row, "deleted")?;
+        let locked: Option<DateTime<Utc>> = get(&row, "locked")?;
         pairs.push((
             get(&row, "deal_id")?,
             get(&row, "partner_id")?,
             get(&row, "program_id")?,
+            (status == "WON" && !deleted) || locked.is_some(),
         ));
     }
     // A re-attributed deal also concerns the partner it left.
@@ -326,28 +373,44 @@ async fn changed_since(
             .query_all_raw(Statement::from_sql_and_values(
                 db.backend(),
                 format!(
-                    "SELECT deal_id, partner_id, program_id FROM deal_commissions WHERE {cond}"
+                    "SELECT deal_id, partner_id, program_id, deal_status, state \
+                     FROM deal_commissions WHERE {cond}"
                 ),
                 values,
             ))
             .await?
         {
+            let status: String = get(&row, "deal_status")?;
+            let state: String = get(&row, "state")?;
             pairs.push((
                 get(&row, "deal_id")?,
                 Some(get(&row, "partner_id")?),
                 get(&row, "program_id")?,
+                status == "WON" || state == CommissionState::Locked.as_str(),
             ));
         }
     }
+    // In a tiered program a deal that counts (before or after) moves the tiers of the
+    // partner's later deals: recompute the partner whole. Any other deal only concerns itself.
+    let mut concerned: BTreeMap<String, (String, bool, Vec<String>)> = BTreeMap::new();
+    for (deal_id, partner_id, program_id, counts) in pairs {
+        let entry = concerned
+            .entry(deal_id)
+            .or_insert_with(|| (program_id, false, Vec::new()));
+        entry.1 |= counts;
+        if let Some(partner_id) = partner_id {
+            entry.2.push(partner_id);
+        }
+    }
     let mut deals: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (deal_id, partner_id, program_id) in pairs {
-        let Some(partner_id) = partner_id else {
+    for (deal_id, (program_id, counts, deal_partners)) in concerned {
+        if deal_partners.is_empty() {
             continue;
-        };
-        if ctx.tiered(&program_id) {
-            partners.insert(partner_id);
+        }
+        if counts && ctx.tiered(&program_id) {
+            partners.extend(deal_partners);
         } else {
-            deals.entry(deal_id).or_default().push(partner_id);
+            deals.insert(deal_id, deal_partners);
         }
     }
     // Whole partners: terminated (or otherwise changed) partners, programs whose plan changed,
@@ -401,22 +464,29 @@ async fn process(
         stats.partners += ids.len() as u64;
     }
     let started = std::time::Instant::now();
-    // The attributed deals in scope, by partner.
+    // The attributed deals in scope, by partner, with what was last computed for them (one
+    // statement), then the pairs last computed whose deal is now attributed elsewhere.
     let (cond, values) = in_list(db, &scope.column("a"), scope.ids(), 1);
     let rows = db
         .conn
         .query_all_raw(Statement::from_sql_and_values(
             db.backend(),
             format!(
-                "SELECT a.partner_id, d.id, d.program_id, d.amount, d.currency, d.status, \
-                 d.deleted, d.closed_at, d.updated_at, d.locked_amount, d.locked_currency, \
-                 d.locked_closed_at \
-                 FROM attributions a JOIN deals d ON d.id = a.deal_id WHERE {cond}"
+                "SELECT a.partner_id, d.id, d.amount, d.currency, d.status, \
+                 d.deleted, d.closed_at, d.updated_at, d.created_at, d.locked_amount, \
+                 d.locked_currency, d.locked_closed_at, dc.state AS dc_state, dc.expected_cents AS dc_expected, \
+                 dc.amount_program AS dc_amount, dc.deal_status AS dc_status, \
+                 dc.closed_at AS dc_closed, dc.deal_created_at AS dc_created \
+                 FROM attributions a JOIN deals d ON d.id = a.deal_id \
+                 LEFT JOIN deal_commissions dc \
+                   ON dc.deal_id = a.deal_id AND dc.partner_id = a.partner_id \
+                 WHERE {cond}"
             ),
             values,
         ))
         .await?;
     let mut timelines: BTreeMap<String, Vec<DealFacts>> = BTreeMap::new();
+    let mut stored: HashMap<(String, String), Stored> = HashMap::new();
     for row in rows {
         let partner_id: String = get(&row, "partner_id")?;
         let deleted: bool = get(&row, "deleted")?;
@@ -439,45 +509,42 @@ async fn process(
             }),
             _ => None,
         };
+        let id: String = get(&row, "id")?;
+        if let Some(previous) = Stored::from_row(&row)? {
+            stored.insert((partner_id.clone(), id.clone()), previous);
+        }
         timelines.entry(partner_id).or_default().push(DealFacts {
-            id: get(&row, "id")?,
+            id,
             status,
             amount: parse_decimal(&get::<String>(&row, "amount")?, "deal amount")?,
             currency: get(&row, "currency")?,
             closed_at: get(&row, "closed_at")?,
             updated_at: get(&row, "updated_at")?,
+            created_at: get(&row, "created_at")?,
             locked,
         });
     }
-    // What was last computed, and what the ledger holds, for every pair in scope.
     let (cond, values) = in_list(db, &scope.column("dc"), scope.ids(), 1);
-    let mut stored: HashMap<(String, String), deal_commission::Model> = HashMap::new();
     for row in db
         .conn
         .query_all_raw(Statement::from_sql_and_values(
             db.backend(),
             format!(
-                "SELECT dc.deal_id, dc.partner_id, dc.program_id, dc.amount_program, \
-                 dc.amount_program_cents, dc.deal_status, dc.closed_at, dc.state, \
-                 dc.expected_cents, dc.computed_at FROM deal_commissions dc WHERE {cond}"
+                "SELECT dc.partner_id, dc.deal_id, dc.state AS dc_state, \
+                 dc.expected_cents AS dc_expected, dc.amount_program AS dc_amount, \
+                 dc.deal_status AS dc_status, dc.closed_at AS dc_closed, \
+                 dc.deal_created_at AS dc_created \
+                 FROM deal_commissions dc LEFT JOIN attributions a \
+                   ON a.deal_id = dc.deal_id AND a.partner_id = dc.partner_id \
+                 WHERE {cond} AND a.deal_id IS NULL"
             ),
             values,
         ))
         .await?
     {
-        let model = deal_commission::Model {
-            deal_id: get(&row, "deal_id")?,
-            partner_id: get(&row, "partner_id")?,
-            program_id: get(&row, "program_id")?,
-            amount_program: get(&row, "amount_program")?,
-            amount_program_cents: get(&row, "amount_program_cents")?,
-            deal_status: get(&row, "deal_status")?,
-            closed_at: get(&row, "closed_at")?,
-            state: get(&row, "state")?,
-            expected_cents: get(&row, "expected_cents")?,
-            computed_at: get(&row, "computed_at")?,
-        };
-        stored.insert((model.partner_id.clone(), model.deal_id.clone()), model);
+        if let Some(previous) = Stored::from_row(&row)? {
+            stored.insert((get(&row, "partner_id")?, get(&row, "deal_id")?), previous);
+        }
     }
     // A full run checks every pair against the ledger; an incremental one trusts that the
     // ledger holds what was last computed (both are written in one transaction) and reads the
@@ -490,7 +557,7 @@ async fn process(
     stats.timings.read += started.elapsed().as_secs_f64();
     let started = std::time::Instant::now();
     // Compute every pair.
-    let mut results: Vec<(String, String, Outcome, DealStatus)> = Vec::new();
+    let mut results: Vec<Pair> = Vec::new();
     let mut attributed: HashSet<(String, String)> = HashSet::new();
     for (partner_id, deals) in &timelines {
         let Some((program_id, terminated_at)) = ctx.partners.get(partner_id) else {
@@ -502,7 +569,13 @@ async fn process(
         let outcomes = compute_timeline(terms, &ctx.rates, *terminated_at, deals, ctx.now);
         for (deal, outcome) in deals.iter().zip(outcomes) {
             attributed.insert((partner_id.clone(), deal.id.clone()));
-            results.push((program_id.clone(), partner_id.clone(), outcome, deal.status));
+            results.push(Pair {
+                program_id: program_id.clone(),
+                partner_id: partner_id.clone(),
+                outcome,
+                status: deal.status,
+                created_at: deal.created_at,
+            });
         }
     }
     // Pairs the ledger or the last computation knows whose deal is attributed elsewhere now.
@@ -520,10 +593,10 @@ async fn process(
         let status = previous
             .and_then(|p| DealStatus::parse(&p.deal_status))
             .unwrap_or(DealStatus::Open);
-        results.push((
-            program_id.clone(),
+        results.push(Pair {
+            program_id: program_id.clone(),
             partner_id,
-            Outcome {
+            outcome: Outcome {
                 deal_id,
                 state: CommissionState::Detached,
                 expected: Decimal::ZERO,
@@ -533,7 +606,8 @@ async fn process(
                 closed_at: previous.and_then(|p| p.closed_at),
             },
             status,
-        ));
+            created_at: previous.map_or(ctx.now, |p| p.created_at),
+        });
     }
 
     // Which pairs must be compared with the ledger.
@@ -549,14 +623,17 @@ async fn process(
             .get(&(partner_id.to_string(), outcome.deal_id.clone()))
             .is_none_or(|p| {
                 p.expected_cents != expected_cents
-                    || !matches!(p.state.as_str(), "EARNED" | "NOT_EARNED" | "LOCKED" | "DETACHED")
+                    || !matches!(
+                        p.state.as_str(),
+                        "EARNED" | "NOT_EARNED" | "LOCKED" | "DETACHED"
+                    )
             })
     };
     if !ctx.verify_all {
         let mut need: Vec<String> = results
             .iter()
-            .filter(|(_, partner_id, outcome, _)| needs_check(partner_id, outcome))
-            .map(|(_, _, outcome, _)| outcome.deal_id.clone())
+            .filter(|pair| needs_check(&pair.partner_id, &pair.outcome))
+            .map(|pair| pair.outcome.deal_id.clone())
             .collect();
         need.sort();
         need.dedup();
@@ -566,7 +643,14 @@ async fn process(
     // Decide what to write.
     let mut entries: Vec<NewEntry> = Vec::new();
     let mut commissions: Vec<((String, String), deal_commission::ActiveModel)> = Vec::new();
-    for (program_id, partner_id, outcome, status) in results {
+    for Pair {
+        program_id,
+        partner_id,
+        outcome,
+        status,
+        created_at,
+    } in results
+    {
         stats.deals_checked += 1;
         match outcome.state {
             CommissionState::Locked => stats.locked += 1,
@@ -586,20 +670,25 @@ async fn process(
                 || p.amount_program != amount_program
                 || p.deal_status != status_text
                 || p.closed_at != outcome.closed_at
+                || p.created_at != created_at
         });
         if changed {
-            commissions.push((key.clone(), deal_commission::ActiveModel {
-                deal_id: Set(outcome.deal_id.clone()),
-                partner_id: Set(partner_id.clone()),
-                program_id: Set(program_id.clone()),
-                amount_program: Set(amount_program),
-                amount_program_cents: Set(amount_program_cents),
-                deal_status: Set(status_text),
-                closed_at: Set(outcome.closed_at),
-                state: Set(outcome.state.as_str().to_string()),
-                expected_cents: Set(expected_cents),
-                computed_at: Set(ctx.now),
-            }));
+            commissions.push((
+                key.clone(),
+                deal_commission::ActiveModel {
+                    deal_id: Set(outcome.deal_id.clone()),
+                    partner_id: Set(partner_id.clone()),
+                    program_id: Set(program_id.clone()),
+                    amount_program: Set(amount_program),
+                    amount_program_cents: Set(amount_program_cents),
+                    deal_status: Set(status_text),
+                    closed_at: Set(outcome.closed_at),
+                    deal_created_at: Set(created_at),
+                    state: Set(outcome.state.as_str().to_string()),
+                    expected_cents: Set(expected_cents),
+                    computed_at: Set(ctx.now),
+                },
+            ));
         }
         if !needs_check(&partner_id, &outcome) {
             continue;
@@ -745,6 +834,7 @@ async fn write(
         .filter(|(key, _)| !conflicted.contains(key))
         .map(|(_, model)| model)
         .collect();
+    stats.computations_updated += commissions.len() as u64;
     for chunk in commissions.chunks(500) {
         deal_commission::Entity::insert_many(chunk.to_vec())
             .on_conflict(
@@ -758,6 +848,7 @@ async fn write(
                     deal_commission::Column::AmountProgramCents,
                     deal_commission::Column::DealStatus,
                     deal_commission::Column::ClosedAt,
+                    deal_commission::Column::DealCreatedAt,
                     deal_commission::Column::State,
                     deal_commission::Column::ExpectedCents,
                     deal_commission::Column::ComputedAt,

@@ -280,12 +280,14 @@ impl LeaderboardEntry {
     }
 }
 
-/// Program KPIs. Counts come from the referral and deal mirror as they stand; money is in the
-/// program currency as of the last reconciliation (which converts deal amounts).
+/// Program KPIs. Referral figures are live; deal figures and their money (in the program
+/// currency) are as of the last reconciliation (`runJob(reconcile)` refreshes them now);
+/// commission figures come from the ledger and payouts.
 pub struct Kpis(pub crate::domain::kpis::Kpis);
 
-/// Program KPIs. Counts come from the referral and deal mirror as they stand; money is in the
-/// program currency as of the last reconciliation (which converts deal amounts).
+/// Program KPIs. Referral figures are live; deal figures and their money (in the program
+/// currency) are as of the last reconciliation (`runJob(reconcile)` refreshes them now);
+/// commission figures come from the ledger and payouts.
 #[Object]
 impl Kpis {
     /// Referrals submitted in the range.

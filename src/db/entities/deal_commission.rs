@@ -15,6 +15,7 @@ pub struct Model {
     pub amount_program_cents: Option<i64>,
     pub deal_status: String,
     pub closed_at: Option<DateTimeUtc>,
+    pub deal_created_at: DateTimeUtc,
     pub state: String,
     pub expected_cents: i64,
     pub computed_at: DateTimeUtc,
