@@ -193,18 +193,18 @@ pub async fn set_exchange_rate(
     Ok(model)
 }
 
-/// One partner's money in one currency.
-#[derive(Debug, Clone, PartialEq)]
+/// A partner's money in one currency.
+#[derive(Debug, Clone, PartialEq, async_graphql::SimpleObject)]
 pub struct Balance {
     /// ISO 4217 code.
     pub currency: String,
-    /// Held (PENDING).
+    /// Held until their `availableAt` (PENDING).
     pub pending: Decimal,
-    /// APPROVED and not gathered into a payout: what `createPayout` would pay.
+    /// Available and not yet gathered into a payout (what `createPayout` would pay).
     pub approved: Decimal,
-    /// APPROVED and gathered into a payout not yet marked paid.
+    /// Gathered into a payout not yet marked paid.
     pub in_payout: Decimal,
-    /// PAID.
+    /// Paid out.
     pub paid: Decimal,
 }
 

@@ -20,11 +20,12 @@ use crate::{
         ids::is_valid_id,
         kpis::{KpiQuery, LeaderboardRow, kpis},
         ledger::{
-            CreatePayoutInput, LedgerEntryKind, LedgerEntryStatus, MarkPayoutPaidInput,
+            Balance, CreatePayoutInput, LedgerEntryKind, LedgerEntryStatus, MarkPayoutPaidInput,
             PayoutStatus, SetExchangeRateInput, balances, create_payout, mark_payout_paid,
             set_exchange_rate,
         },
         partners::find_visible_partner,
+        programs::parse_stored_decimal,
     },
     error::ApiError,
     graphql::{
@@ -116,21 +117,6 @@ impl LedgerEntry {
     }
 }
 
-/// A partner's money in one currency.
-#[derive(SimpleObject)]
-pub struct Balance {
-    /// ISO 4217 code.
-    pub currency: String,
-    /// Held until their `availableAt`.
-    pub pending: Decimal,
-    /// Available and not yet gathered into a payout (what `createPayout` would pay).
-    pub approved: Decimal,
-    /// Gathered into a payout not yet marked paid.
-    pub in_payout: Decimal,
-    /// Paid out.
-    pub paid: Decimal,
-}
-
 /// A payment to a partner gathering its approved entries.
 pub struct Payout(pub payout::Model);
 
@@ -195,11 +181,7 @@ impl ExchangeRate {
     }
     /// One `base` is worth this many `quote`.
     async fn rate(&self) -> Result<Decimal> {
-        Ok(self
-            .0
-            .rate
-            .parse()
-            .map_err(|e| ApiError::Internal(format!("stored rate: {e}")))?)
+        Ok(parse_stored_decimal(&self.0.rate)?)
     }
     /// From when it applies.
     async fn effective_at(&self) -> DateTime<Utc> {
@@ -469,17 +451,7 @@ impl CommissionQuery {
         let partner = find_visible_partner(db, principal, partner_id.as_str())
             .await?
             .ok_or(ApiError::NotFound("partner"))?;
-        Ok(balances(db, &partner.id)
-            .await?
-            .into_iter()
-            .map(|b| Balance {
-                currency: b.currency,
-                pending: b.pending,
-                approved: b.approved,
-                in_payout: b.in_payout,
-                paid: b.paid,
-            })
-            .collect())
+        Ok(balances(db, &partner.id).await?)
     }
 
     /// Payouts, newest first. A partner key sees only its own.
