@@ -164,19 +164,23 @@ impl Context {
 enum Scope<'a> {
     Partners(&'a [String]),
     Deals(&'a [String]),
+    /// Partners with the changed deals that move their tiers.
+    Tiers(&'a [(String, BTreeSet<String>)]),
 }
 
 impl Scope<'_> {
     fn column(&self, table: &str) -> String {
         match self {
-            Scope::Partners(_) => format!("{table}.partner_id"),
+            Scope::Partners(_) | Scope::Tiers(_) => format!("{table}.partner_id"),
             Scope::Deals(_) => format!("{table}.deal_id"),
         }
     }
 
-    fn ids(&self) -> &[String] {
+    /// The ids `column` is compared with.
+    fn ids(&self) -> Vec<String> {
         match self {
-            Scope::Partners(ids) | Scope::Deals(ids) => ids,
+            Scope::Partners(ids) | Scope::Deals(ids) => ids.to_vec(),
+            Scope::Tiers(partners) => partners.iter().map(|(p, _)| p.clone()).collect(),
         }
     }
 }
@@ -310,13 +314,17 @@ pub async fn reconcile_with_overlap(
         }
         Some(since) => {
             let started = std::time::Instant::now();
-            let (partners, deals) = changed_since(db, &ctx, since - overlap).await?;
+            let changes = changed_since(db, &ctx, since - overlap).await?;
             stats.timings.changes += started.elapsed().as_secs_f64();
-            let partners: Vec<String> = partners.into_iter().collect();
+            let partners: Vec<String> = changes.whole.into_iter().collect();
             for chunk in partners.chunks(PARTNER_CHUNK) {
                 process(db, &ctx, Scope::Partners(chunk), &mut stats).await?;
             }
-            let deals: Vec<String> = deals.into_iter().collect();
+            let tiers: Vec<(String, BTreeSet<String>)> = changes.tiers.into_iter().collect();
+            for chunk in tiers.chunks(PARTNER_CHUNK) {
+                process(db, &ctx, Scope::Tiers(chunk), &mut stats).await?;
+            }
+            let deals: Vec<String> = changes.deals.into_iter().collect();
             for chunk in deals.chunks(DEAL_CHUNK) {
                 process(db, &ctx, Scope::Deals(chunk), &mut stats).await?;
             }
@@ -325,13 +333,20 @@ pub async fn reconcile_with_overlap(
     Ok(stats)
 }
 
-/// What changed after `since`: partners to recompute whole (tier effects, termination, plan
-/// or rate changes) and single deals of untiered programs.
-async fn changed_since(
-    db: &Db,
-    ctx: &Context,
-    since: DateTime<Utc>,
-) -> Result<(BTreeSet<String>, BTreeSet<String>), DbErr> {
+/// What an incremental run recomputes.
+#[derive(Default)]
+struct Changes {
+    /// Partners recomputed from the mirror (termination, plan or rate changes).
+    whole: BTreeSet<String>,
+    /// Partners of tiered programs whose changed deals (the values) move their tiers: the
+    /// changed deals are read from the mirror, the others from what the last run computed.
+    tiers: BTreeMap<String, BTreeSet<String>>,
+    /// Single deals (their commission depends on no other deal).
+    deals: BTreeSet<String>,
+}
+
+/// What changed after `since`.
+async fn changed_since(db: &Db, ctx: &Context, since: DateTime<Utc>) -> Result<Changes, DbErr> {
     let p1 = db.numbered(1);
     let mut partners = BTreeSet::new();
     // (deal, partner concerned, program, whether the deal counts towards the partner's
@@ -403,12 +418,15 @@ async fn changed_since(
         }
     }
     let mut deals: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut tiers: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for (deal_id, (program_id, counts, deal_partners)) in concerned {
         if deal_partners.is_empty() {
             continue;
         }
         if counts && ctx.tiered(&program_id) {
-            partners.extend(deal_partners);
+            for partner_id in deal_partners {
+                tiers.entry(partner_id).or_default().insert(deal_id.clone());
+            }
         } else {
             deals.insert(deal_id, deal_partners);
         }
@@ -436,18 +454,109 @@ async fn changed_since(
     {
         partners.insert(get(&row, "partner_id")?);
     }
-    // A deal whose partners are all recomputed whole needs no pass of its own.
+    tiers.retain(|partner_id, _| !partners.contains(partner_id));
+    // A deal whose partners are all recomputed with their timeline needs no pass of its own.
     let deals = deals
         .into_iter()
-        .filter(|(_, concerned)| concerned.iter().any(|p| !partners.contains(p)))
+        .filter(|(_, concerned)| {
+            concerned
+                .iter()
+                .any(|p| !partners.contains(p) && !tiers.contains_key(p))
+        })
         .map(|(deal_id, _)| deal_id)
         .collect();
-    Ok((partners, deals))
+    Ok(Changes {
+        whole: partners,
+        tiers,
+        deals,
+    })
 }
 
 fn parse_decimal(text: &str, what: &str) -> Result<Decimal, DbErr> {
     text.parse()
         .map_err(|e| DbErr::Custom(format!("stored {what} {text:?}: {e}")))
+}
+
+/// Tier propagation: the partners' deals that did not change since the last run and count
+/// towards their tiers (WON, or LOCKED on a won snapshot), rebuilt from what the last run
+/// computed (amounts already in the program currency) instead of the mirror, through the
+/// narrow reconciler rows.
+async fn read_unchanged_counting(
+    db: &Db,
+    ctx: &Context,
+    partners: &[(String, BTreeSet<String>)],
+    timelines: &mut BTreeMap<String, Vec<DealFacts>>,
+    stored: &mut HashMap<(String, String), Stored>,
+) -> Result<(), DbErr> {
+    let changed: HashMap<&String, &BTreeSet<String>> =
+        partners.iter().map(|(p, d)| (p, d)).collect();
+    let ids: Vec<String> = partners.iter().map(|(p, _)| p.clone()).collect();
+    let (cond, values) = in_list(db, "dc.partner_id", &ids, 1);
+    let rows = db
+        .conn
+        .query_all_raw(Statement::from_sql_and_values(
+            db.backend(),
+            format!(
+                "SELECT dc.partner_id, dc.deal_id, dc.state AS dc_state, \
+                 dc.expected_cents AS dc_expected, dc.amount_program AS dc_amount, \
+                 dc.deal_status AS dc_status, dc.closed_at AS dc_closed, \
+                 dc.deal_created_at AS dc_created \
+                 FROM deal_commissions dc \
+                 WHERE {cond} AND dc.state <> 'DETACHED' \
+                   AND (dc.deal_status = 'WON' OR dc.state = 'LOCKED')"
+            ),
+            values,
+        ))
+        .await?;
+    for row in rows {
+        let partner_id: String = get(&row, "partner_id")?;
+        let deal_id: String = get(&row, "deal_id")?;
+        if changed
+            .get(&partner_id)
+            .is_some_and(|deals| deals.contains(&deal_id))
+        {
+            continue;
+        }
+        let Some(previous) = Stored::from_row(&row)? else {
+            continue;
+        };
+        let (Some(amount), Some(closed_at)) = (&previous.amount_program, previous.closed_at) else {
+            // No rate: it neither counts nor changes.
+            continue;
+        };
+        let Some(currency) = ctx
+            .partners
+            .get(&partner_id)
+            .and_then(|(program_id, _)| ctx.terms.get(program_id))
+            .map(|(terms, _)| terms.currency.clone())
+        else {
+            continue;
+        };
+        let amount = parse_decimal(amount, "amount in program currency")?;
+        let status = DealStatus::parse(&previous.deal_status).ok_or_else(|| {
+            DbErr::Custom(format!("stored deal status {:?}", previous.deal_status))
+        })?;
+        let locked = (previous.state == CommissionState::Locked.as_str()).then(|| Basis {
+            amount,
+            currency: currency.clone(),
+            closed_at,
+        });
+        timelines
+            .entry(partner_id.clone())
+            .or_default()
+            .push(DealFacts {
+                id: deal_id.clone(),
+                status,
+                amount,
+                currency,
+                closed_at: Some(closed_at),
+                updated_at: closed_at,
+                created_at: previous.created_at,
+                locked,
+            });
+        stored.insert((partner_id, deal_id), previous);
+    }
+    Ok(())
 }
 
 /// Reads, computes and writes one chunk.
@@ -463,10 +572,40 @@ async fn process(
     if let Scope::Partners(ids) = &scope {
         stats.partners += ids.len() as u64;
     }
+    if let Scope::Tiers(partners) = &scope {
+        stats.partners += partners.len() as u64;
+    }
     let started = std::time::Instant::now();
+    // What is read from the mirror: the scope's partners or deals, or for tier propagation the
+    // changed deals (keeping the pairs of the chunk's partners).
+    let (by_deal, mirror_ids, keep): (bool, Vec<String>, Option<HashSet<&String>>) = match &scope {
+        Scope::Partners(ids) => (false, ids.to_vec(), None),
+        Scope::Deals(ids) => (true, ids.to_vec(), None),
+        Scope::Tiers(partners) => {
+            let mut deal_ids: Vec<String> = partners
+                .iter()
+                .flat_map(|(_, d)| d.iter().cloned())
+                .collect();
+            deal_ids.sort();
+            deal_ids.dedup();
+            (
+                true,
+                deal_ids,
+                Some(partners.iter().map(|(p, _)| p).collect()),
+            )
+        }
+    };
+    let kept = |partner_id: &String| keep.as_ref().is_none_or(|k| k.contains(partner_id));
+    let column = |table: &str| {
+        if by_deal {
+            format!("{table}.deal_id")
+        } else {
+            format!("{table}.partner_id")
+        }
+    };
     // The attributed deals in scope, by partner, with what was last computed for them (one
     // statement), then the pairs last computed whose deal is now attributed elsewhere.
-    let (cond, values) = in_list(db, &scope.column("a"), scope.ids(), 1);
+    let (cond, values) = in_list(db, &column("a"), &mirror_ids, 1);
     let rows = db
         .conn
         .query_all_raw(Statement::from_sql_and_values(
@@ -489,6 +628,9 @@ async fn process(
     let mut stored: HashMap<(String, String), Stored> = HashMap::new();
     for row in rows {
         let partner_id: String = get(&row, "partner_id")?;
+        if !kept(&partner_id) {
+            continue;
+        }
         let deleted: bool = get(&row, "deleted")?;
         let status: String = get(&row, "status")?;
         let status = if deleted {
@@ -524,7 +666,7 @@ async fn process(
             locked,
         });
     }
-    let (cond, values) = in_list(db, &scope.column("dc"), scope.ids(), 1);
+    let (cond, values) = in_list(db, &column("dc"), &mirror_ids, 1);
     for row in db
         .conn
         .query_all_raw(Statement::from_sql_and_values(
@@ -542,15 +684,22 @@ async fn process(
         ))
         .await?
     {
-        if let Some(previous) = Stored::from_row(&row)? {
-            stored.insert((get(&row, "partner_id")?, get(&row, "deal_id")?), previous);
+        let partner_id: String = get(&row, "partner_id")?;
+        if !kept(&partner_id) {
+            continue;
         }
+        if let Some(previous) = Stored::from_row(&row)? {
+            stored.insert((partner_id, get(&row, "deal_id")?), previous);
+        }
+    }
+    if let Scope::Tiers(partners) = &scope {
+        read_unchanged_counting(db, ctx, partners, &mut timelines, &mut stored).await?;
     }
     // A full run checks every pair against the ledger; an incremental one trusts that the
     // ledger holds what was last computed (both are written in one transaction) and reads the
     // ledger only for pairs whose expectation moved.
     let mut booked = if ctx.verify_all {
-        read_booked(db, &scope.column("le"), scope.ids()).await?
+        read_booked(db, &scope.column("le"), &scope.ids()).await?
     } else {
         HashMap::new()
     };
