@@ -41,9 +41,11 @@ use crate::{
 pub const OVERLAP: Duration = Duration::minutes(2);
 
 /// Partners per chunk in a full (or per-partner) pass.
-const PARTNER_CHUNK: usize = 500;
+const PARTNER_CHUNK: usize = 250;
+/// Partners per chunk in tier propagation (narrow rows: bigger chunks, fewer commits).
+const TIER_CHUNK: usize = 1_000;
 /// Deals per chunk in a per-deal pass.
-const DEAL_CHUNK: usize = 2_000;
+const DEAL_CHUNK: usize = 5_000;
 
 /// Ledger entry kinds.
 pub const ACCRUAL: &str = "ACCRUAL";
@@ -321,7 +323,7 @@ pub async fn reconcile_with_overlap(
                 process(db, &ctx, Scope::Partners(chunk), &mut stats).await?;
             }
             let tiers: Vec<(String, BTreeSet<String>)> = changes.tiers.into_iter().collect();
-            for chunk in tiers.chunks(PARTNER_CHUNK) {
+            for chunk in tiers.chunks(TIER_CHUNK) {
                 process(db, &ctx, Scope::Tiers(chunk), &mut stats).await?;
             }
             let deals: Vec<String> = changes.deals.into_iter().collect();
@@ -431,28 +433,67 @@ async fn changed_since(db: &Db, ctx: &Context, since: DateTime<Utc>) -> Result<C
             deals.insert(deal_id, deal_partners);
         }
     }
-    // Whole partners: terminated (or otherwise changed) partners, programs whose plan changed,
-    // and deals a new exchange rate may convert.
-    for row in db
-        .conn
-        .query_all_raw(Statement::from_sql_and_values(
-            db.backend(),
-            format!(
-                "SELECT id AS partner_id FROM partners WHERE updated_at > {p1} \
-                 UNION SELECT pa.id FROM partners pa JOIN programs pr ON pr.id = pa.program_id \
-                 WHERE pr.updated_at > {p1} \
-                 UNION SELECT a.partner_id FROM exchange_rates r \
-                 JOIN programs pr ON pr.currency = r.quote \
-                 JOIN deals d ON d.program_id = pr.id \
-                   AND (d.currency = r.base OR d.locked_currency = r.base) \
-                 JOIN attributions a ON a.deal_id = d.id \
-                 WHERE r.created_at > {p1}"
-            ),
-            [since.into()],
-        ))
-        .await?
+    // Whole partners: terminated (or otherwise changed) partners, partners of programs whose
+    // plan changed, and partners with deals a new exchange rate may convert. (Separate small
+    // statements: joined into one, SQLite's planner scans every deal.)
+    let since_value = || -> Vec<Value> { vec![since.into()] };
+    let query = |sql: String, values: Vec<Value>| {
+        db.conn
+            .query_all_raw(Statement::from_sql_and_values(db.backend(), sql, values))
+    };
+    for row in query(
+        format!("SELECT id FROM partners WHERE updated_at > {p1}"),
+        since_value(),
+    )
+    .await?
     {
-        partners.insert(get(&row, "partner_id")?);
+        partners.insert(get(&row, "id")?);
+    }
+    for row in query(
+        format!("SELECT id FROM programs WHERE updated_at > {p1}"),
+        since_value(),
+    )
+    .await?
+    {
+        let program_id: String = get(&row, "id")?;
+        partners.extend(
+            ctx.partners
+                .iter()
+                .filter(|(_, (p, _))| *p == program_id)
+                .map(|(id, _)| id.clone()),
+        );
+    }
+    for row in query(
+        format!("SELECT DISTINCT base, quote FROM exchange_rates WHERE created_at > {p1}"),
+        since_value(),
+    )
+    .await?
+    {
+        let base: String = get(&row, "base")?;
+        let quote: String = get(&row, "quote")?;
+        let programs: Vec<String> = ctx
+            .terms
+            .iter()
+            .filter(|(_, (terms, _))| terms.currency == quote)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for program_id in programs {
+            for row in query(
+                format!(
+                    "SELECT DISTINCT a.partner_id FROM deals d \
+                     JOIN attributions a ON a.deal_id = d.id \
+                     WHERE d.program_id = {} AND (d.currency = {} OR d.locked_currency = {})",
+                    db.numbered(1),
+                    db.numbered(2),
+                    db.numbered(2)
+                ),
+                vec![program_id.into(), base.clone().into()],
+            )
+            .await?
+            {
+                partners.insert(get(&row, "partner_id")?);
+            }
+        }
     }
     tiers.retain(|partner_id, _| !partners.contains(partner_id));
     // A deal whose partners are all recomputed with their timeline needs no pass of its own.
