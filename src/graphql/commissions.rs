@@ -1,5 +1,5 @@
 //! GraphQL for the commission engine: `ledgerEntries`, `balances`, `payouts`, `kpis`,
-//! `jobRuns`; `setExchangeRate`, `runJob`, `createPayout`, `markPayoutPaid`.
+//! `exchangeRates`, `jobRuns`; `setExchangeRate`, `runJob`, `createPayout`, `markPayoutPaid`.
 
 use std::time::Duration;
 
@@ -343,6 +343,12 @@ connection!(
     "ledger entries"
 );
 connection!(PayoutConnection, PayoutEdge, Payout, "payouts");
+connection!(
+    ExchangeRateConnection,
+    ExchangeRateEdge,
+    ExchangeRate,
+    "exchange rates"
+);
 connection!(JobRunConnection, JobRunEdge, JobRun, "job runs");
 
 /// Filters for `ledgerEntries`.
@@ -559,6 +565,49 @@ impl CommissionQuery {
             leaderboard_size: leaderboard_size as u64,
         };
         Ok(Kpis(kpis(db, &query).await?))
+    }
+
+    /// Exchange rates, newest first (admins only), optionally of one pair.
+    #[graphql(complexity = "page_complexity(first, child_complexity)")]
+    async fn exchange_rates(
+        &self,
+        ctx: &Context<'_>,
+        base: Option<String>,
+        quote: Option<String>,
+        #[graphql(validator(minimum = 0, maximum = 100))] first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<ExchangeRateConnection> {
+        principal(ctx).await?.require_admin()?;
+        let args = PageArgs::parse(first, after)?;
+        let mut query = exchange_rate::Entity::find();
+        if let Some(base) = base {
+            query = query.filter(exchange_rate::Column::Base.eq(base.trim().to_ascii_uppercase()));
+        }
+        if let Some(quote) = quote {
+            query =
+                query.filter(exchange_rate::Column::Quote.eq(quote.trim().to_ascii_uppercase()));
+        }
+        let count_query = query.clone();
+        if let Some(after) = &args.after {
+            query = query.filter(exchange_rate::Column::Id.lt(after.as_str()));
+        }
+        let db = ctx.data_unchecked::<Db>();
+        let rows = query
+            .order_by_desc(exchange_rate::Column::Id)
+            .limit(args.first + 1)
+            .all(&db.conn)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(ExchangeRateConnection::build(
+            Page::from_overfetch(rows, args.first),
+            args.after.is_some(),
+            |r| r.id.clone(),
+            ExchangeRate,
+            TotalCount::query(move |db| {
+                let q = count_query.clone();
+                async move { q.count(&db.conn).await }
+            }),
+        ))
     }
 
     /// Job runs, newest first (admins only).

@@ -364,6 +364,18 @@ async fn currency_conversion_and_missing_rates(app: TestApp) {
             .await;
         assert_eq!(data["setExchangeRate"]["exchangeRate"]["base"], "EUR");
     }
+    let rates = app
+        .admin_ok(
+            "{ exchangeRates(base: \"eur\") { totalCount edges { node { base quote rate } } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(rates["exchangeRates"]["totalCount"], 2);
+    assert_eq!(
+        nodes(&rates["exchangeRates"])[0]["rate"],
+        "1.2",
+        "newest first"
+    );
     let stats = reconcile(&app).await;
     assert_eq!(stats["missingExchangeRates"], 0, "{stats}");
     // 1000 EUR × 1.10 = 1100 USD × 10 % = 110.00.
