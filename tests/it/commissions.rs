@@ -339,6 +339,24 @@ async fn cap_minimum_flat_and_termination(app: TestApp) {
     assert_eq!(booked(&app, &bob.id, "F1").await, "200.00");
 }
 
+async fn a_plan_change_reprices_deals_on_the_next_run(app: TestApp) {
+    let program = program_with(&app, json!({"type": "PERCENT", "rate": "10"}), json!({})).await;
+    let alice = partner(&app, &program, "Alice").await;
+    let mut crm = Crm::new(&app, &program).await;
+    crm.won(&app, "D", "1000", 1, &alice.code).await;
+    reconcile(&app).await;
+    assert_eq!(booked(&app, &alice.id, "D").await, "100.00");
+    app.admin_ok(
+        "mutation($input: UpdateProgramInput!) { updateProgram(input: $input) { program { id } } }",
+        json!({"input": {"id": program, "commission": {"type": "FLAT", "flatAmount": "75"}}}),
+    )
+    .await;
+    let stats = reconcile(&app).await;
+    assert_eq!(stats["mode"], "incremental");
+    assert_eq!(stats["reversed"], "-25.00", "{stats}");
+    assert_eq!(booked(&app, &alice.id, "D").await, "75.00");
+}
+
 async fn currency_conversion_and_missing_rates(app: TestApp) {
     let program = program_with(&app, json!({"type": "PERCENT", "rate": "10"}), json!({})).await;
     let alice = partner(&app, &program, "Alice").await;
@@ -918,6 +936,7 @@ db_tests!(
     percent_accrues_adjusts_and_reverses,
     tiers_and_a_clawback_that_moves_a_later_deal_down,
     cap_minimum_flat_and_termination,
+    a_plan_change_reprices_deals_on_the_next_run,
     currency_conversion_and_missing_rates,
     a_deal_lost_after_its_clawback_period_is_locked,
     reattribution_moves_the_commission,
