@@ -121,7 +121,7 @@ impl DealFacts {
 }
 
 /// Why a deal earns what it earns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, async_graphql::Enum)]
 pub enum CommissionState {
     /// WON and earning its computed commission.
     Earned,
@@ -149,6 +149,20 @@ impl CommissionState {
             CommissionState::Detached => "DETACHED",
             CommissionState::Invalid => "INVALID",
         }
+    }
+
+    /// Parses the database form.
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            CommissionState::Earned,
+            CommissionState::NotEarned,
+            CommissionState::MissingFxRate,
+            CommissionState::Locked,
+            CommissionState::Detached,
+            CommissionState::Invalid,
+        ]
+        .into_iter()
+        .find(|state| state.as_str() == s)
     }
 
     /// Whether the ledger may be brought to the expected value (false: leave it alone).

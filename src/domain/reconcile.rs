@@ -812,11 +812,9 @@ async fn process(
         stored
             .get(&(partner_id.to_string(), outcome.deal_id.clone()))
             .is_none_or(|p| {
+                // A pair left alone last time (no rate) may differ from the ledger.
                 p.expected_cents != expected_cents
-                    || !matches!(
-                        p.state.as_str(),
-                        "EARNED" | "NOT_EARNED" | "LOCKED" | "DETACHED"
-                    )
+                    || !CommissionState::parse(&p.state).is_some_and(CommissionState::writable)
             })
     };
     if !ctx.verify_all {

@@ -9,7 +9,9 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use crate::{
     db::{
         Db,
-        entities::{attribution, deal, partner, program, referral, webhook_source},
+        entities::{
+            attribution, deal, deal_commission, partner, program, referral, webhook_source,
+        },
         pages::{ChildList, Direction, Page, PageArgs, child_counts, child_pages},
     },
     error::ApiError,
@@ -78,6 +80,28 @@ impl Loader<String> for AttributionLoader {
             .await
             .map_err(db_error)?;
         Ok(rows.into_iter().map(|m| (m.deal_id.clone(), m)).collect())
+    }
+}
+
+/// What the reconciler last computed for deals, by deal id (one row per partner the deal was
+/// ever attributed to).
+pub struct DealCommissionLoader(Db);
+
+impl Loader<String> for DealCommissionLoader {
+    type Value = Vec<deal_commission::Model>;
+    type Error = async_graphql::Error;
+
+    async fn load(&self, keys: &[String]) -> LoadResult<Vec<deal_commission::Model>> {
+        let rows = deal_commission::Entity::find()
+            .filter(deal_commission::Column::DealId.is_in(keys.iter().cloned()))
+            .all(&self.0.conn)
+            .await
+            .map_err(db_error)?;
+        let mut by_deal: HashMap<String, Vec<deal_commission::Model>> = HashMap::new();
+        for row in rows {
+            by_deal.entry(row.deal_id.clone()).or_default().push(row);
+        }
+        Ok(by_deal)
     }
 }
 
@@ -270,6 +294,8 @@ pub struct Loaders {
     pub attributions: DataLoader<AttributionLoader>,
     /// Attributed deal by referral id.
     pub deal_by_referral: DataLoader<DealByReferralLoader>,
+    /// Reconciler rows by deal id.
+    pub deal_commissions: DataLoader<DealCommissionLoader>,
     /// Partner pages of programs.
     pub program_partners: DataLoader<ChildPageLoader<partner::Model>>,
     /// Referral pages of partners.
@@ -305,6 +331,8 @@ impl Loaders {
                 .delay(delay),
             attributions: DataLoader::new(AttributionLoader(db.clone()), tokio::spawn).delay(delay),
             deal_by_referral: DataLoader::new(DealByReferralLoader(db.clone()), tokio::spawn)
+                .delay(delay),
+            deal_commissions: DataLoader::new(DealCommissionLoader(db.clone()), tokio::spawn)
                 .delay(delay),
             program_partners: child(db, ChildKind::ProgramPartners, delay),
             partner_referrals: child(db, ChildKind::PartnerReferrals, delay),

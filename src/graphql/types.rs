@@ -11,6 +11,7 @@ use crate::{
     },
     domain::{
         auth::{ApiKeyRole, Principal},
+        commission::CommissionState,
         deals::AttributionMethod,
         partners::PartnerStatus,
         programs::{CommissionPlan, ProgramKind, parse_stored_decimal, plan_of},
@@ -437,6 +438,52 @@ impl Deal {
             .map(Some)
             .ok_or_else(|| internal("attribution method", &attribution.method))
     }
+    /// The commission as of the last reconciliation, for the partner the deal is attributed
+    /// to (null before its first reconciliation or without attribution).
+    async fn commission(&self, ctx: &Context<'_>) -> Result<Option<DealCommission>> {
+        let Some(attribution) = self.attribution(ctx).await? else {
+            return Ok(None);
+        };
+        let loaders = ctx.data_unchecked::<Loaders>();
+        let rows = loaders
+            .deal_commissions
+            .load_one(self.0.id.clone())
+            .await?
+            .unwrap_or_default();
+        let Some(row) = rows
+            .into_iter()
+            .find(|r| r.partner_id == attribution.partner_id)
+        else {
+            return Ok(None);
+        };
+        Ok(Some(DealCommission {
+            state: CommissionState::parse(&row.state)
+                .ok_or_else(|| internal("commission state", &row.state))?,
+            expected: crate::domain::commission::from_cents(row.expected_cents),
+            amount_in_program_currency: row
+                .amount_program
+                .as_deref()
+                .map(parse_stored_decimal)
+                .transpose()?,
+            computed_at: row.computed_at,
+        }))
+    }
+}
+
+/// What the reconciler computed for a deal.
+#[derive(async_graphql::SimpleObject)]
+pub struct DealCommission {
+    /// EARNED, NOT_EARNED (not won, below the minimum, or closed after the partner's
+    /// termination), MISSING_FX_RATE (nothing is booked until a rate exists), LOCKED (lost
+    /// after its clawback period: keeps its commission), DETACHED, INVALID.
+    pub state: CommissionState,
+    /// The commission the ledger is brought to.
+    pub expected: Decimal,
+    /// The deal amount in the program currency (at the rate effective when it closed; open
+    /// deals at the latest rate); null without a rate.
+    pub amount_in_program_currency: Option<Decimal>,
+    /// When it was last computed.
+    pub computed_at: DateTime<Utc>,
 }
 
 /// An API key (never its token, which is shown once at creation).

@@ -155,6 +155,26 @@ pub async fn ledger(app: &TestApp, partner: &str) -> Vec<(String, String, String
     entries
 }
 
+/// The reconciler's view of a deal: (state, expected, amount in program currency).
+pub async fn commission_of(app: &TestApp, external_id: &str) -> (String, String, Value) {
+    let data = app
+        .admin_ok(
+            "{ deals(first: 100) { edges { node { externalId commission { state expected amountInProgramCurrency } } } } }",
+            json!({}),
+        )
+        .await;
+    let deal = nodes(&data["deals"])
+        .into_iter()
+        .find(|d| d["externalId"] == external_id)
+        .expect("deal");
+    let c = &deal["commission"];
+    (
+        c["state"].as_str().unwrap().to_string(),
+        c["expected"].as_str().unwrap().to_string(),
+        c["amountInProgramCurrency"].clone(),
+    )
+}
+
 /// The net booked commission of one deal for a partner, as a 2-place string.
 pub async fn booked(app: &TestApp, partner: &str, external_id: &str) -> String {
     let data = app
@@ -370,6 +390,9 @@ async fn currency_conversion_and_missing_rates(app: TestApp) {
     let stats = reconcile(&app).await;
     assert_eq!(stats["missingExchangeRates"], 1, "{stats}");
     assert_eq!(stats["entriesWritten"], 0);
+    let (state, _, amount) = commission_of(&app, "EU").await;
+    assert_eq!(state, "MISSING_FX_RATE");
+    assert!(amount.is_null());
 
     // Rates: 1.10 from 30 days ago, 1.20 from 2 days ago; the deal closed 5 days ago → 1.10.
     for (rate, ago) in [("1.10", 30), ("1.20", 2)] {
@@ -398,6 +421,10 @@ async fn currency_conversion_and_missing_rates(app: TestApp) {
     assert_eq!(stats["missingExchangeRates"], 0, "{stats}");
     // 1000 EUR × 1.10 = 1100 USD × 10 % = 110.00.
     assert_eq!(booked(&app, &alice.id, "EU").await, "110.00");
+    assert_eq!(
+        commission_of(&app, "EU").await,
+        ("EARNED".into(), "110.00".into(), json!("1100"))
+    );
     let kpis = app
         .admin_ok(
             "query($p: ID!) { kpis(programId: $p) { wonRevenue } }",
@@ -431,6 +458,8 @@ async fn a_deal_lost_after_its_clawback_period_is_locked(app: TestApp) {
     let stats = reconcile(&app).await;
     assert_eq!(stats["locked"], 1, "{stats}");
     assert_eq!(booked(&app, &alice.id, "OLD").await, "100.00");
+    assert_eq!(commission_of(&app, "OLD").await.0, "LOCKED");
+    assert_eq!(commission_of(&app, "NEW").await.0, "NOT_EARNED");
     assert_eq!(booked(&app, &alice.id, "NEW").await, "0.00");
     // A locked deal's later changes do not reverse it either; winning again recomputes.
     crm.deal(
