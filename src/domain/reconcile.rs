@@ -246,6 +246,11 @@ struct Pair {
     created_at: DateTime<Utc>,
 }
 
+/// The `deal_commissions` columns [`Stored::from_row`] reads (table alias `dc`).
+const STORED_COLUMNS: &str = "dc.state AS dc_state, dc.expected_cents AS dc_expected, \
+    dc.amount_program AS dc_amount, dc.deal_status AS dc_status, dc.closed_at AS dc_closed, \
+    dc.deal_created_at AS dc_created";
+
 /// What the last run computed for a (deal, partner).
 struct Stored {
     state: String,
@@ -538,10 +543,7 @@ async fn read_unchanged_counting(
         .query_all_raw(Statement::from_sql_and_values(
             db.backend(),
             format!(
-                "SELECT dc.partner_id, dc.deal_id, dc.state AS dc_state, \
-                 dc.expected_cents AS dc_expected, dc.amount_program AS dc_amount, \
-                 dc.deal_status AS dc_status, dc.closed_at AS dc_closed, \
-                 dc.deal_created_at AS dc_created \
+                "SELECT dc.partner_id, dc.deal_id, {STORED_COLUMNS} \
                  FROM deal_commissions dc \
                  WHERE {cond} AND dc.state <> 'DETACHED' \
                    AND (dc.deal_status = 'WON' OR dc.state = 'LOCKED')"
@@ -654,9 +656,7 @@ async fn process(
             format!(
                 "SELECT a.partner_id, d.id, d.amount, d.currency, d.status, \
                  d.deleted, d.closed_at, d.updated_at, d.created_at, d.locked_amount, \
-                 d.locked_currency, d.locked_closed_at, dc.state AS dc_state, dc.expected_cents AS dc_expected, \
-                 dc.amount_program AS dc_amount, dc.deal_status AS dc_status, \
-                 dc.closed_at AS dc_closed, dc.deal_created_at AS dc_created \
+                 d.locked_currency, d.locked_closed_at, {STORED_COLUMNS} \
                  FROM attributions a JOIN deals d ON d.id = a.deal_id \
                  LEFT JOIN deal_commissions dc \
                    ON dc.deal_id = a.deal_id AND dc.partner_id = a.partner_id \
@@ -713,10 +713,7 @@ async fn process(
         .query_all_raw(Statement::from_sql_and_values(
             db.backend(),
             format!(
-                "SELECT dc.partner_id, dc.deal_id, dc.state AS dc_state, \
-                 dc.expected_cents AS dc_expected, dc.amount_program AS dc_amount, \
-                 dc.deal_status AS dc_status, dc.closed_at AS dc_closed, \
-                 dc.deal_created_at AS dc_created \
+                "SELECT dc.partner_id, dc.deal_id, {STORED_COLUMNS} \
                  FROM deal_commissions dc LEFT JOIN attributions a \
                    ON a.deal_id = dc.deal_id AND a.partner_id = dc.partner_id \
                  WHERE {cond} AND a.deal_id IS NULL"
