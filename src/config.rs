@@ -211,6 +211,20 @@ mod tests {
             jail.set_env("TANDEM_BIND", "127.0.0.1:1");
             jail.set_env("TANDEM_DATABASE_URL", "mysql://x");
             assert!(Config::load(&FlagOverrides::default()).is_err());
+            jail.set_env("TANDEM_DATABASE_URL", "sqlite://x.db");
+            jail.set_env("TANDEM_RECONCILE_SCHEDULE", "every ten minutes");
+            let err = Config::load(&FlagOverrides::default()).unwrap_err();
+            assert!(err.to_string().contains("reconcile_schedule"), "{err}");
+            // Five-field crons are refused too: the seconds field comes first.
+            jail.set_env("TANDEM_RECONCILE_SCHEDULE", "*/10 * * * *");
+            assert!(Config::load(&FlagOverrides::default()).is_err());
+            jail.set_env("TANDEM_RECONCILE_SCHEDULE", "0 */5 * * * *");
+            jail.set_env("TANDEM_JOB_LEASE_SECS", "1");
+            assert!(Config::load(&FlagOverrides::default()).is_err());
+            jail.set_env("TANDEM_JOB_LEASE_SECS", "60");
+            let config = Config::load(&FlagOverrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(config.reconcile_schedule, "0 */5 * * * *");
+            assert!(config.scheduler);
             Ok(())
         });
     }
