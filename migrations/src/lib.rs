@@ -7,6 +7,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261123_000001_initial;
 mod m20261124_000001_webhooks;
 mod m20261124_000002_commissions;
+mod m20261124_000003_event_visibility;
 
 /// The ordered list of Tandem migrations.
 pub struct Migrator;
@@ -18,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000001_initial::Migration),
             Box::new(m20261124_000001_webhooks::Migration),
             Box::new(m20261124_000002_commissions::Migration),
+            Box::new(m20261124_000003_event_visibility::Migration),
         ]
     }
 }

@@ -138,11 +138,52 @@ pub async fn record_all(
     Ok(())
 }
 
+/// A position in the event stream: after the events of transaction `tx` up to `seq`
+/// (PostgreSQL pages by `(tx_id, seq)`; on SQLite `tx` is 0 and `seq` alone orders).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EventPosition {
+    /// Transaction id (PostgreSQL).
+    pub tx: i64,
+    /// Insert order.
+    pub seq: i64,
+}
+
+impl EventPosition {
+    /// The position of an event.
+    pub fn of(event: &event::Model) -> EventPosition {
+        EventPosition {
+            tx: event.tx_id.unwrap_or(0),
+            seq: event.seq,
+        }
+    }
+
+    /// Cursor text: `tx.seq`.
+    pub fn to_cursor(self) -> String {
+        format!("{}.{}", self.tx, self.seq)
+    }
+
+    /// Parses [`EventPosition::to_cursor`] (or a bare `seq`).
+    pub fn parse(text: &str) -> Option<EventPosition> {
+        match text.split_once('.') {
+            Some((tx, seq)) => Some(EventPosition {
+                tx: tx.parse().ok()?,
+                seq: seq.parse().ok()?,
+            }),
+            None => Some(EventPosition {
+                tx: 0,
+                seq: text.parse().ok()?,
+            }),
+        }
+    }
+}
+
 fn scoped_events(
+    db: &Db,
     principal: &Principal,
-    after_seq: Option<i64>,
+    after: Option<EventPosition>,
     types: Option<&[String]>,
 ) -> sea_orm::Select<event::Entity> {
+    use sea_orm::sea_query::Expr;
     let mut query = event::Entity::find();
     match principal {
         Principal::Admin { .. } => {}
@@ -153,25 +194,46 @@ fn scoped_events(
             query = query.filter(event::Column::ProgramId.is_in(program_ids.iter().cloned()));
         }
     }
-    if let Some(after) = after_seq {
-        query = query.filter(event::Column::Seq.gt(after));
-    }
     if let Some(types) = types {
         query = query.filter(event::Column::EventType.is_in(types.iter().cloned()));
+    }
+    if db.is_postgres() {
+        // Only events of transactions older than every one still in flight (all finished, so
+        // nothing can be committed behind a reader), in (transaction, seq) order.
+        query = query.filter(Expr::cust(
+            "tx_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
+        ));
+        if let Some(after) = after {
+            query = query.filter(
+                sea_orm::Condition::any()
+                    .add(event::Column::TxId.gt(after.tx))
+                    .add(
+                        sea_orm::Condition::all()
+                            .add(event::Column::TxId.eq(after.tx))
+                            .add(event::Column::Seq.gt(after.seq)),
+                    ),
+            );
+        }
+    } else if let Some(after) = after {
+        query = query.filter(event::Column::Seq.gt(after.seq));
     }
     query
 }
 
-/// Lists events after `after_seq`, oldest first, visible to `principal`, optionally limited to
+/// Lists events after `after`, oldest first, visible to `principal`, optionally limited to
 /// some types. Returns up to `limit + 1` rows so the caller can tell whether more follow.
 pub async fn list_events(
     db: &Db,
     principal: &Principal,
-    after_seq: Option<i64>,
+    after: Option<EventPosition>,
     types: Option<&[String]>,
     limit: u64,
 ) -> ApiResult<Vec<event::Model>> {
-    Ok(scoped_events(principal, after_seq, types)
+    let mut query = scoped_events(db, principal, after, types);
+    if db.is_postgres() {
+        query = query.order_by_asc(event::Column::TxId);
+    }
+    Ok(query
         .order_by_asc(event::Column::Seq)
         .limit(limit + 1)
         .all(&db.conn)
@@ -182,10 +244,10 @@ pub async fn list_events(
 pub async fn count_events(
     db: &Db,
     principal: &Principal,
-    after_seq: Option<i64>,
+    after: Option<EventPosition>,
     types: Option<&[String]>,
 ) -> Result<u64, DbErr> {
-    scoped_events(principal, after_seq, types)
+    scoped_events(db, principal, after, types)
         .count(&db.conn)
         .await
 }

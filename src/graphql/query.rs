@@ -396,12 +396,11 @@ impl CoreQuery {
     ) -> Result<EventConnection> {
         let principal = principal(ctx).await?;
         let args = PageArgs::parse(first, after)?;
-        let after_seq = match &args.after {
+        let after_position = match &args.after {
             None => None,
             Some(position) => Some(
-                position
-                    .parse::<i64>()
-                    .map_err(|_| ApiError::bad_input("after", "is not an event cursor"))?,
+                crate::domain::events::EventPosition::parse(position)
+                    .ok_or_else(|| ApiError::bad_input("after", "is not an event cursor"))?,
             ),
         };
         if let Some(types) = &types {
@@ -416,12 +415,12 @@ impl CoreQuery {
             }
         }
         let db = ctx.data_unchecked::<Db>();
-        let rows = list_events(db, principal, after_seq, types.as_deref(), args.first).await?;
+        let rows = list_events(db, principal, after_position, types.as_deref(), args.first).await?;
         let count_principal = principal.clone();
         Ok(EventConnection::build(
             Page::from_overfetch(rows, args.first),
             args.after.is_some(),
-            |e| e.seq.to_string(),
+            |e| crate::domain::events::EventPosition::of(e).to_cursor(),
             Event,
             TotalCount::query(move |db| {
                 let principal = count_principal.clone();
@@ -430,7 +429,7 @@ impl CoreQuery {
                     crate::domain::events::count_events(
                         &db,
                         &principal,
-                        after_seq,
+                        after_position,
                         types.as_deref(),
                     )
                     .await

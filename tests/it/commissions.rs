@@ -247,6 +247,7 @@ async fn percent_accrues_adjusts_and_reverses(app: TestApp) {
     assert_eq!(booked(&app, &alice.id, "D1").await, "25.03");
 
     // The entries' events, with program and partner.
+    app.events_settled().await;
     let data = app
         .admin_ok(
             "{ events(types: [\"commission.accrued\", \"commission.reversed\"], first: 20) { edges { node { type data } } } }",
@@ -629,6 +630,7 @@ async fn payouts_gather_approved_entries(app: TestApp) {
         .await;
     assert_eq!(error_code(&resp), "CONFLICT");
 
+    app.events_settled().await;
     let data = app
         .admin_ok(
             "{ events(types: [\"payout.created\", \"payout.paid\"]) { edges { node { type data } } } }",

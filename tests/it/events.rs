@@ -29,6 +29,7 @@ async fn every_change_writes_its_event_and_events_page_in_order(app: TestApp) {
     )
     .await;
 
+    app.events_settled().await;
     let page = "query($after: String, $types: [String!]) { events(first: 2, after: $after, types: $types) { totalCount pageInfo { hasNextPage endCursor } edges { cursor node { id type timestamp data } } } }";
     let mut types = Vec::new();
     let mut ids = Vec::new();
@@ -92,7 +93,58 @@ async fn a_failed_mutation_writes_no_event(app: TestApp) {
     assert_eq!(app.count_rows("partners").await, 0);
 }
 
+async fn a_reader_never_passes_an_event_still_being_committed(app: TestApp) {
+    use sea_orm::TransactionTrait;
+    use tandem::domain::events::{EventType, record};
+    if !app.db.is_postgres() {
+        // One writer at a time: seq order is commit order; nothing is held back.
+        return;
+    }
+    let program = app.create_program("P").await;
+    let steps = || async {
+        let data = app
+            .admin_ok(
+                "{ events(first: 100) { edges { node { data } } } }",
+                json!({}),
+            )
+            .await;
+        crate::helpers::nodes(&data["events"])
+            .iter()
+            .filter_map(|e| e["data"]["step"].as_str().map(str::to_string))
+            .collect::<Vec<_>>()
+    };
+    // A slow transaction writes first; a fast one writes after it and commits first. Which of
+    // the two gets the lower seq does not matter: neither may be read while the slow one is
+    // open, or a reader could page past it.
+    let slow = app.db.conn.begin().await.unwrap();
+    record(
+        &slow,
+        EventType::PartnerUpdated,
+        &program,
+        None,
+        json!({"step": "slow"}),
+    )
+    .await
+    .unwrap();
+    let fast = app.db.conn.begin().await.unwrap();
+    record(
+        &fast,
+        EventType::PartnerUpdated,
+        &program,
+        None,
+        json!({"step": "fast"}),
+    )
+    .await
+    .unwrap();
+    fast.commit().await.unwrap();
+    assert_eq!(steps().await, Vec::<String>::new());
+    slow.commit().await.unwrap();
+    app.events_settled().await;
+    assert_eq!(steps().await, ["slow", "fast"]);
+}
+
 db_tests!(
     every_change_writes_its_event_and_events_page_in_order,
     a_failed_mutation_writes_no_event,
+    a_reader_never_passes_an_event_still_being_committed,
 );

@@ -272,6 +272,33 @@ impl TestApp {
         data["submitReferral"]["referral"].clone()
     }
 
+    /// Waits (bounded) until every event written so far is readable. On PostgreSQL the
+    /// `events` query returns only events of transactions older than every transaction still
+    /// in flight on the server (any database), so a read right after a commit can come back
+    /// short while another test's transaction is open. No-op on SQLite.
+    pub async fn events_settled(&self) {
+        if !self.db.is_postgres() {
+            return;
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let pending = count(
+                &self.db,
+                "SELECT COUNT(*) AS n FROM events \
+                 WHERE tx_id >= pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
+            )
+            .await;
+            if pending == 0 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{pending} events still held back"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     /// Counts rows of a table directly in the database.
     pub async fn count_rows(&self, table: &str) -> i64 {
         count(&self.db, &format!("SELECT COUNT(*) AS n FROM {table}")).await

@@ -251,6 +251,7 @@ async fn admins_review_referrals(app: TestApp) {
         data["updateReferralStatus"]["referral"]["status"],
         "REJECTED"
     );
+    app.events_settled().await;
     let data = app
         .ok(
             &token,

@@ -111,6 +111,7 @@ async fn receipts(app: &TestApp) -> Vec<Value> {
 }
 
 async fn events_of(app: &TestApp, types: &[&str]) -> Vec<Value> {
+    app.events_settled().await;
     let data = app
         .admin_ok(
             "query($types: [String!]) { events(types: $types, first: 100) { edges { node { type data } } } }",

@@ -15,6 +15,8 @@ pub struct Model {
     pub partner_id: Option<String>,
     pub data: Json,
     pub created_at: DateTimeUtc,
+    /// PostgreSQL: the writing transaction's id (set by the column default); null on SQLite.
+    pub tx_id: Option<i64>,
 }
 
 /// No relations are declared: joins are written explicitly where they are needed.
