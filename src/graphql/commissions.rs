@@ -6,13 +6,13 @@ use std::time::Duration;
 use async_graphql::{Context, ID, InputObject, Json, Object, Result, SimpleObject};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 
 use crate::{
     db::{
         Db,
         entities::{exchange_rate, job_run, ledger_entry, payout, program},
-        pages::{Page, PageArgs},
+        pages::{Direction, PageArgs},
     },
     domain::{
         auth::Principal,
@@ -29,7 +29,7 @@ use crate::{
     },
     error::ApiError,
     graphql::{
-        connection::{TotalCount, connection},
+        connection::{connection, id_page},
         loaders::Loaders,
         principal,
         types::{Deal, Partner, page_complexity},
@@ -427,26 +427,21 @@ impl CommissionQuery {
         if let Some(status) = filter.status {
             query = query.filter(ledger_entry::Column::Status.eq(status.as_str()));
         }
-        let count_query = query.clone();
-        if let Some(after) = &args.after {
-            query = query.filter(ledger_entry::Column::Id.lt(after.as_str()));
-        }
         let db = ctx.data_unchecked::<Db>();
-        let rows = query
-            .order_by_desc(ledger_entry::Column::Id)
-            .limit(args.first + 1)
-            .all(&db.conn)
-            .await
-            .map_err(ApiError::from)?;
+        let (page, total) = id_page(
+            db,
+            query,
+            ledger_entry::Column::Id,
+            Direction::Descending,
+            &args,
+        )
+        .await?;
         Ok(LedgerEntryConnection::build(
-            Page::from_overfetch(rows, args.first),
+            page,
             args.after.is_some(),
             |e| e.id.clone(),
             LedgerEntry,
-            TotalCount::query(move |db| {
-                let q = count_query.clone();
-                async move { q.count(&db.conn).await }
-            }),
+            total,
         ))
     }
 
@@ -483,26 +478,15 @@ impl CommissionQuery {
         if let Some(status) = filter.status {
             query = query.filter(payout::Column::Status.eq(status.as_str()));
         }
-        let count_query = query.clone();
-        if let Some(after) = &args.after {
-            query = query.filter(payout::Column::Id.lt(after.as_str()));
-        }
         let db = ctx.data_unchecked::<Db>();
-        let rows = query
-            .order_by_desc(payout::Column::Id)
-            .limit(args.first + 1)
-            .all(&db.conn)
-            .await
-            .map_err(ApiError::from)?;
+        let (page, total) =
+            id_page(db, query, payout::Column::Id, Direction::Descending, &args).await?;
         Ok(PayoutConnection::build(
-            Page::from_overfetch(rows, args.first),
+            page,
             args.after.is_some(),
             |p| p.id.clone(),
             Payout,
-            TotalCount::query(move |db| {
-                let q = count_query.clone();
-                async move { q.count(&db.conn).await }
-            }),
+            total,
         ))
     }
 
@@ -587,26 +571,21 @@ impl CommissionQuery {
             query =
                 query.filter(exchange_rate::Column::Quote.eq(quote.trim().to_ascii_uppercase()));
         }
-        let count_query = query.clone();
-        if let Some(after) = &args.after {
-            query = query.filter(exchange_rate::Column::Id.lt(after.as_str()));
-        }
         let db = ctx.data_unchecked::<Db>();
-        let rows = query
-            .order_by_desc(exchange_rate::Column::Id)
-            .limit(args.first + 1)
-            .all(&db.conn)
-            .await
-            .map_err(ApiError::from)?;
+        let (page, total) = id_page(
+            db,
+            query,
+            exchange_rate::Column::Id,
+            Direction::Descending,
+            &args,
+        )
+        .await?;
         Ok(ExchangeRateConnection::build(
-            Page::from_overfetch(rows, args.first),
+            page,
             args.after.is_some(),
             |r| r.id.clone(),
             ExchangeRate,
-            TotalCount::query(move |db| {
-                let q = count_query.clone();
-                async move { q.count(&db.conn).await }
-            }),
+            total,
         ))
     }
 
@@ -625,26 +604,15 @@ impl CommissionQuery {
         if let Some(name) = filter.unwrap_or_default().name {
             query = query.filter(job_run::Column::Name.eq(name));
         }
-        let count_query = query.clone();
-        if let Some(after) = &args.after {
-            query = query.filter(job_run::Column::Id.lt(after.as_str()));
-        }
         let db = ctx.data_unchecked::<Db>();
-        let rows = query
-            .order_by_desc(job_run::Column::Id)
-            .limit(args.first + 1)
-            .all(&db.conn)
-            .await
-            .map_err(ApiError::from)?;
+        let (page, total) =
+            id_page(db, query, job_run::Column::Id, Direction::Descending, &args).await?;
         Ok(JobRunConnection::build(
-            Page::from_overfetch(rows, args.first),
+            page,
             args.after.is_some(),
             |r| r.id.clone(),
             JobRun,
-            TotalCount::query(move |db| {
-                let q = count_query.clone();
-                async move { q.count(&db.conn).await }
-            }),
+            total,
         ))
     }
 }

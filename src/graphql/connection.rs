@@ -5,9 +5,16 @@ use std::sync::Arc;
 
 use async_graphql::{Context, Result, SimpleObject};
 use futures_util::future::BoxFuture;
+use sea_orm::{
+    ColumnTrait, EntityTrait, FromQueryResult, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, Select,
+};
 
 use crate::{
-    db::{Db, pages::Page},
+    db::{
+        Db,
+        pages::{Direction, Page, PageArgs},
+    },
     domain::ids::encode_cursor,
     error::ApiError,
     graphql::loaders::{ChildCountKey, Loaders},
@@ -68,6 +75,39 @@ impl TotalCount {
             }
         }
     }
+}
+
+/// One page of a top-level list paged by its time-ordered string id (`args.after` is an id),
+/// and how to count the whole filtered list for `totalCount` (run only when it is asked for).
+pub async fn id_page<E>(
+    db: &Db,
+    query: Select<E>,
+    id: E::Column,
+    direction: Direction,
+    args: &PageArgs,
+) -> Result<(Page<E::Model>, TotalCount), ApiError>
+where
+    E: EntityTrait,
+    E::Model: FromQueryResult + Send + Sync,
+{
+    let count_query = query.clone();
+    let total = TotalCount::query(move |db| {
+        let q = count_query.clone();
+        async move { q.count(&db.conn).await }
+    });
+    let mut query = query;
+    if let Some(after) = &args.after {
+        query = query.filter(match direction {
+            Direction::Ascending => id.gt(after.as_str()),
+            Direction::Descending => id.lt(after.as_str()),
+        });
+    }
+    let query = match direction {
+        Direction::Ascending => query.order_by_asc(id),
+        Direction::Descending => query.order_by_desc(id),
+    };
+    let rows = query.limit(args.first + 1).all(&db.conn).await?;
+    Ok((Page::from_overfetch(rows, args.first), total))
 }
 
 /// Builds `(cursor, node)` pairs and page info from a page.

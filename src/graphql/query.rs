@@ -1,16 +1,13 @@
 //! Query root: every read is scoped to the caller's key.
 
 use async_graphql::{Context, ID, InputObject, Object, Result};
-use sea_orm::{
-    ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
-    sea_query::Query as SeaQuery,
-};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, sea_query::Query as SeaQuery};
 
 use crate::{
     db::{
         Db,
         entities::{api_key, attribution, deal, partner, program, referral},
-        pages::{Page, PageArgs},
+        pages::{Direction, Page, PageArgs},
     },
     domain::{
         auth::Principal,
@@ -21,7 +18,7 @@ use crate::{
     },
     error::ApiError,
     graphql::{
-        connection::TotalCount,
+        connection::{TotalCount, id_page},
         principal,
         types::{
             ApiKey, ApiKeyConnection, Deal, DealConnection, DealStatus, Event, EventConnection,
@@ -116,26 +113,15 @@ impl CoreQuery {
         if let Principal::Partner { program_id, .. } = principal {
             query = query.filter(program::Column::Id.eq(program_id.as_str()));
         }
-        let count_query = query.clone();
-        if let Some(after) = &args.after {
-            query = query.filter(program::Column::Id.gt(after.as_str()));
-        }
         let db = ctx.data_unchecked::<Db>();
-        let rows = query
-            .order_by_asc(program::Column::Id)
-            .limit(args.first + 1)
-            .all(&db.conn)
-            .await
-            .map_err(ApiError::from)?;
+        let (page, total) =
+            id_page(db, query, program::Column::Id, Direction::Ascending, &args).await?;
         Ok(ProgramConnection::build(
-            Page::from_overfetch(rows, args.first),
+            page,
             args.after.is_some(),
             |p| p.id.clone(),
             Program,
-            TotalCount::query(move |db| {
-                let q = count_query.clone();
-                async move { q.count(&db.conn).await }
-            }),
+            total,
         ))
     }
 
@@ -174,26 +160,15 @@ impl CoreQuery {
         if let Some(status) = filter.status {
             query = query.filter(partner::Column::Status.eq(status.as_str()));
         }
-        let count_query = query.clone();
-        if let Some(after) = &args.after {
-            query = query.filter(partner::Column::Id.gt(after.as_str()));
-        }
         let db = ctx.data_unchecked::<Db>();
-        let rows = query
-            .order_by_asc(partner::Column::Id)
-            .limit(args.first + 1)
-            .all(&db.conn)
-            .await
-            .map_err(ApiError::from)?;
+        let (page, total) =
+            id_page(db, query, partner::Column::Id, Direction::Ascending, &args).await?;
         Ok(PartnerConnection::build(
-            Page::from_overfetch(rows, args.first),
+            page,
             args.after.is_some(),
             |p| p.id.clone(),
             Partner,
-            TotalCount::query(move |db| {
-                let q = count_query.clone();
-                async move { q.count(&db.conn).await }
-            }),
+            total,
         ))
     }
 
@@ -245,26 +220,21 @@ impl CoreQuery {
         if let Some(status) = filter.status {
             query = query.filter(referral::Column::Status.eq(status.as_str()));
         }
-        let count_query = query.clone();
-        if let Some(after) = &args.after {
-            query = query.filter(referral::Column::Id.lt(after.as_str()));
-        }
         let db = ctx.data_unchecked::<Db>();
-        let rows = query
-            .order_by_desc(referral::Column::Id)
-            .limit(args.first + 1)
-            .all(&db.conn)
-            .await
-            .map_err(ApiError::from)?;
+        let (page, total) = id_page(
+            db,
+            query,
+            referral::Column::Id,
+            Direction::Descending,
+            &args,
+        )
+        .await?;
         Ok(ReferralConnection::build(
-            Page::from_overfetch(rows, args.first),
+            page,
             args.after.is_some(),
             |r| r.id.clone(),
             Referral,
-            TotalCount::query(move |db| {
-                let q = count_query.clone();
-                async move { q.count(&db.conn).await }
-            }),
+            total,
         ))
     }
 
@@ -327,26 +297,15 @@ impl CoreQuery {
                     .filter(deal::Column::Deleted.eq(false)),
             };
         }
-        let count_query = query.clone();
-        if let Some(after) = &args.after {
-            query = query.filter(deal::Column::Id.lt(after.as_str()));
-        }
         let db = ctx.data_unchecked::<Db>();
-        let rows = query
-            .order_by_desc(deal::Column::Id)
-            .limit(args.first + 1)
-            .all(&db.conn)
-            .await
-            .map_err(ApiError::from)?;
+        let (page, total) =
+            id_page(db, query, deal::Column::Id, Direction::Descending, &args).await?;
         Ok(DealConnection::build(
-            Page::from_overfetch(rows, args.first),
+            page,
             args.after.is_some(),
             |d| d.id.clone(),
             Deal::from,
-            TotalCount::query(move |db| {
-                let q = count_query.clone();
-                async move { q.count(&db.conn).await }
-            }),
+            total,
         ))
     }
 
@@ -360,27 +319,16 @@ impl CoreQuery {
     ) -> Result<ApiKeyConnection> {
         principal(ctx).await?.require_admin()?;
         let args = PageArgs::parse(first, after)?;
-        let mut query = api_key::Entity::find();
-        let count_query = query.clone();
-        if let Some(after) = &args.after {
-            query = query.filter(api_key::Column::Id.gt(after.as_str()));
-        }
+        let query = api_key::Entity::find();
         let db = ctx.data_unchecked::<Db>();
-        let rows = query
-            .order_by_asc(api_key::Column::Id)
-            .limit(args.first + 1)
-            .all(&db.conn)
-            .await
-            .map_err(ApiError::from)?;
+        let (page, total) =
+            id_page(db, query, api_key::Column::Id, Direction::Ascending, &args).await?;
         Ok(ApiKeyConnection::build(
-            Page::from_overfetch(rows, args.first),
+            page,
             args.after.is_some(),
             |k| k.id.clone(),
             ApiKey,
-            TotalCount::query(move |db| {
-                let q = count_query.clone();
-                async move { q.count(&db.conn).await }
-            }),
+            total,
         ))
     }
 

@@ -9,7 +9,7 @@ use crate::{
     db::{
         Db,
         entities::{webhook_receipt, webhook_source},
-        pages::{Page, PageArgs},
+        pages::{Direction, Page, PageArgs},
     },
     domain::{
         deals::{AttributeDealInput, attribute_deal},
@@ -20,7 +20,7 @@ use crate::{
     error::ApiError,
     graphql::{
         PublicBase,
-        connection::{TotalCount, connection},
+        connection::{TotalCount, connection, id_page},
         loaders::Loaders,
         principal,
         types::{Deal, Program, page_complexity},
@@ -186,26 +186,21 @@ impl WebhookQuery {
         if let Some(program_id) = program_id {
             query = query.filter(webhook_source::Column::ProgramId.eq(program_id.to_string()));
         }
-        let count_query = query.clone();
-        if let Some(after) = &args.after {
-            query = query.filter(webhook_source::Column::Id.lt(after.as_str()));
-        }
         let db = ctx.data_unchecked::<Db>();
-        let rows = query
-            .order_by_desc(webhook_source::Column::Id)
-            .limit(args.first + 1)
-            .all(&db.conn)
-            .await
-            .map_err(ApiError::from)?;
+        let (page, total) = id_page(
+            db,
+            query,
+            webhook_source::Column::Id,
+            Direction::Descending,
+            &args,
+        )
+        .await?;
         Ok(WebhookSourceConnection::build(
-            Page::from_overfetch(rows, args.first),
+            page,
             args.after.is_some(),
             |s| s.id.clone(),
             WebhookSource,
-            TotalCount::query(move |db| {
-                let q = count_query.clone();
-                async move { q.count(&db.conn).await }
-            }),
+            total,
         ))
     }
 
