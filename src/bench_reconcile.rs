@@ -87,7 +87,7 @@ pub async fn run(db: &Db, args: &BenchReconcileArgs) -> anyhow::Result<Value> {
                 .await
                 .map_err(crate::error::ApiError::into_anyhow)?;
             anyhow::ensure!(
-                run.status == "SUCCEEDED",
+                run.status == crate::jobs::JobRunStatus::Succeeded.as_str(),
                 "reconcile failed: {:?}",
                 run.error
             );

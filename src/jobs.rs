@@ -71,6 +71,39 @@ impl FromStr for JobName {
     }
 }
 
+/// Where a job run stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, async_graphql::Enum)]
+pub enum JobRunStatus {
+    /// In progress.
+    Running,
+    /// Finished.
+    Succeeded,
+    /// Stopped with an error.
+    Failed,
+}
+
+impl JobRunStatus {
+    /// Database form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobRunStatus::Running => "RUNNING",
+            JobRunStatus::Succeeded => "SUCCEEDED",
+            JobRunStatus::Failed => "FAILED",
+        }
+    }
+
+    /// Parses the database form.
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            JobRunStatus::Running,
+            JobRunStatus::Succeeded,
+            JobRunStatus::Failed,
+        ]
+        .into_iter()
+        .find(|status| status.as_str() == s)
+    }
+}
+
 /// How a run was asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
@@ -308,7 +341,7 @@ impl Jobs {
             let run = job_run::ActiveModel {
                 id: Set(run_id.clone()),
                 name: Set(name.as_str().to_string()),
-                status: Set("RUNNING".to_string()),
+                status: Set(JobRunStatus::Running.as_str().to_string()),
                 started_at: Set(started),
                 finished_at: Set(None),
                 stats: Set(None),
@@ -328,14 +361,14 @@ impl Jobs {
         let outcome = self.body(name, cursor.as_deref(), full).await;
         heartbeat.abort();
         let (status, stats, error, next_cursor) = match outcome {
-            Ok((stats, next_cursor)) => ("SUCCEEDED", Some(stats), None, next_cursor),
+            Ok((stats, next_cursor)) => (JobRunStatus::Succeeded, Some(stats), None, next_cursor),
             Err(e) => {
                 tracing::error!(job = name.as_str(), error = %e, "job failed");
-                ("FAILED", None, Some(e), None)
+                (JobRunStatus::Failed, None, Some(e), None)
             }
         };
         let mut row: job_run::ActiveModel = run.into();
-        row.status = Set(status.to_string());
+        row.status = Set(status.as_str().to_string());
         row.finished_at = Set(Some(Utc::now()));
         row.stats = Set(stats);
         row.error = Set(error);

@@ -15,7 +15,7 @@ use std::{
 
 use sea_orm::{
     ConnectionTrait, DatabaseBackend, DatabaseConnection, DatabaseTransaction, DbErr,
-    SqlxPostgresConnector, SqlxSqliteConnector, Statement, TransactionTrait,
+    SqlxPostgresConnector, SqlxSqliteConnector, Statement, TransactionTrait, Value,
     sqlx::{
         postgres::PgPoolOptions,
         sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
@@ -172,6 +172,18 @@ impl Db {
             DatabaseBackend::Postgres => format!("${n}"),
             _ => format!("?{n}"),
         }
+    }
+
+    /// `column IN (…)` over `ids`, its placeholders numbered from `first`, with the values to
+    /// bind.
+    pub fn in_list(&self, column: &str, ids: &[String], first: usize) -> (String, Vec<Value>) {
+        let marks: Vec<String> = (0..ids.len())
+            .map(|i| self.placeholder(first + i))
+            .collect();
+        (
+            format!("{column} IN ({})", marks.join(", ")),
+            ids.iter().map(|id| id.clone().into()).collect(),
+        )
     }
 
     /// Closes the pool.

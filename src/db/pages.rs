@@ -174,18 +174,12 @@ pub async fn child_counts(
     if parents.is_empty() {
         return Ok(HashMap::new());
     }
-    let mut values: Vec<Value> = Vec::new();
-    let mut placeholders = Vec::new();
-    for parent in parents {
-        values.push(parent.clone().into());
-        placeholders.push(db.placeholder(values.len()));
-    }
+    let (ins, values) = db.in_list(list.parent, parents, 1);
     let sql = format!(
         "SELECT {parent} AS tandem_parent, COUNT(*) AS tandem_count FROM {from} \
-         WHERE {parent} IN ({ins}) GROUP BY {parent}",
+         WHERE {ins} GROUP BY {parent}",
         parent = list.parent,
         from = list.from,
-        ins = placeholders.join(", "),
     );
     let rows = db
         .conn

@@ -72,10 +72,15 @@ pub enum ApplyResult {
 
 /// The status a deal counts as: a deleted deal counts as lost.
 pub fn effective_status(model: &deal::Model) -> Option<DealStatus> {
-    if model.deleted {
+    counted_status(&model.status, model.deleted)
+}
+
+/// The status a stored deal (`status` column, `deleted` flag) counts as.
+pub fn counted_status(status: &str, deleted: bool) -> Option<DealStatus> {
+    if deleted {
         Some(DealStatus::Lost)
     } else {
-        DealStatus::parse(&model.status)
+        DealStatus::parse(status)
     }
 }
 

@@ -30,8 +30,10 @@ use crate::{
             Basis, CommissionState, DealFacts, Outcome, Rates, Terms, compute_timeline, from_cents,
             to_cents,
         },
+        deals::counted_status,
         events::{self, EventType},
         ids::new_id,
+        ledger::{LedgerEntryKind, LedgerEntryStatus},
         programs::plan_of,
     },
 };
@@ -47,10 +49,6 @@ const TIER_CHUNK: usize = 1_000;
 /// Deals per chunk in a per-deal pass.
 const DEAL_CHUNK: usize = 5_000;
 
-/// Ledger entry kinds.
-pub const ACCRUAL: &str = "ACCRUAL";
-/// A negative difference.
-pub const REVERSAL: &str = "REVERSAL";
 /// Kinds that count towards a deal's booked commission.
 const DEAL_KINDS: &str = "('ACCRUAL','REVERSAL','ADJUSTMENT')";
 
@@ -170,31 +168,6 @@ enum Scope<'a> {
     Tiers(&'a [(String, BTreeSet<String>)]),
 }
 
-impl Scope<'_> {
-    fn column(&self, table: &str) -> String {
-        match self {
-            Scope::Partners(_) | Scope::Tiers(_) => format!("{table}.partner_id"),
-            Scope::Deals(_) => format!("{table}.deal_id"),
-        }
-    }
-
-    /// The ids `column` is compared with.
-    fn ids(&self) -> Vec<String> {
-        match self {
-            Scope::Partners(ids) | Scope::Deals(ids) => ids.to_vec(),
-            Scope::Tiers(partners) => partners.iter().map(|(p, _)| p.clone()).collect(),
-        }
-    }
-}
-
-fn in_list(db: &Db, column: &str, ids: &[String], first: usize) -> (String, Vec<Value>) {
-    let marks: Vec<String> = (0..ids.len()).map(|i| db.placeholder(first + i)).collect();
-    (
-        format!("{column} IN ({})", marks.join(", ")),
-        ids.iter().map(|id| id.clone().into()).collect(),
-    )
-}
-
 fn get<T: sea_orm::TryGetable>(row: &QueryResult, col: &str) -> Result<T, DbErr> {
     row.try_get::<T>("", col)
 }
@@ -208,7 +181,7 @@ async fn read_booked(
 ) -> Result<HashMap<(String, String), Booked>, DbErr> {
     let mut booked = HashMap::new();
     for chunk in ids.chunks(DEAL_CHUNK) {
-        let (cond, values) = in_list(db, column, chunk, 1);
+        let (cond, values) = db.in_list(column, chunk, 1);
         for row in db
             .conn
             .query_all_raw(Statement::from_sql_and_values(
@@ -278,7 +251,8 @@ impl Stored {
     }
 }
 
-/// One (deal, partner) pair's stored state.
+/// What the ledger holds for one (partner, deal): the sum of its entries and the highest entry
+/// number (the next entry is `max_seq + 1`).
 #[derive(Default, Clone)]
 struct Booked {
     cents: i64,
@@ -383,13 +357,13 @@ async fn changed_since(db: &Db, ctx: &Context, since: DateTime<Utc>) -> Result<C
             get(&row, "deal_id")?,
             get(&row, "partner_id")?,
             get(&row, "program_id")?,
-            (status == "WON" && !deleted) || locked.is_some(),
+            counted_status(&status, deleted) == Some(DealStatus::Won) || locked.is_some(),
         ));
     }
     // A re-attributed deal also concerns the partner it left.
     let deal_ids: Vec<String> = pairs.iter().map(|p| p.0.clone()).collect();
     for chunk in deal_ids.chunks(DEAL_CHUNK) {
-        let (cond, values) = in_list(db, "deal_id", chunk, 1);
+        let (cond, values) = db.in_list("deal_id", chunk, 1);
         for row in db
             .conn
             .query_all_raw(Statement::from_sql_and_values(
@@ -537,7 +511,7 @@ async fn read_unchanged_counting(
     let changed: HashMap<&String, &BTreeSet<String>> =
         partners.iter().map(|(p, d)| (p, d)).collect();
     let ids: Vec<String> = partners.iter().map(|(p, _)| p.clone()).collect();
-    let (cond, values) = in_list(db, "dc.partner_id", &ids, 1);
+    let (cond, values) = db.in_list("dc.partner_id", &ids, 1);
     let rows = db
         .conn
         .query_all_raw(Statement::from_sql_and_values(
@@ -609,22 +583,17 @@ async fn process(
     scope: Scope<'_>,
     stats: &mut ReconcileStats,
 ) -> Result<(), DbErr> {
-    if scope.ids().is_empty() {
-        return Ok(());
-    }
-    if let Scope::Partners(ids) = &scope {
-        stats.partners += ids.len() as u64;
-    }
-    if let Scope::Tiers(partners) = &scope {
-        stats.partners += partners.len() as u64;
-    }
     let started = std::time::Instant::now();
     // What is read from the mirror: the scope's partners or deals, or for tier propagation the
     // changed deals (keeping the pairs of the chunk's partners).
     let (by_deal, mirror_ids, keep): (bool, Vec<String>, Option<HashSet<&String>>) = match &scope {
-        Scope::Partners(ids) => (false, ids.to_vec(), None),
+        Scope::Partners(ids) => {
+            stats.partners += ids.len() as u64;
+            (false, ids.to_vec(), None)
+        }
         Scope::Deals(ids) => (true, ids.to_vec(), None),
         Scope::Tiers(partners) => {
+            stats.partners += partners.len() as u64;
             let mut deal_ids: Vec<String> = partners
                 .iter()
                 .flat_map(|(_, d)| d.iter().cloned())
@@ -638,6 +607,9 @@ async fn process(
             )
         }
     };
+    if mirror_ids.is_empty() {
+        return Ok(());
+    }
     let kept = |partner_id: &String| keep.as_ref().is_none_or(|k| k.contains(partner_id));
     let column = |table: &str| {
         if by_deal {
@@ -648,7 +620,7 @@ async fn process(
     };
     // The attributed deals in scope, by partner, with what was last computed for them (one
     // statement), then the pairs last computed whose deal is now attributed elsewhere.
-    let (cond, values) = in_list(db, &column("a"), &mirror_ids, 1);
+    let (cond, values) = db.in_list(&column("a"), &mirror_ids, 1);
     let rows = db
         .conn
         .query_all_raw(Statement::from_sql_and_values(
@@ -674,12 +646,8 @@ async fn process(
         }
         let deleted: bool = get(&row, "deleted")?;
         let status: String = get(&row, "status")?;
-        let status = if deleted {
-            DealStatus::Lost
-        } else {
-            DealStatus::parse(&status)
-                .ok_or_else(|| DbErr::Custom(format!("stored deal status {status:?}")))?
-        };
+        let status = counted_status(&status, deleted)
+            .ok_or_else(|| DbErr::Custom(format!("stored deal status {status:?}")))?;
         let locked = match (
             get::<Option<String>>(&row, "locked_amount")?,
             get::<Option<String>>(&row, "locked_currency")?,
@@ -707,7 +675,7 @@ async fn process(
             locked,
         });
     }
-    let (cond, values) = in_list(db, &column("dc"), &mirror_ids, 1);
+    let (cond, values) = db.in_list(&column("dc"), &mirror_ids, 1);
     for row in db
         .conn
         .query_all_raw(Statement::from_sql_and_values(
@@ -737,7 +705,7 @@ async fn process(
     // ledger holds what was last computed (both are written in one transaction) and reads the
     // ledger only for pairs whose expectation moved.
     let mut booked = if ctx.verify_all {
-        read_booked(db, &scope.column("le"), &scope.ids()).await?
+        read_booked(db, &column("le"), &mirror_ids).await?
     } else {
         HashMap::new()
     };
@@ -937,10 +905,10 @@ async fn write(
                     program_id: Set(e.program_id.clone()),
                     deal_id: Set(Some(e.deal_id.clone())),
                     payout_id: Set(None),
-                    kind: Set(kind.to_string()),
+                    kind: Set(kind.as_str().to_string()),
                     amount_cents: Set(e.cents),
                     currency: Set(e.currency.clone()),
-                    status: Set(status.to_string()),
+                    status: Set(status.as_str().to_string()),
                     created_at: Set(now),
                     available_at: Set(available),
                     updated_at: Set(now),
@@ -965,7 +933,7 @@ async fn write(
             inserted.extend(ids);
         } else {
             // Some collided with another reconciler's entries: find which of ours are in.
-            let (cond, values) = in_list(db, "id", &ids, 1);
+            let (cond, values) = db.in_list("id", &ids, 1);
             for row in tx
                 .query_all_raw(Statement::from_sql_and_values(
                     db.backend(),
@@ -1006,10 +974,10 @@ async fn write(
             json!({
                 "ledgerEntryId": e.id,
                 "dealId": e.deal_id,
-                "kind": kind,
+                "kind": kind.as_str(),
                 "amount": amount.to_string(),
                 "currency": e.currency,
-                "status": status,
+                "status": status.as_str(),
                 "availableAt": available,
             }),
         ));
@@ -1049,17 +1017,20 @@ async fn write(
 
 /// Kind, status and availability of a new entry: accruals are held `holdDays` (APPROVED at
 /// once without a hold), reversals are APPROVED at once.
-fn entry_terms(e: &NewEntry, now: DateTime<Utc>) -> (&'static str, &'static str, DateTime<Utc>) {
+fn entry_terms(
+    e: &NewEntry,
+    now: DateTime<Utc>,
+) -> (LedgerEntryKind, LedgerEntryStatus, DateTime<Utc>) {
     if e.cents > 0 {
         let available = now + Duration::days(i64::from(e.hold_days));
         let status = if available <= now {
-            "APPROVED"
+            LedgerEntryStatus::Approved
         } else {
-            "PENDING"
+            LedgerEntryStatus::Pending
         };
-        (ACCRUAL, status, available)
+        (LedgerEntryKind::Accrual, status, available)
     } else {
-        (REVERSAL, "APPROVED", now)
+        (LedgerEntryKind::Reversal, LedgerEntryStatus::Approved, now)
     }
 }
 

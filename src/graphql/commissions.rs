@@ -32,14 +32,10 @@ use crate::{
         connection::{connection, id_page},
         loaders::Loaders,
         principal,
-        types::{Deal, Partner, page_complexity},
+        types::{Deal, Partner, internal, page_complexity},
     },
-    jobs::{JobName, Jobs},
+    jobs::{JobName, JobRunStatus, Jobs},
 };
-
-fn stored<T>(parsed: Option<T>, what: &str, value: &str) -> Result<T> {
-    parsed.ok_or_else(|| ApiError::Internal(format!("stored {what} {value:?}")).into())
-}
 
 async fn load_partner(ctx: &Context<'_>, id: &str) -> Result<Option<Partner>> {
     let loaders = ctx.data_unchecked::<Loaders>();
@@ -62,7 +58,7 @@ impl LedgerEntry {
     }
     /// ACCRUAL, REVERSAL, ADJUSTMENT or PAYOUT.
     async fn kind(&self) -> Result<LedgerEntryKind> {
-        stored(LedgerEntryKind::parse(&self.0.kind), "kind", &self.0.kind)
+        LedgerEntryKind::parse(&self.0.kind).ok_or_else(|| internal("kind", &self.0.kind))
     }
     /// Signed amount (reversals are negative).
     async fn amount(&self) -> Decimal {
@@ -74,11 +70,7 @@ impl LedgerEntry {
     }
     /// PENDING, APPROVED or PAID.
     async fn status(&self) -> Result<LedgerEntryStatus> {
-        stored(
-            LedgerEntryStatus::parse(&self.0.status),
-            "status",
-            &self.0.status,
-        )
+        LedgerEntryStatus::parse(&self.0.status).ok_or_else(|| internal("status", &self.0.status))
     }
     /// When it was appended.
     async fn created_at(&self) -> DateTime<Utc> {
@@ -141,11 +133,7 @@ impl Payout {
     }
     /// PENDING until marked paid.
     async fn status(&self) -> Result<PayoutStatus> {
-        stored(
-            PayoutStatus::parse(&self.0.status),
-            "status",
-            &self.0.status,
-        )
+        PayoutStatus::parse(&self.0.status).ok_or_else(|| internal("status", &self.0.status))
     }
     /// The payment reference given to `markPayoutPaid`.
     async fn reference(&self) -> Option<&str> {
@@ -189,17 +177,6 @@ impl ExchangeRate {
     }
 }
 
-/// Job run status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, async_graphql::Enum)]
-pub enum JobRunStatus {
-    /// In progress.
-    Running,
-    /// Finished.
-    Succeeded,
-    /// Stopped with an error.
-    Failed,
-}
-
 /// One run of a scheduled job.
 pub struct JobRun(pub job_run::Model);
 
@@ -216,12 +193,7 @@ impl JobRun {
     }
     /// RUNNING, SUCCEEDED or FAILED.
     async fn status(&self) -> Result<JobRunStatus> {
-        match self.0.status.as_str() {
-            "RUNNING" => Ok(JobRunStatus::Running),
-            "SUCCEEDED" => Ok(JobRunStatus::Succeeded),
-            "FAILED" => Ok(JobRunStatus::Failed),
-            other => stored(None, "job status", other),
-        }
+        JobRunStatus::parse(&self.0.status).ok_or_else(|| internal("job status", &self.0.status))
     }
     /// When it started.
     async fn started_at(&self) -> DateTime<Utc> {

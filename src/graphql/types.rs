@@ -25,7 +25,8 @@ use crate::{
     },
 };
 
-fn internal(what: &str, value: &str) -> async_graphql::Error {
+/// The error for a stored value that does not parse (details go to the log only).
+pub(crate) fn internal(what: &str, value: &str) -> async_graphql::Error {
     ApiError::Internal(format!("stored {what} {value:?} is invalid")).into()
 }
 
