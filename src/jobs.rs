@@ -227,31 +227,21 @@ impl Jobs {
         Ok(Some(cursor))
     }
 
+    /// Gives the lease back, keeping the job's cursor unless a new one is given.
     async fn release(&self, name: JobName, run_id: &str, cursor: Option<String>) -> ApiResult<()> {
         let db = &self.db;
         let p = |n| db.numbered(n);
-        let set_cursor = if cursor.is_some() {
-            format!(", cursor = {}", p(3))
-        } else {
-            String::new()
-        };
-        let mut values: Vec<sea_orm::Value> = vec![name.as_str().into(), run_id.into()];
-        if let Some(cursor) = cursor {
-            values.push(cursor.into());
-        }
-        let tx = db.begin_write().await?;
-        tx.execute_raw(Statement::from_sql_and_values(
-            db.backend(),
+        db.execute_write(
             format!(
-                "UPDATE job_leases SET holder = NULL, run_id = NULL, expires_at_ms = 0{set_cursor} \
-                 WHERE name = {} AND run_id = {}",
+                "UPDATE job_leases SET holder = NULL, run_id = NULL, expires_at_ms = 0, \
+                 cursor = COALESCE({}, cursor) WHERE name = {} AND run_id = {}",
+                p(3),
                 p(1),
                 p(2)
             ),
-            values,
-        ))
+            vec![name.as_str().into(), run_id.into(), cursor.into()],
+        )
         .await?;
-        tx.commit().await?;
         Ok(())
     }
 
@@ -260,22 +250,17 @@ impl Jobs {
         loop {
             tokio::time::sleep(every).await;
             let expires = ms(Utc::now()) + lease.as_millis() as i64;
-            let renewed = async {
-                let tx = db.begin_write().await?;
-                tx.execute_raw(Statement::from_sql_and_values(
-                    db.backend(),
+            let renewed = db
+                .execute_write(
                     format!(
                         "UPDATE job_leases SET expires_at_ms = {} WHERE name = {} AND run_id = {}",
                         db.placeholder(1),
                         db.placeholder(2),
                         db.placeholder(3)
                     ),
-                    [expires.into(), name.as_str().into(), run_id.clone().into()],
-                ))
-                .await?;
-                tx.commit().await
-            }
-            .await;
+                    vec![expires.into(), name.as_str().into(), run_id.clone().into()],
+                )
+                .await;
             if let Err(e) = renewed {
                 tracing::warn!(job = name.as_str(), error = %e, "renewing the job lease failed");
             }

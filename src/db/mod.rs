@@ -146,6 +146,16 @@ impl Db {
         Ok(WriteTx { tx, _guard: guard })
     }
 
+    /// Runs one writing statement in its own write transaction; returns the rows affected.
+    pub async fn execute_write(&self, sql: String, values: Vec<Value>) -> Result<u64, DbErr> {
+        let tx = self.begin_write().await?;
+        let result = tx
+            .execute_raw(Statement::from_sql_and_values(self.backend(), sql, values))
+            .await?;
+        tx.commit().await?;
+        Ok(result.rows_affected())
+    }
+
     /// Checks that the database answers.
     pub async fn ping(&self) -> Result<(), DbErr> {
         self.conn

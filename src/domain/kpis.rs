@@ -6,7 +6,11 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use sea_orm::{ConnectionTrait, DatabaseBackend, QueryResult, Statement, Value};
 
-use crate::{db::Db, domain::commission::from_cents, error::ApiResult};
+use crate::{
+    db::Db,
+    domain::{commission::from_cents, ledger::COMMISSION_KINDS},
+    error::ApiResult,
+};
 
 /// The question: a program, optionally one partner, optionally a time range.
 #[derive(Debug, Clone)]
@@ -74,7 +78,14 @@ struct Filter<'a> {
     values: Vec<Value>,
 }
 
-impl Filter<'_> {
+impl<'a> Filter<'a> {
+    fn new(db: &'a Db) -> Filter<'a> {
+        Filter {
+            db,
+            values: Vec::new(),
+        }
+    }
+
     fn bind(&mut self, value: impl Into<Value>) -> String {
         self.values.push(value.into());
         self.db.numbered(self.values.len())
@@ -90,12 +101,19 @@ impl Filter<'_> {
             ));
         }
         if let Some(time) = time {
-            if let Some(from) = q.from {
-                sql.push_str(&format!(" AND {time} >= {}", self.bind(from)));
-            }
-            if let Some(to) = q.to {
-                sql.push_str(&format!(" AND {time} < {}", self.bind(to)));
-            }
+            sql.push_str(&format!(" AND {}", self.range(q, time)));
+        }
+        sql
+    }
+
+    /// `time` within `[from, to)` (`1 = 1` without bounds).
+    fn range(&mut self, q: &KpiQuery, time: &str) -> String {
+        let mut sql = String::from("1 = 1");
+        if let Some(from) = q.from {
+            sql.push_str(&format!(" AND {time} >= {}", self.bind(from)));
+        }
+        if let Some(to) = q.to {
+            sql.push_str(&format!(" AND {time} < {}", self.bind(to)));
         }
         sql
     }
@@ -123,10 +141,7 @@ fn ratio(n: i64, d: i64) -> Option<f64> {
 
 /// Computes the KPIs.
 pub async fn kpis(db: &Db, q: &KpiQuery) -> ApiResult<Kpis> {
-    let mut f = Filter {
-        db,
-        values: Vec::new(),
-    };
+    let mut f = Filter::new(db);
     let scope = f.scope(q, "program_id", "partner_id", Some("submitted_at"));
     let row = one_row(
         db,
@@ -145,23 +160,10 @@ pub async fn kpis(db: &Db, q: &KpiQuery) -> ApiResult<Kpis> {
 
     // Deals, from the reconciler's view of every attributed deal (one scan): attributed by
     // creation, won and lost by close (a deleted deal counts lost), open ones as pipeline.
-    let range = |f: &mut Filter, col: &str| {
-        let mut sql = String::from("1 = 1");
-        if let Some(from) = q.from {
-            sql.push_str(&format!(" AND {col} >= {}", f.bind(from)));
-        }
-        if let Some(to) = q.to {
-            sql.push_str(&format!(" AND {col} < {}", f.bind(to)));
-        }
-        sql
-    };
-    let mut f = Filter {
-        db,
-        values: Vec::new(),
-    };
+    let mut f = Filter::new(db);
     let base = f.scope(q, "program_id", "partner_id", None);
-    let created_range = range(&mut f, "deal_created_at");
-    let closed_range = range(&mut f, "closed_at");
+    let created_range = f.range(q, "deal_created_at");
+    let closed_range = f.range(q, "closed_at");
     let row = one_row(
         db,
         format!(
@@ -184,26 +186,20 @@ pub async fn kpis(db: &Db, q: &KpiQuery) -> ApiResult<Kpis> {
     let pipeline: i64 = row.try_get("", "pipeline")?;
     let won_revenue: i64 = row.try_get("", "revenue")?;
 
-    let mut f = Filter {
-        db,
-        values: Vec::new(),
-    };
+    let mut f = Filter::new(db);
     let scope = f.scope(q, "program_id", "partner_id", Some("created_at"));
     let row = one_row(
         db,
         format!(
             "SELECT {} AS accrued FROM ledger_entries WHERE {scope} \
-             AND kind IN ('ACCRUAL', 'REVERSAL', 'ADJUSTMENT')",
+             AND kind IN {COMMISSION_KINDS}",
             cents("amount_cents")
         ),
         f.values,
     )
     .await?;
     let accrued: i64 = row.try_get("", "accrued")?;
-    let mut f = Filter {
-        db,
-        values: Vec::new(),
-    };
+    let mut f = Filter::new(db);
     let scope = f.scope(q, "program_id", "partner_id", Some("paid_at"));
     let row = one_row(
         db,
@@ -218,12 +214,9 @@ pub async fn kpis(db: &Db, q: &KpiQuery) -> ApiResult<Kpis> {
 
     let median = median_hours_to_first_deal(db, q).await?;
 
-    let mut f = Filter {
-        db,
-        values: Vec::new(),
-    };
+    let mut f = Filter::new(db);
     let base = f.scope(q, "program_id", "partner_id", None);
-    let won_range = range(&mut f, "closed_at");
+    let won_range = f.range(q, "closed_at");
     let limit = f.bind(q.leaderboard_size as i64);
     let rows = db
         .conn
@@ -273,10 +266,7 @@ async fn median_hours_to_first_deal(db: &Db, q: &KpiQuery) -> ApiResult<Option<f
         }
         _ => "MAX((julianday(MIN(d.created_at)) - julianday(r.submitted_at)) * 24.0, 0.0)",
     };
-    let mut f = Filter {
-        db,
-        values: Vec::new(),
-    };
+    let mut f = Filter::new(db);
     let scope = f.scope(q, "r.program_id", "r.partner_id", Some("r.submitted_at"));
     let delays = format!(
         "SELECT {hours} AS hours FROM referrals r \

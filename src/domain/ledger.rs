@@ -62,6 +62,9 @@ impl LedgerEntryKind {
     }
 }
 
+/// The kinds that make up a deal's booked commission, as an SQL list.
+pub const COMMISSION_KINDS: &str = "('ACCRUAL', 'REVERSAL', 'ADJUSTMENT')";
+
 /// Where a ledger entry stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
 pub enum LedgerEntryStatus {

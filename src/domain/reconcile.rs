@@ -33,7 +33,7 @@ use crate::{
         deals::counted_status,
         events::{self, EventType},
         ids::new_id,
-        ledger::{LedgerEntryKind, LedgerEntryStatus},
+        ledger::{COMMISSION_KINDS, LedgerEntryKind, LedgerEntryStatus},
         programs::plan_of,
     },
 };
@@ -48,9 +48,6 @@ const PARTNER_CHUNK: usize = 250;
 const TIER_CHUNK: usize = 1_000;
 /// Deals per chunk in a per-deal pass.
 const DEAL_CHUNK: usize = 5_000;
-
-/// Kinds that count towards a deal's booked commission.
-const DEAL_KINDS: &str = "('ACCRUAL','REVERSAL','ADJUSTMENT')";
 
 /// What a reconciliation did (the job run's `stats`).
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -189,7 +186,7 @@ async fn read_booked(
                 format!(
                     "SELECT le.partner_id, le.deal_id, CAST(SUM(le.amount_cents) AS BIGINT) AS cents, \
                      CAST(COALESCE(MAX(le.deal_seq), 0) AS BIGINT) AS max_seq FROM ledger_entries le \
-                     WHERE {cond} AND le.deal_id IS NOT NULL AND le.kind IN {DEAL_KINDS} \
+                     WHERE {cond} AND le.deal_id IS NOT NULL AND le.kind IN {COMMISSION_KINDS} \
                      GROUP BY le.partner_id, le.deal_id"
                 ),
                 values,
@@ -1037,19 +1034,14 @@ fn entry_terms(
 /// Moves PENDING entries whose `availableAt` has passed to APPROVED; returns how many.
 pub async fn release_holds(db: &Db) -> Result<u64, DbErr> {
     let now = Utc::now();
-    let tx = db.begin_write().await?;
-    let result = tx
-        .execute_raw(Statement::from_sql_and_values(
-            db.backend(),
-            format!(
-                "UPDATE ledger_entries SET status = 'APPROVED', updated_at = {} \
-                 WHERE status = 'PENDING' AND available_at <= {}",
-                db.placeholder(1),
-                db.placeholder(2)
-            ),
-            [now.into(), now.into()],
-        ))
-        .await?;
-    tx.commit().await?;
-    Ok(result.rows_affected())
+    db.execute_write(
+        format!(
+            "UPDATE ledger_entries SET status = 'APPROVED', updated_at = {} \
+             WHERE status = 'PENDING' AND available_at <= {}",
+            db.placeholder(1),
+            db.placeholder(2)
+        ),
+        vec![now.into(), now.into()],
+    )
+    .await
 }
