@@ -352,17 +352,6 @@ pub struct JobRunFilter {
     pub name: Option<String>,
 }
 
-/// The partner a list is limited to: a partner key's own; an admin's filter. `None` inside
-/// means "no partner limit"; `Err(())` means "nothing is visible" (another partner's id).
-fn partner_limit(principal: &Principal, asked: Option<&ID>) -> Result<Option<Option<String>>> {
-    principal.require_admin_or_partner()?;
-    match (principal.partner_scope(), asked) {
-        (Some(own), Some(asked)) if own != asked.as_str() => Ok(None),
-        (Some(own), _) => Ok(Some(Some(own.to_string()))),
-        (None, asked) => Ok(Some(asked.map(|a| a.to_string()))),
-    }
-}
-
 /// Commission queries.
 #[derive(Default)]
 pub struct CommissionQuery;
@@ -383,12 +372,13 @@ impl CommissionQuery {
         let args = PageArgs::parse(first, after)?;
         let filter = filter.unwrap_or_default();
         let mut query = ledger_entry::Entity::find();
-        match partner_limit(principal, filter.partner_id.as_ref())? {
-            None => query = query.filter(ledger_entry::Column::Id.is_null()),
-            Some(Some(partner_id)) => {
-                query = query.filter(ledger_entry::Column::PartnerId.eq(partner_id))
-            }
-            Some(None) => {}
+        // A partner key asking for another partner's entries gets none: both filters apply.
+        principal.require_admin_or_partner()?;
+        if let Some(own) = principal.partner_scope() {
+            query = query.filter(ledger_entry::Column::PartnerId.eq(own));
+        }
+        if let Some(partner_id) = &filter.partner_id {
+            query = query.filter(ledger_entry::Column::PartnerId.eq(partner_id.as_str()));
         }
         if let Some(deal_id) = filter.deal_id {
             query = query.filter(ledger_entry::Column::DealId.eq(deal_id.to_string()));
@@ -440,12 +430,13 @@ impl CommissionQuery {
         let args = PageArgs::parse(first, after)?;
         let filter = filter.unwrap_or_default();
         let mut query = payout::Entity::find();
-        match partner_limit(principal, filter.partner_id.as_ref())? {
-            None => query = query.filter(payout::Column::Id.is_null()),
-            Some(Some(partner_id)) => {
-                query = query.filter(payout::Column::PartnerId.eq(partner_id))
-            }
-            Some(None) => {}
+        // A partner key asking for another partner's payouts gets none: both filters apply.
+        principal.require_admin_or_partner()?;
+        if let Some(own) = principal.partner_scope() {
+            query = query.filter(payout::Column::PartnerId.eq(own));
+        }
+        if let Some(partner_id) = &filter.partner_id {
+            query = query.filter(payout::Column::PartnerId.eq(partner_id.as_str()));
         }
         if let Some(status) = filter.status {
             query = query.filter(payout::Column::Status.eq(status.as_str()));
