@@ -128,10 +128,7 @@ impl Context {
         }
         let mut rates = Rates::default();
         for r in exchange_rate::Entity::find().all(&db.conn).await? {
-            let rate: Decimal = r
-                .rate
-                .parse()
-                .map_err(|e| DbErr::Custom(format!("exchange rate {}: {e}", r.id)))?;
+            let rate = parse_decimal(&r.rate, "exchange rate")?;
             rates.insert(&r.base, &r.quote, r.effective_at, rate);
         }
         let partners = partner::Entity::find()
