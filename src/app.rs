@@ -19,9 +19,10 @@ use crate::{
         webhooks::Webhooks,
     },
     error::ApiError,
-    graphql::build_schema,
+    graphql::{build_schema, outbound::OutboundContext},
     http::{AppState, metrics::Metrics, routes},
     jobs::{Jobs, start_scheduler},
+    outbound::{DeliveryWorker, EventFeed, Fanout, OutboundSettings},
 };
 
 /// A hub whose database is ready and whose listener is bound.
@@ -61,7 +62,8 @@ impl App {
             config.secret_key.as_ref().map(|k| k.0.as_str()),
             &config.database_url,
         )?;
-        let webhooks = Webhooks::new(db.clone(), Arc::new(key));
+        let key = Arc::new(key);
+        let webhooks = Webhooks::new(db.clone(), key.clone());
         let inbox = Inbox::start(db.clone());
         let public_base = config.public_base_url(addr);
         let (stop_workers, stop) = tokio::sync::watch::channel(false);
@@ -73,8 +75,33 @@ impl App {
         );
         let mut workers = Vec::new();
         if config.inbox_worker {
-            workers.push(tokio::spawn(worker.run(stop)));
+            workers.push(tokio::spawn(worker.run(stop.clone())));
         }
+        let feed = EventFeed::start(db.with_own_statement_counter(), stop.clone())
+            .await
+            .context("starting the event feed")?;
+        let settings = OutboundSettings::from_config(&config);
+        if config.webhook_worker {
+            let wake = Arc::new(tokio::sync::Notify::new());
+            let fanout = Fanout::new(db.with_own_statement_counter());
+            workers.push(tokio::spawn(fanout.run(
+                feed.clone(),
+                wake.clone(),
+                stop.clone(),
+            )));
+            let worker = DeliveryWorker::new(
+                db.with_own_statement_counter(),
+                key.clone(),
+                settings.clone(),
+                wake,
+            );
+            workers.push(tokio::spawn(worker.run(stop.clone())));
+        }
+        let outbound = OutboundContext {
+            key: key.clone(),
+            settings,
+            feed,
+        };
         let jobs = Jobs::new(
             db.with_own_statement_counter(),
             Duration::from_secs(config.job_lease_secs),
@@ -89,7 +116,13 @@ impl App {
             None
         };
         let state = AppState {
-            schema: build_schema(db.clone(), webhooks.clone(), jobs, public_base.clone()),
+            schema: build_schema(
+                db.clone(),
+                webhooks.clone(),
+                jobs,
+                outbound,
+                public_base.clone(),
+            ),
             db,
             metrics: Metrics::new(),
             config,

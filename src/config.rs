@@ -55,6 +55,28 @@ pub struct Config {
     /// How long a job's lease lasts without renewal, in seconds (`TANDEM_JOB_LEASE_SECS`): a
     /// crashed holder's run can be taken over after this.
     pub job_lease_secs: u64,
+    /// Whether this instance delivers outbound webhooks (`TANDEM_WEBHOOK_WORKER`, default
+    /// true). Several instances on one PostgreSQL share the work.
+    pub webhook_worker: bool,
+    /// Delays before the retries of a failed delivery (`TANDEM_WEBHOOK_RETRY_SCHEDULE`,
+    /// comma-separated durations such as `5s,5m,30m,2h,5h,10h,10h`); ±20 % jitter is added, and a
+    /// `Retry-After` answer replaces the delay. After the last one the delivery has failed.
+    pub webhook_retry_schedule: String,
+    /// Per-attempt timeout in milliseconds (`TANDEM_WEBHOOK_TIMEOUT_MS`, default 15000).
+    pub webhook_timeout_ms: u64,
+    /// An endpoint failing without a single success for this long is disabled
+    /// (`TANDEM_WEBHOOK_DISABLE_AFTER`, default `5d`).
+    pub webhook_disable_after: String,
+    /// Deliveries per second to one endpoint at most (`TANDEM_WEBHOOK_RATE_LIMIT`, default 100).
+    pub webhook_rate_limit: u32,
+    /// Requests in flight to one endpoint at most (`TANDEM_WEBHOOK_MAX_IN_FLIGHT`, default 16).
+    pub webhook_max_in_flight: u32,
+    /// Allow endpoint URLs on loopback, private and link-local addresses
+    /// (`TANDEM_WEBHOOK_ALLOW_PRIVATE_TARGETS`, default false).
+    pub webhook_allow_private_targets: bool,
+    /// How long a worker's claim on a delivery lasts, in seconds (`TANDEM_WEBHOOK_CLAIM_SECS`,
+    /// default 60): a crashed worker's deliveries are retried after this.
+    pub webhook_claim_secs: u64,
 }
 
 /// A configuration value that must never reach a log: `Debug` prints `[redacted]`.
@@ -84,6 +106,14 @@ impl Default for Config {
             reconcile_schedule: "0 */10 * * * *".to_string(),
             release_holds_schedule: "0 0 * * * *".to_string(),
             job_lease_secs: 300,
+            webhook_worker: true,
+            webhook_retry_schedule: "5s,5m,30m,2h,5h,10h,10h".to_string(),
+            webhook_timeout_ms: 15_000,
+            webhook_disable_after: "5d".to_string(),
+            webhook_rate_limit: 100,
+            webhook_max_in_flight: 16,
+            webhook_allow_private_targets: false,
+            webhook_claim_secs: 60,
         }
     }
 }
@@ -120,6 +150,14 @@ impl Config {
                 "reconcile_schedule",
                 "release_holds_schedule",
                 "job_lease_secs",
+                "webhook_worker",
+                "webhook_retry_schedule",
+                "webhook_timeout_ms",
+                "webhook_disable_after",
+                "webhook_rate_limit",
+                "webhook_max_in_flight",
+                "webhook_allow_private_targets",
+                "webhook_claim_secs",
             ]))
             .merge(Serialized::defaults(flags))
             .extract()
@@ -153,10 +191,38 @@ impl Config {
         if self.job_lease_secs < 2 {
             return invalid("job_lease_secs must be at least 2".to_string());
         }
+        if let Err(e) = self.retry_schedule() {
+            return invalid(format!("webhook_retry_schedule: {e}"));
+        }
+        if let Err(e) = humantime::parse_duration(&self.webhook_disable_after) {
+            return invalid(format!("webhook_disable_after: {e}"));
+        }
+        if self.webhook_timeout_ms == 0 || self.webhook_rate_limit == 0 {
+            return invalid("webhook_timeout_ms and webhook_rate_limit must be positive".into());
+        }
+        if self.webhook_max_in_flight == 0 || self.webhook_claim_secs == 0 {
+            return invalid("webhook_max_in_flight and webhook_claim_secs must be positive".into());
+        }
         if self.database_max_connections == 0 {
             return invalid("database_max_connections must be at least 1".to_string());
         }
         Ok(())
+    }
+
+    /// The parsed `webhook_retry_schedule`.
+    pub fn retry_schedule(&self) -> Result<Vec<std::time::Duration>, String> {
+        self.webhook_retry_schedule
+            .split(',')
+            .map(str::trim)
+            .filter(|step| !step.is_empty())
+            .map(|step| humantime::parse_duration(step).map_err(|e| format!("{step:?}: {e}")))
+            .collect()
+    }
+
+    /// The parsed `webhook_disable_after` (validated at load).
+    pub fn disable_after(&self) -> std::time::Duration {
+        humantime::parse_duration(&self.webhook_disable_after)
+            .unwrap_or(std::time::Duration::from_secs(5 * 86_400))
     }
 
     /// The public base URL, derived from the bind address when not configured.

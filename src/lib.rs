@@ -17,6 +17,7 @@ pub mod error;
 pub mod graphql;
 pub mod http;
 pub mod jobs;
+pub mod outbound;
 
 /// Installs the process-wide rustls crypto provider. Two providers are compiled in (ring for the
 /// database driver, aws-lc for reqwest), so rustls cannot pick one by itself.

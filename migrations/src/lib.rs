@@ -8,6 +8,7 @@ mod m20261123_000001_initial;
 mod m20261124_000001_webhooks;
 mod m20261124_000002_commissions;
 mod m20261124_000003_event_visibility;
+mod m20261124_000004_outbound_webhooks;
 
 /// The ordered list of Tandem migrations.
 pub struct Migrator;
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000001_webhooks::Migration),
             Box::new(m20261124_000002_commissions::Migration),
             Box::new(m20261124_000003_event_visibility::Migration),
+            Box::new(m20261124_000004_outbound_webhooks::Migration),
         ]
     }
 }

@@ -33,6 +33,8 @@ pub struct Db {
     /// `SQLITE_BUSY`. `None` on PostgreSQL.
     write_lock: Option<Arc<Mutex<()>>>,
     statements: Arc<AtomicU64>,
+    /// Signalled after every write transaction commits: wakes this process's event feed.
+    committed: Arc<tokio::sync::Notify>,
 }
 
 /// A write transaction; on SQLite it also holds the writer lock until dropped.
@@ -40,6 +42,7 @@ pub struct WriteTx {
     /// The open transaction.
     pub tx: DatabaseTransaction,
     _guard: Option<OwnedMutexGuard<()>>,
+    committed: Arc<tokio::sync::Notify>,
 }
 
 impl std::ops::Deref for WriteTx {
@@ -52,7 +55,9 @@ impl std::ops::Deref for WriteTx {
 impl WriteTx {
     /// Commits the transaction, then releases the writer lock.
     pub async fn commit(self) -> Result<(), DbErr> {
-        self.tx.commit().await
+        self.tx.commit().await?;
+        self.committed.notify_one();
+        Ok(())
     }
 }
 
@@ -96,6 +101,7 @@ impl Db {
             conn,
             write_lock,
             statements,
+            committed: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
@@ -133,6 +139,7 @@ impl Db {
             conn,
             write_lock: self.write_lock.clone(),
             statements,
+            committed: self.committed.clone(),
         }
     }
 
@@ -143,7 +150,11 @@ impl Db {
             None => None,
         };
         let tx = self.conn.begin().await?;
-        Ok(WriteTx { tx, _guard: guard })
+        Ok(WriteTx {
+            tx,
+            _guard: guard,
+            committed: self.committed.clone(),
+        })
     }
 
     /// Runs one writing statement in its own write transaction; returns the rows affected.
@@ -154,6 +165,12 @@ impl Db {
             .await?;
         tx.commit().await?;
         Ok(result.rows_affected())
+    }
+
+    /// Completes after the next write transaction of this process commits (or at once if one
+    /// committed since the last call): the event feed's wake-up.
+    pub async fn committed(&self) {
+        self.committed.notified().await
     }
 
     /// Checks that the database answers.

@@ -93,6 +93,25 @@ impl Principal {
         }
     }
 
+    /// Whether this caller may see an event of `program_id` concerning `partner_id`: admins
+    /// all, partners events about themselves, integrations events of the programs granted.
+    pub fn sees_event(&self, program_id: &str, partner_id: Option<&str>) -> bool {
+        match self {
+            Principal::Admin { .. } => true,
+            Principal::Partner { partner_id: own, .. } => partner_id == Some(own.as_str()),
+            Principal::Integration { program_ids, .. } => program_ids.iter().any(|p| p == program_id),
+        }
+    }
+
+    /// The key behind this principal.
+    pub fn key_id(&self) -> &str {
+        match self {
+            Principal::Admin { key_id }
+            | Principal::Partner { key_id, .. }
+            | Principal::Integration { key_id, .. } => key_id,
+        }
+    }
+
     /// Fails with `FORBIDDEN` unless this is an admin.
     pub fn require_admin(&self) -> ApiResult<()> {
         match self {
@@ -238,6 +257,31 @@ pub async fn authenticate(db: &Db, token: &str) -> ApiResult<Principal> {
         .await?
         .ok_or(ApiError::Unauthenticated)?;
     principal_for_key(db, key).await
+}
+
+/// The principals of the given keys that are not revoked (revoked or unknown keys are left
+/// out): what outbound webhook endpoints are scoped by.
+pub async fn principals_of_keys(
+    db: &Db,
+    key_ids: Vec<String>,
+) -> ApiResult<std::collections::HashMap<String, Principal>> {
+    let keys = api_key::Entity::find()
+        .filter(api_key::Column::Id.is_in(key_ids))
+        .filter(api_key::Column::RevokedAt.is_null())
+        .all(&db.conn)
+        .await?;
+    let mut principals = std::collections::HashMap::new();
+    for key in keys {
+        let id = key.id.clone();
+        match principal_for_key(db, key).await {
+            Ok(principal) => {
+                principals.insert(id, principal);
+            }
+            Err(ApiError::Unauthenticated) => {}
+            Err(other) => return Err(other),
+        }
+    }
+    Ok(principals)
 }
 
 async fn principal_for_key(db: &Db, key: api_key::Model) -> ApiResult<Principal> {

@@ -140,7 +140,7 @@ pub async fn record_all(
 
 /// A position in the event stream: after the events of transaction `tx` up to `seq`
 /// (PostgreSQL pages by `(tx_id, seq)`; on SQLite `tx` is 0 and `seq` alone orders).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct EventPosition {
     /// Transaction id (PostgreSQL).
     pub tx: i64,

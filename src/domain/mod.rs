@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod commission;
 pub mod deals;
+pub mod endpoints;
 pub mod events;
 pub mod ids;
 pub mod inbox;

@@ -58,6 +58,13 @@ pub fn random_bytes(buf: &mut [u8]) {
         .expect("the operating system's random number generator is unavailable");
 }
 
+/// A new Standard Webhooks signing secret: `whsec_` + base64 of 32 random bytes.
+pub fn new_standard_secret() -> String {
+    let mut key = [0u8; KEY_LEN];
+    random_bytes(&mut key);
+    format!("whsec_{}", STANDARD.encode(key))
+}
+
 impl SecretKey {
     /// A key from its base64 form.
     pub fn from_base64(encoded: &str) -> Result<SecretKey, SecretError> {

@@ -5,7 +5,6 @@
 use std::{collections::HashMap, sync::Arc};
 
 use async_graphql::{Enum, ID, InputObject};
-use base64::{Engine, engine::general_purpose::STANDARD};
 use chrono::{DateTime, Utc};
 use http::HeaderMap;
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait};
@@ -24,7 +23,7 @@ use crate::{
     domain::{
         ids::{is_valid_id, new_id},
         programs::validated_name,
-        secrets::{SecretKey, random_bytes},
+        secrets::{SecretKey, new_standard_secret, random_bytes},
     },
     error::{ApiError, ApiResult},
 };
@@ -289,11 +288,7 @@ impl Webhooks {
                         }
                         s.to_string()
                     }
-                    None => {
-                        let mut key = [0u8; 32];
-                        random_bytes(&mut key);
-                        format!("whsec_{}", STANDARD.encode(key))
-                    }
+                    None => new_standard_secret(),
                 };
                 (secret.clone(), Some(secret))
             }

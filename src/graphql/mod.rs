@@ -6,11 +6,12 @@ pub mod connection;
 pub mod limits;
 pub mod loaders;
 pub mod mutation;
+pub mod outbound;
 pub mod query;
 pub mod types;
 pub mod webhooks;
 
-use async_graphql::{Context, EmptySubscription, MergedObject, Schema, SchemaBuilder};
+use async_graphql::{Context, MergedObject, Schema, SchemaBuilder};
 use tokio::sync::OnceCell;
 
 use crate::{
@@ -29,6 +30,7 @@ pub struct QueryRoot(
     query::CoreQuery,
     webhooks::WebhookQuery,
     commissions::CommissionQuery,
+    outbound::OutboundQuery,
 );
 
 /// The mutation root: every domain's mutations merged.
@@ -37,10 +39,11 @@ pub struct MutationRoot(
     mutation::CoreMutation,
     webhooks::WebhookMutation,
     commissions::CommissionMutation,
+    outbound::OutboundMutation,
 );
 
 /// The Tandem schema type.
-pub type TandemSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
+pub type TandemSchema = Schema<QueryRoot, MutationRoot, outbound::SubscriptionRoot>;
 
 /// Maximum query depth.
 pub const MAX_DEPTH: usize = 12;
@@ -48,11 +51,11 @@ pub const MAX_DEPTH: usize = 12;
 pub const MAX_COMPLEXITY: usize = 10_000;
 
 /// The schema without data: enough for SDL export and schema tests.
-pub fn schema_builder() -> SchemaBuilder<QueryRoot, MutationRoot, EmptySubscription> {
+pub fn schema_builder() -> SchemaBuilder<QueryRoot, MutationRoot, outbound::SubscriptionRoot> {
     Schema::build(
         QueryRoot::default(),
         MutationRoot::default(),
-        EmptySubscription,
+        outbound::SubscriptionRoot,
     )
     .limit_depth(MAX_DEPTH)
     .limit_complexity(MAX_COMPLEXITY)
@@ -63,11 +66,18 @@ pub fn schema_builder() -> SchemaBuilder<QueryRoot, MutationRoot, EmptySubscript
 pub struct PublicBase(pub String);
 
 /// The schema with the database and services attached.
-pub fn build_schema(db: Db, webhooks: Webhooks, jobs: Jobs, public_base: String) -> TandemSchema {
+pub fn build_schema(
+    db: Db,
+    webhooks: Webhooks,
+    jobs: Jobs,
+    outbound: outbound::OutboundContext,
+    public_base: String,
+) -> TandemSchema {
     schema_builder()
         .data(db)
         .data(webhooks)
         .data(jobs)
+        .data(outbound)
         .data(PublicBase(public_base))
         .finish()
 }

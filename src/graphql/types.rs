@@ -557,6 +557,11 @@ impl Event {
     async fn data(&self) -> Json<serde_json::Value> {
         Json(self.0.data.clone())
     }
+    /// Its position in the stream: pass it as `after` (to the `events` query or subscription)
+    /// to continue after this event.
+    async fn cursor(&self) -> String {
+        crate::domain::events::EventPosition::of(&self.0).to_cursor()
+    }
 }
 
 /// Who is calling.

@@ -14,7 +14,10 @@ use poem::{
 };
 use serde_json::json;
 
+use async_graphql::ErrorExtensions;
+
 use crate::{
+    error::ApiError,
     graphql::{RequestAuth, loaders::Loaders},
     http::{AppState, metrics::operation_name},
 };
@@ -28,6 +31,7 @@ pub async fn graphiql() -> Html<String> {
     Html(
         GraphiQLSource::build()
             .endpoint("/graphql")
+            .subscription_endpoint("/graphql/ws")
             .title("Tandem GraphiQL")
             .finish(),
     )
@@ -146,6 +150,56 @@ pub async fn graphql_post(req: &Request, body: Body, state: Data<&AppState>) -> 
         }
     }
     .into_response()
+}
+
+/// The bearer token in a `connection_init` payload: `{"Authorization": "Bearer tdm_…"}`, the key
+/// name in any case.
+fn init_token(payload: &serde_json::Value) -> Option<String> {
+    let value = payload
+        .as_object()?
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))?
+        .1
+        .as_str()?
+        .trim();
+    match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+            Some(token.trim().to_string())
+        }
+        _ => Some(String::new()),
+    }
+}
+
+/// `GET /graphql/ws`: subscriptions over `graphql-transport-ws` (and the older
+/// `graphql-ws`). The key travels in the `connection_init` payload; a missing or invalid key
+/// closes the connection before any operation runs.
+#[handler]
+pub async fn graphql_ws(
+    protocol: async_graphql_poem::GraphQLProtocol,
+    websocket: poem::web::websocket::WebSocket,
+    state: Data<&AppState>,
+) -> impl IntoResponse {
+    let schema = state.schema.clone();
+    let db = state.db.clone();
+    let delay = std::time::Duration::from_millis(state.config.graphql_batch_delay_ms);
+    websocket
+        .protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |stream| {
+            async_graphql_poem::GraphQLWebSocket::new(stream, schema, protocol)
+                .on_connection_init(move |payload| async move {
+                    let token = init_token(&payload).ok_or_else(|| {
+                        ApiError::Unauthenticated.extend()
+                    })?;
+                    crate::domain::auth::authenticate(&db, &token)
+                        .await
+                        .map_err(|e| e.extend())?;
+                    let mut data = async_graphql::Data::default();
+                    data.insert(RequestAuth::new(Some(token)));
+                    data.insert(Loaders::new(&db, delay));
+                    Ok(data)
+                })
+                .serve()
+        })
 }
 
 #[cfg(test)]

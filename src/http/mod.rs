@@ -82,6 +82,10 @@ pub fn routes(state: AppState) -> impl poem::Endpoint {
                 .with(m.route("/graphql")),
         )
         .at(
+            "/graphql/ws",
+            get(graphql::graphql_ws).with(m.route("/graphql/ws")),
+        )
+        .at(
             "/webhooks/:source_id",
             poem::post(webhooks::receive_webhook).with(m.route("/webhooks/{sourceId}")),
         )

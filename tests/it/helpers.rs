@@ -13,6 +13,30 @@ use tokio::sync::oneshot;
 /// Runs each named scenario `async fn name(app: TestApp)` on SQLite and on PostgreSQL.
 #[macro_export]
 macro_rules! db_tests {
+    (config = $tweak:ident; $($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::TestApp::sqlite_with(super::$tweak).await).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    match $crate::helpers::TestApp::postgres_with(super::$tweak).await {
+                        Some(app) => super::$name(app).await,
+                        None => eprintln!(
+                            "skipped {} on PostgreSQL: TANDEM_TEST_POSTGRES_URL is not set",
+                            stringify!($name)
+                        ),
+                    }
+                }
+            )*
+        }
+    };
     ($($name:ident),* $(,)?) => {
         mod sqlite {
             $(
@@ -124,30 +148,47 @@ fn config(database_url: &str) -> Config {
         graphql_batch_delay_ms: 25,
         // Tests run jobs with `runJob`; the lease tests start schedulers themselves.
         scheduler: false,
+        // Test receivers listen on loopback.
+        webhook_allow_private_targets: true,
         ..Config::default()
     }
 }
 
+/// Leaves the test configuration as it is.
+pub fn default_config(_: &mut Config) {}
+
 impl TestApp {
     /// A hub on a fresh SQLite file.
     pub async fn sqlite() -> TestApp {
-        let path = std::env::temp_dir().join(format!("tandem-test-{}.db", uuid::Uuid::new_v4()));
-        let url = format!("sqlite://{}", path.display());
-        TestApp::start(&url, Cleanup::SqliteFile(path)).await
+        TestApp::sqlite_with(default_config).await
     }
 
     /// A hub on a fresh PostgreSQL database, or `None` without `TANDEM_TEST_POSTGRES_URL`.
     pub async fn postgres() -> Option<TestApp> {
-        let database = fresh_postgres_database().await?;
-        let url = database.url.clone();
-        Some(TestApp::start(&url, Cleanup::Postgres(database)).await)
+        TestApp::postgres_with(default_config).await
     }
 
-    async fn start(url: &str, cleanup: Cleanup) -> TestApp {
+    /// Like [`TestApp::sqlite`] with the configuration adjusted by `tweak`.
+    pub async fn sqlite_with(tweak: fn(&mut Config)) -> TestApp {
+        let path = std::env::temp_dir().join(format!("tandem-test-{}.db", uuid::Uuid::new_v4()));
+        let url = format!("sqlite://{}", path.display());
+        TestApp::start(&url, Cleanup::SqliteFile(path), tweak).await
+    }
+
+    /// Like [`TestApp::postgres`] with the configuration adjusted by `tweak`.
+    pub async fn postgres_with(tweak: fn(&mut Config)) -> Option<TestApp> {
+        let database = fresh_postgres_database().await?;
+        let url = database.url.clone();
+        Some(TestApp::start(&url, Cleanup::Postgres(database), tweak).await)
+    }
+
+    async fn start(url: &str, cleanup: Cleanup, tweak: fn(&mut Config)) -> TestApp {
         tandem::install_crypto_provider();
         let db = Db::connect(url, 8).await.expect("connect test database");
         db.migrate().await.expect("migrate test database");
-        let app = App::build_with_db(config(url), db.clone())
+        let mut config = config(url);
+        tweak(&mut config);
+        let app = App::build_with_db(config, db.clone())
             .await
             .expect("build app");
         let admin = app
@@ -174,10 +215,20 @@ impl TestApp {
     /// Starts another hub instance on the same database (as a second server in a deployment
     /// would be); it runs until the returned sender is dropped or fired.
     pub async fn spawn_instance(&self) -> (String, oneshot::Sender<()>) {
+        self.spawn_instance_with(default_config).await
+    }
+
+    /// Like [`TestApp::spawn_instance`] with the configuration adjusted by `tweak`.
+    pub async fn spawn_instance_with(
+        &self,
+        tweak: fn(&mut Config),
+    ) -> (String, oneshot::Sender<()>) {
         let db = Db::connect(&self.database_url, 8)
             .await
             .expect("connect second instance");
-        let app = App::build_with_db(config(&self.database_url), db)
+        let mut config = config(&self.database_url);
+        tweak(&mut config);
+        let app = App::build_with_db(config, db)
             .await
             .expect("build second instance");
         let base = format!("http://{}", app.addr);

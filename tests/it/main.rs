@@ -12,6 +12,7 @@ mod jobs;
 mod ledger_props;
 mod limits;
 mod ops;
+mod outbound;
 mod programs;
 mod referrals;
 mod schema;

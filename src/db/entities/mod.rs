@@ -14,5 +14,7 @@ pub mod partner;
 pub mod payout;
 pub mod program;
 pub mod referral;
+pub mod webhook_delivery;
+pub mod webhook_endpoint;
 pub mod webhook_receipt;
 pub mod webhook_source;

@@ -1,0 +1,533 @@
+//! Outbound webhook endpoints: who may register which URL for which events, their signing
+//! secrets (shown once, stored sealed, rotated with a 24 h overlap), and the URL safety rules
+//! (http(s) only; loopback, private and link-local targets refused unless configured).
+
+use std::{
+    collections::HashSet,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use async_graphql::{Enum, ID, InputObject};
+use chrono::{DateTime, Duration, Utc};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, Statement,
+};
+use serde_json::json;
+
+use crate::{
+    db::{
+        Db,
+        entities::{program, webhook_delivery, webhook_endpoint},
+    },
+    domain::{
+        auth::Principal,
+        events::EventType,
+        ids::{is_valid_id, new_id},
+        secrets::{SecretKey, new_standard_secret},
+    },
+    error::{ApiError, ApiResult},
+};
+
+/// How long a rotated-out secret keeps signing deliveries.
+pub const PREVIOUS_SECRET_GRACE_HOURS: i64 = 24;
+
+/// Whether an endpoint receives deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[graphql(name = "WebhookEndpointStatus")]
+pub enum EndpointStatus {
+    /// Receives deliveries.
+    Enabled,
+    /// Receives nothing (410 Gone, days of failure, or never re-enabled); pending deliveries
+    /// wait until it is enabled again.
+    Disabled,
+}
+
+impl EndpointStatus {
+    /// Database form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndpointStatus::Enabled => "ENABLED",
+            EndpointStatus::Disabled => "DISABLED",
+        }
+    }
+
+    /// Parses the database form.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ENABLED" => Some(EndpointStatus::Enabled),
+            "DISABLED" => Some(EndpointStatus::Disabled),
+            _ => None,
+        }
+    }
+}
+
+/// Where a delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[graphql(name = "WebhookDeliveryStatus")]
+pub enum DeliveryStatus {
+    /// Not delivered yet: due at `nextAttemptAt`.
+    Pending,
+    /// The endpoint answered 2xx.
+    Succeeded,
+    /// Given up (retries exhausted, or the endpoint answered 410); can be replayed.
+    Failed,
+}
+
+impl DeliveryStatus {
+    /// Database form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "PENDING",
+            DeliveryStatus::Succeeded => "SUCCEEDED",
+            DeliveryStatus::Failed => "FAILED",
+        }
+    }
+
+    /// Parses the database form.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "PENDING" => Some(DeliveryStatus::Pending),
+            "SUCCEEDED" => Some(DeliveryStatus::Succeeded),
+            "FAILED" => Some(DeliveryStatus::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// Input of `createWebhookEndpoint`.
+#[derive(Debug, InputObject)]
+pub struct CreateWebhookEndpointInput {
+    /// Where events are posted (http or https).
+    pub url: String,
+    /// Event types to receive, such as `deal.won` (at least one).
+    pub event_types: Vec<String>,
+    /// A note for humans.
+    pub description: Option<String>,
+    /// Only events of this program (default: every program the key may see).
+    pub program_id: Option<ID>,
+}
+
+/// An endpoint just created or rotated, with its secret (the only time it is shown).
+pub struct EndpointWithSecret {
+    /// The endpoint.
+    pub endpoint: webhook_endpoint::Model,
+    /// `whsec_…`.
+    pub secret: String,
+}
+
+/// Why a URL may not be an endpoint.
+pub fn check_target_url(url: &str, allow_private: bool) -> Result<reqwest::Url, String> {
+    let parsed = reqwest::Url::parse(url.trim()).map_err(|e| format!("is not a URL ({e})"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err("must be an http or https URL".to_string());
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("must not carry credentials".to_string());
+    }
+    let host = match parsed.host() {
+        Some(host) => host,
+        None => return Err("has no host".to_string()),
+    };
+    if !allow_private {
+        let refused = match host {
+            url::Host::Ipv4(ip) => !is_public_ip(IpAddr::V4(ip)),
+            url::Host::Ipv6(ip) => !is_public_ip(IpAddr::V6(ip)),
+            url::Host::Domain(name) => {
+                let name = name.trim_end_matches('.').to_ascii_lowercase();
+                name == "localhost" || name.ends_with(".localhost")
+            }
+        };
+        if refused {
+            return Err(
+                "targets a loopback, private or link-local address (refused unless \
+                 TANDEM_WEBHOOK_ALLOW_PRIVATE_TARGETS is set)"
+                    .to_string(),
+            );
+        }
+    }
+    Ok(parsed)
+}
+
+/// Whether an address is publicly routable: not loopback, private, link-local, shared
+/// (CGNAT), unspecified, multicast, broadcast or documentation space (IPv4-mapped IPv6
+/// addresses are judged as IPv4).
+pub fn is_public_ip(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_public_v4(v4),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public_v4(v4);
+            }
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || v6.is_unique_local()
+                || v6.is_unicast_link_local()
+                || v6.segments()[0] == 0x2001 && v6.segments()[1] == 0x0db8
+                || v6 == Ipv6Addr::LOCALHOST)
+        }
+    }
+}
+
+fn is_public_v4(v4: Ipv4Addr) -> bool {
+    let [a, b, ..] = v4.octets();
+    !(v4.is_loopback()
+        || v4.is_private()
+        || v4.is_link_local()
+        || v4.is_unspecified()
+        || v4.is_broadcast()
+        || v4.is_multicast()
+        || v4.is_documentation()
+        || a == 0
+        || (a == 100 && (64..128).contains(&b)))
+}
+
+/// Checks and normalises the event types of an endpoint.
+fn check_event_types(types: &[String]) -> ApiResult<Vec<String>> {
+    if types.is_empty() {
+        return Err(ApiError::bad_input(
+            "input.eventTypes",
+            "name at least one event type",
+        ));
+    }
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for (i, t) in types.iter().enumerate() {
+        if EventType::parse(t).is_none() {
+            return Err(ApiError::bad_input(
+                format!("input.eventTypes[{i}]"),
+                format!("unknown event type {t:?}"),
+            ));
+        }
+        if seen.insert(t.clone()) {
+            out.push(t.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Whether `principal` may manage `endpoint` (anything else is reported as not found).
+fn manages(principal: &Principal, endpoint: &webhook_endpoint::Model) -> bool {
+    match principal {
+        Principal::Admin { .. } => true,
+        Principal::Integration { key_id, .. } => &endpoint.owner_key_id == key_id,
+        Principal::Partner { partner_id, .. } => endpoint.partner_id.as_ref() == Some(partner_id),
+    }
+}
+
+/// The endpoint `id` if `principal` manages it, else `NOT_FOUND`.
+pub async fn find_managed(
+    db: &Db,
+    principal: &Principal,
+    id: &str,
+) -> ApiResult<webhook_endpoint::Model> {
+    if !is_valid_id(id) {
+        return Err(ApiError::NotFound("webhook endpoint"));
+    }
+    webhook_endpoint::Entity::find_by_id(id.to_string())
+        .one(&db.conn)
+        .await?
+        .filter(|e| manages(principal, e))
+        .ok_or(ApiError::NotFound("webhook endpoint"))
+}
+
+/// A filter restricting `webhook_endpoints` to those `principal` manages.
+pub fn managed_by(principal: &Principal) -> sea_orm::Condition {
+    match principal {
+        Principal::Admin { .. } => sea_orm::Condition::all(),
+        Principal::Integration { key_id, .. } => {
+            sea_orm::Condition::all().add(webhook_endpoint::Column::OwnerKeyId.eq(key_id.as_str()))
+        }
+        Principal::Partner { partner_id, .. } => sea_orm::Condition::all()
+            .add(webhook_endpoint::Column::PartnerId.eq(partner_id.as_str())),
+    }
+}
+
+/// Creates an endpoint owned by the caller's key. ADMIN keys may name any program (or none:
+/// every event); INTEGRATION keys only programs they are granted; PARTNER keys receive events
+/// about their own partner only.
+pub async fn create_endpoint(
+    db: &Db,
+    key: &SecretKey,
+    principal: &Principal,
+    input: CreateWebhookEndpointInput,
+    allow_private: bool,
+) -> ApiResult<EndpointWithSecret> {
+    let url = check_target_url(&input.url, allow_private)
+        .map_err(|m| ApiError::bad_input("input.url", m))?;
+    let event_types = check_event_types(&input.event_types)?;
+    let description = input.description.map(|d| d.trim().to_string());
+    if description.as_ref().is_some_and(|d| d.chars().count() > 500) {
+        return Err(ApiError::bad_input(
+            "input.description",
+            "must be at most 500 characters",
+        ));
+    }
+    let program_id = match input.program_id {
+        None => None,
+        Some(id) => {
+            let id = id.to_string();
+            let visible = match principal {
+                Principal::Admin { .. } => true,
+                Principal::Integration { program_ids, .. } => program_ids.contains(&id),
+                Principal::Partner { program_id, .. } => program_id == &id,
+            };
+            let exists = visible
+                && is_valid_id(&id)
+                && program::Entity::find_by_id(id.clone())
+                    .one(&db.conn)
+                    .await?
+                    .is_some();
+            if !exists {
+                return Err(ApiError::NotFound("program"));
+            }
+            Some(id)
+        }
+    };
+    let secret = new_standard_secret();
+    let now = Utc::now();
+    let model = webhook_endpoint::ActiveModel {
+        id: Set(new_id()),
+        url: Set(url.to_string()),
+        description: Set(description),
+        event_types: Set(json!(event_types)),
+        program_id: Set(program_id),
+        owner_key_id: Set(principal.key_id().to_string()),
+        partner_id: Set(principal.partner_scope().map(str::to_string)),
+        secret_ciphertext: Set(key.seal(&secret)),
+        previous_secret_ciphertext: Set(None),
+        previous_secret_expires_at: Set(None),
+        status: Set(EndpointStatus::Enabled.as_str().to_string()),
+        disabled_reason: Set(None),
+        failing_since: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+    };
+    let tx = db.begin_write().await?;
+    let endpoint = model.insert(&*tx).await?;
+    tx.commit().await?;
+    Ok(EndpointWithSecret { endpoint, secret })
+}
+
+/// Replaces an endpoint's secret. The old one keeps signing (a second signature in
+/// `webhook-signature`) for 24 hours, so receivers can switch without losing a delivery.
+pub async fn rotate_secret(
+    db: &Db,
+    key: &SecretKey,
+    principal: &Principal,
+    id: &str,
+) -> ApiResult<EndpointWithSecret> {
+    let tx = db.begin_write().await?;
+    let endpoint = find_managed(db, principal, id).await?;
+    let secret = new_standard_secret();
+    let now = Utc::now();
+    let mut active: webhook_endpoint::ActiveModel = endpoint.clone().into();
+    active.previous_secret_ciphertext = Set(Some(endpoint.secret_ciphertext.clone()));
+    active.previous_secret_expires_at = Set(Some(now + Duration::hours(PREVIOUS_SECRET_GRACE_HOURS)));
+    active.secret_ciphertext = Set(key.seal(&secret));
+    active.updated_at = Set(now);
+    let endpoint = active.update(&*tx).await?;
+    tx.commit().await?;
+    Ok(EndpointWithSecret { endpoint, secret })
+}
+
+/// Enables an endpoint again: its failure streak is forgotten and pending deliveries resume.
+pub async fn enable_endpoint(
+    db: &Db,
+    principal: &Principal,
+    id: &str,
+) -> ApiResult<webhook_endpoint::Model> {
+    let tx = db.begin_write().await?;
+    let endpoint = find_managed(db, principal, id).await?;
+    let mut active: webhook_endpoint::ActiveModel = endpoint.into();
+    active.status = Set(EndpointStatus::Enabled.as_str().to_string());
+    active.disabled_reason = Set(None);
+    active.failing_since = Set(None);
+    active.updated_at = Set(Utc::now());
+    let endpoint = active.update(&*tx).await?;
+    tx.commit().await?;
+    Ok(endpoint)
+}
+
+/// Queues again, for one endpoint, every event since `since` that it has not received: failed
+/// deliveries start over, and events it never got a delivery for (it was disabled) get one.
+/// Returns how many deliveries were queued.
+pub async fn replay_deliveries(
+    db: &Db,
+    principal: &Principal,
+    id: &str,
+    since: DateTime<Utc>,
+) -> ApiResult<u64> {
+    let now = Utc::now();
+    if since > now {
+        return Err(ApiError::bad_input("input.since", "is in the future"));
+    }
+    let endpoint = find_managed(db, principal, id).await?;
+    let owner = crate::domain::auth::principals_of_keys(db, vec![endpoint.owner_key_id.clone()])
+        .await?
+        .remove(&endpoint.owner_key_id)
+        .ok_or_else(|| {
+            ApiError::Conflict("the key that created this endpoint has been revoked".to_string())
+        })?;
+    let matcher = EndpointMatcher::new(&endpoint, owner)?;
+    let now_ms = now.timestamp_millis();
+    let tx = db.begin_write().await?;
+    let backend = db.backend();
+    let requeued = tx
+        .execute_raw(Statement::from_sql_and_values(
+            backend,
+            format!(
+                "UPDATE webhook_deliveries SET status = 'PENDING', attempt = 0, \
+                 next_attempt_at_ms = {p1}, claim_token = NULL \
+                 WHERE endpoint_id = {p2} AND status = 'FAILED' AND created_at >= {p3}",
+                p1 = db.numbered(1),
+                p2 = db.numbered(2),
+                p3 = db.numbered(3),
+            ),
+            vec![now_ms.into(), endpoint.id.clone().into(), since.into()],
+        ))
+        .await?
+        .rows_affected();
+    // Events the endpoint never got a delivery for, in pages.
+    let mut missed = 0u64;
+    let mut after_seq = i64::MIN;
+    loop {
+        let rows = crate::db::entities::event::Entity::find()
+            .filter(crate::db::entities::event::Column::CreatedAt.gte(since))
+            .filter(crate::db::entities::event::Column::Seq.gt(after_seq))
+            .filter(crate::db::entities::event::Column::EventType.is_in(matcher.types.clone()))
+            .order_by_asc(crate::db::entities::event::Column::Seq)
+            .limit(1000)
+            .all(&*tx)
+            .await?;
+        let Some(last) = rows.last() else { break };
+        after_seq = last.seq;
+        let wanted: Vec<_> = rows.iter().filter(|e| matcher.wants(e)).collect();
+        if wanted.is_empty() {
+            continue;
+        }
+        let ids: Vec<String> = wanted.iter().map(|e| e.id.clone()).collect();
+        let have: HashSet<String> = webhook_delivery::Entity::find()
+            .filter(webhook_delivery::Column::EndpointId.eq(endpoint.id.as_str()))
+            .filter(webhook_delivery::Column::EventId.is_in(ids))
+            .all(&*tx)
+            .await?
+            .into_iter()
+            .map(|d| d.event_id)
+            .collect();
+        let new: Vec<webhook_delivery::ActiveModel> = wanted
+            .into_iter()
+            .filter(|e| !have.contains(&e.id))
+            .map(|e| new_delivery(&endpoint.id, e, now_ms))
+            .collect();
+        missed += new.len() as u64;
+        if !new.is_empty() {
+            webhook_delivery::Entity::insert_many(new).exec(&*tx).await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(requeued + missed)
+}
+
+/// A PENDING delivery of `event` to `endpoint_id`, due at `due_ms`.
+pub fn new_delivery(
+    endpoint_id: &str,
+    event: &crate::db::entities::event::Model,
+    due_ms: i64,
+) -> webhook_delivery::ActiveModel {
+    webhook_delivery::ActiveModel {
+        id: Set(new_id()),
+        endpoint_id: Set(endpoint_id.to_string()),
+        event_id: Set(event.id.clone()),
+        event_type: Set(event.event_type.clone()),
+        status: Set(DeliveryStatus::Pending.as_str().to_string()),
+        attempt: Set(0),
+        status_code: Set(None),
+        latency_ms: Set(None),
+        last_error: Set(None),
+        last_attempt_at: Set(None),
+        delivered_at: Set(None),
+        next_attempt_at_ms: Set(Some(due_ms)),
+        claim_token: Set(None),
+        created_at: Set(Utc::now()),
+    }
+}
+
+/// Which events an endpoint receives: its types and program, within what its owner's key may
+/// see.
+pub struct EndpointMatcher {
+    /// The endpoint's id.
+    pub endpoint_id: String,
+    types: Vec<String>,
+    program_id: Option<String>,
+    owner: Principal,
+    created_at: DateTime<Utc>,
+}
+
+impl EndpointMatcher {
+    /// The matcher of an endpoint whose owner key is `owner`.
+    pub fn new(endpoint: &webhook_endpoint::Model, owner: Principal) -> ApiResult<Self> {
+        let types: Vec<String> = serde_json::from_value(endpoint.event_types.clone())
+            .map_err(|e| ApiError::Internal(format!("endpoint {} event types: {e}", endpoint.id)))?;
+        Ok(EndpointMatcher {
+            endpoint_id: endpoint.id.clone(),
+            types,
+            program_id: endpoint.program_id.clone(),
+            owner,
+            created_at: endpoint.created_at,
+        })
+    }
+
+    /// Whether the endpoint receives `event` when it is fanned out (events from before the
+    /// endpoint existed are only sent by a replay).
+    pub fn receives(&self, event: &crate::db::entities::event::Model) -> bool {
+        event.created_at >= self.created_at && self.wants(event)
+    }
+
+    /// Whether the event is of a type, program and scope the endpoint is for.
+    pub fn wants(&self, event: &crate::db::entities::event::Model) -> bool {
+        self.types.iter().any(|t| t == &event.event_type)
+            && self
+                .program_id
+                .as_ref()
+                .is_none_or(|p| p == &event.program_id)
+            && self
+                .owner
+                .sees_event(&event.program_id, event.partner_id.as_deref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_public_http_targets_pass_by_default() {
+        assert!(check_target_url("https://hooks.example.com/tandem", false).is_ok());
+        assert!(check_target_url("http://93.184.216.34:8080/x", false).is_ok());
+        for bad in [
+            "ftp://example.com/x",
+            "file:///etc/passwd",
+            "not a url",
+            "http://127.0.0.1/x",
+            "http://localhost:8080/x",
+            "http://api.localhost/x",
+            "http://10.1.2.3/x",
+            "http://172.16.0.1/x",
+            "http://192.168.1.1/x",
+            "http://169.254.169.254/latest/meta-data",
+            "http://100.64.0.1/x",
+            "http://0.0.0.0/x",
+            "http://[::1]/x",
+            "http://[fe80::1]/x",
+            "http://[fd00::1]/x",
+            "http://[::ffff:127.0.0.1]/x",
+            "https://user:pass@example.com/x",
+        ] {
+            assert!(check_target_url(bad, false).is_err(), "{bad} passed");
+        }
+        assert!(check_target_url("http://127.0.0.1:9/x", true).is_ok());
+        assert!(check_target_url("ftp://127.0.0.1/x", true).is_err());
+    }
+}

@@ -1,0 +1,500 @@
+//! GraphQL for events out: webhook endpoints and deliveries, and the `events` subscription.
+
+use std::sync::Arc;
+
+use async_graphql::{Context, ID, InputObject, Object, Result, SimpleObject, Subscription};
+use chrono::{DateTime, Utc};
+use futures_util::Stream;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect, QueryTrait};
+
+use crate::{
+    db::{
+        Db,
+        entities::{webhook_delivery, webhook_endpoint},
+        pages::{Direction, PageArgs},
+    },
+    domain::{
+        auth::Principal,
+        endpoints::{
+            CreateWebhookEndpointInput, DeliveryStatus, EndpointStatus, create_endpoint,
+            enable_endpoint, find_managed, managed_by, replay_deliveries, rotate_secret,
+        },
+        events::{EventPosition, EventType, list_events},
+        secrets::SecretKey,
+    },
+    error::ApiError,
+    graphql::{
+        connection::{connection, id_page},
+        principal,
+        types::{Event, page_complexity},
+    },
+    outbound::{EventFeed, OutboundSettings},
+};
+
+/// What the outbound GraphQL needs: the sealing key, the settings and the event feed.
+#[derive(Clone)]
+pub struct OutboundContext {
+    /// Seals endpoint secrets.
+    pub key: Arc<SecretKey>,
+    /// Delivery settings (URL rules).
+    pub settings: OutboundSettings,
+    /// Live events for subscriptions.
+    pub feed: EventFeed,
+}
+
+/// A URL Tandem posts events to, signed per Standard Webhooks.
+pub struct WebhookEndpoint(pub webhook_endpoint::Model);
+
+/// A URL Tandem posts events to, signed per Standard Webhooks.
+#[Object]
+impl WebhookEndpoint {
+    /// Unique id.
+    async fn id(&self) -> ID {
+        ID(self.0.id.clone())
+    }
+    /// Where events are posted.
+    async fn url(&self) -> &str {
+        &self.0.url
+    }
+    /// The event types it receives.
+    async fn event_types(&self) -> Result<Vec<String>> {
+        serde_json::from_value(self.0.event_types.clone())
+            .map_err(|e| ApiError::Internal(format!("stored event types: {e}")).into())
+    }
+    /// ENABLED or DISABLED.
+    async fn status(&self) -> Result<EndpointStatus> {
+        EndpointStatus::parse(&self.0.status)
+            .ok_or_else(|| ApiError::Internal(format!("stored status {:?}", self.0.status)).into())
+    }
+    /// Why it was disabled.
+    async fn disabled_reason(&self) -> Option<&str> {
+        self.0.disabled_reason.as_deref()
+    }
+    /// A note for humans.
+    async fn description(&self) -> Option<&str> {
+        self.0.description.as_deref()
+    }
+    /// Only events of this program (null: every program the owning key may see).
+    async fn program_id(&self) -> Option<ID> {
+        self.0.program_id.clone().map(ID)
+    }
+    /// Since when every attempt has failed (null after any success).
+    async fn failing_since(&self) -> Option<DateTime<Utc>> {
+        self.0.failing_since
+    }
+    /// Until when the secret before the last rotation still signs deliveries.
+    async fn previous_secret_expires_at(&self) -> Option<DateTime<Utc>> {
+        self.0
+            .previous_secret_expires_at
+            .filter(|until| *until > Utc::now())
+    }
+    /// When it was created (it receives events from then on).
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+}
+
+/// One event on its way to one endpoint, with its latest attempt.
+pub struct WebhookDelivery(pub webhook_delivery::Model);
+
+/// One event on its way to one endpoint, with its latest attempt.
+#[Object]
+impl WebhookDelivery {
+    /// Unique id.
+    async fn id(&self) -> ID {
+        ID(self.0.id.clone())
+    }
+    /// The endpoint.
+    async fn endpoint_id(&self) -> ID {
+        ID(self.0.endpoint_id.clone())
+    }
+    /// The event (its id is the `webhook-id` header of every attempt).
+    async fn event_id(&self) -> &str {
+        &self.0.event_id
+    }
+    /// The event's type.
+    async fn event_type(&self) -> &str {
+        &self.0.event_type
+    }
+    /// PENDING, SUCCEEDED or FAILED.
+    async fn status(&self) -> Result<DeliveryStatus> {
+        DeliveryStatus::parse(&self.0.status)
+            .ok_or_else(|| ApiError::Internal(format!("stored status {:?}", self.0.status)).into())
+    }
+    /// Attempts made so far.
+    async fn attempt(&self) -> i32 {
+        self.0.attempt
+    }
+    /// HTTP status of the latest attempt (null when it got no answer).
+    async fn status_code(&self) -> Option<i32> {
+        self.0.status_code
+    }
+    /// Duration of the latest attempt.
+    async fn latency_ms(&self) -> Option<i64> {
+        self.0.latency_ms
+    }
+    /// What went wrong in the latest attempt (timeout, connection error, status and the
+    /// start of the body).
+    async fn last_error(&self) -> Option<&str> {
+        self.0.last_error.as_deref()
+    }
+    /// When the latest attempt was made.
+    async fn last_attempt_at(&self) -> Option<DateTime<Utc>> {
+        self.0.last_attempt_at
+    }
+    /// When the endpoint accepted it.
+    async fn delivered_at(&self) -> Option<DateTime<Utc>> {
+        self.0.delivered_at
+    }
+    /// When the next attempt is due (PENDING only).
+    async fn next_attempt_at(&self) -> Option<DateTime<Utc>> {
+        if self.0.status != DeliveryStatus::Pending.as_str() {
+            return None;
+        }
+        self.0
+            .next_attempt_at_ms
+            .and_then(DateTime::<Utc>::from_timestamp_millis)
+    }
+    /// When it was queued.
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+}
+
+connection!(
+    WebhookEndpointConnection,
+    WebhookEndpointEdge,
+    WebhookEndpoint,
+    "webhook endpoints"
+);
+connection!(
+    WebhookDeliveryConnection,
+    WebhookDeliveryEdge,
+    WebhookDelivery,
+    "webhook deliveries"
+);
+
+/// Filters for `webhookDeliveries`.
+#[derive(Debug, Default, InputObject)]
+pub struct WebhookDeliveryFilter {
+    /// Only deliveries to this endpoint.
+    pub endpoint_id: Option<ID>,
+    /// Only deliveries in this status.
+    pub status: Option<DeliveryStatus>,
+    /// Only deliveries of this event.
+    pub event_id: Option<String>,
+}
+
+/// Outbound webhook queries.
+#[derive(Default)]
+pub struct OutboundQuery;
+
+/// Outbound webhook queries.
+#[Object]
+impl OutboundQuery {
+    /// Webhook endpoints the caller manages, newest first (admins: all).
+    #[graphql(complexity = "page_complexity(first, child_complexity)")]
+    async fn webhook_endpoints(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(validator(minimum = 0, maximum = 100))] first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<WebhookEndpointConnection> {
+        let principal = principal(ctx).await?;
+        let args = PageArgs::parse(first, after)?;
+        let query = webhook_endpoint::Entity::find().filter(managed_by(principal));
+        let db = ctx.data_unchecked::<Db>();
+        let (page, total) = id_page(
+            db,
+            query,
+            webhook_endpoint::Column::Id,
+            Direction::Descending,
+            &args,
+        )
+        .await?;
+        Ok(WebhookEndpointConnection::build(
+            page,
+            args.after.is_some(),
+            |e| e.id.clone(),
+            WebhookEndpoint,
+            total,
+        ))
+    }
+
+    /// Deliveries to the endpoints the caller manages, newest first.
+    #[graphql(complexity = "page_complexity(first, child_complexity)")]
+    async fn webhook_deliveries(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<WebhookDeliveryFilter>,
+        #[graphql(validator(minimum = 0, maximum = 100))] first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<WebhookDeliveryConnection> {
+        let principal = principal(ctx).await?;
+        let args = PageArgs::parse(first, after)?;
+        let filter = filter.unwrap_or_default();
+        let db = ctx.data_unchecked::<Db>();
+        let mut query = webhook_delivery::Entity::find();
+        if let Some(endpoint_id) = &filter.endpoint_id {
+            find_managed(db, principal, endpoint_id.as_str()).await?;
+            query = query.filter(webhook_delivery::Column::EndpointId.eq(endpoint_id.to_string()));
+        } else if !matches!(principal, Principal::Admin { .. }) {
+            let managed = webhook_endpoint::Entity::find()
+                .select_only()
+                .column(webhook_endpoint::Column::Id)
+                .filter(managed_by(principal))
+                .into_query();
+            query = query.filter(webhook_delivery::Column::EndpointId.in_subquery(managed));
+        }
+        if let Some(status) = filter.status {
+            query = query.filter(webhook_delivery::Column::Status.eq(status.as_str()));
+        }
+        if let Some(event_id) = filter.event_id {
+            query = query.filter(webhook_delivery::Column::EventId.eq(event_id));
+        }
+        let (page, total) = id_page(
+            db,
+            query,
+            webhook_delivery::Column::Id,
+            Direction::Descending,
+            &args,
+        )
+        .await?;
+        Ok(WebhookDeliveryConnection::build(
+            page,
+            args.after.is_some(),
+            |d| d.id.clone(),
+            WebhookDelivery,
+            total,
+        ))
+    }
+}
+
+/// Result of `createWebhookEndpoint`.
+#[derive(SimpleObject)]
+pub struct CreateWebhookEndpointPayload {
+    /// The new endpoint.
+    pub endpoint: WebhookEndpoint,
+    /// Its signing secret (`whsec_…`), shown this once.
+    pub secret: String,
+}
+
+/// Input of `rotateWebhookEndpointSecret`.
+#[derive(Debug, InputObject)]
+pub struct RotateWebhookEndpointSecretInput {
+    /// The endpoint.
+    pub id: ID,
+}
+
+/// Result of `rotateWebhookEndpointSecret`.
+#[derive(SimpleObject)]
+pub struct RotateWebhookEndpointSecretPayload {
+    /// The endpoint.
+    pub endpoint: WebhookEndpoint,
+    /// The new secret, shown this once; the previous one keeps signing for 24 hours.
+    pub secret: String,
+}
+
+/// Input of `enableWebhookEndpoint`.
+#[derive(Debug, InputObject)]
+pub struct EnableWebhookEndpointInput {
+    /// The endpoint.
+    pub id: ID,
+}
+
+/// Result of `enableWebhookEndpoint`.
+#[derive(SimpleObject)]
+pub struct EnableWebhookEndpointPayload {
+    /// The endpoint, ENABLED.
+    pub endpoint: WebhookEndpoint,
+}
+
+/// Input of `replayWebhookDeliveries`.
+#[derive(Debug, InputObject)]
+pub struct ReplayWebhookDeliveriesInput {
+    /// The endpoint.
+    pub endpoint_id: ID,
+    /// Events from this time on that the endpoint has not received are sent again.
+    pub since: DateTime<Utc>,
+}
+
+/// Result of `replayWebhookDeliveries`.
+#[derive(SimpleObject)]
+pub struct ReplayWebhookDeliveriesPayload {
+    /// The endpoint.
+    pub endpoint: WebhookEndpoint,
+    /// Deliveries queued.
+    pub queued: i64,
+}
+
+/// Outbound webhook mutations.
+#[derive(Default)]
+pub struct OutboundMutation;
+
+/// Outbound webhook mutations.
+#[Object]
+impl OutboundMutation {
+    /// Registers an endpoint for some event types. Its secret is returned once and stored
+    /// encrypted. ADMIN: any program or all; INTEGRATION: programs granted to the key;
+    /// PARTNER: events about its own partner only.
+    async fn create_webhook_endpoint(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateWebhookEndpointInput,
+    ) -> Result<CreateWebhookEndpointPayload> {
+        let principal = principal(ctx).await?;
+        let outbound = ctx.data_unchecked::<OutboundContext>();
+        let db = ctx.data_unchecked::<Db>();
+        let created = create_endpoint(
+            db,
+            &outbound.key,
+            principal,
+            input,
+            outbound.settings.allow_private,
+        )
+        .await?;
+        Ok(CreateWebhookEndpointPayload {
+            endpoint: WebhookEndpoint(created.endpoint),
+            secret: created.secret,
+        })
+    }
+
+    /// Replaces an endpoint's secret; deliveries carry signatures with both the new and the
+    /// old secret for 24 hours.
+    async fn rotate_webhook_endpoint_secret(
+        &self,
+        ctx: &Context<'_>,
+        input: RotateWebhookEndpointSecretInput,
+    ) -> Result<RotateWebhookEndpointSecretPayload> {
+        let principal = principal(ctx).await?;
+        let outbound = ctx.data_unchecked::<OutboundContext>();
+        let db = ctx.data_unchecked::<Db>();
+        let rotated = rotate_secret(db, &outbound.key, principal, input.id.as_str()).await?;
+        Ok(RotateWebhookEndpointSecretPayload {
+            endpoint: WebhookEndpoint(rotated.endpoint),
+            secret: rotated.secret,
+        })
+    }
+
+    /// Enables a disabled endpoint; its pending deliveries resume.
+    async fn enable_webhook_endpoint(
+        &self,
+        ctx: &Context<'_>,
+        input: EnableWebhookEndpointInput,
+    ) -> Result<EnableWebhookEndpointPayload> {
+        let principal = principal(ctx).await?;
+        let db = ctx.data_unchecked::<Db>();
+        let endpoint = enable_endpoint(db, principal, input.id.as_str()).await?;
+        Ok(EnableWebhookEndpointPayload {
+            endpoint: WebhookEndpoint(endpoint),
+        })
+    }
+
+    /// Sends again what an endpoint missed since a time: failed deliveries start over, and
+    /// events it got no delivery for (while disabled) are queued.
+    async fn replay_webhook_deliveries(
+        &self,
+        ctx: &Context<'_>,
+        input: ReplayWebhookDeliveriesInput,
+    ) -> Result<ReplayWebhookDeliveriesPayload> {
+        let principal = principal(ctx).await?;
+        let db = ctx.data_unchecked::<Db>();
+        let queued =
+            replay_deliveries(db, principal, input.endpoint_id.as_str(), input.since).await?;
+        let endpoint = find_managed(db, principal, input.endpoint_id.as_str()).await?;
+        Ok(ReplayWebhookDeliveriesPayload {
+            endpoint: WebhookEndpoint(endpoint),
+            queued: queued as i64,
+        })
+    }
+}
+
+/// The subscription root.
+#[derive(Default)]
+pub struct SubscriptionRoot;
+
+/// Events read per catch-up query.
+const CATCH_UP_PAGE: u64 = 100;
+
+/// The subscription root.
+#[Subscription]
+impl SubscriptionRoot {
+    /// The event stream, as outbound webhooks see it, scoped like the caller's key. From
+    /// `after` (an event's `cursor`) when given, so a reconnecting client misses nothing;
+    /// else from now.
+    async fn events(
+        &self,
+        ctx: &Context<'_>,
+        types: Option<Vec<String>>,
+        after: Option<String>,
+    ) -> Result<impl Stream<Item = Event> + use<>> {
+        let principal = principal(ctx).await?.clone();
+        if let Some(types) = &types {
+            for (i, t) in types.iter().enumerate() {
+                if EventType::parse(t).is_none() {
+                    return Err(ApiError::bad_input(
+                        format!("types[{i}]"),
+                        format!("unknown event type {t:?}"),
+                    )
+                    .into());
+                }
+            }
+        }
+        let start = match &after {
+            None => None,
+            Some(cursor) => Some(
+                EventPosition::parse(cursor)
+                    .ok_or_else(|| ApiError::bad_input("after", "is not an event cursor"))?,
+            ),
+        };
+        let db = ctx.data_unchecked::<Db>().clone();
+        let feed = ctx.data_unchecked::<OutboundContext>().feed.clone();
+        // Subscribe before catching up, so nothing published meanwhile is missed.
+        let mut live = feed.subscribe();
+        let mut position = start.unwrap_or_else(|| feed.head());
+        let mut catch_up = start.is_some();
+        Ok(async_stream::stream! {
+            loop {
+                if catch_up {
+                    loop {
+                        let rows = match list_events(&db, &principal, Some(position), types.as_deref(), CATCH_UP_PAGE).await {
+                            Ok(rows) => rows,
+                            Err(err) => {
+                                tracing::warn!(error = ?err, "subscription catch-up failed");
+                                return;
+                            }
+                        };
+                        let more = rows.len() as u64 > CATCH_UP_PAGE;
+                        for event in rows.into_iter().take(CATCH_UP_PAGE as usize) {
+                            position = EventPosition::of(&event);
+                            yield Event(event);
+                        }
+                        if !more {
+                            break;
+                        }
+                    }
+                    catch_up = false;
+                }
+                match live.recv().await {
+                    Ok(batch) => {
+                        for event in batch.iter() {
+                            let at = EventPosition::of(event);
+                            if at <= position {
+                                continue;
+                            }
+                            position = at;
+                            let wanted = types.as_ref().is_none_or(|t| t.contains(&event.event_type))
+                                && principal.sees_event(&event.program_id, event.partner_id.as_deref());
+                            if wanted {
+                                yield Event(event.clone());
+                            }
+                        }
+                    }
+                    // Fell behind the broadcast: read what was missed from the database.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => catch_up = true,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        })
+    }
+}
