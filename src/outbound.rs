@@ -403,7 +403,12 @@ impl Fanout {
     }
 
     /// Runs until stopped: a pass whenever the feed publishes (and every second).
-    pub async fn run(self, feed: EventFeed, worker_wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+    pub async fn run(
+        self,
+        feed: EventFeed,
+        worker_wake: Arc<Notify>,
+        mut stop: watch::Receiver<bool>,
+    ) {
         loop {
             match self.catch_up().await {
                 Ok(created) if created > 0 => worker_wake.notify_one(),
@@ -428,8 +433,11 @@ async fn enabled_matchers(db: &Db) -> Result<Vec<EndpointMatcher>, ApiError> {
     if endpoints.is_empty() {
         return Ok(Vec::new());
     }
-    let mut owners =
-        principals_of_keys(db, endpoints.iter().map(|e| e.owner_key_id.clone()).collect()).await?;
+    let mut owners = principals_of_keys(
+        db,
+        endpoints.iter().map(|e| e.owner_key_id.clone()).collect(),
+    )
+    .await?;
     let mut matchers = Vec::new();
     for endpoint in &endpoints {
         if let Some(owner) = owners.get(&endpoint.owner_key_id) {
@@ -587,7 +595,9 @@ impl DeliveryWorker {
         if !settings.allow_private {
             http = http.dns_resolver(Arc::new(PublicOnlyResolver));
         }
-        let http = http.build().expect("the HTTP client configuration is valid");
+        let http = http
+            .build()
+            .expect("the HTTP client configuration is valid");
         DeliveryWorker {
             inner: Arc::new(WorkerInner {
                 db,
@@ -675,7 +685,11 @@ impl DeliveryWorker {
 
     /// Claims one batch and starts sending it; returns how many were claimed.
     async fn claim_and_send(&self, results: &mpsc::Sender<Outcome>) -> Result<usize, ApiError> {
-        let room = self.inner.in_flight.available_permits().min(CLAIM_BATCH as usize);
+        let room = self
+            .inner
+            .in_flight
+            .available_permits()
+            .min(CLAIM_BATCH as usize);
         if room == 0 {
             return Ok(0);
         }
@@ -746,11 +760,10 @@ impl DeliveryWorker {
             }
             let mut keys = Vec::new();
             for s in sealed {
-                let secret = self
-                    .inner
-                    .key
-                    .open(&s)
-                    .map_err(|e| ApiError::Internal(format!("endpoint {}: {e}", endpoint.id)))?;
+                let secret =
+                    self.inner.key.open(&s).map_err(|e| {
+                        ApiError::Internal(format!("endpoint {}: {e}", endpoint.id))
+                    })?;
                 keys.push(decode_standard_secret(secret.expose_secret()).map_err(|_| {
                     ApiError::Internal(format!("endpoint {} secret is not base64", endpoint.id))
                 })?);
@@ -946,7 +959,11 @@ async fn next_due_in(db: &Db) -> Result<Option<Duration>, DbErr> {
 }
 
 /// Writes outcomes in batches (one transaction each).
-async fn record_outcomes(db: Db, settings: OutboundSettings, mut receiver: mpsc::Receiver<Outcome>) {
+async fn record_outcomes(
+    db: Db,
+    settings: OutboundSettings,
+    mut receiver: mpsc::Receiver<Outcome>,
+) {
     let mut batch = Vec::new();
     while let Some(first) = receiver.recv().await {
         batch.push(first);
@@ -975,7 +992,11 @@ async fn record_outcomes(db: Db, settings: OutboundSettings, mut receiver: mpsc:
     }
 }
 
-async fn write_outcomes(db: &Db, settings: &OutboundSettings, batch: &[Outcome]) -> Result<(), DbErr> {
+async fn write_outcomes(
+    db: &Db,
+    settings: &OutboundSettings,
+    batch: &[Outcome],
+) -> Result<(), DbErr> {
     let backend = db.backend();
     let p = |n| db.numbered(n);
     let tx = db.begin_write().await?;
@@ -1145,7 +1166,10 @@ mod tests {
     #[test]
     fn retry_after_is_seconds_or_a_date() {
         assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
-        assert_eq!(parse_retry_after("999999"), Some(Duration::from_secs(86_400)));
+        assert_eq!(
+            parse_retry_after("999999"),
+            Some(Duration::from_secs(86_400))
+        );
         assert_eq!(
             parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
             Some(Duration::ZERO)

@@ -100,7 +100,9 @@ impl MigrationTrait for Migration {
                     ))
                     .col(string(WebhookEndpoints::Status))
                     .col(text_null(WebhookEndpoints::DisabledReason))
-                    .col(timestamp_with_time_zone_null(WebhookEndpoints::FailingSince))
+                    .col(timestamp_with_time_zone_null(
+                        WebhookEndpoints::FailingSince,
+                    ))
                     .col(timestamp_with_time_zone(WebhookEndpoints::CreatedAt))
                     .col(timestamp_with_time_zone(WebhookEndpoints::UpdatedAt))
                     .foreign_key(
@@ -134,7 +136,9 @@ impl MigrationTrait for Migration {
                     .col(timestamp_with_time_zone_null(
                         WebhookDeliveries::LastAttemptAt,
                     ))
-                    .col(timestamp_with_time_zone_null(WebhookDeliveries::DeliveredAt))
+                    .col(timestamp_with_time_zone_null(
+                        WebhookDeliveries::DeliveredAt,
+                    ))
                     .col(big_integer_null(WebhookDeliveries::NextAttemptAtMs))
                     .col(string_null(WebhookDeliveries::ClaimToken))
                     .col(timestamp_with_time_zone(WebhookDeliveries::CreatedAt))

@@ -98,8 +98,12 @@ impl Principal {
     pub fn sees_event(&self, program_id: &str, partner_id: Option<&str>) -> bool {
         match self {
             Principal::Admin { .. } => true,
-            Principal::Partner { partner_id: own, .. } => partner_id == Some(own.as_str()),
-            Principal::Integration { program_ids, .. } => program_ids.iter().any(|p| p == program_id),
+            Principal::Partner {
+                partner_id: own, ..
+            } => partner_id == Some(own.as_str()),
+            Principal::Integration { program_ids, .. } => {
+                program_ids.iter().any(|p| p == program_id)
+            }
         }
     }
 

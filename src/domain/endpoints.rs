@@ -258,7 +258,10 @@ pub async fn create_endpoint(
         .map_err(|m| ApiError::bad_input("input.url", m))?;
     let event_types = check_event_types(&input.event_types)?;
     let description = input.description.map(|d| d.trim().to_string());
-    if description.as_ref().is_some_and(|d| d.chars().count() > 500) {
+    if description
+        .as_ref()
+        .is_some_and(|d| d.chars().count() > 500)
+    {
         return Err(ApiError::bad_input(
             "input.description",
             "must be at most 500 characters",
@@ -324,7 +327,8 @@ pub async fn rotate_secret(
     let now = Utc::now();
     let mut active: webhook_endpoint::ActiveModel = endpoint.clone().into();
     active.previous_secret_ciphertext = Set(Some(endpoint.secret_ciphertext.clone()));
-    active.previous_secret_expires_at = Set(Some(now + Duration::hours(PREVIOUS_SECRET_GRACE_HOURS)));
+    active.previous_secret_expires_at =
+        Set(Some(now + Duration::hours(PREVIOUS_SECRET_GRACE_HOURS)));
     active.secret_ciphertext = Set(key.seal(&secret));
     active.updated_at = Set(now);
     let endpoint = active.update(&*tx).await?;
@@ -423,7 +427,9 @@ pub async fn replay_deliveries(
             .collect();
         missed += new.len() as u64;
         if !new.is_empty() {
-            webhook_delivery::Entity::insert_many(new).exec(&*tx).await?;
+            webhook_delivery::Entity::insert_many(new)
+                .exec(&*tx)
+                .await?;
         }
     }
     tx.commit().await?;
@@ -468,8 +474,10 @@ pub struct EndpointMatcher {
 impl EndpointMatcher {
     /// The matcher of an endpoint whose owner key is `owner`.
     pub fn new(endpoint: &webhook_endpoint::Model, owner: Principal) -> ApiResult<Self> {
-        let types: Vec<String> = serde_json::from_value(endpoint.event_types.clone())
-            .map_err(|e| ApiError::Internal(format!("endpoint {} event types: {e}", endpoint.id)))?;
+        let types: Vec<String> =
+            serde_json::from_value(endpoint.event_types.clone()).map_err(|e| {
+                ApiError::Internal(format!("endpoint {} event types: {e}", endpoint.id))
+            })?;
         Ok(EndpointMatcher {
             endpoint_id: endpoint.id.clone(),
             types,

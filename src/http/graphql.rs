@@ -187,9 +187,8 @@ pub async fn graphql_ws(
         .on_upgrade(move |stream| {
             async_graphql_poem::GraphQLWebSocket::new(stream, schema, protocol)
                 .on_connection_init(move |payload| async move {
-                    let token = init_token(&payload).ok_or_else(|| {
-                        ApiError::Unauthenticated.extend()
-                    })?;
+                    let token =
+                        init_token(&payload).ok_or_else(|| ApiError::Unauthenticated.extend())?;
                     crate::domain::auth::authenticate(&db, &token)
                         .await
                         .map_err(|e| e.extend())?;
