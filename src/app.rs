@@ -81,6 +81,7 @@ impl App {
             .await
             .context("starting the event feed")?;
         let settings = OutboundSettings::from_config(&config);
+        let metrics = Metrics::new();
         if config.webhook_worker {
             let wake = Arc::new(tokio::sync::Notify::new());
             let fanout = Fanout::new(db.with_own_statement_counter());
@@ -94,6 +95,7 @@ impl App {
                 key.clone(),
                 settings.clone(),
                 wake,
+                metrics.clone(),
             );
             workers.push(tokio::spawn(worker.run(stop.clone())));
         }
@@ -124,7 +126,7 @@ impl App {
                 public_base.clone(),
             ),
             db,
-            metrics: Metrics::new(),
+            metrics,
             config,
             webhooks,
             inbox,

@@ -52,6 +52,7 @@ use crate::{
         secrets::SecretKey,
     },
     error::ApiError,
+    http::metrics::Metrics,
 };
 
 /// Response bodies are read up to this many bytes, then dropped.
@@ -556,6 +557,7 @@ struct WorkerInner {
     in_flight: Arc<Semaphore>,
     wake: Arc<Notify>,
     token: String,
+    metrics: Metrics,
 }
 
 /// Resolves names for outbound webhooks and refuses non-public addresses (so a public name
@@ -585,6 +587,7 @@ impl DeliveryWorker {
         key: Arc<SecretKey>,
         settings: OutboundSettings,
         wake: Arc<Notify>,
+        metrics: Metrics,
     ) -> DeliveryWorker {
         let mut http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -608,6 +611,7 @@ impl DeliveryWorker {
                 in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
                 wake,
                 token: new_id(),
+                metrics,
             }),
         }
     }
@@ -647,6 +651,7 @@ impl DeliveryWorker {
         let recorder = tokio::spawn(record_outcomes(
             self.inner.db.clone(),
             self.inner.settings.clone(),
+            self.inner.metrics.clone(),
             receiver,
         ));
         loop {
@@ -962,6 +967,7 @@ async fn next_due_in(db: &Db) -> Result<Option<Duration>, DbErr> {
 async fn record_outcomes(
     db: Db,
     settings: OutboundSettings,
+    metrics: Metrics,
     mut receiver: mpsc::Receiver<Outcome>,
 ) {
     let mut batch = Vec::new();
@@ -976,7 +982,12 @@ async fn record_outcomes(
         let mut tries = 0;
         loop {
             match write_outcomes(&db, &settings, &batch).await {
-                Ok(()) => break,
+                Ok(counts) => {
+                    for (outcome, n) in counts {
+                        metrics.observe_deliveries(outcome, n);
+                    }
+                    break;
+                }
                 Err(err) => {
                     tries += 1;
                     tracing::warn!(error = %err, tries, "recording webhook outcomes failed");
@@ -992,11 +1003,13 @@ async fn record_outcomes(
     }
 }
 
+/// Records a batch of outcomes in one transaction; returns counts by outcome label.
 async fn write_outcomes(
     db: &Db,
     settings: &OutboundSettings,
     batch: &[Outcome],
-) -> Result<(), DbErr> {
+) -> Result<[(&'static str, u64); 3], DbErr> {
+    let mut counts = [("succeeded", 0), ("retrying", 0), ("failed", 0)];
     let backend = db.backend();
     let p = |n| db.numbered(n);
     let tx = db.begin_write().await?;
@@ -1021,6 +1034,12 @@ async fn write_outcomes(
                 _ => (DeliveryStatus::Failed, None, None),
             }
         };
+        counts[match status {
+            DeliveryStatus::Succeeded => 0,
+            DeliveryStatus::Pending => 1,
+            DeliveryStatus::Failed => 2,
+        }]
+        .1 += 1;
         tx.execute_raw(Statement::from_sql_and_values(
             backend,
             format!(
@@ -1134,7 +1153,8 @@ async fn write_outcomes(
         ))
         .await?;
     }
-    tx.commit().await
+    tx.commit().await?;
+    Ok(counts)
 }
 
 /// Pending deliveries (for `/metrics`).

@@ -26,6 +26,8 @@ pub struct Metrics {
     db_statements: IntCounter,
     webhook_receipts: IntCounterVec,
     inbox_backlog: prometheus::IntGauge,
+    webhook_deliveries: IntCounterVec,
+    webhook_pending: prometheus::IntGauge,
     operations: Arc<Mutex<HashSet<String>>>,
 }
 
@@ -83,6 +85,19 @@ impl Metrics {
             "Webhook receipts stored but not yet applied",
         )
         .expect("valid metric");
+        let webhook_deliveries = IntCounterVec::new(
+            Opts::new(
+                "tandem_webhook_deliveries_total",
+                "Outbound webhook attempts by outcome (succeeded, retrying, failed)",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let webhook_pending = prometheus::IntGauge::new(
+            "tandem_webhook_deliveries_pending",
+            "Outbound webhook deliveries not yet succeeded or given up",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_latency.clone()),
@@ -91,6 +106,8 @@ impl Metrics {
             Box::new(db_statements.clone()),
             Box::new(webhook_receipts.clone()),
             Box::new(inbox_backlog.clone()),
+            Box::new(webhook_deliveries.clone()),
+            Box::new(webhook_pending.clone()),
         ] {
             registry
                 .register(collector)
@@ -105,6 +122,8 @@ impl Metrics {
             db_statements,
             webhook_receipts,
             inbox_backlog,
+            webhook_deliveries,
+            webhook_pending,
             operations: Arc::new(Mutex::new(HashSet::new())),
         }
     }
@@ -132,6 +151,19 @@ impl Metrics {
     pub fn set_inbox_backlog(&self, backlog: u64) {
         self.inbox_backlog
             .set(i64::try_from(backlog).unwrap_or(i64::MAX));
+    }
+
+    /// Counts outbound webhook attempts by outcome.
+    pub fn observe_deliveries(&self, outcome: &str, n: u64) {
+        self.webhook_deliveries
+            .with_label_values(&[outcome])
+            .inc_by(n);
+    }
+
+    /// Sets the pending-deliveries gauge (refreshed on every scrape).
+    pub fn set_pending_deliveries(&self, pending: u64) {
+        self.webhook_pending
+            .set(i64::try_from(pending).unwrap_or(i64::MAX));
     }
 
     fn operation_label(&self, operation: &str) -> String {

@@ -66,6 +66,10 @@ async fn metrics_endpoint(state: Data<&AppState>) -> Response {
         Ok(backlog) => state.metrics.set_inbox_backlog(backlog),
         Err(err) => tracing::warn!(error = %err, "counting the inbox backlog failed"),
     }
+    match crate::outbound::pending_deliveries(&state.db).await {
+        Ok(pending) => state.metrics.set_pending_deliveries(pending),
+        Err(err) => tracing::warn!(error = %err, "counting pending deliveries failed"),
+    }
     Response::builder()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render(state.db.statement_count()))

@@ -30,6 +30,8 @@ pub enum Reply {
     Status(u16),
     RetryAfter(u16, u64),
     Hang(Duration),
+    Redirect(&'static str),
+    Big(usize),
 }
 
 type Behaviour = Arc<dyn Fn(usize) -> Reply + Send + Sync>;
@@ -63,6 +65,8 @@ pub struct Receiver {
     pub url: String,
     log: Arc<Mutex<Vec<Received>>>,
     behaviour: Arc<Mutex<Behaviour>>,
+    /// (requests being answered now, most at once so far).
+    concurrency: Arc<Mutex<(usize, usize)>>,
 }
 
 impl Receiver {
@@ -70,10 +74,16 @@ impl Receiver {
         let log: Arc<Mutex<Vec<Received>>> = Arc::default();
         let behaviour: Arc<Mutex<Behaviour>> =
             Arc::new(Mutex::new(Arc::new(|_| Reply::Status(204))));
-        let (l, b) = (log.clone(), behaviour.clone());
+        let concurrency: Arc<Mutex<(usize, usize)>> = Arc::default();
+        let (l, b, c) = (log.clone(), behaviour.clone(), concurrency.clone());
         let endpoint = poem::endpoint::make(move |req: Request| {
-            let (log, behaviour) = (l.clone(), b.clone());
+            let (log, behaviour, concurrency) = (l.clone(), b.clone(), c.clone());
             async move {
+                {
+                    let mut c = concurrency.lock().unwrap();
+                    c.0 += 1;
+                    c.1 = c.1.max(c.0);
+                }
                 let headers = req.headers().clone();
                 let body = req.into_body().into_vec().await.unwrap_or_default();
                 let id = headers
@@ -91,7 +101,7 @@ impl Receiver {
                     log.iter().filter(|r| r.id() == id).count()
                 };
                 let reply = (behaviour.lock().unwrap().clone())(nth);
-                match reply {
+                let response = match reply {
                     Reply::Status(code) => Response::builder()
                         .status(http::StatusCode::from_u16(code).unwrap())
                         .body("receiver says hi"),
@@ -103,7 +113,16 @@ impl Receiver {
                         tokio::time::sleep(d).await;
                         Response::builder().status(http::StatusCode::OK).body("")
                     }
-                }
+                    Reply::Redirect(to) => Response::builder()
+                        .status(http::StatusCode::FOUND)
+                        .header("location", to)
+                        .body(""),
+                    Reply::Big(n) => Response::builder()
+                        .status(http::StatusCode::OK)
+                        .body(vec![b'x'; n]),
+                };
+                concurrency.lock().unwrap().0 -= 1;
+                response
             }
         });
         let acceptor = TcpListener::bind("127.0.0.1:0")
@@ -116,7 +135,13 @@ impl Receiver {
             url: format!("http://{addr}/hooks"),
             log,
             behaviour,
+            concurrency,
         }
+    }
+
+    /// The most requests this receiver was answering at once.
+    pub fn max_concurrency(&self) -> usize {
+        self.concurrency.lock().unwrap().1
     }
 
     pub fn behave(&self, f: impl Fn(usize) -> Reply + Send + Sync + 'static) {
@@ -699,6 +724,60 @@ async fn keys_are_scoped_and_bad_input_is_rejected(app: TestApp) {
     assert_eq!(app.count_rows("webhook_endpoints").await, before);
 }
 
+fn tight_limits(config: &mut Config) {
+    fast(config);
+    config.webhook_rate_limit = 5;
+    config.webhook_max_in_flight = 2;
+}
+
+async fn limits_redirects_and_big_answers(app: TestApp) {
+    let program = app.create_program("Limits").await;
+    // Rate: 5 per second per endpoint (a burst of 5, then one per 200 ms).
+    let fast_receiver = Receiver::start().await;
+    // Concurrency: at most 2 requests in flight to one endpoint.
+    let slow_receiver = Receiver::start().await;
+    slow_receiver.behave(|_| Reply::Hang(Duration::from_millis(150)));
+    // Redirects are not followed; large answers are read up to 64 KiB and accepted.
+    let redirecting = Receiver::start().await;
+    let target = Receiver::start().await;
+    let target_url: &'static str = Box::leak(target.url.clone().into_boxed_str());
+    redirecting.behave(move |_| Reply::Redirect(target_url));
+    let big = Receiver::start().await;
+    big.behave(|_| Reply::Big(1024 * 1024));
+    let mut ids = Vec::new();
+    for r in [&fast_receiver, &slow_receiver, &redirecting, &big] {
+        ids.push(
+            endpoint(
+                &app,
+                &app.admin,
+                json!({"url": r.url, "eventTypes": ["partner.created"], "programId": program}),
+            )
+            .await
+            .0,
+        );
+    }
+    for i in 0..12 {
+        app.create_partner(&program, &format!("P{i}")).await;
+    }
+    let got = fast_receiver.wait_until("12 deliveries", |r| r.len() >= 12).await;
+    let span = got[11].at - got[0].at;
+    assert!(span >= Duration::from_millis(1000), "12 deliveries at 5/s took {span:?}");
+    slow_receiver.wait_until("12 slow deliveries", |r| r.len() >= 12).await;
+    assert!(slow_receiver.max_concurrency() <= 2, "{}", slow_receiver.max_concurrency());
+    assert_eq!(slow_receiver.max_concurrency(), 2);
+    let big_deliveries = wait_deliveries(&app, &ids[3], "big answers accepted", |d| {
+        d.len() == 12 && d.iter().all(|d| d["status"] == "SUCCEEDED")
+    })
+    .await;
+    assert_eq!(big_deliveries[0]["statusCode"], 200);
+    let redirected = wait_deliveries(&app, &ids[2], "redirects failed", |d| {
+        d.len() == 12 && d.iter().all(|d| d["statusCode"] == 302)
+    })
+    .await;
+    assert!(redirected.iter().all(|d| d["status"] != "SUCCEEDED"));
+    assert!(target.received().is_empty(), "the redirect was not followed");
+}
+
 /// Production rules: loopback and private targets are refused.
 fn strict(config: &mut Config) {
     config.webhook_allow_private_targets = false;
@@ -798,6 +877,7 @@ async fn a_crashed_workers_claims_are_retried(app: TestApp) {
         Arc::new(key),
         OutboundSettings::from_config(&config),
         Arc::new(tokio::sync::Notify::new()),
+        tandem::http::metrics::Metrics::new(),
     );
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let handle = tokio::spawn(worker.run(stopped));
@@ -1140,6 +1220,11 @@ db_tests!(config = fast;
     subscriptions_stream_and_resume,
     every_event_type_matches_its_schema,
 );
+
+mod limits {
+    use super::*;
+    db_tests!(config = tight_limits; limits_redirects_and_big_answers);
+}
 
 mod strict_targets {
     use super::*;
