@@ -668,8 +668,11 @@ impl DeliveryWorker {
             if claimed as u64 == CLAIM_BATCH {
                 continue;
             }
+            // Sleep until the next delivery falls due (at most 1 s: other instances add work
+            // too), never less than 10 ms: due deliveries of endpoints this worker holds enough
+            // of are left for later.
             let pause = match next_due_in(&self.inner.db).await {
-                Ok(Some(wait)) => wait.min(Duration::from_secs(1)),
+                Ok(Some(wait)) => wait.clamp(Duration::from_millis(10), Duration::from_secs(1)),
                 _ => Duration::from_secs(1),
             };
             tokio::select! {
@@ -947,13 +950,15 @@ async fn load_events(
         .collect())
 }
 
-/// How long until the earliest pending delivery is due.
+/// How long until the earliest pending delivery of an enabled endpoint is due.
 async fn next_due_in(db: &Db) -> Result<Option<Duration>, DbErr> {
     let row = db
         .conn
         .query_one_raw(Statement::from_string(
             db.backend(),
-            "SELECT MIN(next_attempt_at_ms) AS due FROM webhook_deliveries WHERE status = 'PENDING'",
+            "SELECT MIN(d.next_attempt_at_ms) AS due FROM webhook_deliveries d \
+             JOIN webhook_endpoints e ON e.id = d.endpoint_id \
+             WHERE d.status = 'PENDING' AND e.status = 'ENABLED'",
         ))
         .await?;
     let due: Option<i64> = match row {

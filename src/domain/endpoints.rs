@@ -222,11 +222,26 @@ pub async fn find_managed(
     principal: &Principal,
     id: &str,
 ) -> ApiResult<webhook_endpoint::Model> {
+    find_managed_in(&db.conn, principal, id, false).await
+}
+
+/// Like [`find_managed`] on `conn`; `lock` takes the row for update (PostgreSQL; SQLite
+/// writers are serialised anyway).
+async fn find_managed_in(
+    conn: &impl ConnectionTrait,
+    principal: &Principal,
+    id: &str,
+    lock: bool,
+) -> ApiResult<webhook_endpoint::Model> {
     if !is_valid_id(id) {
         return Err(ApiError::NotFound("webhook endpoint"));
     }
-    webhook_endpoint::Entity::find_by_id(id.to_string())
-        .one(&db.conn)
+    let mut query = webhook_endpoint::Entity::find_by_id(id.to_string());
+    if lock && conn.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
+        query = query.lock_exclusive();
+    }
+    query
+        .one(conn)
         .await?
         .filter(|e| manages(principal, e))
         .ok_or(ApiError::NotFound("webhook endpoint"))
@@ -322,7 +337,7 @@ pub async fn rotate_secret(
     id: &str,
 ) -> ApiResult<EndpointWithSecret> {
     let tx = db.begin_write().await?;
-    let endpoint = find_managed(db, principal, id).await?;
+    let endpoint = find_managed_in(&*tx, principal, id, true).await?;
     let secret = new_standard_secret();
     let now = Utc::now();
     let mut active: webhook_endpoint::ActiveModel = endpoint.clone().into();
@@ -343,7 +358,7 @@ pub async fn enable_endpoint(
     id: &str,
 ) -> ApiResult<webhook_endpoint::Model> {
     let tx = db.begin_write().await?;
-    let endpoint = find_managed(db, principal, id).await?;
+    let endpoint = find_managed_in(&*tx, principal, id, true).await?;
     let mut active: webhook_endpoint::ActiveModel = endpoint.into();
     active.status = Set(EndpointStatus::Enabled.as_str().to_string());
     active.disabled_reason = Set(None);

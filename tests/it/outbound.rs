@@ -759,11 +759,22 @@ async fn limits_redirects_and_big_answers(app: TestApp) {
     for i in 0..12 {
         app.create_partner(&program, &format!("P{i}")).await;
     }
-    let got = fast_receiver.wait_until("12 deliveries", |r| r.len() >= 12).await;
+    let got = fast_receiver
+        .wait_until("12 deliveries", |r| r.len() >= 12)
+        .await;
     let span = got[11].at - got[0].at;
-    assert!(span >= Duration::from_millis(1000), "12 deliveries at 5/s took {span:?}");
-    slow_receiver.wait_until("12 slow deliveries", |r| r.len() >= 12).await;
-    assert!(slow_receiver.max_concurrency() <= 2, "{}", slow_receiver.max_concurrency());
+    assert!(
+        span >= Duration::from_millis(1000),
+        "12 deliveries at 5/s took {span:?}"
+    );
+    slow_receiver
+        .wait_until("12 slow deliveries", |r| r.len() >= 12)
+        .await;
+    assert!(
+        slow_receiver.max_concurrency() <= 2,
+        "{}",
+        slow_receiver.max_concurrency()
+    );
     assert_eq!(slow_receiver.max_concurrency(), 2);
     let big_deliveries = wait_deliveries(&app, &ids[3], "big answers accepted", |d| {
         d.len() == 12 && d.iter().all(|d| d["status"] == "SUCCEEDED")
@@ -775,7 +786,10 @@ async fn limits_redirects_and_big_answers(app: TestApp) {
     })
     .await;
     assert!(redirected.iter().all(|d| d["status"] != "SUCCEEDED"));
-    assert!(target.received().is_empty(), "the redirect was not followed");
+    assert!(
+        target.received().is_empty(),
+        "the redirect was not followed"
+    );
 }
 
 /// Production rules: loopback and private targets are refused.
@@ -1295,5 +1309,31 @@ async fn two_workers_on_one_postgres_deliver_each_event_once() {
     )
     .await;
     assert_eq!(succeeded, 120);
+    // With faults (a third of first attempts fail), every event still arrives at least once.
+    for r in &receivers {
+        r.behave(|nth| {
+            if nth == 1 && rand::random_range(0..3) == 0 {
+                Reply::Status(500)
+            } else {
+                Reply::Status(200)
+            }
+        });
+    }
+    for i in 60..90 {
+        app.create_partner(&program, &format!("P{i}")).await;
+    }
+    for r in &receivers {
+        r.wait_until("90 distinct events", |g| {
+            let mut ids: Vec<String> = g
+                .iter()
+                .filter(|x| x.json()["data"]["name"].is_string())
+                .map(|x| x.id())
+                .collect();
+            ids.sort();
+            ids.dedup();
+            ids.len() >= 90
+        })
+        .await;
+    }
     let _ = stop_second.send(());
 }
