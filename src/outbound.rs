@@ -879,7 +879,14 @@ impl DeliveryWorker {
             }
         }
         body.truncate(MAX_RESPONSE_BYTES);
-        let snippet: String = String::from_utf8_lossy(&body).chars().take(200).collect();
+        let text = String::from_utf8_lossy(&body);
+        let snippet: String = text
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .chars()
+            .take(200)
+            .collect();
         Ok((status, retry_after, snippet))
     }
 }

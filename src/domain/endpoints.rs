@@ -370,7 +370,8 @@ pub async fn enable_endpoint(
 }
 
 /// Queues again, for one endpoint, every event since `since` that it has not received: failed
-/// deliveries start over, and events it never got a delivery for (it was disabled) get one.
+/// deliveries start over, and events since its creation it never got a delivery for (it was
+/// disabled) get one.
 /// Returns how many deliveries were queued.
 pub async fn replay_deliveries(
     db: &Db,
@@ -408,12 +409,15 @@ pub async fn replay_deliveries(
         ))
         .await?
         .rows_affected();
-    // Events the endpoint never got a delivery for, in pages.
+    // Events the endpoint never got a delivery for (from its creation on: an endpoint cannot
+    // have missed what happened before it existed), in pages.
     let mut missed = 0u64;
     let mut after_seq = i64::MIN;
     loop {
         let rows = crate::db::entities::event::Entity::find()
-            .filter(crate::db::entities::event::Column::CreatedAt.gte(since))
+            .filter(
+                crate::db::entities::event::Column::CreatedAt.gte(since.max(endpoint.created_at)),
+            )
             .filter(crate::db::entities::event::Column::Seq.gt(after_seq))
             .filter(crate::db::entities::event::Column::EventType.is_in(matcher.types.clone()))
             .order_by_asc(crate::db::entities::event::Column::Seq)
