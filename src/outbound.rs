@@ -47,7 +47,7 @@ use crate::{
             DeliveryStatus, EndpointMatcher, EndpointStatus, check_target_url, is_public_ip,
             new_delivery,
         },
-        events::EventPosition,
+        events::{self, EventPosition},
         ids::new_id,
         secrets::SecretKey,
     },
@@ -232,13 +232,10 @@ async fn listen_for_events(db: Db, wake: Arc<Notify>, mut stop: watch::Receiver<
 
 /// The position of the newest committed event (the start of the stream when empty).
 async fn latest_position(db: &Db) -> Result<EventPosition, DbErr> {
-    let mut query = event::Entity::find();
-    if db.is_postgres() {
-        query = query
-            .filter(sea_orm::sea_query::Expr::cust(
-                "tx_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
-            ))
-            .order_by_desc(event::Column::TxId);
+    let postgres = db.is_postgres();
+    let mut query = events::committed_after(event::Entity::find(), postgres, None);
+    if postgres {
+        query = query.order_by_desc(event::Column::TxId);
     }
     Ok(query
         .order_by_desc(event::Column::Seq)
@@ -255,27 +252,8 @@ async fn read_visible(
     limit: u64,
 ) -> Result<Vec<event::Model>, DbErr> {
     let postgres = conn.get_database_backend() == sea_orm::DatabaseBackend::Postgres;
-    let mut query = event::Entity::find();
-    if postgres {
-        query = query
-            .filter(sea_orm::sea_query::Expr::cust(
-                "tx_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
-            ))
-            .filter(
-                sea_orm::Condition::any()
-                    .add(event::Column::TxId.gt(after.tx))
-                    .add(
-                        sea_orm::Condition::all()
-                            .add(event::Column::TxId.eq(after.tx))
-                            .add(event::Column::Seq.gt(after.seq)),
-                    ),
-            )
-            .order_by_asc(event::Column::TxId);
-    } else {
-        query = query.filter(event::Column::Seq.gt(after.seq));
-    }
-    query
-        .order_by_asc(event::Column::Seq)
+    let query = events::committed_after(event::Entity::find(), postgres, Some(after));
+    events::in_stream_order(query, postgres)
         .limit(limit)
         .all(conn)
         .await

@@ -177,32 +177,21 @@ impl EventPosition {
     }
 }
 
-fn scoped_events(
-    db: &Db,
-    principal: &Principal,
+/// PostgreSQL: only events of transactions older than every one still in flight (all of them
+/// have finished, so nothing can be committed behind a reader).
+const COMMITTED_ON_POSTGRES: &str = "tx_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint";
+
+/// Restricts `query` to committed events after `after` in stream order: `(tx_id, seq)` on
+/// PostgreSQL, `seq` on SQLite (one writer at a time, so `seq` order is commit order).
+pub fn committed_after(
+    query: sea_orm::Select<event::Entity>,
+    postgres: bool,
     after: Option<EventPosition>,
-    types: Option<&[String]>,
 ) -> sea_orm::Select<event::Entity> {
     use sea_orm::sea_query::Expr;
-    let mut query = event::Entity::find();
-    match principal {
-        Principal::Admin { .. } => {}
-        Principal::Partner { partner_id, .. } => {
-            query = query.filter(event::Column::PartnerId.eq(partner_id.as_str()));
-        }
-        Principal::Integration { program_ids, .. } => {
-            query = query.filter(event::Column::ProgramId.is_in(program_ids.iter().cloned()));
-        }
-    }
-    if let Some(types) = types {
-        query = query.filter(event::Column::EventType.is_in(types.iter().cloned()));
-    }
-    if db.is_postgres() {
-        // Only events of transactions older than every one still in flight (all finished, so
-        // nothing can be committed behind a reader), in (transaction, seq) order.
-        query = query.filter(Expr::cust(
-            "tx_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
-        ));
+    let mut query = query;
+    if postgres {
+        query = query.filter(Expr::cust(COMMITTED_ON_POSTGRES));
         if let Some(after) = after {
             query = query.filter(
                 sea_orm::Condition::any()
@@ -220,6 +209,54 @@ fn scoped_events(
     query
 }
 
+/// Orders events as the stream does (oldest first).
+pub fn in_stream_order(
+    query: sea_orm::Select<event::Entity>,
+    postgres: bool,
+) -> sea_orm::Select<event::Entity> {
+    let query = if postgres {
+        query.order_by_asc(event::Column::TxId)
+    } else {
+        query
+    };
+    query.order_by_asc(event::Column::Seq)
+}
+
+/// Fails with `BAD_USER_INPUT` on an unknown event type (`types[i]`).
+pub fn check_types(types: &[String]) -> ApiResult<()> {
+    for (i, t) in types.iter().enumerate() {
+        if EventType::parse(t).is_none() {
+            return Err(crate::error::ApiError::bad_input(
+                format!("types[{i}]"),
+                format!("unknown event type {t:?}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn scoped_events(
+    db: &Db,
+    principal: &Principal,
+    after: Option<EventPosition>,
+    types: Option<&[String]>,
+) -> sea_orm::Select<event::Entity> {
+    let mut query = event::Entity::find();
+    match principal {
+        Principal::Admin { .. } => {}
+        Principal::Partner { partner_id, .. } => {
+            query = query.filter(event::Column::PartnerId.eq(partner_id.as_str()));
+        }
+        Principal::Integration { program_ids, .. } => {
+            query = query.filter(event::Column::ProgramId.is_in(program_ids.iter().cloned()));
+        }
+    }
+    if let Some(types) = types {
+        query = query.filter(event::Column::EventType.is_in(types.iter().cloned()));
+    }
+    committed_after(query, db.is_postgres(), after)
+}
+
 /// Lists events after `after`, oldest first, visible to `principal`, optionally limited to
 /// some types. Returns up to `limit + 1` rows so the caller can tell whether more follow.
 pub async fn list_events(
@@ -229,12 +266,8 @@ pub async fn list_events(
     types: Option<&[String]>,
     limit: u64,
 ) -> ApiResult<Vec<event::Model>> {
-    let mut query = scoped_events(db, principal, after, types);
-    if db.is_postgres() {
-        query = query.order_by_asc(event::Column::TxId);
-    }
-    Ok(query
-        .order_by_asc(event::Column::Seq)
+    let query = scoped_events(db, principal, after, types);
+    Ok(in_stream_order(query, db.is_postgres())
         .limit(limit + 1)
         .all(&db.conn)
         .await?)

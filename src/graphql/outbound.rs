@@ -19,7 +19,7 @@ use crate::{
             CreateWebhookEndpointInput, DeliveryStatus, EndpointStatus, create_endpoint,
             enable_endpoint, find_managed, managed_by, replay_deliveries, rotate_secret,
         },
-        events::{EventPosition, EventType, list_events},
+        events::{EventPosition, check_types, list_events},
         secrets::SecretKey,
     },
     error::ApiError,
@@ -430,15 +430,7 @@ impl SubscriptionRoot {
     ) -> Result<impl Stream<Item = Event> + use<>> {
         let principal = principal(ctx).await?.clone();
         if let Some(types) = &types {
-            for (i, t) in types.iter().enumerate() {
-                if EventType::parse(t).is_none() {
-                    return Err(ApiError::bad_input(
-                        format!("types[{i}]"),
-                        format!("unknown event type {t:?}"),
-                    )
-                    .into());
-                }
-            }
+            check_types(types)?;
         }
         let start = match &after {
             None => None,

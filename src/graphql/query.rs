@@ -11,7 +11,7 @@ use crate::{
     },
     domain::{
         auth::Principal,
-        events::{EventType, list_events},
+        events::list_events,
         ids::is_valid_id,
         partners::{PartnerStatus, find_visible_partner},
         referrals::ReferralStatus,
@@ -352,15 +352,7 @@ impl CoreQuery {
             ),
         };
         if let Some(types) = &types {
-            for (i, t) in types.iter().enumerate() {
-                if EventType::parse(t).is_none() {
-                    return Err(ApiError::bad_input(
-                        format!("types[{i}]"),
-                        format!("unknown event type {t:?}"),
-                    )
-                    .into());
-                }
-            }
+            crate::domain::events::check_types(types)?;
         }
         let db = ctx.data_unchecked::<Db>();
         let rows = list_events(db, principal, after_position, types.as_deref(), args.first).await?;
