@@ -12,6 +12,18 @@ pub enum ConnectorError {
     /// Any other CRM-side failure.
     #[error("CRM request failed: {0}")]
     Remote(String),
+    /// The CRM's rate limit cannot be waited out within the retry budget (a daily limit, or a
+    /// wait longer than the budget).
+    #[error("CRM rate limit reached: {0}")]
+    RateLimited(String),
+    /// Retries (5xx, timeouts, short rate limits) used up the retry budget.
+    #[error("CRM unavailable after retrying for {seconds} s: {last}")]
+    GaveUp {
+        /// The budget spent.
+        seconds: u64,
+        /// The last failure.
+        last: String,
+    },
 }
 
 /// Result alias for the connector crate.

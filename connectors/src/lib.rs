@@ -4,6 +4,8 @@
 
 pub mod deal;
 pub mod error;
+pub mod http;
+pub mod hubspot;
 pub mod inbound;
 pub mod lenient;
 pub mod verify;
@@ -12,27 +14,26 @@ pub use deal::{DealStatus, NeutralDeal};
 pub use error::{ConnectorError, Result};
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 
-/// One page of deals from a CRM's incremental listing, with the cursor to resume after it.
+/// One page of a sync: the deals, and the cursor to checkpoint once they are applied.
 #[derive(Debug, Clone)]
 pub struct DealPage {
-    /// Deals in the CRM's modification-time order.
+    /// Deals in the CRM's modification-time order (repeats of already-applied changes left out).
     pub deals: Vec<NeutralDeal>,
-    /// Opaque cursor to pass back for the next page; `None` when the listing is exhausted.
-    pub next_cursor: Option<String>,
+    /// Where to resume after this page (stored durably by the caller once the deals are applied).
+    pub cursor: String,
+    /// Whether more pages follow now; `false` when the sync has caught up (the cursor then
+    /// starts the next incremental pass).
+    pub more: bool,
 }
 
-/// A CRM client: lists deals changed since a point in time, one page at a time.
+/// A CRM client: syncs deals page by page from a durable cursor, and fetches single deals.
 #[async_trait]
 pub trait CrmConnector: Send + Sync {
-    /// Fetches one page of deals modified at or after `since`, continuing from `cursor`.
-    async fn list_deals_since(
-        &self,
-        since: Option<DateTime<Utc>>,
-        cursor: Option<&str>,
-    ) -> Result<DealPage>;
+    /// Fetches the page after `cursor` (`None`: the first page of a full backfill).
+    async fn sync_page(&self, cursor: Option<&str>) -> Result<DealPage>;
 
-    /// Fetches one deal by its CRM id (used by webhook notifications that carry only an id).
+    /// Fetches one deal by its CRM id (used by webhook notifications that carry only an id);
+    /// `None` when the CRM does not know it.
     async fn fetch_deal(&self, external_id: &str) -> Result<Option<NeutralDeal>>;
 }

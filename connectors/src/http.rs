@@ -1,0 +1,480 @@
+//! Resilient HTTP to a CRM: bearer auth (a fixed access token, or OAuth with refresh on expiry
+//! or on one 401, reporting a rotated refresh token), rate-limit signals honoured, 5xx and
+//! timeouts retried with jittered exponential backoff, all within a bounded retry budget.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use chrono::{DateTime, Utc};
+use reqwest::{Method, StatusCode, header::HeaderMap};
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+use crate::error::{ConnectorError, Result};
+
+/// Which CRM's limit signals to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Vendor {
+    /// HubSpot: 429 with `policyName` (`DAILY` cannot be waited out) and
+    /// `X-HubSpot-RateLimit-*` headers.
+    HubSpot,
+    /// Salesforce: 403 `REQUEST_LIMIT_EXCEEDED` (a rolling 24 h limit), `Sforce-Limit-Info`.
+    Salesforce,
+    /// Pipedrive: 429 with `x-ratelimit-reset` / `Retry-After`, daily token budget headers.
+    Pipedrive,
+}
+
+/// Retry and timeout bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Per-request timeout (connect and whole response).
+    pub timeout: Duration,
+    /// Total time one call may spend retrying.
+    pub budget: Duration,
+    /// First backoff delay (doubled each retry, ±50 % jitter).
+    pub base_delay: Duration,
+    /// Largest backoff delay.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            timeout: Duration::from_secs(30),
+            budget: Duration::from_secs(120),
+            base_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(30),
+        }
+    }
+}
+
+/// OAuth client credentials and the current refresh token.
+#[derive(Clone)]
+pub struct OAuthClient {
+    /// Token endpoint (absolute URL).
+    pub token_url: String,
+    /// Client id.
+    pub client_id: String,
+    /// Client secret.
+    pub client_secret: String,
+    /// Current refresh token.
+    pub refresh_token: String,
+    /// Send the client credentials as HTTP Basic (Pipedrive) instead of form fields.
+    pub basic_auth: bool,
+}
+
+impl std::fmt::Debug for OAuthClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuthClient")
+            .field("token_url", &self.token_url)
+            .field("client_id", &self.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a connection authenticates.
+#[derive(Clone)]
+pub enum Credentials {
+    /// A fixed access token (HubSpot private app token, Pipedrive API token sent as
+    /// `x-api-token`, a Salesforce session).
+    AccessToken(String),
+    /// OAuth 2 refresh-token flow.
+    OAuth(OAuthClient),
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::AccessToken(_) => f.write_str("AccessToken([redacted])"),
+            Credentials::OAuth(o) => write!(f, "OAuth({o:?})"),
+        }
+    }
+}
+
+/// A token set obtained by a refresh: the caller persists a rotated refresh token.
+#[derive(Clone)]
+pub struct Refreshed {
+    /// The new refresh token, when the provider rotated it.
+    pub refresh_token: Option<String>,
+    /// Salesforce `instance_url` / Pipedrive `api_domain`, when returned.
+    pub api_base: Option<String>,
+}
+
+type OnRefresh = Arc<dyn Fn(Refreshed) + Send + Sync>;
+
+struct AuthState {
+    access_token: Option<String>,
+    expires_at: Option<Instant>,
+    oauth: Option<OAuthClient>,
+    api_base: Option<String>,
+}
+
+/// A CRM's HTTP endpoint with its credentials.
+pub struct CrmHttp {
+    client: reqwest::Client,
+    base_url: String,
+    vendor: Vendor,
+    policy: RetryPolicy,
+    /// Pipedrive API tokens travel in `x-api-token`, not as bearer tokens.
+    api_token_header: bool,
+    auth: Mutex<AuthState>,
+    on_refresh: Option<OnRefresh>,
+}
+
+/// What one attempt came to.
+enum Attempt {
+    Done(Value),
+    Retry { wait: Option<Duration>, why: String },
+    Refresh(String),
+}
+
+impl CrmHttp {
+    /// A client for `base_url` (no trailing slash needed).
+    pub fn new(
+        vendor: Vendor,
+        base_url: &str,
+        credentials: Credentials,
+        policy: RetryPolicy,
+    ) -> Result<CrmHttp> {
+        let client = reqwest::Client::builder()
+            .timeout(policy.timeout)
+            .connect_timeout(policy.timeout)
+            .user_agent(concat!("Tandem/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ConnectorError::Remote(format!("HTTP client: {e}")))?;
+        let (access_token, oauth) = match credentials {
+            Credentials::AccessToken(token) => (Some(token), None),
+            Credentials::OAuth(oauth) => (None, Some(oauth)),
+        };
+        Ok(CrmHttp {
+            client,
+            base_url: base_url.trim_end_matches('/').to_string(),
+            vendor,
+            policy,
+            api_token_header: vendor == Vendor::Pipedrive && oauth.is_none(),
+            auth: Mutex::new(AuthState {
+                access_token,
+                expires_at: None,
+                oauth,
+                api_base: None,
+            }),
+            on_refresh: None,
+        })
+    }
+
+    /// Called after every OAuth refresh (to persist a rotated refresh token).
+    pub fn on_refresh(mut self, f: impl Fn(Refreshed) + Send + Sync + 'static) -> CrmHttp {
+        self.on_refresh = Some(Arc::new(f));
+        self
+    }
+
+    /// The base URL requests go to (an OAuth `instance_url`/`api_domain` once known).
+    pub async fn api_base(&self) -> String {
+        self.auth
+            .lock()
+            .await
+            .api_base
+            .clone()
+            .unwrap_or_else(|| self.base_url.clone())
+    }
+
+    /// The configured base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// Sends a JSON request to `path` (relative to the API base, or an absolute URL) and
+    /// returns the JSON answer, retrying as the policy allows.
+    pub async fn json(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+    ) -> Result<Value> {
+        let started = Instant::now();
+        let mut failures: u32 = 0;
+        let mut refreshed = false;
+        loop {
+            let token = self.token(false).await?;
+            let url = if path.starts_with("http://") || path.starts_with("https://") {
+                path.to_string()
+            } else {
+                format!("{}{path}", self.api_base().await)
+            };
+            let mut request = self.client.request(method.clone(), &url).query(query);
+            request = if self.api_token_header {
+                request.header("x-api-token", &token)
+            } else {
+                request.bearer_auth(&token)
+            };
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            let attempt = match request.send().await {
+                Err(err) => Attempt::Retry {
+                    wait: None,
+                    why: describe(&err),
+                },
+                Ok(response) => self.classify(response).await?,
+            };
+            match attempt {
+                Attempt::Done(value) => return Ok(value),
+                Attempt::Refresh(message) => {
+                    let can_refresh = self.auth.lock().await.oauth.is_some();
+                    if refreshed || !can_refresh {
+                        return Err(ConnectorError::Unauthorized(self.redact(&message).await));
+                    }
+                    refreshed = true;
+                    self.token(true).await?;
+                }
+                Attempt::Retry { wait, why } => {
+                    failures += 1;
+                    let wait = wait.unwrap_or_else(|| self.backoff(failures));
+                    if started.elapsed() + wait > self.policy.budget {
+                        return Err(ConnectorError::GaveUp {
+                            seconds: self.policy.budget.as_secs(),
+                            last: self.redact(&why).await,
+                        });
+                    }
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    fn backoff(&self, failures: u32) -> Duration {
+        let exp = self
+            .policy
+            .base_delay
+            .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(16)));
+        let capped = exp.min(self.policy.max_delay);
+        capped.mul_f64(rand::random_range(0.5..=1.5))
+    }
+
+    /// Removes any credential from a message before it is stored or shown.
+    async fn redact(&self, message: &str) -> String {
+        let auth = self.auth.lock().await;
+        let mut out = message.to_string();
+        let mut secrets: Vec<&str> = Vec::new();
+        if let Some(t) = &auth.access_token {
+            secrets.push(t);
+        }
+        if let Some(o) = &auth.oauth {
+            secrets.push(&o.client_secret);
+            secrets.push(&o.refresh_token);
+        }
+        for s in secrets.into_iter().filter(|s| s.len() >= 6) {
+            out = out.replace(s, "[redacted]");
+        }
+        out
+    }
+
+    async fn classify(&self, response: reqwest::Response) -> Result<Attempt> {
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap_or_default();
+        if status.is_success() {
+            if text.trim().is_empty() {
+                return Ok(Attempt::Done(Value::Null));
+            }
+            return serde_json::from_str(&text)
+                .map(Attempt::Done)
+                .map_err(|e| ConnectorError::Malformed(format!("response is not JSON: {e}")));
+        }
+        let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let message = error_message(&body).unwrap_or_else(|| {
+            let t: String = text.chars().take(200).collect();
+            if t.is_empty() {
+                format!("HTTP {status}")
+            } else {
+                format!("HTTP {status}: {t}")
+            }
+        });
+        let retry_after = retry_after(&headers);
+        match (self.vendor, status) {
+            (_, StatusCode::UNAUTHORIZED) => Ok(Attempt::Refresh(message)),
+            (Vendor::Salesforce, StatusCode::FORBIDDEN)
+                if text.contains("REQUEST_LIMIT_EXCEEDED") =>
+            {
+                Err(ConnectorError::RateLimited(format!(
+                    "Salesforce API request limit exceeded ({message}){}",
+                    headers
+                        .get("sforce-limit-info")
+                        .and_then(|v| v.to_str().ok())
+                        .map(|v| format!("; {v}"))
+                        .unwrap_or_default()
+                )))
+            }
+            (_, StatusCode::TOO_MANY_REQUESTS) => {
+                if self.vendor == Vendor::HubSpot
+                    && body.get("policyName").and_then(Value::as_str) == Some("DAILY")
+                {
+                    return Err(ConnectorError::RateLimited(format!(
+                        "HubSpot daily limit reached: {message}"
+                    )));
+                }
+                if self.vendor == Vendor::Pipedrive
+                    && header_u64(&headers, "x-daily-requests-left") == Some(0)
+                {
+                    return Err(ConnectorError::RateLimited(format!(
+                        "Pipedrive daily token budget used up: {message}"
+                    )));
+                }
+                let wait = retry_after.or_else(|| vendor_window(self.vendor, &headers));
+                Ok(Attempt::Retry {
+                    wait: Some(wait.unwrap_or(Duration::from_secs(1))),
+                    why: format!("rate limited: {message}"),
+                })
+            }
+            (_, s) if s.is_server_error() => Ok(Attempt::Retry {
+                wait: retry_after,
+                why: message,
+            }),
+            (_, StatusCode::FORBIDDEN) => Err(ConnectorError::Unauthorized(message)),
+            _ => Err(ConnectorError::Remote(message)),
+        }
+    }
+
+    /// The access token, refreshed when `force` or when it is missing or about to expire.
+    async fn token(&self, force: bool) -> Result<String> {
+        let mut auth = self.auth.lock().await;
+        let fresh = auth
+            .expires_at
+            .is_none_or(|at| at > Instant::now() + Duration::from_secs(30));
+        if let Some(token) = &auth.access_token
+            && fresh
+            && !force
+        {
+            return Ok(token.clone());
+        }
+        let Some(oauth) = auth.oauth.clone() else {
+            return auth
+                .access_token
+                .clone()
+                .ok_or_else(|| ConnectorError::Unauthorized("no access token".into()));
+        };
+        let mut form = vec![
+            ("grant_type", "refresh_token".to_string()),
+            ("refresh_token", oauth.refresh_token.clone()),
+        ];
+        let mut request = self.client.post(&oauth.token_url);
+        if oauth.basic_auth {
+            request = request.basic_auth(&oauth.client_id, Some(&oauth.client_secret));
+        } else {
+            form.push(("client_id", oauth.client_id.clone()));
+            form.push(("client_secret", oauth.client_secret.clone()));
+        }
+        let response = request
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| ConnectorError::Remote(format!("token refresh: {}", describe(&e))))?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            let message = error_message(&body).unwrap_or_else(|| format!("HTTP {status}"));
+            return Err(ConnectorError::Unauthorized(format!(
+                "token refresh failed: {message}"
+            )));
+        }
+        let access = body
+            .get("access_token")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ConnectorError::Malformed("token response without access_token".into()))?
+            .to_string();
+        let expires_in = body.get("expires_in").and_then(|v| {
+            v.as_u64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        });
+        let rotated = body
+            .get("refresh_token")
+            .and_then(Value::as_str)
+            .filter(|r| *r != oauth.refresh_token)
+            .map(str::to_string);
+        let api_base = body
+            .get("instance_url")
+            .or_else(|| body.get("api_domain"))
+            .and_then(Value::as_str)
+            .map(|s| s.trim_end_matches('/').to_string());
+        auth.access_token = Some(access.clone());
+        // Salesforce returns no expires_in: its sessions last hours; a 401 refreshes.
+        auth.expires_at = expires_in.map(|s| Instant::now() + Duration::from_secs(s));
+        if let Some(r) = &rotated
+            && let Some(o) = auth.oauth.as_mut()
+        {
+            o.refresh_token = r.clone();
+        }
+        if api_base.is_some() {
+            auth.api_base = api_base.clone();
+        }
+        drop(auth);
+        if let Some(f) = &self.on_refresh {
+            f(Refreshed {
+                refresh_token: rotated,
+                api_base,
+            });
+        }
+        Ok(access)
+    }
+}
+
+fn describe(err: &reqwest::Error) -> String {
+    if err.is_timeout() {
+        "timed out".to_string()
+    } else if err.is_connect() {
+        "could not connect".to_string()
+    } else {
+        format!("request failed: {err}")
+    }
+}
+
+/// The message of a CRM error body (HubSpot `message`, Salesforce `[{"message"}]`, Pipedrive
+/// `error`, OAuth `error_description`).
+fn error_message(body: &Value) -> Option<String> {
+    let first = body.as_array().and_then(|a| a.first()).unwrap_or(body);
+    ["message", "error_description", "error"]
+        .iter()
+        .find_map(|k| first.get(k).and_then(Value::as_str))
+        .map(str::to_string)
+}
+
+fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
+    headers.get(name)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// `Retry-After` in seconds or as an HTTP date.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(secs) = value.parse::<f64>() {
+        return Some(Duration::from_secs_f64(secs.max(0.0)));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// The wait a vendor's own headers ask for when it sends no `Retry-After`.
+fn vendor_window(vendor: Vendor, headers: &HeaderMap) -> Option<Duration> {
+    match vendor {
+        // The rolling window's length; waiting one window lets the count fall.
+        Vendor::HubSpot => header_u64(headers, "x-hubspot-ratelimit-interval-milliseconds")
+            .map(Duration::from_millis),
+        // Seconds until the window resets.
+        Vendor::Pipedrive => header_u64(headers, "x-ratelimit-reset").map(Duration::from_secs),
+        Vendor::Salesforce => None,
+    }
+}
+
+/// A timestamp as HubSpot filters expect it (epoch milliseconds as a string).
+pub fn epoch_ms(t: DateTime<Utc>) -> String {
+    t.timestamp_millis().to_string()
+}
