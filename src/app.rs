@@ -14,6 +14,7 @@ use crate::{
     db::Db,
     domain::{
         auth::{ApiKeyRole, create_key, has_admin_key},
+        crm::{CrmSettings, Syncer},
         inbox::{Inbox, InboxWorker},
         secrets::SecretKey,
         webhooks::Webhooks,
@@ -104,10 +105,19 @@ impl App {
             settings,
             feed,
         };
+        let syncer = Syncer::new(
+            db.with_own_statement_counter(),
+            key.clone(),
+            CrmSettings {
+                timeout: Duration::from_millis(config.crm_timeout_ms),
+                retry_budget: Duration::from_secs(config.crm_retry_budget_secs),
+            },
+        );
         let jobs = Jobs::new(
             db.with_own_statement_counter(),
             Duration::from_secs(config.job_lease_secs),
-        );
+        )
+        .with_syncer(syncer);
         let scheduler = if config.scheduler {
             Some(
                 start_scheduler(jobs.clone(), &config)

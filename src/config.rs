@@ -77,6 +77,12 @@ pub struct Config {
     /// How long a worker's claim on a delivery lasts, in seconds (`TANDEM_WEBHOOK_CLAIM_SECS`,
     /// default 60): a crashed worker's deliveries are retried after this.
     pub webhook_claim_secs: u64,
+    /// Per-request timeout of CRM API calls in milliseconds (`TANDEM_CRM_TIMEOUT_MS`, default
+    /// 30000): an unreachable CRM fails within it.
+    pub crm_timeout_ms: u64,
+    /// How long one CRM call may keep retrying 429s, 5xx and timeouts, in seconds
+    /// (`TANDEM_CRM_RETRY_BUDGET_SECS`, default 120).
+    pub crm_retry_budget_secs: u64,
 }
 
 /// A configuration value that must never reach a log: `Debug` prints `[redacted]`.
@@ -114,6 +120,8 @@ impl Default for Config {
             webhook_max_in_flight: 16,
             webhook_allow_private_targets: false,
             webhook_claim_secs: 60,
+            crm_timeout_ms: 30_000,
+            crm_retry_budget_secs: 120,
         }
     }
 }
@@ -158,6 +166,8 @@ impl Config {
                 "webhook_max_in_flight",
                 "webhook_allow_private_targets",
                 "webhook_claim_secs",
+                "crm_timeout_ms",
+                "crm_retry_budget_secs",
             ]))
             .merge(Serialized::defaults(flags))
             .extract()
@@ -202,6 +212,9 @@ impl Config {
         }
         if self.webhook_max_in_flight == 0 || self.webhook_claim_secs == 0 {
             return invalid("webhook_max_in_flight and webhook_claim_secs must be positive".into());
+        }
+        if self.crm_timeout_ms == 0 {
+            return invalid("crm_timeout_ms must be positive".into());
         }
         if self.database_max_connections == 0 {
             return invalid("database_max_connections must be at least 1".to_string());

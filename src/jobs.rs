@@ -35,20 +35,31 @@ pub fn parse_cron(expr: &str) -> Result<Cron, croner::errors::CronError> {
 }
 
 /// The jobs this hub runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobName {
     /// Brings the ledger to the expected commissions.
     Reconcile,
     /// Approves accruals whose hold has passed.
     ReleaseHolds,
+    /// Syncs the deals of one CRM connection.
+    CrmSync(String),
 }
 
 impl JobName {
     /// The public name.
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(&self) -> &'static str {
         match self {
             JobName::Reconcile => "reconcile",
             JobName::ReleaseHolds => "release-holds",
+            JobName::CrmSync(_) => "crm-sync",
+        }
+    }
+
+    /// The lease row: one per job, one per connection for `crm-sync`.
+    pub fn lease_key(&self) -> String {
+        match self {
+            JobName::CrmSync(connection) => format!("crm-sync:{connection}"),
+            other => other.as_str().to_string(),
         }
     }
 }
@@ -61,7 +72,7 @@ impl FromStr for JobName {
             "release-holds" => Ok(JobName::ReleaseHolds),
             "crm-sync" => Err(ApiError::bad_input(
                 "input.name",
-                "crm-sync runs per CRM connection, which this hub does not have yet",
+                "crm-sync runs per CRM connection: use syncCrmConnection(input: {id})",
             )),
             _ => Err(ApiError::bad_input(
                 "input.name",
@@ -122,6 +133,7 @@ pub struct Jobs {
     db: Db,
     holder: Arc<str>,
     lease: Duration,
+    syncer: Option<Arc<crate::domain::crm::Syncer>>,
 }
 
 /// Whether a scheduled tick ran here.
@@ -144,14 +156,21 @@ impl Jobs {
             db,
             holder: Arc::from(format!("{}-{}", std::process::id(), new_id()).as_str()),
             lease,
+            syncer: None,
         }
+    }
+
+    /// Lets this instance run `crm-sync` with `syncer`.
+    pub fn with_syncer(mut self, syncer: crate::domain::crm::Syncer) -> Jobs {
+        self.syncer = Some(Arc::new(syncer));
+        self
     }
 
     /// Tries to take the lease of `name`. For a scheduled tick, only if the tick is due (not
     /// claimed by another instance). Returns the job's cursor when taken.
     async fn acquire(
         &self,
-        name: JobName,
+        name: &JobName,
         run_id: &str,
         trigger: Trigger,
     ) -> ApiResult<Option<Option<String>>> {
@@ -160,7 +179,7 @@ impl Jobs {
         let expires = ms(now) + self.lease.as_millis() as i64;
         let p = |n| db.placeholder(n);
         // A crashed holder's run stays RUNNING: close it when its lease is found expired.
-        let previous = job_lease::Entity::find_by_id(name.as_str())
+        let previous = job_lease::Entity::find_by_id(name.lease_key())
             .one(&db.conn)
             .await?;
         let (due_check, next_due) = match trigger {
@@ -175,7 +194,7 @@ impl Jobs {
             Trigger::Manual { .. } => "job_leases.due_at_ms",
         };
         let mut values: Vec<sea_orm::Value> = vec![
-            name.as_str().into(),
+            name.lease_key().into(),
             self.holder.to_string().into(),
             run_id.into(),
             expires.into(),
@@ -228,7 +247,7 @@ impl Jobs {
     }
 
     /// Gives the lease back, keeping the job's cursor unless a new one is given.
-    async fn release(&self, name: JobName, run_id: &str, cursor: Option<String>) -> ApiResult<()> {
+    async fn release(&self, name: &JobName, run_id: &str, cursor: Option<String>) -> ApiResult<()> {
         let db = &self.db;
         let p = |n| db.numbered(n);
         db.execute_write(
@@ -239,7 +258,7 @@ impl Jobs {
                 p(1),
                 p(2)
             ),
-            vec![name.as_str().into(), run_id.into(), cursor.into()],
+            vec![name.lease_key().into(), run_id.into(), cursor.into()],
         )
         .await?;
         Ok(())
@@ -258,7 +277,11 @@ impl Jobs {
                         db.placeholder(2),
                         db.placeholder(3)
                     ),
-                    vec![expires.into(), name.as_str().into(), run_id.clone().into()],
+                    vec![
+                        expires.into(),
+                        name.lease_key().into(),
+                        run_id.clone().into(),
+                    ],
                 )
                 .await;
             if let Err(e) = renewed {
@@ -278,10 +301,10 @@ impl Jobs {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             if let Some(cursor) = self
-                .acquire(name, &run_id, Trigger::Manual { full })
+                .acquire(&name, &run_id, Trigger::Manual { full })
                 .await?
             {
-                return self.execute(name, run_id, cursor, full).await;
+                return self.execute(&name, run_id, cursor, full).await;
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(ApiError::Conflict(format!(
@@ -303,11 +326,11 @@ impl Jobs {
     ) -> ApiResult<TickOutcome> {
         let run_id = new_id();
         match self
-            .acquire(name, &run_id, Trigger::Scheduled(tick, next))
+            .acquire(&name, &run_id, Trigger::Scheduled(tick, next))
             .await?
         {
             Some(cursor) => Ok(TickOutcome::Ran(
-                self.execute(name, run_id, cursor, false).await?,
+                self.execute(&name, run_id, cursor, false).await?,
             )),
             None => Ok(TickOutcome::Skipped),
         }
@@ -315,7 +338,7 @@ impl Jobs {
 
     async fn execute(
         &self,
-        name: JobName,
+        name: &JobName,
         run_id: String,
         cursor: Option<String>,
         full: bool,
@@ -339,11 +362,11 @@ impl Jobs {
         };
         let heartbeat = tokio::spawn(Jobs::renew(
             self.db.clone(),
-            name,
+            name.clone(),
             run_id.clone(),
             self.lease,
         ));
-        let outcome = self.body(name, cursor.as_deref(), full).await;
+        let outcome = self.body(name, &run_id, cursor.as_deref(), full).await;
         heartbeat.abort();
         let (status, stats, error, next_cursor) = match outcome {
             Ok((stats, next_cursor)) => (JobRunStatus::Succeeded, Some(stats), None, next_cursor),
@@ -370,7 +393,8 @@ impl Jobs {
     /// The job bodies: stats, and the cursor to keep.
     async fn body(
         &self,
-        name: JobName,
+        name: &JobName,
+        run_id: &str,
         cursor: Option<&str>,
         full: bool,
     ) -> Result<(Value, Option<String>), String> {
@@ -398,6 +422,17 @@ impl Jobs {
                     .map_err(|e| e.to_string())?;
                 Ok((json!({ "released": released }), None))
             }
+            JobName::CrmSync(connection_id) => {
+                let syncer = self
+                    .syncer
+                    .as_ref()
+                    .ok_or("this instance has no CRM syncer")?;
+                let stats = syncer.sync(connection_id, run_id).await?;
+                Ok((
+                    serde_json::to_value(&stats).map_err(|e| e.to_string())?,
+                    None,
+                ))
+            }
         }
     }
 }
@@ -415,6 +450,7 @@ pub async fn start_scheduler(jobs: Jobs, config: &Config) -> anyhow::Result<JobS
             .add(Job::new_async(expr.as_str(), move |_id, _scheduler| {
                 let jobs = jobs.clone();
                 let cron = cron.clone();
+                let name = name.clone();
                 Box::pin(async move {
                     // The tick this firing belongs to (the scheduler may fire a little late).
                     let now = Utc::now() + chrono::Duration::milliseconds(500);
@@ -424,7 +460,7 @@ pub async fn start_scheduler(jobs: Jobs, config: &Config) -> anyhow::Result<JobS
                     let Ok(next) = cron.find_next_occurrence(&tick, false) else {
                         return;
                     };
-                    match jobs.run_tick(name, tick, next).await {
+                    match jobs.run_tick(name.clone(), tick, next).await {
                         Ok(TickOutcome::Ran(run)) => {
                             tracing::info!(job = name.as_str(), run = %run.id, status = %run.status, "job ran");
                         }
@@ -439,6 +475,53 @@ pub async fn start_scheduler(jobs: Jobs, config: &Config) -> anyhow::Result<JobS
             })?)
             .await?;
     }
+    // CRM connections come and go: every minute, each connection's own schedule is checked and
+    // a due tick runs (once across instances, under the connection's lease).
+    let crm_jobs = jobs.clone();
+    scheduler
+        .add(Job::new_async("30 * * * * *", move |_id, _scheduler| {
+            let jobs = crm_jobs.clone();
+            Box::pin(async move { run_due_syncs(&jobs).await })
+        })?)
+        .await?;
     scheduler.start().await?;
     Ok(scheduler)
+}
+
+/// Runs the due `crm-sync` ticks of every connection (each on its own task).
+pub async fn run_due_syncs(jobs: &Jobs) {
+    let schedules = match crate::domain::crm::connection_schedules(&jobs.db).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = ?e, "listing CRM connections failed");
+            return;
+        }
+    };
+    let now = Utc::now();
+    for (connection_id, schedule) in schedules {
+        let Ok(cron) = parse_cron(&schedule) else {
+            continue;
+        };
+        let Ok(tick) = cron.find_previous_occurrence(&now, true) else {
+            continue;
+        };
+        let Ok(next) = cron.find_next_occurrence(&tick, false) else {
+            continue;
+        };
+        let jobs = jobs.clone();
+        tokio::spawn(async move {
+            match jobs
+                .run_tick(JobName::CrmSync(connection_id.clone()), tick, next)
+                .await
+            {
+                Ok(TickOutcome::Ran(run)) => {
+                    tracing::info!(connection = %connection_id, run = %run.id, status = %run.status, "crm-sync ran");
+                }
+                Ok(TickOutcome::Skipped) => {}
+                Err(e) => {
+                    tracing::error!(connection = %connection_id, error = ?e, "crm-sync could not run")
+                }
+            }
+        });
+    }
 }

@@ -9,6 +9,7 @@ mod m20261124_000001_webhooks;
 mod m20261124_000002_commissions;
 mod m20261124_000003_event_visibility;
 mod m20261124_000004_outbound_webhooks;
+mod m20261124_000005_crm_connections;
 
 /// The ordered list of Tandem migrations.
 pub struct Migrator;
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000002_commissions::Migration),
             Box::new(m20261124_000003_event_visibility::Migration),
             Box::new(m20261124_000004_outbound_webhooks::Migration),
+            Box::new(m20261124_000005_crm_connections::Migration),
         ]
     }
 }

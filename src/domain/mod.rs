@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod commission;
+pub mod crm;
 pub mod deals;
 pub mod endpoints;
 pub mod events;

@@ -362,6 +362,20 @@ impl Webhooks {
             .one(&*tx)
             .await?
             .ok_or_else(|| ApiError::bad_input("input.programId", "no program has this id"))?;
+        if let Some(id) = &connection_id {
+            let connection = crate::db::entities::crm_connection::Entity::find_by_id(id.clone())
+                .one(&*tx)
+                .await?
+                .ok_or_else(|| {
+                    ApiError::bad_input("input.connectionId", "no CRM connection has this id")
+                })?;
+            if connection.program_id != program_id || connection.kind != "HUBSPOT" {
+                return Err(ApiError::bad_input(
+                    "input.connectionId",
+                    "must be a HUBSPOT connection of the same program",
+                ));
+            }
+        }
         let model = webhook_source::ActiveModel {
             id: Set(new_id()),
             program_id: Set(program_id),
@@ -554,5 +568,5 @@ impl Source {
 }
 
 /// Why a HubSpot creation/property-change receipt waits in the inbox.
-pub const HUBSPOT_WAITING: &str = "waiting for a HubSpot CRM connection to fetch the deal \
-(deal fetching arrives with the CRM connectors); the receipt stays RECEIVED until then";
+pub const HUBSPOT_WAITING: &str = "waiting for the deal to be fetched from HubSpot: the source's \
+CRM connection fetches it on its next sync (a source without a connection keeps it RECEIVED)";

@@ -3,6 +3,7 @@
 
 pub mod commissions;
 pub mod connection;
+pub mod crm;
 pub mod limits;
 pub mod loaders;
 pub mod mutation;
@@ -31,6 +32,7 @@ pub struct QueryRoot(
     webhooks::WebhookQuery,
     commissions::CommissionQuery,
     outbound::OutboundQuery,
+    crm::CrmQuery,
 );
 
 /// The mutation root: every domain's mutations merged.
@@ -40,6 +42,7 @@ pub struct MutationRoot(
     webhooks::WebhookMutation,
     commissions::CommissionMutation,
     outbound::OutboundMutation,
+    crm::CrmMutation,
 );
 
 /// The Tandem schema type.

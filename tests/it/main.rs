@@ -5,6 +5,7 @@ mod auth;
 mod cli;
 mod commissions;
 mod crash;
+mod crm;
 mod events;
 mod helpers;
 mod isolation;

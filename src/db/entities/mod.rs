@@ -3,6 +3,7 @@
 
 pub mod api_key;
 pub mod attribution;
+pub mod crm_connection;
 pub mod deal;
 pub mod deal_commission;
 pub mod event;
@@ -14,6 +15,7 @@ pub mod partner;
 pub mod payout;
 pub mod program;
 pub mod referral;
+pub mod sync_run;
 pub mod webhook_delivery;
 pub mod webhook_endpoint;
 pub mod webhook_receipt;

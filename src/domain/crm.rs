@@ -1,0 +1,741 @@
+//! CRM connections and deal sync (DESIGN §7). A connection holds sealed credentials and a
+//! durable cursor; a sync run applies page after page through the same upsert and attribution
+//! as webhook deals, checkpointing the cursor in each page's transaction, and first fetches the
+//! deals of HubSpot webhook receipts parked for want of a connection.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use async_graphql::{Enum, ID, InputObject};
+use chrono::Utc;
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, Statement,
+};
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+use tandem_connectors::{
+    ConnectorError, CrmConnector,
+    http::{Credentials, CrmHttp, OAuthClient, RetryPolicy, Vendor},
+    hubspot::HubSpot,
+    inbound::{DealChange, HubSpotDealEvent, hubspot_deal_event},
+};
+
+use crate::{
+    db::{
+        Db,
+        entities::{crm_connection, program, sync_run, webhook_receipt, webhook_source},
+    },
+    domain::{
+        deals::{ApplyResult, DealCache, apply_deal_change},
+        events,
+        ids::{is_valid_id, new_id},
+        inbox::ReceiptStatus,
+        secrets::SecretKey,
+    },
+    error::{ApiError, ApiResult},
+    jobs::JobRunStatus,
+};
+
+/// Which CRM a connection talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+pub enum CrmKind {
+    /// HubSpot CRM v3.
+    Hubspot,
+    /// Salesforce REST (SOQL).
+    Salesforce,
+    /// Pipedrive API v2.
+    Pipedrive,
+}
+
+impl CrmKind {
+    /// Database form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CrmKind::Hubspot => "HUBSPOT",
+            CrmKind::Salesforce => "SALESFORCE",
+            CrmKind::Pipedrive => "PIPEDRIVE",
+        }
+    }
+
+    /// Parses the database form.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "HUBSPOT" => Some(CrmKind::Hubspot),
+            "SALESFORCE" => Some(CrmKind::Salesforce),
+            "PIPEDRIVE" => Some(CrmKind::Pipedrive),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a connection's last sync worked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[graphql(name = "CrmConnectionStatus")]
+pub enum ConnectionStatus {
+    /// The last sync succeeded (or none ran yet).
+    Active,
+    /// The last sync failed: `lastError` says why.
+    Failing,
+}
+
+impl ConnectionStatus {
+    /// Database form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionStatus::Active => "ACTIVE",
+            ConnectionStatus::Failing => "FAILING",
+        }
+    }
+
+    /// Parses the database form.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ACTIVE" => Some(ConnectionStatus::Active),
+            "FAILING" => Some(ConnectionStatus::Failing),
+            _ => None,
+        }
+    }
+}
+
+/// OAuth client credentials of a connection.
+#[derive(Debug, InputObject)]
+pub struct OAuthInput {
+    /// The app's client id.
+    pub client_id: String,
+    /// The app's client secret (stored sealed, never returned).
+    pub client_secret: String,
+    /// A refresh token (stored sealed; a rotated one replaces it).
+    pub refresh_token: String,
+    /// Token endpoint (default: HubSpot `/oauth/v1/token` on the base URL).
+    pub token_url: Option<String>,
+}
+
+/// Input of `createCrmConnection`.
+#[derive(Debug, InputObject)]
+pub struct CreateCrmConnectionInput {
+    /// A label.
+    pub name: String,
+    /// The CRM.
+    pub kind: CrmKind,
+    /// The program synced deals belong to.
+    pub program_id: ID,
+    /// API base URL (default: the vendor's; set it for sandboxes and tests).
+    pub base_url: Option<String>,
+    /// A fixed access token (HubSpot private app token).
+    pub access_token: Option<String>,
+    /// OAuth refresh-token credentials instead of an access token.
+    pub oauth: Option<OAuthInput>,
+    /// Cron (6 fields, seconds first, UTC) of its `crm-sync` runs (default every 5 minutes).
+    pub schedule: Option<String>,
+    /// The CRM field carrying Tandem's referral code (default `tandem_referral_code`).
+    pub referral_code_field: Option<String>,
+}
+
+/// Sealed credentials, as stored.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StoredCredentials {
+    access_token: Option<String>,
+    oauth: Option<StoredOAuth>,
+}
+
+#[derive(Serialize, Deserialize, Clone)]
+#[serde(rename_all = "camelCase")]
+struct StoredOAuth {
+    client_id: String,
+    client_secret: String,
+    refresh_token: String,
+    token_url: String,
+}
+
+/// Default sync schedule: every 5 minutes.
+pub const DEFAULT_SCHEDULE: &str = "0 */5 * * * *";
+
+/// Bounds of CRM HTTP calls (from the configuration).
+#[derive(Debug, Clone, Copy)]
+pub struct CrmSettings {
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// Total retry time per call.
+    pub retry_budget: Duration,
+}
+
+fn check_http_url(field: &str, url: &str) -> ApiResult<String> {
+    let parsed = reqwest::Url::parse(url.trim())
+        .map_err(|e| ApiError::bad_input(field, format!("is not a URL ({e})")))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+        return Err(ApiError::bad_input(field, "must be an http(s) URL"));
+    }
+    Ok(parsed.as_str().trim_end_matches('/').to_string())
+}
+
+/// Creates a connection (admins). Credentials are sealed and never shown again.
+pub async fn create_connection(
+    db: &Db,
+    key: &SecretKey,
+    input: CreateCrmConnectionInput,
+) -> ApiResult<crm_connection::Model> {
+    let name = input.name.trim().to_string();
+    if name.is_empty() || name.chars().count() > 200 {
+        return Err(ApiError::bad_input(
+            "input.name",
+            "must be 1 to 200 characters",
+        ));
+    }
+    if input.kind != CrmKind::Hubspot {
+        return Err(ApiError::bad_input(
+            "input.kind",
+            "only HUBSPOT connections can be created so far (Salesforce and Pipedrive \
+             connectors are not built yet)",
+        ));
+    }
+    let program_id = input.program_id.to_string();
+    if !is_valid_id(&program_id)
+        || program::Entity::find_by_id(program_id.clone())
+            .one(&db.conn)
+            .await?
+            .is_none()
+    {
+        return Err(ApiError::NotFound("program"));
+    }
+    let base_url = match &input.base_url {
+        Some(url) => check_http_url("input.baseUrl", url)?,
+        None => "https://api.hubapi.com".to_string(),
+    };
+    let credentials = match (input.access_token, input.oauth) {
+        (Some(token), None) if !token.trim().is_empty() => StoredCredentials {
+            access_token: Some(token.trim().to_string()),
+            oauth: None,
+        },
+        (None, Some(oauth)) => {
+            for (field, value) in [
+                ("input.oauth.clientId", &oauth.client_id),
+                ("input.oauth.clientSecret", &oauth.client_secret),
+                ("input.oauth.refreshToken", &oauth.refresh_token),
+            ] {
+                if value.trim().is_empty() {
+                    return Err(ApiError::bad_input(field, "must not be empty"));
+                }
+            }
+            let token_url = match &oauth.token_url {
+                Some(url) => check_http_url("input.oauth.tokenUrl", url)?,
+                None => format!("{base_url}/oauth/v1/token"),
+            };
+            StoredCredentials {
+                access_token: None,
+                oauth: Some(StoredOAuth {
+                    client_id: oauth.client_id.trim().to_string(),
+                    client_secret: oauth.client_secret.trim().to_string(),
+                    refresh_token: oauth.refresh_token.trim().to_string(),
+                    token_url,
+                }),
+            }
+        }
+        _ => {
+            return Err(ApiError::bad_input(
+                "input.accessToken",
+                "give either accessToken or oauth",
+            ));
+        }
+    };
+    let schedule = input
+        .schedule
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| DEFAULT_SCHEDULE.to_string());
+    if let Err(e) = crate::jobs::parse_cron(&schedule) {
+        return Err(ApiError::bad_input(
+            "input.schedule",
+            format!("is not a 6-field cron (seconds first): {e}"),
+        ));
+    }
+    let referral_code_field = input.referral_code_field.map(|f| f.trim().to_string());
+    if referral_code_field
+        .as_ref()
+        .is_some_and(|f| f.is_empty() || f.len() > 100)
+    {
+        return Err(ApiError::bad_input(
+            "input.referralCodeField",
+            "must be 1 to 100 characters",
+        ));
+    }
+    let sealed = key.seal(
+        &serde_json::to_string(&credentials)
+            .map_err(|e| ApiError::Internal(format!("credentials: {e}")))?,
+    );
+    let now = Utc::now();
+    let tx = db.begin_write().await?;
+    let model = crm_connection::ActiveModel {
+        id: Set(new_id()),
+        name: Set(name),
+        kind: Set(input.kind.as_str().to_string()),
+        program_id: Set(program_id),
+        base_url: Set(base_url),
+        credentials_ciphertext: Set(sealed),
+        schedule: Set(schedule),
+        referral_code_field: Set(referral_code_field),
+        cursor: Set(None),
+        status: Set(ConnectionStatus::Active.as_str().to_string()),
+        last_error: Set(None),
+        last_synced_at: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+    }
+    .insert(&*tx)
+    .await?;
+    tx.commit().await?;
+    Ok(model)
+}
+
+/// What a sync run did (also the job run's stats).
+#[derive(Debug, Default, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncStats {
+    /// The connection synced.
+    pub connection_id: String,
+    /// Pages applied.
+    pub pages: i32,
+    /// Deals read from the CRM.
+    pub deals_seen: i32,
+    /// Deals whose mirror changed.
+    pub deals_changed: i32,
+    /// Parked webhook receipts applied.
+    pub receipts_applied: i32,
+}
+
+/// Runs a connection's deal sync.
+pub struct Syncer {
+    db: Db,
+    key: Arc<SecretKey>,
+    settings: CrmSettings,
+}
+
+impl Syncer {
+    /// A syncer over `db`.
+    pub fn new(db: Db, key: Arc<SecretKey>, settings: CrmSettings) -> Syncer {
+        Syncer { db, key, settings }
+    }
+
+    /// The connector of a connection, and where a rotated refresh token lands.
+    fn connector(
+        &self,
+        connection: &crm_connection::Model,
+        currency: &str,
+    ) -> ApiResult<(HubSpot, Arc<Mutex<Option<String>>>)> {
+        let opened = self
+            .key
+            .open(&connection.credentials_ciphertext)
+            .map_err(|e| ApiError::Internal(format!("connection {}: {e}", connection.id)))?;
+        let stored: StoredCredentials =
+            serde_json::from_str(opened.expose_secret()).map_err(|e| {
+                ApiError::Internal(format!("connection {} credentials: {e}", connection.id))
+            })?;
+        let credentials = match (stored.access_token, stored.oauth) {
+            (Some(token), _) => Credentials::AccessToken(token),
+            (None, Some(o)) => Credentials::OAuth(OAuthClient {
+                token_url: o.token_url,
+                client_id: o.client_id,
+                client_secret: o.client_secret,
+                refresh_token: o.refresh_token,
+                basic_auth: false,
+            }),
+            (None, None) => {
+                return Err(ApiError::Internal(format!(
+                    "connection {} has no credentials",
+                    connection.id
+                )));
+            }
+        };
+        let policy = RetryPolicy {
+            timeout: self.settings.timeout,
+            budget: self.settings.retry_budget,
+            ..RetryPolicy::default()
+        };
+        let rotated = Arc::new(Mutex::new(None));
+        let sink = rotated.clone();
+        let http = CrmHttp::new(Vendor::HubSpot, &connection.base_url, credentials, policy)
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .on_refresh(move |r| {
+                if let Some(token) = r.refresh_token {
+                    *sink.lock().expect("rotation slot") = Some(token);
+                }
+            });
+        Ok((HubSpot::new(http, currency), rotated))
+    }
+
+    /// Seals a rotated refresh token into the stored credentials.
+    fn reseal(&self, connection: &crm_connection::Model, refresh_token: &str) -> ApiResult<String> {
+        let opened = self
+            .key
+            .open(&connection.credentials_ciphertext)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let mut stored: StoredCredentials = serde_json::from_str(opened.expose_secret())
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        if let Some(o) = stored.oauth.as_mut() {
+            o.refresh_token = refresh_token.to_string();
+        }
+        Ok(self
+            .key
+            .seal(&serde_json::to_string(&stored).map_err(|e| ApiError::Internal(e.to_string()))?))
+    }
+
+    /// Syncs one connection under run `run_id`: parked receipts first, then pages until caught
+    /// up. A failure is recorded on the run and the connection (`FAILING`, the CRM's message)
+    /// and returned; pages applied before it stay applied, with the cursor after them.
+    pub async fn sync(&self, connection_id: &str, run_id: &str) -> Result<SyncStats, String> {
+        let connection = crm_connection::Entity::find_by_id(connection_id.to_string())
+            .one(&self.db.conn)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("CRM connection {connection_id} does not exist"))?;
+        let mut stats = SyncStats {
+            connection_id: connection.id.clone(),
+            ..SyncStats::default()
+        };
+        self.start_run(&connection.id, run_id)
+            .await
+            .map_err(|e| e.message())?;
+        let result = self.sync_pages(&connection, run_id, &mut stats).await;
+        let error = result.err();
+        self.finish_run(&connection.id, run_id, error.as_deref())
+            .await
+            .map_err(|e| e.message())?;
+        match error {
+            Some(error) => Err(error),
+            None => Ok(stats),
+        }
+    }
+
+    async fn sync_pages(
+        &self,
+        connection: &crm_connection::Model,
+        run_id: &str,
+        stats: &mut SyncStats,
+    ) -> Result<(), String> {
+        let program = program::Entity::find_by_id(connection.program_id.clone())
+            .one(&self.db.conn)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("the connection's program no longer exists")?;
+        let (connector, rotated) = self
+            .connector(connection, &program.currency)
+            .map_err(|e| e.message())?;
+        stats.receipts_applied = self
+            .apply_parked(connection, &program, &connector, run_id)
+            .await?;
+        let mut cursor = connection.cursor.clone();
+        // A run stops after this many pages; the next run continues from the cursor.
+        for _ in 0..10_000 {
+            let page = connector
+                .sync_page(cursor.as_deref())
+                .await
+                .map_err(describe)?;
+            let tx = self.db.begin_write().await.map_err(|e| e.to_string())?;
+            let keys: Vec<(String, String)> = page
+                .deals
+                .iter()
+                .map(|d| (connection.id.clone(), d.external_id.clone()))
+                .collect();
+            let mut cache = DealCache::load(&*tx, &keys, self.db.is_postgres())
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut caused = Vec::new();
+            let mut changed = 0;
+            for deal in &page.deals {
+                let change = DealChange::Upsert(deal.clone());
+                let (result, state) = apply_deal_change(
+                    &*tx,
+                    &mut cache,
+                    &program,
+                    &connection.id,
+                    &change,
+                    &mut caused,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+                if let Some(state) = state {
+                    cache.remember(state);
+                }
+                if matches!(result, ApplyResult::Applied(_)) {
+                    changed += 1;
+                }
+            }
+            events::record_all(&*tx, caused)
+                .await
+                .map_err(|e| e.to_string())?;
+            stats.pages += 1;
+            stats.deals_seen += page.deals.len() as i32;
+            stats.deals_changed += changed;
+            let rotated_now = rotated.lock().expect("rotation slot").take();
+            let sealed = match rotated_now {
+                Some(token) => Some(self.reseal(connection, &token).map_err(|e| e.message())?),
+                None => None,
+            };
+            self.checkpoint(&*tx, connection, run_id, &page.cursor, sealed, stats)
+                .await
+                .map_err(|e| e.to_string())?;
+            tx.commit().await.map_err(|e| e.to_string())?;
+            cursor = Some(page.cursor);
+            if !page.more {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores the cursor (and a rotated credential) and the run's counters with the page.
+    async fn checkpoint(
+        &self,
+        conn: &impl ConnectionTrait,
+        connection: &crm_connection::Model,
+        run_id: &str,
+        cursor: &str,
+        sealed: Option<String>,
+        stats: &SyncStats,
+    ) -> Result<(), sea_orm::DbErr> {
+        let db = &self.db;
+        let p = |n| db.numbered(n);
+        conn.execute_raw(Statement::from_sql_and_values(
+            db.backend(),
+            format!(
+                "UPDATE crm_connections SET cursor = {}, \
+                 credentials_ciphertext = COALESCE({}, credentials_ciphertext), updated_at = {} \
+                 WHERE id = {}",
+                p(1),
+                p(2),
+                p(3),
+                p(4)
+            ),
+            vec![
+                cursor.into(),
+                sealed.into(),
+                Utc::now().into(),
+                connection.id.clone().into(),
+            ],
+        ))
+        .await?;
+        conn.execute_raw(Statement::from_sql_and_values(
+            db.backend(),
+            format!(
+                "UPDATE sync_runs SET pages = {}, deals_seen = {}, deals_changed = {}, \
+                 receipts_applied = {} WHERE id = {}",
+                p(1),
+                p(2),
+                p(3),
+                p(4),
+                p(5)
+            ),
+            vec![
+                stats.pages.into(),
+                stats.deals_seen.into(),
+                stats.deals_changed.into(),
+                stats.receipts_applied.into(),
+                run_id.into(),
+            ],
+        ))
+        .await?;
+        Ok(())
+    }
+
+    /// Fetches and applies the deals of HubSpot receipts parked for this connection.
+    async fn apply_parked(
+        &self,
+        connection: &crm_connection::Model,
+        program: &program::Model,
+        connector: &HubSpot,
+        run_id: &str,
+    ) -> Result<i32, String> {
+        let sources: Vec<String> = webhook_source::Entity::find()
+            .filter(webhook_source::Column::ConnectionId.eq(connection.id.as_str()))
+            .all(&self.db.conn)
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        if sources.is_empty() {
+            return Ok(0);
+        }
+        let parked = webhook_receipt::Entity::find()
+            .filter(webhook_receipt::Column::SourceId.is_in(sources))
+            .filter(webhook_receipt::Column::Status.eq(ReceiptStatus::Received.as_str()))
+            .filter(webhook_receipt::Column::AvailableAtMs.is_null())
+            .order_by_asc(webhook_receipt::Column::Seq)
+            .limit(1_000)
+            .all(&self.db.conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        // One fetch per deal, however many receipts name it.
+        let mut fetched: HashMap<String, Option<tandem_connectors::NeutralDeal>> = HashMap::new();
+        let mut applied = 0;
+        for receipt in parked {
+            let external_id = match hubspot_deal_event(receipt.payload.as_bytes()) {
+                Ok(HubSpotDealEvent::NeedsFetch { external_id }) => external_id,
+                _ => continue,
+            };
+            if !fetched.contains_key(&external_id) {
+                let deal = connector.fetch_deal(&external_id).await.map_err(describe)?;
+                fetched.insert(external_id.clone(), deal);
+            }
+            let tx = self.db.begin_write().await.map_err(|e| e.to_string())?;
+            let (status, reason, deal_id) = match &fetched[&external_id] {
+                None => (
+                    ReceiptStatus::Failed,
+                    Some(format!("HubSpot has no deal {external_id}")),
+                    None,
+                ),
+                Some(deal) => {
+                    let keys = vec![(connection.id.clone(), deal.external_id.clone())];
+                    let mut cache = DealCache::load(&*tx, &keys, self.db.is_postgres())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let mut caused = Vec::new();
+                    let (result, _) = apply_deal_change(
+                        &*tx,
+                        &mut cache,
+                        program,
+                        &connection.id,
+                        &DealChange::Upsert(deal.clone()),
+                        &mut caused,
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                    events::record_all(&*tx, caused)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    match result {
+                        ApplyResult::Applied(id) => (ReceiptStatus::Applied, None, Some(id)),
+                        ApplyResult::Stale(id) => (ReceiptStatus::IgnoredStale, None, Some(id)),
+                        ApplyResult::UnknownDeal => (ReceiptStatus::Applied, None, None),
+                    }
+                }
+            };
+            let db = &self.db;
+            let p = |n| db.numbered(n);
+            tx.execute_raw(Statement::from_sql_and_values(
+                db.backend(),
+                format!(
+                    "UPDATE webhook_receipts SET status = {}, reason = {}, deal_id = {}, \
+                     processed_at = {}, attempts = attempts + 1 WHERE seq = {} AND status = 'RECEIVED'",
+                    p(1),
+                    p(2),
+                    p(3),
+                    p(4),
+                    p(5)
+                ),
+                vec![
+                    status.as_str().into(),
+                    reason.into(),
+                    deal_id.into(),
+                    Utc::now().into(),
+                    receipt.seq.into(),
+                ],
+            ))
+            .await
+            .map_err(|e| e.to_string())?;
+            tx.commit().await.map_err(|e| e.to_string())?;
+            applied += 1;
+        }
+        let _ = run_id;
+        Ok(applied)
+    }
+
+    async fn start_run(&self, connection_id: &str, run_id: &str) -> ApiResult<()> {
+        let tx = self.db.begin_write().await?;
+        sync_run::ActiveModel {
+            id: Set(run_id.to_string()),
+            connection_id: Set(connection_id.to_string()),
+            status: Set(JobRunStatus::Running.as_str().to_string()),
+            started_at: Set(Utc::now()),
+            finished_at: Set(None),
+            pages: Set(0),
+            deals_seen: Set(0),
+            deals_changed: Set(0),
+            receipts_applied: Set(0),
+            error: Set(None),
+        }
+        .insert(&*tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn finish_run(
+        &self,
+        connection_id: &str,
+        run_id: &str,
+        error: Option<&str>,
+    ) -> ApiResult<()> {
+        let db = &self.db;
+        let p = |n| db.numbered(n);
+        let now = Utc::now();
+        let status = if error.is_some() {
+            JobRunStatus::Failed
+        } else {
+            JobRunStatus::Succeeded
+        };
+        let tx = db.begin_write().await?;
+        tx.execute_raw(Statement::from_sql_and_values(
+            db.backend(),
+            format!(
+                "UPDATE sync_runs SET status = {}, finished_at = {}, error = {} WHERE id = {}",
+                p(1),
+                p(2),
+                p(3),
+                p(4)
+            ),
+            vec![
+                status.as_str().into(),
+                now.into(),
+                error.map(str::to_string).into(),
+                run_id.into(),
+            ],
+        ))
+        .await?;
+        let (connection_status, synced_at) = match error {
+            Some(_) => (ConnectionStatus::Failing, None),
+            None => (ConnectionStatus::Active, Some(now)),
+        };
+        tx.execute_raw(Statement::from_sql_and_values(
+            db.backend(),
+            format!(
+                "UPDATE crm_connections SET status = {}, last_error = {}, \
+                 last_synced_at = COALESCE({}, last_synced_at), updated_at = {} WHERE id = {}",
+                p(1),
+                p(2),
+                p(3),
+                p(4),
+                p(5)
+            ),
+            vec![
+                connection_status.as_str().into(),
+                error.map(str::to_string).into(),
+                synced_at.into(),
+                now.into(),
+                connection_id.into(),
+            ],
+        ))
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// A connector failure as recorded on the run and the connection (never a credential: the
+/// HTTP layer redacts them).
+fn describe(err: ConnectorError) -> String {
+    err.to_string()
+}
+
+/// Ids of every connection (for the scheduler).
+pub async fn connection_schedules(db: &Db) -> ApiResult<Vec<(String, String)>> {
+    Ok(crm_connection::Entity::find()
+        .all(&db.conn)
+        .await?
+        .into_iter()
+        .map(|c| (c.id, c.schedule))
+        .collect())
+}
