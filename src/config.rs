@@ -83,6 +83,9 @@ pub struct Config {
     /// How long one CRM call may keep retrying 429s, 5xx and timeouts, in seconds
     /// (`TANDEM_CRM_RETRY_BUDGET_SECS`, default 120).
     pub crm_retry_budget_secs: u64,
+    /// How often the scheduler looks for CRM connections whose own schedule is due
+    /// (`TANDEM_CRM_SYNC_CHECK_SCHEDULE`, 6-field cron, default every minute at :30).
+    pub crm_sync_check_schedule: String,
 }
 
 /// A configuration value that must never reach a log: `Debug` prints `[redacted]`.
@@ -122,6 +125,7 @@ impl Default for Config {
             webhook_claim_secs: 60,
             crm_timeout_ms: 30_000,
             crm_retry_budget_secs: 120,
+            crm_sync_check_schedule: "30 * * * * *".to_string(),
         }
     }
 }
@@ -168,6 +172,7 @@ impl Config {
                 "webhook_claim_secs",
                 "crm_timeout_ms",
                 "crm_retry_budget_secs",
+                "crm_sync_check_schedule",
             ]))
             .merge(Serialized::defaults(flags))
             .extract()
@@ -193,6 +198,7 @@ impl Config {
         for (name, cron) in [
             ("reconcile_schedule", &self.reconcile_schedule),
             ("release_holds_schedule", &self.release_holds_schedule),
+            ("crm_sync_check_schedule", &self.crm_sync_check_schedule),
         ] {
             if let Err(e) = crate::jobs::parse_cron(cron) {
                 return invalid(format!("{name} {cron:?} is not a 6-field cron: {e}"));

@@ -475,11 +475,12 @@ pub async fn start_scheduler(jobs: Jobs, config: &Config) -> anyhow::Result<JobS
             })?)
             .await?;
     }
-    // CRM connections come and go: every minute, each connection's own schedule is checked and
-    // a due tick runs (once across instances, under the connection's lease).
+    // CRM connections come and go: every minute (`crm_sync_check_schedule`), each connection's
+    // own schedule is checked and a due tick runs (once across instances, under the
+    // connection's lease).
     let crm_jobs = jobs.clone();
     scheduler
-        .add(Job::new_async("30 * * * * *", move |_id, _scheduler| {
+        .add(Job::new_async(config.crm_sync_check_schedule.as_str(), move |_id, _scheduler| {
             let jobs = crm_jobs.clone();
             Box::pin(async move { run_due_syncs(&jobs).await })
         })?)

@@ -598,6 +598,54 @@ async fn connection_input_is_checked(app: TestApp) {
     assert_eq!(error_field(&resp), "input.connectionId");
 }
 
+fn scheduled(config: &mut Config) {
+    config.scheduler = true;
+    config.crm_sync_check_schedule = "* * * * * *".to_string();
+    // Keep the other jobs out of the way.
+    config.reconcile_schedule = "0 0 0 1 1 *".to_string();
+    config.release_holds_schedule = "0 0 0 1 1 *".to_string();
+}
+
+async fn connections_sync_on_their_own_schedule(app: TestApp) {
+    let program = app.create_program("Scheduled").await;
+    let crm = FakeHubSpot::default();
+    crm.put(deal_object("1", ms(0), false, None));
+    let server = crm.serve(|_| None).await;
+    let data = app
+        .admin_ok(
+            "mutation($input: CreateCrmConnectionInput!) { createCrmConnection(input: $input) { connection { id schedule } } }",
+            json!({"input": {"name": "HubSpot", "kind": "HUBSPOT", "programId": program,
+                "baseUrl": server.uri(), "accessToken": "pat-test-token", "schedule": "*/2 * * * * *"}}),
+        )
+        .await;
+    assert_eq!(data["createCrmConnection"]["connection"]["schedule"], "*/2 * * * * *");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let runs = app
+            .admin_ok("{ syncRuns { totalCount edges { node { status dealsChanged } } } }", json!({}))
+            .await;
+        let finished: Vec<Value> = nodes(&runs["syncRuns"])
+            .into_iter()
+            .filter(|r| r["status"] != "RUNNING")
+            .collect();
+        if finished.len() >= 2 {
+            // The first run brought the deal in; later ones found nothing new.
+            assert!(finished.iter().all(|r| r["status"] == "SUCCEEDED"), "{runs}");
+            assert_eq!(finished.last().unwrap()["dealsChanged"], 1);
+            assert_eq!(finished[0]["dealsChanged"], 0);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no scheduled sync: {runs}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(app.count_rows("deals").await, 1);
+}
+
+mod schedule {
+    use super::*;
+    db_tests!(config = scheduled; connections_sync_on_their_own_schedule);
+}
+
 db_tests!(
     hubspot_backfill_then_incremental,
     invalid_credentials_mark_the_connection_failing,
