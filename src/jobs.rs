@@ -480,10 +480,13 @@ pub async fn start_scheduler(jobs: Jobs, config: &Config) -> anyhow::Result<JobS
     // connection's lease).
     let crm_jobs = jobs.clone();
     scheduler
-        .add(Job::new_async(config.crm_sync_check_schedule.as_str(), move |_id, _scheduler| {
-            let jobs = crm_jobs.clone();
-            Box::pin(async move { run_due_syncs(&jobs).await })
-        })?)
+        .add(Job::new_async(
+            config.crm_sync_check_schedule.as_str(),
+            move |_id, _scheduler| {
+                let jobs = crm_jobs.clone();
+                Box::pin(async move { run_due_syncs(&jobs).await })
+            },
+        )?)
         .await?;
     scheduler.start().await?;
     Ok(scheduler)

@@ -381,6 +381,118 @@ impl HubSpot {
     }
 }
 
+/// A referral to create in HubSpot.
+#[derive(Debug, Clone)]
+pub struct ReferralPush {
+    /// Company name.
+    pub company_name: String,
+    /// Company domain, when known.
+    pub company_domain: Option<String>,
+    /// Contact name, when known.
+    pub contact_name: Option<String>,
+    /// Contact email, when known.
+    pub contact_email: Option<String>,
+    /// The partner's referral code (written to `tandem_referral_code`).
+    pub referral_code: String,
+}
+
+impl HubSpot {
+    /// The company for a referral: an existing one with its domain, else a new one carrying
+    /// the referral code. Returns its id.
+    pub async fn ensure_company(&self, referral: &ReferralPush) -> Result<String> {
+        if let Some(domain) = &referral.company_domain {
+            let body = json!({
+                "filterGroups": [{"filters": [{"propertyName": "domain", "operator": "EQ", "value": domain}]}],
+                "properties": ["domain", "name", REFERRAL_CODE_PROPERTY],
+                "limit": 1,
+            });
+            let answer = self
+                .http
+                .json(
+                    Method::POST,
+                    "/crm/v3/objects/companies/search",
+                    &[],
+                    Some(&body),
+                )
+                .await?;
+            if let Some(id) = results(&answer)?
+                .first()
+                .and_then(|c| lenient::text(c.get("id")))
+            {
+                return Ok(id);
+            }
+        }
+        let mut properties = json!({
+            "name": referral.company_name,
+            REFERRAL_CODE_PROPERTY: referral.referral_code,
+        });
+        if let Some(domain) = &referral.company_domain {
+            properties["domain"] = json!(domain);
+        }
+        let answer = self
+            .http
+            .json(
+                Method::POST,
+                "/crm/v3/objects/companies",
+                &[],
+                Some(&json!({"properties": properties})),
+            )
+            .await?;
+        lenient::text(answer.get("id"))
+            .ok_or_else(|| ConnectorError::Malformed("company created without an id".into()))
+    }
+
+    /// The contact for a referral, associated with `company_id`: created, or the existing
+    /// contact with that email (HubSpot answers 409 with its id). Returns its id.
+    pub async fn ensure_contact(
+        &self,
+        referral: &ReferralPush,
+        email: &str,
+        company_id: &str,
+    ) -> Result<String> {
+        let (first, last) = match referral.contact_name.as_deref().map(str::trim) {
+            Some(name) if !name.is_empty() => match name.rsplit_once(' ') {
+                Some((first, last)) => (first.to_string(), last.to_string()),
+                None => (name.to_string(), String::new()),
+            },
+            _ => (String::new(), String::new()),
+        };
+        let body = json!({
+            "properties": {
+                "email": email,
+                "firstname": first,
+                "lastname": last,
+                REFERRAL_CODE_PROPERTY: referral.referral_code,
+            },
+            "associations": [{
+                "to": {"id": company_id},
+                // contact → company, unlabeled (HubSpot-defined type 279).
+                "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 279}],
+            }],
+        });
+        match self
+            .http
+            .json(Method::POST, "/crm/v3/objects/contacts", &[], Some(&body))
+            .await
+        {
+            Ok(answer) => lenient::text(answer.get("id"))
+                .ok_or_else(|| ConnectorError::Malformed("contact created without an id".into())),
+            Err(ConnectorError::Remote(message)) if message.contains("Existing ID:") => message
+                .split("Existing ID:")
+                .nth(1)
+                .map(|rest| {
+                    rest.trim()
+                        .chars()
+                        .take_while(char::is_ascii_digit)
+                        .collect::<String>()
+                })
+                .filter(|id| !id.is_empty())
+                .ok_or(ConnectorError::Remote(message)),
+            Err(other) => Err(other),
+        }
+    }
+}
+
 fn encode(cursor: &Cursor) -> String {
     serde_json::to_string(cursor).expect("cursors serialise")
 }

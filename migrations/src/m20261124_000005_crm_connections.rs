@@ -51,7 +51,26 @@ enum SyncRuns {
     DealsChanged,
     /// Parked HubSpot webhook receipts whose deal was fetched and applied.
     ReceiptsApplied,
+    /// Accepted referrals created in the CRM.
+    ReferralsPushed,
     Error,
+}
+
+/// Accepted referrals created in a connection's CRM: one row per (connection, referral), so a
+/// referral is never created twice; the CRM ids are stored as soon as each object exists.
+#[derive(DeriveIden)]
+enum CrmReferralPushes {
+    Table,
+    ConnectionId,
+    ReferralId,
+    /// HubSpot company id.
+    CompanyExternalId,
+    /// HubSpot contact id.
+    ContactExternalId,
+    /// PUSHED or FAILED (retried on the next sync).
+    Status,
+    Error,
+    PushedAt,
 }
 
 #[async_trait::async_trait]
@@ -97,11 +116,43 @@ impl MigrationTrait for Migration {
                     .col(integer(SyncRuns::DealsSeen))
                     .col(integer(SyncRuns::DealsChanged))
                     .col(integer(SyncRuns::ReceiptsApplied))
+                    .col(integer(SyncRuns::ReferralsPushed))
                     .col(text_null(SyncRuns::Error))
                     .foreign_key(
                         ForeignKey::create()
                             .from(SyncRuns::Table, SyncRuns::ConnectionId)
                             .to(CrmConnections::Table, CrmConnections::Id)
+                            .on_delete(ForeignKeyAction::Restrict),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(CrmReferralPushes::Table)
+                    .col(string(CrmReferralPushes::ConnectionId))
+                    .col(string(CrmReferralPushes::ReferralId))
+                    .col(string_null(CrmReferralPushes::CompanyExternalId))
+                    .col(string_null(CrmReferralPushes::ContactExternalId))
+                    .col(string(CrmReferralPushes::Status))
+                    .col(text_null(CrmReferralPushes::Error))
+                    .col(timestamp_with_time_zone_null(CrmReferralPushes::PushedAt))
+                    .primary_key(
+                        Index::create()
+                            .col(CrmReferralPushes::ConnectionId)
+                            .col(CrmReferralPushes::ReferralId),
+                    )
+                    .foreign_key(
+                        ForeignKey::create()
+                            .from(CrmReferralPushes::Table, CrmReferralPushes::ConnectionId)
+                            .to(CrmConnections::Table, CrmConnections::Id)
+                            .on_delete(ForeignKeyAction::Restrict),
+                    )
+                    .foreign_key(
+                        ForeignKey::create()
+                            .from(CrmReferralPushes::Table, CrmReferralPushes::ReferralId)
+                            .to(Alias::new("referrals"), Alias::new("id"))
                             .on_delete(ForeignKeyAction::Restrict),
                     )
                     .to_owned(),
@@ -117,7 +168,7 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        for table in ["sync_runs", "crm_connections"] {
+        for table in ["crm_referral_pushes", "sync_runs", "crm_connections"] {
             manager
                 .drop_table(Table::drop().table(Alias::new(table)).to_owned())
                 .await?;

@@ -304,6 +304,8 @@ pub struct SyncStats {
     pub deals_changed: i32,
     /// Parked webhook receipts applied.
     pub receipts_applied: i32,
+    /// Accepted referrals created in the CRM.
+    pub referrals_pushed: i32,
 }
 
 /// Runs a connection's deal sync.
@@ -426,6 +428,7 @@ impl Syncer {
         stats.receipts_applied = self
             .apply_parked(connection, &program, &connector, run_id)
             .await?;
+        stats.referrals_pushed = self.push_referrals(connection, &connector).await?;
         let mut cursor = connection.cursor.clone();
         // A run stops after this many pages; the next run continues from the cursor.
         for _ in 0..10_000 {
@@ -521,18 +524,20 @@ impl Syncer {
             db.backend(),
             format!(
                 "UPDATE sync_runs SET pages = {}, deals_seen = {}, deals_changed = {}, \
-                 receipts_applied = {} WHERE id = {}",
+                 receipts_applied = {}, referrals_pushed = {} WHERE id = {}",
                 p(1),
                 p(2),
                 p(3),
                 p(4),
-                p(5)
+                p(5),
+                p(6)
             ),
             vec![
                 stats.pages.into(),
                 stats.deals_seen.into(),
                 stats.deals_changed.into(),
                 stats.receipts_applied.into(),
+                stats.referrals_pushed.into(),
                 run_id.into(),
             ],
         ))
@@ -643,6 +648,154 @@ impl Syncer {
         Ok(applied)
     }
 
+    /// Creates the program's ACCEPTED referrals in the CRM (HubSpot company + contact with the
+    /// partner's referral code), at most 100 per run. Each CRM id is stored as soon as the
+    /// object exists, so a retry never creates it twice; a referral's own failure is recorded
+    /// on its row and retried next run, while credential and rate-limit failures end the run.
+    async fn push_referrals(
+        &self,
+        connection: &crm_connection::Model,
+        connector: &HubSpot,
+    ) -> Result<i32, String> {
+        use crate::db::entities::{crm_referral_push, partner, referral};
+        let pushed: std::collections::HashSet<String> = crm_referral_push::Entity::find()
+            .filter(crm_referral_push::Column::ConnectionId.eq(connection.id.as_str()))
+            .filter(crm_referral_push::Column::Status.eq("PUSHED"))
+            .all(&self.db.conn)
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|p| p.referral_id)
+            .collect();
+        let candidates = referral::Entity::find()
+            .filter(referral::Column::ProgramId.eq(connection.program_id.as_str()))
+            .filter(referral::Column::Status.eq("ACCEPTED"))
+            .order_by_asc(referral::Column::Id)
+            .all(&self.db.conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut count = 0;
+        for referral in candidates
+            .into_iter()
+            .filter(|r| !pushed.contains(&r.id))
+            .take(100)
+        {
+            let code = partner::Entity::find_by_id(referral.partner_id.clone())
+                .one(&self.db.conn)
+                .await
+                .map_err(|e| e.to_string())?
+                .map(|p| p.referral_code)
+                .unwrap_or_default();
+            let existing =
+                crm_referral_push::Entity::find_by_id((connection.id.clone(), referral.id.clone()))
+                    .one(&self.db.conn)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            let push = tandem_connectors::hubspot::ReferralPush {
+                company_name: referral.company_name.clone(),
+                company_domain: referral.company_domain.clone(),
+                contact_name: referral.contact_name.clone(),
+                contact_email: referral.contact_email.clone(),
+                referral_code: code,
+            };
+            let mut company = existing
+                .as_ref()
+                .and_then(|e| e.company_external_id.clone());
+            let mut contact = existing
+                .as_ref()
+                .and_then(|e| e.contact_external_id.clone());
+            let outcome: Result<(), ConnectorError> = async {
+                if company.is_none() {
+                    company = Some(connector.ensure_company(&push).await?);
+                    self.record_push(
+                        connection,
+                        &referral.id,
+                        &company,
+                        &contact,
+                        "PENDING",
+                        None,
+                    )
+                    .await
+                    .map_err(|e| ConnectorError::Remote(e.message()))?;
+                }
+                if let (Some(email), None) = (&referral.contact_email, &contact) {
+                    let company_id = company.clone().unwrap_or_default();
+                    contact = Some(connector.ensure_contact(&push, email, &company_id).await?);
+                }
+                Ok(())
+            }
+            .await;
+            match outcome {
+                Ok(()) => {
+                    self.record_push(connection, &referral.id, &company, &contact, "PUSHED", None)
+                        .await
+                        .map_err(|e| e.message())?;
+                    count += 1;
+                }
+                Err(
+                    err @ (ConnectorError::Unauthorized(_)
+                    | ConnectorError::RateLimited(_)
+                    | ConnectorError::GaveUp { .. }),
+                ) => return Err(describe(err)),
+                Err(err) => {
+                    self.record_push(
+                        connection,
+                        &referral.id,
+                        &company,
+                        &contact,
+                        "FAILED",
+                        Some(describe(err)),
+                    )
+                    .await
+                    .map_err(|e| e.message())?;
+                }
+            }
+        }
+        Ok(count)
+    }
+
+    async fn record_push(
+        &self,
+        connection: &crm_connection::Model,
+        referral_id: &str,
+        company: &Option<String>,
+        contact: &Option<String>,
+        status: &str,
+        error: Option<String>,
+    ) -> ApiResult<()> {
+        let db = &self.db;
+        let p = |n| db.numbered(n);
+        let pushed_at = (status == "PUSHED").then(Utc::now);
+        db.execute_write(
+            format!(
+                "INSERT INTO crm_referral_pushes (connection_id, referral_id, company_external_id, \
+                 contact_external_id, status, error, pushed_at) VALUES ({}, {}, {}, {}, {}, {}, {}) \
+                 ON CONFLICT (connection_id, referral_id) DO UPDATE SET \
+                 company_external_id = excluded.company_external_id, \
+                 contact_external_id = excluded.contact_external_id, status = excluded.status, \
+                 error = excluded.error, pushed_at = excluded.pushed_at",
+                p(1),
+                p(2),
+                p(3),
+                p(4),
+                p(5),
+                p(6),
+                p(7)
+            ),
+            vec![
+                connection.id.clone().into(),
+                referral_id.into(),
+                company.clone().into(),
+                contact.clone().into(),
+                status.into(),
+                error.into(),
+                pushed_at.into(),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
     async fn start_run(&self, connection_id: &str, run_id: &str) -> ApiResult<()> {
         let tx = self.db.begin_write().await?;
         sync_run::ActiveModel {
@@ -655,6 +808,7 @@ impl Syncer {
             deals_seen: Set(0),
             deals_changed: Set(0),
             receipts_applied: Set(0),
+            referrals_pushed: Set(0),
             error: Set(None),
         }
         .insert(&*tx)

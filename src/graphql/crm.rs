@@ -135,6 +135,10 @@ impl SyncRun {
     async fn receipts_applied(&self) -> i32 {
         self.0.receipts_applied
     }
+    /// Accepted referrals created in the CRM.
+    async fn referrals_pushed(&self) -> i32 {
+        self.0.referrals_pushed
+    }
     /// Duration in milliseconds (finished runs).
     async fn duration_ms(&self) -> Option<i64> {
         self.0

@@ -52,6 +52,9 @@ fn deal_object(id: &str, modified_ms: i64, won: bool, code: Option<&str>) -> Val
 #[derive(Clone, Default)]
 struct FakeHubSpot {
     deals: Arc<Mutex<BTreeMap<String, Value>>>,
+    /// Companies and contacts created through the API (id, properties, associations).
+    companies: Arc<Mutex<Vec<Value>>>,
+    contacts: Arc<Mutex<Vec<Value>>>,
 }
 
 impl FakeHubSpot {
@@ -141,6 +144,44 @@ impl FakeHubSpot {
                 .map(|i| i["id"].as_str().unwrap().to_string())
                 .collect()
         };
+        let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+        match path.as_str() {
+            "/crm/v3/objects/companies/search" => {
+                let domain = body["filterGroups"][0]["filters"][0]["value"].clone();
+                let found: Vec<Value> = self
+                    .companies
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|c| c["properties"]["domain"] == domain)
+                    .cloned()
+                    .collect();
+                return ResponseTemplate::new(200)
+                    .set_body_json(json!({"total": found.len(), "results": found}));
+            }
+            "/crm/v3/objects/companies" => {
+                let mut companies = self.companies.lock().unwrap();
+                let id = (7000 + companies.len()).to_string();
+                let company = json!({"id": id, "properties": body["properties"]});
+                companies.push(company.clone());
+                return ResponseTemplate::new(201).set_body_json(company);
+            }
+            "/crm/v3/objects/contacts" => {
+                let mut contacts = self.contacts.lock().unwrap();
+                let email = body["properties"]["email"].clone();
+                if let Some(existing) = contacts.iter().find(|c| c["properties"]["email"] == email)
+                {
+                    return ResponseTemplate::new(409).set_body_json(json!({"status": "error",
+                        "message": format!("Contact already exists. Existing ID: {}", existing["id"].as_str().unwrap()),
+                        "category": "CONFLICT"}));
+                }
+                let id = (8000 + contacts.len()).to_string();
+                let contact = json!({"id": id, "properties": body["properties"], "associations": body["associations"]});
+                contacts.push(contact.clone());
+                return ResponseTemplate::new(201).set_body_json(contact);
+            }
+            _ => {}
+        }
         match path.as_str() {
             "/crm/v4/associations/deals/companies/batch/read" => {
                 let results: Vec<Value> = inputs(req)
@@ -191,7 +232,7 @@ async fn connect(app: &TestApp, program: &str, server: &MockServer, token: &str)
 }
 
 const SYNC: &str = "mutation($id: ID!) { syncCrmConnection(input: {id: $id}) { syncRun {
-    id status pages dealsSeen dealsChanged receiptsApplied error durationMs } } }";
+    id status pages dealsSeen dealsChanged receiptsApplied referralsPushed error durationMs } } }";
 
 async fn sync(app: &TestApp, connection: &str) -> Value {
     app.admin_ok(SYNC, json!({"id": connection})).await["syncCrmConnection"]["syncRun"].clone()
@@ -397,7 +438,7 @@ fn chaos_config(config: &mut Config) {
 
 async fn chaos_gives_the_same_deals_as_a_clean_run(app: TestApp) {
     let crm = FakeHubSpot::default();
-    for i in 1..=150 {
+    for i in 1..=400 {
         crm.put(deal_object(&i.to_string(), ms(i), i % 3 == 0, None));
     }
     let clean_program = app.create_program("Clean").await;
@@ -407,7 +448,8 @@ async fn chaos_gives_the_same_deals_as_a_clean_run(app: TestApp) {
     let f = faults.clone();
     let chaotic = crm
         .serve(move |_| {
-            if rand::random_range(0..5) != 0 {
+            // 20 % of answers are faults (the very first one always is).
+            if f.load(Ordering::SeqCst) > 0 && rand::random_range(0..5) != 0 {
                 return None;
             }
             f.fetch_add(1, Ordering::SeqCst);
@@ -430,23 +472,39 @@ async fn chaos_gives_the_same_deals_as_a_clean_run(app: TestApp) {
     let per_program = |program: String| {
         let app = &app;
         async move {
-            let data = app
-                .admin_ok(
-                    "query($p: ID!) { deals(first: 100, filter: {programId: $p}) { totalCount edges { node { externalId status amount } } } }",
-                    json!({"p": program}),
-                )
-                .await;
-            let mut deals: Vec<String> = nodes(&data["deals"])
-                .into_iter()
-                .map(|d| format!("{} {} {}", d["externalId"], d["status"], d["amount"]))
+            let rows = sea_orm::ConnectionTrait::query_all_raw(
+                &app.db.conn,
+                sea_orm::Statement::from_sql_and_values(
+                    app.db.backend(),
+                    format!(
+                        "SELECT external_id, status, amount, closed_at FROM deals WHERE program_id = {}",
+                        if app.db.is_postgres() { "$1" } else { "?" }
+                    ),
+                    [program.into()],
+                ),
+            )
+            .await
+            .unwrap();
+            let mut deals: Vec<String> = rows
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{} {} {} {:?}",
+                        r.try_get::<String>("", "external_id").unwrap(),
+                        r.try_get::<String>("", "status").unwrap(),
+                        r.try_get::<String>("", "amount").unwrap(),
+                        r.try_get::<Option<chrono::DateTime<Utc>>>("", "closed_at")
+                            .unwrap(),
+                    )
+                })
                 .collect();
             deals.sort();
-            (data["deals"]["totalCount"].clone(), deals)
+            (deals.len(), deals)
         }
     };
     let clean_deals = per_program(clean_program).await;
     let chaos_deals = per_program(chaos_program).await;
-    assert_eq!(clean_deals.0, 150);
+    assert_eq!(clean_deals.0, 400);
     assert_eq!(clean_deals, chaos_deals);
 }
 
@@ -618,11 +676,17 @@ async fn connections_sync_on_their_own_schedule(app: TestApp) {
                 "baseUrl": server.uri(), "accessToken": "pat-test-token", "schedule": "*/2 * * * * *"}}),
         )
         .await;
-    assert_eq!(data["createCrmConnection"]["connection"]["schedule"], "*/2 * * * * *");
+    assert_eq!(
+        data["createCrmConnection"]["connection"]["schedule"],
+        "*/2 * * * * *"
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let runs = app
-            .admin_ok("{ syncRuns { totalCount edges { node { status dealsChanged } } } }", json!({}))
+            .admin_ok(
+                "{ syncRuns { totalCount edges { node { status dealsChanged } } } }",
+                json!({}),
+            )
             .await;
         let finished: Vec<Value> = nodes(&runs["syncRuns"])
             .into_iter()
@@ -630,12 +694,18 @@ async fn connections_sync_on_their_own_schedule(app: TestApp) {
             .collect();
         if finished.len() >= 2 {
             // The first run brought the deal in; later ones found nothing new.
-            assert!(finished.iter().all(|r| r["status"] == "SUCCEEDED"), "{runs}");
+            assert!(
+                finished.iter().all(|r| r["status"] == "SUCCEEDED"),
+                "{runs}"
+            );
             assert_eq!(finished.last().unwrap()["dealsChanged"], 1);
             assert_eq!(finished[0]["dealsChanged"], 0);
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "no scheduled sync: {runs}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no scheduled sync: {runs}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(app.count_rows("deals").await, 1);
@@ -646,7 +716,77 @@ mod schedule {
     db_tests!(config = scheduled; connections_sync_on_their_own_schedule);
 }
 
+async fn accepted_referrals_are_pushed_once(app: TestApp) {
+    let program = app.create_program("Push").await;
+    let alice = partner(&app, &program, "Alice").await;
+    let key = app.partner_key(&alice.id).await;
+    app.submit_referral(
+        &key,
+        json!({"companyName": "Initech", "companyDomain": "initech.example",
+            "contactName": "Peter Gibbons", "contactEmail": "peter@initech.example"}),
+    )
+    .await;
+    // A duplicate registration is not pushed.
+    app.submit_referral(
+        &key,
+        json!({"companyName": "Initech again", "companyDomain": "initech.example"}),
+    )
+    .await;
+    let crm = FakeHubSpot::default();
+    // The contact already exists in the CRM: HubSpot answers 409 with its id.
+    crm.contacts
+        .lock()
+        .unwrap()
+        .push(json!({"id": "555", "properties": {"email": "peter@initech.example"}}));
+    let server = crm.serve(|_| None).await;
+    let connection = connect(&app, &program, &server, "pat-test-token").await;
+    let run = sync(&app, &connection).await;
+    assert_eq!(run["status"], "SUCCEEDED", "{run}");
+    assert_eq!(run["referralsPushed"], 1, "{run}");
+    let companies = crm.companies.lock().unwrap().clone();
+    assert_eq!(companies.len(), 1);
+    assert_eq!(companies[0]["properties"]["domain"], "initech.example");
+    assert_eq!(companies[0]["properties"]["name"], "Initech");
+    assert_eq!(
+        companies[0]["properties"]["tandem_referral_code"],
+        alice.code.as_str()
+    );
+    // Syncing again creates nothing twice.
+    let run = sync(&app, &connection).await;
+    assert_eq!(run["referralsPushed"], 0, "{run}");
+    assert_eq!(crm.companies.lock().unwrap().len(), 1);
+    let row = crate::helpers::count(
+        &app.db,
+        "SELECT COUNT(*) AS n FROM crm_referral_pushes WHERE status = 'PUSHED' \
+         AND company_external_id = '7000' AND contact_external_id = '555'",
+    )
+    .await;
+    assert_eq!(row, 1);
+    // A new referral with a new contact: company and contact created, associated.
+    app.submit_referral(
+        &key,
+        json!({"companyName": "Hooli", "companyDomain": "hooli.example",
+            "contactName": "Gavin Belson", "contactEmail": "gavin@hooli.example"}),
+    )
+    .await;
+    let run = sync(&app, &connection).await;
+    assert_eq!(run["referralsPushed"], 1, "{run}");
+    let contacts = crm.contacts.lock().unwrap().clone();
+    let gavin = contacts
+        .iter()
+        .find(|c| c["properties"]["email"] == "gavin@hooli.example")
+        .unwrap();
+    assert_eq!(gavin["properties"]["firstname"], "Gavin");
+    assert_eq!(gavin["properties"]["lastname"], "Belson");
+    assert_eq!(
+        gavin["properties"]["tandem_referral_code"],
+        alice.code.as_str()
+    );
+    assert_eq!(gavin["associations"][0]["to"]["id"], "7001");
+}
+
 db_tests!(
+    accepted_referrals_are_pushed_once,
     hubspot_backfill_then_incremental,
     invalid_credentials_mark_the_connection_failing,
     parked_hubspot_receipts_are_fetched_and_applied,

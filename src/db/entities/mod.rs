@@ -4,6 +4,7 @@
 pub mod api_key;
 pub mod attribution;
 pub mod crm_connection;
+pub mod crm_referral_push;
 pub mod deal;
 pub mod deal_commission;
 pub mod event;

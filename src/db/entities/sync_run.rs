@@ -16,6 +16,7 @@ pub struct Model {
     pub deals_seen: i32,
     pub deals_changed: i32,
     pub receipts_applied: i32,
+    pub referrals_pushed: i32,
     pub error: Option<String>,
 }
 
