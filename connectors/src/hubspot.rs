@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::{
-    CrmConnector, DealPage,
+    CrmConnector, DealPage, ReferralPush,
     deal::{DealStatus, NeutralDeal},
     error::{ConnectorError, Result},
     http::CrmHttp,
@@ -381,21 +381,6 @@ impl HubSpot {
     }
 }
 
-/// A referral to create in HubSpot.
-#[derive(Debug, Clone)]
-pub struct ReferralPush {
-    /// Company name.
-    pub company_name: String,
-    /// Company domain, when known.
-    pub company_domain: Option<String>,
-    /// Contact name, when known.
-    pub contact_name: Option<String>,
-    /// Contact email, when known.
-    pub contact_email: Option<String>,
-    /// The partner's referral code (written to `tandem_referral_code`).
-    pub referral_code: String,
-}
-
 impl HubSpot {
     /// The company for a referral: an existing one with its domain, else a new one carrying
     /// the referral code. Returns its id.
@@ -450,13 +435,7 @@ impl HubSpot {
         email: &str,
         company_id: &str,
     ) -> Result<String> {
-        let (first, last) = match referral.contact_name.as_deref().map(str::trim) {
-            Some(name) if !name.is_empty() => match name.rsplit_once(' ') {
-                Some((first, last)) => (first.to_string(), last.to_string()),
-                None => (name.to_string(), String::new()),
-            },
-            _ => (String::new(), String::new()),
-        };
+        let (first, last) = referral.contact_names();
         let body = json!({
             "properties": {
                 "email": email,
@@ -615,6 +594,23 @@ impl CrmConnector for HubSpot {
             Err(other) => return Err(other),
         };
         Ok(self.map_all(std::slice::from_ref(&answer)).await?.pop())
+    }
+
+    async fn push_primary(&self, referral: &ReferralPush) -> Result<String> {
+        self.ensure_company(referral).await
+    }
+
+    async fn push_secondary(
+        &self,
+        referral: &ReferralPush,
+        primary_id: &str,
+    ) -> Result<Option<String>> {
+        match &referral.contact_email {
+            Some(email) => Ok(Some(
+                self.ensure_contact(referral, email, primary_id).await?,
+            )),
+            None => Ok(None),
+        }
     }
 }
 

@@ -8,6 +8,8 @@ pub mod http;
 pub mod hubspot;
 pub mod inbound;
 pub mod lenient;
+pub mod pipedrive;
+pub mod salesforce;
 pub mod verify;
 
 pub use deal::{DealStatus, NeutralDeal};
@@ -36,4 +38,44 @@ pub trait CrmConnector: Send + Sync {
     /// Fetches one deal by its CRM id (used by webhook notifications that carry only an id);
     /// `None` when the CRM does not know it.
     async fn fetch_deal(&self, external_id: &str) -> Result<Option<NeutralDeal>>;
+
+    /// Creates (or finds) the first CRM object of a pushed referral (HubSpot company,
+    /// Pipedrive organization, Salesforce Lead); returns its id.
+    async fn push_primary(&self, referral: &ReferralPush) -> Result<String>;
+
+    /// Creates the second object, tied to the first (HubSpot contact, Pipedrive lead); `None`
+    /// when the CRM needs none.
+    async fn push_secondary(
+        &self,
+        referral: &ReferralPush,
+        primary_id: &str,
+    ) -> Result<Option<String>>;
+}
+
+/// A referral to create in a CRM.
+#[derive(Debug, Clone)]
+pub struct ReferralPush {
+    /// Company name.
+    pub company_name: String,
+    /// Company domain, when known.
+    pub company_domain: Option<String>,
+    /// Contact name, when known.
+    pub contact_name: Option<String>,
+    /// Contact email, when known.
+    pub contact_email: Option<String>,
+    /// The partner's referral code, written to the CRM's referral-code field.
+    pub referral_code: String,
+}
+
+impl ReferralPush {
+    /// The contact name split into (first, last).
+    pub fn contact_names(&self) -> (String, String) {
+        match self.contact_name.as_deref().map(str::trim) {
+            Some(name) if !name.is_empty() => match name.rsplit_once(' ') {
+                Some((first, last)) => (first.to_string(), last.to_string()),
+                None => (String::new(), name.to_string()),
+            },
+            _ => (String::new(), String::new()),
+        }
+    }
 }

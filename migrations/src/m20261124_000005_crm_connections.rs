@@ -26,6 +26,8 @@ enum CrmConnections {
     /// Cron (6 fields) of its `crm-sync` runs.
     Schedule,
     ReferralCodeField,
+    /// SALESFORCE: the REST API version (such as `62.0`).
+    ApiVersion,
     /// The connector's opaque sync position.
     Cursor,
     /// ACTIVE or FAILING.
@@ -88,6 +90,7 @@ impl MigrationTrait for Migration {
                     .col(text(CrmConnections::CredentialsCiphertext))
                     .col(string(CrmConnections::Schedule))
                     .col(string_null(CrmConnections::ReferralCodeField))
+                    .col(string_null(CrmConnections::ApiVersion))
                     .col(text_null(CrmConnections::Cursor))
                     .col(string(CrmConnections::Status))
                     .col(text_null(CrmConnections::LastError))

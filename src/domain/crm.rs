@@ -22,6 +22,8 @@ use tandem_connectors::{
     http::{Credentials, CrmHttp, OAuthClient, RetryPolicy, Vendor},
     hubspot::HubSpot,
     inbound::{DealChange, HubSpotDealEvent, hubspot_deal_event},
+    pipedrive::Pipedrive,
+    salesforce::Salesforce,
 };
 
 use crate::{
@@ -131,8 +133,11 @@ pub struct CreateCrmConnectionInput {
     pub oauth: Option<OAuthInput>,
     /// Cron (6 fields, seconds first, UTC) of its `crm-sync` runs (default every 5 minutes).
     pub schedule: Option<String>,
-    /// The CRM field carrying Tandem's referral code (default `tandem_referral_code`).
+    /// The CRM field carrying Tandem's referral code: PIPEDRIVE, the deal custom field key
+    /// (HubSpot uses `tandem_referral_code`, Salesforce `Tandem_Referral_Code__c`).
     pub referral_code_field: Option<String>,
+    /// SALESFORCE: the REST API version (default `62.0`).
+    pub api_version: Option<String>,
 }
 
 /// Sealed credentials, as stored.
@@ -186,13 +191,6 @@ pub async fn create_connection(
             "must be 1 to 200 characters",
         ));
     }
-    if input.kind != CrmKind::Hubspot {
-        return Err(ApiError::bad_input(
-            "input.kind",
-            "only HUBSPOT connections can be created so far (Salesforce and Pipedrive \
-             connectors are not built yet)",
-        ));
-    }
     let program_id = input.program_id.to_string();
     if !is_valid_id(&program_id)
         || program::Entity::find_by_id(program_id.clone())
@@ -202,9 +200,46 @@ pub async fn create_connection(
     {
         return Err(ApiError::NotFound("program"));
     }
-    let base_url = match &input.base_url {
-        Some(url) => check_http_url("input.baseUrl", url)?,
-        None => "https://api.hubapi.com".to_string(),
+    let base_url = match (&input.base_url, input.kind) {
+        (Some(url), _) => check_http_url("input.baseUrl", url)?,
+        (None, CrmKind::Hubspot) => "https://api.hubapi.com".to_string(),
+        (None, CrmKind::Pipedrive) => "https://api.pipedrive.com".to_string(),
+        // The org's instance URL; with OAuth the token answer's `instance_url` replaces it.
+        (None, CrmKind::Salesforce) if input.oauth.is_some() => {
+            "https://login.salesforce.com".to_string()
+        }
+        (None, CrmKind::Salesforce) => {
+            return Err(ApiError::bad_input(
+                "input.baseUrl",
+                "a Salesforce connection with an access token needs the org's instance URL",
+            ));
+        }
+    };
+    let api_version = match (input.kind, input.api_version) {
+        (CrmKind::Salesforce, None) => Some("62.0".to_string()),
+        (CrmKind::Salesforce, Some(v)) => {
+            let v = v.trim().trim_start_matches('v').to_string();
+            let valid = v.split_once('.').is_some_and(|(a, b)| {
+                !a.is_empty()
+                    && !b.is_empty()
+                    && a.bytes().all(|c| c.is_ascii_digit())
+                    && b.bytes().all(|c| c.is_ascii_digit())
+            });
+            if !valid {
+                return Err(ApiError::bad_input(
+                    "input.apiVersion",
+                    "must look like 62.0",
+                ));
+            }
+            Some(v)
+        }
+        (_, Some(_)) => {
+            return Err(ApiError::bad_input(
+                "input.apiVersion",
+                "only SALESFORCE connections have an API version",
+            ));
+        }
+        (_, None) => None,
     };
     let credentials = match (input.access_token, input.oauth) {
         (Some(token), None) if !token.trim().is_empty() => StoredCredentials {
@@ -221,9 +256,11 @@ pub async fn create_connection(
                     return Err(ApiError::bad_input(field, "must not be empty"));
                 }
             }
-            let token_url = match &oauth.token_url {
-                Some(url) => check_http_url("input.oauth.tokenUrl", url)?,
-                None => format!("{base_url}/oauth/v1/token"),
+            let token_url = match (&oauth.token_url, input.kind) {
+                (Some(url), _) => check_http_url("input.oauth.tokenUrl", url)?,
+                (None, CrmKind::Hubspot) => format!("{base_url}/oauth/v1/token"),
+                (None, CrmKind::Pipedrive) => "https://oauth.pipedrive.com/oauth/token".to_string(),
+                (None, CrmKind::Salesforce) => format!("{base_url}/services/oauth2/token"),
             };
             StoredCredentials {
                 access_token: None,
@@ -277,6 +314,7 @@ pub async fn create_connection(
         credentials_ciphertext: Set(sealed),
         schedule: Set(schedule),
         referral_code_field: Set(referral_code_field),
+        api_version: Set(api_version),
         cursor: Set(None),
         status: Set(ConnectionStatus::Active.as_str().to_string()),
         last_error: Set(None),
@@ -308,6 +346,9 @@ pub struct SyncStats {
     pub referrals_pushed: i32,
 }
 
+/// Where a refresh token rotated during a sync waits to be sealed with the next checkpoint.
+type RotationSlot = Arc<Mutex<Option<String>>>;
+
 /// Runs a connection's deal sync.
 pub struct Syncer {
     db: Db,
@@ -326,7 +367,9 @@ impl Syncer {
         &self,
         connection: &crm_connection::Model,
         currency: &str,
-    ) -> ApiResult<(HubSpot, Arc<Mutex<Option<String>>>)> {
+    ) -> ApiResult<(Box<dyn CrmConnector>, RotationSlot)> {
+        let kind = CrmKind::parse(&connection.kind)
+            .ok_or_else(|| ApiError::Internal(format!("stored kind {:?}", connection.kind)))?;
         let opened = self
             .key
             .open(&connection.credentials_ciphertext)
@@ -342,7 +385,8 @@ impl Syncer {
                 client_id: o.client_id,
                 client_secret: o.client_secret,
                 refresh_token: o.refresh_token,
-                basic_auth: false,
+                // Pipedrive wants the client credentials as HTTP Basic.
+                basic_auth: kind == CrmKind::Pipedrive,
             }),
             (None, None) => {
                 return Err(ApiError::Internal(format!(
@@ -356,16 +400,34 @@ impl Syncer {
             budget: self.settings.retry_budget,
             ..RetryPolicy::default()
         };
+        let vendor = match kind {
+            CrmKind::Hubspot => Vendor::HubSpot,
+            CrmKind::Salesforce => Vendor::Salesforce,
+            CrmKind::Pipedrive => Vendor::Pipedrive,
+        };
         let rotated = Arc::new(Mutex::new(None));
         let sink = rotated.clone();
-        let http = CrmHttp::new(Vendor::HubSpot, &connection.base_url, credentials, policy)
+        let http = CrmHttp::new(vendor, &connection.base_url, credentials, policy)
             .map_err(|e| ApiError::Internal(e.to_string()))?
             .on_refresh(move |r| {
                 if let Some(token) = r.refresh_token {
                     *sink.lock().expect("rotation slot") = Some(token);
                 }
             });
-        Ok((HubSpot::new(http, currency), rotated))
+        let connector: Box<dyn CrmConnector> = match kind {
+            CrmKind::Hubspot => Box::new(HubSpot::new(http, currency)),
+            CrmKind::Pipedrive => Box::new(Pipedrive::new(
+                http,
+                currency,
+                connection.referral_code_field.clone(),
+            )),
+            CrmKind::Salesforce => Box::new(Salesforce::new(
+                http,
+                currency,
+                connection.api_version.as_deref().unwrap_or("62.0"),
+            )),
+        };
+        Ok((connector, rotated))
     }
 
     /// Seals a rotated refresh token into the stored credentials.
@@ -426,9 +488,9 @@ impl Syncer {
             .connector(connection, &program.currency)
             .map_err(|e| e.message())?;
         stats.receipts_applied = self
-            .apply_parked(connection, &program, &connector, run_id)
+            .apply_parked(connection, &program, connector.as_ref(), run_id)
             .await?;
-        stats.referrals_pushed = self.push_referrals(connection, &connector).await?;
+        stats.referrals_pushed = self.push_referrals(connection, connector.as_ref()).await?;
         let mut cursor = connection.cursor.clone();
         // A run stops after this many pages; the next run continues from the cursor.
         for _ in 0..10_000 {
@@ -550,7 +612,7 @@ impl Syncer {
         &self,
         connection: &crm_connection::Model,
         program: &program::Model,
-        connector: &HubSpot,
+        connector: &dyn CrmConnector,
         run_id: &str,
     ) -> Result<i32, String> {
         let sources: Vec<String> = webhook_source::Entity::find()
@@ -655,7 +717,7 @@ impl Syncer {
     async fn push_referrals(
         &self,
         connection: &crm_connection::Model,
-        connector: &HubSpot,
+        connector: &dyn CrmConnector,
     ) -> Result<i32, String> {
         use crate::db::entities::{crm_referral_push, partner, referral};
         let pushed: std::collections::HashSet<String> = crm_referral_push::Entity::find()
@@ -691,7 +753,7 @@ impl Syncer {
                     .one(&self.db.conn)
                     .await
                     .map_err(|e| e.to_string())?;
-            let push = tandem_connectors::hubspot::ReferralPush {
+            let push = tandem_connectors::ReferralPush {
                 company_name: referral.company_name.clone(),
                 company_domain: referral.company_domain.clone(),
                 contact_name: referral.contact_name.clone(),
@@ -706,7 +768,7 @@ impl Syncer {
                 .and_then(|e| e.contact_external_id.clone());
             let outcome: Result<(), ConnectorError> = async {
                 if company.is_none() {
-                    company = Some(connector.ensure_company(&push).await?);
+                    company = Some(connector.push_primary(&push).await?);
                     self.record_push(
                         connection,
                         &referral.id,
@@ -718,9 +780,9 @@ impl Syncer {
                     .await
                     .map_err(|e| ConnectorError::Remote(e.message()))?;
                 }
-                if let (Some(email), None) = (&referral.contact_email, &contact) {
-                    let company_id = company.clone().unwrap_or_default();
-                    contact = Some(connector.ensure_contact(&push, email, &company_id).await?);
+                if contact.is_none() {
+                    let primary = company.clone().unwrap_or_default();
+                    contact = connector.push_secondary(&push, &primary).await?;
                 }
                 Ok(())
             }

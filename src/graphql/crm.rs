@@ -66,6 +66,10 @@ impl CrmConnection {
     async fn referral_code_field(&self) -> Option<&str> {
         self.0.referral_code_field.as_deref()
     }
+    /// SALESFORCE: the REST API version used.
+    async fn api_version(&self) -> Option<&str> {
+        self.0.api_version.as_deref()
+    }
     /// ACTIVE, or FAILING after a failed sync.
     async fn status(&self) -> Result<ConnectionStatus> {
         ConnectionStatus::parse(&self.0.status)

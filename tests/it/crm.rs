@@ -592,7 +592,13 @@ async fn connection_input_is_checked(app: TestApp) {
         json!({"input": input})
     };
     for (patch, field) in [
-        (json!({"kind": "SALESFORCE"}), "input.kind"),
+        (json!({"kind": "SALESFORCE"}), "input.baseUrl"),
+        (
+            json!({"kind": "SALESFORCE", "baseUrl": "https://acme.my.salesforce.com", "apiVersion": "latest"}),
+            "input.apiVersion",
+        ),
+        (json!({"apiVersion": "62.0"}), "input.apiVersion"),
+        (json!({"kind": "MAGIC"}), "input.kind"),
         (json!({"accessToken": null}), "input.accessToken"),
         (
             json!({"oauth": {"clientId": "a", "clientSecret": "b", "refreshToken": "c"}}),
@@ -785,7 +791,112 @@ async fn accepted_referrals_are_pushed_once(app: TestApp) {
     assert_eq!(gavin["associations"][0]["to"]["id"], "7001");
 }
 
+fn crm_fixture(name: &str) -> Value {
+    let path = format!(
+        "{}/../shared/fixtures/crm/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+async fn pipedrive_and_salesforce_connections_sync(app: TestApp) {
+    let program = app.create_program("Other CRMs").await;
+    let alice = partner(&app, &program, "Alice").await;
+    // Pipedrive: two pages by cursor; the referral code in a deal custom field.
+    let pd = MockServer::start().await;
+    let mut page1 = crm_fixture("pipedrive_v2_deals_page1.json");
+    page1["additional_data"] = json!({"next_cursor": "c2"});
+    page1["data"][1]["custom_fields"] = json!({"f00code": alice.code});
+    Mock::given(method("GET"))
+        .and(wiremock::matchers::path("/api/v2/deals"))
+        .and(wiremock::matchers::query_param("cursor", "c2"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(crm_fixture("pipedrive_v2_deals_page2_last.json")),
+        )
+        .mount(&pd)
+        .await;
+    Mock::given(method("GET"))
+        .and(wiremock::matchers::path("/api/v2/deals"))
+        .and(header("x-api-token", "pd-token"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(page1))
+        .mount(&pd)
+        .await;
+    Mock::given(method("GET"))
+        .and(wiremock::matchers::path_regex(
+            "^/api/v2/(organizations|persons)$",
+        ))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"success": true, "data": []})),
+        )
+        .mount(&pd)
+        .await;
+    let create = "mutation($input: CreateCrmConnectionInput!) { createCrmConnection(input: $input) { connection { id kind apiVersion } } }";
+    let data = app
+        .admin_ok(
+            create,
+            json!({"input": {"name": "Pipedrive", "kind": "PIPEDRIVE", "programId": program,
+                "baseUrl": pd.uri(), "accessToken": "pd-token", "referralCodeField": "f00code"}}),
+        )
+        .await;
+    let pd_id = data["createCrmConnection"]["connection"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let run = sync(&app, &pd_id).await;
+    assert_eq!(run["status"], "SUCCEEDED", "{run}");
+    assert_eq!(run["pages"], 2);
+    assert_eq!(run["dealsChanged"], 3);
+
+    // Salesforce: SOQL pages through nextRecordsUrl; the code in Tandem_Referral_Code__c.
+    let sf = MockServer::start().await;
+    let mut first = crm_fixture("salesforce_query_response_page1.json");
+    first["records"][1]["Tandem_Referral_Code__c"] = json!(alice.code);
+    Mock::given(method("GET"))
+        .and(wiremock::matchers::path("/services/data/v62.0/queryAll"))
+        .and(header("authorization", "Bearer 00D!session"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(first))
+        .mount(&sf)
+        .await;
+    Mock::given(method("GET"))
+        .and(wiremock::matchers::path(
+            "/services/data/v62.0/query/01gRO0000016PIAYA2-2",
+        ))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(crm_fixture("salesforce_query_response_page2_last.json")),
+        )
+        .mount(&sf)
+        .await;
+    let data = app
+        .admin_ok(
+            create,
+            json!({"input": {"name": "Salesforce", "kind": "SALESFORCE", "programId": program,
+                "baseUrl": sf.uri(), "accessToken": "00D!session"}}),
+        )
+        .await;
+    assert_eq!(
+        data["createCrmConnection"]["connection"]["apiVersion"],
+        "62.0"
+    );
+    let sf_id = data["createCrmConnection"]["connection"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let run = sync(&app, &sf_id).await;
+    assert_eq!(run["status"], "SUCCEEDED", "{run}");
+    assert_eq!(run["pages"], 2);
+    assert_eq!(run["dealsChanged"], 3);
+
+    let deals = mirrored(&app).await;
+    assert_eq!(deals.len(), 6);
+    let coded: Vec<_> = deals.iter().filter(|d| d.3 == "CODE").collect();
+    assert_eq!(coded.len(), 2, "{deals:?}");
+    assert!(coded.iter().all(|d| d.1 == "WON" && d.2 == "Alice"));
+}
+
 db_tests!(
+    pipedrive_and_salesforce_connections_sync,
     accepted_referrals_are_pushed_once,
     hubspot_backfill_then_incremental,
     invalid_credentials_mark_the_connection_failing,

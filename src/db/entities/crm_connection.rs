@@ -15,6 +15,7 @@ pub struct Model {
     pub credentials_ciphertext: String,
     pub schedule: String,
     pub referral_code_field: Option<String>,
+    pub api_version: Option<String>,
     pub cursor: Option<String>,
     pub status: String,
     pub last_error: Option<String>,
