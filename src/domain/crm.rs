@@ -362,12 +362,13 @@ impl Syncer {
         Syncer { db, key, settings }
     }
 
-    /// The connector of a connection, and where a rotated refresh token lands.
+    /// The connector of a connection; a rotated refresh token lands in `rotated`.
     fn connector(
         &self,
         connection: &crm_connection::Model,
         currency: &str,
-    ) -> ApiResult<(Box<dyn CrmConnector>, RotationSlot)> {
+        rotated: RotationSlot,
+    ) -> ApiResult<Box<dyn CrmConnector>> {
         let kind = CrmKind::parse(&connection.kind)
             .ok_or_else(|| ApiError::Internal(format!("stored kind {:?}", connection.kind)))?;
         let opened = self
@@ -405,8 +406,7 @@ impl Syncer {
             CrmKind::Salesforce => Vendor::Salesforce,
             CrmKind::Pipedrive => Vendor::Pipedrive,
         };
-        let rotated = Arc::new(Mutex::new(None));
-        let sink = rotated.clone();
+        let sink = rotated;
         let http = CrmHttp::new(vendor, &connection.base_url, credentials, policy)
             .map_err(|e| ApiError::Internal(e.to_string()))?
             .on_refresh(move |r| {
@@ -427,7 +427,7 @@ impl Syncer {
                 connection.api_version.as_deref().unwrap_or("62.0"),
             )),
         };
-        Ok((connector, rotated))
+        Ok(connector)
     }
 
     /// Seals a rotated refresh token into the stored credentials.
@@ -462,7 +462,27 @@ impl Syncer {
         self.start_run(&connection.id, run_id)
             .await
             .map_err(|e| e.message())?;
-        let result = self.sync_pages(&connection, run_id, &mut stats).await;
+        let rotated: RotationSlot = Arc::default();
+        let result = self
+            .sync_pages(&connection, run_id, &mut stats, rotated.clone())
+            .await;
+        // A refresh token rotated after the last checkpoint (or before a failure) must not be
+        // lost: the CRM may already have invalidated the old one.
+        let pending = rotated.lock().expect("rotation slot").take();
+        if let Some(token) = pending {
+            let sealed = self.reseal(&connection, &token).map_err(|e| e.message())?;
+            self.db
+                .execute_write(
+                    format!(
+                        "UPDATE crm_connections SET credentials_ciphertext = {} WHERE id = {}",
+                        self.db.numbered(1),
+                        self.db.numbered(2)
+                    ),
+                    vec![sealed.into(), connection.id.clone().into()],
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+        }
         let error = result.err();
         self.finish_run(&connection.id, run_id, error.as_deref())
             .await
@@ -478,14 +498,15 @@ impl Syncer {
         connection: &crm_connection::Model,
         run_id: &str,
         stats: &mut SyncStats,
+        rotated: RotationSlot,
     ) -> Result<(), String> {
         let program = program::Entity::find_by_id(connection.program_id.clone())
             .one(&self.db.conn)
             .await
             .map_err(|e| e.to_string())?
             .ok_or("the connection's program no longer exists")?;
-        let (connector, rotated) = self
-            .connector(connection, &program.currency)
+        let connector = self
+            .connector(connection, &program.currency, rotated.clone())
             .map_err(|e| e.message())?;
         stats.receipts_applied = self
             .apply_parked(connection, &program, connector.as_ref(), run_id)

@@ -895,7 +895,96 @@ async fn pipedrive_and_salesforce_connections_sync(app: TestApp) {
     assert!(coded.iter().all(|d| d.1 == "WON" && d.2 == "Alice"));
 }
 
+async fn oauth_connections_persist_rotated_refresh_tokens(app: TestApp) {
+    let program = app.create_program("OAuth").await;
+    let server = MockServer::start().await;
+    // Each refresh rotates the refresh token, and access tokens expire at once, so every sync
+    // refreshes with the token the previous one stored.
+    for (old, new) in [("r1", "r2"), ("r2", "r3")] {
+        Mock::given(method("POST"))
+            .and(wiremock::matchers::path("/oauth/v1/token"))
+            .and(wiremock::matchers::body_string_contains(
+                format!("refresh_token={old}&").as_str(),
+            ))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+                "token_type": "bearer", "refresh_token": new,
+                "access_token": format!("access-{new}"), "expires_in": 0})))
+            .expect(1)
+            .mount(&server)
+            .await;
+    }
+    Mock::given(method("GET"))
+        .and(wiremock::matchers::path("/crm/v3/objects/deals"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"results": []})))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(wiremock::matchers::path("/crm/v3/objects/deals/search"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"total": 0, "results": []})))
+        .mount(&server)
+        .await;
+    let data = app
+        .admin_ok(
+            "mutation($input: CreateCrmConnectionInput!) { createCrmConnection(input: $input) { connection { id } } }",
+            json!({"input": {"name": "HubSpot OAuth", "kind": "HUBSPOT", "programId": program,
+                "baseUrl": server.uri(), "oauth": {"clientId": "app", "clientSecret": "shh", "refreshToken": "r1"}}}),
+        )
+        .await;
+    let id = data["createCrmConnection"]["connection"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(sync(&app, &id).await["status"], "SUCCEEDED");
+    assert_eq!(sync(&app, &id).await["status"], "SUCCEEDED");
+    // A third sync uses r3, which the CRM does not know: the connection fails with its message.
+    let run = sync(&app, &id).await;
+    assert_eq!(run["status"], "FAILED", "{run}");
+    assert!(
+        run["error"]
+            .as_str()
+            .unwrap()
+            .contains("token refresh failed"),
+        "{run}"
+    );
+    assert!(!run["error"].as_str().unwrap().contains("shh"));
+}
+
+async fn an_unreachable_crm_fails_within_the_bound(app: TestApp) {
+    let program = app.create_program("Unreachable").await;
+    // A port nobody listens on, and a non-routable address.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    for base in [
+        format!("http://127.0.0.1:{port}"),
+        "http://10.255.255.1".to_string(),
+    ] {
+        let data = app
+            .admin_ok(
+                "mutation($input: CreateCrmConnectionInput!) { createCrmConnection(input: $input) { connection { id } } }",
+                json!({"input": {"name": "Gone", "kind": "HUBSPOT", "programId": program,
+                    "baseUrl": base, "accessToken": "pat-test-token"}}),
+            )
+            .await;
+        let id = data["createCrmConnection"]["connection"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let run = sync(&app, &id).await;
+        assert_eq!(run["status"], "FAILED", "{run}");
+        // 300 ms per attempt, a 1 s retry budget.
+        assert!(run["durationMs"].as_i64().unwrap() < 5_000, "{run}");
+        assert_eq!(run["pages"], 0);
+    }
+}
+
+mod bounded {
+    use super::*;
+    db_tests!(config = short_budget; an_unreachable_crm_fails_within_the_bound);
+}
+
 db_tests!(
+    oauth_connections_persist_rotated_refresh_tokens,
     pipedrive_and_salesforce_connections_sync,
     accepted_referrals_are_pushed_once,
     hubspot_backfill_then_incremental,
