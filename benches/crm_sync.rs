@@ -22,7 +22,7 @@ use tandem::{
 };
 use tandem_connectors::{
     CrmConnector,
-    http::{CrmHttp, Credentials, RetryPolicy, Vendor},
+    http::{Credentials, CrmHttp, RetryPolicy, Vendor},
     hubspot::HubSpot,
 };
 
@@ -63,8 +63,9 @@ async fn fake_hubspot(total: usize) -> String {
                     .collect()
             })
             .unwrap_or_default();
-        let body: Value = serde_json::from_slice(&req.into_body().into_vec().await.unwrap_or_default())
-            .unwrap_or(Value::Null);
+        let body: Value =
+            serde_json::from_slice(&req.into_body().into_vec().await.unwrap_or_default())
+                .unwrap_or(Value::Null);
         let json_response = |v: Value| {
             Response::builder()
                 .content_type("application/json")
@@ -81,8 +82,12 @@ async fn fake_hubspot(total: usize) -> String {
         match path.as_str() {
             "/crm/v3/objects/deals" => {
                 let after: usize = query.get("after").and_then(|a| a.parse().ok()).unwrap_or(0);
-                let limit: usize = query.get("limit").and_then(|a| a.parse().ok()).unwrap_or(100);
-                let results: Vec<Value> = (after + 1..=(after + limit).min(total)).map(deal).collect();
+                let limit: usize = query
+                    .get("limit")
+                    .and_then(|a| a.parse().ok())
+                    .unwrap_or(100);
+                let results: Vec<Value> =
+                    (after + 1..=(after + limit).min(total)).map(deal).collect();
                 let mut out = json!({"results": results});
                 if after + limit < total {
                     out["paging"] = json!({"next": {"after": (after + limit).to_string()}});
@@ -161,10 +166,7 @@ async fn main() {
     } else {
         "sqlite"
     };
-    let total: usize = args
-        .iter()
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(100_000);
+    let total: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(100_000);
     let crm = fake_hubspot(total).await;
 
     // The connector alone: fetch and map every page (no database).
@@ -195,9 +197,12 @@ async fn main() {
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string());
         let name = format!("tandem_bench_{}", uuid::Uuid::new_v4().simple());
         let admin = Db::connect(&admin_url, 1).await.unwrap();
-        sea_orm::ConnectionTrait::execute_unprepared(&admin.conn, &format!("CREATE DATABASE {name}"))
-            .await
-            .unwrap();
+        sea_orm::ConnectionTrait::execute_unprepared(
+            &admin.conn,
+            &format!("CREATE DATABASE {name}"),
+        )
+        .await
+        .unwrap();
         let (base, _) = admin_url.rsplit_once('/').unwrap();
         (format!("{base}/{name}"), Some((admin_url, name)))
     } else {
