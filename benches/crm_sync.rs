@@ -32,7 +32,7 @@ fn deal(i: usize) -> Value {
     let modified = chrono::DateTime::from_timestamp_millis(1_767_225_600_000 + i as i64 * 1000)
         .unwrap()
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let won = i % 4 == 0;
+    let won = i.is_multiple_of(4);
     json!({
         "id": i.to_string(),
         "properties": {
