@@ -4,7 +4,7 @@
 //! 10,000-result ceiling. Company domains and contact emails come through the association and
 //! batch-read endpoints.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
@@ -17,7 +17,7 @@ use crate::{
     deal::{DealStatus, NeutralDeal},
     error::{ConnectorError, Result},
     http::CrmHttp,
-    lenient,
+    lenient, seen_since, unseen,
 };
 
 /// HubSpot's search endpoints return at most this many results per query.
@@ -149,20 +149,7 @@ impl HubSpot {
     ) -> Cursor {
         let newest = newest.unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
         let since = newest - self.overlap;
-        let mut seen: Vec<(String, i64)> = previous
-            .iter()
-            .cloned()
-            .chain(
-                deals
-                    .iter()
-                    .map(|d| (d.external_id.clone(), d.updated_at.timestamp_millis())),
-            )
-            .filter(|(_, ms)| *ms >= since.timestamp_millis())
-            .collect();
-        seen.sort();
-        seen.dedup();
-        // Re-applying a deal is harmless (older or equal updates are ignored): bound the list.
-        seen.truncate(5_000);
+        let seen = seen_since(previous.to_vec(), deals, Some(since));
         Cursor::Incremental {
             since,
             after: None,
@@ -202,12 +189,7 @@ impl HubSpot {
             .await?;
         let results = results(&answer)?;
         let all = self.map_all(results).await?;
-        let skip: HashSet<(String, i64)> = seen.iter().cloned().collect();
-        let deals: Vec<NeutralDeal> = all
-            .iter()
-            .filter(|d| !skip.contains(&(d.external_id.clone(), d.updated_at.timestamp_millis())))
-            .cloned()
-            .collect();
+        let deals = unseen(&all, &seen);
         let newest = newest_of(newest, &all);
         let next = next_after(&answer);
         let (cursor, more) = match next {

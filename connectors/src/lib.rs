@@ -16,6 +16,7 @@ pub use deal::{DealStatus, NeutralDeal};
 pub use error::{ConnectorError, Result};
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 
 /// One page of a sync: the deals, and the cursor to checkpoint once they are applied.
 #[derive(Debug, Clone)]
@@ -50,6 +51,43 @@ pub trait CrmConnector: Send + Sync {
         referral: &ReferralPush,
         primary_id: &str,
     ) -> Result<Option<String>>;
+}
+
+/// A change already applied, as (CRM id, modification time in ms): what an overlapping pass
+/// skips when the CRM returns it again.
+pub type Seen = (String, i64);
+
+/// The changes to remember for the next pass starting at `since`: those of `previous` and
+/// `deals` modified at or after it (bounded: re-applying a change is harmless, since the
+/// mirror ignores updates that are not newer).
+pub fn seen_since(
+    previous: Vec<Seen>,
+    deals: &[NeutralDeal],
+    since: Option<DateTime<Utc>>,
+) -> Vec<Seen> {
+    let mut seen: Vec<Seen> = previous
+        .into_iter()
+        .chain(deals.iter().map(seen_of))
+        .filter(|(_, ms)| since.is_none_or(|s| *ms >= s.timestamp_millis()))
+        .collect();
+    seen.sort();
+    seen.dedup();
+    seen.truncate(5_000);
+    seen
+}
+
+/// `deals` without the changes in `seen`.
+pub fn unseen(deals: &[NeutralDeal], seen: &[Seen]) -> Vec<NeutralDeal> {
+    let skip: std::collections::HashSet<&Seen> = seen.iter().collect();
+    deals
+        .iter()
+        .filter(|d| !skip.contains(&seen_of(d)))
+        .cloned()
+        .collect()
+}
+
+fn seen_of(deal: &NeutralDeal) -> Seen {
+    (deal.external_id.clone(), deal.updated_at.timestamp_millis())
 }
 
 /// A referral to create in a CRM.

@@ -4,7 +4,7 @@
 //! from a configured deal custom field. API token (`x-api-token`) or OAuth (the token answer's
 //! `api_domain` becomes the API base).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
@@ -13,11 +13,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::{
-    CrmConnector, DealPage, ReferralPush,
+    CrmConnector, DealPage, ReferralPush, Seen,
     deal::{DealStatus, NeutralDeal},
     error::{ConnectorError, Result},
     http::CrmHttp,
-    lenient,
+    lenient, seen_since, unseen,
 };
 
 /// Where a Pipedrive sync stands.
@@ -28,7 +28,7 @@ pub struct Cursor {
     /// Pipedrive's `next_cursor` within the pass.
     pub page: Option<String>,
     /// Deals applied at or after `since` (id, update time in ms): skipped when seen again.
-    pub seen: Vec<(String, i64)>,
+    pub seen: Vec<Seen>,
     /// The newest update seen in this pass.
     pub newest: Option<DateTime<Utc>>,
 }
@@ -141,17 +141,7 @@ fn org_domain(org: &Value) -> Option<String> {
                     lenient::text(Some(v)).filter(|s| s.contains('.') && !s.contains(' '))
                 })
         })
-        .map(|s| {
-            s.trim()
-                .trim_start_matches("https://")
-                .trim_start_matches("http://")
-                .trim_start_matches("www.")
-                .split('/')
-                .next()
-                .unwrap_or_default()
-                .to_ascii_lowercase()
-        })
-        .filter(|s| !s.is_empty())
+        .and_then(|s| lenient::domain_of(&s))
 }
 
 /// A person's emails (`emails: [{value, primary}]`, or v1's `email` array).
@@ -260,12 +250,7 @@ impl CrmConnector for Pipedrive {
             .json(Method::GET, "/api/v2/deals", &query, None)
             .await?;
         let all = self.map_all(data(&answer)?).await?;
-        let skip: HashSet<(String, i64)> = cursor.seen.iter().cloned().collect();
-        let deals: Vec<NeutralDeal> = all
-            .iter()
-            .filter(|d| !skip.contains(&(d.external_id.clone(), d.updated_at.timestamp_millis())))
-            .cloned()
-            .collect();
+        let deals = unseen(&all, &cursor.seen);
         let newest = all.iter().map(|d| d.updated_at).chain(cursor.newest).max();
         let next = lenient::text(
             answer
@@ -283,18 +268,7 @@ impl CrmConnector for Pipedrive {
             ),
             None => {
                 let since = newest.or(cursor.since).map(|n| n - self.overlap);
-                let mut seen: Vec<(String, i64)> = cursor
-                    .seen
-                    .into_iter()
-                    .chain(
-                        all.iter()
-                            .map(|d| (d.external_id.clone(), d.updated_at.timestamp_millis())),
-                    )
-                    .filter(|(_, ms)| since.is_none_or(|s| *ms >= s.timestamp_millis()))
-                    .collect();
-                seen.sort();
-                seen.dedup();
-                seen.truncate(5_000);
+                let seen = seen_since(cursor.seen, &all, since);
                 (
                     Cursor {
                         since,

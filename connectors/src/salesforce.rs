@@ -4,8 +4,6 @@
 //! `+0000` offsets; the API version configurable. The account's website gives the company
 //! domain, the opportunity's contact roles the emails, `Tandem_Referral_Code__c` the code.
 
-use std::collections::HashSet;
-
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use reqwest::Method;
@@ -13,11 +11,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::{
-    CrmConnector, DealPage, ReferralPush,
+    CrmConnector, DealPage, ReferralPush, Seen,
     deal::{DealStatus, NeutralDeal},
     error::{ConnectorError, Result},
     http::CrmHttp,
-    lenient,
+    lenient, seen_since, unseen,
 };
 
 /// The custom field carrying Tandem's referral code (DESIGN §7).
@@ -31,7 +29,7 @@ pub struct Cursor {
     /// The `nextRecordsUrl` of the current query.
     pub next: Option<String>,
     /// Rows applied at or after `since` (id, modstamp in ms).
-    pub seen: Vec<(String, i64)>,
+    pub seen: Vec<Seen>,
     /// The newest modstamp seen in this pass.
     pub newest: Option<DateTime<Utc>>,
 }
@@ -102,16 +100,7 @@ pub fn map_opportunity(row: &Value, default_currency: &str) -> Result<NeutralDea
     let website = row
         .get("Account")
         .and_then(|a| lenient::text(a.get("Website")));
-    let domain = website.map(|w| {
-        w.trim()
-            .trim_start_matches("https://")
-            .trim_start_matches("http://")
-            .trim_start_matches("www.")
-            .split('/')
-            .next()
-            .unwrap_or_default()
-            .to_ascii_lowercase()
-    });
+    let domain = website.and_then(|w| lenient::domain_of(&w));
     let mut emails: Vec<String> = row
         .get("OpportunityContactRoles")
         .and_then(|r| r.get("records"))
@@ -138,7 +127,7 @@ pub fn map_opportunity(row: &Value, default_currency: &str) -> Result<NeutralDea
         },
         created_at: lenient::time(row.get("CreatedDate")).unwrap_or(updated_at),
         updated_at,
-        company_domain: domain.filter(|d| !d.is_empty()),
+        company_domain: domain,
         contact_emails: emails,
         referral_code: lenient::text(row.get(REFERRAL_CODE_FIELD)),
         deleted: lenient::boolean(row.get("IsDeleted")).unwrap_or(false),
@@ -176,12 +165,7 @@ impl CrmConnector for Salesforce {
             .iter()
             .map(|r| map_opportunity(r, &self.default_currency))
             .collect::<Result<_>>()?;
-        let skip: HashSet<(String, i64)> = cursor.seen.iter().cloned().collect();
-        let deals: Vec<NeutralDeal> = all
-            .iter()
-            .filter(|d| !skip.contains(&(d.external_id.clone(), d.updated_at.timestamp_millis())))
-            .cloned()
-            .collect();
+        let deals = unseen(&all, &cursor.seen);
         let newest = all.iter().map(|d| d.updated_at).chain(cursor.newest).max();
         let done = lenient::boolean(answer.get("done")).unwrap_or(true);
         let next = lenient::text(answer.get("nextRecordsUrl")).filter(|_| !done);
@@ -196,18 +180,7 @@ impl CrmConnector for Salesforce {
             ),
             None => {
                 let since = newest.or(cursor.since).map(|n| n - self.overlap);
-                let mut seen: Vec<(String, i64)> = cursor
-                    .seen
-                    .into_iter()
-                    .chain(
-                        all.iter()
-                            .map(|d| (d.external_id.clone(), d.updated_at.timestamp_millis())),
-                    )
-                    .filter(|(_, ms)| since.is_none_or(|s| *ms >= s.timestamp_millis()))
-                    .collect();
-                seen.sort();
-                seen.dedup();
-                seen.truncate(5_000);
+                let seen = seen_since(cursor.seen, &all, since);
                 (
                     Cursor {
                         since,

@@ -2,11 +2,14 @@
 //! shapes (`../shared/fixtures/crm/`): the requests it sends (paths, query, headers, bodies),
 //! paging, rate limits, 5xx, and OAuth refresh with a rotated refresh token.
 
+mod common;
+
 use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
 
+use common::{fixture, quick};
 use serde_json::{Value, json};
 use tandem_connectors::{
     ConnectorError, CrmConnector, DealStatus,
@@ -17,23 +20,6 @@ use wiremock::{
     Mock, MockServer, Request, ResponseTemplate,
     matchers::{body_partial_json, header, method, path, query_param},
 };
-
-fn fixture(name: &str) -> Value {
-    let path = format!(
-        "{}/../../shared/fixtures/crm/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
-}
-
-fn quick() -> RetryPolicy {
-    RetryPolicy {
-        timeout: Duration::from_secs(2),
-        budget: Duration::from_secs(5),
-        base_delay: Duration::from_millis(20),
-        max_delay: Duration::from_millis(200),
-    }
-}
 
 fn client(server: &MockServer, credentials: Credentials) -> HubSpot {
     let http = CrmHttp::new(Vendor::HubSpot, &server.uri(), credentials, quick()).unwrap();

@@ -3,35 +3,19 @@
 //! person batch reads, the API-token header, OAuth with Basic client credentials and the returned
 //! `api_domain`, rate limits and the daily budget, referral push.
 
-use std::time::Duration;
+mod common;
 
-use serde_json::{Value, json};
+use common::{fixture, quick};
+use serde_json::json;
 use tandem_connectors::{
     ConnectorError, CrmConnector, DealStatus, ReferralPush,
-    http::{Credentials, CrmHttp, OAuthClient, RetryPolicy, Vendor},
+    http::{Credentials, CrmHttp, OAuthClient, Vendor},
     pipedrive::{Cursor, Pipedrive},
 };
 use wiremock::{
     Mock, MockServer, ResponseTemplate,
     matchers::{body_partial_json, header, method, path, query_param, query_param_is_missing},
 };
-
-fn fixture(name: &str) -> Value {
-    let path = format!(
-        "{}/../../shared/fixtures/crm/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
-}
-
-fn quick() -> RetryPolicy {
-    RetryPolicy {
-        timeout: Duration::from_secs(2),
-        budget: Duration::from_secs(5),
-        base_delay: Duration::from_millis(20),
-        max_delay: Duration::from_millis(200),
-    }
-}
 
 async fn mount_people(server: &MockServer) {
     Mock::given(method("GET"))

@@ -3,35 +3,19 @@
 //! configured API version, OAuth refresh with `instance_url`, `INVALID_SESSION_ID` (401) refresh,
 //! `REQUEST_LIMIT_EXCEEDED`, Lead push.
 
-use std::time::Duration;
+mod common;
 
-use serde_json::{Value, json};
+use common::{fixture, quick};
+use serde_json::json;
 use tandem_connectors::{
     ConnectorError, CrmConnector, DealStatus, ReferralPush,
-    http::{Credentials, CrmHttp, OAuthClient, RetryPolicy, Vendor},
+    http::{Credentials, CrmHttp, OAuthClient, Vendor},
     salesforce::{Cursor, Salesforce},
 };
 use wiremock::{
     Mock, MockServer, ResponseTemplate,
     matchers::{body_partial_json, body_string_contains, header, method, path, query_param},
 };
-
-fn fixture(name: &str) -> Value {
-    let path = format!(
-        "{}/../../shared/fixtures/crm/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
-}
-
-fn quick() -> RetryPolicy {
-    RetryPolicy {
-        timeout: Duration::from_secs(2),
-        budget: Duration::from_secs(5),
-        base_delay: Duration::from_millis(20),
-        max_delay: Duration::from_millis(200),
-    }
-}
 
 #[tokio::test]
 async fn soql_pages_with_next_records_url_after_an_oauth_refresh() {
