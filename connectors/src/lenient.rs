@@ -81,6 +81,21 @@ pub fn parse_time(raw: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.and_utc())
 }
 
+/// The host of a website or URL as a bare lower-case domain (`https://www.Acme.example/x` →
+/// `acme.example`); `None` when nothing is left.
+pub fn domain_of(website: &str) -> Option<String> {
+    let host = website
+        .trim()
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .trim_start_matches("www.")
+        .split(['/', '?', '#'])
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    (!host.is_empty()).then_some(host)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,19 +132,4 @@ mod tests {
         assert_eq!(decimal(Some(&json!(null))), None);
         assert_eq!(boolean(Some(&json!("true"))), Some(true));
     }
-}
-
-/// The host of a website or URL as a bare lower-case domain (`https://www.Acme.example/x` →
-/// `acme.example`); `None` when nothing is left.
-pub fn domain_of(website: &str) -> Option<String> {
-    let host = website
-        .trim()
-        .trim_start_matches("https://")
-        .trim_start_matches("http://")
-        .trim_start_matches("www.")
-        .split(['/', '?', '#'])
-        .next()
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    (!host.is_empty()).then_some(host)
 }
