@@ -1,5 +1,5 @@
 //! The HubSpot connector against a wiremock server that answers with the vendor's documented
-//! shapes (`../shared/fixtures/crm/`): the requests it sends (paths, query, headers, bodies),
+//! shapes (`tests/fixtures/crm/`, a copy of `shared/fixtures/crm/`): the requests it sends (paths, query, headers, bodies),
 //! paging, rate limits, 5xx, and OAuth refresh with a rotated refresh token.
 
 mod common;

@@ -1,5 +1,5 @@
 //! The Pipedrive connector against a wiremock server with the API v2 shapes of
-//! `../shared/fixtures/crm/`: sorted, cursor-paged listing with `updated_since`, organization and
+//! `tests/fixtures/crm/`, a copy of `shared/fixtures/crm/`: sorted, cursor-paged listing with `updated_since`, organization and
 //! person batch reads, the API-token header, OAuth with Basic client credentials and the returned
 //! `api_domain`, rate limits and the daily budget, referral push.
 

@@ -1,5 +1,5 @@
 //! The Salesforce connector against a wiremock server with the REST shapes of
-//! `../shared/fixtures/crm/`: `queryAll` SOQL by `SystemModstamp`, `nextRecordsUrl` paging, the
+//! `tests/fixtures/crm/`, a copy of `shared/fixtures/crm/`: `queryAll` SOQL by `SystemModstamp`, `nextRecordsUrl` paging, the
 //! configured API version, OAuth refresh with `instance_url`, `INVALID_SESSION_ID` (401) refresh,
 //! `REQUEST_LIMIT_EXCEEDED`, Lead push.
 

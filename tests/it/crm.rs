@@ -793,7 +793,7 @@ async fn accepted_referrals_are_pushed_once(app: TestApp) {
 
 fn crm_fixture(name: &str) -> Value {
     let path = format!(
-        "{}/../shared/fixtures/crm/{name}",
+        "{}/connectors/tests/fixtures/crm/{name}",
         env!("CARGO_MANIFEST_DIR")
     );
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()

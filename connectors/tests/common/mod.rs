@@ -1,4 +1,4 @@
-//! Shared by the connector tests: the fixtures of `../shared/fixtures/crm/` and a retry policy
+//! Shared by the connector tests: the fixtures of `tests/fixtures/crm/`, a copy of `shared/fixtures/crm/` and a retry policy
 //! that keeps failing tests short.
 
 use std::time::Duration;
@@ -8,10 +8,7 @@ use tandem_connectors::http::RetryPolicy;
 
 /// A fixture file, parsed.
 pub fn fixture(name: &str) -> Value {
-    let path = format!(
-        "{}/../../shared/fixtures/crm/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let path = format!("{}/tests/fixtures/crm/{name}", env!("CARGO_MANIFEST_DIR"));
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
 }
 
