@@ -22,7 +22,7 @@ use crate::{
     error::ApiError,
     graphql::{build_schema, outbound::OutboundContext},
     http::{AppState, metrics::Metrics, routes},
-    jobs::{Jobs, start_scheduler},
+    jobs::{Jobs, SyncTrigger, start_scheduler},
     outbound::{DeliveryWorker, EventFeed, Fanout, OutboundSettings},
 };
 
@@ -127,6 +127,7 @@ impl App {
         } else {
             None
         };
+        let sync_trigger = SyncTrigger::start(jobs.clone());
         let state = AppState {
             schema: build_schema(
                 db.clone(),
@@ -141,6 +142,7 @@ impl App {
             webhooks,
             inbox,
             public_base,
+            sync_trigger,
         };
         Ok(App {
             state,

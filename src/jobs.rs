@@ -529,3 +529,63 @@ pub async fn run_due_syncs(jobs: &Jobs) {
         });
     }
 }
+
+/// Asks for a connection's `crm-sync` soon, outside its schedule: HubSpot webhook receipts that
+/// wait for their deal to be fetched trigger it. Requests for one connection are coalesced: at
+/// most one run per connection at a time in this process, plus one more when requests arrived
+/// during it.
+#[derive(Clone)]
+pub struct SyncTrigger {
+    sender: tokio::sync::mpsc::UnboundedSender<String>,
+}
+
+impl SyncTrigger {
+    /// Starts the trigger's task on `jobs`.
+    pub fn start(jobs: Jobs) -> SyncTrigger {
+        let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel::<String>();
+        tokio::spawn(async move {
+            let state: Arc<std::sync::Mutex<std::collections::HashMap<String, bool>>> =
+                Arc::default();
+            while let Some(connection) = receiver.recv().await {
+                {
+                    let mut running = state.lock().expect("trigger state");
+                    if let Some(again) = running.get_mut(&connection) {
+                        *again = true;
+                        continue;
+                    }
+                    running.insert(connection.clone(), false);
+                }
+                let (jobs, state) = (jobs.clone(), state.clone());
+                tokio::spawn(async move {
+                    loop {
+                        // Let a burst of webhooks gather into one run.
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        let run = jobs
+                            .run_now(
+                                JobName::CrmSync(connection.clone()),
+                                false,
+                                Duration::from_secs(60),
+                            )
+                            .await;
+                        if let Err(e) = run {
+                            tracing::warn!(connection = %connection, error = ?e, "triggered crm-sync could not run");
+                        }
+                        let mut running = state.lock().expect("trigger state");
+                        if running.get(&connection) == Some(&true) {
+                            running.insert(connection.clone(), false);
+                            continue;
+                        }
+                        running.remove(&connection);
+                        break;
+                    }
+                });
+            }
+        });
+        SyncTrigger { sender }
+    }
+
+    /// Requests a sync of `connection_id`.
+    pub fn request(&self, connection_id: &str) {
+        let _ = self.sender.send(connection_id.to_string());
+    }
+}

@@ -35,6 +35,8 @@ pub struct AppState {
     pub inbox: Inbox,
     /// The base URL senders reach this hub at (signed HubSpot URLs are rebuilt from it).
     pub public_base: String,
+    /// Starts a CRM sync when HubSpot receipts wait for their deal.
+    pub sync_trigger: crate::jobs::SyncTrigger,
 }
 
 /// `GET /healthz`: the process is up.

@@ -116,6 +116,14 @@ pub async fn receive_webhook(
             .metrics
             .observe_webhook(source.kind.as_str(), receipt.status.as_str());
     }
+    // HubSpot receipts that wait for their deal: the source's connection fetches it now.
+    if let Some(connection) = &source.model.connection_id
+        && stored
+            .iter()
+            .any(|r| r.status == ReceiptStatus::Received && r.reason.is_some())
+    {
+        state.sync_trigger.request(connection);
+    }
     let listed: Vec<_> = stored
         .iter()
         .map(|r| json!({"id": r.id, "status": r.status.as_str(), "reason": r.reason}))

@@ -553,17 +553,36 @@ async fn parked_hubspot_receipts_are_fetched_and_applied(app: TestApp) {
     assert_eq!(resp.status(), 200);
     crate::webhooks::drain(&app).await;
     let receipts = "{ webhookReceipts(first: 5) { edges { node { status reason deal { externalId status partner { name } } } } } }";
-    let r = &nodes(&app.admin_ok(receipts, json!({})).await["webhookReceipts"])[0];
-    assert_eq!(r["status"], "RECEIVED");
-    assert!(r["reason"].as_str().unwrap().contains("fetched"));
-    let run = sync(&app, &connection).await;
-    assert_eq!(run["status"], "SUCCEEDED", "{run}");
-    assert_eq!(run["receiptsApplied"], 1, "{run}");
-    let r = &nodes(&app.admin_ok(receipts, json!({})).await["webhookReceipts"])[0];
+    // The receipt waits for its deal, and the webhook starts the connection's sync at once.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let r = loop {
+        let r = nodes(&app.admin_ok(receipts, json!({})).await["webhookReceipts"])[0].clone();
+        if r["status"] != "RECEIVED" {
+            break r;
+        }
+        assert!(r["reason"].as_str().unwrap().contains("fetched"), "{r}");
+        assert!(std::time::Instant::now() < deadline, "still waiting: {r}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(r["status"], "APPLIED", "{r}");
     assert_eq!(r["deal"]["externalId"], "77");
     assert_eq!(r["deal"]["status"], "WON");
     assert_eq!(r["deal"]["partner"]["name"], "Alice");
+    let runs = app
+        .admin_ok(
+            "{ syncRuns(first: 5) { edges { node { status receiptsApplied } } } }",
+            json!({}),
+        )
+        .await;
+    let applied: i64 = nodes(&runs["syncRuns"])
+        .iter()
+        .map(|r| r["receiptsApplied"].as_i64().unwrap())
+        .sum();
+    assert_eq!(applied, 1, "{runs}");
+    // A later sync finds nothing left to fetch.
+    let run = sync(&app, &connection).await;
+    assert_eq!(run["status"], "SUCCEEDED", "{run}");
+    assert_eq!(run["receiptsApplied"], 0, "{run}");
     // The deal was fetched by id, and the sync's own search sees the same deal: one mirror row.
     let fetched = server
         .received_requests()
