@@ -416,6 +416,26 @@ pub struct SubscriptionRoot;
 /// Events read per catch-up query.
 const CATCH_UP_PAGE: u64 = 100;
 
+/// How often an open subscription checks that its key is still valid.
+const REVOCATION_CHECK: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether the key `key_id` still exists and is not revoked (a database error counts as
+/// active: the stream is not cut for a transient failure).
+async fn key_is_active(db: &Db, key_id: &str) -> bool {
+    use crate::db::entities::api_key;
+    match api_key::Entity::find_by_id(key_id.to_string())
+        .one(&db.conn)
+        .await
+    {
+        Ok(Some(key)) => key.revoked_at.is_none(),
+        Ok(None) => false,
+        Err(err) => {
+            tracing::warn!(error = %err, "checking a subscription's key failed");
+            true
+        }
+    }
+}
+
 /// The subscription root.
 #[Subscription]
 impl SubscriptionRoot {
@@ -445,6 +465,8 @@ impl SubscriptionRoot {
         let mut live = feed.subscribe();
         let mut position = start.unwrap_or_else(|| feed.head());
         let mut catch_up = start.is_some();
+        let mut revocation_check = tokio::time::interval(REVOCATION_CHECK);
+        revocation_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Ok(async_stream::stream! {
             loop {
                 if catch_up {
@@ -467,7 +489,17 @@ impl SubscriptionRoot {
                     }
                     catch_up = false;
                 }
-                match live.recv().await {
+                let received = tokio::select! {
+                    received = live.recv() => received,
+                    _ = revocation_check.tick() => {
+                        // A key revoked after the subscription started ends it.
+                        if !key_is_active(&db, principal.key_id()).await {
+                            return;
+                        }
+                        continue;
+                    }
+                };
+                match received {
                     Ok(batch) => {
                         for event in batch.iter() {
                             let at = EventPosition::of(event);

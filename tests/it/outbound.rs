@@ -976,7 +976,17 @@ async fn subscriptions_stream_and_resume(app: TestApp) {
     let program = app.create_program("Live").await;
     let alice = app.create_partner(&program, "Alice").await;
     let bob = app.create_partner(&program, "Bob").await;
-    let alice_key = app.partner_key(&alice).await;
+    let created = app
+        .admin_ok(
+            "mutation($input: CreateApiKeyInput!) { createApiKey(input: $input) { token apiKey { id } } }",
+            json!({"input": {"name": "alice", "role": "PARTNER", "partnerId": alice}}),
+        )
+        .await;
+    let alice_key = created["createApiKey"]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let alice_key_id = created["createApiKey"]["apiKey"]["id"].clone();
     let bob_key = app.partner_key(&bob).await;
 
     // A bad key never gets an ack.
@@ -1081,6 +1091,27 @@ async fn subscriptions_stream_and_resume(app: TestApp) {
     .await;
     let c = ws_next(&mut admin).await.unwrap();
     assert_eq!(c["payload"]["data"]["events"]["data"]["companyName"], "B3");
+
+    // Revoking the partner's key ends its open subscription (checked every 10 s).
+    app.ok(
+        &alice_key,
+        "mutation($id: ID!) { revokeApiKey(input: {id: $id}) { apiKey { id } } }",
+        json!({"id": alice_key_id}),
+    )
+    .await;
+    // (Alice's own later referrals may still arrive first.)
+    loop {
+        match ws_next(&mut partner).await {
+            None => break,
+            Some(m) if m["type"] == "complete" => break,
+            Some(m) => {
+                assert_eq!(
+                    m["payload"]["data"]["events"]["data"]["partnerId"], alice,
+                    "{m}"
+                );
+            }
+        }
+    }
 
     // An unknown type is an error on the operation.
     ws_send(
