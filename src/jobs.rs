@@ -43,6 +43,8 @@ pub enum JobName {
     ReleaseHolds,
     /// Syncs the deals of one CRM connection.
     CrmSync(String),
+    /// Syncs every CRM connection, one after the other (`runJob(input: {name: "crm-sync"})`).
+    CrmSyncAll,
 }
 
 impl JobName {
@@ -51,7 +53,7 @@ impl JobName {
         match self {
             JobName::Reconcile => "reconcile",
             JobName::ReleaseHolds => "release-holds",
-            JobName::CrmSync(_) => "crm-sync",
+            JobName::CrmSync(_) | JobName::CrmSyncAll => "crm-sync",
         }
     }
 
@@ -59,6 +61,7 @@ impl JobName {
     pub fn lease_key(&self) -> String {
         match self {
             JobName::CrmSync(connection) => format!("crm-sync:{connection}"),
+            JobName::CrmSyncAll => "crm-sync:all".to_string(),
             other => other.as_str().to_string(),
         }
     }
@@ -70,13 +73,10 @@ impl FromStr for JobName {
         match s {
             "reconcile" => Ok(JobName::Reconcile),
             "release-holds" => Ok(JobName::ReleaseHolds),
-            "crm-sync" => Err(ApiError::bad_input(
-                "input.name",
-                "crm-sync runs per CRM connection: use syncCrmConnection(input: {id})",
-            )),
+            "crm-sync" => Ok(JobName::CrmSyncAll),
             _ => Err(ApiError::bad_input(
                 "input.name",
-                "unknown job: expected reconcile or release-holds",
+                "unknown job: expected reconcile, release-holds or crm-sync",
             )),
         }
     }
@@ -421,6 +421,42 @@ impl Jobs {
                     .await
                     .map_err(|e| e.to_string())?;
                 Ok((json!({ "released": released }), None))
+            }
+            JobName::CrmSyncAll => {
+                let connections = crate::domain::crm::connection_schedules(&self.db)
+                    .await
+                    .map_err(|e| e.message())?;
+                let mut runs = Vec::new();
+                let mut failed = Vec::new();
+                for (connection_id, _) in connections {
+                    // Each connection's run is its own job run, under its own lease.
+                    let run = Box::pin(self.run_now(
+                        JobName::CrmSync(connection_id.clone()),
+                        false,
+                        Duration::from_secs(60),
+                    ))
+                    .await;
+                    match run {
+                        Ok(run) => {
+                            if run.status == JobRunStatus::Failed.as_str() {
+                                failed.push(format!(
+                                    "{connection_id}: {}",
+                                    run.error.clone().unwrap_or_default()
+                                ));
+                            }
+                            runs.push(json!({"connectionId": connection_id, "runId": run.id, "status": run.status}));
+                        }
+                        Err(e) => failed.push(format!("{connection_id}: {}", e.message())),
+                    }
+                }
+                if !failed.is_empty() {
+                    return Err(format!(
+                        "{} connection(s) failed: {}",
+                        failed.len(),
+                        failed.join("; ")
+                    ));
+                }
+                Ok((json!({ "connections": runs.len(), "runs": runs }), None))
             }
             JobName::CrmSync(connection_id) => {
                 let syncer = self

@@ -916,7 +916,7 @@ async fn bad_input_is_rejected_and_writes_nothing(app: TestApp) {
     assert_eq!(app.count_rows("exchange_rates").await, 0);
 
     let run = "mutation($input: RunJobInput!) { runJob(input: $input) { jobRun { id } } }";
-    for name in ["nope", "crm-sync"] {
+    for name in ["nope", "crm_sync"] {
         let resp = app
             .gql(&app.admin, run, json!({"input": {"name": name}}))
             .await;

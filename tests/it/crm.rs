@@ -331,6 +331,17 @@ async fn hubspot_backfill_then_incremental(app: TestApp) {
     assert_eq!(data["syncRuns"]["totalCount"], 3);
     // Newest first.
     assert_eq!(nodes(&data["syncRuns"])[0]["dealsChanged"], 1);
+    // runJob(crm-sync) syncs every connection, each as its own run.
+    let data = app
+        .admin_ok(
+            "mutation { runJob(input: {name: \"crm-sync\"}) { jobRun { name status stats error } } }",
+            json!({}),
+        )
+        .await;
+    let job = &data["runJob"]["jobRun"];
+    assert_eq!(job["status"], "SUCCEEDED", "{job}");
+    assert_eq!(job["stats"]["connections"], 1, "{job}");
+    assert_eq!(job["stats"]["runs"][0]["status"], "SUCCEEDED", "{job}");
     // The connection's credentials are stored sealed.
     assert_eq!(
         crate::helpers::count(
