@@ -121,6 +121,8 @@ pub struct CrmHttp {
     api_token_header: bool,
     auth: Mutex<AuthState>,
     on_refresh: Option<OnRefresh>,
+    /// No request before this instant: the CRM said its window's budget is spent.
+    not_before: std::sync::Mutex<Option<Instant>>,
 }
 
 /// What one attempt came to.
@@ -161,6 +163,7 @@ impl CrmHttp {
                 api_base: None,
             }),
             on_refresh: None,
+            not_before: std::sync::Mutex::new(None),
         })
     }
 
@@ -213,6 +216,15 @@ impl CrmHttp {
             if let Some(body) = body {
                 request = request.json(body);
             }
+            let wait = self
+                .not_before
+                .lock()
+                .expect("pacing state")
+                .take()
+                .map(|at| at.saturating_duration_since(Instant::now()));
+            if let Some(wait) = wait.filter(|w| !w.is_zero()) {
+                tokio::time::sleep(wait).await;
+            }
             let attempt = match request.send().await {
                 Err(err) => Attempt::Retry {
                     wait: None,
@@ -242,6 +254,26 @@ impl CrmHttp {
                     tokio::time::sleep(wait).await;
                 }
             }
+        }
+    }
+
+    /// Reads the vendor's remaining-budget headers: when the current window is spent, the next
+    /// request waits for it to end instead of drawing a 429.
+    fn pace(&self, headers: &HeaderMap) {
+        let wait = match self.vendor {
+            Vendor::HubSpot => (header_u64(headers, "x-hubspot-ratelimit-remaining") == Some(0))
+                .then(|| header_u64(headers, "x-hubspot-ratelimit-interval-milliseconds"))
+                .flatten()
+                .map(Duration::from_millis),
+            Vendor::Pipedrive => (header_u64(headers, "x-ratelimit-remaining") == Some(0))
+                .then(|| header_u64(headers, "x-ratelimit-reset"))
+                .flatten()
+                .map(Duration::from_secs),
+            Vendor::Salesforce => None,
+        };
+        if let Some(wait) = wait {
+            *self.not_before.lock().expect("pacing state") =
+                Some(Instant::now() + wait.min(Duration::from_secs(60)));
         }
     }
 
@@ -275,6 +307,7 @@ impl CrmHttp {
     async fn classify(&self, response: reqwest::Response) -> Result<Attempt> {
         let status = response.status();
         let headers = response.headers().clone();
+        self.pace(&headers);
         let text = response.text().await.unwrap_or_default();
         if status.is_success() {
             if text.trim().is_empty() {

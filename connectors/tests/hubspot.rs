@@ -375,3 +375,32 @@ async fn single_deals_are_fetched_by_id() {
     assert!(hubspot.fetch_deal("999").await.unwrap().is_none());
     assert!(hubspot.fetch_deal("../admin").await.is_err());
 }
+
+#[tokio::test]
+async fn a_spent_window_delays_the_next_request_instead_of_drawing_a_429() {
+    let server = MockServer::start().await;
+    mount_associations(&server).await;
+    let mut list = fixture("hubspot_list_response.json");
+    list["paging"] = Value::Null;
+    Mock::given(method("GET"))
+        .and(path("/crm/v3/objects/deals"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("x-hubspot-ratelimit-remaining", "0")
+                .insert_header("x-hubspot-ratelimit-interval-milliseconds", "400")
+                .insert_header("x-hubspot-ratelimit-max", "100")
+                .set_body_json(list),
+        )
+        .mount(&server)
+        .await;
+    let hubspot = client(&server, Credentials::AccessToken("t".into()));
+    let started = std::time::Instant::now();
+    let page = hubspot.sync_page(None).await.unwrap();
+    assert_eq!(page.deals.len(), 1);
+    // The association reads after the list waited for the 400 ms window to pass.
+    assert!(
+        started.elapsed() >= Duration::from_millis(350),
+        "{:?}",
+        started.elapsed()
+    );
+}
