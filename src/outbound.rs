@@ -898,17 +898,10 @@ pub fn envelope(event: &event::Model) -> Vec<u8> {
     .expect("JSON values serialise")
 }
 
-/// `Retry-After` as seconds or an HTTP date (capped at one day).
+/// `Retry-After` as seconds or an HTTP date, capped at one day.
 fn parse_retry_after(value: &str) -> Option<Duration> {
-    let value = value.trim();
-    let wait = if let Ok(secs) = value.parse::<u64>() {
-        Duration::from_secs(secs)
-    } else {
-        let at = httpdate::parse_http_date(value).ok()?;
-        at.duration_since(std::time::SystemTime::now())
-            .unwrap_or(Duration::ZERO)
-    };
-    Some(wait.min(Duration::from_secs(86_400)))
+    tandem_connectors::http::parse_retry_after(value)
+        .map(|wait| wait.min(Duration::from_secs(86_400)))
 }
 
 /// The delay before retry number `attempt` (1-based: after the first failed attempt), with

@@ -9,6 +9,9 @@ pub enum ConnectorError {
     /// The CRM rejected the credentials.
     #[error("CRM rejected the credentials: {0}")]
     Unauthorized(String),
+    /// The CRM has no such object (404).
+    #[error("CRM object not found: {0}")]
+    NotFound(String),
     /// Any other CRM-side failure.
     #[error("CRM request failed: {0}")]
     Remote(String),

@@ -367,6 +367,7 @@ impl CrmHttp {
                 why: message,
             }),
             (_, StatusCode::FORBIDDEN) => Err(ConnectorError::Unauthorized(message)),
+            (_, StatusCode::NOT_FOUND) => Err(ConnectorError::NotFound(message)),
             _ => Err(ConnectorError::Remote(message)),
         }
     }
@@ -478,15 +479,16 @@ fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
     headers.get(name)?.to_str().ok()?.trim().parse().ok()
 }
 
-/// `Retry-After` in seconds or as an HTTP date.
+/// `Retry-After` of a response.
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
-    if let Ok(secs) = value.parse::<f64>() {
-        return Some(Duration::from_secs_f64(secs.max(0.0)));
+    parse_retry_after(headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?)
+}
+
+/// A `Retry-After` value: whole seconds or an HTTP date (a past date is no wait).
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
     }
     let at = httpdate::parse_http_date(value).ok()?;
     Some(
@@ -510,4 +512,22 @@ fn vendor_window(vendor: Vendor, headers: &HeaderMap) -> Option<Duration> {
 /// A timestamp as HubSpot filters expect it (epoch milliseconds as a string).
 pub fn epoch_ms(t: DateTime<Utc>) -> String {
     t.timestamp_millis().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_whole_seconds_or_a_date() {
+        assert_eq!(parse_retry_after(" 3 "), Some(Duration::from_secs(3)));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        // Not delay-seconds: ignored (the backoff applies), never a panic on huge values.
+        for odd in ["1.5", "1e400", "-4", "soon"] {
+            assert_eq!(parse_retry_after(odd), None, "{odd}");
+        }
+    }
 }

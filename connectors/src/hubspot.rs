@@ -567,12 +567,7 @@ impl CrmConnector for HubSpot {
             .await
         {
             Ok(answer) => answer,
-            Err(ConnectorError::Remote(message))
-                if message.contains("404")
-                    || message.to_ascii_lowercase().contains("not found") =>
-            {
-                return Ok(None);
-            }
+            Err(ConnectorError::NotFound(_)) => return Ok(None),
             Err(other) => return Err(other),
         };
         Ok(self.map_all(std::slice::from_ref(&answer)).await?.pop())

@@ -90,6 +90,75 @@ fn seen_of(deal: &NeutralDeal) -> Seen {
     (deal.external_id.clone(), deal.updated_at.timestamp_millis())
 }
 
+/// Where a sync that pages by modification time stands (Salesforce, Pipedrive): one pass reads
+/// every change since `since`, page by page; the next pass starts an overlap window before the
+/// newest change seen, skipping what it already applied.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TimeCursor {
+    /// Lower bound (inclusive) of the CRM's modification time (`None`: everything, a backfill).
+    pub since: Option<DateTime<Utc>>,
+    /// The CRM's handle of the next page in this pass (Pipedrive `next_cursor`, Salesforce
+    /// `nextRecordsUrl`).
+    #[serde(alias = "next")]
+    pub page: Option<String>,
+    /// Changes applied at or after `since`: skipped when seen again.
+    pub seen: Vec<Seen>,
+    /// The newest change seen in this pass.
+    pub newest: Option<DateTime<Utc>>,
+}
+
+impl TimeCursor {
+    /// A stored cursor (`None`: the start of a backfill).
+    pub fn load(stored: Option<&str>, crm: &str) -> Result<TimeCursor> {
+        match stored {
+            None => Ok(TimeCursor::default()),
+            Some(text) => serde_json::from_str(text)
+                .map_err(|e| ConnectorError::Malformed(format!("stored {crm} cursor: {e}"))),
+        }
+    }
+
+    /// The page made of `all` (the deals the CRM returned; those already applied are left
+    /// out) and the cursor after it: on to `next`, or, when the pass is over, a new pass from
+    /// `overlap` before the newest change.
+    pub fn after(
+        self,
+        all: Vec<NeutralDeal>,
+        next: Option<String>,
+        overlap: chrono::Duration,
+    ) -> DealPage {
+        let deals = unseen(&all, &self.seen);
+        let newest = all.iter().map(|d| d.updated_at).chain(self.newest).max();
+        let (cursor, more) = match next {
+            Some(page) => (
+                TimeCursor {
+                    page: Some(page),
+                    newest,
+                    ..self
+                },
+                true,
+            ),
+            None => {
+                let since = newest.or(self.since).map(|n| n - overlap);
+                let seen = seen_since(self.seen, &all, since);
+                (
+                    TimeCursor {
+                        since,
+                        page: None,
+                        seen,
+                        newest: None,
+                    },
+                    false,
+                )
+            }
+        };
+        DealPage {
+            deals,
+            cursor: serde_json::to_string(&cursor).expect("cursors serialise"),
+            more,
+        }
+    }
+}
+
 /// A referral to create in a CRM.
 #[derive(Debug, Clone)]
 pub struct ReferralPush {

@@ -7,31 +7,20 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Duration, Utc};
+use chrono::Duration;
 use reqwest::Method;
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::{
-    CrmConnector, DealPage, ReferralPush, Seen,
+    CrmConnector, DealPage, ReferralPush,
     deal::{DealStatus, NeutralDeal},
     error::{ConnectorError, Result},
     http::CrmHttp,
-    lenient, seen_since, unseen,
+    lenient,
 };
 
-/// Where a Pipedrive sync stands.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Cursor {
-    /// `updated_since` of the current pass (`None`: everything, the backfill).
-    pub since: Option<DateTime<Utc>>,
-    /// Pipedrive's `next_cursor` within the pass.
-    pub page: Option<String>,
-    /// Deals applied at or after `since` (id, update time in ms): skipped when seen again.
-    pub seen: Vec<Seen>,
-    /// The newest update seen in this pass.
-    pub newest: Option<DateTime<Utc>>,
-}
+/// Where a Pipedrive sync stands (`page` is Pipedrive's `next_cursor`).
+pub type Cursor = crate::TimeCursor;
 
 /// A Pipedrive connection.
 pub struct Pipedrive {
@@ -221,16 +210,7 @@ pub fn map_deal(
 #[async_trait]
 impl CrmConnector for Pipedrive {
     async fn sync_page(&self, cursor: Option<&str>) -> Result<DealPage> {
-        let cursor: Cursor = match cursor {
-            None => Cursor {
-                since: None,
-                page: None,
-                seen: Vec::new(),
-                newest: None,
-            },
-            Some(text) => serde_json::from_str(text)
-                .map_err(|e| ConnectorError::Malformed(format!("stored Pipedrive cursor: {e}")))?,
-        };
+        let cursor = Cursor::load(cursor, "Pipedrive")?;
         let mut query = vec![
             ("sort_by", "update_time".to_string()),
             ("sort_direction", "asc".to_string()),
@@ -250,41 +230,12 @@ impl CrmConnector for Pipedrive {
             .json(Method::GET, "/api/v2/deals", &query, None)
             .await?;
         let all = self.map_all(data(&answer)?).await?;
-        let deals = unseen(&all, &cursor.seen);
-        let newest = all.iter().map(|d| d.updated_at).chain(cursor.newest).max();
         let next = lenient::text(
             answer
                 .get("additional_data")
                 .and_then(|a| a.get("next_cursor")),
         );
-        let (cursor, more) = match next {
-            Some(page) => (
-                Cursor {
-                    page: Some(page),
-                    newest,
-                    ..cursor
-                },
-                true,
-            ),
-            None => {
-                let since = newest.or(cursor.since).map(|n| n - self.overlap);
-                let seen = seen_since(cursor.seen, &all, since);
-                (
-                    Cursor {
-                        since,
-                        page: None,
-                        seen,
-                        newest: None,
-                    },
-                    false,
-                )
-            }
-        };
-        Ok(DealPage {
-            deals,
-            cursor: serde_json::to_string(&cursor).expect("cursors serialise"),
-            more,
-        })
+        Ok(cursor.after(all, next, self.overlap))
     }
 
     async fn fetch_deal(&self, external_id: &str) -> Result<Option<NeutralDeal>> {
@@ -310,11 +261,7 @@ impl CrmConnector for Pipedrive {
                 }
                 Ok(self.map_all(std::slice::from_ref(&deal)).await?.pop())
             }
-            Err(ConnectorError::Remote(m))
-                if m.contains("404") || m.to_lowercase().contains("not found") =>
-            {
-                Ok(None)
-            }
+            Err(ConnectorError::NotFound(_)) => Ok(None),
             Err(e) => Err(e),
         }
     }

@@ -7,32 +7,21 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use reqwest::Method;
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::{
-    CrmConnector, DealPage, ReferralPush, Seen,
+    CrmConnector, DealPage, ReferralPush,
     deal::{DealStatus, NeutralDeal},
     error::{ConnectorError, Result},
     http::CrmHttp,
-    lenient, seen_since, unseen,
+    lenient,
 };
 
 /// The custom field carrying Tandem's referral code (DESIGN §7).
 pub const REFERRAL_CODE_FIELD: &str = "Tandem_Referral_Code__c";
 
-/// Where a Salesforce sync stands.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Cursor {
-    /// Lower bound (inclusive) of `SystemModstamp` (`None`: everything).
-    pub since: Option<DateTime<Utc>>,
-    /// The `nextRecordsUrl` of the current query.
-    pub next: Option<String>,
-    /// Rows applied at or after `since` (id, modstamp in ms).
-    pub seen: Vec<Seen>,
-    /// The newest modstamp seen in this pass.
-    pub newest: Option<DateTime<Utc>>,
-}
+/// Where a Salesforce sync stands (`page` is the `nextRecordsUrl` of the current query).
+pub type Cursor = crate::TimeCursor;
 
 /// A Salesforce connection.
 pub struct Salesforce {
@@ -138,17 +127,8 @@ pub fn map_opportunity(row: &Value, default_currency: &str) -> Result<NeutralDea
 #[async_trait]
 impl CrmConnector for Salesforce {
     async fn sync_page(&self, cursor: Option<&str>) -> Result<DealPage> {
-        let cursor: Cursor = match cursor {
-            None => Cursor {
-                since: None,
-                next: None,
-                seen: Vec::new(),
-                newest: None,
-            },
-            Some(text) => serde_json::from_str(text)
-                .map_err(|e| ConnectorError::Malformed(format!("stored Salesforce cursor: {e}")))?,
-        };
-        let answer = match &cursor.next {
+        let cursor = Cursor::load(cursor, "Salesforce")?;
+        let answer = match &cursor.page {
             Some(next) => self.http.json(Method::GET, next, &[], None).await?,
             None => {
                 self.http
@@ -165,38 +145,9 @@ impl CrmConnector for Salesforce {
             .iter()
             .map(|r| map_opportunity(r, &self.default_currency))
             .collect::<Result<_>>()?;
-        let deals = unseen(&all, &cursor.seen);
-        let newest = all.iter().map(|d| d.updated_at).chain(cursor.newest).max();
         let done = lenient::boolean(answer.get("done")).unwrap_or(true);
         let next = lenient::text(answer.get("nextRecordsUrl")).filter(|_| !done);
-        let (cursor, more) = match next {
-            Some(next) => (
-                Cursor {
-                    next: Some(next),
-                    newest,
-                    ..cursor
-                },
-                true,
-            ),
-            None => {
-                let since = newest.or(cursor.since).map(|n| n - self.overlap);
-                let seen = seen_since(cursor.seen, &all, since);
-                (
-                    Cursor {
-                        since,
-                        next: None,
-                        seen,
-                        newest: None,
-                    },
-                    false,
-                )
-            }
-        };
-        Ok(DealPage {
-            deals,
-            cursor: serde_json::to_string(&cursor).expect("cursors serialise"),
-            more,
-        })
+        Ok(cursor.after(all, next, self.overlap))
     }
 
     async fn fetch_deal(&self, external_id: &str) -> Result<Option<NeutralDeal>> {
