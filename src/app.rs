@@ -20,7 +20,7 @@ use crate::{
         webhooks::Webhooks,
     },
     error::ApiError,
-    graphql::{build_schema, outbound::OutboundContext},
+    graphql::{build_schema, limits::LimitedSchema, outbound::OutboundContext},
     http::{AppState, metrics::Metrics, routes},
     jobs::{Jobs, SyncTrigger, start_scheduler},
     outbound::{DeliveryWorker, EventFeed, Fanout, OutboundSettings},
@@ -129,13 +129,13 @@ impl App {
         };
         let sync_trigger = SyncTrigger::start(jobs.clone());
         let state = AppState {
-            schema: build_schema(
+            schema: LimitedSchema(build_schema(
                 db.clone(),
                 webhooks.clone(),
                 jobs,
                 outbound,
                 public_base.clone(),
-            ),
+            )),
             db,
             metrics,
             config,

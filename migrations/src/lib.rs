@@ -10,6 +10,7 @@ mod m20261124_000002_commissions;
 mod m20261124_000003_event_visibility;
 mod m20261124_000004_outbound_webhooks;
 mod m20261124_000005_crm_connections;
+mod m20261124_000006_referral_counts;
 
 /// The ordered list of Tandem migrations.
 pub struct Migrator;
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000003_event_visibility::Migration),
             Box::new(m20261124_000004_outbound_webhooks::Migration),
             Box::new(m20261124_000005_crm_connections::Migration),
+            Box::new(m20261124_000006_referral_counts::Migration),
         ]
     }
 }

@@ -2,6 +2,7 @@
 //! serialising writers on SQLite.
 
 pub mod entities;
+pub mod native;
 pub mod pages;
 
 use std::{
@@ -14,8 +15,9 @@ use std::{
 };
 
 use sea_orm::{
-    ConnectionTrait, DatabaseBackend, DatabaseConnection, DatabaseTransaction, DbErr,
-    SqlxPostgresConnector, SqlxSqliteConnector, Statement, TransactionTrait, Value,
+    ConnectionTrait, DatabaseBackend, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
+    FromQueryResult, QuerySelect, QueryTrait, Select, SqlxPostgresConnector, SqlxSqliteConnector,
+    Statement, TransactionTrait, Value,
     sqlx::{
         postgres::PgPoolOptions,
         sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
@@ -23,6 +25,8 @@ use sea_orm::{
 };
 use tandem_migrations::MigratorTrait;
 use tokio::sync::{Mutex, OwnedMutexGuard};
+
+use native::{NativeReader, NativeRow};
 
 /// A shared handle on the database.
 #[derive(Clone)]
@@ -35,6 +39,8 @@ pub struct Db {
     statements: Arc<AtomicU64>,
     /// Signalled after every write transaction commits: wakes this process's event feed.
     committed: Arc<tokio::sync::Notify>,
+    /// The native read path for hot queries (SQLite files only).
+    native: Option<Arc<NativeReader>>,
 }
 
 /// A write transaction; on SQLite it also holds the writer lock until dropped.
@@ -66,6 +72,7 @@ impl Db {
     /// and put in WAL mode.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Db, DbErr> {
         let statements = Arc::new(AtomicU64::new(0));
+        let mut native = None;
         let (mut conn, write_lock) = if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)
                 .map_err(|e| DbErr::Custom(format!("invalid SQLite URL: {e}")))?
@@ -74,6 +81,13 @@ impl Db {
                 .synchronous(SqliteSynchronous::Full)
                 .foreign_keys(true)
                 .busy_timeout(Duration::from_secs(10));
+            let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+            if !in_memory {
+                native = Some(Arc::new(NativeReader::new(
+                    options.get_filename(),
+                    max_connections as usize,
+                )));
+            }
             let pool = SqlitePoolOptions::new()
                 .max_connections(max_connections)
                 .min_connections(1)
@@ -102,6 +116,7 @@ impl Db {
             write_lock,
             statements,
             committed: Arc::new(tokio::sync::Notify::new()),
+            native,
         })
     }
 
@@ -140,7 +155,41 @@ impl Db {
             write_lock: self.write_lock.clone(),
             statements,
             committed: self.committed.clone(),
+            native: self.native.clone(),
         }
+    }
+
+    /// The native SQLite read path, when this is an SQLite file: for hot read-only queries.
+    /// Statements run through it count like any other.
+    pub fn native(&self) -> Option<&NativeReader> {
+        self.native.as_deref().inspect(|_| {
+            self.statements.fetch_add(1, Ordering::Relaxed);
+        })
+    }
+
+    /// Every row of a select: through the native read path on SQLite, the pool otherwise.
+    pub async fn select_all<E>(&self, select: Select<E>) -> Result<Vec<E::Model>, DbErr>
+    where
+        E: EntityTrait,
+        E::Model: NativeRow + FromQueryResult,
+    {
+        match self.native() {
+            Some(reader) => {
+                let stmt = select.build(DatabaseBackend::Sqlite);
+                let values = stmt.values.map(|v| v.0).unwrap_or_default();
+                reader.query_models(&stmt.sql, &values)
+            }
+            None => select.all(&self.conn).await,
+        }
+    }
+
+    /// The first row of a select (see [`Db::select_all`]).
+    pub async fn select_one<E>(&self, select: Select<E>) -> Result<Option<E::Model>, DbErr>
+    where
+        E: EntityTrait,
+        E::Model: NativeRow + FromQueryResult,
+    {
+        Ok(self.select_all(select.limit(1)).await?.into_iter().next())
     }
 
     /// Begins a write transaction.

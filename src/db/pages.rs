@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use sea_orm::{ConnectionTrait, DbErr, FromQueryResult, Statement, Value};
 
 use crate::{
-    db::Db,
+    db::{Db, native::NativeRow},
     domain::ids::decode_cursor,
     error::{ApiError, ApiResult},
 };
@@ -91,6 +91,9 @@ pub struct ChildList {
     pub order_key: &'static str,
     /// Sort order.
     pub direction: Direction,
+    /// A table keeping each parent's number of children, as `(table, parent column)` with the
+    /// number in `total`, when there is one: counts read it instead of counting the children.
+    pub counted_in: Option<(&'static str, &'static str)>,
 }
 
 /// Parents per statement: each parent is one branch of a `UNION ALL`.
@@ -99,7 +102,7 @@ const PARENTS_PER_STATEMENT: usize = 100;
 /// Loads one page of children for each parent. Each parent is a `UNION ALL` branch walking
 /// the `(parent, id)` index with its own `LIMIT`, so the cost is proportional to the page, not
 /// to the parent's total number of children; up to 100 parents share one statement.
-pub async fn child_pages<M: FromQueryResult>(
+pub async fn child_pages<M: FromQueryResult + NativeRow>(
     db: &Db,
     list: &ChildList,
     parents: &[String],
@@ -140,6 +143,24 @@ pub async fn child_pages<M: FromQueryResult>(
             branches.push(branch);
         }
         let sql = branches.join(" UNION ALL ");
+        if let Some(reader) = db.native() {
+            let rows = reader.query(&sql, &values, |columns| {
+                let parent = columns.index("tandem_parent")?;
+                let key = columns.index("tandem_key")?;
+                let at = columns.indices::<M>()?;
+                Ok(move |row: &rusqlite::Row<'_>| {
+                    Ok((
+                        row.get::<_, String>(parent)?,
+                        row.get::<_, String>(key)?,
+                        M::from_native(row, &at)?,
+                    ))
+                })
+            })?;
+            for (parent, key, model) in rows {
+                result.entry(parent).or_default().push((key, model));
+            }
+            continue;
+        }
         let rows = db
             .conn
             .query_all_raw(Statement::from_sql_and_values(db.backend(), sql, values))
@@ -174,13 +195,30 @@ pub async fn child_counts(
     if parents.is_empty() {
         return Ok(HashMap::new());
     }
-    let (ins, values) = db.in_list(list.parent, parents, 1);
-    let sql = format!(
-        "SELECT {parent} AS tandem_parent, COUNT(*) AS tandem_count FROM {from} \
-         WHERE {ins} GROUP BY {parent}",
-        parent = list.parent,
-        from = list.from,
-    );
+    let sql = match list.counted_in {
+        Some((table, column)) => {
+            let (ins, _) = db.in_list(column, parents, 1);
+            format!(
+                "SELECT {column} AS tandem_parent, total AS tandem_count FROM {table} WHERE {ins}"
+            )
+        }
+        None => {
+            let (ins, _) = db.in_list(list.parent, parents, 1);
+            format!(
+                "SELECT {parent} AS tandem_parent, COUNT(*) AS tandem_count FROM {from} \
+                 WHERE {ins} GROUP BY {parent}",
+                parent = list.parent,
+                from = list.from,
+            )
+        }
+    };
+    let values: Vec<Value> = parents.iter().map(|p| p.clone().into()).collect();
+    if let Some(reader) = db.native() {
+        let rows = reader.query(&sql, &values, |_| {
+            Ok(|row: &rusqlite::Row<'_>| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))
+        })?;
+        return Ok(rows.into_iter().collect());
+    }
     let rows = db
         .conn
         .query_all_raw(Statement::from_sql_and_values(db.backend(), sql, values))

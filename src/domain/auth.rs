@@ -254,10 +254,12 @@ pub async fn authenticate(db: &Db, token: &str) -> ApiResult<Principal> {
     if !token.starts_with("tdm_") || token.len() > 128 {
         return Err(ApiError::Unauthenticated);
     }
-    let key = api_key::Entity::find()
-        .filter(api_key::Column::TokenHash.eq(hash_token(token)))
-        .filter(api_key::Column::RevokedAt.is_null())
-        .one(&db.conn)
+    let key = db
+        .select_one(
+            api_key::Entity::find()
+                .filter(api_key::Column::TokenHash.eq(hash_token(token)))
+                .filter(api_key::Column::RevokedAt.is_null()),
+        )
         .await?
         .ok_or(ApiError::Unauthenticated)?;
     principal_for_key(db, key).await
@@ -302,8 +304,8 @@ async fn principal_for_key(db: &Db, key: api_key::Model) -> ApiResult<Principal>
         },
         ApiKeyRole::Partner => {
             let partner_id = key.partner_id.ok_or(ApiError::Unauthenticated)?;
-            let partner = partner::Entity::find_by_id(partner_id.clone())
-                .one(&db.conn)
+            let partner = db
+                .select_one(partner::Entity::find_by_id(partner_id.clone()))
                 .await?
                 .ok_or(ApiError::Unauthenticated)?;
             Principal::Partner {

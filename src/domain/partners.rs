@@ -208,7 +208,7 @@ pub async fn find_visible_partner(
     if !is_valid_id(id) {
         return Ok(None);
     }
-    Ok(partner::Entity::find_by_id(id.to_string())
-        .one(&db.conn)
+    Ok(db
+        .select_one(partner::Entity::find_by_id(id.to_string()))
         .await?)
 }

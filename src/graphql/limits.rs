@@ -1,23 +1,67 @@
 //! Request limits checked after parsing and before any resolver runs (so before the
 //! database is touched): `first` on every list must be between 0 and 100.
+//!
+//! The check wraps the schema as an [`Executor`] (HTTP and websocket requests both go through
+//! it) rather than being a schema extension: any extension makes async-graphql route every
+//! field through the extension chain, a measurable cost on pages of hundreds of fields.
 
 use std::sync::Arc;
 
 use async_graphql::{
-    ServerError, ServerResult, Variables,
-    extensions::{Extension, ExtensionContext, ExtensionFactory, NextParseQuery},
+    Data, Executor, Request, Response, ServerError, Variables,
+    futures_util::stream::{self, BoxStream, StreamExt},
     parser::types::{ExecutableDocument, Selection, SelectionSet},
 };
 use async_graphql_value::{ConstValue, Value};
 
+use super::TandemSchema;
+
 use crate::db::pages::MAX_PAGE_SIZE;
 
-/// Rejects documents asking for pages larger than [`MAX_PAGE_SIZE`].
-pub struct PageSizeLimit;
+/// The schema behind the page-size check: documents asking for pages larger than
+/// [`MAX_PAGE_SIZE`] are answered with an error and never executed.
+#[derive(Clone)]
+pub struct LimitedSchema(pub TandemSchema);
 
-impl ExtensionFactory for PageSizeLimit {
-    fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(PageSizeLimit)
+impl LimitedSchema {
+    /// Parses the request and checks its pages: `Err` holds the error. A document that does
+    /// not parse is left to the schema, which reports the syntax error.
+    fn check(request: &mut Request) -> Result<(), ServerError> {
+        let Ok(doc) = async_graphql::parser::parse_query(&request.query) else {
+            return Ok(());
+        };
+        for (_, operation) in doc.operations.iter() {
+            check_selection_set(
+                &operation.node.selection_set.node,
+                &doc,
+                &request.variables,
+                0,
+            )?;
+        }
+        request.set_parsed_query(doc);
+        Ok(())
+    }
+}
+
+impl Executor for LimitedSchema {
+    async fn execute(&self, mut request: Request) -> Response {
+        match Self::check(&mut request) {
+            Ok(()) => self.0.execute(request).await,
+            Err(err) => Response::from_errors(vec![err]),
+        }
+    }
+
+    fn execute_stream(
+        &self,
+        mut request: Request,
+        session_data: Option<Arc<Data>>,
+    ) -> BoxStream<'static, Response> {
+        match Self::check(&mut request) {
+            Ok(()) => self
+                .0
+                .execute_stream_with_session_data(request, session_data.unwrap_or_default()),
+            Err(err) => stream::once(async move { Response::from_errors(vec![err]) }).boxed(),
+        }
     }
 }
 
@@ -78,21 +122,4 @@ fn check_selection_set(
         }
     }
     Ok(())
-}
-
-#[async_trait::async_trait]
-impl Extension for PageSizeLimit {
-    async fn parse_query(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        query: &str,
-        variables: &Variables,
-        next: NextParseQuery<'_>,
-    ) -> ServerResult<ExecutableDocument> {
-        let doc = next.run(ctx, query, variables).await?;
-        for (_, operation) in doc.operations.iter() {
-            check_selection_set(&operation.node.selection_set.node, &doc, variables, 0)?;
-        }
-        Ok(doc)
-    }
 }

@@ -12,6 +12,7 @@ use crate::{
         entities::{
             attribution, deal, deal_commission, partner, program, referral, webhook_source,
         },
+        native::NativeRow,
         pages::{ChildList, Direction, Page, PageArgs, child_counts, child_pages},
     },
     error::ApiError,
@@ -23,8 +24,30 @@ fn db_error(err: sea_orm::DbErr) -> async_graphql::Error {
     ApiError::from(err).into()
 }
 
-/// Defines a loader of rows by their string primary key `id`.
+/// Defines a loader of rows by their string primary key `id` (`native`: through
+/// [`Db::select_all`], for the entities read on hot paths).
 macro_rules! by_id_loader {
+    ($(#[$doc:meta])* native $name:ident, $entity:ident) => {
+        $(#[$doc])*
+        pub struct $name(Db);
+
+        impl Loader<String> for $name {
+            type Value = $entity::Model;
+            type Error = async_graphql::Error;
+
+            async fn load(&self, keys: &[String]) -> LoadResult<$entity::Model> {
+                let rows = self
+                    .0
+                    .select_all(
+                        $entity::Entity::find()
+                            .filter($entity::Column::Id.is_in(keys.iter().cloned())),
+                    )
+                    .await
+                    .map_err(db_error)?;
+                Ok(rows.into_iter().map(|m| (m.id.clone(), m)).collect())
+            }
+        }
+    };
     ($(#[$doc:meta])* $name:ident, $entity:ident) => {
         $(#[$doc])*
         pub struct $name(Db);
@@ -52,12 +75,12 @@ by_id_loader!(
 );
 by_id_loader!(
     /// Partners by id.
-    PartnerLoader,
+    native PartnerLoader,
     partner
 );
 by_id_loader!(
     /// Deals by id.
-    DealLoader,
+    native DealLoader,
     deal
 );
 by_id_loader!(
@@ -74,9 +97,12 @@ impl Loader<String> for AttributionLoader {
     type Error = async_graphql::Error;
 
     async fn load(&self, keys: &[String]) -> LoadResult<attribution::Model> {
-        let rows = attribution::Entity::find()
-            .filter(attribution::Column::DealId.is_in(keys.iter().cloned()))
-            .all(&self.0.conn)
+        let rows = self
+            .0
+            .select_all(
+                attribution::Entity::find()
+                    .filter(attribution::Column::DealId.is_in(keys.iter().cloned())),
+            )
             .await
             .map_err(db_error)?;
         Ok(rows.into_iter().map(|m| (m.deal_id.clone(), m)).collect())
@@ -113,39 +139,79 @@ impl Loader<String> for DealByReferralLoader {
     type Error = async_graphql::Error;
 
     async fn load(&self, keys: &[String]) -> LoadResult<(deal::Model, attribution::Model)> {
-        let attributions = attribution::Entity::find()
-            .filter(attribution::Column::ReferralId.is_in(keys.iter().cloned()))
-            .all(&self.0.conn)
+        if let Some(reader) = self.0.native() {
+            // One join instead of two statements.
+            let (ins, values) = self.0.in_list("a.referral_id", keys, 1);
+            let attribution_columns: Vec<String> = attribution::Model::COLUMNS
+                .iter()
+                .map(|c| format!("a.{c} AS a_{c}"))
+                .collect();
+            let sql = format!(
+                "SELECT d.*, {} FROM attributions a JOIN deals d ON d.id = a.deal_id WHERE {ins}",
+                attribution_columns.join(", ")
+            );
+            let rows = reader
+                .query(&sql, &values, |columns| {
+                    let deal_at = columns.indices::<deal::Model>()?;
+                    let attribution_at = columns.prefixed_indices::<attribution::Model>("a_")?;
+                    Ok(move |row: &rusqlite::Row<'_>| {
+                        Ok((
+                            deal::Model::from_native(row, &deal_at)?,
+                            attribution::Model::from_native(row, &attribution_at)?,
+                        ))
+                    })
+                })
+                .map_err(db_error)?;
+            return Ok(earliest_deal_per_referral(rows));
+        }
+        let attributions = self
+            .0
+            .select_all(
+                attribution::Entity::find()
+                    .filter(attribution::Column::ReferralId.is_in(keys.iter().cloned())),
+            )
             .await
             .map_err(db_error)?;
         if attributions.is_empty() {
             return Ok(HashMap::new());
         }
-        let deals: HashMap<String, deal::Model> = deal::Entity::find()
-            .filter(deal::Column::Id.is_in(attributions.iter().map(|a| a.deal_id.clone())))
-            .all(&self.0.conn)
+        let deals: HashMap<String, deal::Model> = self
+            .0
+            .select_all(
+                deal::Entity::find()
+                    .filter(deal::Column::Id.is_in(attributions.iter().map(|a| a.deal_id.clone()))),
+            )
             .await
             .map_err(db_error)?
             .into_iter()
             .map(|d| (d.id.clone(), d))
             .collect();
-        let mut out: HashMap<String, (deal::Model, attribution::Model)> = HashMap::new();
-        for attribution in attributions {
-            let (Some(referral_id), Some(deal)) = (
-                attribution.referral_id.clone(),
-                deals.get(&attribution.deal_id).cloned(),
-            ) else {
-                continue;
-            };
-            let keep_existing = out
-                .get(&referral_id)
-                .is_some_and(|(existing, _)| existing.id <= deal.id);
-            if !keep_existing {
-                out.insert(referral_id, (deal, attribution));
-            }
-        }
-        Ok(out)
+        Ok(earliest_deal_per_referral(
+            attributions.into_iter().filter_map(|attribution| {
+                let deal = deals.get(&attribution.deal_id).cloned()?;
+                Some((deal, attribution))
+            }),
+        ))
     }
+}
+
+/// Each referral's earliest deal (by id) among `(deal, attribution)` pairs.
+fn earliest_deal_per_referral(
+    pairs: impl IntoIterator<Item = (deal::Model, attribution::Model)>,
+) -> HashMap<String, (deal::Model, attribution::Model)> {
+    let mut out: HashMap<String, (deal::Model, attribution::Model)> = HashMap::new();
+    for (deal, attribution) in pairs {
+        let Some(referral_id) = attribution.referral_id.clone() else {
+            continue;
+        };
+        let keep_existing = out
+            .get(&referral_id)
+            .is_some_and(|(existing, _)| existing.id <= deal.id);
+        if !keep_existing {
+            out.insert(referral_id, (deal, attribution));
+        }
+    }
+    out
 }
 
 /// Which child list a page or count belongs to.
@@ -167,18 +233,21 @@ impl ChildKind {
                 parent: "t.program_id",
                 order_key: "t.id",
                 direction: Direction::Ascending,
+                counted_in: None,
             },
             ChildKind::PartnerReferrals => ChildList {
                 from: "referrals t",
                 parent: "t.partner_id",
                 order_key: "t.id",
                 direction: Direction::Descending,
+                counted_in: Some(("referral_counts", "partner_id")),
             },
             ChildKind::PartnerDeals => ChildList {
                 from: "deals t JOIN attributions a ON a.deal_id = t.id",
                 parent: "a.partner_id",
                 order_key: "a.deal_id",
                 direction: Direction::Descending,
+                counted_in: None,
             },
         }
     }
@@ -211,7 +280,7 @@ pub struct ChildPageLoader<M> {
 
 impl<M> Loader<ChildPageKey> for ChildPageLoader<M>
 where
-    M: sea_orm::FromQueryResult + Clone + Send + Sync + 'static,
+    M: sea_orm::FromQueryResult + crate::db::native::NativeRow + Clone + Send + Sync + 'static,
 {
     type Value = Page<M>;
     type Error = async_graphql::Error;
@@ -311,7 +380,12 @@ impl Loaders {
     pub fn new(db: &Db, delay: Duration) -> Loaders {
         fn child<M>(db: &Db, kind: ChildKind, delay: Duration) -> DataLoader<ChildPageLoader<M>>
         where
-            M: sea_orm::FromQueryResult + Clone + Send + Sync + 'static,
+            M: sea_orm::FromQueryResult
+                + crate::db::native::NativeRow
+                + Clone
+                + Send
+                + Sync
+                + 'static,
         {
             DataLoader::new(
                 ChildPageLoader {

@@ -62,7 +62,6 @@ pub fn schema_builder() -> SchemaBuilder<QueryRoot, MutationRoot, outbound::Subs
     )
     .limit_depth(MAX_DEPTH)
     .limit_complexity(MAX_COMPLEXITY)
-    .extension(limits::PageSizeLimit)
 }
 
 /// The base URL webhook source URLs are built on.

@@ -185,8 +185,7 @@ impl CoreQuery {
             query = query.filter(referral::Column::PartnerId.eq(own));
         }
         Ok(Some(
-            query
-                .one(&db.conn)
+            db.select_one(query)
                 .await
                 .map_err(ApiError::from)?
                 .map(Referral)
@@ -251,8 +250,7 @@ impl CoreQuery {
             query = query.filter(deal::Column::Id.in_subquery(attributed_to(own)));
         }
         Ok(Some(
-            query
-                .one(&db.conn)
+            db.select_one(query)
                 .await
                 .map_err(ApiError::from)?
                 .map(Deal::from)

@@ -42,7 +42,7 @@ async fn child_page<M>(
     args: PageArgs,
 ) -> Result<Page<M>>
 where
-    M: sea_orm::FromQueryResult + Clone + Send + Sync + 'static,
+    M: sea_orm::FromQueryResult + crate::db::native::NativeRow + Clone + Send + Sync + 'static,
 {
     Ok(loader
         .load_one(ChildPageKey {
@@ -288,7 +288,7 @@ impl Referral {
     /// The earlier registration this one duplicates. Admins only: a partner is never told
     /// which registration (or partner) came first.
     async fn duplicate_of_id(&self, ctx: &Context<'_>) -> Result<Option<ID>> {
-        let principal = principal(ctx).await?;
+        let principal = Box::pin(principal(ctx)).await?;
         Ok(match principal {
             Principal::Admin { .. } => self.0.duplicate_of_id.clone().map(ID),
             _ => None,
@@ -297,9 +297,7 @@ impl Referral {
     /// The submitting partner.
     async fn partner(&self, ctx: &Context<'_>) -> Result<Partner> {
         let loaders = ctx.data_unchecked::<Loaders>();
-        loaders
-            .partners
-            .load_one(self.0.partner_id.clone())
+        Box::pin(loaders.partners.load_one(self.0.partner_id.clone()))
             .await?
             .map(Partner)
             .ok_or_else(|| {
@@ -308,16 +306,21 @@ impl Referral {
     }
     /// The CRM deal attributed to this referral, if any.
     async fn deal(&self, ctx: &Context<'_>) -> Result<Option<Deal>> {
-        let principal = principal(ctx).await?;
-        let loaders = ctx.data_unchecked::<Loaders>();
-        let found = loaders.deal_by_referral.load_one(self.0.id.clone()).await?;
-        Ok(found
-            .filter(|(_, a)| {
-                principal
-                    .partner_scope()
-                    .is_none_or(|own| own == a.partner_id)
-            })
-            .map(|(d, a)| Deal(d, Some(a))))
+        // Boxed: the generated field dispatcher is as large as its largest field future, and
+        // every field of every referral moves one onto the heap.
+        Box::pin(async move {
+            let principal = principal(ctx).await?;
+            let loaders = ctx.data_unchecked::<Loaders>();
+            let found = loaders.deal_by_referral.load_one(self.0.id.clone()).await?;
+            Ok(found
+                .filter(|(_, a)| {
+                    principal
+                        .partner_scope()
+                        .is_none_or(|own| own == a.partner_id)
+                })
+                .map(|(d, a)| Deal(d, Some(a))))
+        })
+        .await
     }
 }
 
@@ -350,7 +353,7 @@ impl Deal {
             return Ok(Some(known.clone()));
         }
         let loaders = ctx.data_unchecked::<Loaders>();
-        loaders.attributions.load_one(self.0.id.clone()).await
+        Box::pin(loaders.attributions.load_one(self.0.id.clone())).await
     }
 }
 
@@ -424,9 +427,7 @@ impl Deal {
             return Ok(None);
         };
         let loaders = ctx.data_unchecked::<Loaders>();
-        Ok(loaders
-            .partners
-            .load_one(attribution.partner_id)
+        Ok(Box::pin(loaders.partners.load_one(attribution.partner_id))
             .await?
             .map(Partner))
     }
@@ -446,9 +447,7 @@ impl Deal {
             return Ok(None);
         };
         let loaders = ctx.data_unchecked::<Loaders>();
-        let rows = loaders
-            .deal_commissions
-            .load_one(self.0.id.clone())
+        let rows = Box::pin(loaders.deal_commissions.load_one(self.0.id.clone()))
             .await?
             .unwrap_or_default();
         let Some(row) = rows

@@ -4,7 +4,9 @@
 
 use std::time::Instant;
 
-use async_graphql::{ErrorExtensionValues, Response as GqlResponse, http::GraphiQLSource};
+use async_graphql::{
+    ErrorExtensionValues, Executor, Response as GqlResponse, http::GraphiQLSource,
+};
 use poem::{
     Body, IntoResponse, Request, Response,
     error::ReadBodyError,

@@ -15,7 +15,7 @@ use crate::{
     config::Config,
     db::Db,
     domain::{inbox::Inbox, webhooks::Webhooks},
-    graphql::TandemSchema,
+    graphql::limits::LimitedSchema,
 };
 
 /// What every handler shares.
@@ -24,7 +24,7 @@ pub struct AppState {
     /// The database.
     pub db: Db,
     /// The GraphQL schema.
-    pub schema: TandemSchema,
+    pub schema: LimitedSchema,
     /// Metrics.
     pub metrics: metrics::Metrics,
     /// Configuration.

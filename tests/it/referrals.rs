@@ -8,7 +8,7 @@ use tandem::db::entities::referral;
 
 use crate::{
     db_tests,
-    helpers::{TestApp, error_code, error_field},
+    helpers::{TestApp, count, error_code, error_field},
 };
 
 async fn referrals_are_normalised(app: TestApp) {
@@ -266,7 +266,115 @@ async fn admins_review_referrals(app: TestApp) {
     assert_eq!(event["data"]["programId"], program);
 }
 
+/// Both partners' `referrals.totalCount`, checked against a real count.
+async fn referral_totals(app: &TestApp, alpha: &str, beta: &str) -> (i64, i64) {
+    let q = "query($a: ID!, $b: ID!) { a: partner(id: $a) { referrals(first: 1) { totalCount } } \
+             b: partner(id: $b) { referrals(first: 1) { totalCount } } }";
+    let data = app.admin_ok(q, json!({"a": alpha, "b": beta})).await;
+    let real = |p: &str| format!("SELECT COUNT(*) AS n FROM referrals WHERE partner_id = '{p}'");
+    let real_a = count(&app.db, &real(alpha)).await;
+    let real_b = count(&app.db, &real(beta)).await;
+    assert_eq!(data["a"]["referrals"]["totalCount"], real_a, "alpha");
+    assert_eq!(data["b"]["referrals"]["totalCount"], real_b, "beta");
+    (real_a, real_b)
+}
+
+/// `partner.referrals.totalCount` reads the per-partner counter the database's triggers keep:
+/// it must equal a real count after submissions (including duplicates), a failed submission, a
+/// referral moved to another partner and a deleted one, and survive the migration being undone
+/// and redone (which rebuilds it from the referrals).
+async fn referral_totals_follow_every_change(app: TestApp) {
+    let program = app.create_program("P").await;
+    let alpha = app.create_partner(&program, "Alpha").await;
+    let beta = app.create_partner(&program, "Beta").await;
+    let alpha_token = app.partner_key(&alpha).await;
+    let beta_token = app.partner_key(&beta).await;
+    for i in 0..5 {
+        let r = app
+            .submit_referral(
+                &alpha_token,
+                json!({"companyName": format!("C{i}"), "companyDomain": format!("c{i}.example")}),
+            )
+            .await;
+        assert_eq!(r["status"], "ACCEPTED");
+    }
+    // A duplicate is stored too (and counted); an invalid submission writes nothing.
+    let dup = app
+        .submit_referral(
+            &beta_token,
+            json!({"companyName": "C0", "companyDomain": "c0.example"}),
+        )
+        .await;
+    assert_eq!(dup["status"], "DUPLICATE");
+    let bad = app
+        .gql(
+            &beta_token,
+            "mutation($i: SubmitReferralInput!) { submitReferral(input: $i) { referral { id } } }",
+            json!({"i": {"companyName": "X", "contactEmail": "not an email"}}),
+        )
+        .await;
+    assert_eq!(error_code(&bad), "BAD_USER_INPUT");
+
+    assert_eq!(referral_totals(&app, &alpha, &beta).await, (5, 1));
+
+    // Moved to another partner, then deleted (neither has a mutation; an operator could do it).
+    let db = &app.db;
+    let one = |sql: String| async move {
+        sea_orm::ConnectionTrait::execute_unprepared(&db.conn, &sql)
+            .await
+            .unwrap();
+    };
+    let moved = referral::Entity::find()
+        .all(&app.db.conn)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.partner_id == alpha)
+        .unwrap();
+    one(format!(
+        "UPDATE referrals SET partner_id = '{beta}' WHERE id = '{}'",
+        moved.id
+    ))
+    .await;
+    assert_eq!(referral_totals(&app, &alpha, &beta).await, (4, 2));
+    one(format!(
+        "UPDATE referrals SET status = 'REJECTED' WHERE partner_id = '{beta}'"
+    ))
+    .await;
+    assert_eq!(referral_totals(&app, &alpha, &beta).await, (4, 2));
+    one(format!("DELETE FROM referrals WHERE id = '{}'", moved.id)).await;
+    assert_eq!(referral_totals(&app, &alpha, &beta).await, (4, 1));
+
+    // Undo and redo the migration: the counter table is rebuilt from the referrals.
+    use tandem_migrations::MigratorTrait;
+    tandem_migrations::Migrator::down(&app.db.conn, Some(1))
+        .await
+        .unwrap();
+    assert!(
+        sea_orm::ConnectionTrait::execute_unprepared(
+            &app.db.conn,
+            "SELECT total FROM referral_counts"
+        )
+        .await
+        .is_err(),
+        "the counter table is dropped"
+    );
+    tandem_migrations::Migrator::up(&app.db.conn, None)
+        .await
+        .unwrap();
+    assert_eq!(referral_totals(&app, &alpha, &beta).await, (4, 1));
+    let r = app
+        .submit_referral(
+            &beta_token,
+            json!({"companyName": "New", "companyDomain": "new.example"}),
+        )
+        .await;
+    assert_eq!(r["status"], "ACCEPTED");
+    assert_eq!(referral_totals(&app, &alpha, &beta).await, (4, 2));
+}
+
 db_tests!(
+    referral_totals_follow_every_change,
     referrals_are_normalised,
     duplicates_within_the_window_never_reveal_the_first_partner,
     registrations_older_than_the_window_do_not_block,
