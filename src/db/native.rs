@@ -244,6 +244,12 @@ impl FromColumn for i64 {
     }
 }
 
+impl FromColumn for i32 {
+    fn column(row: &Row<'_>, i: usize, _name: &str) -> rusqlite::Result<Self> {
+        row.get(i)
+    }
+}
+
 impl FromColumn for bool {
     fn column(row: &Row<'_>, i: usize, _name: &str) -> rusqlite::Result<Self> {
         row.get(i)
@@ -310,7 +316,7 @@ macro_rules! native_row {
     };
 }
 
-use crate::db::entities::{api_key, attribution, deal, partner, referral};
+use crate::db::entities::{api_key, attribution, deal, partner, program, referral, webhook_source};
 
 native_row!(api_key::Model {
     id,
@@ -367,6 +373,35 @@ native_row!(partner::Model {
     terminated_at,
     created_at,
     updated_at,
+});
+native_row!(program::Model {
+    id,
+    name,
+    kind,
+    currency,
+    commission_type,
+    commission_rate,
+    commission_flat_amount,
+    commission_tiers,
+    cap_per_deal,
+    min_deal_amount,
+    attribution_window_days,
+    hold_days,
+    clawback_days,
+    created_at,
+    updated_at,
+});
+native_row!(webhook_source::Model {
+    id,
+    program_id,
+    name,
+    kind,
+    connection_id,
+    secret_ciphertext,
+    salesforce_org_id,
+    hubspot_signature_version,
+    referral_code_field,
+    created_at,
 });
 native_row!(referral::Model {
     id,

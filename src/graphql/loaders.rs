@@ -24,10 +24,9 @@ fn db_error(err: sea_orm::DbErr) -> async_graphql::Error {
     ApiError::from(err).into()
 }
 
-/// Defines a loader of rows by their string primary key `id` (`native`: through
-/// [`Db::select_all`], for the entities read on hot paths).
+/// Defines a loader of rows by their string primary key `id`.
 macro_rules! by_id_loader {
-    ($(#[$doc:meta])* native $name:ident, $entity:ident) => {
+    ($(#[$doc:meta])* $name:ident, $entity:ident) => {
         $(#[$doc])*
         pub struct $name(Db);
 
@@ -48,24 +47,6 @@ macro_rules! by_id_loader {
             }
         }
     };
-    ($(#[$doc:meta])* $name:ident, $entity:ident) => {
-        $(#[$doc])*
-        pub struct $name(Db);
-
-        impl Loader<String> for $name {
-            type Value = $entity::Model;
-            type Error = async_graphql::Error;
-
-            async fn load(&self, keys: &[String]) -> LoadResult<$entity::Model> {
-                let rows = $entity::Entity::find()
-                    .filter($entity::Column::Id.is_in(keys.iter().cloned()))
-                    .all(&self.0.conn)
-                    .await
-                    .map_err(db_error)?;
-                Ok(rows.into_iter().map(|m| (m.id.clone(), m)).collect())
-            }
-        }
-    };
 }
 
 by_id_loader!(
@@ -75,12 +56,12 @@ by_id_loader!(
 );
 by_id_loader!(
     /// Partners by id.
-    native PartnerLoader,
+    PartnerLoader,
     partner
 );
 by_id_loader!(
     /// Deals by id.
-    native DealLoader,
+    DealLoader,
     deal
 );
 by_id_loader!(

@@ -89,8 +89,7 @@ impl CoreQuery {
         }
         let db = ctx.data_unchecked::<Db>();
         Ok(Some(
-            program::Entity::find_by_id(id.to_string())
-                .one(&db.conn)
+            db.select_one(program::Entity::find_by_id(id.to_string()))
                 .await
                 .map_err(ApiError::from)?
                 .map(Program)
