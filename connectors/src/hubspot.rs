@@ -594,11 +594,7 @@ impl CrmConnector for HubSpot {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn fixture(name: &str) -> Value {
-        let path = format!("{}/tests/fixtures/crm/{name}", env!("CARGO_MANIFEST_DIR"));
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
-    }
+    use crate::test_fixture as fixture;
 
     #[test]
     fn the_fixture_deals_map() {

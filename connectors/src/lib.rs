@@ -12,6 +12,14 @@ pub mod pipedrive;
 pub mod salesforce;
 pub mod verify;
 
+/// A file of `tests/fixtures/crm/`, parsed (for the clients' unit tests; the integration tests
+/// have the same helper in `tests/common`).
+#[cfg(test)]
+fn test_fixture(name: &str) -> serde_json::Value {
+    let path = format!("{}/tests/fixtures/crm/{name}", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
 pub use deal::{DealStatus, NeutralDeal};
 pub use error::{ConnectorError, Result};
 
