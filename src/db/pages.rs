@@ -195,24 +195,18 @@ pub async fn child_counts(
     if parents.is_empty() {
         return Ok(HashMap::new());
     }
+    let column = list.counted_in.map_or(list.parent, |(_, column)| column);
+    let (ins, values) = db.in_list(column, parents, 1);
     let sql = match list.counted_in {
-        Some((table, column)) => {
-            let (ins, _) = db.in_list(column, parents, 1);
-            format!(
-                "SELECT {column} AS tandem_parent, total AS tandem_count FROM {table} WHERE {ins}"
-            )
-        }
-        None => {
-            let (ins, _) = db.in_list(list.parent, parents, 1);
-            format!(
-                "SELECT {parent} AS tandem_parent, COUNT(*) AS tandem_count FROM {from} \
-                 WHERE {ins} GROUP BY {parent}",
-                parent = list.parent,
-                from = list.from,
-            )
-        }
+        Some((table, _)) => format!(
+            "SELECT {column} AS tandem_parent, total AS tandem_count FROM {table} WHERE {ins}"
+        ),
+        None => format!(
+            "SELECT {column} AS tandem_parent, COUNT(*) AS tandem_count FROM {from} \
+             WHERE {ins} GROUP BY {column}",
+            from = list.from,
+        ),
     };
-    let values: Vec<Value> = parents.iter().map(|p| p.clone().into()).collect();
     if let Some(reader) = db.native() {
         let rows = reader.query(&sql, &values, |_| {
             Ok(|row: &rusqlite::Row<'_>| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))

@@ -4,7 +4,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use async_graphql::dataloader::{DataLoader, Loader};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, FromQueryResult, QueryFilter, Statement};
 
 use crate::{
     db::{
@@ -120,18 +120,19 @@ impl Loader<String> for DealByReferralLoader {
     type Error = async_graphql::Error;
 
     async fn load(&self, keys: &[String]) -> LoadResult<(deal::Model, attribution::Model)> {
-        if let Some(reader) = self.0.native() {
-            // One join instead of two statements.
-            let (ins, values) = self.0.in_list("a.referral_id", keys, 1);
-            let attribution_columns: Vec<String> = attribution::Model::COLUMNS
-                .iter()
-                .map(|c| format!("a.{c} AS a_{c}"))
-                .collect();
-            let sql = format!(
-                "SELECT d.*, {} FROM attributions a JOIN deals d ON d.id = a.deal_id WHERE {ins}",
-                attribution_columns.join(", ")
-            );
-            let rows = reader
+        // One join: the deal's columns as they are, the attribution's prefixed `a_`.
+        let db = &self.0;
+        let (ins, values) = db.in_list("a.referral_id", keys, 1);
+        let attribution_columns: Vec<String> = attribution::Model::COLUMNS
+            .iter()
+            .map(|c| format!("a.{c} AS a_{c}"))
+            .collect();
+        let sql = format!(
+            "SELECT d.*, {} FROM attributions a JOIN deals d ON d.id = a.deal_id WHERE {ins}",
+            attribution_columns.join(", ")
+        );
+        let pairs = match db.native() {
+            Some(reader) => reader
                 .query(&sql, &values, |columns| {
                     let deal_at = columns.indices::<deal::Model>()?;
                     let attribution_at = columns.prefixed_indices::<attribution::Model>("a_")?;
@@ -142,37 +143,23 @@ impl Loader<String> for DealByReferralLoader {
                         ))
                     })
                 })
-                .map_err(db_error)?;
-            return Ok(earliest_deal_per_referral(rows));
-        }
-        let attributions = self
-            .0
-            .select_all(
-                attribution::Entity::find()
-                    .filter(attribution::Column::ReferralId.is_in(keys.iter().cloned())),
-            )
-            .await
-            .map_err(db_error)?;
-        if attributions.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let deals: HashMap<String, deal::Model> = self
-            .0
-            .select_all(
-                deal::Entity::find()
-                    .filter(deal::Column::Id.is_in(attributions.iter().map(|a| a.deal_id.clone()))),
-            )
-            .await
-            .map_err(db_error)?
-            .into_iter()
-            .map(|d| (d.id.clone(), d))
-            .collect();
-        Ok(earliest_deal_per_referral(
-            attributions.into_iter().filter_map(|attribution| {
-                let deal = deals.get(&attribution.deal_id).cloned()?;
-                Some((deal, attribution))
-            }),
-        ))
+                .map_err(db_error)?,
+            None => db
+                .conn
+                .query_all_raw(Statement::from_sql_and_values(db.backend(), sql, values))
+                .await
+                .map_err(db_error)?
+                .iter()
+                .map(|row| {
+                    Ok((
+                        deal::Model::from_query_result(row, "")?,
+                        attribution::Model::from_query_result(row, "a_")?,
+                    ))
+                })
+                .collect::<Result<Vec<_>, sea_orm::DbErr>>()
+                .map_err(db_error)?,
+        };
+        Ok(earliest_deal_per_referral(pairs))
     }
 }
 
