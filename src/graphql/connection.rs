@@ -131,12 +131,13 @@ pub fn edges_of<M, N>(
     (edges, info)
 }
 
-/// Declares `<Node>Connection` and `<Node>Edge` types for a node type.
+/// Declares `<Node>Connection` and `<Node>Edge` types for a node type. Edges and nodes are
+/// resolved through [`Inline`](crate::graphql::inline::Inline): they repeat once per item.
 macro_rules! connection {
     ($conn:ident, $edge:ident, $node:ty, $what:literal) => {
         #[doc = concat!("A page of ", $what, ".")]
         pub struct $conn {
-            pub edges: Vec<$edge>,
+            pub edges: Vec<$crate::graphql::inline::Inline<$edge>>,
             pub page_info: $crate::graphql::connection::PageInfo,
             pub total: $crate::graphql::connection::TotalCount,
         }
@@ -147,14 +148,14 @@ macro_rules! connection {
             /// Opaque position of this edge: pass it as `after`.
             pub cursor: String,
             /// The item.
-            pub node: $node,
+            pub node: $crate::graphql::inline::Inline<$node>,
         }
 
         #[doc = concat!("A page of ", $what, ".")]
         #[async_graphql::Object]
         impl $conn {
             /// The items of this page with their cursors.
-            async fn edges(&self) -> &[$edge] {
+            async fn edges(&self) -> &[$crate::graphql::inline::Inline<$edge>] {
                 &self.edges
             }
 
@@ -186,7 +187,12 @@ macro_rules! connection {
                 $conn {
                     edges: edges
                         .into_iter()
-                        .map(|(cursor, node)| $edge { cursor, node })
+                        .map(|(cursor, node)| {
+                            $crate::graphql::inline::Inline($edge {
+                                cursor,
+                                node: $crate::graphql::inline::Inline(node),
+                            })
+                        })
                         .collect(),
                     page_info,
                     total,

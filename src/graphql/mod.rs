@@ -4,6 +4,7 @@
 pub mod commissions;
 pub mod connection;
 pub mod crm;
+pub mod inline;
 pub mod limits;
 pub mod loaders;
 pub mod mutation;
@@ -75,6 +76,8 @@ pub fn build_schema(
     outbound: outbound::OutboundContext,
     public_base: String,
 ) -> TandemSchema {
+    // No `.extension(…)` here: `inline::Inline` objects resolve their fields without the
+    // extension hooks (and any extension would slow every field down; see `limits`).
     schema_builder()
         .data(db)
         .data(webhooks)

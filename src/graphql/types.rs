@@ -20,6 +20,7 @@ use crate::{
     error::ApiError,
     graphql::{
         connection::{TotalCount, connection},
+        inline::Inline,
         loaders::{ChildCountKey, ChildKind, ChildPageKey, ChildPageLoader, Loaders},
         principal,
     },
@@ -305,7 +306,7 @@ impl Referral {
             })
     }
     /// The CRM deal attributed to this referral, if any.
-    async fn deal(&self, ctx: &Context<'_>) -> Result<Option<Deal>> {
+    async fn deal(&self, ctx: &Context<'_>) -> Result<Option<Inline<Deal>>> {
         // Boxed: the generated field dispatcher is as large as its largest field future, and
         // every field of every referral moves one onto the heap.
         Box::pin(async move {
@@ -318,7 +319,7 @@ impl Referral {
                         .partner_scope()
                         .is_none_or(|own| own == a.partner_id)
                 })
-                .map(|(d, a)| Deal(d, Some(a))))
+                .map(|(d, a)| Inline(Deal(d, Some(a)))))
         })
         .await
     }

@@ -7,6 +7,7 @@ mod commissions;
 mod crash;
 mod crm;
 mod events;
+mod execution;
 mod helpers;
 mod isolation;
 mod jobs;
