@@ -16,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use rusqlite::{
     Connection, OpenFlags, Row,
     config::DbConfig,
@@ -205,8 +205,57 @@ fn conversion(name: &str, err: impl std::fmt::Display) -> rusqlite::Error {
     )
 }
 
+/// The form sqlx writes, `2026-07-08T15:20:17.172974016+00:00` (or with `Z`), read without
+/// chrono's general parser: a dashboard page decodes hundreds of them. `None` for any other
+/// form (other offsets, leap seconds, SQLite's own format), which the general parser handles.
+fn parse_utc_rfc3339(text: &str) -> Option<DateTime<Utc>> {
+    let b = text.as_bytes();
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let number = |digits: &[u8]| -> Option<u32> {
+        digits.iter().try_fold(0u32, |n, c| {
+            c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
+        })
+    };
+    let mut rest = &b[19..];
+    let mut nanos = 0;
+    if let [b'.', fraction @ ..] = rest {
+        let digits = fraction.iter().take_while(|c| c.is_ascii_digit()).count();
+        if digits == 0 || digits > 9 {
+            return None;
+        }
+        nanos = number(&fraction[..digits])? * 10u32.pow(9 - digits as u32);
+        rest = &fraction[digits..];
+    }
+    if rest != b"+00:00" && rest != b"Z" {
+        return None;
+    }
+    NaiveDate::from_ymd_opt(
+        number(&b[0..4])? as i32,
+        number(&b[5..7])?,
+        number(&b[8..10])?,
+    )?
+    .and_hms_nano_opt(
+        number(&b[11..13])?,
+        number(&b[14..16])?,
+        number(&b[17..19])?,
+        nanos,
+    )
+    .map(|t| t.and_utc())
+}
+
 /// Timestamps as sqlx stores them (RFC 3339), and SQLite's own `YYYY-MM-DD HH:MM:SS[.f]`.
 fn parse_timestamp(name: &str, text: &str) -> rusqlite::Result<DateTime<Utc>> {
+    if let Some(t) = parse_utc_rfc3339(text) {
+        return Ok(t);
+    }
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
         return Ok(t.with_timezone(&Utc));
     }
@@ -437,6 +486,43 @@ mod tests {
             assert_eq!(parse_timestamp("t", text).unwrap(), expected, "{text}");
         }
         assert!(parse_timestamp("t", "yesterday").is_err());
+    }
+
+    #[test]
+    fn the_stored_utc_form_reads_like_chrono_reads_it() {
+        for text in [
+            "2026-07-08T15:20:17.172974016+00:00",
+            "2026-07-08T15:20:17.1+00:00",
+            "2026-07-08T15:20:17.123456Z",
+            "2026-07-08T15:20:17+00:00",
+            "2026-07-08T15:20:17Z",
+            "1999-12-31T23:59:59.999999999+00:00",
+            "2024-02-29T00:00:00+00:00",
+        ] {
+            let chrono = DateTime::parse_from_rfc3339(text)
+                .unwrap()
+                .with_timezone(&Utc);
+            assert_eq!(parse_utc_rfc3339(text), Some(chrono), "{text}");
+            assert_eq!(parse_timestamp("t", text).unwrap(), chrono, "{text}");
+        }
+        // Left to the general parser: other offsets, a leap second, SQLite's format, junk.
+        for text in [
+            "2026-07-08T17:20:17.5+02:00",
+            "2016-12-31T23:59:60+00:00",
+            "2026-07-08 15:20:17",
+            "2026-07-08T15:20:17.+00:00",
+            "2026-07-08T15:20:17.1234567891+00:00",
+            "2026-02-30T15:20:17+00:00",
+            "2026-07-08T15:2a:17+00:00",
+            "2026-07-08T15:20:17+00:00 ",
+        ] {
+            assert_eq!(parse_utc_rfc3339(text), None, "{text}");
+        }
+        let leap = parse_timestamp("t", "2016-12-31T23:59:60+00:00").unwrap();
+        assert_eq!(
+            leap,
+            DateTime::parse_from_rfc3339("2016-12-31T23:59:60+00:00").unwrap()
+        );
     }
 
     #[test]

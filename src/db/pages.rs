@@ -119,7 +119,7 @@ pub async fn child_pages<M: FromQueryResult + NativeRow>(
         for (i, parent) in chunk.iter().enumerate() {
             values.push(parent.clone().into());
             let mut branch = format!(
-                "SELECT * FROM (SELECT t.*, {parent_expr} AS tandem_parent, {key} AS tandem_key \
+                "SELECT t.*, {parent_expr} AS tandem_parent, {key} AS tandem_key \
                  FROM {from} WHERE {parent_expr} = {ph}",
                 key = list.order_key,
                 parent_expr = list.parent,
@@ -136,10 +136,15 @@ pub async fn child_pages<M: FromQueryResult + NativeRow>(
             }
             values.push(((args.first + 1) as i64).into());
             branch.push_str(&format!(
-                " ORDER BY {key} {order} LIMIT {ph}) AS tandem_b{i}",
+                " ORDER BY {key} {order} LIMIT {ph}",
                 key = list.order_key,
                 ph = db.placeholder(values.len())
             ));
+            // A lone branch runs as it is: wrapped, SQLite copies the page into a temporary
+            // table before reading it back.
+            if chunk.len() > 1 {
+                branch = format!("SELECT * FROM ({branch}) AS tandem_b{i}");
+            }
             branches.push(branch);
         }
         let sql = branches.join(" UNION ALL ");
