@@ -129,7 +129,7 @@ impl App {
         };
         let sync_trigger = SyncTrigger::start(jobs.clone());
         let state = AppState {
-            schema: LimitedSchema(build_schema(
+            schema: LimitedSchema::new(build_schema(
                 db.clone(),
                 webhooks.clone(),
                 jobs,

@@ -156,7 +156,41 @@ async fn statements_per_dashboard_query_do_not_grow_with_page_size(app: TestApp)
     );
 }
 
+/// Parsed documents are kept by query text; the page check and validation still run with each
+/// request's own variables, and a text that does not parse is reported every time.
+async fn a_kept_document_is_checked_again_with_each_requests_variables(app: TestApp) {
+    let query = "query($n: Int) { programs(first: $n) { totalCount } }";
+    for _ in 0..2 {
+        let data = app.admin_ok(query, json!({"n": 5})).await;
+        assert_eq!(data["programs"]["totalCount"], 0);
+        let before = app.db.statement_count();
+        let resp = app.gql(&app.admin, query, json!({"n": 101})).await;
+        assert_eq!(error_field(&resp), "first", "{resp}");
+        let resp = app.gql(&app.admin, query, json!({"n": "five"})).await;
+        assert_eq!(error_code(&resp), "BAD_USER_INPUT", "{resp}");
+        assert_eq!(app.db.statement_count(), before, "no statement ran");
+        let resp = app
+            .gql(&app.admin, "{ programs(first: 5) { ", json!({}))
+            .await;
+        assert_eq!(error_code(&resp), "BAD_USER_INPUT", "{resp}");
+    }
+    // The same text under another key is answered for that key.
+    let program = app.create_program("P").await;
+    let partner = app.create_partner(&program, "Alpha").await;
+    let token = app.partner_key(&partner).await;
+    let viewer = "{ viewer { role } }";
+    assert_eq!(
+        app.admin_ok(viewer, json!({})).await["viewer"]["role"],
+        "ADMIN"
+    );
+    assert_eq!(
+        app.ok(&token, viewer, json!({})).await["viewer"]["role"],
+        "PARTNER"
+    );
+}
+
 db_tests!(
+    a_kept_document_is_checked_again_with_each_requests_variables,
     oversized_pages_deep_and_complex_queries_are_rejected_before_the_database,
     malformed_and_oversized_bodies_get_http_errors,
     statements_per_dashboard_query_do_not_grow_with_page_size,
