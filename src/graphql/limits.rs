@@ -29,8 +29,9 @@ use crate::db::pages::MAX_PAGE_SIZE;
 
 /// How many parsed documents are kept.
 const CACHED_DOCUMENTS: usize = 256;
-/// Longer query texts are parsed every time (so the cache stays small).
-const MAX_CACHED_QUERY_BYTES: usize = 16 * 1024;
+/// Longer query texts are parsed every time, so the cache stays within a few MiB (a parsed
+/// document takes several times the memory of its text) whatever clients send.
+const MAX_CACHED_QUERY_BYTES: usize = 4 * 1024;
 
 /// The schema behind the page-size check: documents asking for pages larger than
 /// [`MAX_PAGE_SIZE`] are answered with an error and never executed.
