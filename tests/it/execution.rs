@@ -12,17 +12,9 @@ async fn seed(app: &TestApp) -> (String, String) {
     let program = app.create_program("P").await;
     let partner = app.create_partner(&program, "Alpha").await;
     let token = app.partner_key(&partner).await;
-    for i in 0..3 {
-        let r = app
-            .submit_referral(
-                &token,
-                json!({"companyName": format!("C{i}"), "companyDomain": format!("c{i}.com")}),
-            )
-            .await;
-        if i < 2 {
-            insert_attributed_deal(app, &program, &partner, r["id"].as_str(), &format!("D{i}"))
-                .await;
-        }
+    let referrals = app.submit_referrals(&token, 3, "com").await;
+    for (i, referral) in referrals.iter().take(2).enumerate() {
+        insert_attributed_deal(app, &program, &partner, Some(referral), &format!("D{i}")).await;
     }
     (partner, token)
 }

@@ -323,6 +323,23 @@ impl TestApp {
         data["submitReferral"]["referral"].clone()
     }
 
+    /// Submits referrals `C{i}` / `c{i}.{tld}` for `i` in `0..n` (each a new company, so all are
+    /// accepted); returns their ids.
+    pub async fn submit_referrals(&self, token: &str, n: usize, tld: &str) -> Vec<String> {
+        let mut ids = Vec::with_capacity(n);
+        for i in 0..n {
+            let r = self
+                .submit_referral(
+                    token,
+                    json!({"companyName": format!("C{i}"), "companyDomain": format!("c{i}.{tld}")}),
+                )
+                .await;
+            assert_eq!(r["status"], "ACCEPTED", "{r}");
+            ids.push(r["id"].as_str().unwrap().to_string());
+        }
+        ids
+    }
+
     /// Waits (bounded) until every event written so far is readable. On PostgreSQL the
     /// `events` query returns only events of transactions older than every transaction still
     /// in flight on the server (any database), so a read right after a commit can come back

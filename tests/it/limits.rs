@@ -99,23 +99,16 @@ async fn statements_per_dashboard_query_do_not_grow_with_page_size(app: TestApp)
     let program = app.create_program("P").await;
     let alpha = app.create_partner(&program, "Alpha").await;
     let token = app.partner_key(&alpha).await;
-    for i in 0..60 {
-        let r = app
-            .submit_referral(
-                &token,
-                json!({"companyName": format!("C{i}"), "companyDomain": format!("c{i}.com")}),
-            )
-            .await;
-        if i % 2 == 0 {
-            crate::isolation::insert_attributed_deal(
-                &app,
-                &program,
-                &alpha,
-                r["id"].as_str(),
-                &format!("D{i}"),
-            )
-            .await;
-        }
+    let referrals = app.submit_referrals(&token, 60, "com").await;
+    for (i, referral) in referrals.iter().enumerate().step_by(2) {
+        crate::isolation::insert_attributed_deal(
+            &app,
+            &program,
+            &alpha,
+            Some(referral),
+            &format!("D{i}"),
+        )
+        .await;
     }
     let dashboard = "query($id: ID!, $n: Int!) { partner(id: $id) { id name referralCode program { name currency }
         referrals(first: $n) { totalCount edges { node { id status companyName submittedAt partner { name }
