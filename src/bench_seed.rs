@@ -158,9 +158,9 @@ pub async fn seed(db: &Db, partners: u32, referrals: u32) -> anyhow::Result<Benc
         tx.commit().await?;
         next = end;
     }
-    // Planner statistics, as autovacuum gathers them a minute or so after a bulk load: without
-    // them PostgreSQL joins a page's deals by scanning both tables (17 ms instead of 0.3 ms), and
-    // the benchmark would measure a state no running database stays in. SQLite plans these
+    // Planner statistics, as autovacuum gathers them a minute or so after a bulk load (it is off
+    // on some servers, this project's test machine included): without them PostgreSQL joins a
+    // page's deals by scanning both tables (17 ms instead of 0.3 ms). SQLite plans these
     // queries from its indexes alone (Tandem never runs ANALYZE there).
     if db.is_postgres() {
         sea_orm::ConnectionTrait::execute_unprepared(&db.conn, "ANALYZE").await?;
