@@ -281,29 +281,18 @@ fn text<'a>(row: &'a Row<'_>, i: usize, name: &str) -> rusqlite::Result<Option<&
     }
 }
 
-impl FromColumn for String {
-    fn column(row: &Row<'_>, i: usize, _name: &str) -> rusqlite::Result<Self> {
-        row.get(i)
-    }
+/// Types stored as rusqlite reads them.
+macro_rules! from_sql_column {
+    ($($t:ty),*) => {$(
+        impl FromColumn for $t {
+            fn column(row: &Row<'_>, i: usize, _name: &str) -> rusqlite::Result<Self> {
+                row.get(i)
+            }
+        }
+    )*};
 }
 
-impl FromColumn for i64 {
-    fn column(row: &Row<'_>, i: usize, _name: &str) -> rusqlite::Result<Self> {
-        row.get(i)
-    }
-}
-
-impl FromColumn for i32 {
-    fn column(row: &Row<'_>, i: usize, _name: &str) -> rusqlite::Result<Self> {
-        row.get(i)
-    }
-}
-
-impl FromColumn for bool {
-    fn column(row: &Row<'_>, i: usize, _name: &str) -> rusqlite::Result<Self> {
-        row.get(i)
-    }
-}
+from_sql_column!(String, i64, i32, bool);
 
 impl FromColumn for DateTime<Utc> {
     fn column(row: &Row<'_>, i: usize, name: &str) -> rusqlite::Result<Self> {

@@ -29,12 +29,6 @@ use async_graphql::{
 /// An object type resolved by [`resolve_inline`]; the schema sees `T` itself.
 pub struct Inline<T>(pub T);
 
-impl<T> From<T> for Inline<T> {
-    fn from(value: T) -> Self {
-        Inline(value)
-    }
-}
-
 impl<T: ContainerType> OutputType for Inline<T> {
     fn type_name() -> Cow<'static, str> {
         T::type_name()

@@ -239,6 +239,11 @@ pub struct ChildCountKey {
     pub parent: String,
 }
 
+/// A row a child page can hold: read through sqlx or natively, and handed to every requester.
+pub trait ChildRow: FromQueryResult + NativeRow + Clone + Send + Sync + 'static {}
+
+impl<M: FromQueryResult + NativeRow + Clone + Send + Sync + 'static> ChildRow for M {}
+
 /// Loads child pages of one kind; keys with the same page arguments share one statement.
 pub struct ChildPageLoader<M> {
     db: Db,
@@ -246,10 +251,7 @@ pub struct ChildPageLoader<M> {
     _model: std::marker::PhantomData<fn() -> M>,
 }
 
-impl<M> Loader<ChildPageKey> for ChildPageLoader<M>
-where
-    M: sea_orm::FromQueryResult + crate::db::native::NativeRow + Clone + Send + Sync + 'static,
-{
+impl<M: ChildRow> Loader<ChildPageKey> for ChildPageLoader<M> {
     type Value = Page<M>;
     type Error = async_graphql::Error;
 
@@ -346,15 +348,11 @@ pub struct Loaders {
 impl Loaders {
     /// Fresh loaders for one request.
     pub fn new(db: &Db, delay: Duration) -> Loaders {
-        fn child<M>(db: &Db, kind: ChildKind, delay: Duration) -> DataLoader<ChildPageLoader<M>>
-        where
-            M: sea_orm::FromQueryResult
-                + crate::db::native::NativeRow
-                + Clone
-                + Send
-                + Sync
-                + 'static,
-        {
+        fn child<M: ChildRow>(
+            db: &Db,
+            kind: ChildKind,
+            delay: Duration,
+        ) -> DataLoader<ChildPageLoader<M>> {
             DataLoader::new(
                 ChildPageLoader {
                     db: db.clone(),

@@ -21,7 +21,7 @@ use crate::{
     graphql::{
         connection::{TotalCount, connection},
         inline::Inline,
-        loaders::{ChildCountKey, ChildKind, ChildPageKey, ChildPageLoader, Loaders},
+        loaders::{ChildCountKey, ChildKind, ChildPageKey, ChildPageLoader, ChildRow, Loaders},
         principal,
     },
 };
@@ -37,14 +37,11 @@ pub fn page_complexity(first: Option<i32>, child_complexity: usize) -> usize {
 }
 
 /// One page of a child list through its DataLoader (an absent parent has an empty page).
-async fn child_page<M>(
+async fn child_page<M: ChildRow>(
     loader: &DataLoader<ChildPageLoader<M>>,
     parent: &str,
     args: PageArgs,
-) -> Result<Page<M>>
-where
-    M: sea_orm::FromQueryResult + crate::db::native::NativeRow + Clone + Send + Sync + 'static,
-{
+) -> Result<Page<M>> {
     Ok(loader
         .load_one(ChildPageKey {
             parent: parent.to_string(),
