@@ -177,9 +177,24 @@ impl EventPosition {
     }
 }
 
-/// PostgreSQL: only events of transactions older than every one still in flight (all of them
-/// have finished, so nothing can be committed behind a reader).
-const COMMITTED_ON_POSTGRES: &str = "tx_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint";
+/// PostgreSQL: only events of transactions older than every one of this database still in
+/// flight (all of them have finished, so nothing can be committed behind a reader).
+///
+/// Transaction ids are server-wide, so the snapshot's own horizon (`pg_snapshot_xmin`) would
+/// also wait for transactions of other databases on the server, which can never write these
+/// rows: an idle-in-transaction session of another application held every new event back.
+/// The horizon is the oldest in-flight id of the statement's snapshot that `pg_stat_activity`
+/// does not show running in another database (or the snapshot's `xmax` when there is none).
+/// That is sound however the two reads interleave: an id shown running in another database
+/// belongs to that database for good, and one that finished meanwhile (or whose backend this
+/// role may not inspect) still holds the horizon back, as before.
+pub const COMMITTED_ON_POSTGRES: &str = "tx_id < (\
+    SELECT LEAST(pg_snapshot_xmax(snap)::text::bigint, (\
+        SELECT MIN(xid::text::bigint) FROM pg_snapshot_xip(snap) AS xid \
+        WHERE NOT EXISTS (SELECT 1 FROM pg_stat_activity AS activity \
+            WHERE activity.backend_xid::text::bigint = xid::text::bigint % 4294967296 \
+            AND activity.datname <> current_database()))) \
+    FROM (SELECT pg_current_snapshot() AS snap) AS current_snapshot)";
 
 /// Restricts `query` to committed events after `after` in stream order: `(tx_id, seq)` on
 /// PostgreSQL, `seq` on SQLite (one writer at a time, so `seq` order is commit order).

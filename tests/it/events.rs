@@ -143,7 +143,45 @@ async fn a_reader_never_passes_an_event_still_being_committed(app: TestApp) {
     assert_eq!(steps().await, ["slow", "fast"]);
 }
 
+async fn transactions_of_other_databases_do_not_hold_events_back(app: TestApp) {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    if !app.db.is_postgres() {
+        return;
+    }
+    // Another application's database on the same server, with a transaction left open after
+    // it wrote (so it holds a transaction id older than everything below).
+    let other = crate::helpers::fresh_postgres_database().await.unwrap();
+    let other_db = tandem::db::Db::connect(&other.url, 1).await.unwrap();
+    other_db
+        .conn
+        .execute_unprepared("CREATE TABLE notes (body TEXT)")
+        .await
+        .unwrap();
+    let open = other_db.conn.begin().await.unwrap();
+    open.execute_unprepared("INSERT INTO notes VALUES ('idle in transaction')")
+        .await
+        .unwrap();
+
+    let program = app.create_program("P").await;
+    app.create_partner(&program, "Visible at once").await;
+    let data = app
+        .admin_ok(
+            "{ events(first: 100) { totalCount edges { node { type } } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(data["events"]["totalCount"], 1);
+    assert_eq!(
+        data["events"]["edges"][0]["node"]["type"],
+        "partner.created"
+    );
+
+    open.rollback().await.unwrap();
+    other_db.close().await.unwrap();
+}
+
 db_tests!(
+    transactions_of_other_databases_do_not_hold_events_back,
     every_change_writes_its_event_and_events_page_in_order,
     a_failed_mutation_writes_no_event,
     a_reader_never_passes_an_event_still_being_committed,

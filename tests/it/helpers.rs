@@ -352,8 +352,10 @@ impl TestApp {
         loop {
             let pending = count(
                 &self.db,
-                "SELECT COUNT(*) AS n FROM events \
-                 WHERE tx_id >= pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
+                &format!(
+                    "SELECT COUNT(*) AS n FROM events WHERE NOT ({})",
+                    tandem::domain::events::COMMITTED_ON_POSTGRES
+                ),
             )
             .await;
             if pending == 0 {
