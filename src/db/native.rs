@@ -194,7 +194,12 @@ fn to_sql(value: &Value) -> Result<SqlValue, DbErr> {
 /// Decodes one column of a native row.
 pub trait FromColumn: Sized {
     /// The value at position `i`, named `name` (for errors).
-    fn column(row: &Row<'_>, i: usize, name: &str) -> rusqlite::Result<Self>;
+    fn column(row: &Row<'_>, i: usize, name: &str) -> rusqlite::Result<Self> {
+        Self::from_value(row.get_ref(i)?, name)
+    }
+
+    /// Decodes a column's value (read once: `Option<T>` hands it on to `T`).
+    fn from_value(value: ValueRef<'_>, name: &str) -> rusqlite::Result<Self>;
 }
 
 fn conversion(name: &str, err: impl std::fmt::Display) -> rusqlite::Error {
@@ -205,11 +210,18 @@ fn conversion(name: &str, err: impl std::fmt::Display) -> rusqlite::Error {
     )
 }
 
-/// The form sqlx writes, `2026-07-08T15:20:17.172974016+00:00` (or with `Z`), read without
-/// chrono's general parser: a dashboard page decodes hundreds of them. `None` for any other
-/// form (other offsets, leap seconds, SQLite's own format), which the general parser handles.
-fn parse_utc_rfc3339(text: &str) -> Option<DateTime<Utc>> {
-    let b = text.as_bytes();
+/// Two ASCII digits at `at` as a number.
+fn two_digits(b: &[u8], at: usize) -> Option<u32> {
+    let (tens, ones) = (b[at].wrapping_sub(b'0'), b[at + 1].wrapping_sub(b'0'));
+    (tens < 10 && ones < 10).then(|| u32::from(tens) * 10 + u32::from(ones))
+}
+
+/// The form sqlx writes, `2026-07-08T15:20:17.172974016+00:00` (or with `Z`), read from the
+/// stored bytes without chrono's general parser or a UTF-8 check (every byte is checked to be
+/// an ASCII digit or separator): a dashboard page decodes hundreds of them. `None` for any
+/// other form (other offsets, leap seconds, SQLite's own format), which the general parser
+/// handles.
+fn parse_utc_rfc3339(b: &[u8]) -> Option<DateTime<Utc>> {
     if b.len() < 20
         || b[4] != b'-'
         || b[7] != b'-'
@@ -219,41 +231,41 @@ fn parse_utc_rfc3339(text: &str) -> Option<DateTime<Utc>> {
     {
         return None;
     }
-    let number = |digits: &[u8]| -> Option<u32> {
-        digits.iter().try_fold(0u32, |n, c| {
-            c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
-        })
-    };
+    let year = two_digits(b, 0)? * 100 + two_digits(b, 2)?;
     let mut rest = &b[19..];
-    let mut nanos = 0;
+    let mut nanos = 0u32;
     if let [b'.', fraction @ ..] = rest {
-        let digits = fraction.iter().take_while(|c| c.is_ascii_digit()).count();
-        if digits == 0 || digits > 9 {
+        let mut digits = 0;
+        for &c in fraction.iter().take(9) {
+            let d = c.wrapping_sub(b'0');
+            if d >= 10 {
+                break;
+            }
+            nanos = nanos * 10 + u32::from(d);
+            digits += 1;
+        }
+        if digits == 0 || fraction.get(digits).is_some_and(u8::is_ascii_digit) {
             return None;
         }
-        nanos = number(&fraction[..digits])? * 10u32.pow(9 - digits as u32);
+        nanos *= 10u32.pow(9 - digits as u32);
         rest = &fraction[digits..];
     }
     if rest != b"+00:00" && rest != b"Z" {
         return None;
     }
-    NaiveDate::from_ymd_opt(
-        number(&b[0..4])? as i32,
-        number(&b[5..7])?,
-        number(&b[8..10])?,
-    )?
-    .and_hms_nano_opt(
-        number(&b[11..13])?,
-        number(&b[14..16])?,
-        number(&b[17..19])?,
-        nanos,
-    )
-    .map(|t| t.and_utc())
+    NaiveDate::from_ymd_opt(year as i32, two_digits(b, 5)?, two_digits(b, 8)?)?
+        .and_hms_nano_opt(
+            two_digits(b, 11)?,
+            two_digits(b, 14)?,
+            two_digits(b, 17)?,
+            nanos,
+        )
+        .map(|t| t.and_utc())
 }
 
 /// Timestamps as sqlx stores them (RFC 3339), and SQLite's own `YYYY-MM-DD HH:MM:SS[.f]`.
 fn parse_timestamp(name: &str, text: &str) -> rusqlite::Result<DateTime<Utc>> {
-    if let Some(t) = parse_utc_rfc3339(text) {
+    if let Some(t) = parse_utc_rfc3339(text.as_bytes()) {
         return Ok(t);
     }
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
@@ -268,25 +280,12 @@ fn parse_timestamp(name: &str, text: &str) -> rusqlite::Result<DateTime<Utc>> {
         .map_err(|e| conversion(name, e))
 }
 
-fn text<'a>(row: &'a Row<'_>, i: usize, name: &str) -> rusqlite::Result<Option<&'a str>> {
-    match row.get_ref(i)? {
-        ValueRef::Null => Ok(None),
-        ValueRef::Text(bytes) => std::str::from_utf8(bytes)
-            .map(Some)
-            .map_err(|e| conversion(name, e)),
-        other => Err(conversion(
-            name,
-            format!("{:?} is no text", other.data_type()),
-        )),
-    }
-}
-
 /// Types stored as rusqlite reads them.
 macro_rules! from_sql_column {
     ($($t:ty),*) => {$(
         impl FromColumn for $t {
-            fn column(row: &Row<'_>, i: usize, _name: &str) -> rusqlite::Result<Self> {
-                row.get(i)
+            fn from_value(value: ValueRef<'_>, name: &str) -> rusqlite::Result<Self> {
+                rusqlite::types::FromSql::column_result(value).map_err(|e| conversion(name, e))
             }
         }
     )*};
@@ -295,21 +294,29 @@ macro_rules! from_sql_column {
 from_sql_column!(String, i64, i32, bool);
 
 impl FromColumn for DateTime<Utc> {
-    fn column(row: &Row<'_>, i: usize, name: &str) -> rusqlite::Result<Self> {
-        match row.get_ref(i)? {
+    fn from_value(value: ValueRef<'_>, name: &str) -> rusqlite::Result<Self> {
+        match value {
             ValueRef::Integer(secs) => DateTime::from_timestamp(secs, 0)
                 .ok_or_else(|| conversion(name, "timestamp out of range")),
-            _ => match text(row, i, name)? {
-                Some(t) => parse_timestamp(name, t),
-                None => Err(conversion(name, "NULL is no timestamp")),
+            ValueRef::Text(bytes) => match parse_utc_rfc3339(bytes) {
+                Some(t) => Ok(t),
+                None => parse_timestamp(
+                    name,
+                    std::str::from_utf8(bytes).map_err(|e| conversion(name, e))?,
+                ),
             },
+            ValueRef::Null => Err(conversion(name, "NULL is no timestamp")),
+            other => Err(conversion(
+                name,
+                format!("{:?} is no timestamp", other.data_type()),
+            )),
         }
     }
 }
 
 impl FromColumn for serde_json::Value {
-    fn column(row: &Row<'_>, i: usize, name: &str) -> rusqlite::Result<Self> {
-        match row.get_ref(i)? {
+    fn from_value(value: ValueRef<'_>, name: &str) -> rusqlite::Result<Self> {
+        match value {
             ValueRef::Text(bytes) | ValueRef::Blob(bytes) => {
                 serde_json::from_slice(bytes).map_err(|e| conversion(name, e))
             }
@@ -321,10 +328,10 @@ impl FromColumn for serde_json::Value {
 }
 
 impl<T: FromColumn> FromColumn for Option<T> {
-    fn column(row: &Row<'_>, i: usize, name: &str) -> rusqlite::Result<Self> {
-        match row.get_ref(i)? {
+    fn from_value(value: ValueRef<'_>, name: &str) -> rusqlite::Result<Self> {
+        match value {
             ValueRef::Null => Ok(None),
-            _ => T::column(row, i, name).map(Some),
+            value => T::from_value(value, name).map(Some),
         }
     }
 }
@@ -491,7 +498,7 @@ mod tests {
             let chrono = DateTime::parse_from_rfc3339(text)
                 .unwrap()
                 .with_timezone(&Utc);
-            assert_eq!(parse_utc_rfc3339(text), Some(chrono), "{text}");
+            assert_eq!(parse_utc_rfc3339(text.as_bytes()), Some(chrono), "{text}");
             assert_eq!(parse_timestamp("t", text).unwrap(), chrono, "{text}");
         }
         // Left to the general parser: other offsets, a leap second, SQLite's format, junk.
@@ -505,13 +512,42 @@ mod tests {
             "2026-07-08T15:2a:17+00:00",
             "2026-07-08T15:20:17+00:00 ",
         ] {
-            assert_eq!(parse_utc_rfc3339(text), None, "{text}");
+            assert_eq!(parse_utc_rfc3339(text.as_bytes()), None, "{text}");
         }
         let leap = parse_timestamp("t", "2016-12-31T23:59:60+00:00").unwrap();
         assert_eq!(
             leap,
             DateTime::parse_from_rfc3339("2016-12-31T23:59:60+00:00").unwrap()
         );
+    }
+
+    proptest::proptest! {
+        /// Any UTC time in any precision sqlx or a client may store reads back as chrono reads
+        /// it; a fraction of more than nine digits is left to chrono.
+        #[test]
+        fn the_fast_form_agrees_with_chrono(
+            secs in 0i64..253_402_300_799,
+            nanos in 0u32..1_000_000_000,
+            precision in 0usize..12,
+            zulu: bool,
+        ) {
+            let t = DateTime::from_timestamp(secs, nanos).unwrap();
+            let base = t.format("%Y-%m-%dT%H:%M:%S").to_string();
+            let fraction = format!("{nanos:09}0000");
+            let text = format!(
+                "{base}{}{}",
+                if precision == 0 { String::new() } else { format!(".{}", &fraction[..precision]) },
+                if zulu { "Z" } else { "+00:00" },
+            );
+            let chrono = DateTime::parse_from_rfc3339(&text).map(|t| t.with_timezone(&Utc)).ok();
+            let fast = parse_utc_rfc3339(text.as_bytes());
+            if precision > 9 {
+                proptest::prop_assert_eq!(fast, None);
+            } else {
+                proptest::prop_assert_eq!(fast, chrono);
+            }
+            proptest::prop_assert_eq!(parse_timestamp("t", &text).ok(), chrono);
+        }
     }
 
     #[test]

@@ -97,7 +97,7 @@ impl LedgerEntry {
             .deals
             .load_one(deal_id.clone())
             .await?
-            .map(|d| Deal(d, attribution)))
+            .map(|d| Deal::new(d, attribution)))
     }
     /// The partner it is owed to.
     async fn partner(&self, ctx: &Context<'_>) -> Result<Option<Partner>> {

@@ -115,11 +115,18 @@ impl Loader<String> for DealCommissionLoader {
 /// The deal attributed to a referral (its earliest), with the partner it is attributed to.
 pub struct DealByReferralLoader(Db);
 
+/// A referral's deal as the loader hands it out: shared, because a DataLoader copies every
+/// value it returns (a page of deals would otherwise be cloned field by field).
+pub type ReferralDeal = (
+    std::sync::Arc<deal::Model>,
+    std::sync::Arc<attribution::Model>,
+);
+
 impl Loader<String> for DealByReferralLoader {
-    type Value = (deal::Model, attribution::Model);
+    type Value = ReferralDeal;
     type Error = async_graphql::Error;
 
-    async fn load(&self, keys: &[String]) -> LoadResult<(deal::Model, attribution::Model)> {
+    async fn load(&self, keys: &[String]) -> LoadResult<ReferralDeal> {
         // One join: the deal's columns as they are, the attribution's prefixed `a_`.
         let db = &self.0;
         let (ins, values) = db.in_list("a.referral_id", keys, 1);
@@ -159,7 +166,15 @@ impl Loader<String> for DealByReferralLoader {
                 .collect::<Result<Vec<_>, sea_orm::DbErr>>()
                 .map_err(db_error)?,
         };
-        Ok(earliest_deal_per_referral(pairs))
+        Ok(earliest_deal_per_referral(pairs)
+            .into_iter()
+            .map(|(referral_id, (deal, attribution))| {
+                (
+                    referral_id,
+                    (std::sync::Arc::new(deal), std::sync::Arc::new(attribution)),
+                )
+            })
+            .collect())
     }
 }
 

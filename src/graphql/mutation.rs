@@ -210,7 +210,7 @@ impl CoreMutation {
         let principal = principal(ctx).await?;
         let db = ctx.data_unchecked::<Db>();
         Ok(SubmitReferralPayload {
-            referral: Referral(submit_referral(db, principal, input).await?),
+            referral: Referral::from(submit_referral(db, principal, input).await?),
         })
     }
 
@@ -223,7 +223,7 @@ impl CoreMutation {
         principal(ctx).await?.require_admin()?;
         let db = ctx.data_unchecked::<Db>();
         Ok(UpdateReferralStatusPayload {
-            referral: Referral(update_referral_status(db, input).await?),
+            referral: Referral::from(update_referral_status(db, input).await?),
         })
     }
 }

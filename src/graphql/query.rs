@@ -187,7 +187,7 @@ impl CoreQuery {
             db.select_one(query)
                 .await
                 .map_err(ApiError::from)?
-                .map(Referral)
+                .map(Referral::from)
                 .ok_or(ApiError::NotFound("referral"))?,
         ))
     }
@@ -231,9 +231,11 @@ impl CoreQuery {
             page,
             args.after.is_some(),
             |r| r.id.clone(),
-            Referral,
+            Referral::from,
             total,
-        ))
+        )
+        .with_deals(ctx)
+        .await?)
     }
 
     /// One deal by id (a partner key sees only deals attributed to it).

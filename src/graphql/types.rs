@@ -21,7 +21,10 @@ use crate::{
     graphql::{
         connection::{TotalCount, connection},
         inline::Inline,
-        loaders::{ChildCountKey, ChildKind, ChildPageKey, ChildPageLoader, ChildRow, Loaders},
+        loaders::{
+            ChildCountKey, ChildKind, ChildPageKey, ChildPageLoader, ChildRow, Loaders,
+            ReferralDeal,
+        },
         principal,
     },
 };
@@ -212,12 +215,14 @@ impl Partner {
             page,
             had_cursor,
             |r| r.id.clone(),
-            Referral,
+            Referral::from,
             TotalCount::Child(ChildCountKey {
                 kind: ChildKind::PartnerReferrals,
                 parent: self.0.id.clone(),
             }),
-        ))
+        )
+        .with_deals(ctx)
+        .await?)
     }
     /// Deals attributed to the partner, newest first.
     #[graphql(complexity = "page_complexity(first, child_complexity)")]
@@ -245,7 +250,59 @@ impl Partner {
 }
 
 /// A registered referral (deal registration).
-pub struct Referral(pub referral::Model);
+pub struct Referral(
+    pub referral::Model,
+    /// The attributed deal as this request's principal may see it, once known: set for a
+    /// whole page at once by [`ReferralConnection::with_deals`], or by the `deal` field.
+    std::sync::OnceLock<Option<Inline<Deal>>>,
+);
+
+impl From<referral::Model> for Referral {
+    fn from(model: referral::Model) -> Self {
+        Referral(model, std::sync::OnceLock::new())
+    }
+}
+
+/// The deal attributed to a referral, or `None` when there is none or it is attributed to
+/// another partner than the one `principal` is scoped to.
+fn visible_deal(principal: &Principal, found: Option<ReferralDeal>) -> Option<Inline<Deal>> {
+    found
+        .filter(|(_, a)| {
+            principal
+                .partner_scope()
+                .is_none_or(|own| own == a.partner_id)
+        })
+        .map(|(d, a)| Inline(Deal(d, Some(a))))
+}
+
+impl ReferralConnection {
+    /// When the query asks for the referrals' deals, loads them for the whole page with one
+    /// `load_many` (batched with the pages of sibling connections, as the per-referral loads
+    /// would be) instead of one DataLoader request per referral: the page's deals are then
+    /// resolved without a key registration, channel and copy each.
+    pub async fn with_deals(self, ctx: &Context<'_>) -> Result<Self> {
+        let wanted = ctx
+            .look_ahead()
+            .field("edges")
+            .field("node")
+            .field("deal")
+            .exists();
+        if !wanted || self.edges.is_empty() {
+            return Ok(self);
+        }
+        let principal = principal(ctx).await?;
+        let loaders = ctx.data_unchecked::<Loaders>();
+        let ids = self.edges.iter().map(|edge| edge.0.node.0.0.id.clone());
+        let mut found = Box::pin(loaders.deal_by_referral.load_many(ids)).await?;
+        for edge in &self.edges {
+            let referral = &edge.0.node.0;
+            let deal = visible_deal(principal, found.remove(&referral.0.id));
+            // A fresh page: nothing has set it yet.
+            let _ = referral.1.set(deal);
+        }
+        Ok(self)
+    }
+}
 
 /// A registered referral (deal registration).
 #[Object]
@@ -303,20 +360,20 @@ impl Referral {
             })
     }
     /// The CRM deal attributed to this referral, if any.
-    async fn deal(&self, ctx: &Context<'_>) -> Result<Option<Inline<Deal>>> {
+    async fn deal(&self, ctx: &Context<'_>) -> Result<Option<&Inline<Deal>>> {
+        if let Some(known) = self.1.get() {
+            return Ok(known.as_ref());
+        }
         // Boxed: the generated field dispatcher is as large as its largest field future, and
         // every field of every referral moves one onto the heap.
         Box::pin(async move {
             let principal = principal(ctx).await?;
             let loaders = ctx.data_unchecked::<Loaders>();
             let found = loaders.deal_by_referral.load_one(self.0.id.clone()).await?;
-            Ok(found
-                .filter(|(_, a)| {
-                    principal
-                        .partner_scope()
-                        .is_none_or(|own| own == a.partner_id)
-                })
-                .map(|(d, a)| Inline(Deal(d, Some(a)))))
+            Ok(self
+                .1
+                .get_or_init(|| visible_deal(principal, found))
+                .as_ref())
         })
         .await
     }
@@ -335,23 +392,44 @@ pub enum DealStatus {
 }
 
 /// A CRM deal mirrored into Tandem.
-pub struct Deal(pub deal::Model, pub Option<attribution::Model>);
+///
+/// The rows are shared: a DataLoader copies each value it hands out, and a page of deals
+/// reached through their referrals is then copied as reference counts, not field by field.
+pub struct Deal(
+    pub std::sync::Arc<deal::Model>,
+    pub Option<std::sync::Arc<attribution::Model>>,
+);
+
+impl Deal {
+    /// A deal with its attribution when that is known already.
+    pub fn new(model: deal::Model, attribution: Option<attribution::Model>) -> Deal {
+        Deal(
+            std::sync::Arc::new(model),
+            attribution.map(std::sync::Arc::new),
+        )
+    }
+}
 
 impl From<deal::Model> for Deal {
     fn from(model: deal::Model) -> Self {
-        Deal(model, None)
+        Deal::new(model, None)
     }
 }
 
 impl Deal {
     /// The deal's attribution: already known when the deal was reached through its referral,
     /// otherwise batched through the attribution loader.
-    async fn attribution(&self, ctx: &Context<'_>) -> Result<Option<attribution::Model>> {
+    async fn attribution(
+        &self,
+        ctx: &Context<'_>,
+    ) -> Result<Option<std::borrow::Cow<'_, attribution::Model>>> {
         if let Some(known) = &self.1 {
-            return Ok(Some(known.clone()));
+            return Ok(Some(std::borrow::Cow::Borrowed(&**known)));
         }
         let loaders = ctx.data_unchecked::<Loaders>();
-        Box::pin(loaders.attributions.load_one(self.0.id.clone())).await
+        Ok(Box::pin(loaders.attributions.load_one(self.0.id.clone()))
+            .await?
+            .map(std::borrow::Cow::Owned))
     }
 }
 
@@ -425,9 +503,11 @@ impl Deal {
             return Ok(None);
         };
         let loaders = ctx.data_unchecked::<Loaders>();
-        Ok(Box::pin(loaders.partners.load_one(attribution.partner_id))
-            .await?
-            .map(Partner))
+        Ok(
+            Box::pin(loaders.partners.load_one(attribution.partner_id.clone()))
+                .await?
+                .map(Partner),
+        )
     }
     /// How the deal was attributed.
     async fn attribution_method(&self, ctx: &Context<'_>) -> Result<Option<AttributionMethod>> {

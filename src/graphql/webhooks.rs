@@ -311,7 +311,7 @@ impl WebhookMutation {
         let db = ctx.data_unchecked::<Db>();
         let (deal, attribution) = attribute_deal(db, input).await?;
         Ok(AttributeDealPayload {
-            deal: Deal(deal, Some(attribution)),
+            deal: Deal::new(deal, Some(attribution)),
         })
     }
 }

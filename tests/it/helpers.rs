@@ -341,9 +341,9 @@ impl TestApp {
     }
 
     /// Waits (bounded) until every event written so far is readable. On PostgreSQL the
-    /// `events` query returns only events of transactions older than every transaction still
-    /// in flight on the server (any database), so a read right after a commit can come back
-    /// short while another test's transaction is open. No-op on SQLite.
+    /// `events` query returns only events of transactions older than every transaction of the
+    /// database still in flight, so a read right after a commit can come back short while a
+    /// background worker's transaction is open. No-op on SQLite.
     pub async fn events_settled(&self) {
         if !self.db.is_postgres() {
             return;

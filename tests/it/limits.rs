@@ -149,6 +149,53 @@ async fn statements_per_dashboard_query_do_not_grow_with_page_size(app: TestApp)
     );
 }
 
+/// Each page of referrals loads its deals at once, and the pages of sibling partners share
+/// one batch: the statements of a program's partners with their referrals and deals do not
+/// grow with the number of partners.
+async fn referral_pages_of_many_partners_share_their_deal_statement(app: TestApp) {
+    let program = app.create_program("P").await;
+    for name in ["Alpha", "Beta", "Gamma", "Delta"] {
+        let partner = app.create_partner(&program, name).await;
+        let token = app.partner_key(&partner).await;
+        let referrals = app.submit_referrals(&token, 3, &name.to_lowercase()).await;
+        crate::isolation::insert_attributed_deal(
+            &app,
+            &program,
+            &partner,
+            Some(&referrals[0]),
+            &format!("{name} deal"),
+        )
+        .await;
+    }
+    let query = "query($p: ID!, $n: Int!) { program(id: $p) { partners(first: $n) { edges { node {
+        name referrals(first: 5) { edges { node { companyName deal { name attributionMethod } } } } } } } } }";
+    let mut costs = Vec::new();
+    for n in [1, 4] {
+        let before = app.db.statement_count();
+        let data = app.admin_ok(query, json!({"p": program, "n": n})).await;
+        let partners = crate::helpers::nodes(&data["program"]["partners"]);
+        assert_eq!(partners.len(), n);
+        for partner in &partners {
+            let referrals = crate::helpers::nodes(&partner["referrals"]);
+            assert_eq!(referrals.len(), 3, "{partner}");
+            let deals: Vec<_> = referrals
+                .iter()
+                .filter(|r| !r["deal"].is_null())
+                .map(|r| r["deal"]["name"].as_str().unwrap().to_string())
+                .collect();
+            assert_eq!(
+                deals,
+                [format!("{} deal", partner["name"].as_str().unwrap())]
+            );
+        }
+        costs.push(app.db.statement_count() - before);
+    }
+    assert_eq!(
+        costs[0], costs[1],
+        "statements for 1 and 4 partners: {costs:?}"
+    );
+}
+
 /// Parsed documents are kept by query text; the page check and validation still run with each
 /// request's own variables, and a text that does not parse is reported every time.
 async fn a_kept_document_is_checked_again_with_each_requests_variables(app: TestApp) {
@@ -187,4 +234,5 @@ db_tests!(
     oversized_pages_deep_and_complex_queries_are_rejected_before_the_database,
     malformed_and_oversized_bodies_get_http_errors,
     statements_per_dashboard_query_do_not_grow_with_page_size,
+    referral_pages_of_many_partners_share_their_deal_statement,
 );
