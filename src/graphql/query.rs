@@ -227,7 +227,7 @@ impl CoreQuery {
             &args,
         )
         .await?;
-        Ok(ReferralConnection::build(
+        ReferralConnection::build(
             page,
             args.after.is_some(),
             |r| r.id.clone(),
@@ -235,7 +235,7 @@ impl CoreQuery {
             total,
         )
         .with_deals(ctx)
-        .await?)
+        .await
     }
 
     /// One deal by id (a partner key sees only deals attributed to it).

@@ -211,7 +211,7 @@ impl Partner {
         let had_cursor = args.after.is_some();
         let loaders = ctx.data_unchecked::<Loaders>();
         let page = child_page(&loaders.partner_referrals, &self.0.id, args).await?;
-        Ok(ReferralConnection::build(
+        ReferralConnection::build(
             page,
             had_cursor,
             |r| r.id.clone(),
@@ -222,7 +222,7 @@ impl Partner {
             }),
         )
         .with_deals(ctx)
-        .await?)
+        .await
     }
     /// Deals attributed to the partner, newest first.
     #[graphql(complexity = "page_complexity(first, child_complexity)")]
