@@ -308,6 +308,12 @@ impl Kpis {
     }
 }
 
+// Reached through connections, resolved field by field.
+impl crate::graphql::inline::PlainFields for LedgerEntry {}
+impl crate::graphql::inline::PlainFields for Payout {}
+impl crate::graphql::inline::PlainFields for ExchangeRate {}
+impl crate::graphql::inline::PlainFields for JobRun {}
+
 connection!(
     LedgerEntryConnection,
     LedgerEntryEdge,

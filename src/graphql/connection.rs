@@ -151,12 +151,25 @@ macro_rules! connection {
             pub node: $crate::graphql::inline::Inline<$node>,
         }
 
+        impl $crate::graphql::inline::PlainFields for $edge {
+            fn plain_scalar(&self, name: &str) -> Option<async_graphql::Value> {
+                (name == "cursor").then(|| async_graphql::Value::String(self.cursor.clone()))
+            }
+
+            fn plain_object(
+                &self,
+                name: &str,
+            ) -> Option<Option<&dyn $crate::graphql::inline::PlainObject>> {
+                (name == "node").then_some(Some(&self.node))
+            }
+        }
+
         #[doc = concat!("A page of ", $what, ".")]
         #[async_graphql::Object]
         impl $conn {
             /// The items of this page with their cursors.
-            async fn edges(&self) -> &[$crate::graphql::inline::Inline<$edge>] {
-                &self.edges
+            async fn edges(&self) -> $crate::graphql::inline::InlineList<'_, $edge> {
+                $crate::graphql::inline::InlineList(&self.edges)
             }
 
             /// Where this page stands.

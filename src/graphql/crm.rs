@@ -155,6 +155,10 @@ impl SyncRun {
     }
 }
 
+// Reached through connections, resolved field by field.
+impl crate::graphql::inline::PlainFields for CrmConnection {}
+impl crate::graphql::inline::PlainFields for SyncRun {}
+
 connection!(
     CrmConnectionConnection,
     CrmConnectionEdge,

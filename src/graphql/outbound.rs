@@ -161,6 +161,10 @@ impl WebhookDelivery {
     }
 }
 
+// Reached through connections, resolved field by field.
+impl crate::graphql::inline::PlainFields for WebhookEndpoint {}
+impl crate::graphql::inline::PlainFields for WebhookDelivery {}
+
 connection!(
     WebhookEndpointConnection,
     WebhookEndpointEdge,

@@ -1,6 +1,8 @@
 //! GraphQL object types wrapping stored rows.
 
-use async_graphql::{Context, Enum, ID, Json, Object, Result, dataloader::DataLoader};
+use async_graphql::{
+    Context, Enum, ID, InputType, Json, Object, Result, ScalarType, Value, dataloader::DataLoader,
+};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
@@ -20,7 +22,7 @@ use crate::{
     error::ApiError,
     graphql::{
         connection::{TotalCount, connection},
-        inline::Inline,
+        inline::{Inline, PlainFields, PlainObject},
         loaders::{
             ChildCountKey, ChildKind, ChildPageKey, ChildPageLoader, ChildRow, Loaders,
             ReferralDeal,
@@ -275,6 +277,39 @@ fn visible_deal(principal: &Principal, found: Option<ReferralDeal>) -> Option<In
         .map(|(d, a)| Inline(Deal(d, Some(a))))
 }
 
+/// A nullable text column as GraphQL answers it.
+fn optional_text(text: &Option<String>) -> Value {
+    text.as_ref()
+        .map_or(Value::Null, |t| Value::String(t.clone()))
+}
+
+impl PlainFields for Referral {
+    fn plain_scalar(&self, name: &str) -> Option<Value> {
+        let r = &self.0;
+        Some(match name {
+            "id" => Value::String(r.id.clone()),
+            "status" => InputType::to_value(&ReferralStatus::parse(&r.status)?),
+            "companyName" => Value::String(r.company_name.clone()),
+            "companyDomain" => optional_text(&r.company_domain),
+            "contactName" => optional_text(&r.contact_name),
+            "contactEmail" => optional_text(&r.contact_email),
+            "notes" => optional_text(&r.notes),
+            "submittedAt" => ScalarType::to_value(&r.submitted_at),
+            _ => return None,
+        })
+    }
+
+    fn plain_object(&self, name: &str) -> Option<Option<&dyn PlainObject>> {
+        match name {
+            "deal" => self
+                .1
+                .get()
+                .map(|deal| deal.as_ref().map(|d| d as &dyn PlainObject)),
+            _ => None,
+        }
+    }
+}
+
 impl ReferralConnection {
     /// When the query asks for the referrals' deals, loads them for the whole page with one
     /// `load_many` (batched with the pages of sibling connections, as the per-referral loads
@@ -417,6 +452,57 @@ impl From<deal::Model> for Deal {
 }
 
 impl Deal {
+    /// The stored status as GraphQL shows it (a deleted deal counts as lost); `None` for a
+    /// stored value that does not parse.
+    fn stored_status(&self) -> Option<DealStatus> {
+        if self.0.deleted {
+            return Some(DealStatus::Lost);
+        }
+        tandem_connectors::DealStatus::parse(&self.0.status).map(DealStatus::from)
+    }
+
+    /// The stored contact emails.
+    fn stored_contact_emails(&self) -> Vec<String> {
+        serde_json::from_value(self.0.contact_emails.clone()).unwrap_or_default()
+    }
+}
+
+impl PlainFields for Deal {
+    fn plain_scalar(&self, name: &str) -> Option<Value> {
+        let d = &self.0;
+        Some(match name {
+            "id" => Value::String(d.id.clone()),
+            "externalId" => Value::String(d.external_id.clone()),
+            "name" => Value::String(d.name.clone()),
+            "amount" => ScalarType::to_value(&parse_stored_decimal(&d.amount).ok()?),
+            "currency" => Value::String(d.currency.clone()),
+            "status" => InputType::to_value(&self.stored_status()?),
+            "stage" => optional_text(&d.stage),
+            "closedAt" => d
+                .closed_at
+                .as_ref()
+                .map_or(Value::Null, ScalarType::to_value),
+            "createdAt" => ScalarType::to_value(&d.created_at),
+            "updatedAt" => ScalarType::to_value(&d.updated_at),
+            "companyDomain" => optional_text(&d.company_domain),
+            "contactEmails" => Value::List(
+                self.stored_contact_emails()
+                    .into_iter()
+                    .map(Value::String)
+                    .collect(),
+            ),
+            "referralCode" => optional_text(&d.referral_code),
+            "deleted" => Value::Boolean(d.deleted),
+            // Plain only when the attribution came with the deal.
+            "attributionMethod" => {
+                InputType::to_value(&AttributionMethod::parse(&self.1.as_ref()?.method)?)
+            }
+            _ => return None,
+        })
+    }
+}
+
+impl Deal {
     /// The deal's attribution: already known when the deal was reached through its referral,
     /// otherwise batched through the attribution loader.
     async fn attribution(
@@ -458,11 +544,7 @@ impl Deal {
     }
     /// Open, won or lost (a deleted deal counts as lost).
     async fn status(&self) -> Result<DealStatus> {
-        if self.0.deleted {
-            return Ok(DealStatus::Lost);
-        }
-        tandem_connectors::DealStatus::parse(&self.0.status)
-            .map(DealStatus::from)
+        self.stored_status()
             .ok_or_else(|| internal("deal status", &self.0.status))
     }
     /// The CRM's stage label.
@@ -487,7 +569,7 @@ impl Deal {
     }
     /// Contact emails on the deal.
     async fn contact_emails(&self) -> Vec<String> {
-        serde_json::from_value(self.0.contact_emails.clone()).unwrap_or_default()
+        self.stored_contact_emails()
     }
     /// Referral code carried by the deal.
     async fn referral_code(&self) -> Option<&str> {
@@ -664,6 +746,12 @@ impl Viewer {
             .map(Partner))
     }
 }
+
+// Reached through connections, resolved field by field.
+impl PlainFields for Program {}
+impl PlainFields for Partner {}
+impl PlainFields for ApiKey {}
+impl PlainFields for Event {}
 
 connection!(ProgramConnection, ProgramEdge, Program, "programs");
 connection!(PartnerConnection, PartnerEdge, Partner, "partners");

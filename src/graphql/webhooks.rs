@@ -142,6 +142,10 @@ impl WebhookReceipt {
     }
 }
 
+// Reached through connections, resolved field by field.
+impl crate::graphql::inline::PlainFields for WebhookSource {}
+impl crate::graphql::inline::PlainFields for WebhookReceipt {}
+
 connection!(
     WebhookSourceConnection,
     WebhookSourceEdge,

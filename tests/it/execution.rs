@@ -7,8 +7,12 @@ use serde_json::{Value, json};
 
 use crate::{db_tests, helpers::TestApp, isolation::insert_attributed_deal};
 
-/// A partner with three referrals, two with deals; returns (partner id, partner key).
+/// A partner with three referrals, two with deals (one won with every optional field set,
+/// one deleted), and a fourth referral with every optional field; returns (partner id,
+/// partner key).
 async fn seed(app: &TestApp) -> (String, String) {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
+    use tandem::db::entities::deal;
     let program = app.create_program("P").await;
     let partner = app.create_partner(&program, "Alpha").await;
     let token = app.partner_key(&partner).await;
@@ -16,6 +20,36 @@ async fn seed(app: &TestApp) -> (String, String) {
     for (i, referral) in referrals.iter().take(2).enumerate() {
         insert_attributed_deal(app, &program, &partner, Some(referral), &format!("D{i}")).await;
     }
+    deal::Entity::update_many()
+        .col_expr(deal::Column::Status, Expr::value("WON"))
+        .col_expr(deal::Column::Stage, Expr::value("closedwon"))
+        .col_expr(
+            deal::Column::ClosedAt,
+            Expr::value(chrono::Utc::now() - chrono::Duration::milliseconds(1500)),
+        )
+        .col_expr(deal::Column::CompanyDomain, Expr::value("c0.com"))
+        .col_expr(
+            deal::Column::ContactEmails,
+            Expr::value(serde_json::json!(["a@c0.com", "b@c0.com"])),
+        )
+        .col_expr(deal::Column::ReferralCode, Expr::value("ABCD1234"))
+        .col_expr(deal::Column::Amount, Expr::value("1234.50"))
+        .filter(deal::Column::Name.eq("D0"))
+        .exec(&app.db.conn)
+        .await
+        .unwrap();
+    deal::Entity::update_many()
+        .col_expr(deal::Column::Deleted, Expr::value(true))
+        .filter(deal::Column::Name.eq("D1"))
+        .exec(&app.db.conn)
+        .await
+        .unwrap();
+    app.submit_referral(
+        &token,
+        json!({"companyName": "Full", "companyDomain": "https://www.Full.example/x",
+               "contactName": "Ada", "contactEmail": "Ada@Full.example", "notes": "met at a fair"}),
+    )
+    .await;
     (partner, token)
 }
 
@@ -33,15 +67,21 @@ async fn raw(app: &TestApp, token: &str, query: &str, variables: Value) -> Strin
         .unwrap()
 }
 
+// Every field an inlined referral or deal can answer without its resolver (see
+// `graphql::inline::PlainFields`), and some that always take the resolver.
 const PLAIN: &str = "query($id: ID!) { partner(id: $id) { referrals(first: 10) { edges {
-    __typename cursor node { __typename id status companyName submittedAt
-      deal { __typename id name amount status closedAt attributionMethod } } } } } }";
+    __typename cursor node { __typename id status companyName companyDomain contactName
+      contactEmail notes submittedAt duplicateOfId
+      deal { __typename id externalId name amount currency status stage closedAt createdAt
+        updatedAt companyDomain contactEmails referralCode deleted attributionMethod } } } } } }";
 
 const FRAGMENTS: &str = "query($id: ID!) { partner(id: $id) { referrals(first: 10) { edges {
     ... on ReferralEdge { __typename cursor }
     node { ...R deal { ...D } } } } } }
-  fragment R on Referral { __typename id status ... on Referral { companyName submittedAt } }
-  fragment D on Deal { __typename id name amount status closedAt attributionMethod }";
+  fragment R on Referral { __typename id status ... on Referral { companyName companyDomain
+    contactName contactEmail notes submittedAt duplicateOfId } }
+  fragment D on Deal { __typename id externalId name amount currency status stage closedAt
+    createdAt updatedAt companyDomain contactEmails referralCode deleted attributionMethod }";
 
 async fn inlined_objects_answer_like_the_generic_executor(app: TestApp) {
     let (partner, token) = seed(&app).await;
@@ -53,7 +93,31 @@ async fn inlined_objects_answer_like_the_generic_executor(app: TestApp) {
     let edges = plain["data"]["partner"]["referrals"]["edges"]
         .as_array()
         .unwrap();
-    assert_eq!(edges.len(), 3);
+    assert_eq!(edges.len(), 4);
+    // The seeded values arrive as stored, on both paths.
+    let node = |name: &str| {
+        edges
+            .iter()
+            .map(|e| &e["node"])
+            .find(|n| n["companyName"] == name)
+            .unwrap_or_else(|| panic!("{name} in {plain}"))
+    };
+    let full = node("Full");
+    assert_eq!(full["companyDomain"], "full.example");
+    assert_eq!(full["contactName"], "Ada");
+    assert_eq!(full["contactEmail"], "ada@full.example");
+    assert_eq!(full["notes"], "met at a fair");
+    assert!(full["deal"].is_null());
+    let won = &node("C0")["deal"];
+    assert_eq!(won["status"], "WON");
+    assert_eq!(won["amount"], "1234.50");
+    assert_eq!(won["stage"], "closedwon");
+    assert_eq!(won["contactEmails"], json!(["a@c0.com", "b@c0.com"]));
+    assert_eq!(won["referralCode"], "ABCD1234");
+    assert!(won["closedAt"].is_string());
+    let deleted = &node("C1")["deal"];
+    assert_eq!(deleted["status"], "LOST");
+    assert_eq!(deleted["deleted"], true);
     assert_eq!(edges[0]["__typename"], "ReferralEdge");
     assert_eq!(edges[0]["node"]["__typename"], "Referral");
     assert_eq!(
@@ -65,7 +129,7 @@ async fn inlined_objects_answer_like_the_generic_executor(app: TestApp) {
     );
     assert_eq!(
         edges.iter().filter(|e| e["node"]["deal"].is_null()).count(),
-        1
+        2
     );
 
     // Fields come back in the order they were selected, aliases included.
@@ -132,7 +196,7 @@ async fn a_failing_field_in_an_inlined_object_fails_alone(app: TestApp) {
     let edges = plain["data"]["partner"]["referrals"]["edges"]
         .as_array()
         .unwrap();
-    assert_eq!(edges.len(), 3);
+    assert_eq!(edges.len(), 4);
     assert!(edges.iter().all(|e| e["node"]["companyName"].is_string()));
 }
 
