@@ -407,6 +407,22 @@ native_row!(deal::Model {
     locked_currency,
     locked_closed_at,
 });
+native_row!(deal::View {
+    id,
+    external_id,
+    name,
+    amount,
+    currency,
+    status,
+    stage,
+    closed_at,
+    created_at,
+    updated_at,
+    company_domain,
+    contact_emails,
+    referral_code,
+    deleted,
+});
 native_row!(partner::Model {
     id,
     program_id,

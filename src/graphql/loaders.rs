@@ -118,7 +118,7 @@ pub struct DealByReferralLoader(Db);
 /// A referral's deal as the loader hands it out: shared, because a DataLoader copies every
 /// value it returns (a page of deals would otherwise be cloned field by field).
 pub type ReferralDeal = (
-    std::sync::Arc<deal::Model>,
+    std::sync::Arc<deal::View>,
     std::sync::Arc<attribution::Model>,
 );
 
@@ -134,18 +134,23 @@ impl Loader<String> for DealByReferralLoader {
             .iter()
             .map(|c| format!("a.{c} AS a_{c}"))
             .collect();
+        let deal_columns: Vec<String> = deal::View::COLUMNS
+            .iter()
+            .map(|c| format!("d.{c}"))
+            .collect();
         let sql = format!(
-            "SELECT d.*, {} FROM attributions a JOIN deals d ON d.id = a.deal_id WHERE {ins}",
+            "SELECT {}, {} FROM attributions a JOIN deals d ON d.id = a.deal_id WHERE {ins}",
+            deal_columns.join(", "),
             attribution_columns.join(", ")
         );
         let pairs = match db.native() {
             Some(reader) => reader
                 .query(&sql, &values, |columns| {
-                    let deal_at = columns.indices::<deal::Model>()?;
+                    let deal_at = columns.indices::<deal::View>()?;
                     let attribution_at = columns.prefixed_indices::<attribution::Model>("a_")?;
                     Ok(move |row: &rusqlite::Row<'_>| {
                         Ok((
-                            deal::Model::from_native(row, &deal_at)?,
+                            deal::View::from_native(row, &deal_at)?,
                             attribution::Model::from_native(row, &attribution_at)?,
                         ))
                     })
@@ -159,7 +164,7 @@ impl Loader<String> for DealByReferralLoader {
                 .iter()
                 .map(|row| {
                     Ok((
-                        deal::Model::from_query_result(row, "")?,
+                        deal::View::from_query_result(row, "")?,
                         attribution::Model::from_query_result(row, "a_")?,
                     ))
                 })
@@ -180,9 +185,9 @@ impl Loader<String> for DealByReferralLoader {
 
 /// Each referral's earliest deal (by id) among `(deal, attribution)` pairs.
 fn earliest_deal_per_referral(
-    pairs: impl IntoIterator<Item = (deal::Model, attribution::Model)>,
-) -> HashMap<String, (deal::Model, attribution::Model)> {
-    let mut out: HashMap<String, (deal::Model, attribution::Model)> = HashMap::new();
+    pairs: impl IntoIterator<Item = (deal::View, attribution::Model)>,
+) -> HashMap<String, (deal::View, attribution::Model)> {
+    let mut out: HashMap<String, (deal::View, attribution::Model)> = HashMap::with_capacity(64);
     for (deal, attribution) in pairs {
         let Some(referral_id) = attribution.referral_id.clone() else {
             continue;

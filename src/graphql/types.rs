@@ -431,7 +431,7 @@ pub enum DealStatus {
 /// The rows are shared: a DataLoader copies each value it hands out, and a page of deals
 /// reached through their referrals is then copied as reference counts, not field by field.
 pub struct Deal(
-    pub std::sync::Arc<deal::Model>,
+    pub std::sync::Arc<deal::View>,
     pub Option<std::sync::Arc<attribution::Model>>,
 );
 
@@ -439,7 +439,7 @@ impl Deal {
     /// A deal with its attribution when that is known already.
     pub fn new(model: deal::Model, attribution: Option<attribution::Model>) -> Deal {
         Deal(
-            std::sync::Arc::new(model),
+            std::sync::Arc::new(model.into()),
             attribution.map(std::sync::Arc::new),
         )
     }

@@ -38,3 +38,45 @@ pub struct Model {
 pub enum Relation {}
 
 impl ActiveModelBehavior for ActiveModel {}
+
+/// The columns of a deal that GraphQL shows: what the `Deal` type is built from, so that a
+/// page of deals reads and decodes these alone rather than the bookkeeping columns (source,
+/// sync times, the clawback lock) as well.
+#[derive(Clone, Debug, PartialEq, sea_orm::FromQueryResult)]
+pub struct View {
+    pub id: String,
+    pub external_id: String,
+    pub name: String,
+    pub amount: String,
+    pub currency: String,
+    pub status: String,
+    pub stage: Option<String>,
+    pub closed_at: Option<DateTimeUtc>,
+    pub created_at: DateTimeUtc,
+    pub updated_at: DateTimeUtc,
+    pub company_domain: Option<String>,
+    pub contact_emails: Json,
+    pub referral_code: Option<String>,
+    pub deleted: bool,
+}
+
+impl From<Model> for View {
+    fn from(m: Model) -> View {
+        View {
+            id: m.id,
+            external_id: m.external_id,
+            name: m.name,
+            amount: m.amount,
+            currency: m.currency,
+            status: m.status,
+            stage: m.stage,
+            closed_at: m.closed_at,
+            created_at: m.created_at,
+            updated_at: m.updated_at,
+            company_domain: m.company_domain,
+            contact_emails: m.contact_emails,
+            referral_code: m.referral_code,
+            deleted: m.deleted,
+        }
+    }
+}
