@@ -122,13 +122,11 @@ pub async fn resolve_inline<T: ContainerType + PlainFields + ?Sized>(
     let Some(fields) = plain_fields(ctx) else {
         return resolve_container(ctx, root).await;
     };
-    if let Some(value) = resolve_plain_fields(ctx, root, &fields) {
-        return Ok(value);
-    }
-    // Plain scalars are answered at once; only the other fields become futures.
+    // Plain fields are answered at once; only the other fields become futures (none, when
+    // every field is plain).
     let answered: Vec<Option<Value>> = fields
         .iter()
-        .map(|field| plain_scalar_of(root, field))
+        .map(|field| plain_value_of(ctx, root, field))
         .collect();
     let results = join_all(
         fields
@@ -177,38 +175,37 @@ fn plain_scalar_of<T: ContainerType + PlainFields + ?Sized>(
     root.plain_scalar(name)
 }
 
+/// A field answered without its resolver: a plain scalar, or a plain object whose own
+/// selected fields are all plain.
+fn plain_value_of<T: ContainerType + PlainFields + ?Sized>(
+    ctx: &ContextSelectionSet<'_>,
+    root: &T,
+    field: &Positioned<Field>,
+) -> Option<Value> {
+    if let Some(value) = plain_scalar_of(root, field) {
+        return Some(value);
+    }
+    if !field.node.arguments.is_empty() || field.node.selection_set.node.items.is_empty() {
+        return None;
+    }
+    match root.plain_object(field.node.name.node.as_str())? {
+        None => Some(Value::Null),
+        Some(child) => {
+            let ctx_field = ctx.with_field(field);
+            child.resolve_plain(&ctx_field.with_selection_set(&field.node.selection_set))
+        }
+    }
+}
+
 /// `root` built synchronously when every field of `ctx`'s selection set is plain.
 fn resolve_plain<T: ContainerType + PlainFields + ?Sized>(
     ctx: &ContextSelectionSet<'_>,
     root: &T,
 ) -> Option<Value> {
-    resolve_plain_fields(ctx, root, &plain_fields(ctx)?)
-}
-
-fn resolve_plain_fields<T: ContainerType + PlainFields + ?Sized>(
-    ctx: &ContextSelectionSet<'_>,
-    root: &T,
-    fields: &[&Positioned<Field>],
-) -> Option<Value> {
+    let fields = plain_fields(ctx)?;
     let mut object = IndexMap::with_capacity(fields.len());
     for field in fields {
-        let value = match plain_scalar_of(root, field) {
-            Some(value) => value,
-            None if field.node.arguments.is_empty()
-                && !field.node.selection_set.node.items.is_empty() =>
-            {
-                match root.plain_object(field.node.name.node.as_str())? {
-                    None => Value::Null,
-                    Some(child) => {
-                        let ctx_field = ctx.with_field(field);
-                        child.resolve_plain(
-                            &ctx_field.with_selection_set(&field.node.selection_set),
-                        )?
-                    }
-                }
-            }
-            None => return None,
-        };
+        let value = plain_value_of(ctx, root, field)?;
         object.insert(field.node.response_key().node.clone(), value);
     }
     Some(if object.is_empty() {

@@ -171,23 +171,15 @@ impl Loader<String> for DealByReferralLoader {
                 .collect::<Result<Vec<_>, sea_orm::DbErr>>()
                 .map_err(db_error)?,
         };
-        Ok(earliest_deal_per_referral(pairs)
-            .into_iter()
-            .map(|(referral_id, (deal, attribution))| {
-                (
-                    referral_id,
-                    (std::sync::Arc::new(deal), std::sync::Arc::new(attribution)),
-                )
-            })
-            .collect())
+        Ok(earliest_deal_per_referral(pairs))
     }
 }
 
 /// Each referral's earliest deal (by id) among `(deal, attribution)` pairs.
 fn earliest_deal_per_referral(
-    pairs: impl IntoIterator<Item = (deal::View, attribution::Model)>,
-) -> HashMap<String, (deal::View, attribution::Model)> {
-    let mut out: HashMap<String, (deal::View, attribution::Model)> = HashMap::with_capacity(64);
+    pairs: Vec<(deal::View, attribution::Model)>,
+) -> HashMap<String, ReferralDeal> {
+    let mut out: HashMap<String, ReferralDeal> = HashMap::with_capacity(pairs.len());
     for (deal, attribution) in pairs {
         let Some(referral_id) = attribution.referral_id.clone() else {
             continue;
@@ -196,7 +188,10 @@ fn earliest_deal_per_referral(
             .get(&referral_id)
             .is_some_and(|(existing, _)| existing.id <= deal.id);
         if !keep_existing {
-            out.insert(referral_id, (deal, attribution));
+            out.insert(
+                referral_id,
+                (std::sync::Arc::new(deal), std::sync::Arc::new(attribution)),
+            );
         }
     }
     out

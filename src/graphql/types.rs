@@ -443,15 +443,7 @@ impl Deal {
             attribution.map(std::sync::Arc::new),
         )
     }
-}
 
-impl From<deal::Model> for Deal {
-    fn from(model: deal::Model) -> Self {
-        Deal::new(model, None)
-    }
-}
-
-impl Deal {
     /// The stored status as GraphQL shows it (a deleted deal counts as lost); `None` for a
     /// stored value that does not parse.
     fn stored_status(&self) -> Option<DealStatus> {
@@ -464,6 +456,12 @@ impl Deal {
     /// The stored contact emails.
     fn stored_contact_emails(&self) -> Vec<String> {
         serde_json::from_value(self.0.contact_emails.clone()).unwrap_or_default()
+    }
+}
+
+impl From<deal::Model> for Deal {
+    fn from(model: deal::Model) -> Self {
+        Deal::new(model, None)
     }
 }
 
