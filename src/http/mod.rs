@@ -77,6 +77,21 @@ async fn metrics_endpoint(state: Data<&AppState>) -> Response {
         .body(state.metrics.render(state.db.statement_count()))
 }
 
+/// A request refused for the size of its body (413) is answered before the rest of the body is
+/// read, so its connection cannot carry another request: the answer says so
+/// (`Connection: close`), or a client would send its next request on a connection the server
+/// is closing, and see it fail.
+async fn close_after_refused_body(response: poem::Result<Response>) -> poem::Result<Response> {
+    let mut response = response?;
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        response.headers_mut().insert(
+            poem::http::header::CONNECTION,
+            poem::http::HeaderValue::from_static("close"),
+        );
+    }
+    Ok(response)
+}
+
 /// All routes.
 pub fn routes(state: AppState) -> impl poem::Endpoint {
     let m = state.metrics.clone();
@@ -99,4 +114,5 @@ pub fn routes(state: AppState) -> impl poem::Endpoint {
         .at("/readyz", get(readyz).with(m.route("/readyz")))
         .at("/metrics", get(metrics_endpoint).with(m.route("/metrics")))
         .data(state)
+        .after(close_after_refused_body)
 }

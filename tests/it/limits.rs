@@ -88,6 +88,7 @@ async fn malformed_and_oversized_bodies_get_http_errors(app: TestApp) {
         .await
         .unwrap();
     assert_eq!(resp.status(), 413);
+    assert_eq!(resp.headers()["connection"], "close");
     // The server is still up.
     assert_eq!(
         app.admin_ok("{ viewer { role } }", json!({})).await["viewer"]["role"],

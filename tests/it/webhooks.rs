@@ -509,6 +509,8 @@ async fn rejected_requests_store_nothing(app: TestApp) {
     let huge = "x".repeat(2 * 1024 * 1024);
     let resp = send(vec![], huge).await.unwrap();
     assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // The rest of the body was never read: the connection is not reused for the next request.
+    assert_eq!(resp.headers()["connection"], "close");
     assert_eq!(app.count_rows("webhook_receipts").await, 0);
 
     // A valid signature over a malformed or unexpected payload: 400, stored FAILED with why.
