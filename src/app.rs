@@ -129,13 +129,16 @@ impl App {
         };
         let sync_trigger = SyncTrigger::start(jobs.clone());
         let state = AppState {
-            schema: LimitedSchema::new(build_schema(
+            schema: LimitedSchema::new(
+                build_schema(
+                    db.clone(),
+                    webhooks.clone(),
+                    jobs,
+                    outbound,
+                    public_base.clone(),
+                ),
                 db.clone(),
-                webhooks.clone(),
-                jobs,
-                outbound,
-                public_base.clone(),
-            )),
+            ),
             db,
             metrics,
             config,

@@ -35,9 +35,6 @@ pub struct Config {
     pub public_url: Option<String>,
     /// Maximum number of pooled database connections.
     pub database_max_connections: u32,
-    /// How long a GraphQL DataLoader waits to gather keys into one batch, in milliseconds
-    /// (`TANDEM_GRAPHQL_BATCH_DELAY_MS`).
-    pub graphql_batch_delay_ms: u64,
     /// Key sealing webhook secrets and CRM credentials at rest (`TANDEM_SECRET_KEY`, 32 bytes
     /// in base64). Generated beside a SQLite database when absent; required with PostgreSQL.
     pub secret_key: Option<Redacted>,
@@ -108,7 +105,6 @@ impl Default for Config {
             log_format: LogFormat::Pretty,
             public_url: None,
             database_max_connections: 8,
-            graphql_batch_delay_ms: 2,
             secret_key: None,
             inbox_worker: true,
             scheduler: true,
@@ -155,7 +151,6 @@ impl Config {
                 "log_format",
                 "public_url",
                 "database_max_connections",
-                "graphql_batch_delay_ms",
                 "secret_key",
                 "inbox_worker",
                 "scheduler",

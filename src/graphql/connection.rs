@@ -42,7 +42,7 @@ pub enum TotalCount {
     Known(u64),
     /// A count query.
     Query(CountFn),
-    /// A child list counted for many parents at once through a DataLoader.
+    /// A child list counted for many parents at once through a loader.
     Child(ChildCountKey),
 }
 

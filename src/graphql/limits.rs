@@ -9,6 +9,9 @@
 //! queries over and over (a dashboard polls one), and parsing was ~8 % of such a request.
 //! A document depends on its text alone; the page check, validation and execution still run
 //! on every request with its own variables.
+//!
+//! Each request (an HTTP request, or one operation on a websocket) gets its own loaders here,
+//! and its execution is [`Driven`] so that their batches run (see [`super::batch`]).
 
 use std::{
     num::NonZeroUsize,
@@ -23,9 +26,13 @@ use async_graphql::{
 use async_graphql_value::{ConstValue, Value};
 use lru::LruCache;
 
-use super::TandemSchema;
+use super::{
+    TandemSchema,
+    batch::{Batches, Driven},
+    loaders::Loaders,
+};
 
-use crate::db::pages::MAX_PAGE_SIZE;
+use crate::db::{Db, pages::MAX_PAGE_SIZE};
 
 /// How many parsed documents are kept.
 const CACHED_DOCUMENTS: usize = 256;
@@ -38,14 +45,16 @@ const MAX_CACHED_QUERY_BYTES: usize = 4 * 1024;
 #[derive(Clone)]
 pub struct LimitedSchema {
     schema: TandemSchema,
+    db: Db,
     documents: Arc<Mutex<LruCache<String, ExecutableDocument>>>,
 }
 
 impl LimitedSchema {
-    /// Wraps a schema.
-    pub fn new(schema: TandemSchema) -> LimitedSchema {
+    /// Wraps a schema whose loaders read `db`.
+    pub fn new(schema: TandemSchema, db: Db) -> LimitedSchema {
         LimitedSchema {
             schema,
+            db,
             documents: Arc::new(Mutex::new(LruCache::new(
                 NonZeroUsize::new(CACHED_DOCUMENTS).expect("non-zero"),
             ))),
@@ -92,12 +101,22 @@ impl LimitedSchema {
         request.set_parsed_query(doc);
         Ok(())
     }
+
+    /// The request with fresh loaders, and the batches its execution must drive.
+    fn with_loaders(&self, request: Request) -> (Request, Batches) {
+        let batches = Batches::default();
+        let request = request.data(Loaders::new(&self.db, &batches));
+        (request, batches)
+    }
 }
 
 impl Executor for LimitedSchema {
     async fn execute(&self, mut request: Request) -> Response {
         match self.check(&mut request) {
-            Ok(()) => self.schema.execute(request).await,
+            Ok(()) => {
+                let (request, batches) = self.with_loaders(request);
+                Driven::new(self.schema.execute(request), batches).await
+            }
             Err(err) => Response::from_errors(vec![err]),
         }
     }
@@ -108,9 +127,13 @@ impl Executor for LimitedSchema {
         session_data: Option<Arc<Data>>,
     ) -> BoxStream<'static, Response> {
         match self.check(&mut request) {
-            Ok(()) => self
-                .schema
-                .execute_stream_with_session_data(request, session_data.unwrap_or_default()),
+            Ok(()) => {
+                let (request, batches) = self.with_loaders(request);
+                let stream = self
+                    .schema
+                    .execute_stream_with_session_data(request, session_data.unwrap_or_default());
+                Driven::new(stream, batches).boxed()
+            }
             Err(err) => stream::once(async move { Response::from_errors(vec![err]) }).boxed(),
         }
     }

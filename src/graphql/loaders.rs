@@ -1,9 +1,9 @@
-//! DataLoaders: every nested reference or list is batched into one statement per level, so a
+//! Loaders: every nested reference or list is batched into one statement per level, so a
 //! query's statement count does not grow with page size.
 
-use std::{collections::HashMap, time::Duration};
+use std::collections::HashMap;
 
-use async_graphql::dataloader::{DataLoader, Loader};
+use async_graphql::dataloader::Loader;
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, FromQueryResult, QueryFilter, Statement};
 
 use crate::{
@@ -16,6 +16,7 @@ use crate::{
         pages::{ChildList, Direction, Page, PageArgs, child_counts, child_pages},
     },
     error::ApiError,
+    graphql::batch::{BatchLoader, Batches},
 };
 
 type LoadResult<V> = Result<HashMap<String, V>, async_graphql::Error>;
@@ -115,8 +116,8 @@ impl Loader<String> for DealCommissionLoader {
 /// The deal attributed to a referral (its earliest), with the partner it is attributed to.
 pub struct DealByReferralLoader(Db);
 
-/// A referral's deal as the loader hands it out: shared, because a DataLoader copies every
-/// value it returns (a page of deals would otherwise be cloned field by field).
+/// A referral's deal as the loader hands it out: shared, because a loader hands each caller
+/// its own copy (a page of deals would otherwise be cloned field by field).
 pub type ReferralDeal = (
     std::sync::Arc<deal::View>,
     std::sync::Arc<attribution::Model>,
@@ -337,62 +338,59 @@ impl Loader<ChildCountKey> for ChildCountLoader {
 /// The per-request set of loaders (fresh per request, so nothing is cached across callers).
 pub struct Loaders {
     /// Programs by id.
-    pub programs: DataLoader<ProgramLoader>,
+    pub programs: BatchLoader<String, ProgramLoader>,
     /// Partners by id.
-    pub partners: DataLoader<PartnerLoader>,
+    pub partners: BatchLoader<String, PartnerLoader>,
     /// Deals by id.
-    pub deals: DataLoader<DealLoader>,
+    pub deals: BatchLoader<String, DealLoader>,
     /// Webhook sources by id.
-    pub webhook_sources: DataLoader<WebhookSourceLoader>,
+    pub webhook_sources: BatchLoader<String, WebhookSourceLoader>,
     /// Attributions by deal id.
-    pub attributions: DataLoader<AttributionLoader>,
+    pub attributions: BatchLoader<String, AttributionLoader>,
     /// Attributed deal by referral id.
-    pub deal_by_referral: DataLoader<DealByReferralLoader>,
+    pub deal_by_referral: BatchLoader<String, DealByReferralLoader>,
     /// Reconciler rows by deal id.
-    pub deal_commissions: DataLoader<DealCommissionLoader>,
+    pub deal_commissions: BatchLoader<String, DealCommissionLoader>,
     /// Partner pages of programs.
-    pub program_partners: DataLoader<ChildPageLoader<partner::Model>>,
+    pub program_partners: BatchLoader<ChildPageKey, ChildPageLoader<partner::Model>>,
     /// Referral pages of partners.
-    pub partner_referrals: DataLoader<ChildPageLoader<referral::Model>>,
+    pub partner_referrals: BatchLoader<ChildPageKey, ChildPageLoader<referral::Model>>,
     /// Deal pages of partners.
-    pub partner_deals: DataLoader<ChildPageLoader<deal::Model>>,
+    pub partner_deals: BatchLoader<ChildPageKey, ChildPageLoader<deal::Model>>,
     /// Child counts.
-    pub child_counts: DataLoader<ChildCountLoader>,
+    pub child_counts: BatchLoader<ChildCountKey, ChildCountLoader>,
 }
 
 impl Loaders {
-    /// Fresh loaders for one request.
-    pub fn new(db: &Db, delay: Duration) -> Loaders {
+    /// Fresh loaders for one request, batching on the request's `batches` (see
+    /// [`super::batch`]).
+    pub fn new(db: &Db, batches: &Batches) -> Loaders {
         fn child<M: ChildRow>(
             db: &Db,
             kind: ChildKind,
-            delay: Duration,
-        ) -> DataLoader<ChildPageLoader<M>> {
-            DataLoader::new(
+            batches: &Batches,
+        ) -> BatchLoader<ChildPageKey, ChildPageLoader<M>> {
+            BatchLoader::new(
                 ChildPageLoader {
                     db: db.clone(),
                     kind,
                     _model: std::marker::PhantomData,
                 },
-                tokio::spawn,
+                batches,
             )
-            .delay(delay)
         }
         Loaders {
-            programs: DataLoader::new(ProgramLoader(db.clone()), tokio::spawn).delay(delay),
-            partners: DataLoader::new(PartnerLoader(db.clone()), tokio::spawn).delay(delay),
-            deals: DataLoader::new(DealLoader(db.clone()), tokio::spawn).delay(delay),
-            webhook_sources: DataLoader::new(WebhookSourceLoader(db.clone()), tokio::spawn)
-                .delay(delay),
-            attributions: DataLoader::new(AttributionLoader(db.clone()), tokio::spawn).delay(delay),
-            deal_by_referral: DataLoader::new(DealByReferralLoader(db.clone()), tokio::spawn)
-                .delay(delay),
-            deal_commissions: DataLoader::new(DealCommissionLoader(db.clone()), tokio::spawn)
-                .delay(delay),
-            program_partners: child(db, ChildKind::ProgramPartners, delay),
-            partner_referrals: child(db, ChildKind::PartnerReferrals, delay),
-            partner_deals: child(db, ChildKind::PartnerDeals, delay),
-            child_counts: DataLoader::new(ChildCountLoader(db.clone()), tokio::spawn).delay(delay),
+            programs: BatchLoader::new(ProgramLoader(db.clone()), batches),
+            partners: BatchLoader::new(PartnerLoader(db.clone()), batches),
+            deals: BatchLoader::new(DealLoader(db.clone()), batches),
+            webhook_sources: BatchLoader::new(WebhookSourceLoader(db.clone()), batches),
+            attributions: BatchLoader::new(AttributionLoader(db.clone()), batches),
+            deal_by_referral: BatchLoader::new(DealByReferralLoader(db.clone()), batches),
+            deal_commissions: BatchLoader::new(DealCommissionLoader(db.clone()), batches),
+            program_partners: child(db, ChildKind::ProgramPartners, batches),
+            partner_referrals: child(db, ChildKind::PartnerReferrals, batches),
+            partner_deals: child(db, ChildKind::PartnerDeals, batches),
+            child_counts: BatchLoader::new(ChildCountLoader(db.clone()), batches),
         }
     }
 }

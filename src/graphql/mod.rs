@@ -1,6 +1,8 @@
 //! The GraphQL gateway (async-graphql, no HTTP here): schema, types, loaders and limits.
-//! Per-request data (the caller's token and fresh DataLoaders) is injected by the HTTP layer.
+//! The caller's token is injected by the HTTP layer; each request's loaders by
+//! [`limits::LimitedSchema`], which drives their batches.
 
+pub mod batch;
 pub mod commissions;
 pub mod connection;
 pub mod crm;

@@ -1,8 +1,6 @@
 //! GraphQL object types wrapping stored rows.
 
-use async_graphql::{
-    Context, Enum, ID, InputType, Json, Object, Result, ScalarType, Value, dataloader::DataLoader,
-};
+use async_graphql::{Context, Enum, ID, InputType, Json, Object, Result, ScalarType, Value};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
@@ -21,6 +19,7 @@ use crate::{
     },
     error::ApiError,
     graphql::{
+        batch::BatchLoader,
         connection::{TotalCount, connection},
         inline::{Inline, PlainFields, PlainObject},
         loaders::{
@@ -41,9 +40,9 @@ pub fn page_complexity(first: Option<i32>, child_complexity: usize) -> usize {
     first.unwrap_or(20).clamp(1, 100) as usize * child_complexity.max(1) + 1
 }
 
-/// One page of a child list through its DataLoader (an absent parent has an empty page).
+/// One page of a child list through its loader (an absent parent has an empty page).
 async fn child_page<M: ChildRow>(
-    loader: &DataLoader<ChildPageLoader<M>>,
+    loader: &BatchLoader<ChildPageKey, ChildPageLoader<M>>,
     parent: &str,
     args: PageArgs,
 ) -> Result<Page<M>> {
@@ -313,7 +312,7 @@ impl PlainFields for Referral {
 impl ReferralConnection {
     /// When the query asks for the referrals' deals, loads them for the whole page with one
     /// `load_many` (batched with the pages of sibling connections, as the per-referral loads
-    /// would be) instead of one DataLoader request per referral: the page's deals are then
+    /// would be) instead of one loader request per referral: the page's deals are then
     /// resolved without a key registration, channel and copy each.
     pub async fn with_deals(self, ctx: &Context<'_>) -> Result<Self> {
         let wanted = ctx
@@ -428,7 +427,7 @@ pub enum DealStatus {
 
 /// A CRM deal mirrored into Tandem.
 ///
-/// The rows are shared: a DataLoader copies each value it hands out, and a page of deals
+/// The rows are shared: a loader copies each value it hands out, and a page of deals
 /// reached through their referrals is then copied as reference counts, not field by field.
 pub struct Deal(
     pub std::sync::Arc<deal::View>,

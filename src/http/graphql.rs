@@ -20,7 +20,7 @@ use async_graphql::ErrorExtensions;
 
 use crate::{
     error::ApiError,
-    graphql::{RequestAuth, loaders::Loaders},
+    graphql::RequestAuth,
     http::{AppState, metrics::operation_name},
 };
 
@@ -125,12 +125,7 @@ pub async fn graphql_post(req: &Request, body: Body, state: Data<&AppState>) -> 
         }
     };
     let operation = operation_name(request.operation_name.as_deref(), &request.query);
-    let request = request
-        .data(RequestAuth::new(bearer_token(req)))
-        .data(Loaders::new(
-            &state.db,
-            std::time::Duration::from_millis(state.config.graphql_batch_delay_ms),
-        ));
+    let request = request.data(RequestAuth::new(bearer_token(req)));
     let mut response = state.schema.execute(request).await;
     add_error_codes(&mut response);
     state.metrics.observe_graphql(
@@ -183,7 +178,6 @@ pub async fn graphql_ws(
 ) -> impl IntoResponse {
     let schema = state.schema.clone();
     let db = state.db.clone();
-    let delay = std::time::Duration::from_millis(state.config.graphql_batch_delay_ms);
     websocket
         .protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS)
         .on_upgrade(move |stream| {
@@ -196,7 +190,6 @@ pub async fn graphql_ws(
                         .map_err(|e| e.extend())?;
                     let mut data = async_graphql::Data::default();
                     data.insert(RequestAuth::new(Some(token)));
-                    data.insert(Loaders::new(&db, delay));
                     Ok(data)
                 })
                 .serve()

@@ -143,9 +143,6 @@ fn config(database_url: &str) -> Config {
         database_url: database_url.to_string(),
         secret_key: Some(Redacted(TEST_SECRET_KEY.to_string())),
         bind: "127.0.0.1:0".to_string(),
-        // Debug builds resolve a page of 50 slowly; a wider batching window keeps every
-        // nested list in one batch so statement counts are deterministic.
-        graphql_batch_delay_ms: 25,
         // Tests run jobs with `runJob`; the lease tests start schedulers themselves.
         scheduler: false,
         // Test receivers listen on loopback.
