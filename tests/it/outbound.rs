@@ -1126,6 +1126,57 @@ async fn subscriptions_stream_and_resume(app: TestApp) {
     );
 }
 
+/// A query sent over the websocket runs its loaders like one sent over HTTP (each operation
+/// gets its own, driven with its execution) and answers the same, scoped to the key.
+async fn queries_over_the_websocket_load_nested_objects(app: TestApp) {
+    let program = app.create_program("Nested").await;
+    let alice = app.create_partner(&program, "Alice").await;
+    let token = app.partner_key(&alice).await;
+    let referrals = app.submit_referrals(&token, 3, "ws").await;
+    crate::isolation::insert_attributed_deal(
+        &app,
+        &program,
+        &alice,
+        Some(&referrals[0]),
+        "WS deal",
+    )
+    .await;
+    let query = "query($id: ID!) { partner(id: $id) { name program { name }
+        referrals(first: 5) { totalCount edges { node { companyName partner { name }
+          deal { name partner { name } } } } } } }";
+    let over_http = app.ok(&token, query, json!({"id": alice})).await;
+    assert_eq!(over_http["partner"]["referrals"]["totalCount"], 3);
+    assert_eq!(over_http["partner"]["program"]["name"], "Nested");
+
+    let mut ws = connect(&app, &token).await;
+    assert_eq!(ws_next(&mut ws).await.unwrap()["type"], "connection_ack");
+    for id in ["q1", "q2"] {
+        ws_send(
+            &mut ws,
+            json!({"id": id, "type": "subscribe", "payload": {"query": query, "variables": {"id": alice}}}),
+        )
+        .await;
+        let next = ws_next(&mut ws).await.unwrap();
+        assert_eq!(next["type"], "next", "{next}");
+        assert_eq!(next["id"], id);
+        assert_eq!(next["payload"]["data"], over_http, "{next}");
+        assert!(next["payload"].get("errors").is_none(), "{next}");
+        assert_eq!(ws_next(&mut ws).await.unwrap()["type"], "complete");
+    }
+    // Another partner's id is missing over the websocket too.
+    let bob = app.create_partner(&program, "Bob").await;
+    ws_send(
+        &mut ws,
+        json!({"id": "q3", "type": "subscribe", "payload": {"query": query, "variables": {"id": bob}}}),
+    )
+    .await;
+    let next = ws_next(&mut ws).await.unwrap();
+    assert_eq!(
+        next["payload"]["errors"][0]["extensions"]["code"], "NOT_FOUND",
+        "{next}"
+    );
+}
+
 async fn every_event_type_matches_its_schema(app: TestApp) {
     let receiver = Receiver::start().await;
     let all: Vec<&str> = tandem::domain::events::EventType::ALL
@@ -1270,6 +1321,7 @@ db_tests!(config = fast;
     rotation_signs_with_both_secrets_for_a_day,
     keys_are_scoped_and_bad_input_is_rejected,
     subscriptions_stream_and_resume,
+    queries_over_the_websocket_load_nested_objects,
     every_event_type_matches_its_schema,
 );
 
