@@ -75,6 +75,23 @@ impl<F> Driven<F> {
         }
     }
 
+    /// Polls the execution with `poll_inner` (a future's `poll`, a stream's `poll_next`) and
+    /// runs the batches it queued, again as long as a batch completes.
+    fn drive<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut poll_inner: impl FnMut(Pin<&mut F>, &mut Context<'_>) -> Poll<T>,
+    ) -> Poll<T> {
+        loop {
+            if let Poll::Ready(out) = poll_inner(self.inner.as_mut(), cx) {
+                return Poll::Ready(out);
+            }
+            if !self.run_batches(cx) {
+                return Poll::Pending;
+            }
+        }
+    }
+
     /// Starts the queued batches and polls the running ones: whether any completed (its
     /// waiters are then ready to go on).
     fn run_batches(&mut self, cx: &mut Context<'_>) -> bool {
@@ -96,15 +113,7 @@ impl<F: Future> Future for Driven<F> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let this = self.get_mut();
-        loop {
-            if let Poll::Ready(out) = this.inner.as_mut().poll(cx) {
-                return Poll::Ready(out);
-            }
-            if !this.run_batches(cx) {
-                return Poll::Pending;
-            }
-        }
+        self.get_mut().drive(cx, |inner, cx| inner.poll(cx))
     }
 }
 
@@ -112,15 +121,7 @@ impl<S: Stream> Stream for Driven<S> {
     type Item = S::Item;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
-        let this = self.get_mut();
-        loop {
-            if let Poll::Ready(item) = this.inner.as_mut().poll_next(cx) {
-                return Poll::Ready(item);
-            }
-            if !this.run_batches(cx) {
-                return Poll::Pending;
-            }
-        }
+        self.get_mut().drive(cx, |inner, cx| inner.poll_next(cx))
     }
 }
 
