@@ -1143,8 +1143,10 @@ async fn write_outcomes(
 /// Pending deliveries (for `/metrics`).
 pub async fn pending_deliveries(db: &Db) -> Result<u64, DbErr> {
     use sea_orm::PaginatorTrait;
+    // A literal, as the partial index `idx_webhook_deliveries_due` states it: plans ignore bound
+    // values here (SQLITE_ENABLE_QPSG), so `status = ?` would count by scanning every delivery.
     webhook_delivery::Entity::find()
-        .filter(webhook_delivery::Column::Status.eq(DeliveryStatus::Pending.as_str()))
+        .filter(sea_orm::sea_query::Expr::cust("status = 'PENDING'"))
         .count(&db.conn)
         .await
 }

@@ -4,6 +4,7 @@
 pub mod entities;
 pub mod native;
 pub mod pages;
+pub mod steps;
 
 use std::{
     str::FromStr,
@@ -27,6 +28,7 @@ use tandem_migrations::MigratorTrait;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use native::{NativeReader, NativeRow};
+use steps::{SqliteSteps, StepCount};
 
 /// A shared handle on the database.
 #[derive(Clone)]
@@ -41,6 +43,8 @@ pub struct Db {
     committed: Arc<tokio::sync::Notify>,
     /// The native read path for hot queries (SQLite files only).
     native: Option<Arc<NativeReader>>,
+    /// Work done by the pool's SQLite statements (`None` on PostgreSQL).
+    steps: Option<Arc<SqliteSteps>>,
 }
 
 /// A write transaction; on SQLite it also holds the writer lock until dropped.
@@ -73,6 +77,7 @@ impl Db {
     pub async fn connect(url: &str, max_connections: u32) -> Result<Db, DbErr> {
         let statements = Arc::new(AtomicU64::new(0));
         let mut native = None;
+        let mut steps = None;
         let (mut conn, write_lock) = if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)
                 .map_err(|e| DbErr::Custom(format!("invalid SQLite URL: {e}")))?
@@ -88,9 +93,15 @@ impl Db {
                     max_connections as usize,
                 )));
             }
+            let counters = Arc::new(SqliteSteps::default());
+            steps = Some(counters.clone());
             let pool = SqlitePoolOptions::new()
                 .max_connections(max_connections)
                 .min_connections(1)
+                .after_connect(move |conn, _| {
+                    let counters = counters.clone();
+                    Box::pin(async move { SqliteSteps::install(&counters, conn).await })
+                })
                 .connect_with(options)
                 .await
                 .map_err(|e| DbErr::Conn(sea_orm::RuntimeErr::Internal(e.to_string())))?;
@@ -117,6 +128,7 @@ impl Db {
             statements,
             committed: Arc::new(tokio::sync::Notify::new()),
             native,
+            steps,
         })
     }
 
@@ -141,6 +153,12 @@ impl Db {
         self.statements.load(Ordering::Relaxed)
     }
 
+    /// SQLite work done by the pool's statements so far (virtual-machine and full-scan steps;
+    /// the native read path is not counted). `None` on PostgreSQL.
+    pub fn sqlite_steps(&self) -> Option<StepCount> {
+        self.steps.as_ref().map(|s| s.read())
+    }
+
     /// The same pool (and SQLite writer lock) with its own statement counter: background
     /// workers use it so that request statement counts stay exact.
     pub fn with_own_statement_counter(&self) -> Db {
@@ -156,6 +174,7 @@ impl Db {
             statements,
             committed: self.committed.clone(),
             native: self.native.clone(),
+            steps: self.steps.clone(),
         }
     }
 

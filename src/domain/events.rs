@@ -208,15 +208,14 @@ pub fn committed_after(
     if postgres {
         query = query.filter(Expr::cust(COMMITTED_ON_POSTGRES));
         if let Some(after) = after {
-            query = query.filter(
-                sea_orm::Condition::any()
-                    .add(event::Column::TxId.gt(after.tx))
-                    .add(
-                        sea_orm::Condition::all()
-                            .add(event::Column::TxId.eq(after.tx))
-                            .add(event::Column::Seq.gt(after.seq)),
-                    ),
-            );
+            // A row comparison, which PostgreSQL turns into the start of an index scan on
+            // (tx_id, seq); the equivalent `tx_id > a OR (tx_id = a AND seq > s)` makes it walk
+            // the index from the first event ever written (or of a large transaction) and
+            // filter, a cost that grows with the history.
+            query = query.filter(Expr::cust_with_values(
+                "(tx_id, seq) > ($1, $2)",
+                [after.tx, after.seq],
+            ));
         }
     } else if let Some(after) = after {
         query = query.filter(event::Column::Seq.gt(after.seq));

@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
     Statement, TransactionTrait, Value,
-    sea_query::{LockBehavior, LockType},
+    sea_query::{Expr, LockBehavior, LockType},
 };
 use tandem_connectors::inbound::DealChange;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
@@ -316,6 +316,12 @@ async fn commit_receipts(db: &Db, receipts: &[&NewReceipt]) -> Result<Vec<Stored
     Ok(stored)
 }
 
+/// The predicate of the partial index `idx_webhook_receipts_pending`, written exactly as the
+/// index states it. It must stay a literal: the bundled SQLite plans statements without looking
+/// at bound values (`SQLITE_ENABLE_QPSG`, `.cargo/config.toml`), so `status = ?` could never use
+/// the partial index and every claim would scan the whole receipt history.
+const PENDING: &str = "status = 'RECEIVED' AND available_at_ms IS NOT NULL";
+
 /// Receipts claimed per transaction (PostgreSQL).
 const APPLY_BATCH: u64 = 200;
 /// Receipts claimed per transaction on SQLite, where the time budget ends most transactions.
@@ -436,8 +442,7 @@ impl InboxWorker {
             .await?;
         }
         let mut claim = webhook_receipt::Entity::find()
-            .filter(webhook_receipt::Column::Status.eq(ReceiptStatus::Received.as_str()))
-            .filter(webhook_receipt::Column::AvailableAtMs.is_not_null())
+            .filter(Expr::cust(PENDING))
             .filter(webhook_receipt::Column::AvailableAtMs.lte(now_ms))
             .order_by_asc(webhook_receipt::Column::Seq)
             .limit(batch);
@@ -703,8 +708,7 @@ async fn record_outcomes(
 pub async fn backlog(db: &Db) -> Result<u64, DbErr> {
     use sea_orm::PaginatorTrait;
     webhook_receipt::Entity::find()
-        .filter(webhook_receipt::Column::Status.eq(ReceiptStatus::Received.as_str()))
-        .filter(webhook_receipt::Column::AvailableAtMs.is_not_null())
+        .filter(Expr::cust(PENDING))
         .count(&db.conn)
         .await
 }

@@ -24,6 +24,8 @@ pub struct Metrics {
     graphql_requests: IntCounterVec,
     graphql_latency: HistogramVec,
     db_statements: IntCounter,
+    sqlite_vm_steps: IntCounter,
+    sqlite_full_scan_steps: IntCounter,
     webhook_receipts: IntCounterVec,
     inbox_backlog: prometheus::IntGauge,
     webhook_deliveries: IntCounterVec,
@@ -72,6 +74,17 @@ impl Metrics {
             "SQL statements executed by this process",
         )
         .expect("valid metric");
+        let sqlite_vm_steps = IntCounter::new(
+            "tandem_db_sqlite_vm_steps_total",
+            "SQLite virtual-machine steps of the statements this process ran through its pool \
+             (a statement that scans instead of seeking makes this grow with the data)",
+        )
+        .expect("valid metric");
+        let sqlite_full_scan_steps = IntCounter::new(
+            "tandem_db_sqlite_full_scan_steps_total",
+            "Rows SQLite stepped through in full table scans for this process's pooled statements",
+        )
+        .expect("valid metric");
         let webhook_receipts = IntCounterVec::new(
             Opts::new(
                 "tandem_webhook_receipts_total",
@@ -104,6 +117,8 @@ impl Metrics {
             Box::new(graphql_requests.clone()),
             Box::new(graphql_latency.clone()),
             Box::new(db_statements.clone()),
+            Box::new(sqlite_vm_steps.clone()),
+            Box::new(sqlite_full_scan_steps.clone()),
             Box::new(webhook_receipts.clone()),
             Box::new(inbox_backlog.clone()),
             Box::new(webhook_deliveries.clone()),
@@ -120,6 +135,8 @@ impl Metrics {
             graphql_requests,
             graphql_latency,
             db_statements,
+            sqlite_vm_steps,
+            sqlite_full_scan_steps,
             webhook_receipts,
             inbox_backlog,
             webhook_deliveries,
@@ -184,11 +201,19 @@ impl Metrics {
         }
     }
 
-    /// Renders every metric; `statements` is the database's running statement count.
-    pub fn render(&self, statements: u64) -> String {
-        let current = self.db_statements.get();
-        if statements > current {
-            self.db_statements.inc_by(statements - current);
+    /// Renders every metric; `statements` is the database's running statement count and
+    /// `sqlite_steps` its running (virtual-machine, full-scan) step counts on SQLite.
+    pub fn render(&self, statements: u64, sqlite_steps: Option<(u64, u64)>) -> String {
+        let catch_up = |counter: &IntCounter, total: u64| {
+            let current = counter.get();
+            if total > current {
+                counter.inc_by(total - current);
+            }
+        };
+        catch_up(&self.db_statements, statements);
+        if let Some((vm, full_scan)) = sqlite_steps {
+            catch_up(&self.sqlite_vm_steps, vm);
+            catch_up(&self.sqlite_full_scan_steps, full_scan);
         }
         let mut buffer = Vec::new();
         let encoder = TextEncoder::new();

@@ -74,7 +74,10 @@ async fn metrics_endpoint(state: Data<&AppState>) -> Response {
     }
     Response::builder()
         .content_type("text/plain; version=0.0.4")
-        .body(state.metrics.render(state.db.statement_count()))
+        .body(state.metrics.render(
+            state.db.statement_count(),
+            state.db.sqlite_steps().map(|s| (s.vm, s.full_scan)),
+        ))
 }
 
 /// A request refused for the size of its body (413) is answered before the rest of the body is

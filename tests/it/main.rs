@@ -1,6 +1,7 @@
 //! Integration tests: the real hub over HTTP, on SQLite and (with `TANDEM_TEST_POSTGRES_URL`)
 //! on PostgreSQL.
 
+mod apply_cost;
 mod auth;
 mod cli;
 mod commissions;
@@ -9,6 +10,7 @@ mod crm;
 mod events;
 mod execution;
 mod helpers;
+mod history;
 mod isolation;
 mod jobs;
 mod ledger_props;
