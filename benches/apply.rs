@@ -27,23 +27,10 @@ use tandem_connectors::verify::{decode_standard_secret, sign_standard};
 
 #[path = "../tests/it/history.rs"]
 mod history;
+mod support;
+use support::gql;
 
 const SECRET_KEY: &str = "dGFuZGVtLXRlc3Qtc2VjcmV0LWtleS0zMi1ieXRlcyE=";
-
-async fn gql(base: &str, token: &str, query: &str, variables: Value) -> Value {
-    let resp: Value = reqwest::Client::new()
-        .post(format!("{base}/graphql"))
-        .bearer_auth(token)
-        .json(&json!({"query": query, "variables": variables}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert!(resp.get("errors").is_none(), "{resp}");
-    resp["data"].clone()
-}
 
 /// Posts `count` signed webhooks of new won deals (64 in flight).
 async fn send(url: &str, key: &[u8], code: &str, batch: &str, count: usize) {
@@ -96,23 +83,8 @@ async fn main() {
         vec![0, 100_000, 1_000_000]
     };
 
-    let (url, cleanup) = if backend == "postgres" {
-        let admin_url = std::env::var("TANDEM_BENCH_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string());
-        let name = format!("tandem_bench_{}", uuid::Uuid::new_v4().simple());
-        let admin = Db::connect(&admin_url, 1).await.unwrap();
-        sea_orm::ConnectionTrait::execute_unprepared(
-            &admin.conn,
-            &format!("CREATE DATABASE {name}"),
-        )
-        .await
-        .unwrap();
-        let (base, _) = admin_url.rsplit_once('/').unwrap();
-        (format!("{base}/{name}"), Some((admin_url, name)))
-    } else {
-        let path = std::env::temp_dir().join(format!("tandem-bench-{}.db", uuid::Uuid::new_v4()));
-        (format!("sqlite://{}", path.display()), None)
-    };
+    let database = support::BenchDb::fresh(backend).await;
+    let url = database.url.clone();
     let config = Config {
         database_url: url.clone(),
         secret_key: Some(Redacted(SECRET_KEY.to_string())),
@@ -214,18 +186,7 @@ async fn main() {
     }
     let _ = stop.send(());
     tokio::time::sleep(Duration::from_millis(300)).await;
-    if let Some((admin_url, name)) = cleanup {
-        let admin = Db::connect(&admin_url, 1).await.unwrap();
-        let _ = sea_orm::ConnectionTrait::execute_unprepared(
-            &admin.conn,
-            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-        )
-        .await;
-    } else if let Some(path) = url.strip_prefix("sqlite://") {
-        for suffix in ["", "-wal", "-shm", ".key"] {
-            let _ = std::fs::remove_file(format!("{path}{suffix}"));
-        }
-    }
+    database.remove().await;
     let rate = |row: &Value| row["receipts_per_second"].as_f64().unwrap();
     let slowdown = rate(&rows[0]) / rate(rows.last().unwrap());
     let result = json!({

@@ -26,6 +26,9 @@ use tandem_connectors::{
     hubspot::HubSpot,
 };
 
+mod support;
+use support::gql;
+
 const SECRET_KEY: &str = "dGFuZGVtLXRlc3Qtc2VjcmV0LWtleS0zMi1ieXRlcyE=";
 
 fn deal(i: usize) -> Value {
@@ -128,35 +131,6 @@ async fn fake_hubspot(total: usize) -> String {
     format!("http://{addr}")
 }
 
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
-}
-
-async fn gql(base: &str, token: &str, query: &str, variables: Value) -> Value {
-    let resp: Value = reqwest::Client::new()
-        .post(format!("{base}/graphql"))
-        .bearer_auth(token)
-        .timeout(Duration::from_secs(3600))
-        .json(&json!({"query": query, "variables": variables}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert!(resp.get("errors").is_none(), "{resp}");
-    resp["data"].clone()
-}
-
 #[tokio::main]
 async fn main() {
     tandem::install_crypto_provider();
@@ -192,23 +166,8 @@ async fn main() {
     let fetch_seconds = started.elapsed().as_secs_f64();
     assert_eq!(fetched, total);
 
-    let (url, cleanup) = if backend == "postgres" {
-        let admin_url = std::env::var("TANDEM_BENCH_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string());
-        let name = format!("tandem_bench_{}", uuid::Uuid::new_v4().simple());
-        let admin = Db::connect(&admin_url, 1).await.unwrap();
-        sea_orm::ConnectionTrait::execute_unprepared(
-            &admin.conn,
-            &format!("CREATE DATABASE {name}"),
-        )
-        .await
-        .unwrap();
-        let (base, _) = admin_url.rsplit_once('/').unwrap();
-        (format!("{base}/{name}"), Some((admin_url, name)))
-    } else {
-        let path = std::env::temp_dir().join(format!("tandem-bench-{}.db", uuid::Uuid::new_v4()));
-        (format!("sqlite://{}", path.display()), None)
-    };
+    let database = support::BenchDb::fresh(backend).await;
+    let url = database.url.clone();
     let config = Config {
         database_url: url.clone(),
         secret_key: Some(Redacted(SECRET_KEY.to_string())),
@@ -287,14 +246,7 @@ async fn main() {
     .await;
     let _ = stop.send(());
     tokio::time::sleep(Duration::from_millis(300)).await;
-    if let Some((admin_url, name)) = cleanup {
-        let admin = Db::connect(&admin_url, 1).await.unwrap();
-        let _ = sea_orm::ConnectionTrait::execute_unprepared(
-            &admin.conn,
-            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-        )
-        .await;
-    }
+    database.remove().await;
     let result = json!({
         "backend": backend,
         "deals": total,
@@ -304,7 +256,7 @@ async fn main() {
         "fetch_and_map_only_seconds": fetch_seconds,
         "fetch_and_map_share": fetch_seconds / seconds,
         "deals_stored": attributed["deals"]["totalCount"],
-        "peak_rss_mib_whole_process": peak_rss_mib(),
+        "peak_rss_mib_whole_process": support::peak_rss_mib(),
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "at": chrono::Utc::now().to_rfc3339(),
     });

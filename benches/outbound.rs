@@ -34,6 +34,8 @@ use tandem::{
 };
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
 
+mod support;
+
 const THROUGHPUT_EVENTS: usize = 20_000;
 const LATENCY_EVENTS: usize = 1_000;
 const SUBSCRIBERS: usize = 1_000;
@@ -132,18 +134,7 @@ async fn start(url: &str, worker: bool) -> Hub {
 }
 
 async fn gql(hub: &Hub, query: &str, variables: Value) -> Value {
-    let resp: Value = reqwest::Client::new()
-        .post(format!("{}/graphql", hub.base))
-        .bearer_auth(&hub.admin)
-        .json(&json!({"query": query, "variables": variables}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert!(resp.get("errors").is_none(), "{resp}");
-    resp["data"].clone()
+    support::gql(&hub.base, &hub.admin, query, variables).await
 }
 
 /// A program and a partner to hang events on.
@@ -380,27 +371,6 @@ async fn subscriptions(url: &str) -> Value {
     result
 }
 
-async fn fresh_postgres() -> (String, String, String) {
-    let admin_url = std::env::var("TANDEM_BENCH_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string());
-    let name = format!("tandem_bench_{}", uuid::Uuid::new_v4().simple());
-    let admin = Db::connect(&admin_url, 1).await.unwrap();
-    sea_orm::ConnectionTrait::execute_unprepared(&admin.conn, &format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-    let (base, _) = admin_url.rsplit_once('/').unwrap();
-    (format!("{base}/{name}"), admin_url, name)
-}
-
-async fn drop_postgres(admin_url: &str, name: &str) {
-    let admin = Db::connect(admin_url, 1).await.unwrap();
-    let _ = sea_orm::ConnectionTrait::execute_unprepared(
-        &admin.conn,
-        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-    )
-    .await;
-}
-
 #[tokio::main]
 async fn main() {
     tandem::install_crypto_provider();
@@ -410,14 +380,8 @@ async fn main() {
         .unwrap_or_else(|| "sqlite".to_string());
     let mut results = serde_json::Map::new();
     for part in ["throughput", "latency", "subscriptions"] {
-        let (url, cleanup) = if backend == "postgres" {
-            let (url, admin, name) = fresh_postgres().await;
-            (url, Some((admin, name)))
-        } else {
-            let path =
-                std::env::temp_dir().join(format!("tandem-bench-{}.db", uuid::Uuid::new_v4()));
-            (format!("sqlite://{}", path.display()), None)
-        };
+        let database = support::BenchDb::fresh(&backend).await;
+        let url = database.url.clone();
         let value = match part {
             "throughput" => throughput(&url).await,
             "latency" => latency(&url).await,
@@ -425,9 +389,7 @@ async fn main() {
         };
         results.insert(part.to_string(), value);
         tokio::time::sleep(Duration::from_millis(500)).await;
-        if let Some((admin, name)) = cleanup {
-            drop_postgres(&admin, &name).await;
-        }
+        database.remove().await;
     }
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
