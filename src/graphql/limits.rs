@@ -27,7 +27,7 @@ use async_graphql_value::{ConstValue, Value};
 use lru::LruCache;
 
 use super::{
-    TandemSchema,
+    RequestAuth, TandemSchema,
     batch::{Batches, Driven},
     loaders::Loaders,
 };
@@ -128,6 +128,10 @@ impl Executor for LimitedSchema {
     ) -> BoxStream<'static, Response> {
         match self.check(&mut request) {
             Ok(()) => {
+                if session_data.is_some() {
+                    // An operation on a websocket: authenticated afresh, with the socket's key.
+                    request = request.data(RequestAuth::from_socket());
+                }
                 let (request, batches) = self.with_loaders(request);
                 let stream = self
                     .schema

@@ -97,15 +97,36 @@ pub fn sdl() -> String {
 /// The caller's credentials for one request, resolved to a principal on first use (so a
 /// request rejected by validation never touches the database).
 pub struct RequestAuth {
-    token: Option<String>,
+    token: TokenSource,
     principal: OnceCell<Option<Principal>>,
 }
+
+enum TokenSource {
+    /// The request's own bearer token (HTTP), or none.
+    Request(Option<String>),
+    /// The token its websocket was opened with ([`SocketToken`]).
+    Socket,
+}
+
+/// The key a websocket connection was initialised with. Kept as a token, not a principal:
+/// every operation on the socket authenticates it again (a fresh [`RequestAuth`] per
+/// operation), so a key revoked, or a partner terminated, while the socket is open loses its
+/// rights with its next operation on any instance.
+pub struct SocketToken(pub String);
 
 impl RequestAuth {
     /// Credentials from a bearer token (or none).
     pub fn new(token: Option<String>) -> RequestAuth {
         RequestAuth {
-            token,
+            token: TokenSource::Request(token),
+            principal: OnceCell::new(),
+        }
+    }
+
+    /// Credentials of one operation on a websocket: the connection's [`SocketToken`].
+    pub fn from_socket() -> RequestAuth {
+        RequestAuth {
+            token: TokenSource::Socket,
             principal: OnceCell::new(),
         }
     }
@@ -120,7 +141,11 @@ pub async fn principal<'a>(ctx: &'a Context<'_>) -> ApiResult<&'a Principal> {
     let resolved = auth
         .principal
         .get_or_try_init(|| async {
-            match &auth.token {
+            let token = match &auth.token {
+                TokenSource::Request(token) => token.as_deref(),
+                TokenSource::Socket => ctx.data_opt::<SocketToken>().map(|t| t.0.as_str()),
+            };
+            match token {
                 None => Ok(None),
                 Some(token) => match authenticate(db, token).await {
                     Ok(principal) => Ok(Some(principal)),

@@ -20,7 +20,7 @@ use async_graphql::ErrorExtensions;
 
 use crate::{
     error::ApiError,
-    graphql::RequestAuth,
+    graphql::{RequestAuth, SocketToken},
     http::{AppState, metrics::operation_name},
 };
 
@@ -189,7 +189,7 @@ pub async fn graphql_ws(
                         .await
                         .map_err(|e| e.extend())?;
                     let mut data = async_graphql::Data::default();
-                    data.insert(RequestAuth::new(Some(token)));
+                    data.insert(SocketToken(token));
                     Ok(data)
                 })
                 .serve()

@@ -9,6 +9,7 @@ mod crash;
 mod crm;
 mod events;
 mod execution;
+mod hardening;
 mod helpers;
 mod history;
 mod isolation;

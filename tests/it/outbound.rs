@@ -914,7 +914,7 @@ async fn a_crashed_workers_claims_are_retried(app: TestApp) {
 }
 
 /// Sends one graphql-transport-ws message.
-async fn ws_send<S>(ws: &mut S, value: Value)
+pub async fn ws_send<S>(ws: &mut S, value: Value)
 where
     S: SinkExt<Message> + Unpin,
     <S as futures_util::Sink<Message>>::Error: std::fmt::Debug,
@@ -925,7 +925,7 @@ where
 }
 
 /// The next JSON message (skipping pings), or `None` when the server closed.
-async fn ws_next<S>(ws: &mut S) -> Option<Value>
+pub async fn ws_next<S>(ws: &mut S) -> Option<Value>
 where
     S: StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
 {
@@ -947,7 +947,7 @@ where
     }
 }
 
-async fn connect(
+pub async fn connect(
     app: &TestApp,
     token: &str,
 ) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
