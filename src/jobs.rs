@@ -366,7 +366,7 @@ impl Jobs {
             run_id.clone(),
             self.lease,
         ));
-        let outcome = self.body(name, &run_id, cursor.as_deref(), full).await;
+        let outcome = guarded(self.body(name, &run_id, cursor.as_deref(), full)).await;
         heartbeat.abort();
         let (status, stats, error, next_cursor) = match outcome {
             Ok((stats, next_cursor)) => (JobRunStatus::Succeeded, Some(stats), None, next_cursor),
@@ -469,6 +469,26 @@ impl Jobs {
                     None,
                 ))
             }
+        }
+    }
+}
+
+/// Runs a job body so that a panic inside it becomes the run's error: the run then ends
+/// FAILED and its lease is released like after any other failure, instead of staying RUNNING
+/// with its lease renewed until the process restarts.
+async fn guarded<T>(
+    body: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    use futures_util::FutureExt;
+    match std::panic::AssertUnwindSafe(body).catch_unwind().await {
+        Ok(outcome) => outcome,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_string());
+            Err(format!("the job panicked: {message}"))
         }
     }
 }
@@ -623,5 +643,31 @@ impl SyncTrigger {
     /// Requests a sync of `connection_id`.
     pub fn request(&self, connection_id: &str) {
         let _ = self.sender.send(connection_id.to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::guarded;
+
+    #[tokio::test]
+    async fn a_panicking_body_becomes_the_runs_error() {
+        let outcome: Result<(), String> = guarded(async {
+            let cents: i64 = i64::MAX;
+            // What `commission::to_cents` did before its arithmetic was checked.
+            if cents > 0 {
+                panic!("Multiplication overflowed");
+            }
+            Ok(())
+        })
+        .await;
+        assert_eq!(
+            outcome,
+            Err("the job panicked: Multiplication overflowed".to_string())
+        );
+        let formatted: Result<(), String> =
+            guarded(async { panic!("{} of {}", "one", "two") }).await;
+        assert_eq!(formatted, Err("the job panicked: one of two".to_string()));
+        assert_eq!(guarded(async { Ok::<_, String>(7) }).await, Ok(7));
     }
 }

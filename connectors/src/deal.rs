@@ -67,3 +67,19 @@ pub struct NeutralDeal {
     /// Whether the CRM deleted the deal.
     pub deleted: bool,
 }
+
+impl NeutralDeal {
+    /// Checks the deal's money against Tandem's bounds ([`crate::money`]) and normalises its
+    /// currency to an upper-case ISO 4217 code. The error names the field at fault.
+    pub fn validate(mut self) -> Result<NeutralDeal, String> {
+        crate::money::check_amount(self.amount)
+            .map_err(|rule| format!("amount {} {rule}", self.amount))?;
+        self.currency = crate::money::currency(&self.currency).ok_or_else(|| {
+            format!(
+                "currency {:?} is not an active ISO 4217 code",
+                self.currency.chars().take(16).collect::<String>()
+            )
+        })?;
+        Ok(self)
+    }
+}

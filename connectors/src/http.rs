@@ -7,6 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use reqwest::{Method, StatusCode, header::HeaderMap};
 use serde_json::Value;
@@ -106,6 +107,8 @@ type OnRefresh = Arc<dyn Fn(Refreshed) + Send + Sync>;
 
 struct AuthState {
     access_token: Option<String>,
+    /// Tokens replaced by refreshes (the last few): a late echo of one is redacted too.
+    retired: Vec<String>,
     expires_at: Option<Instant>,
     oauth: Option<OAuthClient>,
     api_base: Option<String>,
@@ -158,6 +161,7 @@ impl CrmHttp {
             api_token_header: vendor == Vendor::Pipedrive && oauth.is_none(),
             auth: Mutex::new(AuthState {
                 access_token,
+                retired: Vec::new(),
                 expires_at: None,
                 oauth,
                 api_base: None,
@@ -191,6 +195,21 @@ impl CrmHttp {
     /// Sends a JSON request to `path` (relative to the API base, or an absolute URL) and
     /// returns the JSON answer, retrying as the policy allows.
     pub async fn json(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+    ) -> Result<Value> {
+        // Every error leaves redacted, whatever produced it: CRMs echo requests (headers,
+        // form bodies) in 400 and 403 answers and in failed token refreshes.
+        match self.json_unredacted(method, path, query, body).await {
+            Ok(value) => Ok(value),
+            Err(err) => Err(self.redact_error(err).await),
+        }
+    }
+
+    async fn json_unredacted(
         &self,
         method: Method,
         path: &str,
@@ -237,7 +256,7 @@ impl CrmHttp {
                 Attempt::Refresh(message) => {
                     let can_refresh = self.auth.lock().await.oauth.is_some();
                     if refreshed || !can_refresh {
-                        return Err(ConnectorError::Unauthorized(self.redact(&message).await));
+                        return Err(ConnectorError::Unauthorized(message));
                     }
                     refreshed = true;
                     self.token(true).await?;
@@ -248,7 +267,7 @@ impl CrmHttp {
                     if started.elapsed() + wait > self.policy.budget {
                         return Err(ConnectorError::GaveUp {
                             seconds: self.policy.budget.as_secs(),
-                            last: self.redact(&why).await,
+                            last: why,
                         });
                     }
                     tokio::time::sleep(wait).await;
@@ -286,22 +305,36 @@ impl CrmHttp {
         capped.mul_f64(rand::random_range(0.5..=1.5))
     }
 
-    /// Removes any credential from a message before it is stored or shown.
-    async fn redact(&self, message: &str) -> String {
+    /// Removes every credential of this connection from an error's text.
+    async fn redact_error(&self, err: ConnectorError) -> ConnectorError {
         let auth = self.auth.lock().await;
-        let mut out = message.to_string();
-        let mut secrets: Vec<&str> = Vec::new();
+        let mut secrets: Vec<String> = Vec::new();
         if let Some(t) = &auth.access_token {
-            secrets.push(t);
+            secrets.push(t.clone());
         }
+        secrets.extend(auth.retired.iter().cloned());
         if let Some(o) = &auth.oauth {
-            secrets.push(&o.client_secret);
-            secrets.push(&o.refresh_token);
+            secrets.push(o.client_secret.clone());
+            secrets.push(o.refresh_token.clone());
+            // As an HTTP Basic credential, the way a token endpoint may echo it.
+            secrets.push(
+                base64::engine::general_purpose::STANDARD
+                    .encode(format!("{}:{}", o.client_id, o.client_secret)),
+            );
         }
-        for s in secrets.into_iter().filter(|s| s.len() >= 6) {
-            out = out.replace(s, "[redacted]");
+        drop(auth);
+        let clean = |text: String| redact(&text, &secrets);
+        match err {
+            ConnectorError::Malformed(m) => ConnectorError::Malformed(clean(m)),
+            ConnectorError::Unauthorized(m) => ConnectorError::Unauthorized(clean(m)),
+            ConnectorError::NotFound(m) => ConnectorError::NotFound(clean(m)),
+            ConnectorError::Remote(m) => ConnectorError::Remote(clean(m)),
+            ConnectorError::RateLimited(m) => ConnectorError::RateLimited(clean(m)),
+            ConnectorError::GaveUp { seconds, last } => ConnectorError::GaveUp {
+                seconds,
+                last: clean(last),
+            },
         }
-        out
     }
 
     async fn classify(&self, response: reqwest::Response) -> Result<Attempt> {
@@ -433,14 +466,19 @@ impl CrmHttp {
             .or_else(|| body.get("api_domain"))
             .and_then(Value::as_str)
             .map(|s| s.trim_end_matches('/').to_string());
-        auth.access_token = Some(access.clone());
+        if let Some(old) = auth.access_token.replace(access.clone()) {
+            auth.retired.push(old);
+        }
         // Salesforce returns no expires_in: its sessions last hours; a 401 refreshes.
         auth.expires_at = expires_in.map(|s| Instant::now() + Duration::from_secs(s));
         if let Some(r) = &rotated
             && let Some(o) = auth.oauth.as_mut()
         {
-            o.refresh_token = r.clone();
+            let old = std::mem::replace(&mut o.refresh_token, r.clone());
+            auth.retired.push(old);
         }
+        let excess = auth.retired.len().saturating_sub(8);
+        auth.retired.drain(..excess);
         if api_base.is_some() {
             auth.api_base = api_base.clone();
         }
@@ -453,6 +491,20 @@ impl CrmHttp {
         }
         Ok(access)
     }
+}
+
+/// `text` with every secret (of at least 6 characters) replaced by `[redacted]`, in the forms
+/// a server may echo it: as is, form-urlencoded and percent-encoded.
+pub fn redact(text: &str, secrets: &[String]) -> String {
+    let mut out = text.to_string();
+    for secret in secrets.iter().filter(|s| s.len() >= 6) {
+        let form: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+        let percent = form.replace('+', "%20");
+        for form in [secret.as_str(), form.as_str(), percent.as_str()] {
+            out = out.replace(form, "[redacted]");
+        }
+    }
+    out
 }
 
 fn describe(err: &reqwest::Error) -> String {

@@ -8,6 +8,7 @@ pub mod http;
 pub mod hubspot;
 pub mod inbound;
 pub mod lenient;
+pub mod money;
 pub mod pipedrive;
 pub mod salesforce;
 pub mod verify;

@@ -197,7 +197,9 @@ pub fn round_money(value: Decimal) -> Decimal {
 
 /// A rounded amount in cents.
 pub fn to_cents(value: Decimal) -> Option<i64> {
-    (round_money(value) * Decimal::ONE_HUNDRED).to_i64()
+    round_money(value)
+        .checked_mul(Decimal::ONE_HUNDRED)?
+        .to_i64()
 }
 
 /// Cents back to a 2-place decimal.
@@ -278,7 +280,7 @@ pub fn compute_timeline(
         if lo >= hi {
             Decimal::ZERO
         } else {
-            prefix[hi] - prefix[lo]
+            prefix[hi].checked_sub(prefix[lo]).unwrap_or(Decimal::MAX)
         }
     };
     deals
@@ -322,9 +324,11 @@ pub fn compute_timeline(
                 return outcome(state, Decimal::ZERO);
             }
             let prior = prior_revenue(basis.closed_at, &deal.id);
-            match raw_commission(&terms.plan, amount_p, prior) {
-                Some(raw) => outcome(earning, round_money(raw)),
-                None => outcome(CommissionState::Invalid, Decimal::ZERO),
+            // A commission that cannot be held in cents (only data stored before the money
+            // bounds could produce one) marks the deal invalid instead of failing the run.
+            match raw_commission(&terms.plan, amount_p, prior).map(round_money) {
+                Some(expected) if to_cents(expected).is_some() => outcome(earning, expected),
+                _ => outcome(CommissionState::Invalid, Decimal::ZERO),
             }
         })
         .collect()

@@ -545,8 +545,12 @@ impl Syncer {
                 if let Some(state) = state {
                     cache.remember(state);
                 }
-                if matches!(result, ApplyResult::Applied(_)) {
-                    changed += 1;
+                match result {
+                    ApplyResult::Applied(_) => changed += 1,
+                    ApplyResult::Invalid(reason) => {
+                        tracing::warn!(connection = %connection.id, deal = %deal.external_id, %reason, "CRM deal not stored");
+                    }
+                    ApplyResult::Stale(_) | ApplyResult::UnknownDeal => {}
                 }
             }
             events::record_all(&*tx, caused)
@@ -698,6 +702,7 @@ impl Syncer {
                         ApplyResult::Applied(id) => (ReceiptStatus::Applied, None, Some(id)),
                         ApplyResult::Stale(id) => (ReceiptStatus::IgnoredStale, None, Some(id)),
                         ApplyResult::UnknownDeal => (ReceiptStatus::Applied, None, None),
+                        ApplyResult::Invalid(reason) => (ReceiptStatus::Failed, Some(reason), None),
                     }
                 }
             };

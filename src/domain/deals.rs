@@ -68,6 +68,8 @@ pub enum ApplyResult {
     Stale(String),
     /// A deletion of a deal Tandem never mirrored: nothing to do.
     UnknownDeal,
+    /// The deal's money is outside Tandem's bounds (the reason): not stored.
+    Invalid(String),
 }
 
 /// The status a deal counts as: a deleted deal counts as lost.
@@ -482,6 +484,18 @@ pub async fn apply_deal_change(
     change: &DealChange,
     events: &mut Vec<event::ActiveModel>,
 ) -> Result<(ApplyResult, Option<AppliedDeal>), DbErr> {
+    // Every path (webhooks, CRM sync, fetched deals) meets the same money bounds here.
+    let validated;
+    let change = match change {
+        DealChange::Upsert(deal) => match deal.clone().validate() {
+            Ok(deal) => {
+                validated = DealChange::Upsert(deal);
+                &validated
+            }
+            Err(reason) => return Ok((ApplyResult::Invalid(reason), None)),
+        },
+        other => other,
+    };
     let existing = cache.deal(conn, source_id, change.external_id()).await?;
     let incoming_time = match change {
         DealChange::Upsert(deal) => deal.updated_at,

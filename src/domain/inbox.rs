@@ -652,6 +652,12 @@ fn applied_outcome(result: ApplyResult) -> Outcome {
             deal_id: Some(deal_id),
             available_at_ms: None,
         },
+        ApplyResult::Invalid(reason) => Outcome {
+            status: ReceiptStatus::Failed,
+            reason: Some(reason),
+            deal_id: None,
+            available_at_ms: None,
+        },
         ApplyResult::UnknownDeal => Outcome {
             status: ReceiptStatus::Applied,
             reason: Some("deletion of a deal Tandem never mirrored: nothing to do".into()),

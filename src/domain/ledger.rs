@@ -155,8 +155,12 @@ pub async fn set_exchange_rate(
             "must differ from base (a currency converts to itself at 1)",
         ));
     }
-    if input.rate <= Decimal::ZERO {
-        return Err(ApiError::bad_input("input.rate", "must be greater than 0"));
+    let max_rate = Decimal::from(tandem_connectors::money::MAX_EXCHANGE_RATE);
+    if input.rate <= Decimal::ZERO || input.rate > max_rate {
+        return Err(ApiError::bad_input(
+            "input.rate",
+            format!("must be greater than 0 and at most {max_rate}"),
+        ));
     }
     if input.rate.scale() > 12 {
         return Err(ApiError::bad_input(

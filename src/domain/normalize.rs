@@ -100,19 +100,9 @@ pub fn company_domain(domain: Option<String>) -> Option<String> {
     domain.filter(|d| !is_free_mail(d))
 }
 
-/// Active ISO 4217 currency codes.
-const ISO_4217: &str = "AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD BND BOB BRL \
-BSD BTN BWP BYN BZD CAD CDF CHF CLP CNY COP CRC CUP CVE CZK DJF DKK DOP DZD EGP ERN ETB EUR FJD FKP \
-GBP GEL GHS GIP GMD GNF GTQ GYD HKD HNL HTG HUF IDR ILS INR IQD IRR ISK JMD JOD JPY KES KGS KHR KMF \
-KPW KRW KWD KYD KZT LAK LBP LKR LRD LSL LYD MAD MDL MGA MKD MMK MNT MOP MRU MUR MVR MWK MXN MYR MZN \
-NAD NGN NIO NOK NPR NZD OMR PAB PEN PGK PHP PKR PLN PYG QAR RON RSD RUB RWF SAR SBD SCR SDG SEK SGD \
-SHP SLE SOS SRD SSP STN SVC SYP SZL THB TJS TMT TND TOP TRY TTD TWD TZS UAH UGX USD UYU UZS VES VND \
-VUV WST XAF XCD XCG XOF XPF YER ZAR ZMW ZWG";
-
 /// Normalises a currency code (upper case) and checks it is an active ISO 4217 code.
 pub fn normalize_currency(input: &str) -> Option<String> {
-    let code = input.trim().to_ascii_uppercase();
-    (code.len() == 3 && ISO_4217.split_whitespace().any(|c| c == code)).then_some(code)
+    tandem_connectors::money::currency(input)
 }
 
 #[cfg(test)]

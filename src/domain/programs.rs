@@ -154,9 +154,8 @@ fn check_percentage(field: &str, value: Decimal, allow_zero: bool) -> ApiResult<
 }
 
 fn check_money(field: &str, value: Decimal) -> ApiResult<()> {
-    if value < Decimal::ZERO {
-        return Err(ApiError::bad_input(field, "must not be negative"));
-    }
+    tandem_connectors::money::check_amount(value)
+        .map_err(|rule| ApiError::bad_input(field, rule))?;
     if value.scale() > 2 && value.normalize().scale() > 2 {
         return Err(ApiError::bad_input(
             field,

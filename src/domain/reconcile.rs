@@ -841,7 +841,10 @@ async fn process(
             continue;
         }
         let have = booked.get(&key).cloned().unwrap_or_default();
-        let diff = expected_cents - have.cents;
+        let Some(diff) = expected_cents.checked_sub(have.cents) else {
+            stats.invalid += 1;
+            continue;
+        };
         if diff != 0 {
             let (terms, hold_days) = &ctx.terms[&program_id];
             entries.push(NewEntry {

@@ -3,10 +3,15 @@
 
 use serde_json::{Value, json};
 
+use chrono::Utc;
+use sea_orm::ConnectionTrait;
+
 use crate::{
+    commissions::{Crm, ledger, partner, program_with, run_job},
     db_tests,
-    helpers::TestApp,
+    helpers::{TestApp, error_code, error_field},
     outbound::{connect, ws_next, ws_send},
+    webhooks::{post_signed, standard_source},
 };
 
 /// Creates a key; returns (token, id).
@@ -131,4 +136,246 @@ async fn revoked_keys_lose_open_websockets_at_once(app: TestApp) {
     );
 }
 
-db_tests!(revoked_keys_lose_open_websockets_at_once);
+/// Findings 2 and 8 at the door: a signed deal whose amount is beyond the money bounds, is
+/// negative, or whose currency is no ISO 4217 code is refused with 400 and stored as FAILED,
+/// never as a deal; plan values and exchange rates beyond the bounds are BAD_USER_INPUT with
+/// the field.
+async fn money_beyond_bounds_is_refused_at_every_entry_point(app: TestApp) {
+    let program = program_with(&app, json!({"type": "PERCENT", "rate": "20"}), json!({})).await;
+    let source = standard_source(&app, &program).await;
+    let now = Utc::now();
+    for (i, (amount, currency, reason)) in [
+        ("800000000000000000000000000", "USD", "amount"),
+        ("1000000000000", "USD", "amount"),
+        ("-5.00", "USD", "amount"),
+        ("100.00", "../../", "currency"),
+        ("100.00", "XYZ", "currency"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let body = json!({"type": "deal.updated", "data": {"id": format!("big-{i}"), "name": "Big",
+            "amount": amount, "currency": currency, "status": "won",
+            "createdAt": now.to_rfc3339(), "updatedAt": now.to_rfc3339()}})
+        .to_string();
+        let resp = post_signed(&app, &source, &format!("msg-{i}"), now.timestamp(), &body).await;
+        assert_eq!(resp.status(), 400, "{amount} {currency}");
+        let text = resp.text().await.unwrap();
+        assert!(text.contains(reason), "{text}");
+    }
+    assert_eq!(app.count_rows("deals").await, 0);
+    let failed = crate::helpers::count(
+        &app.db,
+        "SELECT COUNT(*) AS n FROM webhook_receipts WHERE status = 'FAILED'",
+    )
+    .await;
+    assert_eq!(failed, 5);
+
+    let create =
+        "mutation($input: CreateProgramInput!) { createProgram(input: $input) { program { id } } }";
+    for (commission, field) in [
+        (
+            json!({"type": "FLAT", "flatAmount": "9999999999999999999999999999"}),
+            "input.commission.flatAmount",
+        ),
+        (
+            json!({"type": "PERCENT", "rate": "10", "capPerDeal": "1000000000000"}),
+            "input.commission.capPerDeal",
+        ),
+        (
+            json!({"type": "PERCENT", "rate": "10", "minDealAmount": "-1"}),
+            "input.commission.minDealAmount",
+        ),
+        (
+            json!({"type": "PERCENT", "rate": "10", "tiers": [{"minRevenue": "1000000000000", "rate": "12"}]}),
+            "input.commission.tiers[0].minRevenue",
+        ),
+    ] {
+        let resp = app
+            .gql(
+                &app.admin,
+                create,
+                json!({"input": {"name": "Huge", "kind": "CHANNEL", "currency": "USD", "commission": commission}}),
+            )
+            .await;
+        assert_eq!(error_code(&resp), "BAD_USER_INPUT", "{resp}");
+        assert_eq!(error_field(&resp), field, "{resp}");
+    }
+    let resp = app
+        .gql(
+            &app.admin,
+            "mutation { setExchangeRate(input: {base: \"EUR\", quote: \"USD\", rate: \"99999999999\", effectiveAt: \"2026-01-01T00:00:00Z\"}) { exchangeRate { rate } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(error_code(&resp), "BAD_USER_INPUT", "{resp}");
+    assert_eq!(error_field(&resp), "input.rate", "{resp}");
+}
+
+/// Finding 2 in the engine: a deal stored with an amount no entry point accepts any more (as
+/// data from before the bounds would be) is counted invalid by `reconcile`, which books every
+/// other deal and ends SUCCEEDED; the next run starts at once (no lease left behind).
+async fn one_oversized_deal_never_stops_reconcile(app: TestApp) {
+    let program = program_with(
+        &app,
+        json!({"type": "PERCENT", "rate": "20"}),
+        json!({"holdDays": 0}),
+    )
+    .await;
+    let acme = partner(&app, &program, "Acme").await;
+    let mut crm = Crm::new(&app, &program).await;
+    crm.won(&app, "good", "1000.00", 3, &acme.code).await;
+    crm.won(&app, "poison", "10.00", 3, &acme.code).await;
+    // What a deal stored before the bounds existed looks like.
+    app.db
+        .conn
+        .execute_unprepared(
+            "UPDATE deals SET amount = '800000000000000000000000000' WHERE external_id = 'poison'",
+        )
+        .await
+        .unwrap();
+    let stats = run_job(&app, "reconcile", true).await;
+    assert_eq!(stats["invalid"], 1, "{stats}");
+    let entries = ledger(&app, &acme.id).await;
+    assert_eq!(
+        entries,
+        vec![(
+            "ACCRUAL".to_string(),
+            "200.00".to_string(),
+            "APPROVED".to_string()
+        )],
+        "the good deal is booked, the poisoned one is not"
+    );
+    // The lease was released: another run starts at once and finds nothing to change.
+    let started = std::time::Instant::now();
+    let again = run_job(&app, "reconcile", false).await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    assert_eq!(again["entriesWritten"], 0, "{again}");
+}
+
+/// A CRM that echoes the whole request (headers, then body) in an error answer, as APIs do in
+/// 400/403 answers and failed token refreshes.
+struct Echo(u16);
+
+impl wiremock::Respond for Echo {
+    fn respond(&self, request: &wiremock::Request) -> wiremock::ResponseTemplate {
+        let headers: Vec<String> = request
+            .headers
+            .iter()
+            .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap_or_default()))
+            .collect();
+        let echoed = format!(
+            "bad request {} {}; headers: {}; body: {}",
+            request.method,
+            request.url,
+            headers.join(", "),
+            String::from_utf8_lossy(&request.body)
+        );
+        wiremock::ResponseTemplate::new(self.0)
+            .set_body_json(json!({"status": "error", "message": echoed, "error": echoed}))
+    }
+}
+
+/// Where a connection's error text ends up: the sync run, the connection, the job run.
+async fn stored_errors_containing(app: &TestApp, secret: &str) -> i64 {
+    let mut total = 0;
+    for (table, column) in [
+        ("sync_runs", "error"),
+        ("crm_connections", "last_error"),
+        ("job_runs", "error"),
+    ] {
+        total += crate::helpers::count(
+            &app.db,
+            &format!("SELECT COUNT(*) AS n FROM {table} WHERE {column} LIKE '%{secret}%'"),
+        )
+        .await;
+    }
+    total
+}
+
+/// Finding 3: whatever the status, an error text that echoes the request never carries the
+/// connection's credentials (access token, client secret, refresh token, in clear, form- or
+/// Basic-encoded) into the run, the connection, the job run or the API.
+async fn crm_errors_never_carry_credentials(app: TestApp) {
+    let program = app.create_program("Echo").await;
+    for status in [400, 403] {
+        let server = wiremock::MockServer::start().await;
+        wiremock::Mock::given(wiremock::matchers::any())
+            .respond_with(Echo(status))
+            .mount(&server)
+            .await;
+        let token = format!("pat-eu1-echoed-secret-{status}");
+        let data = app
+            .admin_ok(
+                "mutation($input: CreateCrmConnectionInput!) { createCrmConnection(input: $input) { connection { id } } }",
+                json!({"input": {"name": format!("Echo {status}"), "kind": "HUBSPOT", "programId": program,
+                    "baseUrl": server.uri(), "accessToken": token}}),
+            )
+            .await;
+        let id = data["createCrmConnection"]["connection"]["id"]
+            .as_str()
+            .unwrap();
+        let run = app
+            .admin_ok(
+                "mutation($id: ID!) { syncCrmConnection(input: {id: $id}) { syncRun { status error } } }",
+                json!({"id": id}),
+            )
+            .await["syncCrmConnection"]["syncRun"]
+            .clone();
+        assert_eq!(run["status"], "FAILED", "{run}");
+        let error = run["error"].as_str().unwrap();
+        assert!(
+            error.contains("bad request"),
+            "the CRM's message is kept: {error}"
+        );
+        assert!(error.contains("[redacted]"), "{error}");
+        assert!(!error.contains(&token), "{error}");
+        assert_eq!(stored_errors_containing(&app, &token).await, 0);
+    }
+    // OAuth: the token endpoint answers 400 echoing the form body and the Basic header.
+    let server = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::any())
+        .respond_with(Echo(400))
+        .mount(&server)
+        .await;
+    let (secret, refresh) = ("client/secret+with=specials", "refresh-token-abcdef");
+    let data = app
+        .admin_ok(
+            "mutation($input: CreateCrmConnectionInput!) { createCrmConnection(input: $input) { connection { id } } }",
+            json!({"input": {"name": "Echo OAuth", "kind": "HUBSPOT", "programId": program,
+                "baseUrl": server.uri(), "oauth": {"clientId": "app", "clientSecret": secret, "refreshToken": refresh}}}),
+        )
+        .await;
+    let id = data["createCrmConnection"]["connection"]["id"]
+        .as_str()
+        .unwrap();
+    let run = app
+        .admin_ok(
+            "mutation($id: ID!) { syncCrmConnection(input: {id: $id}) { syncRun { status error } } }",
+            json!({"id": id}),
+        )
+        .await["syncCrmConnection"]["syncRun"]
+        .clone();
+    assert_eq!(run["status"], "FAILED", "{run}");
+    let error = run["error"].as_str().unwrap();
+    for leaked in [secret, "client%2Fsecret%2Bwith%3Dspecials", refresh] {
+        assert!(!error.contains(leaked), "{leaked} in {error}");
+    }
+    assert_eq!(stored_errors_containing(&app, refresh).await, 0);
+    assert_eq!(stored_errors_containing(&app, "client%2Fsecret").await, 0);
+    let listed = app
+        .admin_ok(
+            "{ crmConnections { edges { node { lastError } } } }",
+            json!({}),
+        )
+        .await;
+    assert!(!listed.to_string().contains("echoed-secret"), "{listed}");
+    assert!(!listed.to_string().contains(refresh), "{listed}");
+}
+
+db_tests!(
+    crm_errors_never_carry_credentials,
+    revoked_keys_lose_open_websockets_at_once,
+    money_beyond_bounds_is_refused_at_every_entry_point,
+    one_oversized_deal_never_stops_reconcile,
+);
