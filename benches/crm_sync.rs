@@ -173,6 +173,8 @@ async fn main() {
         secret_key: Some(Redacted(SECRET_KEY.to_string())),
         bind: "127.0.0.1:0".to_string(),
         scheduler: false,
+        // The fake HubSpot listens on loopback.
+        webhook_allow_private_targets: true,
         log: "warn".to_string(),
         ..Config::default()
     };

@@ -86,6 +86,9 @@ fn config(url: &str, worker: bool) -> Config {
         webhook_rate_limit: 1_000_000,
         webhook_max_in_flight: 64,
         database_max_connections: 16,
+        // The subscription phase opens SUBSCRIBERS sockets from one address with one key.
+        ws_max_per_address: 2 * SUBSCRIBERS as u32,
+        ws_max_per_key: 2 * SUBSCRIBERS as u32,
         log: "warn".to_string(),
         ..Config::default()
     }

@@ -111,6 +111,7 @@ impl App {
             CrmSettings {
                 timeout: Duration::from_millis(config.crm_timeout_ms),
                 retry_budget: Duration::from_secs(config.crm_retry_budget_secs),
+                allow_private: config.webhook_allow_private_targets,
             },
         );
         let jobs = Jobs::new(
@@ -128,6 +129,7 @@ impl App {
             None
         };
         let sync_trigger = SyncTrigger::start(jobs.clone());
+        let config_ws = (config.ws_max_per_address, config.ws_max_per_key);
         let state = AppState {
             schema: LimitedSchema::new(
                 build_schema(
@@ -146,6 +148,7 @@ impl App {
             inbox,
             public_base,
             sync_trigger,
+            sockets: crate::http::sockets::SocketLimits::new(config_ws.0, config_ws.1),
         };
         Ok(App {
             state,

@@ -83,6 +83,18 @@ pub struct Config {
     /// How often the scheduler looks for CRM connections whose own schedule is due
     /// (`TANDEM_CRM_SYNC_CHECK_SCHEDULE`, 6-field cron, default every minute at :30).
     pub crm_sync_check_schedule: String,
+    /// Seconds a websocket may stay open without `connection_init` before it is closed with
+    /// 4408 (`TANDEM_WS_INIT_TIMEOUT_SECS`, default 10).
+    pub ws_init_timeout_secs: u64,
+    /// Open websockets per client address (`TANDEM_WS_MAX_PER_ADDRESS`, default 256; the
+    /// upgrade answers 429 beyond it).
+    pub ws_max_per_address: u32,
+    /// Open websockets per API key (`TANDEM_WS_MAX_PER_KEY`, default 64; `connection_init`
+    /// beyond it closes the socket with 4429).
+    pub ws_max_per_key: u32,
+    /// When set, `GET /metrics` answers only requests with `Authorization: Bearer <this>`
+    /// (`TANDEM_METRICS_TOKEN`); unset, it is open to whoever reaches the listen address.
+    pub metrics_token: Option<Redacted>,
 }
 
 /// A configuration value that must never reach a log: `Debug` prints `[redacted]`.
@@ -122,6 +134,10 @@ impl Default for Config {
             crm_timeout_ms: 30_000,
             crm_retry_budget_secs: 120,
             crm_sync_check_schedule: "30 * * * * *".to_string(),
+            ws_init_timeout_secs: 10,
+            ws_max_per_address: 256,
+            ws_max_per_key: 64,
+            metrics_token: None,
         }
     }
 }
@@ -168,6 +184,10 @@ impl Config {
                 "crm_timeout_ms",
                 "crm_retry_budget_secs",
                 "crm_sync_check_schedule",
+                "ws_init_timeout_secs",
+                "ws_max_per_address",
+                "ws_max_per_key",
+                "metrics_token",
             ]))
             .merge(Serialized::defaults(flags))
             .extract()
@@ -213,6 +233,15 @@ impl Config {
         }
         if self.webhook_max_in_flight == 0 || self.webhook_claim_secs == 0 {
             return invalid("webhook_max_in_flight and webhook_claim_secs must be positive".into());
+        }
+        if self.ws_init_timeout_secs == 0
+            || self.ws_max_per_address == 0
+            || self.ws_max_per_key == 0
+        {
+            return invalid(
+                "ws_init_timeout_secs, ws_max_per_address and ws_max_per_key must be positive"
+                    .into(),
+            );
         }
         if self.crm_timeout_ms == 0 {
             return invalid("crm_timeout_ms must be positive".into());

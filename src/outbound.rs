@@ -14,7 +14,6 @@
 
 use std::{
     collections::HashMap,
-    net::SocketAddr,
     num::NonZeroU32,
     sync::{
         Arc, Mutex,
@@ -44,8 +43,7 @@ use crate::{
     domain::{
         auth::principals_of_keys,
         endpoints::{
-            DeliveryStatus, EndpointMatcher, EndpointStatus, check_target_url, is_public_ip,
-            new_delivery,
+            DeliveryStatus, EndpointMatcher, EndpointStatus, check_target_url, new_delivery,
         },
         events::{self, EventPosition},
         ids::new_id,
@@ -538,26 +536,6 @@ struct WorkerInner {
     metrics: Metrics,
 }
 
-/// Resolves names for outbound webhooks and refuses non-public addresses (so a public name
-/// cannot be pointed at an internal service).
-struct PublicOnlyResolver;
-
-impl reqwest::dns::Resolve for PublicOnlyResolver {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        Box::pin(async move {
-            let host = name.as_str().to_string();
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .filter(|addr| is_public_ip(addr.ip()))
-                .collect();
-            if addrs.is_empty() {
-                return Err(format!("{host} resolves to no public address").into());
-            }
-            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
-        })
-    }
-}
-
 impl DeliveryWorker {
     /// A worker over `db`; `wake` is signalled when new deliveries are due.
     pub fn new(
@@ -574,7 +552,7 @@ impl DeliveryWorker {
             .user_agent(concat!("Tandem-Webhooks/", env!("CARGO_PKG_VERSION")))
             .pool_max_idle_per_host(64);
         if !settings.allow_private {
-            http = http.dns_resolver(Arc::new(PublicOnlyResolver));
+            http = http.dns_resolver(Arc::new(tandem_connectors::net::PublicOnlyResolver));
         }
         let http = http
             .build()

@@ -126,6 +126,8 @@ pub struct CrmHttp {
     on_refresh: Option<OnRefresh>,
     /// No request before this instant: the CRM said its window's budget is spent.
     not_before: std::sync::Mutex<Option<Instant>>,
+    /// Requests only to public addresses ([`CrmHttp::public_only`]).
+    public_only: bool,
 }
 
 /// What one attempt came to.
@@ -168,7 +170,41 @@ impl CrmHttp {
             }),
             on_refresh: None,
             not_before: std::sync::Mutex::new(None),
+            public_only: false,
         })
+    }
+
+    /// Sends requests only to public addresses ([`crate::net`]): every URL's literal host is
+    /// checked (including token endpoints and API domains a token answer names), names are
+    /// resolved to public addresses only, and redirects are not followed.
+    pub fn public_only(mut self) -> Result<CrmHttp> {
+        self.client = reqwest::Client::builder()
+            .timeout(self.policy.timeout)
+            .connect_timeout(self.policy.timeout)
+            .user_agent(concat!("Tandem/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(crate::net::PublicOnlyResolver))
+            .build()
+            .map_err(|e| ConnectorError::Remote(format!("HTTP client: {e}")))?;
+        self.public_only = true;
+        Ok(self)
+    }
+
+    /// Refuses `url` when only public targets are allowed and its host is not one.
+    fn check_target(&self, url: &str) -> Result<()> {
+        if !self.public_only {
+            return Ok(());
+        }
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|e| ConnectorError::Remote(format!("invalid CRM URL: {e}")))?;
+        if crate::net::literal_host_is_public(&parsed) {
+            Ok(())
+        } else {
+            Err(ConnectorError::Remote(format!(
+                "refused to call {}: not a public address",
+                parsed.host_str().unwrap_or_default()
+            )))
+        }
     }
 
     /// Called after every OAuth refresh (to persist a rotated refresh token).
@@ -226,6 +262,7 @@ impl CrmHttp {
             } else {
                 format!("{}{path}", self.api_base().await)
             };
+            self.check_target(&url)?;
             let mut request = self.client.request(method.clone(), &url).query(query);
             request = if self.api_token_header {
                 request.header("x-api-token", &token)
@@ -427,6 +464,7 @@ impl CrmHttp {
             ("grant_type", "refresh_token".to_string()),
             ("refresh_token", oauth.refresh_token.clone()),
         ];
+        self.check_target(&oauth.token_url)?;
         let mut request = self.client.post(&oauth.token_url);
         if oauth.basic_auth {
             request = request.basic_auth(&oauth.client_id, Some(&oauth.client_secret));
@@ -569,6 +607,62 @@ pub fn epoch_ms(t: DateTime<Utc>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A public-only client refuses literal private hosts (a base URL, a token endpoint or an
+    /// API domain a token answer names) before any request leaves, and names that resolve to
+    /// no public address.
+    #[tokio::test]
+    async fn public_only_clients_refuse_private_targets() {
+        let policy = RetryPolicy {
+            timeout: Duration::from_secs(2),
+            budget: Duration::from_secs(1),
+            ..RetryPolicy::default()
+        };
+        for base in [
+            "http://169.254.169.254",
+            "http://[64:ff9b::a9fe:a9fe]",
+            "http://127.0.0.1:9",
+            "http://localhost:9",
+        ] {
+            let http = CrmHttp::new(
+                Vendor::HubSpot,
+                base,
+                Credentials::AccessToken("pat-secret-token".into()),
+                policy,
+            )
+            .unwrap()
+            .public_only()
+            .unwrap();
+            let err = http
+                .json(Method::GET, "/crm/v3/objects/deals", &[], None)
+                .await
+                .unwrap_err();
+            assert!(
+                err.to_string().contains("not a public address"),
+                "{base}: {err}"
+            );
+        }
+        let oauth = CrmHttp::new(
+            Vendor::Salesforce,
+            "https://login.example.com",
+            Credentials::OAuth(OAuthClient {
+                client_id: "id".into(),
+                client_secret: "secret-value".into(),
+                refresh_token: "refresh-value".into(),
+                token_url: "http://10.0.0.1/services/oauth2/token".into(),
+                basic_auth: false,
+            }),
+            policy,
+        )
+        .unwrap()
+        .public_only()
+        .unwrap();
+        let err = oauth
+            .json(Method::GET, "/services/data", &[], None)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("not a public address"), "{err}");
+    }
 
     #[test]
     fn retry_after_is_whole_seconds_or_a_date() {

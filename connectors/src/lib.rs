@@ -9,6 +9,7 @@ pub mod hubspot;
 pub mod inbound;
 pub mod lenient;
 pub mod money;
+pub mod net;
 pub mod pipedrive;
 pub mod salesforce;
 pub mod verify;

@@ -13,7 +13,7 @@ use crate::{
         Db,
         entities::{api_key, partner},
     },
-    domain::ids::new_id,
+    domain::{ids::new_id, partners::PartnerStatus},
     error::{ApiError, ApiResult},
 };
 
@@ -65,6 +65,8 @@ pub enum Principal {
         partner_id: String,
         /// That partner's program.
         program_id: String,
+        /// The partner is SUSPENDED: its keys read but cannot change anything.
+        suspended: bool,
     },
     /// A technology-integration partner.
     Integration {
@@ -308,10 +310,16 @@ async fn principal_for_key(db: &Db, key: api_key::Model) -> ApiResult<Principal>
                 .select_one(partner::Entity::find_by_id(partner_id.clone()))
                 .await?
                 .ok_or(ApiError::Unauthenticated)?;
+            // A TERMINATED partner's keys stop working altogether (reads included): the
+            // relationship is over, and its history stays with the program's admins.
+            if partner.status == PartnerStatus::Terminated.as_str() {
+                return Err(ApiError::Unauthenticated);
+            }
             Principal::Partner {
                 key_id: key.id,
                 partner_id,
                 program_id: partner.program_id,
+                suspended: partner.status == PartnerStatus::Suspended.as_str(),
             }
         }
     })

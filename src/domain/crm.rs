@@ -167,14 +167,16 @@ pub struct CrmSettings {
     pub timeout: Duration,
     /// Total retry time per call.
     pub retry_budget: Duration,
+    /// Whether CRM URLs may point at loopback, private or link-local addresses (the same
+    /// `webhook_allow_private_targets` setting as outbound webhooks; mock CRMs in tests).
+    pub allow_private: bool,
 }
 
-fn check_http_url(field: &str, url: &str) -> ApiResult<String> {
-    let parsed = reqwest::Url::parse(url.trim())
-        .map_err(|e| ApiError::bad_input(field, format!("is not a URL ({e})")))?;
-    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
-        return Err(ApiError::bad_input(field, "must be an http(s) URL"));
-    }
+/// Checks a CRM URL by the rules of outbound webhook targets: http(s), no credentials in it,
+/// and (unless private targets are allowed) a public host.
+fn check_http_url(field: &str, url: &str, allow_private: bool) -> ApiResult<String> {
+    let parsed = crate::domain::endpoints::check_target_url(url, allow_private)
+        .map_err(|reason| ApiError::bad_input(field, reason))?;
     Ok(parsed.as_str().trim_end_matches('/').to_string())
 }
 
@@ -183,6 +185,7 @@ pub async fn create_connection(
     db: &Db,
     key: &SecretKey,
     input: CreateCrmConnectionInput,
+    allow_private: bool,
 ) -> ApiResult<crm_connection::Model> {
     let name = input.name.trim().to_string();
     if name.is_empty() || name.chars().count() > 200 {
@@ -201,7 +204,7 @@ pub async fn create_connection(
         return Err(ApiError::NotFound("program"));
     }
     let base_url = match (&input.base_url, input.kind) {
-        (Some(url), _) => check_http_url("input.baseUrl", url)?,
+        (Some(url), _) => check_http_url("input.baseUrl", url, allow_private)?,
         (None, CrmKind::Hubspot) => "https://api.hubapi.com".to_string(),
         (None, CrmKind::Pipedrive) => "https://api.pipedrive.com".to_string(),
         // The org's instance URL; with OAuth the token answer's `instance_url` replaces it.
@@ -257,7 +260,7 @@ pub async fn create_connection(
                 }
             }
             let token_url = match (&oauth.token_url, input.kind) {
-                (Some(url), _) => check_http_url("input.oauth.tokenUrl", url)?,
+                (Some(url), _) => check_http_url("input.oauth.tokenUrl", url, allow_private)?,
                 (None, CrmKind::Hubspot) => format!("{base_url}/oauth/v1/token"),
                 (None, CrmKind::Pipedrive) => "https://oauth.pipedrive.com/oauth/token".to_string(),
                 (None, CrmKind::Salesforce) => format!("{base_url}/services/oauth2/token"),
@@ -407,13 +410,18 @@ impl Syncer {
             CrmKind::Pipedrive => Vendor::Pipedrive,
         };
         let sink = rotated;
-        let http = CrmHttp::new(vendor, &connection.base_url, credentials, policy)
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-            .on_refresh(move |r| {
-                if let Some(token) = r.refresh_token {
-                    *sink.lock().expect("rotation slot") = Some(token);
-                }
-            });
+        let mut http = CrmHttp::new(vendor, &connection.base_url, credentials, policy)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        if !self.settings.allow_private {
+            http = http
+                .public_only()
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+        }
+        let http = http.on_refresh(move |r| {
+            if let Some(token) = r.refresh_token {
+                *sink.lock().expect("rotation slot") = Some(token);
+            }
+        });
         let connector: Box<dyn CrmConnector> = match kind {
             CrmKind::Hubspot => Box::new(HubSpot::new(http, currency)),
             CrmKind::Pipedrive => Box::new(Pipedrive::new(

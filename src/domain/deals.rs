@@ -230,7 +230,9 @@ async fn store_attribution(
             "externalId": model.external_id,
             "method": stored.method,
             "referralId": stored.referral_id,
-            "previousPartnerId": previous_partner,
+            // Whether the deal moved from another partner. Who that was is not said: the
+            // event is the new partner's to read (admins see the earlier `deal.attributed`).
+            "reattributed": previous_partner.is_some() && partner_changed,
         }),
     ));
     Ok((stored, partner_changed))

@@ -2,10 +2,7 @@
 //! secrets (shown once, stored sealed, rotated with a 24 h overlap), and the URL safety rules
 //! (http(s) only; loopback, private and link-local targets refused unless configured).
 
-use std::{
-    collections::HashSet,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-};
+use std::{collections::HashSet, net::IpAddr};
 
 use async_graphql::{Enum, ID, InputObject};
 use chrono::{DateTime, Duration, Utc};
@@ -149,39 +146,7 @@ pub fn check_target_url(url: &str, allow_private: bool) -> Result<reqwest::Url, 
     Ok(parsed)
 }
 
-/// Whether an address is publicly routable: not loopback, private, link-local, shared
-/// (CGNAT), unspecified, multicast, broadcast or documentation space (IPv4-mapped IPv6
-/// addresses are judged as IPv4).
-pub fn is_public_ip(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => is_public_v4(v4),
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public_v4(v4);
-            }
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || v6.is_unique_local()
-                || v6.is_unicast_link_local()
-                || v6.segments()[0] == 0x2001 && v6.segments()[1] == 0x0db8
-                || v6 == Ipv6Addr::LOCALHOST)
-        }
-    }
-}
-
-fn is_public_v4(v4: Ipv4Addr) -> bool {
-    let [a, b, ..] = v4.octets();
-    !(v4.is_loopback()
-        || v4.is_private()
-        || v4.is_link_local()
-        || v4.is_unspecified()
-        || v4.is_broadcast()
-        || v4.is_multicast()
-        || v4.is_documentation()
-        || a == 0
-        || (a == 100 && (64..128).contains(&b)))
-}
+pub use tandem_connectors::net::is_public_ip;
 
 /// Checks and normalises the event types of an endpoint.
 fn check_event_types(types: &[String]) -> ApiResult<Vec<String>> {
@@ -556,5 +521,72 @@ mod tests {
         }
         assert!(check_target_url("http://127.0.0.1:9/x", true).is_ok());
         assert!(check_target_url("ftp://127.0.0.1/x", true).is_err());
+    }
+
+    /// The addresses of the outside probe (issue 16, finding 5) and the rest of the IANA
+    /// special-purpose registries; public addresses, also in IPv6 forms carrying them, pass.
+    #[test]
+    fn special_purpose_ranges_and_embedded_ipv4_are_refused() {
+        for bad in [
+            "64:ff9b::a9fe:a9fe",     // NAT64 of 169.254.169.254
+            "64:ff9b::7f00:1",        // NAT64 of 127.0.0.1
+            "64:ff9b:1::1",           // local-use NAT64
+            "::127.0.0.1",            // IPv4-compatible
+            "::8.8.8.8",              // IPv4-compatible, even of a public address
+            "2002:7f00:1::",          // 6to4 of 127.0.0.1
+            "2002:808:808::1",        // 6to4 of a public address: refused as a form
+            "::ffff:0:7f00:1",        // IPv4-translated
+            "fec0::1",                // site-local
+            "2001::1",                // Teredo
+            "2001:10::1",             // ORCHID
+            "2001:db8::1",            // documentation
+            "3fff::1",                // documentation (2024)
+            "100::1",                 // discard-only
+            "5f00::1",                // SRv6 SIDs
+            "ff02::1",                // multicast
+            "::",                     // unspecified
+            "::1",                    // loopback
+            "fe80::1",                // link-local
+            "fc00::1",                // unique local
+            "::ffff:169.254.169.254", // IPv4-mapped link-local
+            "::ffff:10.0.0.1",        // IPv4-mapped private
+            "198.18.0.1",             // benchmarking
+            "198.19.255.255",         // benchmarking
+            "240.0.0.1",              // reserved
+            "255.255.255.255",        // broadcast
+            "192.0.0.1",              // IETF protocol assignments
+            "192.0.2.1",              // TEST-NET-1
+            "198.51.100.7",           // TEST-NET-2
+            "203.0.113.9",            // TEST-NET-3
+            "192.88.99.1",            // 6to4 relay anycast
+            "224.0.0.1",              // multicast
+            "0.1.2.3",                // this network
+            "100.127.255.255",        // shared address space
+            "172.31.255.255",         // private
+        ] {
+            let ip: IpAddr = bad.parse().unwrap();
+            assert!(!is_public_ip(ip), "{bad} passed");
+            let url = match ip {
+                IpAddr::V4(_) => format!("http://{bad}/x"),
+                IpAddr::V6(_) => format!("http://[{bad}]/x"),
+            };
+            assert!(check_target_url(&url, false).is_err(), "{url} passed");
+        }
+        for good in [
+            "93.184.216.34",
+            "8.8.8.8",
+            "1.1.1.1",
+            "100.63.255.255",
+            "100.128.0.1",
+            "172.32.0.1",
+            "198.20.0.1",
+            "223.255.255.254",
+            "2606:4700:4700::1111",
+            "2a00:1450:4001:82b::200e",
+            "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+        ] {
+            assert!(is_public_ip(good.parse().unwrap()), "{good} refused");
+        }
     }
 }

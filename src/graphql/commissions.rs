@@ -460,8 +460,11 @@ impl CommissionQuery {
     }
 
     /// KPIs of a program, optionally for one partner and a time range (`from` inclusive, `to`
-    /// exclusive). A partner key gets its own figures only.
+    /// exclusive). A partner key gets its own figures only. Aggregates over every deal of the
+    /// program: it costs `KPI_COMPLEXITY` of the request's complexity budget, so one request
+    /// asks for a few at most.
     #[allow(clippy::too_many_arguments)]
+    #[graphql(complexity = "super::KPI_COMPLEXITY + child_complexity")]
     async fn kpis(
         &self,
         ctx: &Context<'_>,

@@ -277,8 +277,9 @@ impl CrmMutation {
     ) -> Result<CreateCrmConnectionPayload> {
         principal(ctx).await?.require_admin()?;
         let db = ctx.data_unchecked::<Db>();
-        let key = &ctx.data_unchecked::<OutboundContext>().key;
-        let model = create_connection(db, key, input).await?;
+        let outbound = ctx.data_unchecked::<OutboundContext>();
+        let model =
+            create_connection(db, &outbound.key, input, outbound.settings.allow_private).await?;
         Ok(CreateCrmConnectionPayload {
             connection: CrmConnection(model),
         })

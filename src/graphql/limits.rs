@@ -91,6 +91,20 @@ impl LimitedSchema {
             return Ok(());
         };
         for (_, operation) in doc.operations.iter() {
+            let roots = root_fields(&operation.node.selection_set.node, &doc, 0);
+            if roots > super::MAX_ROOT_FIELDS {
+                let mut err = ServerError::new(
+                    format!(
+                        "an operation may select at most {} root fields (aliases included), this one selects {roots}",
+                        super::MAX_ROOT_FIELDS
+                    ),
+                    Some(operation.pos),
+                );
+                let mut ext = async_graphql::ErrorExtensionValues::default();
+                ext.set("code", "BAD_USER_INPUT");
+                err.extensions = Some(ext);
+                return Err(err);
+            }
             check_selection_set(
                 &operation.node.selection_set.node,
                 &doc,
@@ -152,6 +166,27 @@ fn first_value(value: &Value, variables: &Variables) -> Option<i64> {
         },
         _ => None,
     }
+}
+
+/// The root fields an operation selects, through fragments (aliases count one each).
+fn root_fields(set: &SelectionSet, doc: &ExecutableDocument, depth: usize) -> usize {
+    if depth > 16 {
+        return 0; // cyclic fragments are rejected by validation anyway
+    }
+    set.items
+        .iter()
+        .map(|item| match &item.node {
+            Selection::Field(_) => 1,
+            Selection::InlineFragment(fragment) => {
+                root_fields(&fragment.node.selection_set.node, doc, depth + 1)
+            }
+            Selection::FragmentSpread(spread) => doc
+                .fragments
+                .get(&spread.node.fragment_name.node)
+                .map(|f| root_fields(&f.node.selection_set.node, doc, depth + 1))
+                .unwrap_or(0),
+        })
+        .sum()
 }
 
 fn check_selection_set(

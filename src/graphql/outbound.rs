@@ -423,18 +423,14 @@ const CATCH_UP_PAGE: u64 = 100;
 /// How often an open subscription checks that its key is still valid.
 const REVOCATION_CHECK: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Whether the key `key_id` still exists and is not revoked (a database error counts as
-/// active: the stream is not cut for a transient failure).
+/// Whether the key `key_id` still authenticates: it exists, is not revoked, and its partner (if
+/// any) is not terminated. A database error counts as active: the stream is not cut for a
+/// transient failure.
 async fn key_is_active(db: &Db, key_id: &str) -> bool {
-    use crate::db::entities::api_key;
-    match api_key::Entity::find_by_id(key_id.to_string())
-        .one(&db.conn)
-        .await
-    {
-        Ok(Some(key)) => key.revoked_at.is_none(),
-        Ok(None) => false,
+    match crate::domain::auth::principals_of_keys(db, vec![key_id.to_string()]).await {
+        Ok(principals) => principals.contains_key(key_id),
         Err(err) => {
-            tracing::warn!(error = %err, "checking a subscription's key failed");
+            tracing::warn!(error = ?err, "checking a subscription's key failed");
             true
         }
     }

@@ -125,7 +125,16 @@ pub async fn graphql_post(req: &Request, body: Body, state: Data<&AppState>) -> 
         }
     };
     let operation = operation_name(request.operation_name.as_deref(), &request.query);
-    let request = request.data(RequestAuth::new(bearer_token(req)));
+    let token = bearer_token(req);
+    let mut request = request;
+    // Introspection is for authenticated keys only (GraphiQL sends the key): the schema costs
+    // an anonymous caller nothing to ask for many times over.
+    if (request.query.contains("__schema") || request.query.contains("__type"))
+        && !authenticated(&state, token.as_deref()).await
+    {
+        request = request.disable_introspection();
+    }
+    let request = request.data(RequestAuth::new(token));
     let mut response = state.schema.execute(request).await;
     add_error_codes(&mut response);
     state.metrics.observe_graphql(
@@ -149,6 +158,16 @@ pub async fn graphql_post(req: &Request, body: Body, state: Data<&AppState>) -> 
     .into_response()
 }
 
+/// Whether `token` is a key that authenticates now.
+async fn authenticated(state: &AppState, token: Option<&str>) -> bool {
+    match token {
+        Some(token) => crate::domain::auth::authenticate(&state.db, token)
+            .await
+            .is_ok(),
+        None => false,
+    }
+}
+
 /// The bearer token in a `connection_init` payload: `{"Authorization": "Bearer tdm_…"}`, the key
 /// name in any case.
 fn init_token(payload: &serde_json::Value) -> Option<String> {
@@ -169,31 +188,106 @@ fn init_token(payload: &serde_json::Value) -> Option<String> {
 
 /// `GET /graphql/ws`: subscriptions over `graphql-transport-ws` (and the older
 /// `graphql-ws`). The key travels in the `connection_init` payload; a missing or invalid key
-/// closes the connection before any operation runs.
+/// closes the connection before any operation runs, and so does a socket that sends no
+/// `connection_init` within `ws_init_timeout_secs` (close code 4408, as graphql-transport-ws
+/// specifies). A client address may hold `ws_max_per_address` sockets (the upgrade answers 429
+/// beyond), a key `ws_max_per_key` (`connection_init` beyond it closes the socket).
 #[handler]
 pub async fn graphql_ws(
     protocol: async_graphql_poem::GraphQLProtocol,
     websocket: poem::web::websocket::WebSocket,
+    remote: &poem::web::RemoteAddr,
     state: Data<&AppState>,
-) -> impl IntoResponse {
+) -> Response {
+    let address_slot = match remote.as_socket_addr().map(|a| a.ip()) {
+        Some(ip) => match state.sockets.address(ip) {
+            Some(slot) => Some(slot),
+            None => {
+                return json_error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "RATE_LIMITED",
+                    "too many open websockets from this address",
+                );
+            }
+        },
+        None => None,
+    };
     let schema = state.schema.clone();
     let db = state.db.clone();
+    let sockets = state.sockets.clone();
+    let init_timeout = std::time::Duration::from_secs(state.config.ws_init_timeout_secs);
     websocket
         .protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS)
-        .on_upgrade(move |stream| {
-            async_graphql_poem::GraphQLWebSocket::new(stream, schema, protocol)
-                .on_connection_init(move |payload| async move {
-                    let token =
-                        init_token(&payload).ok_or_else(|| ApiError::Unauthenticated.extend())?;
-                    crate::domain::auth::authenticate(&db, &token)
-                        .await
-                        .map_err(|e| e.extend())?;
-                    let mut data = async_graphql::Data::default();
-                    data.insert(SocketToken(token));
-                    Ok(data)
-                })
-                .serve()
+        .on_upgrade(move |socket| async move {
+            use futures_util::{SinkExt, StreamExt};
+            use poem::web::websocket::Message;
+
+            let _address_slot = address_slot;
+            let initialised = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let flag = initialised.clone();
+            let (mut to_client, from_client) = socket.split();
+            // The GraphQL side writes into a channel; this task owns the socket's sink, so it
+            // can also close the socket itself when `connection_init` never comes.
+            let (sender, mut outgoing) = tokio::sync::mpsc::channel::<Message>(64);
+            let sink = futures_util::sink::unfold(sender, |sender, message: Message| async move {
+                sender
+                    .send(message)
+                    .await
+                    .map_err(|_| std::io::Error::other("websocket closed"))?;
+                Ok::<_, std::io::Error>(sender)
+            });
+            let serve = async_graphql_poem::GraphQLWebSocket::new_with_pair(
+                Box::pin(sink),
+                from_client,
+                schema,
+                protocol,
+            )
+            .on_connection_init(move |payload| async move {
+                let token =
+                    init_token(&payload).ok_or_else(|| ApiError::Unauthenticated.extend())?;
+                let principal = crate::domain::auth::authenticate(&db, &token)
+                    .await
+                    .map_err(|e| e.extend())?;
+                let key_slot = sockets.key(principal.key_id()).ok_or_else(|| {
+                    async_graphql::Error::new("too many open websockets for this key")
+                })?;
+                flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                let mut data = async_graphql::Data::default();
+                data.insert(SocketToken(token));
+                // Held as long as the connection's data: the key's place is freed with it.
+                data.insert(key_slot);
+                Ok(data)
+            })
+            .serve();
+            tokio::pin!(serve);
+            let deadline = tokio::time::sleep(init_timeout);
+            tokio::pin!(deadline);
+            let mut serving = true;
+            while serving {
+                tokio::select! {
+                    _ = &mut serve => serving = false,
+                    Some(message) = outgoing.recv() => {
+                        if to_client.send(message).await.is_err() {
+                            return;
+                        }
+                    }
+                    _ = &mut deadline, if !initialised.load(std::sync::atomic::Ordering::Relaxed) => {
+                        let _ = to_client
+                            .send(Message::close_with(4408u16, "Connection initialisation timeout"))
+                            .await;
+                        return;
+                    }
+                }
+            }
+            // What the GraphQL side wrote last (an error, a close frame) still goes out.
+            while let Ok(message) = outgoing.try_recv() {
+                if to_client.send(message).await.is_err() {
+                    return;
+                }
+            }
+            let _ = to_client.close().await;
         })
+        .into_response()
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 
 pub mod graphql;
 pub mod metrics;
+pub mod sockets;
 pub mod webhooks;
 
 use poem::{
@@ -37,6 +38,8 @@ pub struct AppState {
     pub public_base: String,
     /// Starts a CRM sync when HubSpot receipts wait for their deal.
     pub sync_trigger: crate::jobs::SyncTrigger,
+    /// Open websockets per client address and per key.
+    pub sockets: std::sync::Arc<sockets::SocketLimits>,
 }
 
 /// `GET /healthz`: the process is up.
@@ -61,9 +64,21 @@ async fn readyz(state: Data<&AppState>) -> Response {
     }
 }
 
-/// `GET /metrics`: Prometheus text format.
+/// `GET /metrics`: Prometheus text format; with `metrics_token` configured, only for requests
+/// bearing it (compared in constant time).
 #[handler]
-async fn metrics_endpoint(state: Data<&AppState>) -> Response {
+async fn metrics_endpoint(req: &poem::Request, state: Data<&AppState>) -> Response {
+    if let Some(expected) = &state.config.metrics_token {
+        let given = graphql::bearer_token(req).unwrap_or_default();
+        let matches: bool =
+            subtle::ConstantTimeEq::ct_eq(given.as_bytes(), expected.0.as_bytes()).into();
+        if !matches {
+            return Response::builder()
+                .status(StatusCode::UNAUTHORIZED)
+                .header("www-authenticate", "Bearer")
+                .body("metrics need the configured bearer token");
+        }
+    }
     match crate::domain::inbox::backlog(&state.db).await {
         Ok(backlog) => state.metrics.set_inbox_backlog(backlog),
         Err(err) => tracing::warn!(error = %err, "counting the inbox backlog failed"),

@@ -373,9 +373,327 @@ async fn crm_errors_never_carry_credentials(app: TestApp) {
     assert!(!listed.to_string().contains(refresh), "{listed}");
 }
 
+/// Finding 6: a SUSPENDED partner's keys read but cannot submit or create anything
+/// (CONFLICT); a TERMINATED partner's keys stop authenticating, on HTTP and on sockets.
+async fn suspended_partners_read_only_terminated_partners_locked_out(app: TestApp) {
+    let program = app.create_program("Lifecycle").await;
+    let partner_id = app.create_partner(&program, "Acme").await;
+    let token = app.partner_key(&partner_id).await;
+    let set_status = |status: &'static str| {
+        let (app, partner_id) = (&app, partner_id.clone());
+        async move {
+            app.admin_ok(
+                "mutation($id: ID!, $s: PartnerStatus!) { updatePartnerStatus(input: {id: $id, status: $s}) { partner { status } } }",
+                json!({"id": partner_id, "s": status}),
+            )
+            .await
+        }
+    };
+    let submit = json!({"query": "mutation { submitReferral(input: {companyName: \"Globex\", companyDomain: \"globex.example\"}) { referral { id } } }"});
+    let endpoint = "mutation { createWebhookEndpoint(input: {url: \"https://hooks.example.com/tandem\", eventTypes: [\"deal.won\"]}) { secret } }";
+    let viewer = "{ viewer { role partner { name } } }";
+
+    set_status("SUSPENDED").await;
+    let read = app.gql(&token, viewer, json!({})).await;
+    assert_eq!(read["data"]["viewer"]["partner"]["name"], "Acme", "{read}");
+    let submitted = app
+        .gql(&token, submit["query"].as_str().unwrap(), json!({}))
+        .await;
+    assert_eq!(error_code(&submitted), "CONFLICT", "{submitted}");
+    let created = app.gql(&token, endpoint, json!({})).await;
+    assert_eq!(error_code(&created), "CONFLICT", "{created}");
+    assert_eq!(app.count_rows("referrals").await, 0);
+    assert_eq!(app.count_rows("webhook_endpoints").await, 0);
+
+    // Back to ACTIVE, a socket opens; then TERMINATED: HTTP and the open socket are refused.
+    set_status("ACTIVE").await;
+    let mut ws = connect(&app, &token).await;
+    assert_eq!(ws_next(&mut ws).await.unwrap()["type"], "connection_ack");
+    set_status("TERMINATED").await;
+    let read = app.gql(&token, viewer, json!({})).await;
+    assert_eq!(error_code(&read), "UNAUTHENTICATED", "{read}");
+    let created = app.gql(&token, endpoint, json!({})).await;
+    assert_eq!(error_code(&created), "UNAUTHENTICATED", "{created}");
+    let over = over_socket(&mut ws, "1", viewer).await;
+    assert_eq!(socket_error_code(&over), "UNAUTHENTICATED", "{over}");
+    assert_eq!(app.count_rows("webhook_endpoints").await, 0);
+}
+
+/// Finding 4: expensive fields cannot be multiplied through aliases, and introspection needs
+/// a key.
+async fn aliases_cannot_multiply_expensive_fields(app: TestApp) {
+    let program = app.create_program("Aliases").await;
+    let partner_id = app.create_partner(&program, "Acme").await;
+    let token = app.partner_key(&partner_id).await;
+    let kpis = |n: usize| {
+        let fields: Vec<String> = (0..n)
+            .map(|i| format!("k{i}: kpis(programId: \"{program}\") {{ dealsWon }}"))
+            .collect();
+        format!("{{ {} }}", fields.join(" "))
+    };
+    let three = app.gql(&token, &kpis(3), json!({})).await;
+    assert!(three.get("errors").is_none(), "{three}");
+    let many = app.gql(&token, &kpis(4), json!({})).await;
+    assert_eq!(error_code(&many), "BAD_USER_INPUT", "{many}");
+    assert!(many["data"].is_null(), "{many}");
+    let roots: Vec<String> = (0..33)
+        .map(|i| format!("v{i}: viewer {{ role }}"))
+        .collect();
+    let wide = app
+        .gql(&token, &format!("{{ {} }}", roots.join(" ")), json!({}))
+        .await;
+    assert_eq!(error_code(&wide), "BAD_USER_INPUT", "{wide}");
+    assert!(wide.to_string().contains("root fields"), "{wide}");
+
+    let introspect = "{ __schema { queryType { name } } }";
+    let anonymous: Value = app
+        .client
+        .post(format!("{}/graphql", app.base))
+        .json(&json!({"query": introspect}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // Introspection is off for the request: the schema answers nothing.
+    assert!(anonymous["data"]["__schema"].is_null(), "{anonymous}");
+    assert!(!anonymous.to_string().contains("QueryRoot"), "{anonymous}");
+    let with_bad_key = app.gql("tdm_not_a_real_key", introspect, json!({})).await;
+    assert!(with_bad_key["data"]["__schema"].is_null(), "{with_bad_key}");
+    let with_key = app.gql(&token, introspect, json!({})).await;
+    assert_eq!(
+        with_key["data"]["__schema"]["queryType"]["name"], "QueryRoot",
+        "{with_key}"
+    );
+}
+
 db_tests!(
+    aliases_cannot_multiply_expensive_fields,
+    suspended_partners_read_only_terminated_partners_locked_out,
     crm_errors_never_carry_credentials,
     revoked_keys_lose_open_websockets_at_once,
     money_beyond_bounds_is_refused_at_every_entry_point,
     one_oversized_deal_never_stops_reconcile,
 );
+
+/// Finding 7: sockets that never authenticate are closed, and one address or one key cannot
+/// hold an unbounded number of sockets.
+mod sockets {
+    use std::time::{Duration, Instant};
+
+    use futures_util::StreamExt;
+    use tandem::config::Config;
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+
+    use crate::{
+        db_tests,
+        helpers::TestApp,
+        outbound::{connect, ws_next},
+    };
+
+    fn small_limits(config: &mut Config) {
+        config.ws_init_timeout_secs = 1;
+        config.ws_max_per_address = 4;
+        config.ws_max_per_key = 2;
+    }
+
+    fn request(app: &TestApp) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+        let url = format!("{}/graphql/ws", app.base.replace("http://", "ws://"));
+        let mut request = url.into_client_request().unwrap();
+        request.headers_mut().insert(
+            "sec-websocket-protocol",
+            "graphql-transport-ws".parse().unwrap(),
+        );
+        request
+    }
+
+    /// A socket that sends nothing is closed with 4408 once the init timeout passes.
+    async fn silent_sockets_are_closed_with_4408(app: TestApp) {
+        let (mut ws, _) = tokio_tungstenite::connect_async(request(&app))
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(message) = ws.next().await {
+                if let Ok(Message::Close(frame)) = message {
+                    return frame.map(|f| u16::from(f.code));
+                }
+            }
+            None
+        })
+        .await
+        .expect("the server closes a silent socket");
+        assert_eq!(closed, Some(4408));
+        assert!(started.elapsed() >= Duration::from_millis(900));
+    }
+
+    /// The fifth socket from one address is refused at the upgrade (429); a third socket
+    /// with one key is closed at `connection_init`; closing sockets frees their places.
+    async fn sockets_are_capped_per_address_and_key(app: TestApp) {
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut ws = connect(&app, &app.admin).await;
+            assert_eq!(ws_next(&mut ws).await.unwrap()["type"], "connection_ack");
+            held.push(ws);
+        }
+        let mut third = connect(&app, &app.admin).await;
+        let refused = ws_next(&mut third).await;
+        assert!(
+            refused
+                .as_ref()
+                .is_none_or(|m| m["type"] != "connection_ack"),
+            "{refused:?}"
+        );
+        drop(third);
+        // The refused socket's place is freed as the server closes it.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Two authenticated sockets and two unauthenticated ones fill the address.
+        let (_a, _) = tokio_tungstenite::connect_async(request(&app))
+            .await
+            .unwrap();
+        let (_b, _) = tokio_tungstenite::connect_async(request(&app))
+            .await
+            .unwrap();
+        match tokio_tungstenite::connect_async(request(&app)).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), 429)
+            }
+            other => panic!("expected 429, got {other:?}"),
+        }
+        // Closing a socket gives its place back.
+        let mut first = held.remove(0);
+        first.close(None).await.unwrap();
+        drop(first);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut again = connect(&app, &app.admin).await;
+        assert_eq!(ws_next(&mut again).await.unwrap()["type"], "connection_ack");
+    }
+
+    db_tests!(config = small_limits;
+        silent_sockets_are_closed_with_4408,
+        sockets_are_capped_per_address_and_key,
+    );
+}
+
+/// Finding 8: `/metrics` can be closed with a bearer token.
+mod metrics {
+    use tandem::config::{Config, Redacted};
+
+    use crate::{db_tests, helpers::TestApp};
+
+    fn with_token(config: &mut Config) {
+        config.metrics_token = Some(Redacted("metrics-scraper-secret".into()));
+    }
+
+    async fn metrics_need_the_configured_token(app: TestApp) {
+        let url = format!("{}/metrics", app.base);
+        let anonymous = app.client.get(&url).send().await.unwrap();
+        assert_eq!(anonymous.status(), 401);
+        let wrong = app
+            .client
+            .get(&url)
+            .bearer_auth("metrics-scraper-secreT")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(wrong.status(), 401);
+        let scraped = app
+            .client
+            .get(&url)
+            .bearer_auth("metrics-scraper-secret")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(scraped.status(), 200);
+        assert!(
+            scraped
+                .text()
+                .await
+                .unwrap()
+                .contains("tandem_inbox_backlog")
+        );
+    }
+
+    db_tests!(config = with_token; metrics_need_the_configured_token);
+}
+
+/// Finding 5: with private targets not allowed (the default), endpoint URLs and CRM base and
+/// token URLs in any special-purpose range, or carrying credentials, are refused at creation.
+mod ssrf {
+    use serde_json::json;
+    use tandem::config::Config;
+
+    use crate::{
+        db_tests,
+        helpers::{TestApp, error_code, error_field},
+    };
+
+    fn public_targets_only(config: &mut Config) {
+        config.webhook_allow_private_targets = false;
+    }
+
+    const PROBED: [&str; 10] = [
+        "http://[64:ff9b::a9fe:a9fe]/x",
+        "http://[::127.0.0.1]/x",
+        "http://[2002:7f00:1::]/x",
+        "http://[::ffff:0:7f00:1]/x",
+        "http://[fec0::1]/x",
+        "http://198.18.0.1/x",
+        "http://240.0.0.1/x",
+        "http://192.0.0.1/x",
+        "http://169.254.169.254/latest/meta-data",
+        "http://localhost:8080/x",
+    ];
+
+    async fn special_purpose_targets_are_refused(app: TestApp) {
+        let program = app.create_program("SSRF").await;
+        for url in PROBED {
+            let resp = app
+                .gql(
+                    &app.admin,
+                    "mutation($input: CreateWebhookEndpointInput!) { createWebhookEndpoint(input: $input) { secret } }",
+                    json!({"input": {"url": url, "eventTypes": ["deal.won"]}}),
+                )
+                .await;
+            assert_eq!(error_code(&resp), "BAD_USER_INPUT", "{url}: {resp}");
+            assert_eq!(error_field(&resp), "input.url", "{url}: {resp}");
+            let resp = app
+                .gql(
+                    &app.admin,
+                    "mutation($input: CreateCrmConnectionInput!) { createCrmConnection(input: $input) { connection { id } } }",
+                    json!({"input": {"name": "CRM", "kind": "HUBSPOT", "programId": program,
+                        "baseUrl": url, "accessToken": "pat-na1-token"}}),
+                )
+                .await;
+            assert_eq!(error_code(&resp), "BAD_USER_INPUT", "{url}: {resp}");
+            assert_eq!(error_field(&resp), "input.baseUrl", "{url}: {resp}");
+        }
+        let resp = app
+            .gql(
+                &app.admin,
+                "mutation($input: CreateCrmConnectionInput!) { createCrmConnection(input: $input) { connection { id } } }",
+                json!({"input": {"name": "CRM", "kind": "HUBSPOT", "programId": program,
+                    "baseUrl": "https://admin:hunter2secret@crm.example.com", "accessToken": "pat-na1-token"}}),
+            )
+            .await;
+        assert_eq!(error_code(&resp), "BAD_USER_INPUT", "{resp}");
+        assert_eq!(error_field(&resp), "input.baseUrl", "{resp}");
+        assert!(!resp.to_string().contains("hunter2secret"), "{resp}");
+        let resp = app
+            .gql(
+                &app.admin,
+                "mutation($input: CreateCrmConnectionInput!) { createCrmConnection(input: $input) { connection { id } } }",
+                json!({"input": {"name": "CRM", "kind": "HUBSPOT", "programId": program,
+                    "oauth": {"clientId": "app", "clientSecret": "s3cret", "refreshToken": "r1",
+                              "tokenUrl": "http://[::ffff:169.254.169.254]/token"}}}),
+            )
+            .await;
+        assert_eq!(error_code(&resp), "BAD_USER_INPUT", "{resp}");
+        assert_eq!(error_field(&resp), "input.oauth.tokenUrl", "{resp}");
+        assert_eq!(app.count_rows("crm_connections").await, 0);
+        assert_eq!(app.count_rows("webhook_endpoints").await, 0);
+    }
+
+    db_tests!(config = public_targets_only; special_purpose_targets_are_refused);
+}

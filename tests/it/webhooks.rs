@@ -311,7 +311,11 @@ async fn code_beats_domain_and_manual_beats_both(app: TestApp) {
     assert_eq!(won_events[0]["data"]["partnerId"], alice.as_str());
     let attributed = events_of(&app, &["deal.attributed"]).await;
     assert_eq!(attributed.len(), 2, "CODE to Bob, then MANUAL to Alice");
-    assert_eq!(attributed[1]["data"]["previousPartnerId"], bob.as_str());
+    assert_eq!(attributed[0]["data"]["partnerId"], bob.as_str());
+    assert_eq!(attributed[0]["data"]["reattributed"], false);
+    // The move is flagged without naming Bob: Alice reads this event.
+    assert_eq!(attributed[1]["data"]["reattributed"], true);
+    assert!(!attributed[1].to_string().contains(bob.as_str()));
 
     // Rejections: another program's partner, unknown ids, partner keys.
     let other_program = app.create_program("Other").await;
