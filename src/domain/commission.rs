@@ -386,6 +386,79 @@ mod tests {
             .collect()
     }
 
+    /// Any decimal, from tiny to `Decimal::MAX`, either sign (what a database row written
+    /// before the money bounds could hold).
+    fn any_decimal() -> impl proptest::strategy::Strategy<Value = Decimal> {
+        use proptest::prelude::*;
+        (any::<i128>(), 0u32..=28).prop_map(|(m, scale)| {
+            Decimal::from_i128_with_scale(m % 79_228_162_514_264_337_593_543_950_335, scale)
+        })
+    }
+
+    proptest::proptest! {
+        /// The commission arithmetic never panics, whatever the amounts, rates, tiers, caps and
+        /// exchange rates: every deal's outcome is a commission that fits in cents, or INVALID /
+        /// MISSING_FX_RATE with nothing expected.
+        #[test]
+        fn commission_arithmetic_never_panics(
+            amounts in proptest::collection::vec(any_decimal(), 1..6),
+            rate in any_decimal(),
+            flat in proptest::option::of(any_decimal()),
+            cap in proptest::option::of(any_decimal()),
+            min in proptest::option::of(any_decimal()),
+            tier in proptest::option::of((any_decimal(), any_decimal())),
+            fx in any_decimal(),
+        ) {
+            let plan = CommissionPlan {
+                commission_type: if flat.is_some() { CommissionType::Flat } else { CommissionType::Percent },
+                rate: Some(rate),
+                flat_amount: flat,
+                tiers: tier.map(|(min_revenue, rate)| vec![Tier { min_revenue, rate }]).unwrap_or_default(),
+                cap_per_deal: cap,
+                min_deal_amount: min,
+            };
+            let mut rates = Rates::default();
+            rates.insert("EUR", "USD", day(-1), fx);
+            let deals: Vec<DealFacts> = amounts
+                .iter()
+                .enumerate()
+                .map(|(i, a)| {
+                    let mut deal = won(&format!("d{i}"), "0", if i % 2 == 0 { "USD" } else { "EUR" }, i as i64);
+                    deal.amount = *a;
+                    deal
+                })
+                .collect();
+            for outcome in compute_timeline(&terms(plan), &rates, None, &deals, day(30)) {
+                match outcome.state {
+                    CommissionState::Invalid | CommissionState::MissingFxRate => {
+                        proptest::prop_assert_eq!(outcome.expected, Decimal::ZERO)
+                    }
+                    _ => proptest::prop_assert!(to_cents(outcome.expected).is_some()),
+                }
+            }
+        }
+
+        /// Within the money bounds nothing is ever invalid, and cents round-trip.
+        #[test]
+        fn bounded_amounts_always_compute(
+            cents in 0i64..100_000_000_000_000,
+            rate_bp in 1i64..=10_000,
+        ) {
+            let amount = from_cents(cents);
+            let rate = Decimal::new(rate_bp, 2);
+            let out = compute_timeline(
+                &terms(percent(&rate.to_string())),
+                &Rates::default(),
+                None,
+                &[{ let mut d = won("a", "0", "USD", 1); d.amount = amount; d }],
+                day(10),
+            );
+            proptest::prop_assert_eq!(out[0].state, CommissionState::Earned);
+            proptest::prop_assert_eq!(to_cents(amount), Some(cents));
+            proptest::prop_assert!(out[0].expected <= amount);
+        }
+    }
+
     #[test]
     fn percent_rounds_half_away_from_zero_once() {
         // 12.5 % of 100.10 = 12.5125 → 12.51; of 100.20 = 12.525 → 12.53.
