@@ -113,7 +113,7 @@ impl Default for Config {
         Config {
             database_url: "sqlite://./tandem.db".to_string(),
             bind: "127.0.0.1:8080".to_string(),
-            log: "info,sqlx=warn,sea_orm=warn".to_string(),
+            log: "info,sqlx=warn,sea_orm=warn,tokio_cron_scheduler=warn,poem=warn".to_string(),
             log_format: LogFormat::Pretty,
             public_url: None,
             database_max_connections: 8,

@@ -244,9 +244,11 @@ pub async fn create_key(
         created_at: Set(now),
         revoked_at: Set(None),
         last_used_at: Set(None),
-    }
-    .insert(&db.conn)
-    .await?;
+    };
+    // Through the writer, like every write (see `Db::begin_write`).
+    let tx = db.begin_write().await?;
+    let key = key.insert(&*tx).await?;
+    tx.commit().await?;
     Ok(CreatedKey { key, token })
 }
 
@@ -354,7 +356,10 @@ pub async fn revoke_key(db: &Db, principal: &Principal, id: &str) -> ApiResult<a
     }
     let mut active: api_key::ActiveModel = key.into();
     active.revoked_at = Set(Some(Utc::now()));
-    Ok(active.update(&db.conn).await?)
+    let tx = db.begin_write().await?;
+    let revoked = active.update(&*tx).await?;
+    tx.commit().await?;
+    Ok(revoked)
 }
 
 #[cfg(test)]

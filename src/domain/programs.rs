@@ -358,7 +358,12 @@ pub async fn create_program(db: &Db, input: CreateProgramInput) -> ApiResult<pro
         ..Default::default()
     };
     apply_plan(&mut model, plan)?;
-    Ok(model.insert(&db.conn).await?)
+    // Through the writer (on SQLite a write beside it would fail another writer's transaction
+    // with SQLITE_BUSY_SNAPSHOT).
+    let tx = db.begin_write().await?;
+    let created = model.insert(&*tx).await?;
+    tx.commit().await?;
+    Ok(created)
 }
 
 /// Updates a program.
@@ -402,7 +407,10 @@ pub async fn update_program(db: &Db, input: UpdateProgramInput) -> ApiResult<pro
         )?);
     }
     model.updated_at = Set(Utc::now());
-    Ok(model.update(&db.conn).await?)
+    let tx = db.begin_write().await?;
+    let updated = model.update(&*tx).await?;
+    tx.commit().await?;
+    Ok(updated)
 }
 
 /// Validates a display name (shared by partners and referrals).

@@ -100,3 +100,52 @@ fn serve_prints_the_admin_key_once_and_stops_on_sigterm() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A fresh `serve --demo` with the default log filter logs only Tandem's own lines, and no
+/// warning or error (it used to log `webhook fan-out failed … database is locked` on its first
+/// second: writes beside the SQLite writer lock failed the fan-out's transaction).
+#[test]
+fn demo_starts_quietly_without_database_locked() {
+    use std::io::{BufRead, BufReader};
+    let dir = std::env::temp_dir().join(format!("tandem-demo-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = format!("sqlite://{}/tandem.db", dir.display());
+    let port = free_port();
+    let mut child = tandem()
+        .args([
+            "serve",
+            "--demo",
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+            "--database-url",
+            &db,
+        ])
+        .env_remove("TANDEM_LOG")
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let reader = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+    // The demo's workers (fan-out, deliveries, inbox, feed) run against the seeded data.
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let status = terminate(child).expect("did not stop on SIGTERM");
+    assert!(status.success());
+    let log = reader.join().unwrap();
+    let noisy: Vec<&String> = log
+        .iter()
+        .filter(|l| {
+            l.contains("WARN")
+                || l.contains("ERROR")
+                || l.contains("database is locked")
+                || l.contains("tokio_cron_scheduler")
+                || l.contains("poem::")
+        })
+        .collect();
+    assert!(noisy.is_empty(), "{noisy:#?}");
+    assert!(
+        log.iter().any(|l| l.contains("Tandem listening")),
+        "{log:#?}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
