@@ -536,6 +536,8 @@ impl Syncer {
             let mut cache = DealCache::load(&*tx, &keys, self.db.is_postgres())
                 .await
                 .map_err(|e| e.to_string())?;
+            // The page's new deals and attributions are written together (flushed below).
+            cache.defer_inserts();
             let mut caused = Vec::new();
             let mut changed = 0;
             for deal in &page.deals {
@@ -561,6 +563,7 @@ impl Syncer {
                     ApplyResult::Stale(_) | ApplyResult::UnknownDeal => {}
                 }
             }
+            cache.flush(&*tx).await.map_err(|e| e.to_string())?;
             events::record_all(&*tx, caused)
                 .await
                 .map_err(|e| e.to_string())?;

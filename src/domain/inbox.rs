@@ -479,6 +479,12 @@ impl InboxWorker {
             })
             .collect();
         let mut cache = DealCache::load(&*tx, &keys, self.db.is_postgres()).await?;
+        if !careful {
+            // New deals and attributions are written together at the end of the batch. With
+            // savepoints each receipt's rows are written at once, so that a failing insert is
+            // that receipt's alone.
+            cache.defer_inserts();
+        }
         let mut events = Vec::new();
         let mut outcomes: Vec<(i64, Outcome)> = Vec::with_capacity(receipts.len());
         for (receipt, plan) in receipts.iter().zip(planned) {
@@ -541,6 +547,12 @@ impl InboxWorker {
                 }
             };
             outcomes.push((receipt.seq, outcome));
+        }
+        if let Err(err) = cache.flush(&*tx).await {
+            // One of the batch's new deals cannot be written (a concurrent instance created it
+            // first): re-run with a savepoint per receipt.
+            tracing::debug!(error = %err, "re-running the batch with savepoints");
+            return Err(BatchError::NeedsSavepoints);
         }
         events::record_all(&*tx, events).await?;
         record_outcomes(&self.db, &*tx, &outcomes).await?;
