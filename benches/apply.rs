@@ -19,7 +19,7 @@ use futures_util::{StreamExt, stream};
 use serde_json::{Value, json};
 use tandem::{
     app::App,
-    config::{Config, Redacted},
+    config::Config,
     db::Db,
     domain::inbox::{InboxWorker, backlog},
 };
@@ -29,8 +29,6 @@ use tandem_connectors::verify::{decode_standard_secret, sign_standard};
 mod history;
 mod support;
 use support::gql;
-
-const SECRET_KEY: &str = "dGFuZGVtLXRlc3Qtc2VjcmV0LWtleS0zMi1ieXRlcyE=";
 
 /// Posts `count` signed webhooks of new won deals (64 in flight).
 async fn send(url: &str, key: &[u8], code: &str, batch: &str, count: usize) {
@@ -86,14 +84,9 @@ async fn main() {
     let database = support::BenchDb::fresh(backend).await;
     let url = database.url.clone();
     let config = Config {
-        database_url: url.clone(),
-        secret_key: Some(Redacted(SECRET_KEY.to_string())),
-        bind: "127.0.0.1:0".to_string(),
-        scheduler: false,
         // Receipts queue up; the benchmark's own worker applies them.
         inbox_worker: false,
-        log: "warn".to_string(),
-        ..Config::default()
+        ..support::config(&url)
     };
     let db = Db::connect(&url, 8).await.unwrap();
     db.migrate().await.unwrap();

@@ -15,11 +15,7 @@ use poem::{
     listener::{Acceptor, Listener, TcpListener},
 };
 use serde_json::{Value, json};
-use tandem::{
-    app::App,
-    config::{Config, Redacted},
-    db::Db,
-};
+use tandem::{app::App, config::Config, db::Db};
 use tandem_connectors::{
     CrmConnector,
     http::{Credentials, CrmHttp, RetryPolicy, Vendor},
@@ -28,8 +24,6 @@ use tandem_connectors::{
 
 mod support;
 use support::gql;
-
-const SECRET_KEY: &str = "dGFuZGVtLXRlc3Qtc2VjcmV0LWtleS0zMi1ieXRlcyE=";
 
 fn deal(i: usize) -> Value {
     let modified = chrono::DateTime::from_timestamp_millis(1_767_225_600_000 + i as i64 * 1000)
@@ -169,14 +163,9 @@ async fn main() {
     let database = support::BenchDb::fresh(backend).await;
     let url = database.url.clone();
     let config = Config {
-        database_url: url.clone(),
-        secret_key: Some(Redacted(SECRET_KEY.to_string())),
-        bind: "127.0.0.1:0".to_string(),
-        scheduler: false,
         // The fake HubSpot listens on loopback.
         webhook_allow_private_targets: true,
-        log: "warn".to_string(),
-        ..Config::default()
+        ..support::config(&url)
     };
     let db = Db::connect(&url, 8).await.unwrap();
     db.migrate().await.unwrap();

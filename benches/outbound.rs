@@ -39,7 +39,6 @@ mod support;
 const THROUGHPUT_EVENTS: usize = 20_000;
 const LATENCY_EVENTS: usize = 1_000;
 const SUBSCRIBERS: usize = 1_000;
-const SECRET_KEY: &str = "dGFuZGVtLXRlc3Qtc2VjcmV0LWtleS0zMi1ieXRlcyE=";
 
 type Arrivals = Arc<Mutex<HashMap<String, Instant>>>;
 
@@ -78,7 +77,7 @@ async fn receiver() -> (String, Arrivals) {
 fn config(url: &str, worker: bool) -> Config {
     Config {
         database_url: url.to_string(),
-        secret_key: Some(Redacted(SECRET_KEY.to_string())),
+        secret_key: Some(Redacted(support::SECRET_KEY.to_string())),
         bind: "127.0.0.1:0".to_string(),
         scheduler: false,
         webhook_worker: worker,
@@ -237,7 +236,7 @@ async fn throughput(url: &str) -> Value {
     let created = fanout.catch_up().await.unwrap();
     let fanned = started.elapsed();
     assert_eq!(created as usize, THROUGHPUT_EVENTS);
-    let key = tandem::domain::secrets::SecretKey::from_base64(SECRET_KEY).unwrap();
+    let key = tandem::domain::secrets::SecretKey::from_base64(support::SECRET_KEY).unwrap();
     let worker = DeliveryWorker::new(
         hub.db.clone(),
         Arc::new(key),

@@ -4,7 +4,25 @@
 #![allow(dead_code)] // each benchmark uses its own part
 
 use serde_json::{Value, json};
-use tandem::db::Db;
+use tandem::{
+    config::{Config, Redacted},
+    db::Db,
+};
+
+/// The secret key every benchmark hub uses.
+pub const SECRET_KEY: &str = "dGFuZGVtLXRlc3Qtc2VjcmV0LWtleS0zMi1ieXRlcyE=";
+
+/// A hub's configuration for a benchmark on `database_url`: port 0, no scheduler, quiet logs.
+pub fn config(database_url: &str) -> Config {
+    Config {
+        database_url: database_url.to_string(),
+        secret_key: Some(Redacted(SECRET_KEY.to_string())),
+        bind: "127.0.0.1:0".to_string(),
+        scheduler: false,
+        log: "warn".to_string(),
+        ..Config::default()
+    }
+}
 
 /// A fresh database: a temporary SQLite file, or a new PostgreSQL database on the server of
 /// `TANDEM_BENCH_POSTGRES_URL` (default: the local one), removed by [`BenchDb::remove`].

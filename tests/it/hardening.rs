@@ -293,36 +293,46 @@ async fn stored_errors_containing(app: &TestApp, secret: &str) -> i64 {
     total
 }
 
+/// Creates a connection (`input` without `baseUrl`) to a CRM that echoes every request with
+/// `status`, syncs it, and returns the failed run.
+async fn echo_sync(app: &TestApp, status: u16, mut input: Value) -> Value {
+    let server = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::any())
+        .respond_with(Echo(status))
+        .mount(&server)
+        .await;
+    input["baseUrl"] = json!(server.uri());
+    let data = app
+        .admin_ok(
+            "mutation($input: CreateCrmConnectionInput!) { createCrmConnection(input: $input) { connection { id } } }",
+            json!({"input": input}),
+        )
+        .await;
+    let run = app
+        .admin_ok(
+            "mutation($id: ID!) { syncCrmConnection(input: {id: $id}) { syncRun { status error } } }",
+            json!({"id": data["createCrmConnection"]["connection"]["id"]}),
+        )
+        .await["syncCrmConnection"]["syncRun"]
+        .clone();
+    assert_eq!(run["status"], "FAILED", "{run}");
+    run
+}
+
 /// Finding 3: whatever the status, an error text that echoes the request never carries the
 /// connection's credentials (access token, client secret, refresh token, in clear, form- or
 /// Basic-encoded) into the run, the connection, the job run or the API.
 async fn crm_errors_never_carry_credentials(app: TestApp) {
     let program = app.create_program("Echo").await;
     for status in [400, 403] {
-        let server = wiremock::MockServer::start().await;
-        wiremock::Mock::given(wiremock::matchers::any())
-            .respond_with(Echo(status))
-            .mount(&server)
-            .await;
         let token = format!("pat-eu1-echoed-secret-{status}");
-        let data = app
-            .admin_ok(
-                "mutation($input: CreateCrmConnectionInput!) { createCrmConnection(input: $input) { connection { id } } }",
-                json!({"input": {"name": format!("Echo {status}"), "kind": "HUBSPOT", "programId": program,
-                    "baseUrl": server.uri(), "accessToken": token}}),
-            )
-            .await;
-        let id = data["createCrmConnection"]["connection"]["id"]
-            .as_str()
-            .unwrap();
-        let run = app
-            .admin_ok(
-                "mutation($id: ID!) { syncCrmConnection(input: {id: $id}) { syncRun { status error } } }",
-                json!({"id": id}),
-            )
-            .await["syncCrmConnection"]["syncRun"]
-            .clone();
-        assert_eq!(run["status"], "FAILED", "{run}");
+        let run = echo_sync(
+            &app,
+            status,
+            json!({"name": format!("Echo {status}"), "kind": "HUBSPOT",
+            "programId": program, "accessToken": token}),
+        )
+        .await;
         let error = run["error"].as_str().unwrap();
         assert!(
             error.contains("bad request"),
@@ -333,30 +343,14 @@ async fn crm_errors_never_carry_credentials(app: TestApp) {
         assert_eq!(stored_errors_containing(&app, &token).await, 0);
     }
     // OAuth: the token endpoint answers 400 echoing the form body and the Basic header.
-    let server = wiremock::MockServer::start().await;
-    wiremock::Mock::given(wiremock::matchers::any())
-        .respond_with(Echo(400))
-        .mount(&server)
-        .await;
     let (secret, refresh) = ("client/secret+with=specials", "refresh-token-abcdef");
-    let data = app
-        .admin_ok(
-            "mutation($input: CreateCrmConnectionInput!) { createCrmConnection(input: $input) { connection { id } } }",
-            json!({"input": {"name": "Echo OAuth", "kind": "HUBSPOT", "programId": program,
-                "baseUrl": server.uri(), "oauth": {"clientId": "app", "clientSecret": secret, "refreshToken": refresh}}}),
-        )
-        .await;
-    let id = data["createCrmConnection"]["connection"]["id"]
-        .as_str()
-        .unwrap();
-    let run = app
-        .admin_ok(
-            "mutation($id: ID!) { syncCrmConnection(input: {id: $id}) { syncRun { status error } } }",
-            json!({"id": id}),
-        )
-        .await["syncCrmConnection"]["syncRun"]
-        .clone();
-    assert_eq!(run["status"], "FAILED", "{run}");
+    let run = echo_sync(
+        &app,
+        400,
+        json!({"name": "Echo OAuth", "kind": "HUBSPOT", "programId": program,
+        "oauth": {"clientId": "app", "clientSecret": secret, "refreshToken": refresh}}),
+    )
+    .await;
     let error = run["error"].as_str().unwrap();
     for leaked in [secret, "client%2Fsecret%2Bwith%3Dspecials", refresh] {
         assert!(!error.contains(leaked), "{leaked} in {error}");
