@@ -18,9 +18,7 @@ use std::{
 use futures_util::{StreamExt, stream};
 use serde_json::{Value, json};
 use tandem::{
-    app::App,
     config::Config,
-    db::Db,
     domain::inbox::{InboxWorker, backlog},
 };
 use tandem_connectors::verify::{decode_standard_secret, sign_standard};
@@ -88,16 +86,14 @@ async fn main() {
         inbox_worker: false,
         ..support::config(&url)
     };
-    let db = Db::connect(&url, 8).await.unwrap();
-    db.migrate().await.unwrap();
-    let app = App::build_with_db(config, db.clone()).await.unwrap();
-    let admin = app.ensure_admin_key().await.unwrap().unwrap();
-    let (webhooks, inbox) = (app.state.webhooks.clone(), app.state.inbox.clone());
-    let base = format!("http://{}", app.addr);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(app.run_until(async {
-        let _ = stopped.await;
-    }));
+    let support::Hub {
+        base,
+        admin,
+        state,
+        stop,
+    } = support::start_hub(config).await;
+    let db = state.db.clone();
+    let (webhooks, inbox) = (state.webhooks.clone(), state.inbox.clone());
 
     let program = gql(&base, &admin,
         "mutation { createProgram(input: {name: \"Apply bench\", kind: CHANNEL, currency: \"USD\", commission: {type: PERCENT, rate: \"10\"}}) { program { id } } }",

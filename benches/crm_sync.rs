@@ -15,7 +15,7 @@ use poem::{
     listener::{Acceptor, Listener, TcpListener},
 };
 use serde_json::{Value, json};
-use tandem::{app::App, config::Config, db::Db};
+use tandem::config::Config;
 use tandem_connectors::{
     CrmConnector,
     http::{Credentials, CrmHttp, RetryPolicy, Vendor},
@@ -167,15 +167,9 @@ async fn main() {
         webhook_allow_private_targets: true,
         ..support::config(&url)
     };
-    let db = Db::connect(&url, 8).await.unwrap();
-    db.migrate().await.unwrap();
-    let app = App::build_with_db(config, db).await.unwrap();
-    let admin = app.ensure_admin_key().await.unwrap().unwrap();
-    let base = format!("http://{}", app.addr);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(app.run_until(async {
-        let _ = stopped.await;
-    }));
+    let support::Hub {
+        base, admin, stop, ..
+    } = support::start_hub(config).await;
     let program = gql(
         &base,
         &admin,

@@ -129,7 +129,10 @@ impl App {
             None
         };
         let sync_trigger = SyncTrigger::start(jobs.clone());
-        let config_ws = (config.ws_max_per_address, config.ws_max_per_key);
+        let sockets = crate::http::sockets::SocketLimits::new(
+            config.ws_max_per_address,
+            config.ws_max_per_key,
+        );
         let state = AppState {
             schema: LimitedSchema::new(
                 build_schema(
@@ -148,7 +151,7 @@ impl App {
             inbox,
             public_base,
             sync_trigger,
-            sockets: crate::http::sockets::SocketLimits::new(config_ws.0, config_ws.1),
+            sockets,
         };
         Ok(App {
             state,

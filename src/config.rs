@@ -90,7 +90,7 @@ pub struct Config {
     /// upgrade answers 429 beyond it).
     pub ws_max_per_address: u32,
     /// Open websockets per API key (`TANDEM_WS_MAX_PER_KEY`, default 64; `connection_init`
-    /// beyond it closes the socket with 4429).
+    /// beyond it is refused and the socket closed).
     pub ws_max_per_key: u32,
     /// When set, `GET /metrics` answers only requests with `Authorization: Bearer <this>`
     /// (`TANDEM_METRICS_TOKEN`); unset, it is open to whoever reaches the listen address.

@@ -83,6 +83,38 @@ impl BenchDb {
     }
 }
 
+/// A hub served in this process on a benchmark database.
+pub struct Hub {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// Its first admin key.
+    pub admin: String,
+    /// Its state (database, webhook sources, inbox…).
+    pub state: tandem::http::AppState,
+    /// Stops the server when fired (or dropped).
+    pub stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Migrates `config.database_url`, builds the hub on it and serves it until [`Hub::stop`].
+pub async fn start_hub(config: Config) -> Hub {
+    let db = Db::connect(&config.database_url, 8).await.unwrap();
+    db.migrate().await.unwrap();
+    let app = tandem::app::App::build_with_db(config, db).await.unwrap();
+    let admin = app.ensure_admin_key().await.unwrap().unwrap();
+    let state = app.state.clone();
+    let base = format!("http://{}", app.addr);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+    Hub {
+        base,
+        admin,
+        state,
+        stop,
+    }
+}
+
 /// Posts a GraphQL request to the hub at `base` and returns `data` (panics on errors).
 pub async fn gql(base: &str, token: &str, query: &str, variables: Value) -> Value {
     let resp: Value = reqwest::Client::new()

@@ -69,17 +69,18 @@ pub struct NeutralDeal {
 }
 
 impl NeutralDeal {
-    /// Checks the deal's money against Tandem's bounds ([`crate::money`]) and normalises its
-    /// currency to an upper-case ISO 4217 code. The error names the field at fault.
-    pub fn validate(mut self) -> Result<NeutralDeal, String> {
+    /// Checks the deal's money against Tandem's bounds ([`crate::money`]): the amount, and the
+    /// currency as an active ISO 4217 code (in any case; the deal mirror stores it upper-case).
+    /// The error names the field at fault.
+    pub fn check(&self) -> Result<(), String> {
         crate::money::check_amount(self.amount)
             .map_err(|rule| format!("amount {} {rule}", self.amount))?;
-        self.currency = crate::money::currency(&self.currency).ok_or_else(|| {
+        crate::money::currency(&self.currency).ok_or_else(|| {
             format!(
                 "currency {:?} is not an active ISO 4217 code",
                 self.currency.chars().take(16).collect::<String>()
             )
         })?;
-        Ok(self)
+        Ok(())
     }
 }

@@ -145,12 +145,7 @@ impl CrmHttp {
         credentials: Credentials,
         policy: RetryPolicy,
     ) -> Result<CrmHttp> {
-        let client = reqwest::Client::builder()
-            .timeout(policy.timeout)
-            .connect_timeout(policy.timeout)
-            .user_agent(concat!("Tandem/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| ConnectorError::Remote(format!("HTTP client: {e}")))?;
+        let client = http_client(&policy, false)?;
         let (access_token, oauth) = match credentials {
             Credentials::AccessToken(token) => (Some(token), None),
             Credentials::OAuth(oauth) => (None, Some(oauth)),
@@ -178,14 +173,7 @@ impl CrmHttp {
     /// checked (including token endpoints and API domains a token answer names), names are
     /// resolved to public addresses only, and redirects are not followed.
     pub fn public_only(mut self) -> Result<CrmHttp> {
-        self.client = reqwest::Client::builder()
-            .timeout(self.policy.timeout)
-            .connect_timeout(self.policy.timeout)
-            .user_agent(concat!("Tandem/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::none())
-            .dns_resolver(Arc::new(crate::net::PublicOnlyResolver))
-            .build()
-            .map_err(|e| ConnectorError::Remote(format!("HTTP client: {e}")))?;
+        self.client = http_client(&self.policy, true)?;
         self.public_only = true;
         Ok(self)
     }
@@ -529,6 +517,23 @@ impl CrmHttp {
         }
         Ok(access)
     }
+}
+
+/// The HTTP client of a CRM connection; `public_only` resolves names to public addresses only
+/// and follows no redirects (a redirect could lead to a literal private address).
+fn http_client(policy: &RetryPolicy, public_only: bool) -> Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .timeout(policy.timeout)
+        .connect_timeout(policy.timeout)
+        .user_agent(concat!("Tandem/", env!("CARGO_PKG_VERSION")));
+    if public_only {
+        builder = builder
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(crate::net::PublicOnlyResolver));
+    }
+    builder
+        .build()
+        .map_err(|e| ConnectorError::Remote(format!("HTTP client: {e}")))
 }
 
 /// `text` with every secret (of at least 6 characters) replaced by `[redacted]`, in the forms

@@ -22,7 +22,7 @@ pub fn is_public_ip(ip: IpAddr) -> bool {
 
 /// Non-global IPv4 ranges: the IANA IPv4 Special-Purpose Address Registry entries not marked
 /// globally reachable, plus multicast (224/4) and the limited broadcast.
-const NON_GLOBAL_V4: [(u32, u8); 18] = [
+const NON_GLOBAL_V4: [(u32, u8); 16] = [
     (0x0000_0000, 8),  // 0.0.0.0/8 "this network"
     (0x0A00_0000, 8),  // 10.0.0.0/8 private
     (0x6440_0000, 10), // 100.64.0.0/10 shared address space
@@ -39,14 +39,13 @@ const NON_GLOBAL_V4: [(u32, u8); 18] = [
     (0xE000_0000, 4),  // 224.0.0.0/4 multicast
     (0xF000_0000, 4),  // 240.0.0.0/4 reserved
     (0xFFFF_FFFF, 32), // 255.255.255.255 limited broadcast
-    (0x0000_0000, 32), // 0.0.0.0 (also within 0/8)
-    (0x7F00_0001, 32), // 127.0.0.1 (also within 127/8)
 ];
 
 fn is_public_v4(v4: Ipv4Addr) -> bool {
     let ip = u32::from(v4);
+    // Every prefix length is 1..=32, so the shift stays in range.
     !NON_GLOBAL_V4.iter().any(|&(net, len)| {
-        let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+        let mask = u32::MAX << (32 - len);
         ip & mask == net & mask
     })
 }
@@ -65,12 +64,9 @@ const NON_GLOBAL_V6: [(u128, u8); 5] = [
 
 fn is_public_v6(v6: Ipv6Addr) -> bool {
     let bits = u128::from(v6);
+    // Every prefix length used is 1..=128, so the shift stays in range.
     let prefix = |net: u128, len: u8| {
-        let mask = if len == 0 {
-            0
-        } else {
-            u128::MAX << (128 - len)
-        };
+        let mask = u128::MAX << (128 - len);
         bits & mask == net & mask
     };
     // IPv4-mapped: the packet goes to the embedded IPv4 address.

@@ -537,17 +537,11 @@ pub async fn apply_deal_change(
     events: &mut Vec<event::ActiveModel>,
 ) -> Result<(ApplyResult, Option<AppliedDeal>), DbErr> {
     // Every path (webhooks, CRM sync, fetched deals) meets the same money bounds here.
-    let validated;
-    let change = match change {
-        DealChange::Upsert(deal) => match deal.clone().validate() {
-            Ok(deal) => {
-                validated = DealChange::Upsert(deal);
-                &validated
-            }
-            Err(reason) => return Ok((ApplyResult::Invalid(reason), None)),
-        },
-        other => other,
-    };
+    if let DealChange::Upsert(deal) = change
+        && let Err(reason) = deal.check()
+    {
+        return Ok((ApplyResult::Invalid(reason), None));
+    }
     let key = (source_id.to_string(), change.external_id().to_string());
     if cache
         .deferred

@@ -2,7 +2,7 @@
 //! secrets (shown once, stored sealed, rotated with a 24 h overlap), and the URL safety rules
 //! (http(s) only; loopback, private and link-local targets refused unless configured).
 
-use std::{collections::HashSet, net::IpAddr};
+use std::collections::HashSet;
 
 use async_graphql::{Enum, ID, InputObject};
 use chrono::{DateTime, Duration, Utc};
@@ -122,31 +122,20 @@ pub fn check_target_url(url: &str, allow_private: bool) -> Result<reqwest::Url, 
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err("must not carry credentials".to_string());
     }
-    let host = match parsed.host() {
-        Some(host) => host,
-        None => return Err("has no host".to_string()),
-    };
-    if !allow_private {
-        let refused = match host {
-            url::Host::Ipv4(ip) => !is_public_ip(IpAddr::V4(ip)),
-            url::Host::Ipv6(ip) => !is_public_ip(IpAddr::V6(ip)),
-            url::Host::Domain(name) => {
-                let name = name.trim_end_matches('.').to_ascii_lowercase();
-                name == "localhost" || name.ends_with(".localhost")
-            }
-        };
-        if refused {
-            return Err(
-                "targets a loopback, private or link-local address (refused unless \
-                 TANDEM_WEBHOOK_ALLOW_PRIVATE_TARGETS is set)"
-                    .to_string(),
-            );
-        }
+    if parsed.host().is_none() {
+        return Err("has no host".to_string());
+    }
+    // The rule every outbound request follows (`tandem_connectors::net`); names are judged
+    // again when they resolve.
+    if !allow_private && !tandem_connectors::net::literal_host_is_public(&parsed) {
+        return Err(
+            "targets a loopback, private or link-local address (refused unless \
+             TANDEM_WEBHOOK_ALLOW_PRIVATE_TARGETS is set)"
+                .to_string(),
+        );
     }
     Ok(parsed)
 }
-
-pub use tandem_connectors::net::is_public_ip;
 
 /// Checks and normalises the event types of an endpoint.
 fn check_event_types(types: &[String]) -> ApiResult<Vec<String>> {
@@ -492,6 +481,10 @@ impl EndpointMatcher {
 
 #[cfg(test)]
 mod tests {
+    use std::net::IpAddr;
+
+    use tandem_connectors::net::is_public_ip;
+
     use super::*;
 
     #[test]

@@ -532,6 +532,12 @@ impl Source {
     ) -> Result<Disposition, inbound::PayloadError> {
         // The currency only fills in a missing one when applying; any valid code checks.
         match self.change(payload, "USD", received_at)? {
+            // Money outside Tandem's bounds, or a currency that is no ISO 4217 code, is refused
+            // before it is acknowledged (applying checks it again, for every path).
+            Some(inbound::DealChange::Upsert(deal)) => {
+                deal.check().map_err(inbound::PayloadError)?;
+                Ok(Disposition::Apply)
+            }
             Some(_) => Ok(Disposition::Apply),
             None => Ok(Disposition::Park(HUBSPOT_WAITING.to_string())),
         }
@@ -546,7 +552,7 @@ impl Source {
         received_at: DateTime<Utc>,
     ) -> Result<Option<inbound::DealChange>, inbound::PayloadError> {
         let field = self.model.referral_code_field.as_deref();
-        let change = match self.kind {
+        match self.kind {
             WebhookSourceKind::Standard => {
                 inbound::standard_deal_change(payload, currency, received_at).map(Some)
             }
@@ -563,15 +569,6 @@ impl Source {
                 currency,
             )
             .map(Some),
-        }?;
-        // Money outside Tandem's bounds or a currency that is no ISO 4217 code is refused here,
-        // before it is stored as a deal.
-        match change {
-            Some(inbound::DealChange::Upsert(deal)) => deal
-                .validate()
-                .map(|deal| Some(inbound::DealChange::Upsert(deal)))
-                .map_err(inbound::PayloadError),
-            other => Ok(other),
         }
     }
 }

@@ -19,7 +19,7 @@ use std::{
 };
 
 use async_graphql::{
-    Data, Executor, Request, Response, ServerError, Variables,
+    Data, Executor, Pos, Request, Response, ServerError, Variables,
     futures_util::stream::{self, BoxStream, StreamExt},
     parser::types::{ExecutableDocument, Selection, SelectionSet},
 };
@@ -93,17 +93,14 @@ impl LimitedSchema {
         for (_, operation) in doc.operations.iter() {
             let roots = root_fields(&operation.node.selection_set.node, &doc, 0);
             if roots > super::MAX_ROOT_FIELDS {
-                let mut err = ServerError::new(
+                return Err(bad_input(
                     format!(
                         "an operation may select at most {} root fields (aliases included), this one selects {roots}",
                         super::MAX_ROOT_FIELDS
                     ),
-                    Some(operation.pos),
-                );
-                let mut ext = async_graphql::ErrorExtensionValues::default();
-                ext.set("code", "BAD_USER_INPUT");
-                err.extensions = Some(ext);
-                return Err(err);
+                    operation.pos,
+                    None,
+                ));
             }
             check_selection_set(
                 &operation.node.selection_set.node,
@@ -168,6 +165,18 @@ fn first_value(value: &Value, variables: &Variables) -> Option<i64> {
     }
 }
 
+/// A `BAD_USER_INPUT` error at `pos`, naming `field` when given.
+fn bad_input(message: String, pos: Pos, field: Option<&str>) -> ServerError {
+    let mut err = ServerError::new(message, Some(pos));
+    let mut ext = async_graphql::ErrorExtensionValues::default();
+    ext.set("code", "BAD_USER_INPUT");
+    if let Some(field) = field {
+        ext.set("field", field);
+    }
+    err.extensions = Some(ext);
+    err
+}
+
 /// The root fields an operation selects, through fragments (aliases count one each).
 fn root_fields(set: &SelectionSet, doc: &ExecutableDocument, depth: usize) -> usize {
     if depth > 16 {
@@ -206,15 +215,11 @@ fn check_selection_set(
                         && let Some(n) = first_value(&value.node, variables)
                         && !(0..=MAX_PAGE_SIZE as i64).contains(&n)
                     {
-                        let mut err = ServerError::new(
+                        return Err(bad_input(
                             format!("first must be between 0 and {MAX_PAGE_SIZE}, got {n}"),
-                            Some(value.pos),
-                        );
-                        let mut ext = async_graphql::ErrorExtensionValues::default();
-                        ext.set("code", "BAD_USER_INPUT");
-                        ext.set("field", "first");
-                        err.extensions = Some(ext);
-                        return Err(err);
+                            value.pos,
+                            Some("first"),
+                        ));
                     }
                 }
                 check_selection_set(&field.node.selection_set.node, doc, variables, depth + 1)?;

@@ -128,6 +128,15 @@ impl RequestAuth {
         }
     }
 
+    /// Credentials from a bearer token already authenticated for this request as `principal`:
+    /// its resolvers do not look the key up again.
+    pub fn resolved(token: Option<String>, principal: Principal) -> RequestAuth {
+        RequestAuth {
+            token: TokenSource::Request(token),
+            principal: OnceCell::new_with(Some(Some(principal))),
+        }
+    }
+
     /// Credentials of one operation on a websocket: the connection's [`SocketToken`].
     pub fn from_socket() -> RequestAuth {
         RequestAuth {

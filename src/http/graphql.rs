@@ -128,13 +128,27 @@ pub async fn graphql_post(req: &Request, body: Body, state: Data<&AppState>) -> 
     let token = bearer_token(req);
     let mut request = request;
     // Introspection is for authenticated keys only (GraphiQL sends the key): the schema costs
-    // an anonymous caller nothing to ask for many times over.
-    if (request.query.contains("__schema") || request.query.contains("__type"))
-        && !authenticated(&state, token.as_deref()).await
-    {
-        request = request.disable_introspection();
-    }
-    let request = request.data(RequestAuth::new(token));
+    // an anonymous caller nothing to ask for many times over. Such a request authenticates up
+    // front, and its resolvers reuse the principal found.
+    let auth = if request.query.contains("__schema") || request.query.contains("__type") {
+        let principal = match token.as_deref() {
+            Some(token) => crate::domain::auth::authenticate(&state.db, token)
+                .await
+                .ok(),
+            None => None,
+        };
+        match principal {
+            Some(principal) => RequestAuth::resolved(token, principal),
+            None => {
+                request = request.disable_introspection();
+                // Resolvers look again (and report a database error as such).
+                RequestAuth::new(token)
+            }
+        }
+    } else {
+        RequestAuth::new(token)
+    };
+    let request = request.data(auth);
     let mut response = state.schema.execute(request).await;
     add_error_codes(&mut response);
     state.metrics.observe_graphql(
@@ -156,16 +170,6 @@ pub async fn graphql_post(req: &Request, body: Body, state: Data<&AppState>) -> 
         }
     }
     .into_response()
-}
-
-/// Whether `token` is a key that authenticates now.
-async fn authenticated(state: &AppState, token: Option<&str>) -> bool {
-    match token {
-        Some(token) => crate::domain::auth::authenticate(&state.db, token)
-            .await
-            .is_ok(),
-        None => false,
-    }
 }
 
 /// The bearer token in a `connection_init` payload: `{"Authorization": "Bearer tdm_…"}`, the key
