@@ -29,7 +29,7 @@ use tandem::{
     config::{Config, Redacted},
     db::Db,
     domain::events::{self, EventType},
-    http::metrics::Metrics,
+    metrics::Metrics,
     outbound::{DeliveryWorker, Fanout, OutboundSettings},
 };
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};

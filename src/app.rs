@@ -21,8 +21,9 @@ use crate::{
     },
     error::ApiError,
     graphql::{build_schema, limits::LimitedSchema, outbound::OutboundContext},
-    http::{AppState, metrics::Metrics, routes},
+    http::{AppState, routes},
     jobs::{Jobs, SyncTrigger, start_scheduler},
+    metrics::Metrics,
     outbound::{DeliveryWorker, EventFeed, Fanout, OutboundSettings},
 };
 

@@ -87,7 +87,7 @@ pub async fn run(db: &Db, args: &BenchReconcileArgs) -> anyhow::Result<Value> {
                 .await
                 .map_err(crate::error::ApiError::into_anyhow)?;
             anyhow::ensure!(
-                run.status == crate::jobs::JobRunStatus::Succeeded.as_str(),
+                run.status == crate::db::states::JobRunStatus::Succeeded,
                 "reconcile failed: {:?}",
                 run.error
             );
@@ -96,7 +96,7 @@ pub async fn run(db: &Db, args: &BenchReconcileArgs) -> anyhow::Result<Value> {
         Phase::Touch => touch(db, args.percent).await?,
         Phase::Kpis => {
             let mut times = Vec::new();
-            for p in program::Entity::find().all(&db.conn).await? {
+            for p in program::Entity::find().all(db.reads()).await? {
                 let t = Instant::now();
                 let k = kpis(
                     db,
@@ -202,7 +202,7 @@ async fn seed(db: &Db, deals: u32, partners: u32) -> anyhow::Result<Value> {
             created_at: Set(past),
             updated_at: Set(past),
         })
-        .exec(&db.conn)
+        .exec(db.reads())
         .await?;
         program_ids.push(id);
     }
@@ -214,7 +214,7 @@ async fn seed(db: &Db, deals: u32, partners: u32) -> anyhow::Result<Value> {
         effective_at: Set(now - Span::days(5 * 365)),
         created_at: Set(past),
     })
-    .exec(&db.conn)
+    .exec(db.reads())
     .await?;
     let mut partner_rows = Vec::with_capacity(partners as usize);
     for i in 0..partners {
@@ -308,7 +308,7 @@ async fn seed(db: &Db, deals: u32, partners: u32) -> anyhow::Result<Value> {
 
 async fn touch(db: &Db, percent: f64) -> anyhow::Result<Value> {
     let rows = db
-        .conn
+        .reads()
         .query_all_raw(Statement::from_string(
             db.backend(),
             "SELECT id, amount, status FROM deals",

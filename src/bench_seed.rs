@@ -57,7 +57,7 @@ pub async fn seed(db: &Db, partners: u32, referrals: u32) -> anyhow::Result<Benc
         created_at: Set(now),
         updated_at: Set(now),
     })
-    .exec(&db.conn)
+    .exec(db.reads())
     .await?;
     let mut partner_ids = Vec::with_capacity(partners as usize);
     for chunk_start in (0..partners).step_by(BATCH) {
@@ -163,7 +163,7 @@ pub async fn seed(db: &Db, partners: u32, referrals: u32) -> anyhow::Result<Benc
     // page's deals by scanning both tables (17 ms instead of 0.3 ms). SQLite plans these
     // queries from its indexes alone (Tandem never runs ANALYZE there).
     if db.is_postgres() {
-        sea_orm::ConnectionTrait::execute_unprepared(&db.conn, "ANALYZE").await?;
+        sea_orm::ConnectionTrait::execute_unprepared(db.reads(), "ANALYZE").await?;
     }
     let partner_id = partner_ids[(partners / 2) as usize].clone();
     let key = create_key(

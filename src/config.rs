@@ -215,7 +215,7 @@ impl Config {
             ("release_holds_schedule", &self.release_holds_schedule),
             ("crm_sync_check_schedule", &self.crm_sync_check_schedule),
         ] {
-            if let Err(e) = crate::jobs::parse_cron(cron) {
+            if let Err(e) = parse_cron(cron) {
                 return invalid(format!("{name} {cron:?} is not a 6-field cron: {e}"));
             }
         }
@@ -275,6 +275,15 @@ impl Config {
             None => format!("http://{bound}"),
         }
     }
+}
+
+/// Parses a 6-field cron expression (seconds first) exactly as the scheduler does.
+pub fn parse_cron(expr: &str) -> Result<croner::Cron, croner::errors::CronError> {
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .dom_and_dow(true)
+        .build()
+        .parse(expr)
 }
 
 #[cfg(test)]

@@ -41,7 +41,7 @@ fn err(e: ApiError) -> anyhow::Error {
 
 /// Seeds the demo program; `None` when the database already has programs.
 pub async fn seed_demo(db: &Db) -> anyhow::Result<Option<DemoSeed>> {
-    if program::Entity::find().count(&db.conn).await? > 0 {
+    if program::Entity::find().count(db.reads()).await? > 0 {
         return Ok(None);
     }
     let program = create_program(

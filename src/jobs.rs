@@ -10,29 +10,20 @@
 use std::{str::FromStr, sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
-use croner::{Cron, parser::CronParser};
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, ConnectionTrait, EntityTrait, Statement};
 use serde_json::{Value, json};
 use tokio_cron_scheduler::{Job, JobScheduler};
 
 use crate::{
-    config::Config,
+    config::{Config, parse_cron},
     db::{
         Db,
         entities::{job_lease, job_run},
+        states::JobRunStatus,
     },
     domain::{ids::new_id, reconcile},
     error::{ApiError, ApiResult},
 };
-
-/// Parses a 6-field cron expression (seconds first) exactly as the scheduler does.
-pub fn parse_cron(expr: &str) -> Result<Cron, croner::errors::CronError> {
-    CronParser::builder()
-        .seconds(croner::parser::Seconds::Required)
-        .dom_and_dow(true)
-        .build()
-        .parse(expr)
-}
 
 /// The jobs this hub runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,39 +70,6 @@ impl FromStr for JobName {
                 "unknown job: expected reconcile, release-holds or crm-sync",
             )),
         }
-    }
-}
-
-/// Where a job run stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, async_graphql::Enum)]
-pub enum JobRunStatus {
-    /// In progress.
-    Running,
-    /// Finished.
-    Succeeded,
-    /// Stopped with an error.
-    Failed,
-}
-
-impl JobRunStatus {
-    /// Database form.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobRunStatus::Running => "RUNNING",
-            JobRunStatus::Succeeded => "SUCCEEDED",
-            JobRunStatus::Failed => "FAILED",
-        }
-    }
-
-    /// Parses the database form.
-    pub fn parse(s: &str) -> Option<Self> {
-        [
-            JobRunStatus::Running,
-            JobRunStatus::Succeeded,
-            JobRunStatus::Failed,
-        ]
-        .into_iter()
-        .find(|status| status.as_str() == s)
     }
 }
 
@@ -180,7 +138,7 @@ impl Jobs {
         let p = |n| db.placeholder(n);
         // A crashed holder's run stays RUNNING: close it when its lease is found expired.
         let previous = job_lease::Entity::find_by_id(name.lease_key())
-            .one(&db.conn)
+            .one(db.reads())
             .await?;
         let (due_check, next_due) = match trigger {
             Trigger::Scheduled(tick, next) => (
@@ -349,7 +307,7 @@ impl Jobs {
             let run = job_run::ActiveModel {
                 id: Set(run_id.clone()),
                 name: Set(name.as_str().to_string()),
-                status: Set(JobRunStatus::Running.as_str().to_string()),
+                status: Set(JobRunStatus::Running),
                 started_at: Set(started),
                 finished_at: Set(None),
                 stats: Set(None),
@@ -376,7 +334,7 @@ impl Jobs {
             }
         };
         let mut row: job_run::ActiveModel = run.into();
-        row.status = Set(status.as_str().to_string());
+        row.status = Set(status);
         row.finished_at = Set(Some(Utc::now()));
         row.stats = Set(stats);
         row.error = Set(error);
@@ -438,7 +396,7 @@ impl Jobs {
                     .await;
                     match run {
                         Ok(run) => {
-                            if run.status == JobRunStatus::Failed.as_str() {
+                            if run.status == JobRunStatus::Failed {
                                 failed.push(format!(
                                     "{connection_id}: {}",
                                     run.error.clone().unwrap_or_default()

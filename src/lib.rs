@@ -19,6 +19,7 @@ pub mod error;
 pub mod graphql;
 pub mod http;
 pub mod jobs;
+pub mod metrics;
 pub mod outbound;
 
 /// Installs the process-wide rustls crypto provider. Two providers are compiled in (ring for the

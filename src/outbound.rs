@@ -50,7 +50,7 @@ use crate::{
         secrets::SecretKey,
     },
     error::ApiError,
-    http::metrics::Metrics,
+    metrics::Metrics,
 };
 
 /// Response bodies are read up to this many bytes, then dropped.
@@ -167,7 +167,7 @@ impl EventFeed {
             if *stop.borrow() {
                 return;
             }
-            match read_visible(&db.conn, position, BATCH).await {
+            match read_visible(db.reads(), position, BATCH).await {
                 Ok(rows) if !rows.is_empty() => {
                     position = EventPosition::of(rows.last().expect("non-empty"));
                     let full = rows.len() as u64 == BATCH;
@@ -204,7 +204,9 @@ impl EventFeed {
 /// PostgreSQL: wakes the feed on `NOTIFY tandem_events` (sent at commit by a trigger on
 /// `events`), reconnecting after errors.
 async fn listen_for_events(db: Db, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
-    let pool = db.conn.get_postgres_connection_pool().clone();
+    let Some(pool) = db.postgres_pool().cloned() else {
+        return;
+    };
     loop {
         let listener = async {
             let mut listener = sea_orm::sqlx::postgres::PgListener::connect_with(&pool).await?;
@@ -237,7 +239,7 @@ async fn latest_position(db: &Db) -> Result<EventPosition, DbErr> {
     }
     Ok(query
         .order_by_desc(event::Column::Seq)
-        .one(&db.conn)
+        .one(db.reads())
         .await?
         .map(|e| EventPosition::of(&e))
         .unwrap_or_default())
@@ -405,7 +407,7 @@ impl Fanout {
 async fn enabled_matchers(db: &Db) -> Result<Vec<EndpointMatcher>, ApiError> {
     let endpoints = webhook_endpoint::Entity::find()
         .filter(webhook_endpoint::Column::Status.eq(EndpointStatus::Enabled.as_str()))
-        .all(&db.conn)
+        .all(db.reads())
         .await?;
     if endpoints.is_empty() {
         return Ok(Vec::new());
@@ -709,7 +711,7 @@ impl DeliveryWorker {
         ids.dedup();
         let endpoints = webhook_endpoint::Entity::find()
             .filter(webhook_endpoint::Column::Id.is_in(ids))
-            .all(&self.inner.db.conn)
+            .all(self.inner.db.reads())
             .await?;
         let now = Utc::now();
         let mut targets = HashMap::new();
@@ -899,7 +901,7 @@ async fn load_events(
     ids.dedup();
     Ok(event::Entity::find()
         .filter(event::Column::Id.is_in(ids))
-        .all(&db.conn)
+        .all(db.reads())
         .await?
         .into_iter()
         .map(|e| (e.id.clone(), e))
@@ -909,7 +911,7 @@ async fn load_events(
 /// How long until the earliest pending delivery of an enabled endpoint is due.
 async fn next_due_in(db: &Db) -> Result<Option<Duration>, DbErr> {
     let row = db
-        .conn
+        .reads()
         .query_one_raw(Statement::from_string(
             db.backend(),
             "SELECT MIN(d.next_attempt_at_ms) AS due FROM webhook_deliveries d \
@@ -1125,7 +1127,7 @@ pub async fn pending_deliveries(db: &Db) -> Result<u64, DbErr> {
     // values here (SQLITE_ENABLE_QPSG), so `status = ?` would count by scanning every delivery.
     webhook_delivery::Entity::find()
         .filter(sea_orm::sea_query::Expr::cust("status = 'PENDING'"))
-        .count(&db.conn)
+        .count(db.reads())
         .await
 }
 

@@ -40,12 +40,10 @@ impl BenchDb {
                 .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string());
             let name = format!("tandem_bench_{}", uuid::Uuid::new_v4().simple());
             let admin = Db::connect(&admin_url, 1).await.unwrap();
-            sea_orm::ConnectionTrait::execute_unprepared(
-                &admin.conn,
-                &format!("CREATE DATABASE {name}"),
-            )
-            .await
-            .unwrap();
+            admin
+                .execute_unprepared(&format!("CREATE DATABASE {name}"))
+                .await
+                .unwrap();
             let (base, _) = admin_url.rsplit_once('/').unwrap();
             BenchDb {
                 url: format!("{base}/{name}"),
@@ -66,11 +64,9 @@ impl BenchDb {
         match self.admin {
             Some((admin_url, name)) => {
                 let admin = Db::connect(&admin_url, 1).await.unwrap();
-                let _ = sea_orm::ConnectionTrait::execute_unprepared(
-                    &admin.conn,
-                    &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-                )
-                .await;
+                let _ = admin
+                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await;
             }
             None => {
                 if let Some(path) = self.url.strip_prefix("sqlite://") {

@@ -2,9 +2,12 @@
 //! serialising writers on SQLite.
 
 pub mod entities;
-pub mod native;
+mod native;
 pub mod pages;
+pub mod states;
 pub mod steps;
+
+pub use native::{ALIAS_PREFIX, Aliased, ColumnName, Decode, Named, NativeRow};
 
 use std::{
     str::FromStr,
@@ -17,8 +20,8 @@ use std::{
 
 use sea_orm::{
     ConnectionTrait, DatabaseBackend, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
-    FromQueryResult, QuerySelect, QueryTrait, Select, SqlxPostgresConnector, SqlxSqliteConnector,
-    Statement, TransactionTrait, Value,
+    QuerySelect, QueryTrait, Select, SqlxPostgresConnector, SqlxSqliteConnector, Statement,
+    TransactionTrait, Value,
     sqlx::{
         postgres::PgPoolOptions,
         sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
@@ -27,14 +30,17 @@ use sea_orm::{
 use tandem_migrations::MigratorTrait;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
-use native::{NativeReader, NativeRow};
+use native::NativeReader;
 use steps::{SqliteSteps, StepCount};
 
 /// A shared handle on the database.
 #[derive(Clone)]
 pub struct Db {
-    /// The sea-orm connection pool.
-    pub conn: DatabaseConnection,
+    /// The sea-orm connection pool: private, so that every write goes through
+    /// [`Db::begin_write`] (or [`Db::execute_unprepared`]) and, on SQLite, the writer lock.
+    conn: DatabaseConnection,
+    /// The same pool for reads only (see [`Reads`]).
+    reads: Reads,
     /// SQLite allows one writer at a time: writers queue here instead of failing with
     /// `SQLITE_BUSY`. `None` on PostgreSQL.
     write_lock: Option<Arc<Mutex<()>>>,
@@ -123,6 +129,7 @@ impl Db {
             counter.fetch_add(1, Ordering::Relaxed);
         });
         Ok(Db {
+            reads: Reads(conn.clone()),
             conn,
             write_lock,
             statements,
@@ -169,6 +176,7 @@ impl Db {
             counter.fetch_add(1, Ordering::Relaxed);
         });
         Db {
+            reads: Reads(conn.clone()),
             conn,
             write_lock: self.write_lock.clone(),
             statements,
@@ -178,35 +186,47 @@ impl Db {
         }
     }
 
-    /// The native SQLite read path, when this is an SQLite file: for hot read-only queries.
-    /// Statements run through it count like any other.
-    pub fn native(&self) -> Option<&NativeReader> {
-        self.native.as_deref().inspect(|_| {
-            self.statements.fetch_add(1, Ordering::Relaxed);
-        })
+    /// The pool for reads: sea-orm selects run on it (`.one(db.reads())`); a write through it
+    /// is refused.
+    pub fn reads(&self) -> &Reads {
+        &self.reads
     }
 
-    /// Every row of a select: through the native read path on SQLite, the pool otherwise.
+    /// Every row of `sql` (values bound in order) as `T`: on an SQLite file through the native
+    /// reader on the calling thread when one of its connections is free, otherwise (or on
+    /// PostgreSQL) through the pool. Statements count alike on both paths.
+    pub async fn rows<T: Decode>(&self, sql: String, values: Vec<Value>) -> Result<Vec<T>, DbErr> {
+        if let Some(reader) = &self.native {
+            self.statements.fetch_add(1, Ordering::Relaxed);
+            if let Some(rows) = reader.rows(&sql, &values)? {
+                return Ok(rows);
+            }
+            self.statements.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.conn
+            .query_all_raw(Statement::from_sql_and_values(self.backend(), sql, values))
+            .await?
+            .iter()
+            .map(T::pooled)
+            .collect()
+    }
+
+    /// Every row of a select (see [`Db::rows`]).
     pub async fn select_all<E>(&self, select: Select<E>) -> Result<Vec<E::Model>, DbErr>
     where
         E: EntityTrait,
-        E::Model: NativeRow + FromQueryResult,
+        E::Model: Decode,
     {
-        match self.native() {
-            Some(reader) => {
-                let stmt = select.build(DatabaseBackend::Sqlite);
-                let values = stmt.values.map(|v| v.0).unwrap_or_default();
-                reader.query_models(&stmt.sql, &values)
-            }
-            None => select.all(&self.conn).await,
-        }
+        let stmt = select.build(self.backend());
+        self.rows(stmt.sql, stmt.values.map(|v| v.0).unwrap_or_default())
+            .await
     }
 
-    /// The first row of a select (see [`Db::select_all`]).
+    /// The first row of a select (see [`Db::rows`]).
     pub async fn select_one<E>(&self, select: Select<E>) -> Result<Option<E::Model>, DbErr>
     where
         E: EntityTrait,
-        E::Model: NativeRow + FromQueryResult,
+        E::Model: Decode,
     {
         Ok(self.select_all(select.limit(1)).await?.into_iter().next())
     }
@@ -233,6 +253,31 @@ impl Db {
             .await?;
         tx.commit().await?;
         Ok(result.rows_affected())
+    }
+
+    /// Runs SQL outside a transaction (DDL such as `CREATE DATABASE`, `ANALYZE`, `VACUUM`),
+    /// holding the SQLite writer lock while it runs.
+    pub async fn execute_unprepared(&self, sql: &str) -> Result<u64, DbErr> {
+        let _guard = match &self.write_lock {
+            Some(lock) => Some(lock.lock().await),
+            None => None,
+        };
+        Ok(self.conn.execute_unprepared(sql).await?.rows_affected())
+    }
+
+    /// The PostgreSQL pool, for `LISTEN` (`None` on SQLite).
+    pub fn postgres_pool(&self) -> Option<&sea_orm::sqlx::PgPool> {
+        self.is_postgres()
+            .then(|| self.conn.get_postgres_connection_pool())
+    }
+
+    /// Reverts the last `steps` migrations (tests of migrations, operators' tooling).
+    pub async fn migrate_down(&self, steps: u32) -> Result<(), DbErr> {
+        let _guard = match &self.write_lock {
+            Some(lock) => Some(lock.lock().await),
+            None => None,
+        };
+        tandem_migrations::Migrator::down(&self.conn, Some(steps)).await
     }
 
     /// Completes after the next write transaction of this process commits (or at once if one
@@ -284,5 +329,55 @@ impl Db {
     /// Closes the pool.
     pub async fn close(self) -> Result<(), DbErr> {
         self.conn.close().await
+    }
+}
+
+/// The pool, for reads only: implements sea-orm's `ConnectionTrait` so that selects run on it,
+/// and refuses every statement sea-orm sends as a write (`execute`), so that writes can only
+/// be made in a [`WriteTx`] (which holds the SQLite writer lock). sea-orm has no `begin` on it
+/// either: a transaction outside the writer does not compile.
+#[derive(Clone)]
+pub struct Reads(DatabaseConnection);
+
+/// Whether a statement sea-orm sends as a query is a read (an insert or update with
+/// `RETURNING` is sent as a query too).
+fn is_read(sql: &str) -> bool {
+    let sql = sql.trim_start_matches(|c: char| c.is_whitespace() || c == '(');
+    ["SELECT", "WITH", "VALUES", "EXPLAIN"].iter().any(|k| {
+        sql.get(..k.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(k))
+    })
+}
+
+fn write_refused() -> DbErr {
+    DbErr::Custom("a write outside the writer: use Db::begin_write".into())
+}
+
+#[async_trait::async_trait]
+impl ConnectionTrait for Reads {
+    fn get_database_backend(&self) -> DatabaseBackend {
+        self.0.get_database_backend()
+    }
+
+    async fn execute_raw(&self, _stmt: Statement) -> Result<sea_orm::ExecResult, DbErr> {
+        Err(write_refused())
+    }
+
+    async fn execute_unprepared(&self, _sql: &str) -> Result<sea_orm::ExecResult, DbErr> {
+        Err(write_refused())
+    }
+
+    async fn query_one_raw(&self, stmt: Statement) -> Result<Option<sea_orm::QueryResult>, DbErr> {
+        if !is_read(&stmt.sql) {
+            return Err(write_refused());
+        }
+        self.0.query_one_raw(stmt).await
+    }
+
+    async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<sea_orm::QueryResult>, DbErr> {
+        if !is_read(&stmt.sql) {
+            return Err(write_refused());
+        }
+        self.0.query_all_raw(stmt).await
     }
 }

@@ -22,7 +22,7 @@ use rusqlite::{
     config::DbConfig,
     types::{Value as SqlValue, ValueRef},
 };
-use sea_orm::{DbErr, RuntimeErr, Value};
+use sea_orm::{DbErr, FromQueryResult, QueryResult, RuntimeErr, Value};
 
 /// How long a reader waits on a lock held during WAL recovery or checkpoint restarts.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -81,66 +81,130 @@ impl NativeReader {
         Ok(conn)
     }
 
-    /// A free connection: the first unlocked slot, else waits for one (chosen by thread, so
-    /// waiters spread).
-    fn acquire(&self) -> Result<MutexGuard<'_, Option<Connection>>, DbErr> {
-        let mut guard = None;
-        for slot in &self.slots {
-            if let Ok(g) = slot.try_lock() {
-                guard = Some(g);
-                break;
-            }
-        }
-        let mut guard = match guard {
-            Some(g) => g,
-            None => {
-                use std::hash::{Hash, Hasher};
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                std::thread::current().id().hash(&mut h);
-                let i = (h.finish() as usize) % self.slots.len();
-                self.slots[i].lock().unwrap_or_else(|e| e.into_inner())
-            }
+    /// A free connection, or `None` when every slot is busy: the caller then uses the pool
+    /// rather than blocking its (runtime worker) thread on a slot.
+    fn acquire(&self) -> Result<Option<MutexGuard<'_, Option<Connection>>>, DbErr> {
+        let Some(mut guard) = self.slots.iter().find_map(|slot| slot.try_lock().ok()) else {
+            return Ok(None);
         };
         if guard.is_none() {
             *guard = Some(self.open()?);
         }
-        Ok(guard)
+        Ok(Some(guard))
     }
 
-    /// Runs `sql` with `values` bound in order. `prepare` sees the result's columns once and
-    /// returns the mapper applied to every row (so columns are looked up by name once per
-    /// statement, not per row).
-    pub fn query<T, F>(
+    /// Every row of `sql` (with `values` bound in order) decoded as `T`, or `None` when no
+    /// connection is free. Columns are looked up by name once per statement, not per row.
+    pub(super) fn rows<T: Decode>(
         &self,
         sql: &str,
         values: &[Value],
-        prepare: impl FnOnce(&Columns) -> rusqlite::Result<F>,
-    ) -> Result<Vec<T>, DbErr>
-    where
-        F: FnMut(&Row<'_>) -> rusqlite::Result<T>,
-    {
+    ) -> Result<Option<Vec<T>>, DbErr> {
         let params: Vec<SqlValue> = values.iter().map(to_sql).collect::<Result<_, _>>()?;
-        let guard = self.acquire()?;
+        let Some(guard) = self.acquire()? else {
+            return Ok(None);
+        };
         let conn = guard.as_ref().expect("opened by acquire");
         let mut stmt = conn.prepare_cached(sql).map_err(db_err)?;
         let columns = Columns(stmt.column_names().iter().map(|c| c.to_string()).collect());
-        let mut map = prepare(&columns).map_err(db_err)?;
+        let plan = T::plan(&columns).map_err(db_err)?;
         let mut rows = stmt
             .query(rusqlite::params_from_iter(params.iter()))
             .map_err(db_err)?;
         let mut out = Vec::new();
         while let Some(row) = rows.next().map_err(db_err)? {
-            out.push(map(row).map_err(db_err)?);
+            out.push(T::native(row, &plan).map_err(db_err)?);
         }
-        Ok(out)
+        Ok(Some(out))
     }
+}
 
-    /// Every row of `sql` as a model.
-    pub fn query_models<M: NativeRow>(&self, sql: &str, values: &[Value]) -> Result<Vec<M>, DbErr> {
-        self.query(sql, values, |columns| {
-            let at = columns.indices::<M>()?;
-            Ok(move |row: &Row<'_>| M::from_native(row, &at))
-        })
+/// A row type the database façade can read, through either path: the native SQLite reader
+/// (`plan` finds its columns once per statement, `native` decodes a row) or the sqlx pool
+/// (`pooled`). Models get it from [`NativeRow`] and sea-orm's `FromQueryResult`; the composite
+/// rows of joins and grouped pages are built from those.
+pub trait Decode: Sized + Send {
+    /// What `native` needs to find the columns in a row.
+    type Plan;
+    /// Finds this row's columns among a statement's.
+    fn plan(columns: &Columns) -> rusqlite::Result<Self::Plan>;
+    /// Decodes a native row.
+    fn native(row: &Row<'_>, plan: &Self::Plan) -> rusqlite::Result<Self>;
+    /// Decodes a pooled row.
+    fn pooled(row: &QueryResult) -> Result<Self, DbErr>;
+}
+
+impl<M: NativeRow + FromQueryResult + Send> Decode for M {
+    type Plan = Vec<usize>;
+    fn plan(columns: &Columns) -> rusqlite::Result<Vec<usize>> {
+        columns.indices::<M>("")
+    }
+    fn native(row: &Row<'_>, plan: &Vec<usize>) -> rusqlite::Result<Self> {
+        M::from_native(row, plan)
+    }
+    fn pooled(row: &QueryResult) -> Result<Self, DbErr> {
+        M::from_query_result(row, "")
+    }
+}
+
+/// A model selected with its columns prefixed `a_` (the second model of a join whose column
+/// names would clash with the first's).
+pub struct Aliased<M>(pub M);
+
+/// The prefix of [`Aliased`] columns.
+pub const ALIAS_PREFIX: &str = "a_";
+
+impl<M: NativeRow + FromQueryResult + Send> Decode for Aliased<M> {
+    type Plan = Vec<usize>;
+    fn plan(columns: &Columns) -> rusqlite::Result<Vec<usize>> {
+        columns.indices::<M>(ALIAS_PREFIX)
+    }
+    fn native(row: &Row<'_>, plan: &Vec<usize>) -> rusqlite::Result<Self> {
+        M::from_native(row, plan).map(Aliased)
+    }
+    fn pooled(row: &QueryResult) -> Result<Self, DbErr> {
+        M::from_query_result(row, ALIAS_PREFIX).map(Aliased)
+    }
+}
+
+impl<A: Decode, B: Decode> Decode for (A, B) {
+    type Plan = (A::Plan, B::Plan);
+    fn plan(columns: &Columns) -> rusqlite::Result<Self::Plan> {
+        Ok((A::plan(columns)?, B::plan(columns)?))
+    }
+    fn native(row: &Row<'_>, plan: &Self::Plan) -> rusqlite::Result<Self> {
+        Ok((A::native(row, &plan.0)?, B::native(row, &plan.1)?))
+    }
+    fn pooled(row: &QueryResult) -> Result<Self, DbErr> {
+        Ok((A::pooled(row)?, B::pooled(row)?))
+    }
+}
+
+/// A value read from the column named by `C` (extra columns of a statement, such as the
+/// parent and sort key of a grouped page).
+pub struct Named<T, C>(pub T, std::marker::PhantomData<C>);
+
+/// The name of a [`Named`] column.
+pub trait ColumnName {
+    /// The column's name in the statement.
+    const NAME: &'static str;
+}
+
+impl<T, C> Decode for Named<T, C>
+where
+    T: FromColumn + sea_orm::TryGetable + Send,
+    C: ColumnName + Send,
+{
+    type Plan = usize;
+    fn plan(columns: &Columns) -> rusqlite::Result<usize> {
+        columns.index(C::NAME)
+    }
+    fn native(row: &Row<'_>, plan: &usize) -> rusqlite::Result<Self> {
+        T::column(row, *plan, C::NAME).map(|v| Named(v, std::marker::PhantomData))
+    }
+    fn pooled(row: &QueryResult) -> Result<Self, DbErr> {
+        row.try_get::<T>("", C::NAME)
+            .map(|v| Named(v, std::marker::PhantomData))
     }
 }
 
@@ -156,17 +220,18 @@ impl Columns {
             .ok_or_else(|| rusqlite::Error::InvalidColumnName(name.to_string()))
     }
 
-    /// The positions of a model's columns, in the order of [`NativeRow::COLUMNS`].
-    pub fn indices<M: NativeRow>(&self) -> rusqlite::Result<Vec<usize>> {
-        M::COLUMNS.iter().map(|name| self.index(name)).collect()
-    }
-
-    /// The positions of a model's columns selected with a prefix (`a_deal_id`, …), for the
-    /// second model of a join.
-    pub fn prefixed_indices<M: NativeRow>(&self, prefix: &str) -> rusqlite::Result<Vec<usize>> {
+    /// The positions of a model's columns, in the order of [`NativeRow::COLUMNS`], selected
+    /// with `prefix` (empty, or `a_` for the second model of a join).
+    pub fn indices<M: NativeRow>(&self, prefix: &str) -> rusqlite::Result<Vec<usize>> {
         M::COLUMNS
             .iter()
-            .map(|name| self.index(&format!("{prefix}{name}")))
+            .map(|name| {
+                if prefix.is_empty() {
+                    self.index(name)
+                } else {
+                    self.index(&format!("{prefix}{name}"))
+                }
+            })
             .collect()
     }
 }
@@ -206,6 +271,16 @@ pub trait FromColumn: Sized {
 
     /// Decodes a column's value (read once: `Option<T>` hands it on to `T`).
     fn from_value(value: ValueRef<'_>, name: &str) -> rusqlite::Result<Self>;
+}
+
+/// A stored state's text decoded by `parse` (see `db::states`).
+pub fn stored_text<T>(
+    value: ValueRef<'_>,
+    name: &str,
+    parse: impl Fn(&str) -> Option<T>,
+) -> rusqlite::Result<T> {
+    let text = value.as_str().map_err(|e| conversion(name, e))?;
+    parse(text).ok_or_else(|| conversion(name, format!("unknown state {text:?}")))
 }
 
 fn conversion(name: &str, err: impl std::fmt::Display) -> rusqlite::Error {
@@ -587,29 +662,48 @@ mod tests {
         .unwrap();
         let reader = NativeReader::new(&path, 2);
         let rows: Vec<attribution::Model> = reader
-            .query_models(
+            .rows(
                 "SELECT * FROM attributions WHERE deal_id = ? AND 1 = ?",
                 &[Value::from("d1"), Value::BigInt(Some(1))],
             )
+            .unwrap()
             .unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].partner_id, "p1");
         assert_eq!(rows[0].referral_id, None);
         assert_eq!(rows[0].created_at.timestamp_subsec_nanos(), 644_829_571);
+        struct DealId;
+        impl ColumnName for DealId {
+            const NAME: &'static str = "deal_id";
+        }
         // A read-only connection cannot write.
         let err = reader
-            .query("DELETE FROM attributions RETURNING deal_id", &[], |_| {
-                Ok(|r: &Row<'_>| r.get::<_, String>(0))
-            })
-            .unwrap_err();
+            .rows::<Named<String, DealId>>("DELETE FROM attributions RETURNING deal_id", &[])
+            .err()
+            .expect("refused");
         assert!(err.to_string().contains("readonly"), "{err}");
         // Unsupported parameter types are refused rather than guessed.
         assert!(
             reader
-                .query("SELECT ?", &[Value::ChronoDateTimeUtc(None)], |_| {
-                    Ok(|r: &Row<'_>| r.get::<_, i64>(0))
-                })
+                .rows::<Named<String, DealId>>(
+                    "SELECT ? AS deal_id",
+                    &[Value::ChronoDateTimeUtc(None)]
+                )
                 .is_err()
+        );
+        // With every connection taken, the reader declines instead of waiting.
+        let one = NativeReader::new(&path, 1);
+        let held = one.acquire().unwrap().unwrap();
+        assert!(
+            one.rows::<attribution::Model>("SELECT * FROM attributions", &[])
+                .unwrap()
+                .is_none()
+        );
+        drop(held);
+        assert!(
+            one.rows::<attribution::Model>("SELECT * FROM attributions", &[])
+                .unwrap()
+                .is_some()
         );
         drop(conn);
         std::fs::remove_dir_all(dir).unwrap();

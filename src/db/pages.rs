@@ -3,13 +3,27 @@
 
 use std::collections::HashMap;
 
-use sea_orm::{ConnectionTrait, DbErr, FromQueryResult, Statement, Value};
+use sea_orm::{DbErr, Value};
 
 use crate::{
-    db::{Db, native::NativeRow},
-    domain::ids::decode_cursor,
+    db::{ColumnName, Db, Decode, Named},
     error::{ApiError, ApiResult},
 };
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+
+/// Encodes a keyset position as an opaque cursor.
+pub fn encode_cursor(position: &str) -> String {
+    URL_SAFE_NO_PAD.encode(position.as_bytes())
+}
+
+/// Decodes an opaque cursor; `None` when it was not produced by [`encode_cursor`].
+pub fn decode_cursor(cursor: &str) -> Option<String> {
+    URL_SAFE_NO_PAD
+        .decode(cursor.as_bytes())
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+}
 
 /// The default page size.
 pub const DEFAULT_PAGE_SIZE: u64 = 20;
@@ -102,7 +116,7 @@ const PARENTS_PER_STATEMENT: usize = 100;
 /// Loads one page of children for each parent. Each parent is a `UNION ALL` branch walking
 /// the `(parent, id)` index with its own `LIMIT`, so the cost is proportional to the page, not
 /// to the parent's total number of children; up to 100 parents share one statement.
-pub async fn child_pages<M: FromQueryResult + NativeRow>(
+pub async fn child_pages<M: Decode>(
     db: &Db,
     list: &ChildList,
     parents: &[String],
@@ -148,33 +162,10 @@ pub async fn child_pages<M: FromQueryResult + NativeRow>(
             branches.push(branch);
         }
         let sql = branches.join(" UNION ALL ");
-        if let Some(reader) = db.native() {
-            let rows = reader.query(&sql, &values, |columns| {
-                let parent = columns.index("tandem_parent")?;
-                let key = columns.index("tandem_key")?;
-                let at = columns.indices::<M>()?;
-                Ok(move |row: &rusqlite::Row<'_>| {
-                    Ok((
-                        row.get::<_, String>(parent)?,
-                        row.get::<_, String>(key)?,
-                        M::from_native(row, &at)?,
-                    ))
-                })
-            })?;
-            for (parent, key, model) in rows {
-                result.entry(parent).or_default().push((key, model));
-            }
-            continue;
-        }
-        let rows = db
-            .conn
-            .query_all_raw(Statement::from_sql_and_values(db.backend(), sql, values))
-            .await?;
-        for row in rows {
-            let parent: String = row.try_get("", "tandem_parent")?;
-            let key: String = row.try_get("", "tandem_key")?;
-            let model = M::from_query_result(&row, "")?;
-            result.entry(parent).or_default().push((key, model));
+        let rows: Vec<(Named<String, ParentColumn>, (Named<String, KeyColumn>, M))> =
+            db.rows(sql, values).await?;
+        for (parent, (key, model)) in rows {
+            result.entry(parent.0).or_default().push((key.0, model));
         }
     }
     // UNION ALL does not promise to keep each branch's order: restore it.
@@ -212,21 +203,26 @@ pub async fn child_counts(
             from = list.from,
         ),
     };
-    if let Some(reader) = db.native() {
-        let rows = reader.query(&sql, &values, |_| {
-            Ok(|row: &rusqlite::Row<'_>| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))
-        })?;
-        return Ok(rows.into_iter().collect());
-    }
-    let rows = db
-        .conn
-        .query_all_raw(Statement::from_sql_and_values(db.backend(), sql, values))
-        .await?;
-    let mut counts = HashMap::new();
-    for row in rows {
-        let parent: String = row.try_get("", "tandem_parent")?;
-        let count: i64 = row.try_get("", "tandem_count")?;
-        counts.insert(parent, count);
-    }
+    let rows: Vec<(Named<String, ParentColumn>, Named<i64, CountColumn>)> =
+        db.rows(sql, values).await?;
+    let counts = rows.into_iter().map(|(p, c)| (p.0, c.0)).collect();
     Ok(counts)
+}
+
+/// The parent id column of grouped statements.
+pub struct ParentColumn;
+impl ColumnName for ParentColumn {
+    const NAME: &'static str = "tandem_parent";
+}
+
+/// The sort key column of grouped pages.
+pub struct KeyColumn;
+impl ColumnName for KeyColumn {
+    const NAME: &'static str = "tandem_key";
+}
+
+/// The count column of grouped counts.
+pub struct CountColumn;
+impl ColumnName for CountColumn {
+    const NAME: &'static str = "tandem_count";
 }

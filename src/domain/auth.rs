@@ -186,7 +186,7 @@ pub async fn create_key(
         }
         (ApiKeyRole::Partner, Some(id)) => {
             let found = partner::Entity::find_by_id(id.to_string())
-                .one(&db.conn)
+                .one(db.reads())
                 .await?;
             if found.is_none() {
                 return Err(ApiError::bad_input(
@@ -213,7 +213,7 @@ pub async fn create_key(
         (ApiKeyRole::Integration, false) => {
             for (i, id) in program_ids.iter().enumerate() {
                 let found = crate::db::entities::program::Entity::find_by_id(id.clone())
-                    .one(&db.conn)
+                    .one(db.reads())
                     .await?;
                 if found.is_none() {
                     return Err(ApiError::bad_input(
@@ -278,7 +278,7 @@ pub async fn principals_of_keys(
     let keys = api_key::Entity::find()
         .filter(api_key::Column::Id.is_in(key_ids))
         .filter(api_key::Column::RevokedAt.is_null())
-        .all(&db.conn)
+        .all(db.reads())
         .await?;
     let mut principals = std::collections::HashMap::new();
     for key in keys {
@@ -332,7 +332,7 @@ pub async fn has_admin_key(db: &Db) -> ApiResult<bool> {
     Ok(api_key::Entity::find()
         .filter(api_key::Column::Role.eq(ApiKeyRole::Admin.as_str()))
         .filter(api_key::Column::RevokedAt.is_null())
-        .one(&db.conn)
+        .one(db.reads())
         .await?
         .is_some())
 }
@@ -340,7 +340,7 @@ pub async fn has_admin_key(db: &Db) -> ApiResult<bool> {
 /// Revokes a key. Partner keys may revoke keys bound to their own partner.
 pub async fn revoke_key(db: &Db, principal: &Principal, id: &str) -> ApiResult<api_key::Model> {
     let key = api_key::Entity::find_by_id(id.to_string())
-        .one(&db.conn)
+        .one(db.reads())
         .await?
         .ok_or(ApiError::NotFound("api key"))?;
     let allowed = match principal {

@@ -27,6 +27,7 @@ use tandem_connectors::{
 };
 
 use crate::{
+    db::states::JobRunStatus,
     db::{
         Db,
         entities::{crm_connection, program, sync_run, webhook_receipt, webhook_source},
@@ -39,7 +40,6 @@ use crate::{
         secrets::SecretKey,
     },
     error::{ApiError, ApiResult},
-    jobs::JobRunStatus,
 };
 
 /// Which CRM a connection talks to.
@@ -197,7 +197,7 @@ pub async fn create_connection(
     let program_id = input.program_id.to_string();
     if !is_valid_id(&program_id)
         || program::Entity::find_by_id(program_id.clone())
-            .one(&db.conn)
+            .one(db.reads())
             .await?
             .is_none()
     {
@@ -286,7 +286,7 @@ pub async fn create_connection(
         .schedule
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|| DEFAULT_SCHEDULE.to_string());
-    if let Err(e) = crate::jobs::parse_cron(&schedule) {
+    if let Err(e) = crate::config::parse_cron(&schedule) {
         return Err(ApiError::bad_input(
             "input.schedule",
             format!("is not a 6-field cron (seconds first): {e}"),
@@ -459,7 +459,7 @@ impl Syncer {
     /// and returned; pages applied before it stay applied, with the cursor after them.
     pub async fn sync(&self, connection_id: &str, run_id: &str) -> Result<SyncStats, String> {
         let connection = crm_connection::Entity::find_by_id(connection_id.to_string())
-            .one(&self.db.conn)
+            .one(self.db.reads())
             .await
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("CRM connection {connection_id} does not exist"))?;
@@ -509,7 +509,7 @@ impl Syncer {
         rotated: RotationSlot,
     ) -> Result<(), String> {
         let program = program::Entity::find_by_id(connection.program_id.clone())
-            .one(&self.db.conn)
+            .one(self.db.reads())
             .await
             .map_err(|e| e.to_string())?
             .ok_or("the connection's program no longer exists")?;
@@ -653,7 +653,7 @@ impl Syncer {
     ) -> Result<i32, String> {
         let sources: Vec<String> = webhook_source::Entity::find()
             .filter(webhook_source::Column::ConnectionId.eq(connection.id.as_str()))
-            .all(&self.db.conn)
+            .all(self.db.reads())
             .await
             .map_err(|e| e.to_string())?
             .into_iter()
@@ -668,7 +668,7 @@ impl Syncer {
             .filter(webhook_receipt::Column::AvailableAtMs.is_null())
             .order_by_asc(webhook_receipt::Column::Seq)
             .limit(1_000)
-            .all(&self.db.conn)
+            .all(self.db.reads())
             .await
             .map_err(|e| e.to_string())?;
         // One fetch per deal, however many receipts name it.
@@ -760,7 +760,7 @@ impl Syncer {
         let pushed: std::collections::HashSet<String> = crm_referral_push::Entity::find()
             .filter(crm_referral_push::Column::ConnectionId.eq(connection.id.as_str()))
             .filter(crm_referral_push::Column::Status.eq("PUSHED"))
-            .all(&self.db.conn)
+            .all(self.db.reads())
             .await
             .map_err(|e| e.to_string())?
             .into_iter()
@@ -770,7 +770,7 @@ impl Syncer {
             .filter(referral::Column::ProgramId.eq(connection.program_id.as_str()))
             .filter(referral::Column::Status.eq("ACCEPTED"))
             .order_by_asc(referral::Column::Id)
-            .all(&self.db.conn)
+            .all(self.db.reads())
             .await
             .map_err(|e| e.to_string())?;
         let mut count = 0;
@@ -780,14 +780,14 @@ impl Syncer {
             .take(100)
         {
             let code = partner::Entity::find_by_id(referral.partner_id.clone())
-                .one(&self.db.conn)
+                .one(self.db.reads())
                 .await
                 .map_err(|e| e.to_string())?
                 .map(|p| p.referral_code)
                 .unwrap_or_default();
             let existing =
                 crm_referral_push::Entity::find_by_id((connection.id.clone(), referral.id.clone()))
-                    .one(&self.db.conn)
+                    .one(self.db.reads())
                     .await
                     .map_err(|e| e.to_string())?;
             let push = tandem_connectors::ReferralPush {
@@ -900,7 +900,7 @@ impl Syncer {
         sync_run::ActiveModel {
             id: Set(run_id.to_string()),
             connection_id: Set(connection_id.to_string()),
-            status: Set(JobRunStatus::Running.as_str().to_string()),
+            status: Set(JobRunStatus::Running),
             started_at: Set(Utc::now()),
             finished_at: Set(None),
             pages: Set(0),
@@ -986,7 +986,7 @@ fn describe(err: ConnectorError) -> String {
 /// Ids of every connection (for the scheduler).
 pub async fn connection_schedules(db: &Db) -> ApiResult<Vec<(String, String)>> {
     Ok(crm_connection::Entity::find()
-        .all(&db.conn)
+        .all(db.reads())
         .await?
         .into_iter()
         .map(|c| (c.id, c.schedule))

@@ -176,7 +176,7 @@ pub async fn find_managed(
     principal: &Principal,
     id: &str,
 ) -> ApiResult<webhook_endpoint::Model> {
-    find_managed_in(&db.conn, principal, id, false).await
+    find_managed_in(db.reads(), principal, id, false).await
 }
 
 /// Like [`find_managed`] on `conn`; `lock` takes the row for update (PostgreSQL; SQLite
@@ -248,7 +248,7 @@ pub async fn create_endpoint(
             let exists = visible
                 && is_valid_id(&id)
                 && program::Entity::find_by_id(id.clone())
-                    .one(&db.conn)
+                    .one(db.reads())
                     .await?
                     .is_some();
             if !exists {

@@ -283,7 +283,7 @@ pub async fn list_events(
     let query = scoped_events(db, principal, after, types);
     Ok(in_stream_order(query, db.is_postgres())
         .limit(limit + 1)
-        .all(&db.conn)
+        .all(db.reads())
         .await?)
 }
 
@@ -295,6 +295,6 @@ pub async fn count_events(
     types: Option<&[String]>,
 ) -> Result<u64, DbErr> {
     scoped_events(db, principal, after, types)
-        .count(&db.conn)
+        .count(db.reads())
         .await
 }

@@ -727,6 +727,6 @@ pub async fn backlog(db: &Db) -> Result<u64, DbErr> {
     use sea_orm::PaginatorTrait;
     webhook_receipt::Entity::find()
         .filter(Expr::cust(PENDING))
-        .count(&db.conn)
+        .count(db.reads())
         .await
 }

@@ -121,7 +121,7 @@ impl<'a> Filter<'a> {
 
 async fn one_row(db: &Db, sql: String, values: Vec<Value>) -> ApiResult<QueryResult> {
     let row = db
-        .conn
+        .reads()
         .query_one_raw(Statement::from_sql_and_values(db.backend(), sql, values))
         .await?;
     row.ok_or_else(|| crate::error::ApiError::Internal("aggregate returned no row".into()))
@@ -219,7 +219,7 @@ pub async fn kpis(db: &Db, q: &KpiQuery) -> ApiResult<Kpis> {
     let won_range = f.range(q, "closed_at");
     let limit = f.bind(q.leaderboard_size as i64);
     let rows = db
-        .conn
+        .reads()
         .query_all_raw(Statement::from_sql_and_values(
             db.backend(),
             format!(
@@ -289,7 +289,7 @@ async fn median_hours_to_first_deal(db: &Db, q: &KpiQuery) -> ApiResult<Option<f
         (2, n / 2 - 1)
     };
     let rows = db
-        .conn
+        .reads()
         .query_all_raw(Statement::from_sql_and_values(
             db.backend(),
             format!("{delays} ORDER BY hours LIMIT {limit} OFFSET {offset}"),

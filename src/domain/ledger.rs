@@ -230,7 +230,7 @@ pub async fn balances(db: &Db, partner_id: &str) -> ApiResult<Vec<Balance>> {
         db.placeholder(1)
     );
     let rows = db
-        .conn
+        .reads()
         .query_all_raw(Statement::from_sql_and_values(
             db.backend(),
             sql,

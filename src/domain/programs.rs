@@ -369,7 +369,7 @@ pub async fn create_program(db: &Db, input: CreateProgramInput) -> ApiResult<pro
 /// Updates a program.
 pub async fn update_program(db: &Db, input: UpdateProgramInput) -> ApiResult<program::Model> {
     let existing = program::Entity::find_by_id(input.id.to_string())
-        .one(&db.conn)
+        .one(db.reads())
         .await?
         .ok_or(ApiError::NotFound("program"))?;
     let mut model: program::ActiveModel = existing.clone().into();

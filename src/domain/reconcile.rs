@@ -113,7 +113,7 @@ struct Context {
 impl Context {
     async fn load(db: &Db, now: DateTime<Utc>) -> Result<Context, DbErr> {
         let mut terms = HashMap::new();
-        for p in program::Entity::find().all(&db.conn).await? {
+        for p in program::Entity::find().all(db.reads()).await? {
             let plan = plan_of(&p).map_err(|e| DbErr::Custom(format!("{e:?}")))?;
             terms.insert(
                 p.id.clone(),
@@ -127,12 +127,12 @@ impl Context {
             );
         }
         let mut rates = Rates::default();
-        for r in exchange_rate::Entity::find().all(&db.conn).await? {
+        for r in exchange_rate::Entity::find().all(db.reads()).await? {
             let rate = parse_decimal(&r.rate, "exchange rate")?;
             rates.insert(&r.base, &r.quote, r.effective_at, rate);
         }
         let partners = partner::Entity::find()
-            .all(&db.conn)
+            .all(db.reads())
             .await?
             .into_iter()
             .map(|p| (p.id, (p.program_id, p.terminated_at)))
@@ -177,7 +177,7 @@ async fn read_booked(
     for chunk in ids.chunks(DEAL_CHUNK) {
         let (cond, values) = db.in_list(column, chunk, 1);
         for row in db
-            .conn
+            .reads()
             .query_all_raw(Statement::from_sql_and_values(
                 db.backend(),
                 format!(
@@ -328,7 +328,7 @@ async fn changed_since(db: &Db, ctx: &Context, since: DateTime<Utc>) -> Result<C
     // revenue or is credited on it: WON, or LOCKED, before or after the change).
     let mut pairs: Vec<(String, Option<String>, String, bool)> = Vec::new();
     let rows = db
-        .conn
+        .reads()
         .query_all_raw(Statement::from_sql_and_values(
             db.backend(),
             format!(
@@ -359,7 +359,7 @@ async fn changed_since(db: &Db, ctx: &Context, since: DateTime<Utc>) -> Result<C
     for chunk in deal_ids.chunks(DEAL_CHUNK) {
         let (cond, values) = db.in_list("deal_id", chunk, 1);
         for row in db
-            .conn
+            .reads()
             .query_all_raw(Statement::from_sql_and_values(
                 db.backend(),
                 format!(
@@ -411,7 +411,7 @@ async fn changed_since(db: &Db, ctx: &Context, since: DateTime<Utc>) -> Result<C
     // statements: joined into one, SQLite's planner scans every deal.)
     let since_value = || -> Vec<Value> { vec![since.into()] };
     let query = |sql: String, values: Vec<Value>| {
-        db.conn
+        db.reads()
             .query_all_raw(Statement::from_sql_and_values(db.backend(), sql, values))
     };
     for row in query(
@@ -507,7 +507,7 @@ async fn read_unchanged_counting(
     let ids: Vec<String> = partners.iter().map(|(p, _)| p.clone()).collect();
     let (cond, values) = db.in_list("dc.partner_id", &ids, 1);
     let rows = db
-        .conn
+        .reads()
         .query_all_raw(Statement::from_sql_and_values(
             db.backend(),
             format!(
@@ -616,7 +616,7 @@ async fn process(
     // statement), then the pairs last computed whose deal is now attributed elsewhere.
     let (cond, values) = db.in_list(&column("a"), &mirror_ids, 1);
     let rows = db
-        .conn
+        .reads()
         .query_all_raw(Statement::from_sql_and_values(
             db.backend(),
             format!(
@@ -671,7 +671,7 @@ async fn process(
     }
     let (cond, values) = db.in_list(&column("dc"), &mirror_ids, 1);
     for row in db
-        .conn
+        .reads()
         .query_all_raw(Statement::from_sql_and_values(
             db.backend(),
             format!(

@@ -159,7 +159,7 @@ async fn resolve_partner(
                 return Err(ApiError::NotFound("program"));
             }
             partner::Entity::find_by_id(partner_id.clone())
-                .one(&db.conn)
+                .one(db.reads())
                 .await?
                 .ok_or(ApiError::Unauthenticated)?
         }
@@ -168,7 +168,7 @@ async fn resolve_partner(
                 ApiError::bad_input("input.partnerId", "admins must name the referring partner")
             })?;
             let partner = if is_valid_id(&id) {
-                partner::Entity::find_by_id(id).one(&db.conn).await?
+                partner::Entity::find_by_id(id).one(db.reads()).await?
             } else {
                 None
             }

@@ -414,7 +414,7 @@ impl Webhooks {
             return Ok(None);
         }
         let Some(model) = webhook_source::Entity::find_by_id(id.to_string())
-            .one(&self.db.conn)
+            .one(self.db.reads())
             .await?
         else {
             return Ok(None);

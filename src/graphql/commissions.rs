@@ -9,6 +9,7 @@ use rust_decimal::Decimal;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 
 use crate::{
+    db::states::JobRunStatus,
     db::{
         Db,
         entities::{exchange_rate, job_run, ledger_entry, payout, program},
@@ -34,7 +35,7 @@ use crate::{
         principal,
         types::{Deal, Partner, internal, page_complexity},
     },
-    jobs::{JobName, JobRunStatus, Jobs},
+    jobs::{JobName, Jobs},
 };
 
 async fn load_partner(ctx: &Context<'_>, id: &str) -> Result<Option<Partner>> {
@@ -193,7 +194,7 @@ impl JobRun {
     }
     /// RUNNING, SUCCEEDED or FAILED.
     async fn status(&self) -> Result<JobRunStatus> {
-        JobRunStatus::parse(&self.0.status).ok_or_else(|| internal("job status", &self.0.status))
+        Ok(self.0.status)
     }
     /// When it started.
     async fn started_at(&self) -> DateTime<Utc> {
@@ -509,7 +510,7 @@ impl CommissionQuery {
             return Err(ApiError::NotFound("program").into());
         }
         program::Entity::find_by_id(program_id.to_string())
-            .one(&db.conn)
+            .one(db.reads())
             .await
             .map_err(ApiError::from)?
             .ok_or(ApiError::NotFound("program"))?;

@@ -11,11 +11,11 @@ use sea_orm::{
 };
 
 use crate::{
+    db::pages::encode_cursor,
     db::{
         Db,
         pages::{Direction, Page, PageArgs},
     },
-    domain::ids::encode_cursor,
     error::ApiError,
     graphql::loaders::{ChildCountKey, Loaders},
 };
@@ -93,7 +93,7 @@ where
     let count_query = query.clone();
     let total = TotalCount::query(move |db| {
         let q = count_query.clone();
-        async move { q.count(&db.conn).await }
+        async move { q.count(db.reads()).await }
     });
     let mut query = query;
     if let Some(after) = &args.after {
@@ -106,7 +106,7 @@ where
         Direction::Ascending => query.order_by_asc(id),
         Direction::Descending => query.order_by_desc(id),
     };
-    let rows = query.limit(args.first + 1).all(&db.conn).await?;
+    let rows = query.limit(args.first + 1).all(db.reads()).await?;
     Ok((Page::from_overfetch(rows, args.first), total))
 }
 

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 
 use crate::{
+    db::states::JobRunStatus,
     db::{
         Db,
         entities::{crm_connection, sync_run},
@@ -23,7 +24,7 @@ use crate::{
         principal,
         types::{Program, page_complexity},
     },
-    jobs::{JobName, JobRunStatus, Jobs},
+    jobs::{JobName, Jobs},
 };
 
 /// A CRM account deals are synced from. Its credentials are never returned.
@@ -112,8 +113,7 @@ impl SyncRun {
     }
     /// RUNNING, SUCCEEDED or FAILED.
     async fn status(&self) -> Result<JobRunStatus> {
-        JobRunStatus::parse(&self.0.status)
-            .ok_or_else(|| ApiError::Internal(format!("stored status {:?}", self.0.status)).into())
+        Ok(self.0.status)
     }
     /// Start.
     async fn started_at(&self) -> DateTime<Utc> {
@@ -297,7 +297,7 @@ impl CrmMutation {
         let db = ctx.data_unchecked::<Db>();
         if !is_valid_id(&id)
             || crm_connection::Entity::find_by_id(id.clone())
-                .one(&db.conn)
+                .one(db.reads())
                 .await
                 .map_err(ApiError::from)?
                 .is_none()
@@ -313,7 +313,7 @@ impl CrmMutation {
             )
             .await?;
         let sync_run = sync_run::Entity::find_by_id(run.id.clone())
-            .one(&db.conn)
+            .one(db.reads())
             .await
             .map_err(ApiError::from)?
             .ok_or_else(|| {

@@ -4,15 +4,14 @@
 use std::collections::HashMap;
 
 use async_graphql::dataloader::Loader;
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, FromQueryResult, QueryFilter, Statement};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 
 use crate::{
     db::{
-        Db,
+        ALIAS_PREFIX, Aliased, Db, Decode, NativeRow,
         entities::{
             attribution, deal, deal_commission, partner, program, referral, webhook_source,
         },
-        native::NativeRow,
         pages::{ChildList, Direction, Page, PageArgs, child_counts, child_pages},
     },
     error::ApiError,
@@ -102,7 +101,7 @@ impl Loader<String> for DealCommissionLoader {
     async fn load(&self, keys: &[String]) -> LoadResult<Vec<deal_commission::Model>> {
         let rows = deal_commission::Entity::find()
             .filter(deal_commission::Column::DealId.is_in(keys.iter().cloned()))
-            .all(&self.0.conn)
+            .all(self.0.reads())
             .await
             .map_err(db_error)?;
         let mut by_deal: HashMap<String, Vec<deal_commission::Model>> = HashMap::new();
@@ -133,7 +132,7 @@ impl Loader<String> for DealByReferralLoader {
         let (ins, values) = db.in_list("a.referral_id", keys, 1);
         let attribution_columns: Vec<String> = attribution::Model::COLUMNS
             .iter()
-            .map(|c| format!("a.{c} AS a_{c}"))
+            .map(|c| format!("a.{c} AS {ALIAS_PREFIX}{c}"))
             .collect();
         let deal_columns: Vec<String> = deal::View::COLUMNS
             .iter()
@@ -144,44 +143,18 @@ impl Loader<String> for DealByReferralLoader {
             deal_columns.join(", "),
             attribution_columns.join(", ")
         );
-        let pairs = match db.native() {
-            Some(reader) => reader
-                .query(&sql, &values, |columns| {
-                    let deal_at = columns.indices::<deal::View>()?;
-                    let attribution_at = columns.prefixed_indices::<attribution::Model>("a_")?;
-                    Ok(move |row: &rusqlite::Row<'_>| {
-                        Ok((
-                            deal::View::from_native(row, &deal_at)?,
-                            attribution::Model::from_native(row, &attribution_at)?,
-                        ))
-                    })
-                })
-                .map_err(db_error)?,
-            None => db
-                .conn
-                .query_all_raw(Statement::from_sql_and_values(db.backend(), sql, values))
-                .await
-                .map_err(db_error)?
-                .iter()
-                .map(|row| {
-                    Ok((
-                        deal::View::from_query_result(row, "")?,
-                        attribution::Model::from_query_result(row, "a_")?,
-                    ))
-                })
-                .collect::<Result<Vec<_>, sea_orm::DbErr>>()
-                .map_err(db_error)?,
-        };
+        let pairs: Vec<(deal::View, Aliased<attribution::Model>)> =
+            db.rows(sql, values).await.map_err(db_error)?;
         Ok(earliest_deal_per_referral(pairs))
     }
 }
 
 /// Each referral's earliest deal (by id) among `(deal, attribution)` pairs.
 fn earliest_deal_per_referral(
-    pairs: Vec<(deal::View, attribution::Model)>,
+    pairs: Vec<(deal::View, Aliased<attribution::Model>)>,
 ) -> HashMap<String, ReferralDeal> {
     let mut out: HashMap<String, ReferralDeal> = HashMap::with_capacity(pairs.len());
-    for (deal, attribution) in pairs {
+    for (deal, Aliased(attribution)) in pairs {
         let Some(referral_id) = attribution.referral_id.clone() else {
             continue;
         };
@@ -256,9 +229,9 @@ pub struct ChildCountKey {
 }
 
 /// A row a child page can hold: read through sqlx or natively, and handed to every requester.
-pub trait ChildRow: FromQueryResult + NativeRow + Clone + Send + Sync + 'static {}
+pub trait ChildRow: Decode + Clone + Send + Sync + 'static {}
 
-impl<M: FromQueryResult + NativeRow + Clone + Send + Sync + 'static> ChildRow for M {}
+impl<M: Decode + Clone + Send + Sync + 'static> ChildRow for M {}
 
 /// Loads child pages of one kind; keys with the same page arguments share one statement.
 pub struct ChildPageLoader<M> {

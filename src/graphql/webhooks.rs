@@ -238,7 +238,7 @@ impl WebhookQuery {
         let rows = query
             .order_by_desc(webhook_receipt::Column::Seq)
             .limit(args.first + 1)
-            .all(&db.conn)
+            .all(db.reads())
             .await
             .map_err(ApiError::from)?;
         Ok(WebhookReceiptConnection::build(
@@ -248,7 +248,7 @@ impl WebhookQuery {
             WebhookReceipt,
             TotalCount::query(move |db| {
                 let q = count_query.clone();
-                async move { q.count(&db.conn).await }
+                async move { q.count(db.reads()).await }
             }),
         ))
     }

@@ -1,247 +1,25 @@
-//! Prometheus metrics: requests and latency per HTTP route and per GraphQL operation, plus
-//! database statements. Rendered in the text exposition format at `GET /metrics`.
+//! HTTP side of the metrics: the per-route middleware and the GraphQL operation label.
 
-use std::{
-    collections::HashSet,
-    sync::{Arc, Mutex},
-    time::Instant,
-};
+use std::time::Instant;
 
 use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
-};
 
-/// Most distinct GraphQL operation names tracked; further names are counted as `other`.
-const MAX_OPERATION_LABELS: usize = 200;
-
-/// The process's metrics.
-#[derive(Clone)]
-pub struct Metrics {
-    registry: Registry,
-    http_requests: IntCounterVec,
-    http_latency: HistogramVec,
-    graphql_requests: IntCounterVec,
-    graphql_latency: HistogramVec,
-    db_statements: IntCounter,
-    sqlite_vm_steps: IntCounter,
-    sqlite_full_scan_steps: IntCounter,
-    webhook_receipts: IntCounterVec,
-    inbox_backlog: prometheus::IntGauge,
-    webhook_deliveries: IntCounterVec,
-    webhook_pending: prometheus::IntGauge,
-    operations: Arc<Mutex<HashSet<String>>>,
-}
-
-impl Metrics {
-    /// Registers every metric.
-    pub fn new() -> Metrics {
-        let registry = Registry::new();
-        let http_requests = IntCounterVec::new(
-            Opts::new(
-                "tandem_http_requests_total",
-                "HTTP requests by route and status",
-            ),
-            &["route", "method", "status"],
-        )
-        .expect("valid metric");
-        let http_latency = HistogramVec::new(
-            HistogramOpts::new(
-                "tandem_http_request_duration_seconds",
-                "HTTP request latency by route",
-            ),
-            &["route"],
-        )
-        .expect("valid metric");
-        let graphql_requests = IntCounterVec::new(
-            Opts::new(
-                "tandem_graphql_requests_total",
-                "GraphQL operations by name and outcome",
-            ),
-            &["operation", "outcome"],
-        )
-        .expect("valid metric");
-        let graphql_latency = HistogramVec::new(
-            HistogramOpts::new(
-                "tandem_graphql_request_duration_seconds",
-                "GraphQL operation latency by name",
-            ),
-            &["operation"],
-        )
-        .expect("valid metric");
-        let db_statements = IntCounter::new(
-            "tandem_db_statements_total",
-            "SQL statements executed by this process",
-        )
-        .expect("valid metric");
-        let sqlite_vm_steps = IntCounter::new(
-            "tandem_db_sqlite_vm_steps_total",
-            "SQLite virtual-machine steps of the statements this process ran through its pool \
-             (a statement that scans instead of seeking makes this grow with the data)",
-        )
-        .expect("valid metric");
-        let sqlite_full_scan_steps = IntCounter::new(
-            "tandem_db_sqlite_full_scan_steps_total",
-            "Rows SQLite stepped through in full table scans for this process's pooled statements",
-        )
-        .expect("valid metric");
-        let webhook_receipts = IntCounterVec::new(
-            Opts::new(
-                "tandem_webhook_receipts_total",
-                "Inbound webhook events by source kind and outcome (RECEIVED, FAILED, DUPLICATE, unauthorized)",
-            ),
-            &["kind", "outcome"],
-        )
-        .expect("valid metric");
-        let inbox_backlog = prometheus::IntGauge::new(
-            "tandem_inbox_backlog",
-            "Webhook receipts stored but not yet applied",
-        )
-        .expect("valid metric");
-        let webhook_deliveries = IntCounterVec::new(
-            Opts::new(
-                "tandem_webhook_deliveries_total",
-                "Outbound webhook attempts by outcome (succeeded, retrying, failed)",
-            ),
-            &["outcome"],
-        )
-        .expect("valid metric");
-        let webhook_pending = prometheus::IntGauge::new(
-            "tandem_webhook_deliveries_pending",
-            "Outbound webhook deliveries not yet succeeded or given up",
-        )
-        .expect("valid metric");
-        for collector in [
-            Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(http_latency.clone()),
-            Box::new(graphql_requests.clone()),
-            Box::new(graphql_latency.clone()),
-            Box::new(db_statements.clone()),
-            Box::new(sqlite_vm_steps.clone()),
-            Box::new(sqlite_full_scan_steps.clone()),
-            Box::new(webhook_receipts.clone()),
-            Box::new(inbox_backlog.clone()),
-            Box::new(webhook_deliveries.clone()),
-            Box::new(webhook_pending.clone()),
-        ] {
-            registry
-                .register(collector)
-                .expect("metric registered once");
-        }
-        Metrics {
-            registry,
-            http_requests,
-            http_latency,
-            graphql_requests,
-            graphql_latency,
-            db_statements,
-            sqlite_vm_steps,
-            sqlite_full_scan_steps,
-            webhook_receipts,
-            inbox_backlog,
-            webhook_deliveries,
-            webhook_pending,
-            operations: Arc::new(Mutex::new(HashSet::new())),
-        }
-    }
-
-    /// Records one GraphQL operation.
-    pub fn observe_graphql(&self, operation: &str, ok: bool, seconds: f64) {
-        let label = self.operation_label(operation);
-        let outcome = if ok { "ok" } else { "error" };
-        self.graphql_requests
-            .with_label_values(&[label.as_str(), outcome])
-            .inc();
-        self.graphql_latency
-            .with_label_values(&[label.as_str()])
-            .observe(seconds);
-    }
-
-    /// Records one inbound webhook event (or a rejected request).
-    pub fn observe_webhook(&self, kind: &str, outcome: &str) {
-        self.webhook_receipts
-            .with_label_values(&[kind, outcome])
-            .inc();
-    }
-
-    /// Sets the inbox backlog gauge (refreshed on every scrape).
-    pub fn set_inbox_backlog(&self, backlog: u64) {
-        self.inbox_backlog
-            .set(i64::try_from(backlog).unwrap_or(i64::MAX));
-    }
-
-    /// Counts outbound webhook attempts by outcome.
-    pub fn observe_deliveries(&self, outcome: &str, n: u64) {
-        self.webhook_deliveries
-            .with_label_values(&[outcome])
-            .inc_by(n);
-    }
-
-    /// Sets the pending-deliveries gauge (refreshed on every scrape).
-    pub fn set_pending_deliveries(&self, pending: u64) {
-        self.webhook_pending
-            .set(i64::try_from(pending).unwrap_or(i64::MAX));
-    }
-
-    fn operation_label(&self, operation: &str) -> String {
-        let valid = !operation.is_empty()
-            && operation.len() <= 64
-            && operation
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !valid {
-            return "other".to_string();
-        }
-        let mut seen = self.operations.lock().unwrap_or_else(|e| e.into_inner());
-        if seen.contains(operation) || seen.len() < MAX_OPERATION_LABELS {
-            seen.insert(operation.to_string());
-            operation.to_string()
-        } else {
-            "other".to_string()
-        }
-    }
-
-    /// Renders every metric; `statements` is the database's running statement count and
-    /// `sqlite_steps` its running (virtual-machine, full-scan) step counts on SQLite.
-    pub fn render(&self, statements: u64, sqlite_steps: Option<(u64, u64)>) -> String {
-        let catch_up = |counter: &IntCounter, total: u64| {
-            let current = counter.get();
-            if total > current {
-                counter.inc_by(total - current);
-            }
-        };
-        catch_up(&self.db_statements, statements);
-        if let Some((vm, full_scan)) = sqlite_steps {
-            catch_up(&self.sqlite_vm_steps, vm);
-            catch_up(&self.sqlite_full_scan_steps, full_scan);
-        }
-        let mut buffer = Vec::new();
-        let encoder = TextEncoder::new();
-        if let Err(err) = encoder.encode(&self.registry.gather(), &mut buffer) {
-            tracing::error!(error = %err, "encoding metrics failed");
-        }
-        String::from_utf8(buffer).unwrap_or_default()
-    }
-
-    /// Middleware recording requests and latency under a fixed route label.
-    pub fn route(&self, route: &'static str) -> RouteMetrics {
-        RouteMetrics {
-            metrics: self.clone(),
-            route,
-        }
-    }
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Metrics::new()
-    }
-}
+use crate::metrics::Metrics;
 
 /// Middleware that records one route's requests.
 pub struct RouteMetrics {
     metrics: Metrics,
     route: &'static str,
+}
+
+impl RouteMetrics {
+    /// Records requests and latency of the wrapped endpoint under the label `route`.
+    pub fn new(metrics: &Metrics, route: &'static str) -> RouteMetrics {
+        RouteMetrics {
+            metrics: metrics.clone(),
+            route,
+        }
+    }
 }
 
 impl<E: Endpoint> Middleware<E> for RouteMetrics {
@@ -274,14 +52,12 @@ impl<E: Endpoint> Endpoint for RouteMetricsEndpoint<E> {
             Ok(resp) => resp.status(),
             Err(err) => err.status(),
         };
-        self.metrics
-            .http_requests
-            .with_label_values(&[self.route, method.as_str(), status.as_str()])
-            .inc();
-        self.metrics
-            .http_latency
-            .with_label_values(&[self.route])
-            .observe(start.elapsed().as_secs_f64());
+        self.metrics.observe_http(
+            self.route,
+            &method,
+            status.as_str(),
+            start.elapsed().as_secs_f64(),
+        );
         result
     }
 }

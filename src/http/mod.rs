@@ -27,7 +27,7 @@ pub struct AppState {
     /// The GraphQL schema.
     pub schema: LimitedSchema,
     /// Metrics.
-    pub metrics: metrics::Metrics,
+    pub metrics: crate::metrics::Metrics,
     /// Configuration.
     pub config: Config,
     /// Webhook sources (verification, cached secrets).
@@ -118,19 +118,29 @@ pub fn routes(state: AppState) -> impl poem::Endpoint {
             "/graphql",
             get(graphql::graphiql)
                 .post(graphql::graphql_post)
-                .with(m.route("/graphql")),
+                .with(metrics::RouteMetrics::new(&m, "/graphql")),
         )
         .at(
             "/graphql/ws",
-            get(graphql::graphql_ws).with(m.route("/graphql/ws")),
+            get(graphql::graphql_ws).with(metrics::RouteMetrics::new(&m, "/graphql/ws")),
         )
         .at(
             "/webhooks/:source_id",
-            poem::post(webhooks::receive_webhook).with(m.route("/webhooks/{sourceId}")),
+            poem::post(webhooks::receive_webhook)
+                .with(metrics::RouteMetrics::new(&m, "/webhooks/{sourceId}")),
         )
-        .at("/healthz", get(healthz).with(m.route("/healthz")))
-        .at("/readyz", get(readyz).with(m.route("/readyz")))
-        .at("/metrics", get(metrics_endpoint).with(m.route("/metrics")))
+        .at(
+            "/healthz",
+            get(healthz).with(metrics::RouteMetrics::new(&m, "/healthz")),
+        )
+        .at(
+            "/readyz",
+            get(readyz).with(metrics::RouteMetrics::new(&m, "/readyz")),
+        )
+        .at(
+            "/metrics",
+            get(metrics_endpoint).with(metrics::RouteMetrics::new(&m, "/metrics")),
+        )
         .data(state)
         .after(close_after_refused_body)
 }

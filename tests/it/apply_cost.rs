@@ -111,12 +111,11 @@ async fn rows_read(app: &TestApp) -> f64 {
 /// Per table of this database: (name, rows read by sequential scans, rows fetched by index).
 async fn table_reads(app: &TestApp) -> Vec<(String, f64, f64)> {
     app.db
-        .conn
         .execute_unprepared("SELECT pg_stat_force_next_flush()")
         .await
         .unwrap();
     app.db
-        .conn
+        .reads()
         .query_all_raw(Statement::from_string(
             app.db.backend(),
             "SELECT relname, COALESCE(seq_tup_read, 0)::float8 AS seq, \

@@ -665,12 +665,10 @@ async fn release_holds_approves_due_accruals(app: TestApp) {
         "UPDATE ledger_entries SET available_at = {} WHERE amount_cents = 10000",
         app.db.placeholder(1)
     );
-    sea_orm::ConnectionTrait::execute_raw(
-        &app.db.conn,
-        sea_orm::Statement::from_sql_and_values(app.db.backend(), sql, [past.into()]),
-    )
-    .await
-    .unwrap();
+    app.db
+        .execute_write(sql, [past.into()].into())
+        .await
+        .unwrap();
     let stats = run_job(&app, "release-holds", false).await;
     assert_eq!(stats["released"], 1);
     assert_eq!(

@@ -484,7 +484,7 @@ async fn chaos_gives_the_same_deals_as_a_clean_run(app: TestApp) {
         let app = &app;
         async move {
             let rows = sea_orm::ConnectionTrait::query_all_raw(
-                &app.db.conn,
+        app.db.reads(),
                 sea_orm::Statement::from_sql_and_values(
                     app.db.backend(),
                     format!(

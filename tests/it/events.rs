@@ -94,7 +94,6 @@ async fn a_failed_mutation_writes_no_event(app: TestApp) {
 }
 
 async fn a_reader_never_passes_an_event_still_being_committed(app: TestApp) {
-    use sea_orm::TransactionTrait;
     use tandem::domain::events::{EventType, record};
     if !app.db.is_postgres() {
         // One writer at a time: seq order is commit order; nothing is held back.
@@ -116,9 +115,9 @@ async fn a_reader_never_passes_an_event_still_being_committed(app: TestApp) {
     // A slow transaction writes first; a fast one writes after it and commits first. Which of
     // the two gets the lower seq does not matter: neither may be read while the slow one is
     // open, or a reader could page past it.
-    let slow = app.db.conn.begin().await.unwrap();
+    let slow = app.db.begin_write().await.unwrap();
     record(
-        &slow,
+        &*slow,
         EventType::PartnerUpdated,
         &program,
         None,
@@ -126,9 +125,9 @@ async fn a_reader_never_passes_an_event_still_being_committed(app: TestApp) {
     )
     .await
     .unwrap();
-    let fast = app.db.conn.begin().await.unwrap();
+    let fast = app.db.begin_write().await.unwrap();
     record(
-        &fast,
+        &*fast,
         EventType::PartnerUpdated,
         &program,
         None,
@@ -144,7 +143,7 @@ async fn a_reader_never_passes_an_event_still_being_committed(app: TestApp) {
 }
 
 async fn transactions_of_other_databases_do_not_hold_events_back(app: TestApp) {
-    use sea_orm::{ConnectionTrait, TransactionTrait};
+    use sea_orm::ConnectionTrait;
     if !app.db.is_postgres() {
         return;
     }
@@ -153,11 +152,10 @@ async fn transactions_of_other_databases_do_not_hold_events_back(app: TestApp) {
     let other = crate::helpers::fresh_postgres_database().await.unwrap();
     let other_db = tandem::db::Db::connect(&other.url, 1).await.unwrap();
     other_db
-        .conn
         .execute_unprepared("CREATE TABLE notes (body TEXT)")
         .await
         .unwrap();
-    let open = other_db.conn.begin().await.unwrap();
+    let open = other_db.begin_write().await.unwrap();
     open.execute_unprepared("INSERT INTO notes VALUES ('idle in transaction')")
         .await
         .unwrap();
@@ -176,7 +174,7 @@ async fn transactions_of_other_databases_do_not_hold_events_back(app: TestApp) {
         "partner.created"
     );
 
-    open.rollback().await.unwrap();
+    open.tx.rollback().await.unwrap();
     other_db.close().await.unwrap();
 }
 

@@ -20,6 +20,7 @@ async fn seed(app: &TestApp) -> (String, String) {
     for (i, referral) in referrals.iter().take(2).enumerate() {
         insert_attributed_deal(app, &program, &partner, Some(referral), &format!("D{i}")).await;
     }
+    let tx = app.db.begin_write().await.unwrap();
     deal::Entity::update_many()
         .col_expr(deal::Column::Status, Expr::value("WON"))
         .col_expr(deal::Column::Stage, Expr::value("closedwon"))
@@ -35,15 +36,16 @@ async fn seed(app: &TestApp) -> (String, String) {
         .col_expr(deal::Column::ReferralCode, Expr::value("ABCD1234"))
         .col_expr(deal::Column::Amount, Expr::value("1234.50"))
         .filter(deal::Column::Name.eq("D0"))
-        .exec(&app.db.conn)
+        .exec(&*tx)
         .await
         .unwrap();
     deal::Entity::update_many()
         .col_expr(deal::Column::Deleted, Expr::value(true))
         .filter(deal::Column::Name.eq("D1"))
-        .exec(&app.db.conn)
+        .exec(&*tx)
         .await
         .unwrap();
+    tx.commit().await.unwrap();
     app.submit_referral(
         &token,
         json!({"companyName": "Full", "companyDomain": "https://www.Full.example/x",
@@ -171,12 +173,10 @@ async fn a_failing_field_in_an_inlined_object_fails_alone(app: TestApp) {
         "UPDATE referrals SET status = 'BOGUS' WHERE company_name = {}",
         app.db.placeholder(1)
     );
-    sea_orm::ConnectionTrait::execute_raw(
-        &app.db.conn,
-        sea_orm::Statement::from_sql_and_values(app.db.backend(), sql, ["C1".into()]),
-    )
-    .await
-    .unwrap();
+    app.db
+        .execute_write(sql, ["C1".into()].into())
+        .await
+        .unwrap();
     let vars = json!({"id": partner});
     let mut plain = app.gql(&token, PLAIN, vars.clone()).await;
     let mut generic = app.gql(&token, FRAGMENTS, vars).await;

@@ -4,7 +4,6 @@
 use serde_json::{Value, json};
 
 use chrono::Utc;
-use sea_orm::ConnectionTrait;
 
 use crate::{
     commissions::{Crm, ledger, partner, program_with, run_job},
@@ -228,7 +227,6 @@ async fn one_oversized_deal_never_stops_reconcile(app: TestApp) {
     crm.won(&app, "poison", "10.00", 3, &acme.code).await;
     // What a deal stored before the bounds existed looks like.
     app.db
-        .conn
         .execute_unprepared(
             "UPDATE deals SET amount = '800000000000000000000000000' WHERE external_id = 'poison'",
         )

@@ -84,7 +84,8 @@ pub async fn fresh_postgres_database() -> Option<PgDatabase> {
     let admin = Db::connect(&admin_url, 1)
         .await
         .expect("TANDEM_TEST_POSTGRES_URL must be reachable");
-    sea_orm::ConnectionTrait::execute_unprepared(&admin.conn, &format!("CREATE DATABASE {name}"))
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE {name}"))
         .await
         .expect("create test database");
     admin.close().await.ok();
@@ -106,11 +107,9 @@ impl Drop for PgDatabase {
                 .expect("runtime");
             rt.block_on(async {
                 if let Ok(admin) = Db::connect(&admin_url, 1).await {
-                    let _ = sea_orm::ConnectionTrait::execute_unprepared(
-                        &admin.conn,
-                        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-                    )
-                    .await;
+                    let _ = admin
+                        .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
                     let _ = admin.close().await;
                 }
             });
@@ -375,7 +374,7 @@ impl TestApp {
 /// Runs a `SELECT COUNT(*) AS n …` statement directly in the database.
 pub async fn count(db: &Db, sql: &str) -> i64 {
     let row = sea_orm::ConnectionTrait::query_one_raw(
-        &db.conn,
+        db.reads(),
         sea_orm::Statement::from_string(db.backend(), sql.to_string()),
     )
     .await

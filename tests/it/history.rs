@@ -108,7 +108,7 @@ pub async fn seed_history(db: &Db, ids: &History<'_>, from: i64, to: i64) -> Res
     }
     tx.commit().await?;
     if pg {
-        db.conn.execute_unprepared("ANALYZE").await?;
+        db.execute_unprepared("ANALYZE").await?;
     }
     Ok(())
 }

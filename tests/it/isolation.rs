@@ -21,6 +21,7 @@ pub async fn insert_attributed_deal(
 ) -> String {
     let now = Utc::now();
     let id = tandem::domain::ids::new_id();
+    let tx = app.db.begin_write().await.unwrap();
     deal::ActiveModel {
         id: Set(id.clone()),
         program_id: Set(program.to_string()),
@@ -42,7 +43,7 @@ pub async fn insert_attributed_deal(
         last_applied_at: Set(now),
         ..Default::default()
     }
-    .insert(&app.db.conn)
+    .insert(&*tx)
     .await
     .unwrap();
     attribution::ActiveModel {
@@ -53,9 +54,10 @@ pub async fn insert_attributed_deal(
         created_at: Set(now),
         updated_at: Set(now),
     }
-    .insert(&app.db.conn)
+    .insert(&*tx)
     .await
     .unwrap();
+    tx.commit().await.unwrap();
     id
 }
 

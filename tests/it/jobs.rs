@@ -80,12 +80,7 @@ async fn a_crashed_holders_lease_expires(app: TestApp) {
     let exec = |sql: String, values: Vec<sea_orm::Value>| {
         let db = app.db.clone();
         async move {
-            sea_orm::ConnectionTrait::execute_raw(
-                &db.conn,
-                sea_orm::Statement::from_sql_and_values(db.backend(), sql, values),
-            )
-            .await
-            .unwrap();
+            db.execute_write(sql, values.into()).await.unwrap();
         }
     };
     // An instance took the reconcile lease, started a run, and died.
@@ -125,7 +120,7 @@ async fn a_crashed_holders_lease_expires(app: TestApp) {
         .run_now(JobName::Reconcile, false, Duration::from_secs(1))
         .await
         .unwrap();
-    assert_eq!(run.status, "SUCCEEDED");
+    assert_eq!(run.status, tandem::db::states::JobRunStatus::Succeeded);
     let data = app
         .admin_ok(
             "{ jobRuns(filter: {name: \"reconcile\"}) { edges { node { id status error finishedAt } } } }",

@@ -239,7 +239,7 @@ async fn ledger_sums(db: &Db, program_id: &str) -> HashMap<(String, String), i64
         db.placeholder(1)
     );
     let rows = db
-        .conn
+        .reads()
         .query_all_raw(Statement::from_sql_and_values(
             db.backend(),
             sql,

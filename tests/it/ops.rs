@@ -42,7 +42,7 @@ async fn health_readiness_metrics_and_graphiql_answer(app: TestApp) {
 }
 
 async fn readiness_fails_when_the_database_is_gone(app: TestApp) {
-    app.db.conn.clone().close().await.unwrap();
+    app.db.clone().close().await.unwrap();
     let resp = app
         .client
         .get(format!("{}/readyz", app.base))

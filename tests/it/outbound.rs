@@ -896,7 +896,7 @@ async fn a_crashed_workers_claims_are_retried(app: TestApp) {
         Arc::new(key),
         OutboundSettings::from_config(&config),
         Arc::new(tokio::sync::Notify::new()),
-        tandem::http::metrics::Metrics::new(),
+        tandem::metrics::Metrics::new(),
     );
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let handle = tokio::spawn(worker.run(stopped));

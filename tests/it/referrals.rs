@@ -128,13 +128,15 @@ async fn registrations_older_than_the_window_do_not_block(app: TestApp) {
         )
         .await;
     let stored = referral::Entity::find_by_id(old["id"].as_str().unwrap().to_string())
-        .one(&app.db.conn)
+        .one(app.db.reads())
         .await
         .unwrap()
         .unwrap();
     let mut aged: referral::ActiveModel = stored.into();
     aged.submitted_at = Set(Utc::now() - Duration::days(31));
-    aged.update(&app.db.conn).await.unwrap();
+    let tx = app.db.begin_write().await.unwrap();
+    aged.update(&*tx).await.unwrap();
+    tx.commit().await.unwrap();
     let fresh = app
         .submit_referral(
             &token,
@@ -312,12 +314,10 @@ async fn referral_totals_follow_every_change(app: TestApp) {
     // Moved to another partner, then deleted (neither has a mutation; an operator could do it).
     let db = &app.db;
     let one = |sql: String| async move {
-        sea_orm::ConnectionTrait::execute_unprepared(&db.conn, &sql)
-            .await
-            .unwrap();
+        db.execute_unprepared(&sql).await.unwrap();
     };
     let moved = referral::Entity::find()
-        .all(&app.db.conn)
+        .all(app.db.reads())
         .await
         .unwrap()
         .into_iter()
@@ -338,22 +338,15 @@ async fn referral_totals_follow_every_change(app: TestApp) {
     assert_eq!(referral_totals(&app, &alpha, &beta).await, (4, 1));
 
     // Undo and redo the migration: the counter table is rebuilt from the referrals.
-    use tandem_migrations::MigratorTrait;
-    tandem_migrations::Migrator::down(&app.db.conn, Some(1))
-        .await
-        .unwrap();
+    app.db.migrate_down(1).await.unwrap();
     assert!(
-        sea_orm::ConnectionTrait::execute_unprepared(
-            &app.db.conn,
-            "SELECT total FROM referral_counts"
-        )
-        .await
-        .is_err(),
+        app.db
+            .execute_unprepared("SELECT total FROM referral_counts")
+            .await
+            .is_err(),
         "the counter table is dropped"
     );
-    tandem_migrations::Migrator::up(&app.db.conn, None)
-        .await
-        .unwrap();
+    app.db.migrate().await.unwrap();
     assert_eq!(referral_totals(&app, &alpha, &beta).await, (4, 1));
     let r = app
         .submit_referral(

@@ -645,7 +645,7 @@ async fn source_creation_rules(app: TestApp) {
         assert!(!text.contains(secret));
     }
     let row = sea_orm::ConnectionTrait::query_all_raw(
-        &app.db.conn,
+        app.db.reads(),
         sea_orm::Statement::from_string(
             app.db.backend(),
             "SELECT secret_ciphertext FROM webhook_sources",
@@ -1052,7 +1052,7 @@ async fn two_instances_on_postgres_apply_every_receipt_once() {
         201
     );
     let row = sea_orm::ConnectionTrait::query_one_raw(
-        &app.db.conn,
+        app.db.reads(),
         sea_orm::Statement::from_string(
             app.db.backend(),
             "SELECT amount FROM deals WHERE external_id = 'shared'",
@@ -1083,9 +1083,7 @@ async fn a_failing_receipt_is_retried_alone(app: TestApp) {
         ]
     };
     for sql in trigger {
-        sea_orm::ConnectionTrait::execute_unprepared(&app.db.conn, sql)
-            .await
-            .unwrap();
+        app.db.execute_unprepared(sql).await.unwrap();
     }
     let now = Utc::now();
     let ts = now.timestamp();
@@ -1127,9 +1125,7 @@ async fn a_failing_receipt_is_retried_alone(app: TestApp) {
     } else {
         "DROP TRIGGER refuse_boom"
     };
-    sea_orm::ConnectionTrait::execute_unprepared(&app.db.conn, drop_sql)
-        .await
-        .unwrap();
+    app.db.execute_unprepared(drop_sql).await.unwrap();
     drain(&app).await;
     let all = receipts(&app).await;
     assert!(all.iter().all(|r| r["status"] == "APPLIED"), "{all:?}");
