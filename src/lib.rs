@@ -7,13 +7,8 @@
 #![deny(unsafe_code)]
 
 pub mod app;
-pub mod bench_ingest;
-pub mod bench_reconcile;
-pub mod bench_seed;
-pub mod cli;
 pub mod config;
 pub mod db;
-pub mod demo;
 pub mod domain;
 pub mod error;
 pub mod graphql;

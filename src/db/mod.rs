@@ -7,7 +7,7 @@ pub mod pages;
 pub mod states;
 pub mod steps;
 
-pub use native::{ALIAS_PREFIX, Aliased, ColumnName, Decode, Named, NativeRow};
+pub use native::{ALIAS_PREFIX, Aliased, ColumnName, Decode, FromColumn, Named, NativeRow};
 
 use std::{
     str::FromStr,

@@ -162,8 +162,7 @@ pub async fn child_pages<M: Decode>(
             branches.push(branch);
         }
         let sql = branches.join(" UNION ALL ");
-        let rows: Vec<(Named<String, ParentColumn>, (Named<String, KeyColumn>, M))> =
-            db.rows(sql, values).await?;
+        let rows: Vec<GroupedRow<M>> = db.rows(sql, values).await?;
         for (parent, (key, model)) in rows {
             result.entry(parent.0).or_default().push((key.0, model));
         }
@@ -208,6 +207,9 @@ pub async fn child_counts(
     let counts = rows.into_iter().map(|(p, c)| (p.0, c.0)).collect();
     Ok(counts)
 }
+
+/// A child row of a grouped page: its parent, its sort key, the row.
+type GroupedRow<M> = (Named<String, ParentColumn>, (Named<String, KeyColumn>, M));
 
 /// The parent id column of grouped statements.
 pub struct ParentColumn;

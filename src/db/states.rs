@@ -11,13 +11,13 @@ macro_rules! stored_enum {
             $( $(#[$vmeta:meta])* $variant:ident = $text:literal, )+
         }
     ) => {
-        $(#[$meta])*
         #[derive(
             Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord,
             async_graphql::Enum, sea_orm::EnumIter, sea_orm::DeriveActiveEnum,
             serde::Serialize, serde::Deserialize,
         )]
         #[sea_orm(rs_type = "String", db_type = "Text")]
+        $(#[$meta])*
         pub enum $name {
             $( $(#[$vmeta])* #[sea_orm(string_value = $text)] #[serde(rename = $text)] $variant, )+
         }
@@ -64,6 +64,231 @@ stored_enum! {
         /// Finished.
         Succeeded = "SUCCEEDED",
         /// Stopped with an error.
+        Failed = "FAILED",
+    }
+}
+
+stored_enum! {
+    /// The role of an API key.
+    pub enum ApiKeyRole {
+        /// Program manager: everything.
+        Admin = "ADMIN",
+        /// Bound to one partner: sees and acts on its own data only.
+        Partner = "PARTNER",
+        /// Technology-integration partner: manages its webhook endpoints and reads events.
+        Integration = "INTEGRATION",
+    }
+}
+
+stored_enum! {
+    /// Why a deal earns what it earns.
+    pub enum CommissionState {
+        /// WON and earning its computed commission.
+        Earned = "EARNED",
+        /// Not WON (or below the minimum, or closed after the partner's termination): earns 0.
+        NotEarned = "NOT_EARNED",
+        /// No exchange rate into the program currency at its close: nothing is written for it
+        /// until one exists.
+        MissingFxRate = "MISSING_FX_RATE",
+        /// Taken out of WON after its clawback period: keeps the commission of its WON snapshot.
+        Locked = "LOCKED",
+        /// No longer attributed to this partner: earns 0 here.
+        Detached = "DETACHED",
+        /// The amount is out of the computable range: nothing is written for it.
+        Invalid = "INVALID",
+    }
+}
+
+stored_enum! {
+    /// Which CRM a connection talks to.
+    pub enum CrmKind {
+        /// HubSpot CRM v3.
+        Hubspot = "HUBSPOT",
+        /// Salesforce REST (SOQL).
+        Salesforce = "SALESFORCE",
+        /// Pipedrive API v2.
+        Pipedrive = "PIPEDRIVE",
+    }
+}
+
+stored_enum! {
+    /// Whether a connection's last sync worked.
+    #[graphql(name = "CrmConnectionStatus")]
+    pub enum ConnectionStatus {
+        /// The last sync succeeded (or none ran yet).
+        Active = "ACTIVE",
+        /// The last sync failed: `lastError` says why.
+        Failing = "FAILING",
+    }
+}
+
+stored_enum! {
+    /// How a deal was attributed to its partner (the first matching rule wins).
+    pub enum AttributionMethod {
+        /// An admin attributed it with `attributeDeal`.
+        Manual = "MANUAL",
+        /// The deal carried the partner's referral code.
+        Code = "CODE",
+        /// The deal's company or contact domain matched an accepted referral.
+        Domain = "DOMAIN",
+    }
+}
+
+stored_enum! {
+    /// Whether an endpoint receives deliveries.
+    #[graphql(name = "WebhookEndpointStatus")]
+    pub enum EndpointStatus {
+        /// Receives deliveries.
+        Enabled = "ENABLED",
+        /// Receives nothing (410 Gone, days of failure, or never re-enabled); pending deliveries
+        /// wait until it is enabled again.
+        Disabled = "DISABLED",
+    }
+}
+
+stored_enum! {
+    /// Where a delivery stands.
+    #[graphql(name = "WebhookDeliveryStatus")]
+    pub enum DeliveryStatus {
+        /// Not delivered yet: due at `nextAttemptAt`.
+        Pending = "PENDING",
+        /// The endpoint answered 2xx.
+        Succeeded = "SUCCEEDED",
+        /// Given up (retries exhausted, or the endpoint answered 410); can be replayed.
+        Failed = "FAILED",
+    }
+}
+
+stored_enum! {
+    /// Where a receipt stands.
+    #[graphql(name = "WebhookReceiptStatus")]
+    pub enum ReceiptStatus {
+        /// Stored, not yet applied (or waiting, see `reason`).
+        Received = "RECEIVED",
+        /// Applied to the deal mirror.
+        Applied = "APPLIED",
+        /// Older than the stored deal: recorded, not applied.
+        IgnoredStale = "IGNORED_STALE",
+        /// A repeat of a provider event already received: acknowledged, not applied.
+        Duplicate = "DUPLICATE",
+        /// Cannot be applied; `reason` says why.
+        Failed = "FAILED",
+    }
+}
+
+stored_enum! {
+    /// What a ledger entry records.
+    pub enum LedgerEntryKind {
+        /// Commission earned (positive), held `holdDays` before it can be paid.
+        Accrual = "ACCRUAL",
+        /// Commission taken back (negative), approved at once.
+        Reversal = "REVERSAL",
+        /// A manual correction.
+        Adjustment = "ADJUSTMENT",
+        /// A payment.
+        Payout = "PAYOUT",
+    }
+}
+
+stored_enum! {
+    /// Where a ledger entry stands.
+    pub enum LedgerEntryStatus {
+        /// Held until `availableAt`.
+        Pending = "PENDING",
+        /// Available to pay.
+        Approved = "APPROVED",
+        /// Paid out.
+        Paid = "PAID",
+    }
+}
+
+stored_enum! {
+    /// Where a payout stands.
+    pub enum PayoutStatus {
+        /// Created: its entries are set aside, the money not yet sent.
+        Pending = "PENDING",
+        /// Marked paid with a reference.
+        Paid = "PAID",
+    }
+}
+
+stored_enum! {
+    /// A partner's standing in its program.
+    pub enum PartnerStatus {
+        /// May submit referrals and earn commission.
+        Active = "ACTIVE",
+        /// Temporarily may not submit referrals.
+        Suspended = "SUSPENDED",
+        /// Permanently out; deals closed after termination earn nothing.
+        Terminated = "TERMINATED",
+    }
+}
+
+stored_enum! {
+    /// The kind of partnership a program runs.
+    pub enum ProgramKind {
+        /// Agencies or resellers paid a share of the revenue they bring.
+        RevenueShare = "REVENUE_SHARE",
+        /// Joint marketing partners.
+        CoMarketing = "CO_MARKETING",
+        /// Strategic alliances.
+        StrategicAlliance = "STRATEGIC_ALLIANCE",
+        /// Technology-integration partners.
+        TechnologyIntegration = "TECHNOLOGY_INTEGRATION",
+        /// Channel resellers.
+        Channel = "CHANNEL",
+        /// Referral networks.
+        ReferralNetwork = "REFERRAL_NETWORK",
+    }
+}
+
+stored_enum! {
+    /// How a won deal's commission is computed.
+    pub enum CommissionType {
+        /// A percentage of the deal amount (optionally tiered by the partner's prior revenue).
+        Percent = "PERCENT",
+        /// A fixed amount per won deal.
+        Flat = "FLAT",
+    }
+}
+
+stored_enum! {
+    /// Where a referral stands.
+    pub enum ReferralStatus {
+        /// Registered and owned by this partner.
+        Accepted = "ACCEPTED",
+        /// Another registration for the same company was accepted within the attribution window.
+        Duplicate = "DUPLICATE",
+        /// Rejected by a program manager.
+        Rejected = "REJECTED",
+        /// A deal attributed to it was won.
+        Converted = "CONVERTED",
+    }
+}
+
+stored_enum! {
+    /// How a source's requests are verified and what they carry.
+    pub enum WebhookSourceKind {
+        /// Standard Webhooks signatures; Tandem deal events.
+        Standard = "STANDARD",
+        /// HubSpot app webhooks (signature v3, or v1/v2 when configured).
+        Hubspot = "HUBSPOT",
+        /// Pipedrive webhooks (v2 payloads) with HTTP Basic credentials.
+        Pipedrive = "PIPEDRIVE",
+        /// Salesforce Outbound Messages (SOAP) with an org id and a URL token.
+        Salesforce = "SALESFORCE",
+    }
+}
+
+stored_enum! {
+    /// How pushing a referral to a CRM went.
+    pub enum PushStatus {
+        /// Being pushed: the company exists in the CRM, the contact not yet (a retry resumes
+        /// from the stored company).
+        Pending = "PENDING",
+        /// Created in the CRM.
+        Pushed = "PUSHED",
+        /// The CRM refused it (the error is kept; the next sync tries again).
         Failed = "FAILED",
     }
 }

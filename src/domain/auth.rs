@@ -8,46 +8,16 @@ use rand::{Rng, distr::Alphanumeric};
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
 use sha2::{Digest, Sha256};
 
+pub use crate::db::states::ApiKeyRole;
 use crate::{
+    db::states::PartnerStatus,
     db::{
         Db,
         entities::{api_key, partner},
     },
-    domain::{ids::new_id, partners::PartnerStatus},
+    domain::ids::new_id,
     error::{ApiError, ApiResult},
 };
-
-/// The role of an API key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, async_graphql::Enum)]
-pub enum ApiKeyRole {
-    /// Program manager: everything.
-    Admin,
-    /// Bound to one partner: sees and acts on its own data only.
-    Partner,
-    /// Technology-integration partner: manages its webhook endpoints and reads events.
-    Integration,
-}
-
-impl ApiKeyRole {
-    /// Database form.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ApiKeyRole::Admin => "ADMIN",
-            ApiKeyRole::Partner => "PARTNER",
-            ApiKeyRole::Integration => "INTEGRATION",
-        }
-    }
-
-    /// Parses the database form.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "ADMIN" => Some(ApiKeyRole::Admin),
-            "PARTNER" => Some(ApiKeyRole::Partner),
-            "INTEGRATION" => Some(ApiKeyRole::Integration),
-            _ => None,
-        }
-    }
-}
 
 /// The authenticated caller of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -236,7 +206,7 @@ pub async fn create_key(
     let key = api_key::ActiveModel {
         id: Set(new_id()),
         name: Set(name.to_string()),
-        role: Set(role.as_str().to_string()),
+        role: Set(role),
         partner_id: Set(partner_id.map(str::to_string)),
         program_ids: Set((!program_ids.is_empty()).then(|| serde_json::json!(program_ids))),
         token_hash: Set(hash_token(&token)),
@@ -295,9 +265,7 @@ pub async fn principals_of_keys(
 }
 
 async fn principal_for_key(db: &Db, key: api_key::Model) -> ApiResult<Principal> {
-    let role = ApiKeyRole::parse(&key.role)
-        .ok_or_else(|| ApiError::Internal(format!("api key {} has role {}", key.id, key.role)))?;
-    Ok(match role {
+    Ok(match key.role {
         ApiKeyRole::Admin => Principal::Admin { key_id: key.id },
         ApiKeyRole::Integration => Principal::Integration {
             program_ids: key
@@ -314,14 +282,14 @@ async fn principal_for_key(db: &Db, key: api_key::Model) -> ApiResult<Principal>
                 .ok_or(ApiError::Unauthenticated)?;
             // A TERMINATED partner's keys stop working altogether (reads included): the
             // relationship is over, and its history stays with the program's admins.
-            if partner.status == PartnerStatus::Terminated.as_str() {
+            if partner.status == PartnerStatus::Terminated {
                 return Err(ApiError::Unauthenticated);
             }
             Principal::Partner {
                 key_id: key.id,
                 partner_id,
                 program_id: partner.program_id,
-                suspended: partner.status == PartnerStatus::Suspended.as_str(),
+                suspended: partner.status == PartnerStatus::Suspended,
             }
         }
     })

@@ -9,6 +9,7 @@ use chrono::{DateTime, Duration, Utc};
 use rust_decimal::{Decimal, RoundingStrategy, prelude::ToPrimitive};
 use tandem_connectors::DealStatus;
 
+pub use crate::db::states::CommissionState;
 use crate::domain::programs::{CommissionPlan, CommissionType};
 
 /// How far back a partner's won deals count towards its tier.
@@ -120,51 +121,7 @@ impl DealFacts {
     }
 }
 
-/// Why a deal earns what it earns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, async_graphql::Enum)]
-pub enum CommissionState {
-    /// WON and earning its computed commission.
-    Earned,
-    /// Not WON (or below the minimum, or closed after the partner's termination): earns 0.
-    NotEarned,
-    /// No exchange rate into the program currency at its close: nothing is written for it
-    /// until one exists.
-    MissingFxRate,
-    /// Taken out of WON after its clawback period: keeps the commission of its WON snapshot.
-    Locked,
-    /// No longer attributed to this partner: earns 0 here.
-    Detached,
-    /// The amount is out of the computable range: nothing is written for it.
-    Invalid,
-}
-
 impl CommissionState {
-    /// Database form.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CommissionState::Earned => "EARNED",
-            CommissionState::NotEarned => "NOT_EARNED",
-            CommissionState::MissingFxRate => "MISSING_FX_RATE",
-            CommissionState::Locked => "LOCKED",
-            CommissionState::Detached => "DETACHED",
-            CommissionState::Invalid => "INVALID",
-        }
-    }
-
-    /// Parses the database form.
-    pub fn parse(s: &str) -> Option<Self> {
-        [
-            CommissionState::Earned,
-            CommissionState::NotEarned,
-            CommissionState::MissingFxRate,
-            CommissionState::Locked,
-            CommissionState::Detached,
-            CommissionState::Invalid,
-        ]
-        .into_iter()
-        .find(|state| state.as_str() == s)
-    }
-
     /// Whether the ledger may be brought to the expected value (false: leave it alone).
     pub fn writable(self) -> bool {
         !matches!(

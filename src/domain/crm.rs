@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use async_graphql::{Enum, ID, InputObject};
+use async_graphql::{ID, InputObject};
 use chrono::Utc;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
@@ -26,6 +26,7 @@ use tandem_connectors::{
     salesforce::Salesforce,
 };
 
+pub use crate::db::states::{ConnectionStatus, CrmKind, PushStatus};
 use crate::{
     db::states::JobRunStatus,
     db::{
@@ -41,67 +42,6 @@ use crate::{
     },
     error::{ApiError, ApiResult},
 };
-
-/// Which CRM a connection talks to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
-pub enum CrmKind {
-    /// HubSpot CRM v3.
-    Hubspot,
-    /// Salesforce REST (SOQL).
-    Salesforce,
-    /// Pipedrive API v2.
-    Pipedrive,
-}
-
-impl CrmKind {
-    /// Database form.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CrmKind::Hubspot => "HUBSPOT",
-            CrmKind::Salesforce => "SALESFORCE",
-            CrmKind::Pipedrive => "PIPEDRIVE",
-        }
-    }
-
-    /// Parses the database form.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "HUBSPOT" => Some(CrmKind::Hubspot),
-            "SALESFORCE" => Some(CrmKind::Salesforce),
-            "PIPEDRIVE" => Some(CrmKind::Pipedrive),
-            _ => None,
-        }
-    }
-}
-
-/// Whether a connection's last sync worked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
-#[graphql(name = "CrmConnectionStatus")]
-pub enum ConnectionStatus {
-    /// The last sync succeeded (or none ran yet).
-    Active,
-    /// The last sync failed: `lastError` says why.
-    Failing,
-}
-
-impl ConnectionStatus {
-    /// Database form.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ConnectionStatus::Active => "ACTIVE",
-            ConnectionStatus::Failing => "FAILING",
-        }
-    }
-
-    /// Parses the database form.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "ACTIVE" => Some(ConnectionStatus::Active),
-            "FAILING" => Some(ConnectionStatus::Failing),
-            _ => None,
-        }
-    }
-}
 
 /// OAuth client credentials of a connection.
 #[derive(Debug, InputObject)]
@@ -311,7 +251,7 @@ pub async fn create_connection(
     let model = crm_connection::ActiveModel {
         id: Set(new_id()),
         name: Set(name),
-        kind: Set(input.kind.as_str().to_string()),
+        kind: Set(input.kind),
         program_id: Set(program_id),
         base_url: Set(base_url),
         credentials_ciphertext: Set(sealed),
@@ -319,7 +259,7 @@ pub async fn create_connection(
         referral_code_field: Set(referral_code_field),
         api_version: Set(api_version),
         cursor: Set(None),
-        status: Set(ConnectionStatus::Active.as_str().to_string()),
+        status: Set(ConnectionStatus::Active),
         last_error: Set(None),
         last_synced_at: Set(None),
         created_at: Set(now),
@@ -372,8 +312,7 @@ impl Syncer {
         currency: &str,
         rotated: RotationSlot,
     ) -> ApiResult<Box<dyn CrmConnector>> {
-        let kind = CrmKind::parse(&connection.kind)
-            .ok_or_else(|| ApiError::Internal(format!("stored kind {:?}", connection.kind)))?;
+        let kind = connection.kind;
         let opened = self
             .key
             .open(&connection.credentials_ciphertext)
@@ -759,7 +698,7 @@ impl Syncer {
         use crate::db::entities::{crm_referral_push, partner, referral};
         let pushed: std::collections::HashSet<String> = crm_referral_push::Entity::find()
             .filter(crm_referral_push::Column::ConnectionId.eq(connection.id.as_str()))
-            .filter(crm_referral_push::Column::Status.eq("PUSHED"))
+            .filter(crm_referral_push::Column::Status.eq(PushStatus::Pushed))
             .all(self.db.reads())
             .await
             .map_err(|e| e.to_string())?
@@ -811,7 +750,7 @@ impl Syncer {
                         &referral.id,
                         &company,
                         &contact,
-                        "PENDING",
+                        PushStatus::Pending,
                         None,
                     )
                     .await
@@ -826,9 +765,16 @@ impl Syncer {
             .await;
             match outcome {
                 Ok(()) => {
-                    self.record_push(connection, &referral.id, &company, &contact, "PUSHED", None)
-                        .await
-                        .map_err(|e| e.message())?;
+                    self.record_push(
+                        connection,
+                        &referral.id,
+                        &company,
+                        &contact,
+                        PushStatus::Pushed,
+                        None,
+                    )
+                    .await
+                    .map_err(|e| e.message())?;
                     count += 1;
                 }
                 Err(
@@ -842,7 +788,7 @@ impl Syncer {
                         &referral.id,
                         &company,
                         &contact,
-                        "FAILED",
+                        PushStatus::Failed,
                         Some(describe(err)),
                     )
                     .await
@@ -859,12 +805,12 @@ impl Syncer {
         referral_id: &str,
         company: &Option<String>,
         contact: &Option<String>,
-        status: &str,
+        status: PushStatus,
         error: Option<String>,
     ) -> ApiResult<()> {
         let db = &self.db;
         let p = |n| db.numbered(n);
-        let pushed_at = (status == "PUSHED").then(Utc::now);
+        let pushed_at = (status == PushStatus::Pushed).then(Utc::now);
         db.execute_write(
             format!(
                 "INSERT INTO crm_referral_pushes (connection_id, referral_id, company_external_id, \
@@ -886,7 +832,7 @@ impl Syncer {
                 referral_id.into(),
                 company.clone().into(),
                 contact.clone().into(),
-                status.into(),
+                status.as_str().into(),
                 error.into(),
                 pushed_at.into(),
             ],

@@ -13,6 +13,7 @@ use sea_orm::{
 use serde_json::json;
 use tandem_connectors::{DealStatus, NeutralDeal, inbound::DealChange};
 
+pub use crate::db::states::AttributionMethod;
 use crate::{
     db::{
         Db,
@@ -26,38 +27,6 @@ use crate::{
     },
     error::{ApiError, ApiResult},
 };
-
-/// How a deal was attributed to its partner (the first matching rule wins).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, async_graphql::Enum)]
-pub enum AttributionMethod {
-    /// An admin attributed it with `attributeDeal`.
-    Manual,
-    /// The deal carried the partner's referral code.
-    Code,
-    /// The deal's company or contact domain matched an accepted referral.
-    Domain,
-}
-
-impl AttributionMethod {
-    /// Database form.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AttributionMethod::Manual => "MANUAL",
-            AttributionMethod::Code => "CODE",
-            AttributionMethod::Domain => "DOMAIN",
-        }
-    }
-
-    /// Parses the database form.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "MANUAL" => Some(AttributionMethod::Manual),
-            "CODE" => Some(AttributionMethod::Code),
-            "DOMAIN" => Some(AttributionMethod::Domain),
-            _ => None,
-        }
-    }
-}
 
 /// What applying a deal change did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,7 +162,7 @@ async fn store_attribution(
     let now = Utc::now();
     if let Some(current) = &current
         && current.partner_id == candidate.partner_id
-        && current.method == candidate.method.as_str()
+        && current.method == candidate.method
         && current.referral_id == candidate.referral_id
     {
         return Ok((current.clone(), false));
@@ -204,7 +173,7 @@ async fn store_attribution(
             let mut active: attribution::ActiveModel = current.into();
             active.partner_id = Set(candidate.partner_id.clone());
             active.referral_id = Set(candidate.referral_id.clone());
-            active.method = Set(candidate.method.as_str().to_string());
+            active.method = Set(candidate.method);
             active.updated_at = Set(now);
             active.update(conn).await?
         }
@@ -213,7 +182,7 @@ async fn store_attribution(
                 deal_id: Set(model.id.clone()),
                 partner_id: Set(candidate.partner_id.clone()),
                 referral_id: Set(candidate.referral_id.clone()),
-                method: Set(candidate.method.as_str().to_string()),
+                method: Set(candidate.method),
                 created_at: Set(now),
                 updated_at: Set(now),
             };
@@ -301,12 +270,12 @@ async fn convert_referral(
     else {
         return Ok(());
     };
-    if found.status != ReferralStatus::Accepted.as_str() {
+    if found.status != ReferralStatus::Accepted {
         return Ok(());
     }
     let (program_id, partner_id) = (found.program_id.clone(), found.partner_id.clone());
     let mut active: referral::ActiveModel = found.into();
-    active.status = Set(ReferralStatus::Converted.as_str().to_string());
+    active.status = Set(ReferralStatus::Converted);
     active.updated_at = Set(Utc::now());
     active.update(conn).await?;
     events.push(events::new_event(
@@ -614,7 +583,7 @@ pub async fn apply_deal_change(
     };
     let manual = current
         .as_ref()
-        .is_some_and(|c| c.method == AttributionMethod::Manual.as_str());
+        .is_some_and(|c| c.method == AttributionMethod::Manual);
     let (attribution, partner_changed) = if manual {
         (current, false)
     } else {

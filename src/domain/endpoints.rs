@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use async_graphql::{Enum, ID, InputObject};
+use async_graphql::{ID, InputObject};
 use chrono::{DateTime, Duration, Utc};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
@@ -12,6 +12,7 @@ use sea_orm::{
 };
 use serde_json::json;
 
+pub use crate::db::states::{DeliveryStatus, EndpointStatus};
 use crate::{
     db::{
         Db,
@@ -28,69 +29,6 @@ use crate::{
 
 /// How long a rotated-out secret keeps signing deliveries.
 pub const PREVIOUS_SECRET_GRACE_HOURS: i64 = 24;
-
-/// Whether an endpoint receives deliveries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
-#[graphql(name = "WebhookEndpointStatus")]
-pub enum EndpointStatus {
-    /// Receives deliveries.
-    Enabled,
-    /// Receives nothing (410 Gone, days of failure, or never re-enabled); pending deliveries
-    /// wait until it is enabled again.
-    Disabled,
-}
-
-impl EndpointStatus {
-    /// Database form.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EndpointStatus::Enabled => "ENABLED",
-            EndpointStatus::Disabled => "DISABLED",
-        }
-    }
-
-    /// Parses the database form.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "ENABLED" => Some(EndpointStatus::Enabled),
-            "DISABLED" => Some(EndpointStatus::Disabled),
-            _ => None,
-        }
-    }
-}
-
-/// Where a delivery stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
-#[graphql(name = "WebhookDeliveryStatus")]
-pub enum DeliveryStatus {
-    /// Not delivered yet: due at `nextAttemptAt`.
-    Pending,
-    /// The endpoint answered 2xx.
-    Succeeded,
-    /// Given up (retries exhausted, or the endpoint answered 410); can be replayed.
-    Failed,
-}
-
-impl DeliveryStatus {
-    /// Database form.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeliveryStatus::Pending => "PENDING",
-            DeliveryStatus::Succeeded => "SUCCEEDED",
-            DeliveryStatus::Failed => "FAILED",
-        }
-    }
-
-    /// Parses the database form.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "PENDING" => Some(DeliveryStatus::Pending),
-            "SUCCEEDED" => Some(DeliveryStatus::Succeeded),
-            "FAILED" => Some(DeliveryStatus::Failed),
-            _ => None,
-        }
-    }
-}
 
 /// Input of `createWebhookEndpoint`.
 #[derive(Debug, InputObject)]
@@ -270,7 +208,7 @@ pub async fn create_endpoint(
         secret_ciphertext: Set(key.seal(&secret)),
         previous_secret_ciphertext: Set(None),
         previous_secret_expires_at: Set(None),
-        status: Set(EndpointStatus::Enabled.as_str().to_string()),
+        status: Set(EndpointStatus::Enabled),
         disabled_reason: Set(None),
         failing_since: Set(None),
         created_at: Set(now),
@@ -314,7 +252,7 @@ pub async fn enable_endpoint(
     let tx = db.begin_write().await?;
     let endpoint = find_managed_in(&*tx, principal, id, true).await?;
     let mut active: webhook_endpoint::ActiveModel = endpoint.into();
-    active.status = Set(EndpointStatus::Enabled.as_str().to_string());
+    active.status = Set(EndpointStatus::Enabled);
     active.disabled_reason = Set(None);
     active.failing_since = Set(None);
     active.updated_at = Set(Utc::now());
@@ -420,7 +358,7 @@ pub fn new_delivery(
         endpoint_id: Set(endpoint_id.to_string()),
         event_id: Set(event.id.clone()),
         event_type: Set(event.event_type.clone()),
-        status: Set(DeliveryStatus::Pending.as_str().to_string()),
+        status: Set(DeliveryStatus::Pending),
         attempt: Set(0),
         status_code: Set(None),
         latency_ms: Set(None),

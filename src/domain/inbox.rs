@@ -14,7 +14,6 @@ use std::{
     time::Duration,
 };
 
-use async_graphql::Enum;
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
@@ -24,6 +23,7 @@ use sea_orm::{
 use tandem_connectors::inbound::DealChange;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
+pub use crate::db::states::ReceiptStatus;
 use crate::{
     db::{
         Db,
@@ -37,48 +37,6 @@ use crate::{
     },
     error::{ApiError, ApiResult},
 };
-
-/// Where a receipt stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
-#[graphql(name = "WebhookReceiptStatus")]
-pub enum ReceiptStatus {
-    /// Stored, not yet applied (or waiting, see `reason`).
-    Received,
-    /// Applied to the deal mirror.
-    Applied,
-    /// Older than the stored deal: recorded, not applied.
-    IgnoredStale,
-    /// A repeat of a provider event already received: acknowledged, not applied.
-    Duplicate,
-    /// Cannot be applied; `reason` says why.
-    Failed,
-}
-
-impl ReceiptStatus {
-    /// Database form.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReceiptStatus::Received => "RECEIVED",
-            ReceiptStatus::Applied => "APPLIED",
-            ReceiptStatus::IgnoredStale => "IGNORED_STALE",
-            ReceiptStatus::Duplicate => "DUPLICATE",
-            ReceiptStatus::Failed => "FAILED",
-        }
-    }
-
-    /// Parses the database form.
-    pub fn parse(s: &str) -> Option<Self> {
-        [
-            ReceiptStatus::Received,
-            ReceiptStatus::Applied,
-            ReceiptStatus::IgnoredStale,
-            ReceiptStatus::Duplicate,
-            ReceiptStatus::Failed,
-        ]
-        .into_iter()
-        .find(|status| status.as_str() == s)
-    }
-}
 
 /// A verified event on its way into the inbox.
 #[derive(Debug, Clone)]

@@ -2,7 +2,7 @@
 //! payouts (DESIGN §4). Entries are appended by the reconciler; here only their status (and the
 //! payout that gathers them) changes.
 
-use async_graphql::{Enum, InputObject};
+use async_graphql::InputObject;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use sea_orm::{
@@ -11,6 +11,7 @@ use sea_orm::{
 };
 use serde_json::json;
 
+pub use crate::db::states::{LedgerEntryKind, LedgerEntryStatus, PayoutStatus};
 use crate::{
     db::{
         Db,
@@ -25,106 +26,8 @@ use crate::{
     error::{ApiError, ApiResult},
 };
 
-/// What a ledger entry records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
-pub enum LedgerEntryKind {
-    /// Commission earned (positive), held `holdDays` before it can be paid.
-    Accrual,
-    /// Commission taken back (negative), approved at once.
-    Reversal,
-    /// A manual correction.
-    Adjustment,
-    /// A payment.
-    Payout,
-}
-
-impl LedgerEntryKind {
-    /// Database form.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LedgerEntryKind::Accrual => "ACCRUAL",
-            LedgerEntryKind::Reversal => "REVERSAL",
-            LedgerEntryKind::Adjustment => "ADJUSTMENT",
-            LedgerEntryKind::Payout => "PAYOUT",
-        }
-    }
-
-    /// Parses the database form.
-    pub fn parse(s: &str) -> Option<Self> {
-        [
-            LedgerEntryKind::Accrual,
-            LedgerEntryKind::Reversal,
-            LedgerEntryKind::Adjustment,
-            LedgerEntryKind::Payout,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == s)
-    }
-}
-
 /// The kinds that make up a deal's booked commission, as an SQL list.
 pub const COMMISSION_KINDS: &str = "('ACCRUAL', 'REVERSAL', 'ADJUSTMENT')";
-
-/// Where a ledger entry stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
-pub enum LedgerEntryStatus {
-    /// Held until `availableAt`.
-    Pending,
-    /// Available to pay.
-    Approved,
-    /// Paid out.
-    Paid,
-}
-
-impl LedgerEntryStatus {
-    /// Database form.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LedgerEntryStatus::Pending => "PENDING",
-            LedgerEntryStatus::Approved => "APPROVED",
-            LedgerEntryStatus::Paid => "PAID",
-        }
-    }
-
-    /// Parses the database form.
-    pub fn parse(s: &str) -> Option<Self> {
-        [
-            LedgerEntryStatus::Pending,
-            LedgerEntryStatus::Approved,
-            LedgerEntryStatus::Paid,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == s)
-    }
-}
-
-/// Where a payout stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
-pub enum PayoutStatus {
-    /// Created: its entries are set aside, the money not yet sent.
-    Pending,
-    /// Marked paid with a reference.
-    Paid,
-}
-
-impl PayoutStatus {
-    /// Database form.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PayoutStatus::Pending => "PENDING",
-            PayoutStatus::Paid => "PAID",
-        }
-    }
-
-    /// Parses the database form.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "PENDING" => Some(PayoutStatus::Pending),
-            "PAID" => Some(PayoutStatus::Paid),
-            _ => None,
-        }
-    }
-}
 
 /// Input of `setExchangeRate`.
 #[derive(Debug, InputObject)]
@@ -318,7 +221,7 @@ pub async fn create_payout(db: &Db, input: CreatePayoutInput) -> ApiResult<payou
         program_id: Set(partner.program_id.clone()),
         currency: Set(currency.clone()),
         total_cents: Set(total),
-        status: Set(PayoutStatus::Pending.as_str().to_string()),
+        status: Set(PayoutStatus::Pending),
         reference: Set(None),
         created_at: Set(now),
         paid_at: Set(None),
@@ -369,7 +272,7 @@ pub async fn mark_payout_paid(db: &Db, input: MarkPayoutPaidInput) -> ApiResult<
         query = query.lock_exclusive();
     }
     let found = query.one(&*tx).await?.ok_or(ApiError::NotFound("payout"))?;
-    if found.status == PayoutStatus::Paid.as_str() {
+    if found.status == PayoutStatus::Paid {
         return Err(ApiError::Conflict("the payout is already paid".to_string()));
     }
     let now = Utc::now();
@@ -384,7 +287,7 @@ pub async fn mark_payout_paid(db: &Db, input: MarkPayoutPaidInput) -> ApiResult<
     ))
     .await?;
     let mut row: payout::ActiveModel = found.into();
-    row.status = Set(PayoutStatus::Paid.as_str().to_string());
+    row.status = Set(PayoutStatus::Paid);
     row.reference = Set(Some(reference.clone()));
     row.paid_at = Set(Some(now));
     let model = row.update(&*tx).await?;

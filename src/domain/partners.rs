@@ -1,11 +1,12 @@
 //! Partners: creation with a unique referral code, status changes, scoped lookup.
 
-use async_graphql::{Enum, ID, InputObject};
+use async_graphql::{ID, InputObject};
 use chrono::Utc;
 use rand::Rng;
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::json;
 
+pub use crate::db::states::PartnerStatus;
 use crate::{
     db::{
         Db,
@@ -20,38 +21,6 @@ use crate::{
     },
     error::{ApiError, ApiResult},
 };
-
-/// A partner's standing in its program.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
-pub enum PartnerStatus {
-    /// May submit referrals and earn commission.
-    Active,
-    /// Temporarily may not submit referrals.
-    Suspended,
-    /// Permanently out; deals closed after termination earn nothing.
-    Terminated,
-}
-
-impl PartnerStatus {
-    /// Database form.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PartnerStatus::Active => "ACTIVE",
-            PartnerStatus::Suspended => "SUSPENDED",
-            PartnerStatus::Terminated => "TERMINATED",
-        }
-    }
-
-    /// Parses the database form.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "ACTIVE" => Some(PartnerStatus::Active),
-            "SUSPENDED" => Some(PartnerStatus::Suspended),
-            "TERMINATED" => Some(PartnerStatus::Terminated),
-            _ => None,
-        }
-    }
-}
 
 /// Input of `createPartner`.
 #[derive(Debug, Clone, InputObject)]
@@ -128,7 +97,7 @@ pub async fn create_partner(db: &Db, input: CreatePartnerInput) -> ApiResult<par
         name: Set(name),
         domain: Set(domain),
         contact_email: Set(contact_email),
-        status: Set(PartnerStatus::Active.as_str().to_string()),
+        status: Set(PartnerStatus::Active),
         referral_code: Set(code),
         terminated_at: Set(None),
         created_at: Set(now),
@@ -163,18 +132,18 @@ pub async fn update_partner_status(
         .one(&*tx)
         .await?
         .ok_or(ApiError::NotFound("partner"))?;
-    let previous = existing.status.clone();
-    if previous == input.status.as_str() {
+    let previous = existing.status;
+    if previous == input.status {
         return Ok(existing);
     }
-    if previous == PartnerStatus::Terminated.as_str() {
+    if previous == PartnerStatus::Terminated {
         return Err(ApiError::Conflict(
             "a terminated partner cannot change status".to_string(),
         ));
     }
     let now = Utc::now();
     let mut model: partner::ActiveModel = existing.into();
-    model.status = Set(input.status.as_str().to_string());
+    model.status = Set(input.status);
     if input.status == PartnerStatus::Terminated {
         model.terminated_at = Set(Some(now));
     }

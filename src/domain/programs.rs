@@ -1,89 +1,17 @@
 //! Programs and their commission plans: validation, creation, update.
 
-use async_graphql::{Enum, InputObject, SimpleObject};
+use async_graphql::{InputObject, SimpleObject};
 use chrono::Utc;
 use rust_decimal::Decimal;
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait};
 use serde::{Deserialize, Serialize};
 
+pub use crate::db::states::{CommissionType, ProgramKind};
 use crate::{
     db::{Db, entities::program},
     domain::{ids::new_id, normalize::normalize_currency},
     error::{ApiError, ApiResult},
 };
-
-/// The kind of partnership a program runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
-pub enum ProgramKind {
-    /// Agencies or resellers paid a share of the revenue they bring.
-    RevenueShare,
-    /// Joint marketing partners.
-    CoMarketing,
-    /// Strategic alliances.
-    StrategicAlliance,
-    /// Technology-integration partners.
-    TechnologyIntegration,
-    /// Channel resellers.
-    Channel,
-    /// Referral networks.
-    ReferralNetwork,
-}
-
-impl ProgramKind {
-    /// Database form.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProgramKind::RevenueShare => "REVENUE_SHARE",
-            ProgramKind::CoMarketing => "CO_MARKETING",
-            ProgramKind::StrategicAlliance => "STRATEGIC_ALLIANCE",
-            ProgramKind::TechnologyIntegration => "TECHNOLOGY_INTEGRATION",
-            ProgramKind::Channel => "CHANNEL",
-            ProgramKind::ReferralNetwork => "REFERRAL_NETWORK",
-        }
-    }
-
-    /// Parses the database form.
-    pub fn parse(s: &str) -> Option<Self> {
-        [
-            ProgramKind::RevenueShare,
-            ProgramKind::CoMarketing,
-            ProgramKind::StrategicAlliance,
-            ProgramKind::TechnologyIntegration,
-            ProgramKind::Channel,
-            ProgramKind::ReferralNetwork,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == s)
-    }
-}
-
-/// How a won deal's commission is computed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
-pub enum CommissionType {
-    /// A percentage of the deal amount (optionally tiered by the partner's prior revenue).
-    Percent,
-    /// A fixed amount per won deal.
-    Flat,
-}
-
-impl CommissionType {
-    /// Database form.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CommissionType::Percent => "PERCENT",
-            CommissionType::Flat => "FLAT",
-        }
-    }
-
-    /// Parses the database form.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "PERCENT" => Some(CommissionType::Percent),
-            "FLAT" => Some(CommissionType::Flat),
-            _ => None,
-        }
-    }
-}
 
 /// A revenue tier: from `minRevenue` of prior revenue on, the rate is `rate` percent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, InputObject, SimpleObject)]
@@ -242,9 +170,7 @@ pub fn parse_stored_decimal(value: &str) -> ApiResult<Decimal> {
 pub fn plan_of(program: &program::Model) -> ApiResult<CommissionPlan> {
     let opt = |v: &Option<String>| v.as_deref().map(parse_stored_decimal).transpose();
     Ok(CommissionPlan {
-        commission_type: CommissionType::parse(&program.commission_type).ok_or_else(|| {
-            ApiError::Internal(format!("program {} has a bad commission type", program.id))
-        })?,
+        commission_type: program.commission_type,
         rate: opt(&program.commission_rate)?,
         flat_amount: opt(&program.commission_flat_amount)?,
         tiers: serde_json::from_value(program.commission_tiers.clone())
@@ -316,7 +242,7 @@ fn decimal_str(value: Option<Decimal>) -> Option<String> {
 }
 
 fn apply_plan(model: &mut program::ActiveModel, plan: CommissionPlan) -> ApiResult<()> {
-    model.commission_type = Set(plan.commission_type.as_str().to_string());
+    model.commission_type = Set(plan.commission_type);
     model.commission_rate = Set(decimal_str(plan.rate));
     model.commission_flat_amount = Set(decimal_str(plan.flat_amount));
     model.commission_tiers =
@@ -338,7 +264,7 @@ pub async fn create_program(db: &Db, input: CreateProgramInput) -> ApiResult<pro
     let mut model = program::ActiveModel {
         id: Set(new_id()),
         name: Set(name),
-        kind: Set(input.kind.as_str().to_string()),
+        kind: Set(input.kind),
         currency: Set(currency),
         attribution_window_days: Set(check_days(
             "input.attributionWindowDays",
@@ -377,7 +303,7 @@ pub async fn update_program(db: &Db, input: UpdateProgramInput) -> ApiResult<pro
         model.name = Set(check_name("input.name", name)?);
     }
     if let Some(kind) = input.kind {
-        model.kind = Set(kind.as_str().to_string());
+        model.kind = Set(kind);
     }
     if let Some(plan) = input.commission {
         apply_plan(&mut model, plan.validate("input.commission")?)?;

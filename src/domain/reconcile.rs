@@ -220,7 +220,7 @@ const STORED_COLUMNS: &str = "dc.state AS dc_state, dc.expected_cents AS dc_expe
 
 /// What the last run computed for a (deal, partner).
 struct Stored {
-    state: String,
+    state: CommissionState,
     expected_cents: i64,
     amount_program: Option<String>,
     deal_status: String,
@@ -231,7 +231,7 @@ struct Stored {
 impl Stored {
     /// From the `dc_*` columns of a row (`None` when the pair was never computed).
     fn from_row(row: &QueryResult) -> Result<Option<Stored>, DbErr> {
-        let Some(state) = get::<Option<String>>(row, "dc_state")? else {
+        let Some(state) = get::<Option<CommissionState>>(row, "dc_state")? else {
             return Ok(None);
         };
         Ok(Some(Stored {
@@ -371,12 +371,13 @@ async fn changed_since(db: &Db, ctx: &Context, since: DateTime<Utc>) -> Result<C
             .await?
         {
             let status: String = get(&row, "deal_status")?;
-            let state: String = get(&row, "state")?;
+            let state: CommissionState = get(&row, "state")?;
             pairs.push((
                 get(&row, "deal_id")?,
                 Some(get(&row, "partner_id")?),
                 get(&row, "program_id")?,
-                status == "WON" || state == CommissionState::Locked.as_str(),
+                DealStatus::parse(&status) == Some(DealStatus::Won)
+                    || state == CommissionState::Locked,
             ));
         }
     }
@@ -547,7 +548,7 @@ async fn read_unchanged_counting(
         let status = DealStatus::parse(&previous.deal_status).ok_or_else(|| {
             DbErr::Custom(format!("stored deal status {:?}", previous.deal_status))
         })?;
-        let locked = (previous.state == CommissionState::Locked.as_str()).then(|| Basis {
+        let locked = (previous.state == CommissionState::Locked).then(|| Basis {
             amount,
             currency: currency.clone(),
             closed_at,
@@ -772,8 +773,7 @@ async fn process(
             .get(&(partner_id.to_string(), outcome.deal_id.clone()))
             .is_none_or(|p| {
                 // A pair left alone last time (no rate) may differ from the ledger.
-                p.expected_cents != expected_cents
-                    || !CommissionState::parse(&p.state).is_some_and(CommissionState::writable)
+                p.expected_cents != expected_cents || !p.state.writable()
             })
     };
     if !ctx.verify_all {
@@ -812,7 +812,7 @@ async fn process(
         let status_text = status.as_str().to_string();
         let previous = stored.get(&key);
         let changed = previous.is_none_or(|p| {
-            p.state != outcome.state.as_str()
+            p.state != outcome.state
                 || p.expected_cents != expected_cents
                 || p.amount_program != amount_program
                 || p.deal_status != status_text
@@ -831,7 +831,7 @@ async fn process(
                     deal_status: Set(status_text),
                     closed_at: Set(outcome.closed_at),
                     deal_created_at: Set(created_at),
-                    state: Set(outcome.state.as_str().to_string()),
+                    state: Set(outcome.state),
                     expected_cents: Set(expected_cents),
                     computed_at: Set(ctx.now),
                 },
@@ -902,10 +902,10 @@ async fn write(
                     program_id: Set(e.program_id.clone()),
                     deal_id: Set(Some(e.deal_id.clone())),
                     payout_id: Set(None),
-                    kind: Set(kind.as_str().to_string()),
+                    kind: Set(kind),
                     amount_cents: Set(e.cents),
                     currency: Set(e.currency.clone()),
-                    status: Set(status.as_str().to_string()),
+                    status: Set(status),
                     created_at: Set(now),
                     available_at: Set(available),
                     updated_at: Set(now),

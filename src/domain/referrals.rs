@@ -1,7 +1,7 @@
 //! Referral registration (deal registration): normalisation, duplicate detection within the
 //! attribution window, and admin review.
 
-use async_graphql::{Enum, ID, InputObject};
+use async_graphql::{ID, InputObject};
 use chrono::{Duration, Utc};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait,
@@ -9,6 +9,7 @@ use sea_orm::{
 };
 use serde_json::json;
 
+pub use crate::db::states::ReferralStatus;
 use crate::{
     db::{
         Db,
@@ -24,42 +25,6 @@ use crate::{
     },
     error::{ApiError, ApiResult},
 };
-
-/// Where a referral stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
-pub enum ReferralStatus {
-    /// Registered and owned by this partner.
-    Accepted,
-    /// Another registration for the same company was accepted within the attribution window.
-    Duplicate,
-    /// Rejected by a program manager.
-    Rejected,
-    /// A deal attributed to it was won.
-    Converted,
-}
-
-impl ReferralStatus {
-    /// Database form.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReferralStatus::Accepted => "ACCEPTED",
-            ReferralStatus::Duplicate => "DUPLICATE",
-            ReferralStatus::Rejected => "REJECTED",
-            ReferralStatus::Converted => "CONVERTED",
-        }
-    }
-
-    /// Parses the database form.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "ACCEPTED" => Some(ReferralStatus::Accepted),
-            "DUPLICATE" => Some(ReferralStatus::Duplicate),
-            "REJECTED" => Some(ReferralStatus::Rejected),
-            "CONVERTED" => Some(ReferralStatus::Converted),
-            _ => None,
-        }
-    }
-}
 
 /// Input of `submitReferral`. A partner key may omit `programId` and `partnerId`; an admin
 /// submitting on a partner's behalf names the partner.
@@ -187,7 +152,7 @@ async fn resolve_partner(
             ));
         }
     };
-    if partner.status != PartnerStatus::Active.as_str() {
+    if partner.status != PartnerStatus::Active {
         return Err(ApiError::Conflict(format!(
             "the partner is {} and cannot submit referrals",
             partner.status
@@ -268,7 +233,7 @@ pub async fn submit_referral(
         contact_name: Set(valid.contact_name),
         contact_email: Set(valid.contact_email),
         notes: Set(valid.notes),
-        status: Set(status.as_str().to_string()),
+        status: Set(status),
         duplicate_of_id: Set(duplicate_of.map(|r| r.id)),
         submitted_at: Set(now),
         updated_at: Set(now),
@@ -311,17 +276,17 @@ pub async fn update_referral_status(
         .one(&*tx)
         .await?
         .ok_or(ApiError::NotFound("referral"))?;
-    if existing.status == input.status.as_str() {
+    if existing.status == input.status {
         return Ok(existing);
     }
-    if existing.status == ReferralStatus::Converted.as_str() {
+    if existing.status == ReferralStatus::Converted {
         return Err(ApiError::Conflict(
             "a converted referral keeps its status".to_string(),
         ));
     }
-    let previous = existing.status.clone();
+    let previous = existing.status;
     let mut model: referral::ActiveModel = existing.into();
-    model.status = Set(input.status.as_str().to_string());
+    model.status = Set(input.status);
     model.updated_at = Set(Utc::now());
     let updated = model.update(&*tx).await?;
     events::record(

@@ -15,6 +15,7 @@ use tandem_connectors::{
 };
 use tokio::sync::RwLock;
 
+pub use crate::db::states::WebhookSourceKind;
 use crate::{
     db::{
         Db,
@@ -27,42 +28,6 @@ use crate::{
     },
     error::{ApiError, ApiResult},
 };
-
-/// How a source's requests are verified and what they carry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
-pub enum WebhookSourceKind {
-    /// Standard Webhooks signatures; Tandem deal events.
-    Standard,
-    /// HubSpot app webhooks (signature v3, or v1/v2 when configured).
-    Hubspot,
-    /// Pipedrive webhooks (v2 payloads) with HTTP Basic credentials.
-    Pipedrive,
-    /// Salesforce Outbound Messages (SOAP) with an org id and a URL token.
-    Salesforce,
-}
-
-impl WebhookSourceKind {
-    /// Database form.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WebhookSourceKind::Standard => "STANDARD",
-            WebhookSourceKind::Hubspot => "HUBSPOT",
-            WebhookSourceKind::Pipedrive => "PIPEDRIVE",
-            WebhookSourceKind::Salesforce => "SALESFORCE",
-        }
-    }
-
-    /// Parses the database form.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "STANDARD" => Some(WebhookSourceKind::Standard),
-            "HUBSPOT" => Some(WebhookSourceKind::Hubspot),
-            "PIPEDRIVE" => Some(WebhookSourceKind::Pipedrive),
-            "SALESFORCE" => Some(WebhookSourceKind::Salesforce),
-            _ => None,
-        }
-    }
-}
 
 /// Which HubSpot signature scheme a HUBSPOT source checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
@@ -369,7 +334,9 @@ impl Webhooks {
                 .ok_or_else(|| {
                     ApiError::bad_input("input.connectionId", "no CRM connection has this id")
                 })?;
-            if connection.program_id != program_id || connection.kind != "HUBSPOT" {
+            if connection.program_id != program_id
+                || connection.kind != crate::db::states::CrmKind::Hubspot
+            {
                 return Err(ApiError::bad_input(
                     "input.connectionId",
                     "must be a HUBSPOT connection of the same program",
@@ -380,7 +347,7 @@ impl Webhooks {
             id: Set(new_id()),
             program_id: Set(program_id),
             name: Set(name),
-            kind: Set(input.kind.as_str().to_string()),
+            kind: Set(input.kind),
             connection_id: Set(connection_id),
             secret_ciphertext: Set(self.key.seal(&secret)),
             salesforce_org_id: Set(org_id),
@@ -419,8 +386,7 @@ impl Webhooks {
         else {
             return Ok(None);
         };
-        let kind = WebhookSourceKind::parse(&model.kind)
-            .ok_or_else(|| ApiError::Internal(format!("unknown source kind {}", model.kind)))?;
+        let kind = model.kind;
         let secret = self
             .key
             .open(&model.secret_ciphertext)

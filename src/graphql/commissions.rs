@@ -33,7 +33,7 @@ use crate::{
         connection::{connection, id_page},
         loaders::Loaders,
         principal,
-        types::{Deal, Partner, internal, page_complexity},
+        types::{Deal, Partner, page_complexity},
     },
     jobs::{JobName, Jobs},
 };
@@ -51,6 +51,7 @@ async fn load_partner(ctx: &Context<'_>, id: &str) -> Result<Option<Partner>> {
 pub struct LedgerEntry(pub ledger_entry::Model);
 
 /// One ledger entry: commission accrued, reversed, adjusted or paid.
+#[tandem_derive::plain_object]
 #[Object]
 impl LedgerEntry {
     /// Unique id.
@@ -58,8 +59,8 @@ impl LedgerEntry {
         ID(self.0.id.clone())
     }
     /// ACCRUAL, REVERSAL, ADJUSTMENT or PAYOUT.
-    async fn kind(&self) -> Result<LedgerEntryKind> {
-        LedgerEntryKind::parse(&self.0.kind).ok_or_else(|| internal("kind", &self.0.kind))
+    async fn kind(&self) -> LedgerEntryKind {
+        self.0.kind
     }
     /// Signed amount (reversals are negative).
     async fn amount(&self) -> Decimal {
@@ -70,8 +71,8 @@ impl LedgerEntry {
         &self.0.currency
     }
     /// PENDING, APPROVED or PAID.
-    async fn status(&self) -> Result<LedgerEntryStatus> {
-        LedgerEntryStatus::parse(&self.0.status).ok_or_else(|| internal("status", &self.0.status))
+    async fn status(&self) -> LedgerEntryStatus {
+        self.0.status
     }
     /// When it was appended.
     async fn created_at(&self) -> DateTime<Utc> {
@@ -114,6 +115,7 @@ impl LedgerEntry {
 pub struct Payout(pub payout::Model);
 
 /// A payment to a partner gathering its approved entries.
+#[tandem_derive::plain_object]
 #[Object]
 impl Payout {
     /// Unique id.
@@ -133,8 +135,8 @@ impl Payout {
         from_cents(self.0.total_cents)
     }
     /// PENDING until marked paid.
-    async fn status(&self) -> Result<PayoutStatus> {
-        PayoutStatus::parse(&self.0.status).ok_or_else(|| internal("status", &self.0.status))
+    async fn status(&self) -> PayoutStatus {
+        self.0.status
     }
     /// The payment reference given to `markPayoutPaid`.
     async fn reference(&self) -> Option<&str> {
@@ -154,6 +156,7 @@ impl Payout {
 pub struct ExchangeRate(pub exchange_rate::Model);
 
 /// A rate converting deal amounts into a program currency.
+#[tandem_derive::plain_object]
 #[Object]
 impl ExchangeRate {
     /// Unique id.
@@ -182,6 +185,7 @@ impl ExchangeRate {
 pub struct JobRun(pub job_run::Model);
 
 /// One run of a scheduled job.
+#[tandem_derive::plain_object]
 #[Object]
 impl JobRun {
     /// Unique id.
@@ -193,8 +197,8 @@ impl JobRun {
         &self.0.name
     }
     /// RUNNING, SUCCEEDED or FAILED.
-    async fn status(&self) -> Result<JobRunStatus> {
-        Ok(self.0.status)
+    async fn status(&self) -> JobRunStatus {
+        self.0.status
     }
     /// When it started.
     async fn started_at(&self) -> DateTime<Utc> {
@@ -310,10 +314,6 @@ impl Kpis {
 }
 
 // Reached through connections, resolved field by field.
-impl crate::graphql::inline::PlainFields for LedgerEntry {}
-impl crate::graphql::inline::PlainFields for Payout {}
-impl crate::graphql::inline::PlainFields for ExchangeRate {}
-impl crate::graphql::inline::PlainFields for JobRun {}
 
 connection!(
     LedgerEntryConnection,

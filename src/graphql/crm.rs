@@ -31,6 +31,7 @@ use crate::{
 pub struct CrmConnection(pub crm_connection::Model);
 
 /// A CRM account deals are synced from. Its credentials are never returned.
+#[tandem_derive::plain_object]
 #[Object]
 impl CrmConnection {
     /// Unique id (HUBSPOT webhook sources name it as `connectionId`).
@@ -42,9 +43,8 @@ impl CrmConnection {
         &self.0.name
     }
     /// The CRM.
-    async fn kind(&self) -> Result<CrmKind> {
-        CrmKind::parse(&self.0.kind)
-            .ok_or_else(|| ApiError::Internal(format!("stored kind {:?}", self.0.kind)).into())
+    async fn kind(&self) -> CrmKind {
+        self.0.kind
     }
     /// The program its deals belong to.
     async fn program(&self, ctx: &Context<'_>) -> Result<Option<Program>> {
@@ -72,9 +72,8 @@ impl CrmConnection {
         self.0.api_version.as_deref()
     }
     /// ACTIVE, or FAILING after a failed sync.
-    async fn status(&self) -> Result<ConnectionStatus> {
-        ConnectionStatus::parse(&self.0.status)
-            .ok_or_else(|| ApiError::Internal(format!("stored status {:?}", self.0.status)).into())
+    async fn status(&self) -> ConnectionStatus {
+        self.0.status
     }
     /// The CRM's message from the last failed sync (credentials redacted).
     async fn last_error(&self) -> Option<&str> {
@@ -101,6 +100,7 @@ impl CrmConnection {
 pub struct SyncRun(pub sync_run::Model);
 
 /// One `crm-sync` run of a connection.
+#[tandem_derive::plain_object]
 #[Object]
 impl SyncRun {
     /// Unique id (the job run's).
@@ -112,8 +112,8 @@ impl SyncRun {
         ID(self.0.connection_id.clone())
     }
     /// RUNNING, SUCCEEDED or FAILED.
-    async fn status(&self) -> Result<JobRunStatus> {
-        Ok(self.0.status)
+    async fn status(&self) -> JobRunStatus {
+        self.0.status
     }
     /// Start.
     async fn started_at(&self) -> DateTime<Utc> {
@@ -156,8 +156,6 @@ impl SyncRun {
 }
 
 // Reached through connections, resolved field by field.
-impl crate::graphql::inline::PlainFields for CrmConnection {}
-impl crate::graphql::inline::PlainFields for SyncRun {}
 
 connection!(
     CrmConnectionConnection,

@@ -46,6 +46,7 @@ pub struct OutboundContext {
 pub struct WebhookEndpoint(pub webhook_endpoint::Model);
 
 /// A URL Tandem posts events to, signed per Standard Webhooks.
+#[tandem_derive::plain_object]
 #[Object]
 impl WebhookEndpoint {
     /// Unique id.
@@ -62,9 +63,8 @@ impl WebhookEndpoint {
             .map_err(|e| ApiError::Internal(format!("stored event types: {e}")).into())
     }
     /// ENABLED or DISABLED.
-    async fn status(&self) -> Result<EndpointStatus> {
-        EndpointStatus::parse(&self.0.status)
-            .ok_or_else(|| ApiError::Internal(format!("stored status {:?}", self.0.status)).into())
+    async fn status(&self) -> EndpointStatus {
+        self.0.status
     }
     /// Why it was disabled.
     async fn disabled_reason(&self) -> Option<&str> {
@@ -98,6 +98,7 @@ impl WebhookEndpoint {
 pub struct WebhookDelivery(pub webhook_delivery::Model);
 
 /// One event on its way to one endpoint, with its latest attempt.
+#[tandem_derive::plain_object]
 #[Object]
 impl WebhookDelivery {
     /// Unique id.
@@ -117,9 +118,8 @@ impl WebhookDelivery {
         &self.0.event_type
     }
     /// PENDING, SUCCEEDED or FAILED.
-    async fn status(&self) -> Result<DeliveryStatus> {
-        DeliveryStatus::parse(&self.0.status)
-            .ok_or_else(|| ApiError::Internal(format!("stored status {:?}", self.0.status)).into())
+    async fn status(&self) -> DeliveryStatus {
+        self.0.status
     }
     /// Attempts made so far.
     async fn attempt(&self) -> i32 {
@@ -148,7 +148,7 @@ impl WebhookDelivery {
     }
     /// When the next attempt is due (PENDING only).
     async fn next_attempt_at(&self) -> Option<DateTime<Utc>> {
-        if self.0.status != DeliveryStatus::Pending.as_str() {
+        if self.0.status != DeliveryStatus::Pending {
             return None;
         }
         self.0
@@ -162,8 +162,6 @@ impl WebhookDelivery {
 }
 
 // Reached through connections, resolved field by field.
-impl crate::graphql::inline::PlainFields for WebhookEndpoint {}
-impl crate::graphql::inline::PlainFields for WebhookDelivery {}
 
 connection!(
     WebhookEndpointConnection,

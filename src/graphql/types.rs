@@ -1,6 +1,6 @@
 //! GraphQL object types wrapping stored rows.
 
-use async_graphql::{Context, Enum, ID, InputType, Json, Object, Result, ScalarType, Value};
+use async_graphql::{Context, Enum, ID, InputType, Json, Object, Result, Value};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
@@ -21,7 +21,7 @@ use crate::{
     graphql::{
         batch::BatchLoader,
         connection::{TotalCount, connection},
-        inline::{Inline, PlainFields, PlainObject},
+        inline::{Inline, PlainObject, Prefetched},
         loaders::{
             ChildCountKey, ChildKind, ChildPageKey, ChildPageLoader, ChildRow, Loaders,
             ReferralDeal,
@@ -62,6 +62,7 @@ async fn child_page<M: ChildRow>(
 pub struct Program(pub program::Model);
 
 /// A partner program.
+#[tandem_derive::plain_object]
 #[Object]
 impl Program {
     /// Unique id.
@@ -73,8 +74,8 @@ impl Program {
         &self.0.name
     }
     /// Kind of partnership.
-    async fn kind(&self) -> Result<ProgramKind> {
-        ProgramKind::parse(&self.0.kind).ok_or_else(|| internal("program kind", &self.0.kind))
+    async fn kind(&self) -> ProgramKind {
+        self.0.kind
     }
     /// ISO 4217 currency of commissions.
     async fn currency(&self) -> &str {
@@ -153,6 +154,7 @@ impl Program {
 pub struct Partner(pub partner::Model);
 
 /// A partner in a program.
+#[tandem_derive::plain_object]
 #[Object]
 impl Partner {
     /// Unique id.
@@ -164,9 +166,8 @@ impl Partner {
         &self.0.name
     }
     /// Standing in the program.
-    async fn status(&self) -> Result<PartnerStatus> {
-        PartnerStatus::parse(&self.0.status)
-            .ok_or_else(|| internal("partner status", &self.0.status))
+    async fn status(&self) -> PartnerStatus {
+        self.0.status
     }
     /// Code a CRM deal can carry to be attributed to this partner.
     async fn referral_code(&self) -> &str {
@@ -276,30 +277,10 @@ fn visible_deal(principal: &Principal, found: Option<ReferralDeal>) -> Option<In
         .map(|(d, a)| Inline(Deal(d, Some(a))))
 }
 
-/// A nullable text column as GraphQL answers it.
-fn optional_text(text: &Option<String>) -> Value {
-    text.as_ref()
-        .map_or(Value::Null, |t| Value::String(t.clone()))
-}
-
-impl PlainFields for Referral {
-    fn plain_scalar(&self, name: &str) -> Option<Value> {
-        let r = &self.0;
-        Some(match name {
-            "id" => Value::String(r.id.clone()),
-            "status" => InputType::to_value(&ReferralStatus::parse(&r.status)?),
-            "companyName" => Value::String(r.company_name.clone()),
-            "companyDomain" => optional_text(&r.company_domain),
-            "contactName" => optional_text(&r.contact_name),
-            "contactEmail" => optional_text(&r.contact_email),
-            "notes" => optional_text(&r.notes),
-            "submittedAt" => ScalarType::to_value(&r.submitted_at),
-            _ => return None,
-        })
-    }
-
-    fn plain_object(&self, name: &str) -> Option<Option<&dyn PlainObject>> {
+impl Prefetched for Referral {
+    fn prefetched_object(&self, name: &str) -> Option<Option<&dyn PlainObject>> {
         match name {
+            // Set for a whole page by `with_deals`, for this request's principal.
             "deal" => self
                 .1
                 .get()
@@ -339,6 +320,7 @@ impl ReferralConnection {
 }
 
 /// A registered referral (deal registration).
+#[tandem_derive::plain_object(prefetched)]
 #[Object]
 impl Referral {
     /// Unique id.
@@ -346,9 +328,8 @@ impl Referral {
         ID(self.0.id.clone())
     }
     /// Where the referral stands.
-    async fn status(&self) -> Result<ReferralStatus> {
-        ReferralStatus::parse(&self.0.status)
-            .ok_or_else(|| internal("referral status", &self.0.status))
+    async fn status(&self) -> ReferralStatus {
+        self.0.status
     }
     /// The referred company.
     async fn company_name(&self) -> &str {
@@ -464,38 +445,13 @@ impl From<deal::Model> for Deal {
     }
 }
 
-impl PlainFields for Deal {
-    fn plain_scalar(&self, name: &str) -> Option<Value> {
-        let d = &self.0;
-        Some(match name {
-            "id" => Value::String(d.id.clone()),
-            "externalId" => Value::String(d.external_id.clone()),
-            "name" => Value::String(d.name.clone()),
-            "amount" => ScalarType::to_value(&parse_stored_decimal(&d.amount).ok()?),
-            "currency" => Value::String(d.currency.clone()),
-            "status" => InputType::to_value(&self.stored_status()?),
-            "stage" => optional_text(&d.stage),
-            "closedAt" => d
-                .closed_at
-                .as_ref()
-                .map_or(Value::Null, ScalarType::to_value),
-            "createdAt" => ScalarType::to_value(&d.created_at),
-            "updatedAt" => ScalarType::to_value(&d.updated_at),
-            "companyDomain" => optional_text(&d.company_domain),
-            "contactEmails" => Value::List(
-                self.stored_contact_emails()
-                    .into_iter()
-                    .map(Value::String)
-                    .collect(),
-            ),
-            "referralCode" => optional_text(&d.referral_code),
-            "deleted" => Value::Boolean(d.deleted),
-            // Plain only when the attribution came with the deal.
-            "attributionMethod" => {
-                InputType::to_value(&AttributionMethod::parse(&self.1.as_ref()?.method)?)
-            }
-            _ => return None,
-        })
+impl Prefetched for Deal {
+    fn prefetched_scalar(&self, name: &str) -> Option<Value> {
+        match name {
+            // Known when the deal came with its attribution (reached through its referral).
+            "attributionMethod" => Some(InputType::to_value(&self.1.as_ref()?.method)),
+            _ => None,
+        }
     }
 }
 
@@ -517,6 +473,7 @@ impl Deal {
 }
 
 /// A CRM deal mirrored into Tandem.
+#[tandem_derive::plain_object(prefetched)]
 #[Object]
 impl Deal {
     /// Unique id.
@@ -593,9 +550,7 @@ impl Deal {
         let Some(attribution) = self.attribution(ctx).await? else {
             return Ok(None);
         };
-        AttributionMethod::parse(&attribution.method)
-            .map(Some)
-            .ok_or_else(|| internal("attribution method", &attribution.method))
+        Ok(Some(attribution.method))
     }
     /// The commission as of the last reconciliation, for the partner the deal is attributed
     /// to (null before its first reconciliation or without attribution).
@@ -614,8 +569,7 @@ impl Deal {
             return Ok(None);
         };
         Ok(Some(DealCommission {
-            state: CommissionState::parse(&row.state)
-                .ok_or_else(|| internal("commission state", &row.state))?,
+            state: row.state,
             expected: crate::domain::commission::from_cents(row.expected_cents),
             amount_in_program_currency: row
                 .amount_program
@@ -647,6 +601,7 @@ pub struct DealCommission {
 pub struct ApiKey(pub api_key::Model);
 
 /// An API key (never its token, which is shown once at creation).
+#[tandem_derive::plain_object]
 #[Object]
 impl ApiKey {
     /// Unique id.
@@ -658,8 +613,8 @@ impl ApiKey {
         &self.0.name
     }
     /// Role.
-    async fn role(&self) -> Result<ApiKeyRole> {
-        ApiKeyRole::parse(&self.0.role).ok_or_else(|| internal("key role", &self.0.role))
+    async fn role(&self) -> ApiKeyRole {
+        self.0.role
     }
     /// The partner a PARTNER key is bound to.
     async fn partner_id(&self) -> Option<ID> {
@@ -694,6 +649,7 @@ impl ApiKey {
 pub struct Event(pub event::Model);
 
 /// An event from the outbox.
+#[tandem_derive::plain_object]
 #[Object]
 impl Event {
     /// Stable id (the `webhook-id` of its deliveries).
@@ -745,10 +701,6 @@ impl Viewer {
 }
 
 // Reached through connections, resolved field by field.
-impl PlainFields for Program {}
-impl PlainFields for Partner {}
-impl PlainFields for ApiKey {}
-impl PlainFields for Event {}
 
 connection!(ProgramConnection, ProgramEdge, Program, "programs");
 connection!(PartnerConnection, PartnerEdge, Partner, "partners");

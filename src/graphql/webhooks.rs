@@ -31,6 +31,7 @@ use crate::{
 pub struct WebhookSource(pub webhook_source::Model);
 
 /// Where CRMs post: a kind, a program, and a verification secret (never shown again).
+#[tandem_derive::plain_object]
 #[Object]
 impl WebhookSource {
     /// Unique id (the last segment of its URL).
@@ -42,9 +43,8 @@ impl WebhookSource {
         &self.0.name
     }
     /// How requests are verified and what they carry.
-    async fn kind(&self) -> Result<WebhookSourceKind> {
-        WebhookSourceKind::parse(&self.0.kind)
-            .ok_or_else(|| ApiError::Internal(format!("stored kind {:?}", self.0.kind)).into())
+    async fn kind(&self) -> WebhookSourceKind {
+        self.0.kind
     }
     /// The program its deals belong to.
     async fn program(&self, ctx: &Context<'_>) -> Result<Option<Program>> {
@@ -70,7 +70,7 @@ impl WebhookSource {
     }
     /// HUBSPOT: the signature scheme checked.
     async fn hubspot_signature_version(&self) -> Option<HubSpotSignatureScheme> {
-        (self.0.kind == WebhookSourceKind::Hubspot.as_str())
+        (self.0.kind == WebhookSourceKind::Hubspot)
             .then(|| HubSpotSignatureScheme::parse(self.0.hubspot_signature_version.as_deref()))
     }
     /// The CRM field carrying Tandem's referral code (PIPEDRIVE, SALESFORCE).
@@ -87,6 +87,7 @@ impl WebhookSource {
 pub struct WebhookReceipt(pub webhook_receipt::Model);
 
 /// One provider event received through a webhook source, and what became of it.
+#[tandem_derive::plain_object]
 #[Object]
 impl WebhookReceipt {
     /// Unique id.
@@ -94,9 +95,8 @@ impl WebhookReceipt {
         ID(self.0.id.clone())
     }
     /// RECEIVED, APPLIED, IGNORED_STALE, DUPLICATE or FAILED.
-    async fn status(&self) -> Result<ReceiptStatus> {
-        ReceiptStatus::parse(&self.0.status)
-            .ok_or_else(|| ApiError::Internal(format!("stored status {:?}", self.0.status)).into())
+    async fn status(&self) -> ReceiptStatus {
+        self.0.status
     }
     /// Why it failed, was ignored, or still waits.
     async fn reason(&self) -> Option<&str> {
@@ -143,8 +143,6 @@ impl WebhookReceipt {
 }
 
 // Reached through connections, resolved field by field.
-impl crate::graphql::inline::PlainFields for WebhookSource {}
-impl crate::graphql::inline::PlainFields for WebhookReceipt {}
 
 connection!(
     WebhookSourceConnection,

@@ -168,13 +168,14 @@ async fn inlined_objects_answer_like_the_generic_executor(app: TestApp) {
 
 async fn a_failing_field_in_an_inlined_object_fails_alone(app: TestApp) {
     let (partner, token) = seed(&app).await;
-    // Corrupt one stored status: that field errors, its siblings still resolve.
+    // Corrupt one stored amount (states are typed: a bad one fails its row, not a field):
+    // that field errors, its siblings still resolve.
     let sql = format!(
-        "UPDATE referrals SET status = 'BOGUS' WHERE company_name = {}",
+        "UPDATE deals SET amount = 'bogus' WHERE name = {}",
         app.db.placeholder(1)
     );
     app.db
-        .execute_write(sql, ["C1".into()].into())
+        .execute_write(sql, ["D0".into()].into())
         .await
         .unwrap();
     let vars = json!({"id": partner});
@@ -191,8 +192,8 @@ async fn a_failing_field_in_an_inlined_object_fails_alone(app: TestApp) {
     assert_eq!(errors.len(), 1, "{plain}");
     assert_eq!(errors[0]["extensions"]["code"], "INTERNAL");
     let path = errors[0]["path"].as_array().unwrap();
-    assert_eq!(path.last().unwrap(), "status", "{plain}");
-    assert_eq!(path[path.len() - 2], "node");
+    assert_eq!(path.last().unwrap(), "amount", "{plain}");
+    assert_eq!(path[path.len() - 2], "deal");
     let edges = plain["data"]["partner"]["referrals"]["edges"]
         .as_array()
         .unwrap();

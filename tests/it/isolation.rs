@@ -50,7 +50,7 @@ pub async fn insert_attributed_deal(
         deal_id: Set(id.clone()),
         partner_id: Set(partner.to_string()),
         referral_id: Set(referral.map(str::to_string)),
-        method: Set("DOMAIN".into()),
+        method: Set(tandem::db::states::AttributionMethod::Domain),
         created_at: Set(now),
         updated_at: Set(now),
     }

@@ -80,7 +80,7 @@ async fn a_crashed_holders_lease_expires(app: TestApp) {
     let exec = |sql: String, values: Vec<sea_orm::Value>| {
         let db = app.db.clone();
         async move {
-            db.execute_write(sql, values.into()).await.unwrap();
+            db.execute_write(sql, values).await.unwrap();
         }
     };
     // An instance took the reconcile lease, started a run, and died.

@@ -18,6 +18,7 @@ mod ledger_props;
 mod limits;
 mod ops;
 mod outbound;
+mod plain;
 mod programs;
 mod referrals;
 mod schema;

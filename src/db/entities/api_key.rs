@@ -3,13 +3,13 @@
 use sea_orm::entity::prelude::*;
 
 /// One row of `api_keys`.
-#[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+#[derive(Clone, Debug, PartialEq, DeriveEntityModel, tandem_derive::NativeRow)]
 #[sea_orm(table_name = "api_keys")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub id: String,
     pub name: String,
-    pub role: String,
+    pub role: crate::db::states::ApiKeyRole,
     pub partner_id: Option<String>,
     pub program_ids: Option<Json>,
     pub token_hash: String,

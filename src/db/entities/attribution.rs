@@ -3,14 +3,14 @@
 use sea_orm::entity::prelude::*;
 
 /// One row of `attributions`.
-#[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+#[derive(Clone, Debug, PartialEq, DeriveEntityModel, tandem_derive::NativeRow)]
 #[sea_orm(table_name = "attributions")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub deal_id: String,
     pub partner_id: String,
     pub referral_id: Option<String>,
-    pub method: String,
+    pub method: crate::db::states::AttributionMethod,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

@@ -9,7 +9,7 @@ pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub id: String,
     pub name: String,
-    pub kind: String,
+    pub kind: crate::db::states::CrmKind,
     pub program_id: String,
     pub base_url: String,
     pub credentials_ciphertext: String,
@@ -17,7 +17,7 @@ pub struct Model {
     pub referral_code_field: Option<String>,
     pub api_version: Option<String>,
     pub cursor: Option<String>,
-    pub status: String,
+    pub status: crate::db::states::ConnectionStatus,
     pub last_error: Option<String>,
     pub last_synced_at: Option<DateTimeUtc>,
     pub created_at: DateTimeUtc,

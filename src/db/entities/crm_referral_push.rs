@@ -12,7 +12,7 @@ pub struct Model {
     pub referral_id: String,
     pub company_external_id: Option<String>,
     pub contact_external_id: Option<String>,
-    pub status: String,
+    pub status: crate::db::states::PushStatus,
     pub error: Option<String>,
     pub pushed_at: Option<DateTimeUtc>,
 }

@@ -3,7 +3,7 @@
 use sea_orm::entity::prelude::*;
 
 /// One row of `deals`.
-#[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+#[derive(Clone, Debug, PartialEq, DeriveEntityModel, tandem_derive::NativeRow)]
 #[sea_orm(table_name = "deals")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
@@ -42,7 +42,7 @@ impl ActiveModelBehavior for ActiveModel {}
 /// The columns of a deal that GraphQL shows: what the `Deal` type is built from, so that a
 /// page of deals reads and decodes these alone rather than the bookkeeping columns (source,
 /// sync times, the clawback lock) as well.
-#[derive(Clone, Debug, PartialEq, sea_orm::FromQueryResult)]
+#[derive(Clone, Debug, PartialEq, sea_orm::FromQueryResult, tandem_derive::NativeRow)]
 pub struct View {
     pub id: String,
     pub external_id: String,

@@ -16,7 +16,7 @@ pub struct Model {
     pub deal_status: String,
     pub closed_at: Option<DateTimeUtc>,
     pub deal_created_at: DateTimeUtc,
-    pub state: String,
+    pub state: crate::db::states::CommissionState,
     pub expected_cents: i64,
     pub computed_at: DateTimeUtc,
 }

@@ -12,11 +12,11 @@ pub struct Model {
     pub program_id: String,
     pub deal_id: Option<String>,
     pub payout_id: Option<String>,
-    pub kind: String,
+    pub kind: crate::db::states::LedgerEntryKind,
     /// Signed amount in cents (of `currency`).
     pub amount_cents: i64,
     pub currency: String,
-    pub status: String,
+    pub status: crate::db::states::LedgerEntryStatus,
     pub created_at: DateTimeUtc,
     pub available_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,

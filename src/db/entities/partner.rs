@@ -3,7 +3,7 @@
 use sea_orm::entity::prelude::*;
 
 /// One row of `partners`.
-#[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+#[derive(Clone, Debug, PartialEq, DeriveEntityModel, tandem_derive::NativeRow)]
 #[sea_orm(table_name = "partners")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
@@ -12,7 +12,7 @@ pub struct Model {
     pub name: String,
     pub domain: Option<String>,
     pub contact_email: String,
-    pub status: String,
+    pub status: crate::db::states::PartnerStatus,
     pub referral_code: String,
     pub terminated_at: Option<DateTimeUtc>,
     pub created_at: DateTimeUtc,

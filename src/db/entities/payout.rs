@@ -11,7 +11,7 @@ pub struct Model {
     pub partner_id: String,
     pub program_id: String,
     pub currency: String,
-    pub status: String,
+    pub status: crate::db::states::PayoutStatus,
     pub reference: Option<String>,
     pub created_at: DateTimeUtc,
     pub paid_at: Option<DateTimeUtc>,

@@ -3,15 +3,15 @@
 use sea_orm::entity::prelude::*;
 
 /// One row of `programs`.
-#[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+#[derive(Clone, Debug, PartialEq, DeriveEntityModel, tandem_derive::NativeRow)]
 #[sea_orm(table_name = "programs")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub id: String,
     pub name: String,
-    pub kind: String,
+    pub kind: crate::db::states::ProgramKind,
     pub currency: String,
-    pub commission_type: String,
+    pub commission_type: crate::db::states::CommissionType,
     pub commission_rate: Option<String>,
     pub commission_flat_amount: Option<String>,
     pub commission_tiers: Json,

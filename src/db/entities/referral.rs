@@ -3,7 +3,7 @@
 use sea_orm::entity::prelude::*;
 
 /// One row of `referrals`.
-#[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+#[derive(Clone, Debug, PartialEq, DeriveEntityModel, tandem_derive::NativeRow)]
 #[sea_orm(table_name = "referrals")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
@@ -15,7 +15,7 @@ pub struct Model {
     pub contact_name: Option<String>,
     pub contact_email: Option<String>,
     pub notes: Option<String>,
-    pub status: String,
+    pub status: crate::db::states::ReferralStatus,
     pub duplicate_of_id: Option<String>,
     pub submitted_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,

@@ -11,7 +11,7 @@ pub struct Model {
     pub endpoint_id: String,
     pub event_id: String,
     pub event_type: String,
-    pub status: String,
+    pub status: crate::db::states::DeliveryStatus,
     pub attempt: i32,
     pub status_code: Option<i32>,
     pub latency_ms: Option<i64>,

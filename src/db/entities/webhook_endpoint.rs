@@ -17,7 +17,7 @@ pub struct Model {
     pub secret_ciphertext: String,
     pub previous_secret_ciphertext: Option<String>,
     pub previous_secret_expires_at: Option<DateTimeUtc>,
-    pub status: String,
+    pub status: crate::db::states::EndpointStatus,
     pub disabled_reason: Option<String>,
     pub failing_since: Option<DateTimeUtc>,
     pub created_at: DateTimeUtc,

@@ -14,7 +14,7 @@ pub struct Model {
     pub provider_event_id: Option<String>,
     pub dedupe_key: Option<String>,
     pub payload: String,
-    pub status: String,
+    pub status: crate::db::states::ReceiptStatus,
     pub reason: Option<String>,
     pub deal_id: Option<String>,
     pub attempts: i32,

@@ -3,14 +3,14 @@
 use sea_orm::entity::prelude::*;
 
 /// One row of `webhook_sources`. `secret_ciphertext` is sealed with the hub's secret key.
-#[derive(Clone, PartialEq, DeriveEntityModel)]
+#[derive(Clone, PartialEq, DeriveEntityModel, tandem_derive::NativeRow)]
 #[sea_orm(table_name = "webhook_sources")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub id: String,
     pub program_id: String,
     pub name: String,
-    pub kind: String,
+    pub kind: crate::db::states::WebhookSourceKind,
     pub connection_id: Option<String>,
     pub secret_ciphertext: String,
     pub salesforce_org_id: Option<String>,

@@ -7,7 +7,7 @@ use sea_orm::{ActiveValue::Set, EntityTrait};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::{
+use tandem::{
     db::{
         Db,
         entities::{attribution, deal, partner, program, referral},
@@ -43,9 +43,9 @@ pub async fn seed(db: &Db, partners: u32, referrals: u32) -> anyhow::Result<Benc
     program::Entity::insert(program::ActiveModel {
         id: Set(program_id.clone()),
         name: Set("Benchmark program".into()),
-        kind: Set("REFERRAL_NETWORK".into()),
+        kind: Set(tandem::db::states::ProgramKind::ReferralNetwork),
         currency: Set("USD".into()),
-        commission_type: Set("PERCENT".into()),
+        commission_type: Set(tandem::db::states::CommissionType::Percent),
         commission_rate: Set(Some("10".into())),
         commission_flat_amount: Set(None),
         commission_tiers: Set(json!([])),
@@ -73,7 +73,7 @@ pub async fn seed(db: &Db, partners: u32, referrals: u32) -> anyhow::Result<Benc
                     name: Set(format!("Partner {i}")),
                     domain: Set(Some(format!("partner{i}.example"))),
                     contact_email: Set(format!("contact@partner{i}.example")),
-                    status: Set("ACTIVE".into()),
+                    status: Set(tandem::db::states::PartnerStatus::Active),
                     referral_code: Set(format!("{}{}", &generate_referral_code()[..4], i)),
                     terminated_at: Set(None),
                     created_at: Set(now),
@@ -128,7 +128,7 @@ pub async fn seed(db: &Db, partners: u32, referrals: u32) -> anyhow::Result<Benc
                     deal_id: Set(deal_id),
                     partner_id: Set(partner_id.clone()),
                     referral_id: Set(Some(id.clone())),
-                    method: Set("DOMAIN".into()),
+                    method: Set(tandem::db::states::AttributionMethod::Domain),
                     created_at: Set(now),
                     updated_at: Set(now),
                 });
@@ -142,7 +142,7 @@ pub async fn seed(db: &Db, partners: u32, referrals: u32) -> anyhow::Result<Benc
                 contact_name: Set(None),
                 contact_email: Set(Some(format!("buyer@customer{i}.example"))),
                 notes: Set(None),
-                status: Set("ACCEPTED".into()),
+                status: Set(tandem::db::states::ReferralStatus::Accepted),
                 duplicate_of_id: Set(None),
                 submitted_at: Set(submitted),
                 updated_at: Set(submitted),

@@ -18,7 +18,7 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use sea_orm::{ActiveValue::Set, ConnectionTrait, EntityTrait, Statement};
 use serde_json::{Value, json};
 
-use crate::{
+use tandem::{
     db::{
         Db,
         entities::{attribution, deal, exchange_rate, partner, program},
@@ -85,9 +85,9 @@ pub async fn run(db: &Db, args: &BenchReconcileArgs) -> anyhow::Result<Value> {
                     Duration::from_secs(5),
                 )
                 .await
-                .map_err(crate::error::ApiError::into_anyhow)?;
+                .map_err(tandem::error::ApiError::into_anyhow)?;
             anyhow::ensure!(
-                run.status == crate::db::states::JobRunStatus::Succeeded,
+                run.status == tandem::db::states::JobRunStatus::Succeeded,
                 "reconcile failed: {:?}",
                 run.error
             );
@@ -109,7 +109,7 @@ pub async fn run(db: &Db, args: &BenchReconcileArgs) -> anyhow::Result<Value> {
                     },
                 )
                 .await
-                .map_err(crate::error::ApiError::into_anyhow)?;
+                .map_err(tandem::error::ApiError::into_anyhow)?;
                 times.push(
                     json!({"program": p.name, "ms": t.elapsed().as_secs_f64() * 1000.0,
                     "dealsWon": k.deals_won, "wonRevenue": k.won_revenue.to_string()}),
@@ -188,9 +188,11 @@ async fn seed(db: &Db, deals: u32, partners: u32) -> anyhow::Result<Value> {
         program::Entity::insert(program::ActiveModel {
             id: Set(id.clone()),
             name: Set(name.into()),
-            kind: Set("CHANNEL".into()),
+            kind: Set(tandem::db::states::ProgramKind::Channel),
             currency: Set("USD".into()),
-            commission_type: Set(kind.into()),
+            commission_type: Set(
+                tandem::db::states::CommissionType::parse(kind).expect("a plan kind")
+            ),
             commission_rate: Set(rate.map(str::to_string)),
             commission_flat_amount: Set(flat.map(str::to_string)),
             commission_tiers: Set(tiers),
@@ -233,7 +235,7 @@ async fn seed(db: &Db, deals: u32, partners: u32) -> anyhow::Result<Value> {
                     name: Set(format!("Partner {i}")),
                     domain: Set(None),
                     contact_email: Set(format!("p{i}@partners.example")),
-                    status: Set("ACTIVE".into()),
+                    status: Set(tandem::db::states::PartnerStatus::Active),
                     referral_code: Set(format!("{}{i}", &generate_referral_code()[..3])),
                     terminated_at: Set(None),
                     created_at: Set(past),
@@ -286,7 +288,7 @@ async fn seed(db: &Db, deals: u32, partners: u32) -> anyhow::Result<Value> {
                 deal_id: Set(id),
                 partner_id: Set(partner_id.clone()),
                 referral_id: Set(None),
-                method: Set("CODE".into()),
+                method: Set(tandem::db::states::AttributionMethod::Code),
                 created_at: Set(past),
                 updated_at: Set(past),
             });

@@ -6,7 +6,7 @@ use rust_decimal::Decimal;
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait, PaginatorTrait};
 use serde_json::json;
 
-use crate::{
+use tandem::{
     db::{
         Db,
         entities::{attribution, deal, program},
@@ -106,7 +106,7 @@ pub async fn seed_demo(db: &Db) -> anyhow::Result<Option<DemoSeed>> {
             .map_err(err)?,
         );
     }
-    let admin = crate::domain::auth::Principal::Admin {
+    let admin = tandem::domain::auth::Principal::Admin {
         key_id: "demo-seed".into(),
     };
     let referrals = [
@@ -195,7 +195,7 @@ pub async fn seed_demo(db: &Db) -> anyhow::Result<Option<DemoSeed>> {
             deal_id: Set(deal.id.clone()),
             partner_id: Set(referral.partner_id.clone()),
             referral_id: Set(Some(referral.id.clone())),
-            method: Set("DOMAIN".into()),
+            method: Set(tandem::db::states::AttributionMethod::Domain),
             created_at: Set(now),
             updated_at: Set(now),
         }
@@ -218,15 +218,16 @@ pub async fn seed_demo(db: &Db) -> anyhow::Result<Option<DemoSeed>> {
                 json!({"dealId": deal.id, "amount": deal.amount, "currency": deal.currency}),
             )
             .await?;
-            let mut converted: crate::db::entities::referral::ActiveModel = referral.clone().into();
-            converted.status = Set("CONVERTED".into());
+            let mut converted: tandem::db::entities::referral::ActiveModel =
+                referral.clone().into();
+            converted.status = Set(tandem::db::states::ReferralStatus::Converted);
             converted.update(&*tx).await?;
         }
     }
     tx.commit().await?;
     // The won deal earns 20 % of 12,000 USD (first tier; below the 10,000 cap): the
     // reconciler books it, as it would for any CRM deal.
-    crate::domain::reconcile::reconcile(db, None).await?;
+    tandem::domain::reconcile::reconcile(db, None).await?;
     let key = create_key(
         db,
         "demo partner key",

@@ -5,7 +5,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::{EnvFilter, fmt};
 
-use crate::{
+use tandem::{
     app::{App, shutdown_signal},
     config::{Config, FlagOverrides, LogFormat},
     db::Db,
@@ -42,9 +42,9 @@ pub enum Command {
     /// Seed a benchmark data set (partners with many referrals) and print a partner token.
     BenchSeed(BenchSeedArgs),
     /// Benchmark webhook ingest against a running hub (see bench/ingest.sh).
-    BenchIngest(crate::bench_ingest::BenchIngestArgs),
+    BenchIngest(crate::bench::ingest::BenchIngestArgs),
     /// Benchmark the commission engine, one phase per run (see bench/reconcile.sh).
-    BenchReconcile(crate::bench_reconcile::BenchReconcileArgs),
+    BenchReconcile(crate::bench::reconcile::BenchReconcileArgs),
 }
 
 /// `tandem serve`.
@@ -120,7 +120,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         flags.bind = args.bind.clone();
     }
     if let Command::Schema = command {
-        print!("{}", crate::graphql::sdl());
+        print!("{}", tandem::graphql::sdl());
         return Ok(());
     }
     let config = Config::load(&flags).context("loading configuration")?;
@@ -151,25 +151,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let created = create_key(&db, &name, role, partner_id.as_deref(), &program_ids)
                 .await
-                .map_err(crate::error::ApiError::into_anyhow)?;
+                .map_err(tandem::error::ApiError::into_anyhow)?;
             println!("{}", created.token);
             Ok(())
         }
         Command::BenchIngest(args) => {
-            println!("{}", crate::bench_ingest::run(args).await?);
+            println!("{}", crate::bench::ingest::run(args).await?);
             Ok(())
         }
         Command::BenchSeed(args) => {
             let db = Db::connect(&config.database_url, 2).await?;
             db.migrate().await?;
-            let seeded = crate::bench_seed::seed(&db, args.partners, args.referrals).await?;
+            let seeded = crate::bench::seed::seed(&db, args.partners, args.referrals).await?;
             println!("{}", serde_json::to_string(&seeded)?);
             Ok(())
         }
         Command::BenchReconcile(args) => {
             let db = Db::connect(&config.database_url, 4).await?;
             db.migrate().await?;
-            let line = crate::bench_reconcile::run(&db, &args).await?;
+            let line = crate::bench::reconcile::run(&db, &args).await?;
             println!("{}", serde_json::to_string(&line)?);
             Ok(())
         }
