@@ -237,7 +237,21 @@ impl Db {
             Some(lock) => Some(lock.clone().lock_owned().await),
             None => None,
         };
-        let tx = self.conn.begin().await?;
+        // On SQLite the write lock is taken at BEGIN (IMMEDIATE), where the busy timeout
+        // applies: a deferred transaction that read first and then wrote after another
+        // process (`tandem keys create` beside a serving hub) committed would fail at once
+        // with SQLITE_BUSY_SNAPSHOT.
+        let tx = match self.write_lock {
+            Some(_) => {
+                self.conn
+                    .begin_with_options(sea_orm::TransactionOptions {
+                        sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
+                        ..Default::default()
+                    })
+                    .await?
+            }
+            None => self.conn.begin().await?,
+        };
         Ok(WriteTx {
             tx,
             _guard: guard,
