@@ -1,434 +1,6 @@
-//! Events out: the in-process event feed (GraphQL subscriptions), the fan-out of committed
-//! events to webhook endpoints, and the delivery worker.
-//!
-//! - The **feed** reads committed events in commit order (see [`events`]) and broadcasts them.
-//!   It wakes when this process commits a write, on PostgreSQL also on `NOTIFY tandem_events`
-//!   (a trigger on `events`, so other instances' writes wake it), and polls as a fallback.
-//! - The **fan-out** keeps a durable cursor (`event_cursors`): in one transaction it reads the
-//!   events after it, inserts a PENDING delivery per matching endpoint (unique per endpoint and
-//!   event) and moves the cursor. On PostgreSQL the cursor row is locked, so instances take
-//!   turns.
-//! - The **delivery worker** claims due deliveries by moving them one claim lease ahead
-//!   (`FOR UPDATE SKIP LOCKED` on PostgreSQL), posts them signed per Standard Webhooks, and
-//!   records outcomes in batches. A crashed worker's claims fall due when the lease runs out.
+//! The delivery worker: claims due deliveries, posts them signed, records the outcomes.
 
-use std::{
-    collections::HashMap,
-    num::NonZeroU32,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::{Duration, Instant},
-};
-
-use chrono::{DateTime, Utc};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use rand::Rng;
-use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, FromQueryResult, QueryFilter, QueryOrder,
-    QuerySelect, Statement, Value,
-};
-use secrecy::ExposeSecret;
-use serde_json::json;
-use tandem_connectors::verify::{decode_standard_secret, sign_standard};
-use tokio::sync::{Notify, Semaphore, broadcast, mpsc, watch};
-
-use crate::{
-    config::Config,
-    db::{
-        Db,
-        entities::{event, webhook_delivery, webhook_endpoint},
-    },
-    domain::{
-        auth::principals_of_keys,
-        endpoints::{
-            DeliveryStatus, EndpointMatcher, EndpointStatus, check_target_url, new_delivery,
-        },
-        events::{self, EventPosition},
-        ids::new_id,
-        secrets::SecretKey,
-    },
-    error::ApiError,
-    metrics::Metrics,
-};
-
-/// Response bodies are read up to this many bytes, then dropped.
-pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
-/// Events read per feed or fan-out batch.
-const BATCH: u64 = 500;
-/// Deliveries claimed at once by a worker.
-const CLAIM_BATCH: u64 = 256;
-/// Requests in flight per worker across all endpoints.
-const MAX_IN_FLIGHT: usize = 1024;
-/// The fan-out's row in `event_cursors`.
-const FANOUT_CURSOR: &str = "webhook-fanout";
-
-/// Delivery settings (from [`Config`]).
-#[derive(Debug, Clone)]
-pub struct OutboundSettings {
-    /// Delays before each retry.
-    pub retry_schedule: Vec<Duration>,
-    /// Per-attempt timeout.
-    pub timeout: Duration,
-    /// Continuous failure after which an endpoint is disabled.
-    pub disable_after: Duration,
-    /// Deliveries per second per endpoint.
-    pub rate_limit: u32,
-    /// Requests in flight per endpoint.
-    pub max_in_flight: u32,
-    /// Whether loopback/private/link-local targets are allowed.
-    pub allow_private: bool,
-    /// Claim lease.
-    pub claim: Duration,
-}
-
-impl OutboundSettings {
-    /// The settings of a (validated) configuration.
-    pub fn from_config(config: &Config) -> OutboundSettings {
-        OutboundSettings {
-            retry_schedule: config.retry_schedule().unwrap_or_default(),
-            timeout: Duration::from_millis(config.webhook_timeout_ms),
-            disable_after: config.disable_after(),
-            rate_limit: config.webhook_rate_limit,
-            max_in_flight: config.webhook_max_in_flight,
-            allow_private: config.webhook_allow_private_targets,
-            claim: Duration::from_secs(config.webhook_claim_secs),
-        }
-    }
-}
-
-fn now_ms() -> i64 {
-    Utc::now().timestamp_millis()
-}
-
-// ---------------------------------------------------------------------------------------------
-// The event feed
-
-/// Committed events as they appear, for subscriptions (in-process broadcast).
-#[derive(Clone)]
-pub struct EventFeed {
-    inner: Arc<FeedInner>,
-}
-
-struct FeedInner {
-    sender: broadcast::Sender<Arc<Vec<event::Model>>>,
-    head: watch::Sender<EventPosition>,
-    /// Signalled after each published batch (wakes the fan-out).
-    published: Notify,
-}
-
-impl EventFeed {
-    /// Starts the feed at the current end of the stream.
-    pub async fn start(db: Db, stop: watch::Receiver<bool>) -> Result<EventFeed, DbErr> {
-        let head = latest_position(&db).await?;
-        let (sender, _) = broadcast::channel(1024);
-        let feed = EventFeed {
-            inner: Arc::new(FeedInner {
-                sender,
-                head: watch::channel(head).0,
-                published: Notify::new(),
-            }),
-        };
-        let wake = Arc::new(Notify::new());
-        if db.is_postgres() {
-            tokio::spawn(listen_for_events(db.clone(), wake.clone(), stop.clone()));
-        }
-        tokio::spawn(feed.clone().run(db, wake, stop));
-        Ok(feed)
-    }
-
-    /// Receives every batch published from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Vec<event::Model>>> {
-        self.inner.sender.subscribe()
-    }
-
-    /// The position of the last event published.
-    pub fn head(&self) -> EventPosition {
-        *self.inner.head.borrow()
-    }
-
-    /// Completes after the next published batch.
-    pub async fn published(&self) {
-        self.inner.published.notified().await
-    }
-
-    async fn run(self, db: Db, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
-        let idle = if db.is_postgres() {
-            Duration::from_millis(250)
-        } else {
-            Duration::from_millis(500)
-        };
-        let mut position = self.head();
-        // After a wake-up that found nothing (on PostgreSQL a commit can become visible a
-        // little after its notification), look again soon, backing off.
-        let mut eager: u32 = 0;
-        loop {
-            if *stop.borrow() {
-                return;
-            }
-            match read_visible(db.reads(), position, BATCH).await {
-                Ok(rows) if !rows.is_empty() => {
-                    position = EventPosition::of(rows.last().expect("non-empty"));
-                    let full = rows.len() as u64 == BATCH;
-                    self.inner.head.send_replace(position);
-                    let _ = self.inner.sender.send(Arc::new(rows));
-                    self.inner.published.notify_waiters();
-                    eager = 0;
-                    if full {
-                        continue;
-                    }
-                }
-                Ok(_) => {}
-                Err(err) => {
-                    tracing::warn!(error = %err, "reading new events failed");
-                    eager = 0;
-                }
-            }
-            let pause = if eager > 0 {
-                eager -= 1;
-                Duration::from_millis(2 << (6 - eager.min(6)))
-            } else {
-                idle
-            };
-            tokio::select! {
-                _ = db.committed() => eager = 6,
-                _ = wake.notified() => eager = 6,
-                _ = tokio::time::sleep(pause) => {}
-                _ = stop.changed() => return,
-            }
-        }
-    }
-}
-
-/// PostgreSQL: wakes the feed on `NOTIFY tandem_events` (sent at commit by a trigger on
-/// `events`), reconnecting after errors.
-async fn listen_for_events(db: Db, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
-    let Some(pool) = db.postgres_pool().cloned() else {
-        return;
-    };
-    loop {
-        let listener = async {
-            let mut listener = sea_orm::sqlx::postgres::PgListener::connect_with(&pool).await?;
-            listener.listen("tandem_events").await?;
-            loop {
-                listener.recv().await?;
-                wake.notify_one();
-            }
-            #[allow(unreachable_code)]
-            Ok::<(), sea_orm::sqlx::Error>(())
-        };
-        tokio::select! {
-            result = listener => {
-                if let Err(err) = result {
-                    tracing::warn!(error = %err, "LISTEN tandem_events failed; retrying");
-                }
-            }
-            _ = stop.changed() => return,
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
-/// The position of the newest committed event (the start of the stream when empty).
-async fn latest_position(db: &Db) -> Result<EventPosition, DbErr> {
-    let postgres = db.is_postgres();
-    let mut query = events::committed_after(event::Entity::find(), postgres, None);
-    if postgres {
-        query = query.order_by_desc(event::Column::TxId);
-    }
-    Ok(query
-        .order_by_desc(event::Column::Seq)
-        .one(db.reads())
-        .await?
-        .map(|e| EventPosition::of(&e))
-        .unwrap_or_default())
-}
-
-/// Committed events after `after`, unscoped, oldest first.
-async fn read_visible(
-    conn: &impl ConnectionTrait,
-    after: EventPosition,
-    limit: u64,
-) -> Result<Vec<event::Model>, DbErr> {
-    let postgres = conn.get_database_backend() == sea_orm::DatabaseBackend::Postgres;
-    let query = events::committed_after(event::Entity::find(), postgres, Some(after));
-    events::in_stream_order(query, postgres)
-        .limit(limit)
-        .all(conn)
-        .await
-}
-
-// ---------------------------------------------------------------------------------------------
-// Fan-out
-
-/// Turns committed events into deliveries, durably, once.
-#[derive(Clone)]
-pub struct Fanout {
-    db: Db,
-}
-
-impl Fanout {
-    /// A fan-out over `db`.
-    pub fn new(db: Db) -> Fanout {
-        Fanout { db }
-    }
-
-    /// Fans out until caught up; returns the deliveries created.
-    pub async fn catch_up(&self) -> Result<u64, ApiError> {
-        let mut total = 0;
-        loop {
-            let (events, created) = self.pass().await?;
-            total += created;
-            if events < BATCH {
-                return Ok(total);
-            }
-        }
-    }
-
-    /// One batch: returns (events read, deliveries created).
-    async fn pass(&self) -> Result<(u64, u64), ApiError> {
-        let db = &self.db;
-        let backend = db.backend();
-        let tx = db.begin_write().await?;
-        let lock = if db.is_postgres() { " FOR UPDATE" } else { "" };
-        let row = tx
-            .query_one_raw(Statement::from_sql_and_values(
-                backend,
-                format!(
-                    "SELECT tx_id, seq FROM event_cursors WHERE name = {}{lock}",
-                    db.numbered(1)
-                ),
-                vec![FANOUT_CURSOR.into()],
-            ))
-            .await?;
-        let Some(row) = row else {
-            // First start: begin at the end of the stream (endpoints only receive events
-            // from after their creation anyway).
-            let head = latest_position(db).await?;
-            tx.execute_raw(Statement::from_sql_and_values(
-                backend,
-                format!(
-                    "INSERT INTO event_cursors (name, tx_id, seq, updated_at) VALUES ({}, {}, {}, {}) \
-                     ON CONFLICT (name) DO NOTHING",
-                    db.numbered(1),
-                    db.numbered(2),
-                    db.numbered(3),
-                    db.numbered(4)
-                ),
-                vec![
-                    FANOUT_CURSOR.into(),
-                    head.tx.into(),
-                    head.seq.into(),
-                    Utc::now().into(),
-                ],
-            ))
-            .await?;
-            tx.commit().await?;
-            return Ok((0, 0));
-        };
-        let cursor = EventPosition {
-            tx: row.try_get("", "tx_id")?,
-            seq: row.try_get("", "seq")?,
-        };
-        let events = read_visible(&*tx, cursor, BATCH).await?;
-        let Some(last) = events.last() else {
-            return Ok((0, 0));
-        };
-        let last = EventPosition::of(last);
-        let matchers = enabled_matchers(db).await?;
-        let due = now_ms();
-        let mut deliveries = Vec::new();
-        for event in &events {
-            for matcher in &matchers {
-                if matcher.receives(event) {
-                    deliveries.push(new_delivery(&matcher.endpoint_id, event, due));
-                }
-            }
-        }
-        let created = deliveries.len() as u64;
-        for chunk in deliveries.chunks(200) {
-            webhook_delivery::Entity::insert_many(chunk.to_vec())
-                .on_conflict(
-                    sea_orm::sea_query::OnConflict::columns([
-                        webhook_delivery::Column::EndpointId,
-                        webhook_delivery::Column::EventId,
-                    ])
-                    .do_nothing()
-                    .to_owned(),
-                )
-                .exec_without_returning(&*tx)
-                .await?;
-        }
-        tx.execute_raw(Statement::from_sql_and_values(
-            backend,
-            format!(
-                "UPDATE event_cursors SET tx_id = {}, seq = {}, updated_at = {} WHERE name = {}",
-                db.numbered(1),
-                db.numbered(2),
-                db.numbered(3),
-                db.numbered(4)
-            ),
-            vec![
-                last.tx.into(),
-                last.seq.into(),
-                Utc::now().into(),
-                FANOUT_CURSOR.into(),
-            ],
-        ))
-        .await?;
-        tx.commit().await?;
-        Ok((events.len() as u64, created))
-    }
-
-    /// Runs until stopped: a pass whenever the feed publishes (and every second).
-    pub async fn run(
-        self,
-        feed: EventFeed,
-        worker_wake: Arc<Notify>,
-        mut stop: watch::Receiver<bool>,
-    ) {
-        loop {
-            match self.catch_up().await {
-                Ok(created) if created > 0 => worker_wake.notify_one(),
-                Ok(_) => {}
-                Err(err) => tracing::warn!(error = ?err, "webhook fan-out failed"),
-            }
-            tokio::select! {
-                _ = feed.published() => {}
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = stop.changed() => return,
-            }
-        }
-    }
-}
-
-/// Matchers of every ENABLED endpoint whose owner key is not revoked.
-async fn enabled_matchers(db: &Db) -> Result<Vec<EndpointMatcher>, ApiError> {
-    let endpoints = webhook_endpoint::Entity::find()
-        .filter(webhook_endpoint::Column::Status.eq(EndpointStatus::Enabled.as_str()))
-        .all(db.reads())
-        .await?;
-    if endpoints.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut owners = principals_of_keys(
-        db,
-        endpoints.iter().map(|e| e.owner_key_id.clone()).collect(),
-    )
-    .await?;
-    let mut matchers = Vec::new();
-    for endpoint in &endpoints {
-        if let Some(owner) = owners.get(&endpoint.owner_key_id) {
-            matchers.push(EndpointMatcher::new(endpoint, owner.clone())?);
-        }
-    }
-    owners.clear();
-    Ok(matchers)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Delivery
+use super::{rules::*, *};
 
 /// Claims up to `limit` due deliveries of enabled endpoints for `lease` (skipping endpoints in
 /// `skip`): their `next_attempt_at_ms` moves to the end of the lease and `claim_token` to
@@ -484,26 +56,6 @@ pub async fn claim_due(
         .collect::<Result<Vec<_>, _>>()?;
     tx.commit().await?;
     Ok(claimed)
-}
-
-/// What one attempt came to.
-#[derive(Debug, Clone)]
-struct Outcome {
-    delivery_id: String,
-    claim_token: String,
-    endpoint_id: String,
-    attempt: i32,
-    attempted_at: DateTime<Utc>,
-    status_code: Option<u16>,
-    latency_ms: i64,
-    error: Option<String>,
-    retry_after: Option<Duration>,
-}
-
-impl Outcome {
-    fn succeeded(&self) -> bool {
-        self.status_code.is_some_and(|c| (200..300).contains(&c))
-    }
 }
 
 /// Per-endpoint limits of one worker.
@@ -849,49 +401,6 @@ impl DeliveryWorker {
     }
 }
 
-fn describe_error(err: reqwest::Error) -> String {
-    if err.is_timeout() {
-        "timed out".to_string()
-    } else if err.is_connect() {
-        format!("could not connect: {}", root_cause(&err))
-    } else {
-        format!("request failed: {}", root_cause(&err))
-    }
-}
-
-fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut current = err;
-    while let Some(source) = current.source() {
-        current = source;
-    }
-    current.to_string()
-}
-
-/// The body of a delivery: `{"id","type","timestamp","data"}`.
-pub fn envelope(event: &event::Model) -> Vec<u8> {
-    serde_json::to_vec(&json!({
-        "id": event.id,
-        "type": event.event_type,
-        "timestamp": event.created_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        "data": event.data,
-    }))
-    .expect("JSON values serialise")
-}
-
-/// `Retry-After` as seconds or an HTTP date, capped at one day.
-fn parse_retry_after(value: &str) -> Option<Duration> {
-    tandem_connectors::http::parse_retry_after(value)
-        .map(|wait| wait.min(Duration::from_secs(86_400)))
-}
-
-/// The delay before retry number `attempt` (1-based: after the first failed attempt), with
-/// ±20 % jitter; `None` when the schedule is exhausted.
-pub fn retry_delay(schedule: &[Duration], failed_attempts: i32) -> Option<Duration> {
-    let step = schedule.get(usize::try_from(failed_attempts - 1).ok()?)?;
-    let factor = rand::rng().random_range(0.8..=1.2);
-    Some(step.mul_f64(factor))
-}
-
 async fn load_events(
     db: &Db,
     claimed: &[webhook_delivery::Model],
@@ -976,27 +485,8 @@ async fn write_outcomes(
     let backend = db.backend();
     let p = |n| db.numbered(n);
     let tx = db.begin_write().await?;
-    let mut failing: HashMap<&str, DateTime<Utc>> = HashMap::new();
-    let mut recovered: Vec<&str> = Vec::new();
-    let mut gone: Vec<&Outcome> = Vec::new();
     for outcome in batch {
-        let (status, next, delivered_at) = if outcome.succeeded() {
-            (DeliveryStatus::Succeeded, None, Some(outcome.attempted_at))
-        } else if outcome.status_code == Some(410) {
-            (DeliveryStatus::Failed, None, None)
-        } else {
-            let delay = outcome
-                .retry_after
-                .or_else(|| retry_delay(&settings.retry_schedule, outcome.attempt));
-            match delay {
-                Some(delay) if outcome.attempt <= settings.retry_schedule.len() as i32 => (
-                    DeliveryStatus::Pending,
-                    Some(outcome.attempted_at.timestamp_millis() + delay.as_millis() as i64),
-                    None,
-                ),
-                _ => (DeliveryStatus::Failed, None, None),
-            }
-        };
+        let (status, next, delivered_at) = next_state(outcome, &settings.retry_schedule);
         counts[match status {
             DeliveryStatus::Succeeded => 0,
             DeliveryStatus::Pending => 1,
@@ -1034,22 +524,13 @@ async fn write_outcomes(
             ],
         ))
         .await?;
-        if outcome.succeeded() {
-            recovered.push(&outcome.endpoint_id);
-            failing.remove(outcome.endpoint_id.as_str());
-        } else {
-            if outcome.status_code == Some(410) {
-                gone.push(outcome);
-            }
-            failing
-                .entry(&outcome.endpoint_id)
-                .or_insert(outcome.attempted_at);
-        }
     }
+    let EndpointHealth {
+        recovered,
+        failing,
+        gone,
+    } = endpoint_health(batch);
     for endpoint_id in recovered {
-        if failing.contains_key(endpoint_id) {
-            continue;
-        }
         tx.execute_raw(Statement::from_sql_and_values(
             backend,
             format!(
@@ -1061,8 +542,7 @@ async fn write_outcomes(
         ))
         .await?;
     }
-    let disable_before = Utc::now()
-        - chrono::Duration::from_std(settings.disable_after).unwrap_or(chrono::Duration::days(5));
+    let disable_before = disable_cutoff(Utc::now(), settings.disable_after);
     for (endpoint_id, since) in failing {
         tx.execute_raw(Statement::from_sql_and_values(
             backend,
@@ -1098,7 +578,7 @@ async fn write_outcomes(
         ))
         .await?;
     }
-    for outcome in gone {
+    for endpoint_id in gone {
         tx.execute_raw(Statement::from_sql_and_values(
             backend,
             format!(
@@ -1111,7 +591,7 @@ async fn write_outcomes(
             vec![
                 "the endpoint answered 410 Gone".into(),
                 Utc::now().into(),
-                outcome.endpoint_id.clone().into(),
+                endpoint_id.into(),
             ],
         ))
         .await?;
@@ -1129,36 +609,4 @@ pub async fn pending_deliveries(db: &Db) -> Result<u64, DbErr> {
         .filter(sea_orm::sea_query::Expr::cust("status = 'PENDING'"))
         .count(db.reads())
         .await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retry_delays_follow_the_schedule_with_jitter() {
-        let schedule = [Duration::from_secs(5), Duration::from_secs(300)];
-        for _ in 0..100 {
-            let first = retry_delay(&schedule, 1).unwrap();
-            assert!(first >= Duration::from_secs(4) && first <= Duration::from_secs(6));
-            let second = retry_delay(&schedule, 2).unwrap();
-            assert!(second >= Duration::from_secs(240) && second <= Duration::from_secs(360));
-        }
-        assert_eq!(retry_delay(&schedule, 3), None);
-        assert_eq!(retry_delay(&schedule, 0), None);
-    }
-
-    #[test]
-    fn retry_after_is_seconds_or_a_date() {
-        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
-        assert_eq!(
-            parse_retry_after("999999"),
-            Some(Duration::from_secs(86_400))
-        );
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_retry_after("soon"), None);
-    }
 }
