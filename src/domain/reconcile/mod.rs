@@ -1,0 +1,277 @@
+//! Reconciliation (DESIGN §4): for every attributed deal, bring the sum of its ledger entries to
+//! its expected commission by appending the difference. The ledger is the truth for what was
+//! booked; `deal_commissions` keeps what was last computed (for KPIs and to find the old
+//! partner and close of a deal that changed).
+//!
+//! Work is streamed in chunks of partners (or of deals), each read with a few statements and
+//! written in one transaction. Two reconcilers never write an entry twice: entry n+1 of a
+//! (partner, deal) is unique, so a second reconciler that read the same state collides and
+//! writes nothing for that deal.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+mod plan;
+mod read;
+mod write;
+
+use plan::{Booked, NewEntry, deals_to_check, decide, pairs};
+use read::{ScopeRead, Stored, changed_since, get, parse_decimal, read_booked, read_scope};
+use write::write;
+
+use chrono::{DateTime, Duration, Utc};
+use rust_decimal::Decimal;
+use sea_orm::{
+    ActiveValue::Set, ConnectionTrait, DbErr, EntityTrait, QueryResult, Statement, Value,
+    sea_query::OnConflict,
+};
+use serde::Serialize;
+use serde_json::json;
+use tandem_connectors::DealStatus;
+
+use crate::{
+    db::{
+        Db,
+        entities::{deal_commission, exchange_rate, ledger_entry, partner, program},
+    },
+    domain::{
+        commission::{
+            Basis, CommissionState, DealFacts, Outcome, Rates, Terms, compute_timeline, from_cents,
+            to_cents,
+        },
+        deals::counted_status,
+        events::{self, EventType},
+        ids::new_id,
+        ledger::{COMMISSION_KINDS, LedgerEntryKind, LedgerEntryStatus},
+        programs::plan_of,
+    },
+};
+
+/// How far before the previous run's start an incremental run looks again, so that changes
+/// committed late (a long transaction, a clock a little behind) are not missed.
+pub const OVERLAP: Duration = Duration::minutes(2);
+
+/// Partners per chunk in a full (or per-partner) pass.
+const PARTNER_CHUNK: usize = 250;
+/// Partners per chunk in tier propagation (narrow rows: bigger chunks, fewer commits).
+const TIER_CHUNK: usize = 1_000;
+/// Deals per chunk in a per-deal pass.
+const DEAL_CHUNK: usize = 5_000;
+
+/// What a reconciliation did (the job run's `stats`).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReconcileStats {
+    /// `full` or `incremental`.
+    pub mode: String,
+    /// Partners whose timeline was computed whole.
+    pub partners: u64,
+    /// (deal, partner) pairs compared with the ledger.
+    pub deals_checked: u64,
+    /// Entries appended.
+    pub entries_written: u64,
+    /// Sum of appended ACCRUAL amounts (all currencies, as a plain decimal).
+    #[serde(with = "rust_decimal::serde::str")]
+    pub accrued: Decimal,
+    /// Sum of appended REVERSAL amounts (negative).
+    #[serde(with = "rust_decimal::serde::str")]
+    pub reversed: Decimal,
+    /// Sum of the absolute differences corrected.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub total_drift: Decimal,
+    /// Deals LOCKED by the clawback rule.
+    pub locked: u64,
+    /// Deals without an exchange rate into their program currency.
+    pub missing_exchange_rates: u64,
+    /// Deals whose amount could not be computed.
+    pub invalid: u64,
+    /// Entries not written because another reconciler wrote that deal's entry first.
+    pub conflicts: u64,
+    /// Deals whose stored computation (state, expected, amount in program currency) changed.
+    pub computations_updated: u64,
+    /// The watermark the next incremental run starts from.
+    pub watermark: Option<DateTime<Utc>>,
+    /// Where the time went: finding what changed, reading, computing, writing (seconds).
+    pub timings: Timings,
+}
+
+/// Seconds spent per step of a run.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Timings {
+    /// Finding what changed (incremental runs).
+    pub changes: f64,
+    /// Reading deals, last computations and ledger sums.
+    pub read: f64,
+    /// Computing expected commissions.
+    pub compute: f64,
+    /// Writing entries, events and computations.
+    pub write: f64,
+}
+
+/// Everything that does not change during a run: programs, rates, partners.
+struct Context {
+    terms: HashMap<String, (Terms, i32)>,
+    rates: Rates,
+    partners: HashMap<String, (String, Option<DateTime<Utc>>)>,
+    now: DateTime<Utc>,
+    /// Full runs compare every pair with the ledger itself.
+    verify_all: bool,
+}
+
+impl Context {
+    async fn load(db: &Db, now: DateTime<Utc>) -> Result<Context, DbErr> {
+        let mut terms = HashMap::new();
+        for p in program::Entity::find().all(db.reads()).await? {
+            let plan = plan_of(&p).map_err(|e| DbErr::Custom(format!("{e:?}")))?;
+            terms.insert(
+                p.id.clone(),
+                (
+                    Terms {
+                        plan,
+                        currency: p.currency.clone(),
+                    },
+                    p.hold_days,
+                ),
+            );
+        }
+        let mut rates = Rates::default();
+        for r in exchange_rate::Entity::find().all(db.reads()).await? {
+            let rate = parse_decimal(&r.rate, "exchange rate")?;
+            rates.insert(&r.base, &r.quote, r.effective_at, rate);
+        }
+        let partners = partner::Entity::find()
+            .all(db.reads())
+            .await?
+            .into_iter()
+            .map(|p| (p.id, (p.program_id, p.terminated_at)))
+            .collect();
+        Ok(Context {
+            terms,
+            rates,
+            partners,
+            now,
+            verify_all: true,
+        })
+    }
+
+    fn tiered(&self, program_id: &str) -> bool {
+        self.terms
+            .get(program_id)
+            .is_some_and(|(t, _)| !t.plan.tiers.is_empty())
+    }
+}
+
+/// Which rows one chunk reads: whole partners, or single deals (of untiered programs, where
+/// a deal's commission does not depend on the partner's other deals).
+enum Scope<'a> {
+    Partners(&'a [String]),
+    Deals(&'a [String]),
+    /// Partners with the changed deals that move their tiers.
+    Tiers(&'a [(String, BTreeSet<String>)]),
+}
+
+/// Runs a reconciliation: full when `since` is `None`, otherwise incremental over what changed
+/// after `since` (minus [`OVERLAP`]). The returned stats carry the next watermark.
+pub async fn reconcile(db: &Db, since: Option<DateTime<Utc>>) -> Result<ReconcileStats, DbErr> {
+    reconcile_with_overlap(db, since, OVERLAP).await
+}
+
+/// [`reconcile`] with another overlap (tests use none, to check that an incremental run finds
+/// exactly what changed).
+pub async fn reconcile_with_overlap(
+    db: &Db,
+    since: Option<DateTime<Utc>>,
+    overlap: Duration,
+) -> Result<ReconcileStats, DbErr> {
+    let now = Utc::now();
+    let mut ctx = Context::load(db, now).await?;
+    ctx.verify_all = since.is_none();
+    let mut stats = ReconcileStats {
+        mode: if since.is_some() {
+            "incremental"
+        } else {
+            "full"
+        }
+        .to_string(),
+        watermark: Some(now),
+        ..ReconcileStats::default()
+    };
+    match since {
+        None => {
+            let mut partners: Vec<String> = ctx.partners.keys().cloned().collect();
+            partners.sort();
+            for chunk in partners.chunks(PARTNER_CHUNK) {
+                process(db, &ctx, Scope::Partners(chunk), &mut stats).await?;
+            }
+        }
+        Some(since) => {
+            let started = std::time::Instant::now();
+            let changes = changed_since(db, &ctx, since - overlap).await?;
+            stats.timings.changes += started.elapsed().as_secs_f64();
+            let partners: Vec<String> = changes.whole.into_iter().collect();
+            for chunk in partners.chunks(PARTNER_CHUNK) {
+                process(db, &ctx, Scope::Partners(chunk), &mut stats).await?;
+            }
+            let tiers: Vec<(String, BTreeSet<String>)> = changes.tiers.into_iter().collect();
+            for chunk in tiers.chunks(TIER_CHUNK) {
+                process(db, &ctx, Scope::Tiers(chunk), &mut stats).await?;
+            }
+            let deals: Vec<String> = changes.deals.into_iter().collect();
+            for chunk in deals.chunks(DEAL_CHUNK) {
+                process(db, &ctx, Scope::Deals(chunk), &mut stats).await?;
+            }
+        }
+    }
+    Ok(stats)
+}
+
+/// Reads, computes and writes one chunk.
+async fn process(
+    db: &Db,
+    ctx: &Context,
+    scope: Scope<'_>,
+    stats: &mut ReconcileStats,
+) -> Result<(), DbErr> {
+    let started = std::time::Instant::now();
+    let Some(ScopeRead {
+        timelines,
+        stored,
+        mut booked,
+    }) = read_scope(db, ctx, &scope, stats).await?
+    else {
+        return Ok(());
+    };
+    stats.timings.read += started.elapsed().as_secs_f64();
+    let started = std::time::Instant::now();
+    let results = pairs(ctx, &timelines, &stored, &booked);
+    // A full run checks every pair against the ledger; an incremental one trusts that the
+    // ledger holds what was last computed (both are written in one transaction) and reads the
+    // ledger only for pairs whose expectation moved.
+    if !ctx.verify_all {
+        booked = read_booked(db, "le.deal_id", &deals_to_check(ctx, &stored, &results)).await?;
+    }
+    let (entries, commissions) = decide(ctx, results, &stored, &booked, stats);
+    stats.timings.compute += started.elapsed().as_secs_f64();
+    if entries.is_empty() && commissions.is_empty() {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    write(db, ctx, entries, commissions, stats).await?;
+    stats.timings.write += started.elapsed().as_secs_f64();
+    Ok(())
+}
+
+/// Moves PENDING entries whose `availableAt` has passed to APPROVED; returns how many.
+pub async fn release_holds(db: &Db) -> Result<u64, DbErr> {
+    let now = Utc::now();
+    db.execute_write(
+        format!(
+            "UPDATE ledger_entries SET status = 'APPROVED', updated_at = {} \
+             WHERE status = 'PENDING' AND available_at <= {}",
+            db.placeholder(1),
+            db.placeholder(2)
+        ),
+        vec![now.into(), now.into()],
+    )
+    .await
+}
