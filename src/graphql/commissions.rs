@@ -30,7 +30,7 @@ use crate::{
     },
     error::ApiError,
     graphql::{
-        connection::{connection, id_page},
+        connection::connection,
         loaders::Loaders,
         principal,
         types::{Deal, Partner, page_complexity},
@@ -397,21 +397,10 @@ impl CommissionQuery {
             query = query.filter(ledger_entry::Column::Status.eq(status.as_str()));
         }
         let db = ctx.data_unchecked::<Db>();
-        let (page, total) = id_page(
-            db,
-            query,
-            ledger_entry::Column::Id,
-            Direction::Descending,
-            &args,
+        Ok(
+            LedgerEntryConnection::by_id(db, query, Direction::Descending, &args, LedgerEntry)
+                .await?,
         )
-        .await?;
-        Ok(LedgerEntryConnection::build(
-            page,
-            args.after.is_some(),
-            |e| e.id.clone(),
-            LedgerEntry,
-            total,
-        ))
     }
 
     /// A partner's balances per currency (pending, approved, in payout, paid).
@@ -449,15 +438,7 @@ impl CommissionQuery {
             query = query.filter(payout::Column::Status.eq(status.as_str()));
         }
         let db = ctx.data_unchecked::<Db>();
-        let (page, total) =
-            id_page(db, query, payout::Column::Id, Direction::Descending, &args).await?;
-        Ok(PayoutConnection::build(
-            page,
-            args.after.is_some(),
-            |p| p.id.clone(),
-            Payout,
-            total,
-        ))
+        Ok(PayoutConnection::by_id(db, query, Direction::Descending, &args, Payout).await?)
     }
 
     /// KPIs of a program, optionally for one partner and a time range (`from` inclusive, `to`
@@ -545,21 +526,10 @@ impl CommissionQuery {
                 query.filter(exchange_rate::Column::Quote.eq(quote.trim().to_ascii_uppercase()));
         }
         let db = ctx.data_unchecked::<Db>();
-        let (page, total) = id_page(
-            db,
-            query,
-            exchange_rate::Column::Id,
-            Direction::Descending,
-            &args,
+        Ok(
+            ExchangeRateConnection::by_id(db, query, Direction::Descending, &args, ExchangeRate)
+                .await?,
         )
-        .await?;
-        Ok(ExchangeRateConnection::build(
-            page,
-            args.after.is_some(),
-            |r| r.id.clone(),
-            ExchangeRate,
-            total,
-        ))
     }
 
     /// Job runs, newest first (admins only).
@@ -578,15 +548,7 @@ impl CommissionQuery {
             query = query.filter(job_run::Column::Name.eq(name));
         }
         let db = ctx.data_unchecked::<Db>();
-        let (page, total) =
-            id_page(db, query, job_run::Column::Id, Direction::Descending, &args).await?;
-        Ok(JobRunConnection::build(
-            page,
-            args.after.is_some(),
-            |r| r.id.clone(),
-            JobRun,
-            total,
-        ))
+        Ok(JobRunConnection::by_id(db, query, Direction::Descending, &args, JobRun).await?)
     }
 }
 

@@ -77,6 +77,15 @@ impl TotalCount {
     }
 }
 
+/// The (single) primary-key column of an entity.
+pub fn primary_column<E: EntityTrait>() -> E::Column {
+    use sea_orm::{Iterable, PrimaryKeyToColumn};
+    E::PrimaryKey::iter()
+        .next()
+        .expect("every entity has a primary key")
+        .into_column()
+}
+
 /// One page of a top-level list paged by its time-ordered string id (`args.after` is an id),
 /// and how to count the whole filtered list for `totalCount` (run only when it is asked for).
 pub async fn id_page<E>(
@@ -187,6 +196,35 @@ macro_rules! connection {
         }
 
         impl $conn {
+            /// One page of `query` in id order (`direction`), each row shown as `node`.
+            pub async fn by_id<E>(
+                db: &$crate::db::Db,
+                query: sea_orm::Select<E>,
+                direction: $crate::db::pages::Direction,
+                args: &$crate::db::pages::PageArgs,
+                node: impl Fn(E::Model) -> $node,
+            ) -> Result<$conn, $crate::error::ApiError>
+            where
+                E: sea_orm::EntityTrait,
+                E::Model: sea_orm::FromQueryResult + $crate::db::entities::Keyed + Send + Sync,
+            {
+                let (page, total) = $crate::graphql::connection::id_page(
+                    db,
+                    query,
+                    $crate::graphql::connection::primary_column::<E>(),
+                    direction,
+                    args,
+                )
+                .await?;
+                Ok($conn::build(
+                    page,
+                    args.after.is_some(),
+                    $crate::db::entities::Keyed::key,
+                    node,
+                    total,
+                ))
+            }
+
             /// Builds the connection from a page.
             pub fn build<M>(
                 page: $crate::db::pages::Page<M>,

@@ -18,7 +18,7 @@ use crate::{
     },
     error::ApiError,
     graphql::{
-        connection::{connection, id_page},
+        connection::connection,
         loaders::Loaders,
         outbound::OutboundContext,
         principal,
@@ -188,21 +188,10 @@ impl CrmQuery {
             query = query.filter(crm_connection::Column::ProgramId.eq(program_id.to_string()));
         }
         let db = ctx.data_unchecked::<Db>();
-        let (page, total) = id_page(
-            db,
-            query,
-            crm_connection::Column::Id,
-            Direction::Descending,
-            &args,
+        Ok(
+            CrmConnectionConnection::by_id(db, query, Direction::Descending, &args, CrmConnection)
+                .await?,
         )
-        .await?;
-        Ok(CrmConnectionConnection::build(
-            page,
-            args.after.is_some(),
-            |c| c.id.clone(),
-            CrmConnection,
-            total,
-        ))
     }
 
     /// Sync runs, newest first (admins only).
@@ -221,21 +210,7 @@ impl CrmQuery {
             query = query.filter(sync_run::Column::ConnectionId.eq(id.to_string()));
         }
         let db = ctx.data_unchecked::<Db>();
-        let (page, total) = id_page(
-            db,
-            query,
-            sync_run::Column::Id,
-            Direction::Descending,
-            &args,
-        )
-        .await?;
-        Ok(SyncRunConnection::build(
-            page,
-            args.after.is_some(),
-            |r| r.id.clone(),
-            SyncRun,
-            total,
-        ))
+        Ok(SyncRunConnection::by_id(db, query, Direction::Descending, &args, SyncRun).await?)
     }
 }
 

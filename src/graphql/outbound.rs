@@ -24,7 +24,7 @@ use crate::{
     },
     error::ApiError,
     graphql::{
-        connection::{connection, id_page},
+        connection::connection,
         principal,
         types::{Event, page_complexity},
     },
@@ -206,21 +206,14 @@ impl OutboundQuery {
         let args = PageArgs::parse(first, after)?;
         let query = webhook_endpoint::Entity::find().filter(managed_by(principal));
         let db = ctx.data_unchecked::<Db>();
-        let (page, total) = id_page(
+        Ok(WebhookEndpointConnection::by_id(
             db,
             query,
-            webhook_endpoint::Column::Id,
             Direction::Descending,
             &args,
-        )
-        .await?;
-        Ok(WebhookEndpointConnection::build(
-            page,
-            args.after.is_some(),
-            |e| e.id.clone(),
             WebhookEndpoint,
-            total,
-        ))
+        )
+        .await?)
     }
 
     /// Deliveries to the endpoints the caller manages, newest first.
@@ -254,21 +247,14 @@ impl OutboundQuery {
         if let Some(event_id) = filter.event_id {
             query = query.filter(webhook_delivery::Column::EventId.eq(event_id));
         }
-        let (page, total) = id_page(
+        Ok(WebhookDeliveryConnection::by_id(
             db,
             query,
-            webhook_delivery::Column::Id,
             Direction::Descending,
             &args,
-        )
-        .await?;
-        Ok(WebhookDeliveryConnection::build(
-            page,
-            args.after.is_some(),
-            |d| d.id.clone(),
             WebhookDelivery,
-            total,
-        ))
+        )
+        .await?)
     }
 }
 

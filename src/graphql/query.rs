@@ -113,15 +113,7 @@ impl CoreQuery {
             query = query.filter(program::Column::Id.eq(program_id.as_str()));
         }
         let db = ctx.data_unchecked::<Db>();
-        let (page, total) =
-            id_page(db, query, program::Column::Id, Direction::Ascending, &args).await?;
-        Ok(ProgramConnection::build(
-            page,
-            args.after.is_some(),
-            |p| p.id.clone(),
-            Program,
-            total,
-        ))
+        Ok(ProgramConnection::by_id(db, query, Direction::Ascending, &args, Program).await?)
     }
 
     /// One partner by id (a partner key sees only itself).
@@ -160,15 +152,7 @@ impl CoreQuery {
             query = query.filter(partner::Column::Status.eq(status.as_str()));
         }
         let db = ctx.data_unchecked::<Db>();
-        let (page, total) =
-            id_page(db, query, partner::Column::Id, Direction::Ascending, &args).await?;
-        Ok(PartnerConnection::build(
-            page,
-            args.after.is_some(),
-            |p| p.id.clone(),
-            Partner,
-            total,
-        ))
+        Ok(PartnerConnection::by_id(db, query, Direction::Ascending, &args, Partner).await?)
     }
 
     /// One referral by id (a partner key sees only its own).
@@ -297,15 +281,7 @@ impl CoreQuery {
             };
         }
         let db = ctx.data_unchecked::<Db>();
-        let (page, total) =
-            id_page(db, query, deal::Column::Id, Direction::Descending, &args).await?;
-        Ok(DealConnection::build(
-            page,
-            args.after.is_some(),
-            |d| d.id.clone(),
-            Deal::from,
-            total,
-        ))
+        Ok(DealConnection::by_id(db, query, Direction::Descending, &args, Deal::from).await?)
     }
 
     /// API keys, oldest first (admins only). Tokens are never shown again.
@@ -320,15 +296,7 @@ impl CoreQuery {
         let args = PageArgs::parse(first, after)?;
         let query = api_key::Entity::find();
         let db = ctx.data_unchecked::<Db>();
-        let (page, total) =
-            id_page(db, query, api_key::Column::Id, Direction::Ascending, &args).await?;
-        Ok(ApiKeyConnection::build(
-            page,
-            args.after.is_some(),
-            |k| k.id.clone(),
-            ApiKey,
-            total,
-        ))
+        Ok(ApiKeyConnection::by_id(db, query, Direction::Ascending, &args, ApiKey).await?)
     }
 
     /// The event stream, oldest first, resumable from a cursor; scoped like the caller's key

@@ -20,7 +20,7 @@ use crate::{
     error::ApiError,
     graphql::{
         PublicBase,
-        connection::{TotalCount, connection, id_page},
+        connection::{TotalCount, connection},
         loaders::Loaders,
         principal,
         types::{Deal, Program, page_complexity},
@@ -189,21 +189,10 @@ impl WebhookQuery {
             query = query.filter(webhook_source::Column::ProgramId.eq(program_id.to_string()));
         }
         let db = ctx.data_unchecked::<Db>();
-        let (page, total) = id_page(
-            db,
-            query,
-            webhook_source::Column::Id,
-            Direction::Descending,
-            &args,
+        Ok(
+            WebhookSourceConnection::by_id(db, query, Direction::Descending, &args, WebhookSource)
+                .await?,
         )
-        .await?;
-        Ok(WebhookSourceConnection::build(
-            page,
-            args.after.is_some(),
-            |s| s.id.clone(),
-            WebhookSource,
-            total,
-        ))
     }
 
     /// Webhook receipts, newest first (admins only).

@@ -21,3 +21,38 @@ pub mod webhook_delivery;
 pub mod webhook_endpoint;
 pub mod webhook_receipt;
 pub mod webhook_source;
+
+/// A row whose primary key is a text id (the keyset of its pages).
+pub trait Keyed {
+    /// The id.
+    fn key(&self) -> String;
+}
+
+macro_rules! keyed {
+    ($($entity:ident),* $(,)?) => {$(
+        impl Keyed for $entity::Model {
+            fn key(&self) -> String {
+                self.id.clone()
+            }
+        }
+    )*};
+}
+
+keyed!(
+    api_key,
+    crm_connection,
+    deal,
+    event,
+    exchange_rate,
+    job_run,
+    ledger_entry,
+    partner,
+    payout,
+    program,
+    referral,
+    sync_run,
+    webhook_delivery,
+    webhook_endpoint,
+    webhook_receipt,
+    webhook_source,
+);
