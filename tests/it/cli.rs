@@ -353,3 +353,50 @@ fn concurrent_writes_on_sqlite_never_hit_a_locked_database() {
     assert!(noisy.is_empty(), "{noisy:#?}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The benchmark drivers of the binary run on a small data set (they write through the same
+/// writer as the hub, so a write path that bypasses it fails here).
+#[test]
+fn bench_commands_seed_and_reconcile_a_small_data_set() {
+    let dir = std::env::temp_dir().join(format!("tandem-bench-cli-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |args: &[&str], db: &str| {
+        let out = tandem()
+            .args(args)
+            .args(["--database-url", db])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let seed_db = format!("sqlite://{}/seed.db", dir.display());
+    let seeded = run(
+        &["bench-seed", "--partners", "5", "--referrals", "20"],
+        &seed_db,
+    );
+    let seeded: serde_json::Value = serde_json::from_str(seeded.trim()).unwrap();
+    assert!(
+        seeded["token"].is_string() || seeded.is_object(),
+        "{seeded}"
+    );
+    let db = format!("sqlite://{}/reconcile.db", dir.display());
+    for phase in ["seed", "full", "touch", "incremental", "kpis"] {
+        let line = run(
+            &[
+                "bench-reconcile",
+                phase,
+                "--deals",
+                "200",
+                "--partners",
+                "10",
+            ],
+            &db,
+        );
+        assert!(line.trim_start().starts_with('{'), "{phase}: {line}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -579,12 +579,27 @@ async fn parked_hubspot_receipts_are_fetched_and_applied(app: TestApp) {
     assert_eq!(r["deal"]["externalId"], "77");
     assert_eq!(r["deal"]["status"], "WON");
     assert_eq!(r["deal"]["partner"]["name"], "Alice");
-    let runs = app
-        .admin_ok(
-            "{ syncRuns(first: 5) { edges { node { status receiptsApplied } } } }",
-            json!({}),
-        )
-        .await;
+    // The sync that applied the receipt records its run after the receipt's commit.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let runs = loop {
+        let runs = app
+            .admin_ok(
+                "{ syncRuns(first: 5) { edges { node { status receiptsApplied } } } }",
+                json!({}),
+            )
+            .await;
+        if nodes(&runs["syncRuns"])
+            .iter()
+            .all(|r| r["status"] != "RUNNING")
+        {
+            break runs;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running: {runs}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let applied: i64 = nodes(&runs["syncRuns"])
         .iter()
         .map(|r| r["receiptsApplied"].as_i64().unwrap())

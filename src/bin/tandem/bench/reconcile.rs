@@ -185,6 +185,7 @@ async fn seed(db: &Db, deals: u32, partners: u32) -> anyhow::Result<Value> {
     let mut program_ids = Vec::new();
     for (name, kind, rate, flat, tiers, cap, min) in plans {
         let id = new_id();
+        let tx = db.begin_write().await?;
         program::Entity::insert(program::ActiveModel {
             id: Set(id.clone()),
             name: Set(name.into()),
@@ -204,10 +205,12 @@ async fn seed(db: &Db, deals: u32, partners: u32) -> anyhow::Result<Value> {
             created_at: Set(past),
             updated_at: Set(past),
         })
-        .exec(db.reads())
+        .exec(&*tx)
         .await?;
+        tx.commit().await?;
         program_ids.push(id);
     }
+    let tx = db.begin_write().await?;
     exchange_rate::Entity::insert(exchange_rate::ActiveModel {
         id: Set(new_id()),
         base: Set("EUR".into()),
@@ -216,8 +219,9 @@ async fn seed(db: &Db, deals: u32, partners: u32) -> anyhow::Result<Value> {
         effective_at: Set(now - Span::days(5 * 365)),
         created_at: Set(past),
     })
-    .exec(db.reads())
+    .exec(&*tx)
     .await?;
+    tx.commit().await?;
     let mut partner_rows = Vec::with_capacity(partners as usize);
     for i in 0..partners {
         partner_rows.push((new_id(), program_ids[(i % 5) as usize].clone()));

@@ -40,6 +40,7 @@ pub async fn seed(db: &Db, partners: u32, referrals: u32) -> anyhow::Result<Benc
     anyhow::ensure!(partners > 0, "--partners must be at least 1");
     let now = Utc::now();
     let program_id = new_id();
+    let tx = db.begin_write().await?;
     program::Entity::insert(program::ActiveModel {
         id: Set(program_id.clone()),
         name: Set("Benchmark program".into()),
@@ -57,8 +58,9 @@ pub async fn seed(db: &Db, partners: u32, referrals: u32) -> anyhow::Result<Benc
         created_at: Set(now),
         updated_at: Set(now),
     })
-    .exec(db.reads())
+    .exec(&*tx)
     .await?;
+    tx.commit().await?;
     let mut partner_ids = Vec::with_capacity(partners as usize);
     for chunk_start in (0..partners).step_by(BATCH) {
         let tx = db.begin_write().await?;
@@ -163,7 +165,7 @@ pub async fn seed(db: &Db, partners: u32, referrals: u32) -> anyhow::Result<Benc
     // page's deals by scanning both tables (17 ms instead of 0.3 ms). SQLite plans these
     // queries from its indexes alone (Tandem never runs ANALYZE there).
     if db.is_postgres() {
-        sea_orm::ConnectionTrait::execute_unprepared(db.reads(), "ANALYZE").await?;
+        db.execute_unprepared("ANALYZE").await?;
     }
     let partner_id = partner_ids[(partners / 2) as usize].clone();
     let key = create_key(
