@@ -101,25 +101,25 @@ fn serve_prints_the_admin_key_once_and_stops_on_sigterm() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A fresh `serve --demo` with the default log filter logs only Tandem's own lines, and no
-/// warning or error (it used to log `webhook fan-out failed … database is locked` on its first
-/// second: writes beside the SQLite writer lock failed the fan-out's transaction).
-#[test]
-fn demo_starts_quietly_without_database_locked() {
+/// A `serve --demo` on a fresh SQLite file with the default log filter: its database URL,
+/// the process, and a thread collecting its log lines (joined after the process stops).
+fn start_demo(
+    name: &str,
+) -> (
+    String,
+    u16,
+    std::process::Child,
+    std::thread::JoinHandle<Vec<String>>,
+    std::path::PathBuf,
+) {
     use std::io::{BufRead, BufReader};
-    let dir = std::env::temp_dir().join(format!("tandem-demo-{}", uuid::Uuid::new_v4()));
+    let dir = std::env::temp_dir().join(format!("tandem-{name}-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     let db = format!("sqlite://{}/tandem.db", dir.display());
     let port = free_port();
     let mut child = tandem()
-        .args([
-            "serve",
-            "--demo",
-            "--bind",
-            &format!("127.0.0.1:{port}"),
-            "--database-url",
-            &db,
-        ])
+        .args(["serve", "--demo", "--bind", &format!("127.0.0.1:{port}")])
+        .args(["--database-url", &db])
         .env_remove("TANDEM_LOG")
         .env("NO_COLOR", "1")
         .stderr(std::process::Stdio::piped())
@@ -127,21 +127,35 @@ fn demo_starts_quietly_without_database_locked() {
         .unwrap();
     let lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let reader = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+    (db, port, child, reader, dir)
+}
+
+/// Log lines that should never appear.
+fn noisy(log: &[String]) -> Vec<&String> {
+    log.iter()
+        .filter(|l| {
+            l.contains("WARN")
+                || l.contains("ERROR")
+                || l.contains("database is locked")
+                || l.contains("SQLITE_BUSY")
+                || l.contains("tokio_cron_scheduler")
+                || l.contains("poem::")
+        })
+        .collect()
+}
+
+/// A fresh `serve --demo` with the default log filter logs only Tandem's own lines, and no
+/// warning or error (it used to log `webhook fan-out failed … database is locked` on its first
+/// second: writes beside the SQLite writer lock failed the fan-out's transaction).
+#[test]
+fn demo_starts_quietly_without_database_locked() {
+    let (_db, _port, child, reader, dir) = start_demo("demo");
     // The demo's workers (fan-out, deliveries, inbox, feed) run against the seeded data.
     std::thread::sleep(std::time::Duration::from_secs(4));
     let status = terminate(child).expect("did not stop on SIGTERM");
     assert!(status.success());
     let log = reader.join().unwrap();
-    let noisy: Vec<&String> = log
-        .iter()
-        .filter(|l| {
-            l.contains("WARN")
-                || l.contains("ERROR")
-                || l.contains("database is locked")
-                || l.contains("tokio_cron_scheduler")
-                || l.contains("poem::")
-        })
-        .collect();
+    let noisy = noisy(&log);
     assert!(noisy.is_empty(), "{noisy:#?}");
     assert!(
         log.iter().any(|l| l.contains("Tandem listening")),
@@ -156,29 +170,13 @@ fn demo_starts_quietly_without_database_locked() {
 /// serves. No request fails and the log holds no `database is locked`, warning or error.
 #[test]
 fn concurrent_writes_on_sqlite_never_hit_a_locked_database() {
-    use std::{
-        io::{BufRead, BufReader},
-        time::Duration,
-    };
+    use std::time::Duration;
 
     use serde_json::{Value, json};
     use tandem_connectors::verify::{decode_standard_secret, sign_standard};
 
-    let dir = std::env::temp_dir().join(format!("tandem-busy-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let db = format!("sqlite://{}/tandem.db", dir.display());
-    let port = free_port();
+    let (db, port, child, reader, dir) = start_demo("busy");
     let base = format!("http://127.0.0.1:{port}");
-    let mut child = tandem()
-        .args(["serve", "--demo", "--bind", &format!("127.0.0.1:{port}")])
-        .args(["--database-url", &db])
-        .env_remove("TANDEM_LOG")
-        .env("NO_COLOR", "1")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let reader = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
     let rt = tokio::runtime::Runtime::new().unwrap();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -341,15 +339,7 @@ fn concurrent_writes_on_sqlite_never_hit_a_locked_database() {
     let status = terminate(child).expect("did not stop on SIGTERM");
     assert!(status.success());
     let log = reader.join().unwrap();
-    let noisy: Vec<&String> = log
-        .iter()
-        .filter(|l| {
-            l.contains("WARN")
-                || l.contains("ERROR")
-                || l.contains("database is locked")
-                || l.contains("SQLITE_BUSY")
-        })
-        .collect();
+    let noisy = noisy(&log);
     assert!(noisy.is_empty(), "{noisy:#?}");
     let _ = std::fs::remove_dir_all(dir);
 }
