@@ -14,7 +14,7 @@
 
 use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenTree};
-use quote::{format_ident, quote};
+use quote::{ToTokens, format_ident, quote};
 use syn::{
     Data, DeriveInput, Fields, FnArg, ImplItem, ItemImpl, LitStr, ReturnType, Type,
     parse_macro_input,
@@ -155,7 +155,7 @@ pub fn plain_object(args: TokenStream, input: TokenStream) -> TokenStream {
         };
         let sig = &method.sig;
         let only_self = sig.inputs.len() == 1 && matches!(sig.inputs[0], FnArg::Receiver(_));
-        if skip || !only_self || awaits(quote!(#method.block)) {
+        if skip || !only_self || awaits(method.block.to_token_stream()) {
             continue;
         }
         let ReturnType::Type(_, ty) = &sig.output else {
@@ -171,7 +171,7 @@ pub fn plain_object(args: TokenStream, input: TokenStream) -> TokenStream {
         let output = &sig.output;
         copies.push(quote! {
             #[doc(hidden)]
-            #[allow(clippy::unused_async, dead_code)]
+            #[allow(dead_code)]
             fn #copy(&self) #output #block
         });
         let arm = match result_inner(ty) {

@@ -196,12 +196,14 @@ impl Db {
     /// reader on the calling thread when one of its connections is free, otherwise (or on
     /// PostgreSQL) through the pool. Statements count alike on both paths.
     pub async fn rows<T: Decode>(&self, sql: String, values: Vec<Value>) -> Result<Vec<T>, DbErr> {
-        if let Some(reader) = &self.native {
+        if let Some(answered) = self
+            .native
+            .as_ref()
+            .and_then(|reader| reader.rows(&sql, &values).transpose())
+        {
+            // The pool's statements count through sea-orm's metric callback; these here.
             self.statements.fetch_add(1, Ordering::Relaxed);
-            if let Some(rows) = reader.rows(&sql, &values)? {
-                return Ok(rows);
-            }
-            self.statements.fetch_sub(1, Ordering::Relaxed);
+            return answered;
         }
         self.conn
             .query_all_raw(Statement::from_sql_and_values(self.backend(), sql, values))
@@ -231,17 +233,22 @@ impl Db {
         Ok(self.select_all(select.limit(1)).await?.into_iter().next())
     }
 
-    /// Begins a write transaction.
-    pub async fn begin_write(&self) -> Result<WriteTx, DbErr> {
-        let guard = match &self.write_lock {
+    /// The SQLite writer lock (`None` on PostgreSQL), waited for.
+    async fn writer(&self) -> Option<OwnedMutexGuard<()>> {
+        match &self.write_lock {
             Some(lock) => Some(lock.clone().lock_owned().await),
             None => None,
-        };
+        }
+    }
+
+    /// Begins a write transaction.
+    pub async fn begin_write(&self) -> Result<WriteTx, DbErr> {
+        let guard = self.writer().await;
         // On SQLite the write lock is taken at BEGIN (IMMEDIATE), where the busy timeout
         // applies: a deferred transaction that read first and then wrote after another
         // process (`tandem keys create` beside a serving hub) committed would fail at once
         // with SQLITE_BUSY_SNAPSHOT.
-        let tx = match self.write_lock {
+        let tx = match guard {
             Some(_) => {
                 self.conn
                     .begin_with_options(sea_orm::TransactionOptions {
@@ -272,10 +279,7 @@ impl Db {
     /// Runs SQL outside a transaction (DDL such as `CREATE DATABASE`, `ANALYZE`, `VACUUM`),
     /// holding the SQLite writer lock while it runs.
     pub async fn execute_unprepared(&self, sql: &str) -> Result<u64, DbErr> {
-        let _guard = match &self.write_lock {
-            Some(lock) => Some(lock.lock().await),
-            None => None,
-        };
+        let _guard = self.writer().await;
         Ok(self.conn.execute_unprepared(sql).await?.rows_affected())
     }
 
@@ -287,10 +291,7 @@ impl Db {
 
     /// Reverts the last `steps` migrations (tests of migrations, operators' tooling).
     pub async fn migrate_down(&self, steps: u32) -> Result<(), DbErr> {
-        let _guard = match &self.write_lock {
-            Some(lock) => Some(lock.lock().await),
-            None => None,
-        };
+        let _guard = self.writer().await;
         tandem_migrations::Migrator::down(&self.conn, Some(steps)).await
     }
 

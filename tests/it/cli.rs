@@ -3,10 +3,25 @@
 
 use std::process::Command;
 
-use crate::helpers::{free_port, spawn_serve, terminate};
+use crate::helpers::{free_port, gql_ok_at, spawn_serve, terminate};
 
 fn tandem() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tandem"))
+}
+
+/// Runs the binary with `args` on database `db`, asserting it succeeds; returns its output.
+fn tandem_ok(args: &[&str], db: &str) -> String {
+    let out = tandem()
+        .args(args)
+        .args(["--database-url", db])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
 
 #[test]
@@ -197,43 +212,15 @@ fn concurrent_writes_on_sqlite_never_hit_a_locked_database() {
         panic!("the hub did not start");
     });
     let cli_key = |db: &str, name: &str| {
-        let out = Command::new(env!("CARGO_BIN_EXE_tandem"))
-            .args(["keys", "create", "--role", "admin", "--name", name])
-            .args(["--database-url", db])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .trim()
-            .lines()
-            .last()
-            .unwrap()
-            .to_string()
+        let out = tandem_ok(&["keys", "create", "--role", "admin", "--name", name], db);
+        out.trim().lines().last().unwrap().to_string()
     };
     let token = cli_key(&db, "load");
     let gql = {
         let (client, base, token) = (client.clone(), base.clone(), token.clone());
         move |query: &'static str, variables: Value| {
             let (client, base, token) = (client.clone(), base.clone(), token.clone());
-            async move {
-                let resp: Value = client
-                    .post(format!("{base}/graphql"))
-                    .bearer_auth(&token)
-                    .json(&json!({"query": query, "variables": variables}))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-                assert!(resp.get("errors").is_none(), "{query}: {resp}");
-                resp["data"].clone()
-            }
+            async move { gql_ok_at(&client, &base, &token, query, variables).await }
         }
     };
     rt.block_on(async {
@@ -350,19 +337,7 @@ fn concurrent_writes_on_sqlite_never_hit_a_locked_database() {
 fn bench_commands_seed_and_reconcile_a_small_data_set() {
     let dir = std::env::temp_dir().join(format!("tandem-bench-cli-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
-    let run = |args: &[&str], db: &str| {
-        let out = tandem()
-            .args(args)
-            .args(["--database-url", db])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let run = tandem_ok;
     let seed_db = format!("sqlite://{}/seed.db", dir.display());
     let seeded = run(
         &["bench-seed", "--partners", "5", "--referrals", "20"],

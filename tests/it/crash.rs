@@ -11,34 +11,13 @@ use std::{
 };
 
 use chrono::Utc;
-use serde_json::{Value, json};
+use serde_json::json;
 use tandem::db::Db;
 use tandem_connectors::verify::{decode_standard_secret, sign_standard};
 
 use crate::helpers::{
-    TEST_SECRET_KEY, count, free_port, fresh_postgres_database, spawn_serve, terminate,
+    TEST_SECRET_KEY, count, free_port, fresh_postgres_database, gql_ok_at, spawn_serve, terminate,
 };
-
-async fn gql(
-    client: &reqwest::Client,
-    base: &str,
-    token: &str,
-    query: &str,
-    variables: Value,
-) -> Value {
-    let resp: Value = client
-        .post(format!("{base}/graphql"))
-        .bearer_auth(token)
-        .json(&json!({"query": query, "variables": variables}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert!(resp.get("errors").is_none(), "{resp}");
-    resp["data"].clone()
-}
 
 async fn kill_mid_burst_and_restart(database_url: &str) {
     tandem::install_crypto_provider();
@@ -51,7 +30,7 @@ async fn kill_mid_burst_and_restart(database_url: &str) {
     );
     let admin = token.expect("first start prints the admin key");
     let client = reqwest::Client::new();
-    let program = gql(
+    let program = gql_ok_at(
         &client,
         &base,
         &admin,
@@ -63,11 +42,11 @@ async fn kill_mid_burst_and_restart(database_url: &str) {
         .as_str()
         .unwrap()
         .to_string();
-    let partner = gql(&client, &base, &admin,
+    let partner = gql_ok_at(&client, &base, &admin,
         "mutation($p: ID!) { createPartner(input: {programId: $p, name: \"P\", contactEmail: \"p@p.example\"}) { partner { id referralCode } } }",
         json!({"p": program})).await["createPartner"]["partner"].clone();
     let code = partner["referralCode"].as_str().unwrap().to_string();
-    let source = gql(&client, &base, &admin,
+    let source = gql_ok_at(&client, &base, &admin,
         "mutation($p: ID!) { createWebhookSource(input: {name: \"crm\", kind: STANDARD, programId: $p}) { secret url } }",
         json!({"p": program})).await["createWebhookSource"].clone();
     let key = decode_standard_secret(source["secret"].as_str().unwrap()).unwrap();
@@ -138,7 +117,7 @@ async fn kill_mid_burst_and_restart(database_url: &str) {
     assert!(token.is_none());
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let pending = gql(
+        let pending = gql_ok_at(
             &client,
             &base,
             &admin,

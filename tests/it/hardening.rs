@@ -438,16 +438,7 @@ async fn aliases_cannot_multiply_expensive_fields(app: TestApp) {
     assert!(wide.to_string().contains("root fields"), "{wide}");
 
     let introspect = "{ __schema { queryType { name } } }";
-    let anonymous: Value = app
-        .client
-        .post(format!("{}/graphql", app.base))
-        .json(&json!({"query": introspect}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let anonymous = app.gql("", introspect, json!({})).await;
     // Introspection is off for the request: the schema answers nothing.
     assert!(anonymous["data"]["__schema"].is_null(), "{anonymous}");
     assert!(!anonymous.to_string().contains("QueryRoot"), "{anonymous}");

@@ -237,19 +237,7 @@ impl TestApp {
 
     /// Posts a GraphQL request and returns the JSON response (any HTTP status).
     pub async fn gql(&self, token: &str, query: &str, variables: Value) -> Value {
-        let mut req = self
-            .client
-            .post(format!("{}/graphql", self.base))
-            .json(&json!({"query": query, "variables": variables}));
-        if !token.is_empty() {
-            req = req.bearer_auth(token);
-        }
-        req.send()
-            .await
-            .expect("request")
-            .json()
-            .await
-            .expect("json response")
+        gql_at(&self.client, &self.base, token, query, variables).await
     }
 
     /// Like [`TestApp::gql`] as admin, asserting there are no errors; returns `data`.
@@ -369,6 +357,42 @@ impl TestApp {
     pub async fn count_rows(&self, table: &str) -> i64 {
         count(&self.db, &format!("SELECT COUNT(*) AS n FROM {table}")).await
     }
+}
+
+/// Posts a GraphQL request to the hub at `base` (without a key when `token` is empty) and
+/// returns the JSON response (any HTTP status).
+pub async fn gql_at(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    query: &str,
+    variables: Value,
+) -> Value {
+    let mut req = client
+        .post(format!("{base}/graphql"))
+        .json(&json!({"query": query, "variables": variables}));
+    if !token.is_empty() {
+        req = req.bearer_auth(token);
+    }
+    req.send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json response")
+}
+
+/// Like [`gql_at`], asserting there are no errors; returns `data`.
+pub async fn gql_ok_at(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    query: &str,
+    variables: Value,
+) -> Value {
+    let resp = gql_at(client, base, token, query, variables).await;
+    assert!(resp.get("errors").is_none(), "{query}: {resp}");
+    resp["data"].clone()
 }
 
 /// Runs a `SELECT COUNT(*) AS n …` statement directly in the database.
