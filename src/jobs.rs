@@ -135,14 +135,14 @@ impl Jobs {
         let db = &self.db;
         let now = Utc::now();
         let expires = ms(now) + self.lease.as_millis() as i64;
-        let p = |n| db.placeholder(n);
+        let [key, holder, run, expires_at, next_due_at, tick_at] = db.params();
         // A crashed holder's run stays RUNNING: close it when its lease is found expired.
         let previous = job_lease::Entity::find_by_id(name.lease_key())
             .one(db.reads())
             .await?;
         let (due_check, next_due) = match trigger {
             Trigger::Scheduled(tick, next) => (
-                format!(" AND job_leases.due_at_ms <= {}", p(6)),
+                format!(" AND job_leases.due_at_ms <= {tick_at}"),
                 ms(next).max(ms(tick) + 1),
             ),
             Trigger::Manual { .. } => (String::new(), 0),
@@ -163,17 +163,12 @@ impl Jobs {
         }
         let sql = format!(
             "INSERT INTO job_leases (name, holder, run_id, expires_at_ms, due_at_ms, cursor) \
-             VALUES ({}, {}, {}, {}, {}, NULL) \
+             VALUES ({key}, {holder}, {run}, {expires_at}, {next_due_at}, NULL) \
              ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
              run_id = excluded.run_id, expires_at_ms = excluded.expires_at_ms, \
              due_at_ms = {due_update} \
-             WHERE job_leases.expires_at_ms < {}{due_check} RETURNING cursor",
-            p(1),
-            p(2),
-            p(3),
-            p(4),
-            p(5),
-            ms(now)
+             WHERE job_leases.expires_at_ms < {now_ms}{due_check} RETURNING cursor",
+            now_ms = ms(now)
         );
         let tx = db.begin_write().await?;
         let row = tx
@@ -187,14 +182,13 @@ impl Jobs {
             && previous.expires_at_ms < ms(now)
             && let Some(stale) = previous.run_id
         {
+            let [finished_at, id] = db.params();
             tx.execute_raw(Statement::from_sql_and_values(
                 db.backend(),
                 format!(
-                    "UPDATE job_runs SET status = 'FAILED', finished_at = {}, \
+                    "UPDATE job_runs SET status = 'FAILED', finished_at = {finished_at}, \
                      error = 'the instance running it stopped (lease expired)' \
-                     WHERE id = {} AND status = 'RUNNING'",
-                    p(1),
-                    p(2)
+                     WHERE id = {id} AND status = 'RUNNING'"
                 ),
                 [now.into(), stale.into()],
             ))
@@ -207,14 +201,11 @@ impl Jobs {
     /// Gives the lease back, keeping the job's cursor unless a new one is given.
     async fn release(&self, name: &JobName, run_id: &str, cursor: Option<String>) -> ApiResult<()> {
         let db = &self.db;
-        let p = |n| db.numbered(n);
+        let [key, run, new_cursor] = db.params();
         db.execute_write(
             format!(
                 "UPDATE job_leases SET holder = NULL, run_id = NULL, expires_at_ms = 0, \
-                 cursor = COALESCE({}, cursor) WHERE name = {} AND run_id = {}",
-                p(3),
-                p(1),
-                p(2)
+                 cursor = COALESCE({new_cursor}, cursor) WHERE name = {key} AND run_id = {run}"
             ),
             vec![name.lease_key().into(), run_id.into(), cursor.into()],
         )

@@ -160,8 +160,8 @@ impl Db {
         self.statements.load(Ordering::Relaxed)
     }
 
-    /// SQLite work done by the pool's statements so far (virtual-machine and full-scan steps;
-    /// the native read path is not counted). `None` on PostgreSQL.
+    /// SQLite work done by this database's statements so far (virtual-machine and full-scan
+    /// steps, through the pool and the native reader alike). `None` on PostgreSQL.
     pub fn sqlite_steps(&self) -> Option<StepCount> {
         self.steps.as_ref().map(|s| s.read())
     }
@@ -196,11 +196,11 @@ impl Db {
     /// reader on the calling thread when one of its connections is free, otherwise (or on
     /// PostgreSQL) through the pool. Statements count alike on both paths.
     pub async fn rows<T: Decode>(&self, sql: String, values: Vec<Value>) -> Result<Vec<T>, DbErr> {
-        if let Some(answered) = self
-            .native
-            .as_ref()
-            .and_then(|reader| reader.rows(&sql, &values).transpose())
-        {
+        if let Some(answered) = self.native.as_ref().and_then(|reader| {
+            reader
+                .rows(&sql, &values, self.steps.as_deref())
+                .transpose()
+        }) {
             // The pool's statements count through sea-orm's metric callback; these here.
             self.statements.fetch_add(1, Ordering::Relaxed);
             return answered;
@@ -318,6 +318,13 @@ impl Db {
             DatabaseBackend::Postgres => format!("${n}"),
             _ => "?".to_string(),
         }
+    }
+
+    /// The first `N` numbered placeholders, for statements written with inline names:
+    /// `let [id, status] = db.params(); format!("… WHERE id = {id} AND status = {status}")`,
+    /// values bound in that order.
+    pub fn params<const N: usize>(&self) -> [String; N] {
+        std::array::from_fn(|i| self.numbered(i + 1))
     }
 
     /// A numbered placeholder (`$n`, `?n`): the same value may appear several times and out of

@@ -18,11 +18,13 @@ use std::{
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use rusqlite::{
-    Connection, OpenFlags, Row,
+    Connection, OpenFlags, Row, StatementStatus,
     config::DbConfig,
     types::{Value as SqlValue, ValueRef},
 };
 use sea_orm::{DbErr, FromQueryResult, QueryResult, RuntimeErr, Value};
+
+use super::steps::SqliteSteps;
 
 /// How long a reader waits on a lock held during WAL recovery or checkpoint restarts.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -99,6 +101,7 @@ impl NativeReader {
         &self,
         sql: &str,
         values: &[Value],
+        steps: Option<&SqliteSteps>,
     ) -> Result<Option<Vec<T>>, DbErr> {
         let params: Vec<SqlValue> = values.iter().map(to_sql).collect::<Result<_, _>>()?;
         let Some(guard) = self.acquire()? else {
@@ -114,6 +117,15 @@ impl NativeReader {
         let mut out = Vec::new();
         while let Some(row) = rows.next().map_err(db_err)? {
             out.push(T::native(row, &plan).map_err(db_err)?);
+        }
+        drop(rows);
+        if let Some(steps) = steps {
+            // Counted like the pool's statements, so that step counts do not depend on which
+            // path answered.
+            steps.add(
+                stmt.reset_status(StatementStatus::VmStep),
+                stmt.reset_status(StatementStatus::FullscanStep),
+            );
         }
         Ok(Some(out))
     }
@@ -531,6 +543,7 @@ mod tests {
             .rows(
                 "SELECT * FROM attributions WHERE deal_id = ? AND 1 = ?",
                 &[Value::from("d1"), Value::BigInt(Some(1))],
+                None,
             )
             .unwrap()
             .unwrap();
@@ -544,7 +557,7 @@ mod tests {
         }
         // A read-only connection cannot write.
         let err = reader
-            .rows::<Named<String, DealId>>("DELETE FROM attributions RETURNING deal_id", &[])
+            .rows::<Named<String, DealId>>("DELETE FROM attributions RETURNING deal_id", &[], None)
             .err()
             .expect("refused");
         assert!(err.to_string().contains("readonly"), "{err}");
@@ -553,7 +566,8 @@ mod tests {
             reader
                 .rows::<Named<String, DealId>>(
                     "SELECT ? AS deal_id",
-                    &[Value::ChronoDateTimeUtc(None)]
+                    &[Value::ChronoDateTimeUtc(None)],
+                    None,
                 )
                 .is_err()
         );
@@ -561,16 +575,20 @@ mod tests {
         let one = NativeReader::new(&path, 1);
         let held = one.acquire().unwrap().unwrap();
         assert!(
-            one.rows::<attribution::Model>("SELECT * FROM attributions", &[])
+            one.rows::<attribution::Model>("SELECT * FROM attributions", &[], None)
                 .unwrap()
                 .is_none()
         );
         drop(held);
+        // Its statements count their SQLite steps like the pool's.
+        let steps = SqliteSteps::default();
         assert!(
-            one.rows::<attribution::Model>("SELECT * FROM attributions", &[])
+            one.rows::<attribution::Model>("SELECT * FROM attributions", &[], Some(&steps))
                 .unwrap()
                 .is_some()
         );
+        let counted = steps.read();
+        assert!(counted.vm > 0, "{counted:?}");
         drop(conn);
         std::fs::remove_dir_all(dir).unwrap();
     }

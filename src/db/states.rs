@@ -57,6 +57,38 @@ macro_rules! stored_enum {
 }
 
 stored_enum! {
+    /// Deal status.
+    pub enum DealStatus {
+        /// Still open.
+        Open = "OPEN",
+        /// Won.
+        Won = "WON",
+        /// Lost (or deleted).
+        Lost = "LOST",
+    }
+}
+
+impl From<tandem_connectors::DealStatus> for DealStatus {
+    fn from(status: tandem_connectors::DealStatus) -> DealStatus {
+        match status {
+            tandem_connectors::DealStatus::Open => DealStatus::Open,
+            tandem_connectors::DealStatus::Won => DealStatus::Won,
+            tandem_connectors::DealStatus::Lost => DealStatus::Lost,
+        }
+    }
+}
+
+impl From<DealStatus> for tandem_connectors::DealStatus {
+    fn from(status: DealStatus) -> tandem_connectors::DealStatus {
+        match status {
+            DealStatus::Open => tandem_connectors::DealStatus::Open,
+            DealStatus::Won => tandem_connectors::DealStatus::Won,
+            DealStatus::Lost => tandem_connectors::DealStatus::Lost,
+        }
+    }
+}
+
+stored_enum! {
     /// Where a job run (or a CRM sync run) stands.
     pub enum JobRunStatus {
         /// In progress.

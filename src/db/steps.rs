@@ -1,5 +1,5 @@
 //! How much work SQLite does: every pooled SQLite connection reports, as each statement
-//! finishes, how many virtual-machine steps it took and how many of them stepped through a full
+//! finishes (and the native reader after each of its statements), how many virtual-machine steps it took and how many of them stepped through a full
 //! table scan (`sqlite3_stmt_status` with `SQLITE_STMTSTATUS_VM_STEP` / `FULLSCAN_STEP`, read
 //! from a `SQLITE_TRACE_PROFILE` hook). Unlike wall-clock time these counts are exact and
 //! reproducible: a statement that scans a growing table instead of seeking shows up as a step
@@ -56,6 +56,13 @@ impl SqliteSteps {
         }
     }
 
+    /// Adds the steps of a statement run outside the pool (the native reader).
+    pub fn add(&self, vm: i32, full_scan: i32) {
+        self.vm.fetch_add(vm.max(0) as u64, Ordering::Relaxed);
+        self.full_scan
+            .fetch_add(full_scan.max(0) as u64, Ordering::Relaxed);
+    }
+
     /// Makes a pooled connection report into `steps` for as long as it lives (called once per
     /// new connection).
     pub async fn install(
@@ -99,10 +106,7 @@ unsafe extern "C" fn on_trace(
         unsafe {
             let vm = ffi::sqlite3_stmt_status(stmt, ffi::SQLITE_STMTSTATUS_VM_STEP, 1);
             let full = ffi::sqlite3_stmt_status(stmt, ffi::SQLITE_STMTSTATUS_FULLSCAN_STEP, 1);
-            (*steps).vm.fetch_add(vm.max(0) as u64, Ordering::Relaxed);
-            (*steps)
-                .full_scan
-                .fetch_add(full.max(0) as u64, Ordering::Relaxed);
+            (*steps).add(vm, full);
         }
     } else if event == ffi::SQLITE_TRACE_CLOSE {
         // SAFETY: the reference taken in `install`, released once as the connection closes.

@@ -537,17 +537,13 @@ impl Syncer {
         stats: &SyncStats,
     ) -> Result<(), sea_orm::DbErr> {
         let db = &self.db;
-        let p = |n| db.numbered(n);
+        let [p1, p2, p3, p4, p5, p6] = db.params();
         conn.execute_raw(Statement::from_sql_and_values(
             db.backend(),
             format!(
-                "UPDATE crm_connections SET cursor = {}, \
-                 credentials_ciphertext = COALESCE({}, credentials_ciphertext), updated_at = {} \
-                 WHERE id = {}",
-                p(1),
-                p(2),
-                p(3),
-                p(4)
+                "UPDATE crm_connections SET cursor = {p1}, \
+                 credentials_ciphertext = COALESCE({p2}, credentials_ciphertext), updated_at = {p3} \
+                 WHERE id = {p4}"
             ),
             vec![
                 cursor.into(),
@@ -560,14 +556,8 @@ impl Syncer {
         conn.execute_raw(Statement::from_sql_and_values(
             db.backend(),
             format!(
-                "UPDATE sync_runs SET pages = {}, deals_seen = {}, deals_changed = {}, \
-                 receipts_applied = {}, referrals_pushed = {} WHERE id = {}",
-                p(1),
-                p(2),
-                p(3),
-                p(4),
-                p(5),
-                p(6)
+                "UPDATE sync_runs SET pages = {p1}, deals_seen = {p2}, deals_changed = {p3}, \
+                 receipts_applied = {p4}, referrals_pushed = {p5} WHERE id = {p6}"
             ),
             vec![
                 stats.pages.into(),
@@ -657,17 +647,12 @@ impl Syncer {
                 }
             };
             let db = &self.db;
-            let p = |n| db.numbered(n);
+            let [p1, p2, p3, p4, p5] = db.params();
             tx.execute_raw(Statement::from_sql_and_values(
                 db.backend(),
                 format!(
-                    "UPDATE webhook_receipts SET status = {}, reason = {}, deal_id = {}, \
-                     processed_at = {}, attempts = attempts + 1 WHERE seq = {} AND status = 'RECEIVED'",
-                    p(1),
-                    p(2),
-                    p(3),
-                    p(4),
-                    p(5)
+                    "UPDATE webhook_receipts SET status = {p1}, reason = {p2}, deal_id = {p3}, \
+                     processed_at = {p4}, attempts = attempts + 1 WHERE seq = {p5} AND status = 'RECEIVED'"
                 ),
                 vec![
                     status.as_str().into(),
@@ -809,23 +794,16 @@ impl Syncer {
         error: Option<String>,
     ) -> ApiResult<()> {
         let db = &self.db;
-        let p = |n| db.numbered(n);
+        let [p1, p2, p3, p4, p5, p6, p7] = db.params();
         let pushed_at = (status == PushStatus::Pushed).then(Utc::now);
         db.execute_write(
             format!(
                 "INSERT INTO crm_referral_pushes (connection_id, referral_id, company_external_id, \
-                 contact_external_id, status, error, pushed_at) VALUES ({}, {}, {}, {}, {}, {}, {}) \
+                 contact_external_id, status, error, pushed_at) VALUES ({p1}, {p2}, {p3}, {p4}, {p5}, {p6}, {p7}) \
                  ON CONFLICT (connection_id, referral_id) DO UPDATE SET \
                  company_external_id = excluded.company_external_id, \
                  contact_external_id = excluded.contact_external_id, status = excluded.status, \
-                 error = excluded.error, pushed_at = excluded.pushed_at",
-                p(1),
-                p(2),
-                p(3),
-                p(4),
-                p(5),
-                p(6),
-                p(7)
+                 error = excluded.error, pushed_at = excluded.pushed_at"
             ),
             vec![
                 connection.id.clone().into(),
@@ -869,7 +847,7 @@ impl Syncer {
         error: Option<&str>,
     ) -> ApiResult<()> {
         let db = &self.db;
-        let p = |n| db.numbered(n);
+        let [p1, p2, p3, p4, p5] = db.params();
         let now = Utc::now();
         let status = if error.is_some() {
             JobRunStatus::Failed
@@ -880,11 +858,7 @@ impl Syncer {
         tx.execute_raw(Statement::from_sql_and_values(
             db.backend(),
             format!(
-                "UPDATE sync_runs SET status = {}, finished_at = {}, error = {} WHERE id = {}",
-                p(1),
-                p(2),
-                p(3),
-                p(4)
+                "UPDATE sync_runs SET status = {p1}, finished_at = {p2}, error = {p3} WHERE id = {p4}"
             ),
             vec![
                 status.as_str().into(),
@@ -901,13 +875,8 @@ impl Syncer {
         tx.execute_raw(Statement::from_sql_and_values(
             db.backend(),
             format!(
-                "UPDATE crm_connections SET status = {}, last_error = {}, \
-                 last_synced_at = COALESCE({}, last_synced_at), updated_at = {} WHERE id = {}",
-                p(1),
-                p(2),
-                p(3),
-                p(4),
-                p(5)
+                "UPDATE crm_connections SET status = {p1}, last_error = {p2}, \
+                 last_synced_at = COALESCE({p3}, last_synced_at), updated_at = {p4} WHERE id = {p5}"
             ),
             vec![
                 connection_status.as_str().into(),

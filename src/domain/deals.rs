@@ -42,8 +42,12 @@ pub enum ApplyResult {
 }
 
 /// The status a deal counts as: a deleted deal counts as lost.
-pub fn effective_status(model: &deal::Model) -> Option<DealStatus> {
-    counted_status(&model.status, model.deleted)
+pub fn effective_status(model: &deal::Model) -> DealStatus {
+    if model.deleted {
+        DealStatus::Lost
+    } else {
+        model.status.into()
+    }
 }
 
 /// The status a stored deal (`status` column, `deleted` flag) counts as.
@@ -226,7 +230,7 @@ async fn record_outcome(
 ) -> Result<(), DbErr> {
     let status = effective_status(model);
     let entered = |target: DealStatus| {
-        status == Some(target) && (previous_status != Some(target) || partner_changed)
+        status == target && (previous_status != Some(target) || partner_changed)
     };
     let data = json!({
         "dealId": model.id,
@@ -307,7 +311,7 @@ fn deal_row(
         name: Set(deal.name.clone()),
         amount: Set(deal.amount.to_string()),
         currency: Set(deal.currency.trim().to_ascii_uppercase()),
-        status: Set(deal.status.as_str().to_string()),
+        status: Set(deal.status.into()),
         stage: Set(deal.stage.clone()),
         closed_at: Set(deal.closed_at),
         created_at: Set(deal.created_at),
@@ -532,7 +536,7 @@ pub async fn apply_deal_change(
         return Ok((ApplyResult::Stale(existing.id.clone()), None));
     }
     let now = Utc::now();
-    let previous_status = existing.as_ref().and_then(effective_status);
+    let previous_status = existing.as_ref().map(effective_status);
     let current = existing
         .as_ref()
         .and_then(|d| cache.attributions.get(&d.id).cloned());
@@ -647,7 +651,7 @@ fn set_clawback_lock(
         }
         return;
     }
-    if effective_status(existing) != Some(DealStatus::Won) {
+    if effective_status(existing) != DealStatus::Won {
         return;
     }
     let closed = existing.closed_at.unwrap_or(existing.updated_at);
@@ -717,7 +721,7 @@ pub async fn attribute_deal(
         &*tx,
         &model,
         &stored,
-        status,
+        Some(status),
         partner_changed,
         &mut buffered,
     )

@@ -179,18 +179,14 @@ pub async fn create_payout(db: &Db, input: CreatePayoutInput) -> ApiResult<payou
         .ok_or(ApiError::NotFound("partner"))?;
     let id = new_id();
     let now = Utc::now();
-    let p = |n| db.placeholder(n);
+    let [p1, p2, p3, p4] = db.params();
     let rows = tx
         .query_all_raw(Statement::from_sql_and_values(
             db.backend(),
             format!(
-                "UPDATE ledger_entries SET payout_id = {}, updated_at = {} \
-                 WHERE partner_id = {} AND currency = {} AND status = 'APPROVED' \
-                 AND payout_id IS NULL RETURNING amount_cents",
-                p(1),
-                p(2),
-                p(3),
-                p(4)
+                "UPDATE ledger_entries SET payout_id = {p1}, updated_at = {p2} \
+                 WHERE partner_id = {p3} AND currency = {p4} AND status = 'APPROVED' \
+                 AND payout_id IS NULL RETURNING amount_cents"
             ),
             [
                 id.clone().into(),

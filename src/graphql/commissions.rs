@@ -1,19 +1,22 @@
 //! GraphQL for the commission engine: `ledgerEntries`, `balances`, `payouts`, `kpis`,
 //! `exchangeRates`, `jobRuns`; `setExchangeRate`, `runJob`, `createPayout`, `markPayoutPaid`.
 
+use crate::graphql::admin_db;
+use crate::graphql::caller;
+use crate::graphql::connection::EqIf;
 use std::time::Duration;
 
 use async_graphql::{Context, ID, InputObject, Json, Object, Result, SimpleObject};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use sea_orm::EntityTrait;
 
 use crate::{
     db::states::JobRunStatus,
     db::{
         Db,
         entities::{exchange_rate, job_run, ledger_entry, payout, program},
-        pages::{Direction, PageArgs},
+        pages::Direction,
     },
     domain::{
         auth::Principal,
@@ -376,37 +379,28 @@ impl CommissionQuery {
         after: Option<String>,
     ) -> Result<LedgerEntryConnection> {
         let principal = principal(ctx).await?;
-        let args = PageArgs::parse(first, after)?;
-        let filter = filter.unwrap_or_default();
-        let mut query = ledger_entry::Entity::find();
-        // A partner key asking for another partner's entries gets none: both filters apply.
         principal.require_admin_or_partner()?;
-        if let Some(own) = principal.partner_scope() {
-            query = query.filter(ledger_entry::Column::PartnerId.eq(own));
-        }
-        if let Some(partner_id) = &filter.partner_id {
-            query = query.filter(ledger_entry::Column::PartnerId.eq(partner_id.as_str()));
-        }
-        if let Some(deal_id) = filter.deal_id {
-            query = query.filter(ledger_entry::Column::DealId.eq(deal_id.to_string()));
-        }
-        if let Some(kind) = filter.kind {
-            query = query.filter(ledger_entry::Column::Kind.eq(kind.as_str()));
-        }
-        if let Some(status) = filter.status {
-            query = query.filter(ledger_entry::Column::Status.eq(status.as_str()));
-        }
-        let db = ctx.data_unchecked::<Db>();
-        Ok(
-            LedgerEntryConnection::by_id(db, query, Direction::Descending, &args, LedgerEntry)
-                .await?,
-        )
+        let filter = filter.unwrap_or_default();
+        // A partner key asking for another partner's entries gets none: both filters apply.
+        let query = ledger_entry::Entity::find()
+            .eq_if(ledger_entry::Column::PartnerId, principal.partner_scope())
+            .eq_if(
+                ledger_entry::Column::PartnerId,
+                filter.partner_id.map(|id| id.0),
+            )
+            .eq_if(ledger_entry::Column::DealId, filter.deal_id.map(|id| id.0))
+            .eq_if(ledger_entry::Column::Kind, filter.kind.map(|k| k.as_str()))
+            .eq_if(
+                ledger_entry::Column::Status,
+                filter.status.map(|s| s.as_str()),
+            );
+        let page = (first, after);
+        LedgerEntryConnection::page(ctx, query, Direction::Descending, page, LedgerEntry).await
     }
 
     /// A partner's balances per currency (pending, approved, in payout, paid).
     async fn balances(&self, ctx: &Context<'_>, partner_id: ID) -> Result<Vec<Balance>> {
-        let principal = principal(ctx).await?;
-        let db = ctx.data_unchecked::<Db>();
+        let (principal, db) = caller(ctx).await?;
         let partner = find_visible_partner(db, principal, partner_id.as_str())
             .await?
             .ok_or(ApiError::NotFound("partner"))?;
@@ -423,22 +417,14 @@ impl CommissionQuery {
         after: Option<String>,
     ) -> Result<PayoutConnection> {
         let principal = principal(ctx).await?;
-        let args = PageArgs::parse(first, after)?;
-        let filter = filter.unwrap_or_default();
-        let mut query = payout::Entity::find();
-        // A partner key asking for another partner's payouts gets none: both filters apply.
         principal.require_admin_or_partner()?;
-        if let Some(own) = principal.partner_scope() {
-            query = query.filter(payout::Column::PartnerId.eq(own));
-        }
-        if let Some(partner_id) = &filter.partner_id {
-            query = query.filter(payout::Column::PartnerId.eq(partner_id.as_str()));
-        }
-        if let Some(status) = filter.status {
-            query = query.filter(payout::Column::Status.eq(status.as_str()));
-        }
-        let db = ctx.data_unchecked::<Db>();
-        Ok(PayoutConnection::by_id(db, query, Direction::Descending, &args, Payout).await?)
+        let filter = filter.unwrap_or_default();
+        // A partner key asking for another partner's payouts gets none: both filters apply.
+        let query = payout::Entity::find()
+            .eq_if(payout::Column::PartnerId, principal.partner_scope())
+            .eq_if(payout::Column::PartnerId, filter.partner_id.map(|id| id.0))
+            .eq_if(payout::Column::Status, filter.status.map(|s| s.as_str()));
+        PayoutConnection::page(ctx, query, Direction::Descending, (first, after), Payout).await
     }
 
     /// KPIs of a program, optionally for one partner and a time range (`from` inclusive, `to`
@@ -516,20 +502,12 @@ impl CommissionQuery {
         after: Option<String>,
     ) -> Result<ExchangeRateConnection> {
         principal(ctx).await?.require_admin()?;
-        let args = PageArgs::parse(first, after)?;
-        let mut query = exchange_rate::Entity::find();
-        if let Some(base) = base {
-            query = query.filter(exchange_rate::Column::Base.eq(base.trim().to_ascii_uppercase()));
-        }
-        if let Some(quote) = quote {
-            query =
-                query.filter(exchange_rate::Column::Quote.eq(quote.trim().to_ascii_uppercase()));
-        }
-        let db = ctx.data_unchecked::<Db>();
-        Ok(
-            ExchangeRateConnection::by_id(db, query, Direction::Descending, &args, ExchangeRate)
-                .await?,
-        )
+        let code = |c: String| c.trim().to_ascii_uppercase();
+        let query = exchange_rate::Entity::find()
+            .eq_if(exchange_rate::Column::Base, base.map(code))
+            .eq_if(exchange_rate::Column::Quote, quote.map(code));
+        let page = (first, after);
+        ExchangeRateConnection::page(ctx, query, Direction::Descending, page, ExchangeRate).await
     }
 
     /// Job runs, newest first (admins only).
@@ -542,13 +520,9 @@ impl CommissionQuery {
         after: Option<String>,
     ) -> Result<JobRunConnection> {
         principal(ctx).await?.require_admin()?;
-        let args = PageArgs::parse(first, after)?;
-        let mut query = job_run::Entity::find();
-        if let Some(name) = filter.unwrap_or_default().name {
-            query = query.filter(job_run::Column::Name.eq(name));
-        }
-        let db = ctx.data_unchecked::<Db>();
-        Ok(JobRunConnection::by_id(db, query, Direction::Descending, &args, JobRun).await?)
+        let query =
+            job_run::Entity::find().eq_if(job_run::Column::Name, filter.unwrap_or_default().name);
+        JobRunConnection::page(ctx, query, Direction::Descending, (first, after), JobRun).await
     }
 }
 
@@ -603,10 +577,9 @@ impl CommissionMutation {
         ctx: &Context<'_>,
         input: SetExchangeRateInput,
     ) -> Result<SetExchangeRatePayload> {
-        principal(ctx).await?.require_admin()?;
-        let db = ctx.data_unchecked::<Db>();
+        let rate = set_exchange_rate(admin_db(ctx).await?, input).await?;
         Ok(SetExchangeRatePayload {
-            exchange_rate: ExchangeRate(set_exchange_rate(db, input).await?),
+            exchange_rate: ExchangeRate(rate),
         })
     }
 
@@ -631,10 +604,9 @@ impl CommissionMutation {
         ctx: &Context<'_>,
         input: CreatePayoutInput,
     ) -> Result<CreatePayoutPayload> {
-        principal(ctx).await?.require_admin()?;
-        let db = ctx.data_unchecked::<Db>();
+        let payout = create_payout(admin_db(ctx).await?, input).await?;
         Ok(CreatePayoutPayload {
-            payout: Payout(create_payout(db, input).await?),
+            payout: Payout(payout),
         })
     }
 
@@ -644,10 +616,9 @@ impl CommissionMutation {
         ctx: &Context<'_>,
         input: MarkPayoutPaidInput,
     ) -> Result<MarkPayoutPaidPayload> {
-        principal(ctx).await?.require_admin()?;
-        let db = ctx.data_unchecked::<Db>();
+        let payout = mark_payout_paid(admin_db(ctx).await?, input).await?;
         Ok(MarkPayoutPaidPayload {
-            payout: Payout(mark_payout_paid(db, input).await?),
+            payout: Payout(payout),
         })
     }
 }

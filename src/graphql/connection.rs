@@ -77,6 +77,37 @@ impl TotalCount {
     }
 }
 
+/// Optional filters of list resolvers: `query.eq_if(Column, filter.value)` adds
+/// `column = value` when the client gave one.
+pub trait EqIf: QueryFilter + Sized {
+    /// Filters on `column = value` when `value` is given.
+    fn eq_if<V: Into<sea_orm::Value>>(self, column: impl ColumnTrait, value: Option<V>) -> Self {
+        match value {
+            Some(value) => self.filter(column.eq(value)),
+            None => self,
+        }
+    }
+}
+
+impl<E: EntityTrait> EqIf for Select<E> {}
+
+/// The row of `query` shown as `node`, or `NOT_FOUND` naming `what`: the body of a
+/// resolver of one item by id (`Some` always: the field is nullable for GraphQL's error
+/// semantics, not because absence is an answer).
+pub async fn one_or_not_found<E, N>(
+    db: &Db,
+    query: Select<E>,
+    what: &'static str,
+    node: impl FnOnce(E::Model) -> N,
+) -> Result<Option<N>>
+where
+    E: EntityTrait,
+    E::Model: crate::db::Decode,
+{
+    let row = db.select_one(query).await.map_err(ApiError::from)?;
+    Ok(Some(row.map(node).ok_or(ApiError::NotFound(what))?))
+}
+
 /// The (single) primary-key column of an entity.
 pub fn primary_column<E: EntityTrait>() -> E::Column {
     use sea_orm::{Iterable, PrimaryKeyToColumn};
@@ -196,6 +227,24 @@ macro_rules! connection {
         }
 
         impl $conn {
+            /// The page a client asked for (`first`, `after`) of `query` in id order
+            /// (`direction`), each row shown as `node`: the body of a list resolver.
+            pub async fn page<E>(
+                ctx: &async_graphql::Context<'_>,
+                query: sea_orm::Select<E>,
+                direction: $crate::db::pages::Direction,
+                (first, after): (Option<i32>, Option<String>),
+                node: impl Fn(E::Model) -> $node,
+            ) -> async_graphql::Result<$conn>
+            where
+                E: sea_orm::EntityTrait,
+                E::Model: sea_orm::FromQueryResult + $crate::db::entities::Keyed + Send + Sync,
+            {
+                let args = $crate::db::pages::PageArgs::parse(first, after)?;
+                let db = ctx.data_unchecked::<$crate::db::Db>();
+                Ok($conn::by_id(db, query, direction, &args, node).await?)
+            }
+
             /// One page of `query` in id order (`direction`), each row shown as `node`.
             pub async fn by_id<E>(
                 db: &$crate::db::Db,

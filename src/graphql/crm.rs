@@ -1,16 +1,17 @@
 //! GraphQL for CRM connections: `createCrmConnection`, `crmConnections`, `syncCrmConnection`,
 //! `syncRuns` (admins only). Credentials are write-only.
 
+use crate::graphql::admin_db;
+use crate::graphql::connection::EqIf;
 use async_graphql::{Context, ID, InputObject, Object, Result, SimpleObject};
 use chrono::{DateTime, Utc};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use sea_orm::EntityTrait;
 
 use crate::{
     db::states::JobRunStatus,
     db::{
-        Db,
         entities::{crm_connection, sync_run},
-        pages::{Direction, PageArgs},
+        pages::Direction,
     },
     domain::{
         crm::{ConnectionStatus, CreateCrmConnectionInput, CrmKind, create_connection},
@@ -182,16 +183,10 @@ impl CrmQuery {
         after: Option<String>,
     ) -> Result<CrmConnectionConnection> {
         principal(ctx).await?.require_admin()?;
-        let args = PageArgs::parse(first, after)?;
-        let mut query = crm_connection::Entity::find();
-        if let Some(program_id) = program_id {
-            query = query.filter(crm_connection::Column::ProgramId.eq(program_id.to_string()));
-        }
-        let db = ctx.data_unchecked::<Db>();
-        Ok(
-            CrmConnectionConnection::by_id(db, query, Direction::Descending, &args, CrmConnection)
-                .await?,
-        )
+        let query = crm_connection::Entity::find()
+            .eq_if(crm_connection::Column::ProgramId, program_id.map(|id| id.0));
+        let page = (first, after);
+        CrmConnectionConnection::page(ctx, query, Direction::Descending, page, CrmConnection).await
     }
 
     /// Sync runs, newest first (admins only).
@@ -204,13 +199,9 @@ impl CrmQuery {
         after: Option<String>,
     ) -> Result<SyncRunConnection> {
         principal(ctx).await?.require_admin()?;
-        let args = PageArgs::parse(first, after)?;
-        let mut query = sync_run::Entity::find();
-        if let Some(id) = connection_id {
-            query = query.filter(sync_run::Column::ConnectionId.eq(id.to_string()));
-        }
-        let db = ctx.data_unchecked::<Db>();
-        Ok(SyncRunConnection::by_id(db, query, Direction::Descending, &args, SyncRun).await?)
+        let query = sync_run::Entity::find()
+            .eq_if(sync_run::Column::ConnectionId, connection_id.map(|id| id.0));
+        SyncRunConnection::page(ctx, query, Direction::Descending, (first, after), SyncRun).await
     }
 }
 
@@ -248,8 +239,7 @@ impl CrmMutation {
         ctx: &Context<'_>,
         input: CreateCrmConnectionInput,
     ) -> Result<CreateCrmConnectionPayload> {
-        principal(ctx).await?.require_admin()?;
-        let db = ctx.data_unchecked::<Db>();
+        let db = admin_db(ctx).await?;
         let outbound = ctx.data_unchecked::<OutboundContext>();
         let model =
             create_connection(db, &outbound.key, input, outbound.settings.allow_private).await?;
@@ -265,9 +255,8 @@ impl CrmMutation {
         ctx: &Context<'_>,
         input: SyncCrmConnectionInput,
     ) -> Result<SyncCrmConnectionPayload> {
-        principal(ctx).await?.require_admin()?;
+        let db = admin_db(ctx).await?;
         let id = input.id.to_string();
-        let db = ctx.data_unchecked::<Db>();
         if !is_valid_id(&id)
             || crm_connection::Entity::find_by_id(id.clone())
                 .one(db.reads())

@@ -146,6 +146,18 @@ impl RequestAuth {
     }
 }
 
+/// The database, for an admin caller only (`UNAUTHENTICATED` / `FORBIDDEN` otherwise): the
+/// prologue of every admin-only resolver.
+pub async fn admin_db<'a>(ctx: &'a Context<'_>) -> ApiResult<&'a Db> {
+    principal(ctx).await?.require_admin()?;
+    Ok(ctx.data_unchecked::<Db>())
+}
+
+/// The authenticated caller and the database: the prologue of resolvers scoped by key.
+pub async fn caller<'a>(ctx: &'a Context<'_>) -> ApiResult<(&'a Principal, &'a Db)> {
+    Ok((principal(ctx).await?, ctx.data_unchecked::<Db>()))
+}
+
 /// The authenticated caller, or `UNAUTHENTICATED`.
 pub async fn principal<'a>(ctx: &'a Context<'_>) -> ApiResult<&'a Principal> {
     let auth = ctx

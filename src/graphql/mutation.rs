@@ -1,9 +1,10 @@
 //! Mutation root: each mutation takes one `input` and returns a payload object.
 
+use crate::graphql::admin_db;
+use crate::graphql::caller;
 use async_graphql::{Context, ID, InputObject, Object, Result, SimpleObject};
 
 use crate::{
-    db::Db,
     domain::{
         auth::{ApiKeyRole, create_key, revoke_key},
         partners::{
@@ -14,10 +15,7 @@ use crate::{
             SubmitReferralInput, UpdateReferralStatusInput, submit_referral, update_referral_status,
         },
     },
-    graphql::{
-        principal,
-        types::{ApiKey, Partner, Program, Referral},
-    },
+    graphql::types::{ApiKey, Partner, Program, Referral},
 };
 
 /// Result of `createProgram`.
@@ -111,10 +109,9 @@ impl CoreMutation {
         ctx: &Context<'_>,
         input: CreateProgramInput,
     ) -> Result<CreateProgramPayload> {
-        principal(ctx).await?.require_admin()?;
-        let db = ctx.data_unchecked::<Db>();
+        let program = create_program(admin_db(ctx).await?, input).await?;
         Ok(CreateProgramPayload {
-            program: Program(create_program(db, input).await?),
+            program: Program(program),
         })
     }
 
@@ -124,10 +121,9 @@ impl CoreMutation {
         ctx: &Context<'_>,
         input: UpdateProgramInput,
     ) -> Result<UpdateProgramPayload> {
-        principal(ctx).await?.require_admin()?;
-        let db = ctx.data_unchecked::<Db>();
+        let program = update_program(admin_db(ctx).await?, input).await?;
         Ok(UpdateProgramPayload {
-            program: Program(update_program(db, input).await?),
+            program: Program(program),
         })
     }
 
@@ -137,10 +133,9 @@ impl CoreMutation {
         ctx: &Context<'_>,
         input: CreatePartnerInput,
     ) -> Result<CreatePartnerPayload> {
-        principal(ctx).await?.require_admin()?;
-        let db = ctx.data_unchecked::<Db>();
+        let partner = create_partner(admin_db(ctx).await?, input).await?;
         Ok(CreatePartnerPayload {
-            partner: Partner(create_partner(db, input).await?),
+            partner: Partner(partner),
         })
     }
 
@@ -150,10 +145,9 @@ impl CoreMutation {
         ctx: &Context<'_>,
         input: UpdatePartnerStatusInput,
     ) -> Result<UpdatePartnerStatusPayload> {
-        principal(ctx).await?.require_admin()?;
-        let db = ctx.data_unchecked::<Db>();
+        let partner = update_partner_status(admin_db(ctx).await?, input).await?;
         Ok(UpdatePartnerStatusPayload {
-            partner: Partner(update_partner_status(db, input).await?),
+            partner: Partner(partner),
         })
     }
 
@@ -163,8 +157,7 @@ impl CoreMutation {
         ctx: &Context<'_>,
         input: CreateApiKeyInput,
     ) -> Result<CreateApiKeyPayload> {
-        principal(ctx).await?.require_admin()?;
-        let db = ctx.data_unchecked::<Db>();
+        let db = admin_db(ctx).await?;
         let program_ids: Vec<String> = input
             .program_ids
             .unwrap_or_default()
@@ -193,8 +186,7 @@ impl CoreMutation {
         ctx: &Context<'_>,
         input: RevokeApiKeyInput,
     ) -> Result<RevokeApiKeyPayload> {
-        let principal = principal(ctx).await?;
-        let db = ctx.data_unchecked::<Db>();
+        let (principal, db) = caller(ctx).await?;
         Ok(RevokeApiKeyPayload {
             api_key: ApiKey(revoke_key(db, principal, input.id.as_str()).await?),
         })
@@ -207,8 +199,7 @@ impl CoreMutation {
         ctx: &Context<'_>,
         input: SubmitReferralInput,
     ) -> Result<SubmitReferralPayload> {
-        let principal = principal(ctx).await?;
-        let db = ctx.data_unchecked::<Db>();
+        let (principal, db) = caller(ctx).await?;
         Ok(SubmitReferralPayload {
             referral: Referral::from(submit_referral(db, principal, input).await?),
         })
@@ -220,10 +211,9 @@ impl CoreMutation {
         ctx: &Context<'_>,
         input: UpdateReferralStatusInput,
     ) -> Result<UpdateReferralStatusPayload> {
-        principal(ctx).await?.require_admin()?;
-        let db = ctx.data_unchecked::<Db>();
+        let referral = update_referral_status(admin_db(ctx).await?, input).await?;
         Ok(UpdateReferralStatusPayload {
-            referral: Referral::from(update_referral_status(db, input).await?),
+            referral: Referral::from(referral),
         })
     }
 }

@@ -1,5 +1,7 @@
 //! GraphQL for events out: webhook endpoints and deliveries, and the `events` subscription.
 
+use crate::graphql::caller;
+use crate::graphql::connection::EqIf;
 use std::sync::Arc;
 
 use async_graphql::{Context, ID, InputObject, Object, Result, SimpleObject, Subscription};
@@ -11,7 +13,7 @@ use crate::{
     db::{
         Db,
         entities::{webhook_delivery, webhook_endpoint},
-        pages::{Direction, PageArgs},
+        pages::Direction,
     },
     domain::{
         auth::Principal,
@@ -202,18 +204,10 @@ impl OutboundQuery {
         #[graphql(validator(minimum = 0, maximum = 100))] first: Option<i32>,
         after: Option<String>,
     ) -> Result<WebhookEndpointConnection> {
-        let principal = principal(ctx).await?;
-        let args = PageArgs::parse(first, after)?;
-        let query = webhook_endpoint::Entity::find().filter(managed_by(principal));
-        let db = ctx.data_unchecked::<Db>();
-        Ok(WebhookEndpointConnection::by_id(
-            db,
-            query,
-            Direction::Descending,
-            &args,
-            WebhookEndpoint,
-        )
-        .await?)
+        let query = webhook_endpoint::Entity::find().filter(managed_by(principal(ctx).await?));
+        let page = (first, after);
+        WebhookEndpointConnection::page(ctx, query, Direction::Descending, page, WebhookEndpoint)
+            .await
     }
 
     /// Deliveries to the endpoints the caller manages, newest first.
@@ -225,10 +219,8 @@ impl OutboundQuery {
         #[graphql(validator(minimum = 0, maximum = 100))] first: Option<i32>,
         after: Option<String>,
     ) -> Result<WebhookDeliveryConnection> {
-        let principal = principal(ctx).await?;
-        let args = PageArgs::parse(first, after)?;
+        let (principal, db) = caller(ctx).await?;
         let filter = filter.unwrap_or_default();
-        let db = ctx.data_unchecked::<Db>();
         let mut query = webhook_delivery::Entity::find();
         if let Some(endpoint_id) = &filter.endpoint_id {
             find_managed(db, principal, endpoint_id.as_str()).await?;
@@ -241,20 +233,15 @@ impl OutboundQuery {
                 .into_query();
             query = query.filter(webhook_delivery::Column::EndpointId.in_subquery(managed));
         }
-        if let Some(status) = filter.status {
-            query = query.filter(webhook_delivery::Column::Status.eq(status.as_str()));
-        }
-        if let Some(event_id) = filter.event_id {
-            query = query.filter(webhook_delivery::Column::EventId.eq(event_id));
-        }
-        Ok(WebhookDeliveryConnection::by_id(
-            db,
-            query,
-            Direction::Descending,
-            &args,
-            WebhookDelivery,
-        )
-        .await?)
+        let query = query
+            .eq_if(
+                webhook_delivery::Column::Status,
+                filter.status.map(|s| s.as_str()),
+            )
+            .eq_if(webhook_delivery::Column::EventId, filter.event_id);
+        let page = (first, after);
+        WebhookDeliveryConnection::page(ctx, query, Direction::Descending, page, WebhookDelivery)
+            .await
     }
 }
 
@@ -370,8 +357,7 @@ impl OutboundMutation {
         ctx: &Context<'_>,
         input: EnableWebhookEndpointInput,
     ) -> Result<EnableWebhookEndpointPayload> {
-        let principal = principal(ctx).await?;
-        let db = ctx.data_unchecked::<Db>();
+        let (principal, db) = caller(ctx).await?;
         let endpoint = enable_endpoint(db, principal, input.id.as_str()).await?;
         Ok(EnableWebhookEndpointPayload {
             endpoint: WebhookEndpoint(endpoint),
@@ -385,8 +371,7 @@ impl OutboundMutation {
         ctx: &Context<'_>,
         input: ReplayWebhookDeliveriesInput,
     ) -> Result<ReplayWebhookDeliveriesPayload> {
-        let principal = principal(ctx).await?;
-        let db = ctx.data_unchecked::<Db>();
+        let (principal, db) = caller(ctx).await?;
         let queued =
             replay_deliveries(db, principal, input.endpoint_id.as_str(), input.since).await?;
         let endpoint = find_managed(db, principal, input.endpoint_id.as_str()).await?;

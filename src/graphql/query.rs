@@ -1,5 +1,8 @@
 //! Query root: every read is scoped to the caller's key.
 
+use crate::graphql::caller;
+use crate::graphql::connection::EqIf;
+use crate::graphql::connection::one_or_not_found;
 use async_graphql::{Context, ID, InputObject, Object, Result};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, sea_query::Query as SeaQuery};
 
@@ -88,13 +91,13 @@ impl CoreQuery {
             return Err(ApiError::NotFound("program").into());
         }
         let db = ctx.data_unchecked::<Db>();
-        Ok(Some(
-            db.select_one(program::Entity::find_by_id(id.to_string()))
-                .await
-                .map_err(ApiError::from)?
-                .map(Program)
-                .ok_or(ApiError::NotFound("program"))?,
-        ))
+        one_or_not_found(
+            db,
+            program::Entity::find_by_id(id.to_string()),
+            "program",
+            Program,
+        )
+        .await
     }
 
     /// Programs, oldest first (a partner key sees only its own).
@@ -107,19 +110,17 @@ impl CoreQuery {
     ) -> Result<ProgramConnection> {
         let principal = principal(ctx).await?;
         principal.require_admin_or_partner()?;
-        let args = PageArgs::parse(first, after)?;
-        let mut query = program::Entity::find();
-        if let Principal::Partner { program_id, .. } = principal {
-            query = query.filter(program::Column::Id.eq(program_id.as_str()));
-        }
-        let db = ctx.data_unchecked::<Db>();
-        Ok(ProgramConnection::by_id(db, query, Direction::Ascending, &args, Program).await?)
+        let own_program = match principal {
+            Principal::Partner { program_id, .. } => Some(program_id.as_str()),
+            _ => None,
+        };
+        let query = program::Entity::find().eq_if(program::Column::Id, own_program);
+        ProgramConnection::page(ctx, query, Direction::Ascending, (first, after), Program).await
     }
 
     /// One partner by id (a partner key sees only itself).
     async fn partner(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Partner>> {
-        let principal = principal(ctx).await?;
-        let db = ctx.data_unchecked::<Db>();
+        let (principal, db) = caller(ctx).await?;
         Ok(Some(
             find_visible_partner(db, principal, id.as_str())
                 .await?
@@ -139,20 +140,12 @@ impl CoreQuery {
     ) -> Result<PartnerConnection> {
         let principal = principal(ctx).await?;
         principal.require_admin_or_partner()?;
-        let args = PageArgs::parse(first, after)?;
         let filter = filter.unwrap_or_default();
-        let mut query = partner::Entity::find();
-        if let Some(own) = principal.partner_scope() {
-            query = query.filter(partner::Column::Id.eq(own));
-        }
-        if let Some(program_id) = &filter.program_id {
-            query = query.filter(partner::Column::ProgramId.eq(program_id.as_str()));
-        }
-        if let Some(status) = filter.status {
-            query = query.filter(partner::Column::Status.eq(status.as_str()));
-        }
-        let db = ctx.data_unchecked::<Db>();
-        Ok(PartnerConnection::by_id(db, query, Direction::Ascending, &args, Partner).await?)
+        let query = partner::Entity::find()
+            .eq_if(partner::Column::Id, principal.partner_scope())
+            .eq_if(partner::Column::ProgramId, filter.program_id.map(|id| id.0))
+            .eq_if(partner::Column::Status, filter.status.map(|s| s.as_str()));
+        PartnerConnection::page(ctx, query, Direction::Ascending, (first, after), Partner).await
     }
 
     /// One referral by id (a partner key sees only its own).
@@ -167,13 +160,7 @@ impl CoreQuery {
         if let Some(own) = principal.partner_scope() {
             query = query.filter(referral::Column::PartnerId.eq(own));
         }
-        Ok(Some(
-            db.select_one(query)
-                .await
-                .map_err(ApiError::from)?
-                .map(Referral::from)
-                .ok_or(ApiError::NotFound("referral"))?,
-        ))
+        one_or_not_found(db, query, "referral", Referral::from).await
     }
 
     /// Referrals, newest first (a partner key sees only its own).
@@ -189,19 +176,17 @@ impl CoreQuery {
         principal.require_admin_or_partner()?;
         let args = PageArgs::parse(first, after)?;
         let filter = filter.unwrap_or_default();
-        let mut query = referral::Entity::find();
-        if let Some(own) = principal.partner_scope() {
-            query = query.filter(referral::Column::PartnerId.eq(own));
-        }
-        if let Some(program_id) = &filter.program_id {
-            query = query.filter(referral::Column::ProgramId.eq(program_id.as_str()));
-        }
-        if let Some(partner_id) = &filter.partner_id {
-            query = query.filter(referral::Column::PartnerId.eq(partner_id.as_str()));
-        }
-        if let Some(status) = filter.status {
-            query = query.filter(referral::Column::Status.eq(status.as_str()));
-        }
+        let query = referral::Entity::find()
+            .eq_if(referral::Column::PartnerId, principal.partner_scope())
+            .eq_if(
+                referral::Column::ProgramId,
+                filter.program_id.map(|id| id.0),
+            )
+            .eq_if(
+                referral::Column::PartnerId,
+                filter.partner_id.map(|id| id.0),
+            )
+            .eq_if(referral::Column::Status, filter.status.map(|s| s.as_str()));
         let db = ctx.data_unchecked::<Db>();
         let (page, total) = id_page(
             db,
@@ -234,13 +219,7 @@ impl CoreQuery {
         if let Some(own) = principal.partner_scope() {
             query = query.filter(deal::Column::Id.in_subquery(attributed_to(own)));
         }
-        Ok(Some(
-            db.select_one(query)
-                .await
-                .map_err(ApiError::from)?
-                .map(Deal::from)
-                .ok_or(ApiError::NotFound("deal"))?,
-        ))
+        one_or_not_found(db, query, "deal", Deal::from).await
     }
 
     /// Deals, newest first (a partner key sees only deals attributed to it).
@@ -254,17 +233,17 @@ impl CoreQuery {
     ) -> Result<DealConnection> {
         let principal = principal(ctx).await?;
         principal.require_admin_or_partner()?;
-        let args = PageArgs::parse(first, after)?;
         let filter = filter.unwrap_or_default();
-        let mut query = deal::Entity::find();
-        if let Some(own) = principal.partner_scope() {
-            query = query.filter(deal::Column::Id.in_subquery(attributed_to(own)));
-        }
-        if let Some(program_id) = &filter.program_id {
-            query = query.filter(deal::Column::ProgramId.eq(program_id.as_str()));
-        }
-        if let Some(partner_id) = &filter.partner_id {
-            query = query.filter(deal::Column::Id.in_subquery(attributed_to(partner_id.as_str())));
+        let mut query =
+            deal::Entity::find().eq_if(deal::Column::ProgramId, filter.program_id.map(|id| id.0));
+        for partner_id in [
+            principal.partner_scope(),
+            filter.partner_id.as_ref().map(|id| id.as_str()),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            query = query.filter(deal::Column::Id.in_subquery(attributed_to(partner_id)));
         }
         if let Some(status) = filter.status {
             let stored = tandem_connectors::DealStatus::from(status).as_str();
@@ -280,8 +259,14 @@ impl CoreQuery {
                     .filter(deal::Column::Deleted.eq(false)),
             };
         }
-        let db = ctx.data_unchecked::<Db>();
-        Ok(DealConnection::by_id(db, query, Direction::Descending, &args, Deal::from).await?)
+        DealConnection::page(
+            ctx,
+            query,
+            Direction::Descending,
+            (first, after),
+            Deal::from,
+        )
+        .await
     }
 
     /// API keys, oldest first (admins only). Tokens are never shown again.
@@ -293,10 +278,8 @@ impl CoreQuery {
         after: Option<String>,
     ) -> Result<ApiKeyConnection> {
         principal(ctx).await?.require_admin()?;
-        let args = PageArgs::parse(first, after)?;
         let query = api_key::Entity::find();
-        let db = ctx.data_unchecked::<Db>();
-        Ok(ApiKeyConnection::by_id(db, query, Direction::Ascending, &args, ApiKey).await?)
+        ApiKeyConnection::page(ctx, query, Direction::Ascending, (first, after), ApiKey).await
     }
 
     /// The event stream, oldest first, resumable from a cursor; scoped like the caller's key

@@ -1,6 +1,6 @@
 //! GraphQL object types wrapping stored rows.
 
-use async_graphql::{Context, Enum, ID, InputType, Json, Object, Result, Value};
+use async_graphql::{Context, ID, InputType, Json, Object, Result, Value};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
@@ -30,32 +30,36 @@ use crate::{
     },
 };
 
-/// The error for a stored value that does not parse (details go to the log only).
-pub(crate) fn internal(what: &str, value: &str) -> async_graphql::Error {
-    ApiError::Internal(format!("stored {what} {value:?} is invalid")).into()
-}
-
 /// Complexity of a paginated field: its children count once per requested item.
 pub fn page_complexity(first: Option<i32>, child_complexity: usize) -> usize {
     first.unwrap_or(20).clamp(1, 100) as usize * child_complexity.max(1) + 1
 }
 
-/// One page of a child list through its loader (an absent parent has an empty page).
+/// One page of a parent's child list through its loader (an absent parent has an empty page),
+/// whether it was asked for after a cursor, and how to count the whole list.
 async fn child_page<M: ChildRow>(
     loader: &BatchLoader<ChildPageKey, ChildPageLoader<M>>,
+    kind: ChildKind,
     parent: &str,
     args: PageArgs,
-) -> Result<Page<M>> {
-    Ok(loader
+) -> Result<(Page<M>, bool, TotalCount)> {
+    let had_cursor = args.after.is_some();
+    let parent = parent.to_string();
+    let page = loader
         .load_one(ChildPageKey {
-            parent: parent.to_string(),
+            parent: parent.clone(),
             args,
         })
         .await?
         .unwrap_or(Page {
             items: Vec::new(),
             has_next: false,
-        }))
+        });
+    Ok((
+        page,
+        had_cursor,
+        TotalCount::Child(ChildCountKey { kind, parent }),
+    ))
 }
 
 /// A partner program.
@@ -136,16 +140,19 @@ impl Program {
             ));
         }
         let loaders = ctx.data_unchecked::<Loaders>();
-        let page = child_page(&loaders.program_partners, &self.0.id, args).await?;
+        let (page, _, total) = child_page(
+            &loaders.program_partners,
+            ChildKind::ProgramPartners,
+            &self.0.id,
+            args,
+        )
+        .await?;
         Ok(PartnerConnection::build(
             page,
             had_cursor,
             |p| p.id.clone(),
             Partner,
-            TotalCount::Child(ChildCountKey {
-                kind: ChildKind::ProgramPartners,
-                parent: self.0.id.clone(),
-            }),
+            total,
         ))
     }
 }
@@ -209,22 +216,14 @@ impl Partner {
         #[graphql(validator(minimum = 0, maximum = 100))] first: Option<i32>,
         after: Option<String>,
     ) -> Result<ReferralConnection> {
-        let args = PageArgs::parse(first, after)?;
-        let had_cursor = args.after.is_some();
         let loaders = ctx.data_unchecked::<Loaders>();
-        let page = child_page(&loaders.partner_referrals, &self.0.id, args).await?;
-        ReferralConnection::build(
-            page,
-            had_cursor,
-            |r| r.id.clone(),
-            Referral::from,
-            TotalCount::Child(ChildCountKey {
-                kind: ChildKind::PartnerReferrals,
-                parent: self.0.id.clone(),
-            }),
-        )
-        .with_deals(ctx)
-        .await
+        let args = PageArgs::parse(first, after)?;
+        let referrals = &loaders.partner_referrals;
+        let (page, had_cursor, total) =
+            child_page(referrals, ChildKind::PartnerReferrals, &self.0.id, args).await?;
+        ReferralConnection::build(page, had_cursor, |r| r.id.clone(), Referral::from, total)
+            .with_deals(ctx)
+            .await
     }
     /// Deals attributed to the partner, newest first.
     #[graphql(complexity = "page_complexity(first, child_complexity)")]
@@ -234,19 +233,21 @@ impl Partner {
         #[graphql(validator(minimum = 0, maximum = 100))] first: Option<i32>,
         after: Option<String>,
     ) -> Result<DealConnection> {
-        let args = PageArgs::parse(first, after)?;
-        let had_cursor = args.after.is_some();
         let loaders = ctx.data_unchecked::<Loaders>();
-        let page = child_page(&loaders.partner_deals, &self.0.id, args).await?;
+        let args = PageArgs::parse(first, after)?;
+        let (page, had_cursor, total) = child_page(
+            &loaders.partner_deals,
+            ChildKind::PartnerDeals,
+            &self.0.id,
+            args,
+        )
+        .await?;
         Ok(DealConnection::build(
             page,
             had_cursor,
             |d| d.id.clone(),
             Deal::from,
-            TotalCount::Child(ChildCountKey {
-                kind: ChildKind::PartnerDeals,
-                parent: self.0.id.clone(),
-            }),
+            total,
         ))
     }
 }
@@ -394,17 +395,7 @@ impl Referral {
     }
 }
 
-/// Deal status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
-#[graphql(remote = "tandem_connectors::DealStatus")]
-pub enum DealStatus {
-    /// Still open.
-    Open,
-    /// Won.
-    Won,
-    /// Lost (or deleted).
-    Lost,
-}
+pub use crate::db::states::DealStatus;
 
 /// A CRM deal mirrored into Tandem.
 ///
@@ -424,13 +415,13 @@ impl Deal {
         )
     }
 
-    /// The stored status as GraphQL shows it (a deleted deal counts as lost); `None` for a
-    /// stored value that does not parse.
-    fn stored_status(&self) -> Option<DealStatus> {
+    /// The stored status as GraphQL shows it (a deleted deal counts as lost).
+    fn stored_status(&self) -> DealStatus {
         if self.0.deleted {
-            return Some(DealStatus::Lost);
+            DealStatus::Lost
+        } else {
+            self.0.status
         }
-        tandem_connectors::DealStatus::parse(&self.0.status).map(DealStatus::from)
     }
 
     /// The stored contact emails.
@@ -497,9 +488,8 @@ impl Deal {
         &self.0.currency
     }
     /// Open, won or lost (a deleted deal counts as lost).
-    async fn status(&self) -> Result<DealStatus> {
+    async fn status(&self) -> DealStatus {
         self.stored_status()
-            .ok_or_else(|| internal("deal status", &self.0.status))
     }
     /// The CRM's stage label.
     async fn stage(&self) -> Option<&str> {

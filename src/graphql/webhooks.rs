@@ -1,6 +1,8 @@
 //! GraphQL for inbound webhooks and deal attribution: `createWebhookSource`, `attributeDeal`,
 //! `webhookSources`, `webhookReceipts` (admins only).
 
+use crate::graphql::admin_db;
+use crate::graphql::connection::EqIf;
 use async_graphql::{Context, ID, InputObject, Object, Result, SimpleObject};
 use chrono::{DateTime, Utc};
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
@@ -183,16 +185,10 @@ impl WebhookQuery {
         after: Option<String>,
     ) -> Result<WebhookSourceConnection> {
         principal(ctx).await?.require_admin()?;
-        let args = PageArgs::parse(first, after)?;
-        let mut query = webhook_source::Entity::find();
-        if let Some(program_id) = program_id {
-            query = query.filter(webhook_source::Column::ProgramId.eq(program_id.to_string()));
-        }
-        let db = ctx.data_unchecked::<Db>();
-        Ok(
-            WebhookSourceConnection::by_id(db, query, Direction::Descending, &args, WebhookSource)
-                .await?,
-        )
+        let query = webhook_source::Entity::find()
+            .eq_if(webhook_source::Column::ProgramId, program_id.map(|id| id.0));
+        let page = (first, after);
+        WebhookSourceConnection::page(ctx, query, Direction::Descending, page, WebhookSource).await
     }
 
     /// Webhook receipts, newest first (admins only).
@@ -207,13 +203,15 @@ impl WebhookQuery {
         principal(ctx).await?.require_admin()?;
         let args = PageArgs::parse(first, after)?;
         let filter = filter.unwrap_or_default();
-        let mut query = webhook_receipt::Entity::find();
-        if let Some(source_id) = filter.source_id {
-            query = query.filter(webhook_receipt::Column::SourceId.eq(source_id.to_string()));
-        }
-        if let Some(status) = filter.status {
-            query = query.filter(webhook_receipt::Column::Status.eq(status.as_str()));
-        }
+        let mut query = webhook_receipt::Entity::find()
+            .eq_if(
+                webhook_receipt::Column::SourceId,
+                filter.source_id.map(|id| id.0),
+            )
+            .eq_if(
+                webhook_receipt::Column::Status,
+                filter.status.map(|s| s.as_str()),
+            );
         let count_query = query.clone();
         if let Some(after) = &args.after {
             let seq: i64 = after
@@ -292,14 +290,13 @@ impl WebhookMutation {
         ctx: &Context<'_>,
         input: AttributeDealInput,
     ) -> Result<AttributeDealPayload> {
-        principal(ctx).await?.require_admin()?;
+        let db = admin_db(ctx).await?;
         if !is_valid_id(input.deal_id.as_str()) {
             return Err(ApiError::NotFound("deal").into());
         }
         if !is_valid_id(input.partner_id.as_str()) {
             return Err(ApiError::NotFound("partner").into());
         }
-        let db = ctx.data_unchecked::<Db>();
         let (deal, attribution) = attribute_deal(db, input).await?;
         Ok(AttributeDealPayload {
             deal: Deal::new(deal, Some(attribution)),

@@ -483,7 +483,7 @@ async fn write_outcomes(
 ) -> Result<[(&'static str, u64); 3], DbErr> {
     let mut counts = [("succeeded", 0), ("retrying", 0), ("failed", 0)];
     let backend = db.backend();
-    let p = |n| db.numbered(n);
+    let [p1, p2, p3, p4, p5, p6, p7, p8, p9, p10] = db.params();
     let tx = db.begin_write().await?;
     for outcome in batch {
         let (status, next, delivered_at) = next_state(outcome, &settings.retry_schedule);
@@ -496,19 +496,10 @@ async fn write_outcomes(
         tx.execute_raw(Statement::from_sql_and_values(
             backend,
             format!(
-                "UPDATE webhook_deliveries SET status = {}, attempt = {}, status_code = {}, \
-                 latency_ms = {}, last_error = {}, last_attempt_at = {}, delivered_at = {}, \
-                 next_attempt_at_ms = {}, claim_token = NULL WHERE id = {} AND claim_token = {}",
-                p(1),
-                p(2),
-                p(3),
-                p(4),
-                p(5),
-                p(6),
-                p(7),
-                p(8),
-                p(9),
-                p(10)
+                "UPDATE webhook_deliveries SET status = {p1}, attempt = {p2}, status_code = {p3}, \
+                 latency_ms = {p4}, last_error = {p5}, last_attempt_at = {p6}, \
+                 delivered_at = {p7}, next_attempt_at_ms = {p8}, claim_token = NULL \
+                 WHERE id = {p9} AND claim_token = {p10}"
             ),
             vec![
                 status.as_str().into(),
@@ -535,8 +526,7 @@ async fn write_outcomes(
             backend,
             format!(
                 "UPDATE webhook_endpoints SET failing_since = NULL \
-                 WHERE id = {} AND failing_since IS NOT NULL",
-                p(1)
+                 WHERE id = {p1} AND failing_since IS NOT NULL"
             ),
             vec![endpoint_id.into()],
         ))
@@ -547,10 +537,8 @@ async fn write_outcomes(
         tx.execute_raw(Statement::from_sql_and_values(
             backend,
             format!(
-                "UPDATE webhook_endpoints SET failing_since = {} \
-                 WHERE id = {} AND failing_since IS NULL",
-                p(1),
-                p(2)
+                "UPDATE webhook_endpoints SET failing_since = {p1} \
+                 WHERE id = {p2} AND failing_since IS NULL"
             ),
             vec![since.into(), endpoint_id.into()],
         ))
@@ -558,12 +546,9 @@ async fn write_outcomes(
         tx.execute_raw(Statement::from_sql_and_values(
             backend,
             format!(
-                "UPDATE webhook_endpoints SET status = 'DISABLED', disabled_reason = {}, \
-                 updated_at = {} WHERE id = {} AND status = 'ENABLED' AND failing_since <= {}",
-                p(1),
-                p(2),
-                p(3),
-                p(4)
+                "UPDATE webhook_endpoints SET status = 'DISABLED', disabled_reason = {p1}, \
+                 updated_at = {p2} WHERE id = {p3} AND status = 'ENABLED' \
+                 AND failing_since <= {p4}"
             ),
             vec![
                 format!(
@@ -582,11 +567,8 @@ async fn write_outcomes(
         tx.execute_raw(Statement::from_sql_and_values(
             backend,
             format!(
-                "UPDATE webhook_endpoints SET status = 'DISABLED', disabled_reason = {}, \
-                 updated_at = {} WHERE id = {} AND status = 'ENABLED'",
-                p(1),
-                p(2),
-                p(3)
+                "UPDATE webhook_endpoints SET status = 'DISABLED', disabled_reason = {p1}, \
+                 updated_at = {p2} WHERE id = {p3} AND status = 'ENABLED'"
             ),
             vec![
                 "the endpoint answered 410 Gone".into(),

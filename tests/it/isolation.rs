@@ -30,7 +30,7 @@ pub async fn insert_attributed_deal(
         name: Set(name.into()),
         amount: Set("1000.00".into()),
         currency: Set("USD".into()),
-        status: Set("OPEN".into()),
+        status: Set(tandem::db::states::DealStatus::Open),
         stage: Set(None),
         closed_at: Set(None),
         created_at: Set(now),

@@ -6,6 +6,7 @@ use rust_decimal::Decimal;
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait, PaginatorTrait};
 use serde_json::json;
 
+use tandem::db::states::DealStatus;
 use tandem::{
     db::{
         Db,
@@ -176,7 +177,11 @@ pub async fn seed_demo(db: &Db) -> anyhow::Result<Option<DemoSeed>> {
             name: Set(name.into()),
             amount: Set(amount.to_string()),
             currency: Set("USD".into()),
-            status: Set(if won { "WON" } else { "OPEN" }.into()),
+            status: Set(if won {
+                DealStatus::Won
+            } else {
+                DealStatus::Open
+            }),
             stage: Set(Some(if won { "closedwon" } else { "qualified" }.into())),
             closed_at: Set(won.then_some(now - Duration::days(2))),
             created_at: Set(now - Duration::days(20)),

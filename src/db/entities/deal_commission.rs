@@ -13,7 +13,7 @@ pub struct Model {
     pub program_id: String,
     pub amount_program: Option<String>,
     pub amount_program_cents: Option<i64>,
-    pub deal_status: String,
+    pub deal_status: crate::db::states::DealStatus,
     pub closed_at: Option<DateTimeUtc>,
     pub deal_created_at: DateTimeUtc,
     pub state: crate::db::states::CommissionState,

@@ -188,7 +188,7 @@ pub(super) fn decide(
                     program_id: Set(program_id.clone()),
                     amount_program: Set(amount_program),
                     amount_program_cents: Set(amount_program_cents),
-                    deal_status: Set(status_text),
+                    deal_status: Set(status.into()),
                     closed_at: Set(outcome.closed_at),
                     deal_created_at: Set(created_at),
                     state: Set(outcome.state),

@@ -18,6 +18,7 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use sea_orm::{ActiveValue::Set, ConnectionTrait, EntityTrait, Statement};
 use serde_json::{Value, json};
 
+use tandem::db::states::DealStatus;
 use tandem::{
     db::{
         Db,
@@ -260,12 +261,13 @@ async fn seed(db: &Db, deals: u32, partners: u32) -> anyhow::Result<Value> {
             let id = new_id();
             let roll: u32 = rng.random_range(0..100);
             let status = match roll {
-                0..60 => "WON",
-                60..80 => "LOST",
-                _ => "OPEN",
+                0..60 => DealStatus::Won,
+                60..80 => DealStatus::Lost,
+                _ => DealStatus::Open,
             };
             let created = now - Span::minutes(rng.random_range(0..3 * 365 * 24 * 60));
-            let closed = (status != "OPEN").then(|| created + Span::days(rng.random_range(0..30)));
+            let closed =
+                (status != DealStatus::Open).then(|| created + Span::days(rng.random_range(0..30)));
             let cents: i64 = rng.random_range(10_000..5_000_000);
             deal_rows.push(deal::ActiveModel {
                 id: Set(id.clone()),
@@ -275,7 +277,7 @@ async fn seed(db: &Db, deals: u32, partners: u32) -> anyhow::Result<Value> {
                 name: Set(format!("Deal {i}")),
                 amount: Set(format!("{}.{:02}", cents / 100, cents % 100)),
                 currency: Set(if i % 10 == 0 { "EUR" } else { "USD" }.into()),
-                status: Set(status.into()),
+                status: Set(status),
                 stage: Set(None),
                 closed_at: Set(closed),
                 created_at: Set(created),

@@ -7,6 +7,7 @@ use sea_orm::{ActiveValue::Set, EntityTrait};
 use serde::Serialize;
 use serde_json::json;
 
+use tandem::db::states::DealStatus;
 use tandem::{
     db::{
         Db,
@@ -113,7 +114,11 @@ pub async fn seed(db: &Db, partners: u32, referrals: u32) -> anyhow::Result<Benc
                     name: Set(format!("Deal {i}")),
                     amount: Set(format!("{}.00", 1000 + i % 9000)),
                     currency: Set("USD".into()),
-                    status: Set(if i % 10 == 0 { "WON" } else { "OPEN" }.into()),
+                    status: Set(if i % 10 == 0 {
+                        DealStatus::Won
+                    } else {
+                        DealStatus::Open
+                    }),
                     stage: Set(None),
                     closed_at: Set((i % 10 == 0).then_some(submitted)),
                     created_at: Set(submitted),
