@@ -76,6 +76,10 @@ impl App {
             inbox.clone(),
         );
         let mut workers = Vec::new();
+        // Every instance drops a webhook source another one changed (PostgreSQL).
+        workers.push(tokio::spawn(
+            webhooks.clone().listen_for_changes(stop.clone()),
+        ));
         if config.inbox_worker {
             workers.push(tokio::spawn(worker.run(stop.clone())));
         }

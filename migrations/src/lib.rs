@@ -11,6 +11,7 @@ mod m20261124_000003_event_visibility;
 mod m20261124_000004_outbound_webhooks;
 mod m20261124_000005_crm_connections;
 mod m20261124_000006_referral_counts;
+mod m20261206_000001_day_two;
 
 /// The ordered list of Tandem migrations.
 pub struct Migrator;
@@ -26,6 +27,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000004_outbound_webhooks::Migration),
             Box::new(m20261124_000005_crm_connections::Migration),
             Box::new(m20261124_000006_referral_counts::Migration),
+            Box::new(m20261206_000001_day_two::Migration),
         ]
     }
 }

@@ -179,6 +179,17 @@ stored_enum! {
 }
 
 stored_enum! {
+    /// Whether an inbound webhook source accepts requests.
+    #[graphql(name = "WebhookSourceStatus")]
+    pub enum SourceStatus {
+        /// Verifies and stores what arrives.
+        Enabled = "ENABLED",
+        /// Answers 410 Gone and stores nothing, until enabled again.
+        Disabled = "DISABLED",
+    }
+}
+
+stored_enum! {
     /// Where a delivery stands.
     #[graphql(name = "WebhookDeliveryStatus")]
     pub enum DeliveryStatus {
@@ -188,6 +199,8 @@ stored_enum! {
         Succeeded = "SUCCEEDED",
         /// Given up (retries exhausted, or the endpoint answered 410); can be replayed.
         Failed = "FAILED",
+        /// Not sent: its endpoint was deleted first.
+        Cancelled = "CANCELLED",
     }
 }
 

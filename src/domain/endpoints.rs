@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use async_graphql::{ID, InputObject};
+use async_graphql::{ID, InputObject, MaybeUndefined};
 use chrono::{DateTime, Duration, Utc};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
@@ -41,6 +41,9 @@ pub struct CreateWebhookEndpointInput {
     pub description: Option<String>,
     /// Only events of this program (default: every program the key may see).
     pub program_id: Option<ID>,
+    /// Deliveries per second to this endpoint (1–10,000; default: the hub's
+    /// `webhook_rate_limit`).
+    pub rate_limit: Option<i32>,
 }
 
 /// An endpoint just created or rotated, with its secret (the only time it is shown).
@@ -135,11 +138,29 @@ async fn find_managed_in(
     query
         .one(conn)
         .await?
+        .filter(|e| manages(principal, e) && e.deleted_at.is_none())
+        .ok_or(ApiError::NotFound("webhook endpoint"))
+}
+
+/// The endpoint `id` if `principal` manages or managed it, deleted or not: its deliveries stay
+/// readable as history.
+pub async fn find_managed_history(
+    db: &Db,
+    principal: &Principal,
+    id: &str,
+) -> ApiResult<webhook_endpoint::Model> {
+    if !is_valid_id(id) {
+        return Err(ApiError::NotFound("webhook endpoint"));
+    }
+    webhook_endpoint::Entity::find_by_id(id.to_string())
+        .one(db.reads())
+        .await?
         .filter(|e| manages(principal, e))
         .ok_or(ApiError::NotFound("webhook endpoint"))
 }
 
-/// A filter restricting `webhook_endpoints` to those `principal` manages.
+/// A filter restricting `webhook_endpoints` to those `principal` manages (deleted ones
+/// included: see [`live`]).
 pub fn managed_by(principal: &Principal) -> sea_orm::Condition {
     match principal {
         Principal::Admin { .. } => sea_orm::Condition::all(),
@@ -149,6 +170,165 @@ pub fn managed_by(principal: &Principal) -> sea_orm::Condition {
         Principal::Partner { partner_id, .. } => sea_orm::Condition::all()
             .add(webhook_endpoint::Column::PartnerId.eq(partner_id.as_str())),
     }
+}
+
+/// A filter leaving deleted endpoints out.
+pub fn live() -> sea_orm::Condition {
+    sea_orm::Condition::all().add(webhook_endpoint::Column::DeletedAt.is_null())
+}
+
+/// The highest per-endpoint rate limit (deliveries per second).
+pub const MAX_ENDPOINT_RATE_LIMIT: i32 = 10_000;
+
+fn check_description(description: Option<String>) -> ApiResult<Option<String>> {
+    let description = description.map(|d| d.trim().to_string());
+    if description
+        .as_ref()
+        .is_some_and(|d| d.chars().count() > 500)
+    {
+        return Err(ApiError::bad_input(
+            "input.description",
+            "must be at most 500 characters",
+        ));
+    }
+    Ok(description.filter(|d| !d.is_empty()))
+}
+
+fn check_rate_limit(rate: Option<i32>) -> ApiResult<Option<i32>> {
+    match rate {
+        Some(r) if !(1..=MAX_ENDPOINT_RATE_LIMIT).contains(&r) => Err(ApiError::bad_input(
+            "input.rateLimit",
+            format!("must be between 1 and {MAX_ENDPOINT_RATE_LIMIT} deliveries per second"),
+        )),
+        other => Ok(other),
+    }
+}
+
+/// Input of `updateWebhookEndpoint`: fields left out keep their value; `description` and
+/// `rateLimit` set to null go back to none and the hub's default.
+#[derive(Debug, InputObject)]
+pub struct UpdateWebhookEndpointInput {
+    /// The endpoint.
+    pub id: ID,
+    /// A new target URL (checked like a new endpoint's).
+    pub url: Option<String>,
+    /// The event types to receive from now on.
+    pub event_types: Option<Vec<String>>,
+    /// A note for humans.
+    pub description: MaybeUndefined<String>,
+    /// Deliveries per second to this endpoint (1–10,000; null: the hub's default).
+    pub rate_limit: MaybeUndefined<i32>,
+}
+
+/// Changes an endpoint's URL, event types, description or rate limit. Deliveries not yet
+/// made go to the new URL; the event types apply to events from now on.
+pub async fn update_endpoint(
+    db: &Db,
+    principal: &Principal,
+    input: UpdateWebhookEndpointInput,
+    allow_private: bool,
+) -> ApiResult<webhook_endpoint::Model> {
+    let url = input
+        .url
+        .as_deref()
+        .map(|u| {
+            check_target_url(u, allow_private).map_err(|m| ApiError::bad_input("input.url", m))
+        })
+        .transpose()?;
+    let event_types = input
+        .event_types
+        .as_deref()
+        .map(check_event_types)
+        .transpose()?;
+    let description = match input.description {
+        MaybeUndefined::Undefined => None,
+        MaybeUndefined::Null => Some(None),
+        MaybeUndefined::Value(d) => Some(check_description(Some(d))?),
+    };
+    let rate_limit = match input.rate_limit {
+        MaybeUndefined::Undefined => None,
+        MaybeUndefined::Null => Some(None),
+        MaybeUndefined::Value(r) => Some(check_rate_limit(Some(r))?),
+    };
+    let tx = db.begin_write().await?;
+    let endpoint = find_managed_in(&*tx, principal, input.id.as_str(), true).await?;
+    let mut active: webhook_endpoint::ActiveModel = endpoint.into();
+    if let Some(url) = url {
+        active.url = Set(url.to_string());
+    }
+    if let Some(types) = event_types {
+        active.event_types = Set(json!(types));
+    }
+    if let Some(description) = description {
+        active.description = Set(description);
+    }
+    if let Some(rate_limit) = rate_limit {
+        active.rate_limit = Set(rate_limit);
+    }
+    active.updated_at = Set(Utc::now());
+    let endpoint = active.update(&*tx).await?;
+    tx.commit().await?;
+    Ok(endpoint)
+}
+
+/// Disables an endpoint by hand: it receives nothing, and its pending deliveries wait until it
+/// is enabled again.
+pub async fn disable_endpoint(
+    db: &Db,
+    principal: &Principal,
+    id: &str,
+) -> ApiResult<webhook_endpoint::Model> {
+    let tx = db.begin_write().await?;
+    let endpoint = find_managed_in(&*tx, principal, id, true).await?;
+    if endpoint.status == EndpointStatus::Disabled {
+        return Ok(endpoint);
+    }
+    let mut active: webhook_endpoint::ActiveModel = endpoint.into();
+    active.status = Set(EndpointStatus::Disabled);
+    active.disabled_reason = Set(Some("disabled with disableWebhookEndpoint".into()));
+    active.updated_at = Set(Utc::now());
+    let endpoint = active.update(&*tx).await?;
+    tx.commit().await?;
+    Ok(endpoint)
+}
+
+/// Deletes an endpoint: it receives nothing more, its pending deliveries are CANCELLED, and
+/// its deliveries stay readable (`webhookDeliveries(filter: {endpointId})`). Returns the
+/// endpoint as deleted and how many deliveries were cancelled.
+pub async fn delete_endpoint(
+    db: &Db,
+    principal: &Principal,
+    id: &str,
+) -> ApiResult<(webhook_endpoint::Model, u64)> {
+    let tx = db.begin_write().await?;
+    let endpoint = find_managed_in(&*tx, principal, id, true).await?;
+    let now = Utc::now();
+    let [status, next, endpoint_id] = db.params();
+    // A delivery a worker is posting at this moment still records what really happened to it
+    // (its outcome update matches on the claim token).
+    let cancelled = tx
+        .execute_raw(Statement::from_sql_and_values(
+            db.backend(),
+            format!(
+                "UPDATE webhook_deliveries SET status = {status}, next_attempt_at_ms = {next} \
+                 WHERE endpoint_id = {endpoint_id} AND status = 'PENDING'"
+            ),
+            vec![
+                DeliveryStatus::Cancelled.as_str().into(),
+                Option::<i64>::None.into(),
+                endpoint.id.clone().into(),
+            ],
+        ))
+        .await?
+        .rows_affected();
+    let mut active: webhook_endpoint::ActiveModel = endpoint.into();
+    active.status = Set(EndpointStatus::Disabled);
+    active.disabled_reason = Set(Some("deleted".into()));
+    active.deleted_at = Set(Some(now));
+    active.updated_at = Set(now);
+    let endpoint = active.update(&*tx).await?;
+    tx.commit().await?;
+    Ok((endpoint, cancelled))
 }
 
 /// Creates an endpoint owned by the caller's key. ADMIN keys may name any program (or none:
@@ -164,16 +344,8 @@ pub async fn create_endpoint(
     let url = check_target_url(&input.url, allow_private)
         .map_err(|m| ApiError::bad_input("input.url", m))?;
     let event_types = check_event_types(&input.event_types)?;
-    let description = input.description.map(|d| d.trim().to_string());
-    if description
-        .as_ref()
-        .is_some_and(|d| d.chars().count() > 500)
-    {
-        return Err(ApiError::bad_input(
-            "input.description",
-            "must be at most 500 characters",
-        ));
-    }
+    let description = check_description(input.description)?;
+    let rate_limit = check_rate_limit(input.rate_limit)?;
     let program_id = match input.program_id {
         None => None,
         Some(id) => {
@@ -213,6 +385,8 @@ pub async fn create_endpoint(
         failing_since: Set(None),
         created_at: Set(now),
         updated_at: Set(now),
+        rate_limit: Set(rate_limit),
+        deleted_at: Set(None),
     };
     let tx = db.begin_write().await?;
     let endpoint = model.insert(&*tx).await?;

@@ -1,9 +1,11 @@
-//! Partners: creation with a unique referral code, status changes, scoped lookup.
+//! Partners: creation with a unique referral code, corrections, status changes, scoped lookup.
 
 use async_graphql::{ID, InputObject};
 use chrono::Utc;
 use rand::Rng;
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
+};
 use serde_json::json;
 
 pub use crate::db::states::PartnerStatus;
@@ -44,6 +46,20 @@ pub struct UpdatePartnerStatusInput {
     pub status: PartnerStatus,
 }
 
+/// Input of `updatePartner`: the fields given are changed, the others kept.
+#[derive(Debug, Clone, InputObject)]
+pub struct UpdatePartnerInput {
+    /// The partner.
+    pub id: ID,
+    /// New display name.
+    pub name: Option<String>,
+    /// New company domain (an empty string removes it). Admins only: the domain decides
+    /// attribution and self-referral checks.
+    pub domain: Option<String>,
+    /// New contact address.
+    pub contact_email: Option<String>,
+}
+
 const CODE_ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
 
 /// A random referral code: 8 upper-case letters and digits.
@@ -59,13 +75,7 @@ pub async fn create_partner(db: &Db, input: CreatePartnerInput) -> ApiResult<par
     let name = validated_name("input.name", &input.name)?;
     let contact_email = normalize_email(&input.contact_email)
         .ok_or_else(|| ApiError::bad_input("input.contactEmail", "must be an email address"))?;
-    let domain = match input.domain.as_deref().map(str::trim) {
-        None | Some("") => None,
-        Some(d) => Some(
-            normalize_domain(d)
-                .ok_or_else(|| ApiError::bad_input("input.domain", "must be a domain name"))?,
-        ),
-    };
+    let domain = partner_domain(input.domain.as_deref())?;
     let program_id = input.program_id.to_string();
     if !is_valid_id(&program_id) {
         return Err(ApiError::bad_input(
@@ -78,6 +88,7 @@ pub async fn create_partner(db: &Db, input: CreatePartnerInput) -> ApiResult<par
         .one(&*tx)
         .await?
         .ok_or_else(|| ApiError::bad_input("input.programId", "no program has this id"))?;
+    check_domain_free(&*tx, &program_id, domain.as_deref(), None).await?;
     let mut code = generate_referral_code();
     for _ in 0..8 {
         let taken = partner::Entity::find()
@@ -155,6 +166,133 @@ pub async fn update_partner_status(
         &updated.program_id,
         Some(&updated.id),
         json!({ "status": updated.status, "previousStatus": previous }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(updated)
+}
+
+/// A partner's domain as given: `None` for absent or empty, else normalised.
+fn partner_domain(given: Option<&str>) -> ApiResult<Option<String>> {
+    match given.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(d) => normalize_domain(d)
+            .map(Some)
+            .ok_or_else(|| ApiError::bad_input("input.domain", "must be a domain name")),
+    }
+}
+
+/// `CONFLICT` when another partner of the program (than `except`) has `domain`: referrals are
+/// attributed by domain, so two partners of one program cannot share one.
+async fn check_domain_free(
+    conn: &impl ConnectionTrait,
+    program_id: &str,
+    domain: Option<&str>,
+    except: Option<&str>,
+) -> ApiResult<()> {
+    let Some(domain) = domain else {
+        return Ok(());
+    };
+    let mut query = partner::Entity::find()
+        .filter(partner::Column::ProgramId.eq(program_id))
+        .filter(partner::Column::Domain.eq(domain));
+    if let Some(except) = except {
+        query = query.filter(partner::Column::Id.ne(except));
+    }
+    if query.one(conn).await?.is_some() {
+        return Err(ApiError::bad_input(
+            "input.domain",
+            "another partner of this program has this domain",
+        ));
+    }
+    Ok(())
+}
+
+/// Changes a partner's name, domain or contact address and writes `partner.updated` (with
+/// the names of the changed fields). Admins may change any partner; a partner key its own
+/// name and contact address. A terminated partner cannot be changed.
+pub async fn update_partner(
+    db: &Db,
+    principal: &Principal,
+    input: UpdatePartnerInput,
+) -> ApiResult<partner::Model> {
+    principal.require_admin_or_partner()?;
+    let id = input.id.to_string();
+    if principal
+        .partner_scope()
+        .is_some_and(|own| own != id.as_str())
+        || !is_valid_id(&id)
+    {
+        return Err(ApiError::NotFound("partner"));
+    }
+    if input.domain.is_some() && principal.partner_scope().is_some() {
+        return Err(ApiError::Forbidden(
+            "only an admin key can change a partner's domain".into(),
+        ));
+    }
+    let name = input
+        .name
+        .as_deref()
+        .map(|n| validated_name("input.name", n))
+        .transpose()?;
+    let contact_email = input
+        .contact_email
+        .as_deref()
+        .map(|e| {
+            normalize_email(e).ok_or_else(|| {
+                ApiError::bad_input("input.contactEmail", "must be an email address")
+            })
+        })
+        .transpose()?;
+    let domain = input
+        .domain
+        .as_deref()
+        .map(|d| partner_domain(Some(d)))
+        .transpose()?;
+    let tx = db.begin_write().await?;
+    let existing = partner::Entity::find_by_id(id.clone())
+        .one(&*tx)
+        .await?
+        .ok_or(ApiError::NotFound("partner"))?;
+    if existing.status == PartnerStatus::Terminated {
+        return Err(ApiError::Conflict(
+            "a terminated partner cannot be changed".into(),
+        ));
+    }
+    let mut changed = Vec::new();
+    let mut model: partner::ActiveModel = existing.clone().into();
+    if let Some(name) = name.filter(|n| *n != existing.name) {
+        model.name = Set(name);
+        changed.push("name");
+    }
+    if let Some(domain) = domain.filter(|d| *d != existing.domain) {
+        check_domain_free(&*tx, &existing.program_id, domain.as_deref(), Some(&id)).await?;
+        model.domain = Set(domain);
+        changed.push("domain");
+    }
+    if let Some(email) = contact_email.filter(|e| *e != existing.contact_email) {
+        model.contact_email = Set(email);
+        changed.push("contactEmail");
+    }
+    if changed.is_empty() {
+        return Ok(existing);
+    }
+    model.updated_at = Set(Utc::now());
+    let updated = model.update(&*tx).await?;
+    // The contact address is not in the event: subscribers learn that it changed, not what
+    // it is.
+    events::record(
+        &*tx,
+        EventType::PartnerUpdated,
+        &updated.program_id,
+        Some(&updated.id),
+        json!({
+            "status": updated.status,
+            "previousStatus": updated.status,
+            "name": updated.name,
+            "domain": updated.domain,
+            "changed": changed,
+        }),
     )
     .await?;
     tx.commit().await?;

@@ -2,12 +2,20 @@
 //! verifying inbound requests per source kind on the raw body, and splitting a verified request
 //! into provider events ready for the inbox.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
 use async_graphql::{Enum, ID, InputObject};
 use chrono::{DateTime, Utc};
 use http::HeaderMap;
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ConnectionTrait, EntityTrait, QuerySelect, Statement,
+};
 use secrecy::{ExposeSecret, SecretString};
 use tandem_connectors::{
     inbound::{self, HubSpotDealEvent, InboundEvent},
@@ -15,7 +23,7 @@ use tandem_connectors::{
 };
 use tokio::sync::RwLock;
 
-pub use crate::db::states::WebhookSourceKind;
+pub use crate::db::states::{SourceStatus, WebhookSourceKind};
 use crate::{
     db::{
         Db,
@@ -100,16 +108,33 @@ impl std::fmt::Debug for CreateWebhookSourceInput {
     }
 }
 
-/// A source ready to verify requests: its row and its opened secret.
+/// A source ready to verify requests: its row and its opened secrets.
 pub struct Source {
     /// The stored row.
     pub model: webhook_source::Model,
     /// Its kind.
     pub kind: WebhookSourceKind,
-    secret: SecretString,
-    standard_key: Vec<u8>,
+    current: OpenedSecret,
+    /// The secret before the last rotation and until when it still verifies.
+    previous: Option<(OpenedSecret, DateTime<Utc>)>,
     hubspot_scheme: HubSpotSignatureScheme,
 }
+
+/// A source secret opened for verification.
+struct OpenedSecret {
+    secret: SecretString,
+    /// STANDARD: the decoded key.
+    standard_key: Vec<u8>,
+}
+
+/// How long a rotated-out source secret keeps verifying by default.
+pub const SOURCE_SECRET_GRACE_HOURS: i64 = 24;
+/// The longest grace period a rotation may ask for.
+pub const MAX_SOURCE_SECRET_GRACE_HOURS: i64 = 24 * 30;
+
+/// The PostgreSQL channel on which a changed source is announced to every instance (payload:
+/// its id), so that each drops its cached copy.
+const SOURCE_CHANGED_CHANNEL: &str = "tandem_webhook_sources";
 
 /// The parts of an inbound request verification needs.
 pub struct InboundRequest<'a> {
@@ -161,6 +186,8 @@ pub struct Webhooks {
     db: Db,
     key: Arc<SecretKey>,
     cache: Arc<RwLock<HashMap<String, Arc<Source>>>>,
+    /// Bumped on every invalidation: a read that started before one does not fill the cache.
+    generation: Arc<AtomicU64>,
 }
 
 /// A source just created, with what is shown once.
@@ -185,6 +212,75 @@ fn random_alphanumeric(len: usize) -> String {
         .collect()
 }
 
+/// The secret of a source of `kind`: the one `given` (checked) or a new one, and what is shown
+/// to the admin (`None` for HUBSPOT, whose client secret the admin supplied).
+fn source_secret(
+    kind: WebhookSourceKind,
+    given: Option<&str>,
+) -> ApiResult<(String, Option<String>)> {
+    Ok(match kind {
+        WebhookSourceKind::Standard => {
+            let secret = match given {
+                Some(s) => {
+                    let key = verify::decode_standard_secret(s).map_err(|_| {
+                        ApiError::bad_input("input.secret", "must be a whsec_ secret (base64)")
+                    })?;
+                    if key.len() < 16 {
+                        return Err(ApiError::bad_input(
+                            "input.secret",
+                            "must hold at least 16 bytes of key material",
+                        ));
+                    }
+                    s.to_string()
+                }
+                None => new_standard_secret(),
+            };
+            (secret.clone(), Some(secret))
+        }
+        WebhookSourceKind::Hubspot => {
+            let secret = given.ok_or_else(|| {
+                ApiError::bad_input(
+                    "input.secret",
+                    "the HubSpot app's client secret is required",
+                )
+            })?;
+            (secret.to_string(), None)
+        }
+        WebhookSourceKind::Pipedrive => {
+            let secret = match given {
+                Some(s) => match s.split_once(':') {
+                    Some((user, password)) if !user.is_empty() && password.len() >= 8 => {
+                        s.to_string()
+                    }
+                    _ => {
+                        return Err(ApiError::bad_input(
+                            "input.secret",
+                            "must be user:password with a password of at least 8 characters",
+                        ));
+                    }
+                },
+                None => format!("tandem:{}", random_alphanumeric(32)),
+            };
+            (secret.clone(), Some(secret))
+        }
+        WebhookSourceKind::Salesforce => {
+            let token = match given {
+                Some(s) if s.len() >= 16 && s.bytes().all(|b| b.is_ascii_alphanumeric()) => {
+                    s.to_string()
+                }
+                Some(_) => {
+                    return Err(ApiError::bad_input(
+                        "input.secret",
+                        "a Salesforce token must be at least 16 letters or digits",
+                    ));
+                }
+                None => random_alphanumeric(40),
+            };
+            (token.clone(), Some(token))
+        }
+    })
+}
+
 fn is_salesforce_id(id: &str) -> bool {
     matches!(id.len(), 15 | 18) && id.bytes().all(|b| b.is_ascii_alphanumeric())
 }
@@ -196,6 +292,7 @@ impl Webhooks {
             db,
             key,
             cache: Arc::new(RwLock::new(HashMap::new())),
+            generation: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -238,81 +335,22 @@ impl Webhooks {
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .map(str::to_string);
-        let (secret, shown) = match input.kind {
-            WebhookSourceKind::Standard => {
-                let secret = match given {
-                    Some(s) => {
-                        let key = verify::decode_standard_secret(s).map_err(|_| {
-                            ApiError::bad_input("input.secret", "must be a whsec_ secret (base64)")
-                        })?;
-                        if key.len() < 16 {
-                            return Err(ApiError::bad_input(
-                                "input.secret",
-                                "must hold at least 16 bytes of key material",
-                            ));
-                        }
-                        s.to_string()
-                    }
-                    None => new_standard_secret(),
-                };
-                (secret.clone(), Some(secret))
-            }
-            WebhookSourceKind::Hubspot => {
-                let secret = given.ok_or_else(|| {
+        if input.kind == WebhookSourceKind::Salesforce {
+            let org = input
+                .salesforce_org_id
+                .as_deref()
+                .map(str::trim)
+                .filter(|s| is_salesforce_id(s))
+                .ok_or_else(|| {
                     ApiError::bad_input(
-                        "input.secret",
-                        "the HubSpot app's client secret is required",
+                        "input.salesforceOrgId",
+                        "the Salesforce org id (15 or 18 characters) is required",
                     )
                 })?;
-                (secret.to_string(), None)
-            }
-            WebhookSourceKind::Pipedrive => {
-                let secret = match given {
-                    Some(s) => match s.split_once(':') {
-                        Some((user, password)) if !user.is_empty() && password.len() >= 8 => {
-                            s.to_string()
-                        }
-                        _ => {
-                            return Err(ApiError::bad_input(
-                                "input.secret",
-                                "must be user:password with a password of at least 8 characters",
-                            ));
-                        }
-                    },
-                    None => format!("tandem:{}", random_alphanumeric(32)),
-                };
-                (secret.clone(), Some(secret))
-            }
-            WebhookSourceKind::Salesforce => {
-                let org = input
-                    .salesforce_org_id
-                    .as_deref()
-                    .map(str::trim)
-                    .filter(|s| is_salesforce_id(s))
-                    .ok_or_else(|| {
-                        ApiError::bad_input(
-                            "input.salesforceOrgId",
-                            "the Salesforce org id (15 or 18 characters) is required",
-                        )
-                    })?;
-                org_id = Some(org.to_string());
-                referral_code_field
-                    .get_or_insert_with(|| SALESFORCE_REFERRAL_CODE_FIELD.to_string());
-                let token = match given {
-                    Some(s) if s.len() >= 16 && s.bytes().all(|b| b.is_ascii_alphanumeric()) => {
-                        s.to_string()
-                    }
-                    Some(_) => {
-                        return Err(ApiError::bad_input(
-                            "input.secret",
-                            "a Salesforce token must be at least 16 letters or digits",
-                        ));
-                    }
-                    None => random_alphanumeric(40),
-                };
-                (token.clone(), Some(token))
-            }
-        };
+            org_id = Some(org.to_string());
+            referral_code_field.get_or_insert_with(|| SALESFORCE_REFERRAL_CODE_FIELD.to_string());
+        }
+        let (secret, shown) = source_secret(input.kind, given)?;
         let connection_id = input.connection_id.map(|id| id.to_string());
         if let Some(id) = &connection_id
             && !is_valid_id(id)
@@ -360,6 +398,11 @@ impl Webhooks {
             })),
             referral_code_field: Set(referral_code_field),
             created_at: Set(Utc::now()),
+            previous_secret_ciphertext: Set(None),
+            previous_secret_expires_at: Set(None),
+            status: Set(SourceStatus::Enabled),
+            deleted_at: Set(None),
+            updated_at: Set(None),
         }
         .insert(&*tx)
         .await?;
@@ -372,24 +415,10 @@ impl Webhooks {
         })
     }
 
-    /// The source with this id, its secret opened (cached: sources do not change).
-    pub async fn source(&self, id: &str) -> ApiResult<Option<Arc<Source>>> {
-        if let Some(found) = self.cache.read().await.get(id) {
-            return Ok(Some(found.clone()));
-        }
-        if !is_valid_id(id) {
-            return Ok(None);
-        }
-        let Some(model) = webhook_source::Entity::find_by_id(id.to_string())
-            .one(self.db.reads())
-            .await?
-        else {
-            return Ok(None);
-        };
-        let kind = model.kind;
+    fn open_secret(&self, kind: WebhookSourceKind, sealed: &str) -> ApiResult<OpenedSecret> {
         let secret = self
             .key
-            .open(&model.secret_ciphertext)
+            .open(sealed)
             .map_err(|e| ApiError::Internal(e.to_string()))?;
         let standard_key = if kind == WebhookSourceKind::Standard {
             verify::decode_standard_secret(secret.expose_secret())
@@ -397,29 +426,226 @@ impl Webhooks {
         } else {
             Vec::new()
         };
+        Ok(OpenedSecret {
+            secret,
+            standard_key,
+        })
+    }
+
+    /// The source `id` for a change (locked on PostgreSQL), `NOT_FOUND` when it does not exist
+    /// or was deleted.
+    async fn find_live(conn: &impl ConnectionTrait, id: &str) -> ApiResult<webhook_source::Model> {
+        if !is_valid_id(id) {
+            return Err(ApiError::NotFound("webhook source"));
+        }
+        let mut query = webhook_source::Entity::find_by_id(id.to_string());
+        if conn.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
+            query = query.lock_exclusive();
+        }
+        query
+            .one(conn)
+            .await?
+            .filter(|s| s.deleted_at.is_none())
+            .ok_or(ApiError::NotFound("webhook source"))
+    }
+
+    /// Writes `model` and tells every instance to drop its cached copy: this one at once, the
+    /// others through `NOTIFY` when the transaction commits (PostgreSQL).
+    async fn save_and_announce(
+        &self,
+        model: webhook_source::ActiveModel,
+    ) -> ApiResult<webhook_source::Model> {
+        let tx = self.db.begin_write().await?;
+        let saved = model.update(&*tx).await?;
+        if self.db.is_postgres() {
+            tx.execute_raw(Statement::from_sql_and_values(
+                self.db.backend(),
+                "SELECT pg_notify($1, $2)",
+                [SOURCE_CHANGED_CHANNEL.into(), saved.id.clone().into()],
+            ))
+            .await?;
+        }
+        tx.commit().await?;
+        self.forget(Some(&saved.id)).await;
+        Ok(saved)
+    }
+
+    /// Replaces a source's secret (the one `given`, checked as on creation, or a new one; a
+    /// HUBSPOT source needs the app's new client secret). The previous secret keeps verifying
+    /// for `grace_hours` (default 24), so the sender can be switched without losing a request.
+    pub async fn rotate_source_secret(
+        &self,
+        base_url: &str,
+        id: &str,
+        given: Option<&str>,
+        grace_hours: Option<i32>,
+    ) -> ApiResult<CreatedSource> {
+        let grace = i64::from(grace_hours.unwrap_or(SOURCE_SECRET_GRACE_HOURS as i32));
+        if !(0..=MAX_SOURCE_SECRET_GRACE_HOURS).contains(&grace) {
+            return Err(ApiError::bad_input(
+                "input.graceHours",
+                format!("must be between 0 and {MAX_SOURCE_SECRET_GRACE_HOURS}"),
+            ));
+        }
+        let given = given.map(str::trim).filter(|s| !s.is_empty());
+        let existing = Self::find_live(self.db.reads(), id).await?;
+        let (secret, shown) = source_secret(existing.kind, given)?;
+        let now = Utc::now();
+        let mut model: webhook_source::ActiveModel = existing.clone().into();
+        model.previous_secret_ciphertext = Set(Some(existing.secret_ciphertext.clone()));
+        model.previous_secret_expires_at = Set(Some(now + chrono::Duration::hours(grace)));
+        model.secret_ciphertext = Set(self.key.seal(&secret));
+        model.updated_at = Set(Some(now));
+        let saved = self.save_and_announce(model).await?;
+        let url = Self::source_url(base_url, &saved, shown.as_deref());
+        Ok(CreatedSource {
+            model: saved,
+            secret: shown,
+            url,
+        })
+    }
+
+    /// Enables or disables a source; a DISABLED source answers 410 Gone and stores nothing.
+    pub async fn set_source_status(
+        &self,
+        id: &str,
+        status: SourceStatus,
+    ) -> ApiResult<webhook_source::Model> {
+        let existing = Self::find_live(self.db.reads(), id).await?;
+        if existing.status == status {
+            return Ok(existing);
+        }
+        let mut model: webhook_source::ActiveModel = existing.into();
+        model.status = Set(status);
+        model.updated_at = Set(Some(Utc::now()));
+        self.save_and_announce(model).await
+    }
+
+    /// Deletes a source: it answers 410 Gone from now on; its receipts stay as history.
+    pub async fn delete_source(&self, id: &str) -> ApiResult<webhook_source::Model> {
+        let existing = Self::find_live(self.db.reads(), id).await?;
+        let now = Utc::now();
+        let mut model: webhook_source::ActiveModel = existing.into();
+        model.status = Set(SourceStatus::Disabled);
+        model.deleted_at = Set(Some(now));
+        model.updated_at = Set(Some(now));
+        self.save_and_announce(model).await
+    }
+
+    /// Drops the cached source `id` (every source with `None`).
+    async fn forget(&self, id: Option<&str>) {
+        let mut cache = self.cache.write().await;
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        match id {
+            Some(id) => {
+                cache.remove(id);
+            }
+            None => cache.clear(),
+        }
+    }
+
+    /// PostgreSQL: drops cached sources that another instance changed (`NOTIFY` on
+    /// `tandem_webhook_sources`), and the whole cache whenever the listener (re)connects, since
+    /// announcements may have been missed meanwhile. Runs until `stop`.
+    pub async fn listen_for_changes(self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let Some(pool) = self.db.postgres_pool().cloned() else {
+            return;
+        };
+        loop {
+            let listener = async {
+                let mut listener = sea_orm::sqlx::postgres::PgListener::connect_with(&pool).await?;
+                listener.listen(SOURCE_CHANGED_CHANNEL).await?;
+                self.forget(None).await;
+                loop {
+                    let notification = listener.recv().await?;
+                    self.forget(Some(notification.payload())).await;
+                }
+                #[allow(unreachable_code)]
+                Ok::<(), sea_orm::sqlx::Error>(())
+            };
+            tokio::select! {
+                result = listener => {
+                    if let Err(err) = result {
+                        tracing::warn!(error = %err, "LISTEN {SOURCE_CHANGED_CHANNEL} failed; retrying");
+                    }
+                }
+                _ = stop.changed() => return,
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    }
+
+    /// The source with this id, its secrets opened (cached until it changes).
+    pub async fn source(&self, id: &str) -> ApiResult<Option<Arc<Source>>> {
+        if let Some(found) = self.cache.read().await.get(id) {
+            return Ok(Some(found.clone()));
+        }
+        if !is_valid_id(id) {
+            return Ok(None);
+        }
+        // A change announced while this read runs must not be overwritten by what it read.
+        let generation = self.generation.load(Ordering::Acquire);
+        let Some(model) = webhook_source::Entity::find_by_id(id.to_string())
+            .one(self.db.reads())
+            .await?
+        else {
+            return Ok(None);
+        };
+        let kind = model.kind;
+        let current = self.open_secret(kind, &model.secret_ciphertext)?;
+        let previous = match (
+            &model.previous_secret_ciphertext,
+            model.previous_secret_expires_at,
+        ) {
+            (Some(sealed), Some(until)) if until > Utc::now() => {
+                Some((self.open_secret(kind, sealed)?, until))
+            }
+            _ => None,
+        };
         let source = Arc::new(Source {
             hubspot_scheme: HubSpotSignatureScheme::parse(
                 model.hubspot_signature_version.as_deref(),
             ),
             model,
             kind,
-            secret,
-            standard_key,
+            current,
+            previous,
         });
-        self.cache
-            .write()
-            .await
-            .insert(id.to_string(), source.clone());
+        let mut cache = self.cache.write().await;
+        if self.generation.load(Ordering::Acquire) == generation {
+            cache.insert(id.to_string(), source.clone());
+        }
         Ok(Some(source))
     }
 }
 
 impl Source {
-    /// Verifies a request on its raw body, before anything is parsed.
+    /// Verifies a request on its raw body, before anything is parsed: with the current secret,
+    /// or with the previous one while its grace period lasts.
     pub fn verify(&self, request: &InboundRequest<'_>) -> Result<(), VerifyError> {
+        let current = self.verify_with(&self.current, request);
+        match &self.previous {
+            Some((previous, until)) if current.is_err() && request.received_at < *until => {
+                self.verify_with(previous, request).or(current)
+            }
+            _ => current,
+        }
+    }
+
+    /// Whether this request is an operation the source refuses whatever its signature: a
+    /// DISABLED or deleted source answers 410 Gone and stores nothing.
+    pub fn is_gone(&self) -> bool {
+        self.model.deleted_at.is_some() || self.model.status == SourceStatus::Disabled
+    }
+
+    fn verify_with(
+        &self,
+        opened: &OpenedSecret,
+        request: &InboundRequest<'_>,
+    ) -> Result<(), VerifyError> {
         match self.kind {
             WebhookSourceKind::Standard => verify::verify_standard(
-                std::slice::from_ref(&self.standard_key),
+                std::slice::from_ref(&opened.standard_key),
                 request.header("webhook-id"),
                 request.header("webhook-timestamp"),
                 request.header("webhook-signature"),
@@ -433,7 +659,7 @@ impl Source {
                     _ => request.header("x-hubspot-signature"),
                 };
                 verify::verify_hubspot(
-                    self.secret.expose_secret(),
+                    opened.secret.expose_secret(),
                     self.hubspot_scheme.into(),
                     HubSpotRequest {
                         method: request.method,
@@ -446,11 +672,12 @@ impl Source {
                     Some(verify::HUBSPOT_MAX_AGE_MS),
                 )
             }
-            WebhookSourceKind::Pipedrive => {
-                verify::verify_basic(self.secret.expose_secret(), request.header("authorization"))
-            }
+            WebhookSourceKind::Pipedrive => verify::verify_basic(
+                opened.secret.expose_secret(),
+                request.header("authorization"),
+            ),
             WebhookSourceKind::Salesforce => verify::verify_salesforce(
-                self.secret.expose_secret(),
+                opened.secret.expose_secret(),
                 self.model.salesforce_org_id.as_deref().unwrap_or_default(),
                 request.token,
                 request.body,

@@ -8,7 +8,8 @@ use crate::{
     domain::{
         auth::{ApiKeyRole, create_key, revoke_key},
         partners::{
-            CreatePartnerInput, UpdatePartnerStatusInput, create_partner, update_partner_status,
+            CreatePartnerInput, UpdatePartnerInput, UpdatePartnerStatusInput, create_partner,
+            update_partner, update_partner_status,
         },
         programs::{CreateProgramInput, UpdateProgramInput, create_program, update_program},
         referrals::{
@@ -36,6 +37,13 @@ pub struct UpdateProgramPayload {
 #[derive(SimpleObject)]
 pub struct CreatePartnerPayload {
     /// The new partner, with its referral code.
+    pub partner: Partner,
+}
+
+/// Result of `updatePartner`.
+#[derive(SimpleObject)]
+pub struct UpdatePartnerPayload {
+    /// The partner as it is now.
     pub partner: Partner,
 }
 
@@ -135,6 +143,20 @@ impl CoreMutation {
     ) -> Result<CreatePartnerPayload> {
         let partner = create_partner(admin_db(ctx).await?, input).await?;
         Ok(CreatePartnerPayload {
+            partner: Partner(partner),
+        })
+    }
+
+    /// Corrects a partner's name, domain or contact address (admins; a partner key its own name
+    /// and contact address). Writes `partner.updated` naming the changed fields.
+    async fn update_partner(
+        &self,
+        ctx: &Context<'_>,
+        input: UpdatePartnerInput,
+    ) -> Result<UpdatePartnerPayload> {
+        let (principal, db) = caller(ctx).await?;
+        let partner = update_partner(db, principal, input).await?;
+        Ok(UpdatePartnerPayload {
             partner: Partner(partner),
         })
     }

@@ -18,8 +18,10 @@ use crate::{
     domain::{
         auth::Principal,
         endpoints::{
-            CreateWebhookEndpointInput, DeliveryStatus, EndpointStatus, create_endpoint,
-            enable_endpoint, find_managed, managed_by, replay_deliveries, rotate_secret,
+            CreateWebhookEndpointInput, DeliveryStatus, EndpointStatus, UpdateWebhookEndpointInput,
+            create_endpoint, delete_endpoint, disable_endpoint, enable_endpoint, find_managed,
+            find_managed_history, live, managed_by, replay_deliveries, rotate_secret,
+            update_endpoint,
         },
         events::{EventPosition, check_types, list_events},
         secrets::SecretKey,
@@ -75,6 +77,14 @@ impl WebhookEndpoint {
     /// A note for humans.
     async fn description(&self) -> Option<&str> {
         self.0.description.as_deref()
+    }
+    /// Deliveries per second to it (null: the hub's `webhook_rate_limit`).
+    async fn rate_limit(&self) -> Option<i32> {
+        self.0.rate_limit
+    }
+    /// When it was deleted (it then receives nothing; its deliveries stay as history).
+    async fn deleted_at(&self) -> Option<DateTime<Utc>> {
+        self.0.deleted_at
     }
     /// Only events of this program (null: every program the owning key may see).
     async fn program_id(&self) -> Option<ID> {
@@ -204,7 +214,9 @@ impl OutboundQuery {
         #[graphql(validator(minimum = 0, maximum = 100))] first: Option<i32>,
         after: Option<String>,
     ) -> Result<WebhookEndpointConnection> {
-        let query = webhook_endpoint::Entity::find().filter(managed_by(principal(ctx).await?));
+        let query = webhook_endpoint::Entity::find()
+            .filter(managed_by(principal(ctx).await?))
+            .filter(live());
         let page = (first, after);
         WebhookEndpointConnection::page(ctx, query, Direction::Descending, page, WebhookEndpoint)
             .await
@@ -223,7 +235,7 @@ impl OutboundQuery {
         let filter = filter.unwrap_or_default();
         let mut query = webhook_delivery::Entity::find();
         if let Some(endpoint_id) = &filter.endpoint_id {
-            find_managed(db, principal, endpoint_id.as_str()).await?;
+            find_managed_history(db, principal, endpoint_id.as_str()).await?;
             query = query.filter(webhook_delivery::Column::EndpointId.eq(endpoint_id.to_string()));
         } else if !matches!(principal, Principal::Admin { .. }) {
             let managed = webhook_endpoint::Entity::find()
@@ -282,6 +294,43 @@ pub struct EnableWebhookEndpointInput {
 pub struct EnableWebhookEndpointPayload {
     /// The endpoint, ENABLED.
     pub endpoint: WebhookEndpoint,
+}
+
+/// Result of `updateWebhookEndpoint`.
+#[derive(SimpleObject)]
+pub struct UpdateWebhookEndpointPayload {
+    /// The endpoint as it is now.
+    pub endpoint: WebhookEndpoint,
+}
+
+/// Input of `disableWebhookEndpoint`.
+#[derive(Debug, InputObject)]
+pub struct DisableWebhookEndpointInput {
+    /// The endpoint.
+    pub id: ID,
+}
+
+/// Result of `disableWebhookEndpoint`.
+#[derive(SimpleObject)]
+pub struct DisableWebhookEndpointPayload {
+    /// The endpoint, DISABLED.
+    pub endpoint: WebhookEndpoint,
+}
+
+/// Input of `deleteWebhookEndpoint`.
+#[derive(Debug, InputObject)]
+pub struct DeleteWebhookEndpointInput {
+    /// The endpoint.
+    pub id: ID,
+}
+
+/// Result of `deleteWebhookEndpoint`.
+#[derive(SimpleObject)]
+pub struct DeleteWebhookEndpointPayload {
+    /// The endpoint as deleted (`deletedAt` set).
+    pub endpoint: WebhookEndpoint,
+    /// Pending deliveries cancelled.
+    pub cancelled_deliveries: i64,
 }
 
 /// Input of `replayWebhookDeliveries`.
@@ -361,6 +410,53 @@ impl OutboundMutation {
         let endpoint = enable_endpoint(db, principal, input.id.as_str()).await?;
         Ok(EnableWebhookEndpointPayload {
             endpoint: WebhookEndpoint(endpoint),
+        })
+    }
+
+    /// Changes an endpoint's URL (checked like a new one), event types, description or rate
+    /// limit. Deliveries not yet made go to the new URL.
+    async fn update_webhook_endpoint(
+        &self,
+        ctx: &Context<'_>,
+        input: UpdateWebhookEndpointInput,
+    ) -> Result<UpdateWebhookEndpointPayload> {
+        let (principal, db) = caller(ctx).await?;
+        let allow_private = ctx
+            .data_unchecked::<OutboundContext>()
+            .settings
+            .allow_private;
+        let endpoint = update_endpoint(db, principal, input, allow_private).await?;
+        Ok(UpdateWebhookEndpointPayload {
+            endpoint: WebhookEndpoint(endpoint),
+        })
+    }
+
+    /// Disables an endpoint: it receives nothing until enabled again; its pending deliveries
+    /// wait.
+    async fn disable_webhook_endpoint(
+        &self,
+        ctx: &Context<'_>,
+        input: DisableWebhookEndpointInput,
+    ) -> Result<DisableWebhookEndpointPayload> {
+        let (principal, db) = caller(ctx).await?;
+        let endpoint = disable_endpoint(db, principal, input.id.as_str()).await?;
+        Ok(DisableWebhookEndpointPayload {
+            endpoint: WebhookEndpoint(endpoint),
+        })
+    }
+
+    /// Deletes an endpoint: its pending deliveries are cancelled; its deliveries stay readable
+    /// with `webhookDeliveries(filter: {endpointId})`.
+    async fn delete_webhook_endpoint(
+        &self,
+        ctx: &Context<'_>,
+        input: DeleteWebhookEndpointInput,
+    ) -> Result<DeleteWebhookEndpointPayload> {
+        let (principal, db) = caller(ctx).await?;
+        let (endpoint, cancelled) = delete_endpoint(db, principal, input.id.as_str()).await?;
+        Ok(DeleteWebhookEndpointPayload {
+            endpoint: WebhookEndpoint(endpoint),
+            cancelled_deliveries: cancelled as i64,
         })
     }
 

@@ -1,5 +1,5 @@
-//! GraphQL for inbound webhooks and deal attribution: `createWebhookSource`, `attributeDeal`,
-//! `webhookSources`, `webhookReceipts` (admins only).
+//! GraphQL for inbound webhooks and deal attribution: `createWebhookSource`, its rotation,
+//! disabling and deletion, `attributeDeal`, `webhookSources`, `webhookReceipts` (admins only).
 
 use crate::graphql::admin_db;
 use crate::graphql::connection::EqIf;
@@ -17,7 +17,10 @@ use crate::{
         deals::{AttributeDealInput, attribute_deal},
         ids::is_valid_id,
         inbox::ReceiptStatus,
-        webhooks::{CreateWebhookSourceInput, HubSpotSignatureScheme, WebhookSourceKind, Webhooks},
+        webhooks::{
+            CreateWebhookSourceInput, HubSpotSignatureScheme, SourceStatus, WebhookSourceKind,
+            Webhooks,
+        },
     },
     error::ApiError,
     graphql::{
@@ -61,6 +64,20 @@ impl WebhookSource {
     /// shown once by `createWebhookSource`.
     async fn url(&self, ctx: &Context<'_>) -> String {
         Webhooks::source_url(&ctx.data_unchecked::<PublicBase>().0, &self.0, None)
+    }
+    /// ENABLED, or DISABLED (answers 410 Gone and stores nothing).
+    async fn status(&self) -> SourceStatus {
+        self.0.status
+    }
+    /// Until when the secret before the last rotation still verifies.
+    async fn previous_secret_expires_at(&self) -> Option<DateTime<Utc>> {
+        self.0
+            .previous_secret_expires_at
+            .filter(|until| *until > Utc::now())
+    }
+    /// When it was deleted (it answers 410 Gone; its receipts stay).
+    async fn deleted_at(&self) -> Option<DateTime<Utc>> {
+        self.0.deleted_at
     }
     /// HUBSPOT: the CRM connection deals are fetched through.
     async fn connection_id(&self) -> Option<ID> {
@@ -186,6 +203,7 @@ impl WebhookQuery {
     ) -> Result<WebhookSourceConnection> {
         principal(ctx).await?.require_admin()?;
         let query = webhook_source::Entity::find()
+            .filter(webhook_source::Column::DeletedAt.is_null())
             .eq_if(webhook_source::Column::ProgramId, program_id.map(|id| id.0));
         let page = (first, after);
         WebhookSourceConnection::page(ctx, query, Direction::Descending, page, WebhookSource).await
@@ -252,6 +270,52 @@ pub struct CreateWebhookSourcePayload {
     pub url: String,
 }
 
+/// Input of `rotateWebhookSourceSecret`.
+#[derive(InputObject)]
+pub struct RotateWebhookSourceSecretInput {
+    /// The source.
+    pub id: ID,
+    /// The new secret, checked as on creation (required for HUBSPOT: the app's new client
+    /// secret; generated for the other kinds when absent).
+    pub secret: Option<String>,
+    /// Hours the previous secret keeps verifying (default 24, at most 720; 0 ends it now).
+    pub grace_hours: Option<i32>,
+}
+
+impl std::fmt::Debug for RotateWebhookSourceSecretInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RotateWebhookSourceSecretInput")
+            .field("id", &self.id)
+            .field("grace_hours", &self.grace_hours)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Result of `rotateWebhookSourceSecret`.
+#[derive(SimpleObject)]
+pub struct RotateWebhookSourceSecretPayload {
+    /// The source.
+    pub source: WebhookSource,
+    /// The new secret, shown this once (null for HUBSPOT, whose secret the admin supplied).
+    pub secret: Option<String>,
+    /// The URL to configure in the sender (for SALESFORCE it carries the new token).
+    pub url: String,
+}
+
+/// Input of `disableWebhookSource`, `enableWebhookSource` and `deleteWebhookSource`.
+#[derive(Debug, InputObject)]
+pub struct WebhookSourceIdInput {
+    /// The source.
+    pub id: ID,
+}
+
+/// Result of `disableWebhookSource`, `enableWebhookSource` and `deleteWebhookSource`.
+#[derive(SimpleObject)]
+pub struct WebhookSourcePayload {
+    /// The source as it is now.
+    pub source: WebhookSource,
+}
+
 /// Result of `attributeDeal`.
 #[derive(SimpleObject)]
 pub struct AttributeDealPayload {
@@ -280,6 +344,78 @@ impl WebhookMutation {
             source: WebhookSource(created.model),
             secret: created.secret,
             url: created.url,
+        })
+    }
+
+    /// Replaces a source's secret (admins). The previous one keeps verifying for the grace
+    /// period, so the sender can be switched without losing a request; every instance sees the
+    /// change within a second.
+    async fn rotate_webhook_source_secret(
+        &self,
+        ctx: &Context<'_>,
+        input: RotateWebhookSourceSecretInput,
+    ) -> Result<RotateWebhookSourceSecretPayload> {
+        principal(ctx).await?.require_admin()?;
+        let webhooks = ctx.data_unchecked::<Webhooks>();
+        let base = &ctx.data_unchecked::<PublicBase>().0;
+        let rotated = webhooks
+            .rotate_source_secret(
+                base,
+                input.id.as_str(),
+                input.secret.as_deref(),
+                input.grace_hours,
+            )
+            .await?;
+        Ok(RotateWebhookSourceSecretPayload {
+            source: WebhookSource(rotated.model),
+            secret: rotated.secret,
+            url: rotated.url,
+        })
+    }
+
+    /// Disables a source (admins): it answers 410 Gone and stores nothing until enabled.
+    async fn disable_webhook_source(
+        &self,
+        ctx: &Context<'_>,
+        input: WebhookSourceIdInput,
+    ) -> Result<WebhookSourcePayload> {
+        principal(ctx).await?.require_admin()?;
+        let webhooks = ctx.data_unchecked::<Webhooks>();
+        let source = webhooks
+            .set_source_status(input.id.as_str(), SourceStatus::Disabled)
+            .await?;
+        Ok(WebhookSourcePayload {
+            source: WebhookSource(source),
+        })
+    }
+
+    /// Enables a disabled source again (admins).
+    async fn enable_webhook_source(
+        &self,
+        ctx: &Context<'_>,
+        input: WebhookSourceIdInput,
+    ) -> Result<WebhookSourcePayload> {
+        principal(ctx).await?.require_admin()?;
+        let webhooks = ctx.data_unchecked::<Webhooks>();
+        let source = webhooks
+            .set_source_status(input.id.as_str(), SourceStatus::Enabled)
+            .await?;
+        Ok(WebhookSourcePayload {
+            source: WebhookSource(source),
+        })
+    }
+
+    /// Deletes a source (admins): it answers 410 Gone from now on; its receipts stay.
+    async fn delete_webhook_source(
+        &self,
+        ctx: &Context<'_>,
+        input: WebhookSourceIdInput,
+    ) -> Result<WebhookSourcePayload> {
+        principal(ctx).await?.require_admin()?;
+        let webhooks = ctx.data_unchecked::<Webhooks>();
+        let source = webhooks.delete_source(input.id.as_str()).await?;
+        Ok(WebhookSourcePayload {
+            source: WebhookSource(source),
         })
     }
 

@@ -63,6 +63,10 @@ pub async fn receive_webhook(
             return error(StatusCode::SERVICE_UNAVAILABLE, "try again later");
         }
     };
+    if source.is_gone() {
+        state.metrics.observe_webhook(source.kind.as_str(), "gone");
+        return error(StatusCode::GONE, "this webhook source is disabled");
+    }
     let path_and_query = req
         .uri()
         .path_and_query()

@@ -60,6 +60,8 @@ pub async fn claim_due(
 
 /// Per-endpoint limits of one worker.
 struct Gate {
+    /// Deliveries per second it lets through.
+    rate: u32,
     in_flight: Arc<Semaphore>,
     limiter: DefaultDirectRateLimiter,
     /// Claimed and not yet finished.
@@ -70,6 +72,8 @@ struct Gate {
 struct Target {
     url: String,
     keys: Vec<Vec<u8>>,
+    /// The endpoint's own rate limit, if it has one.
+    rate_limit: Option<u32>,
 }
 
 /// Delivers webhooks.
@@ -126,31 +130,37 @@ impl DeliveryWorker {
         }
     }
 
-    fn gate(&self, endpoint_id: &str) -> Arc<Gate> {
+    /// The endpoint's gate at `rate_limit` (or the hub's default); a changed limit starts a
+    /// new gate.
+    fn gate(&self, endpoint_id: &str, rate_limit: Option<u32>) -> Arc<Gate> {
         let settings = &self.inner.settings;
+        let rate = rate_limit.unwrap_or(settings.rate_limit);
         let mut gates = self.inner.gates.lock().expect("gate map");
-        gates
-            .entry(endpoint_id.to_string())
-            .or_insert_with(|| {
-                let rate = NonZeroU32::new(settings.rate_limit).unwrap_or(NonZeroU32::MIN);
-                Arc::new(Gate {
-                    in_flight: Arc::new(Semaphore::new(settings.max_in_flight as usize)),
-                    limiter: RateLimiter::direct(Quota::per_second(rate)),
-                    held: AtomicUsize::new(0),
-                })
-            })
-            .clone()
+        if let Some(gate) = gates.get(endpoint_id)
+            && gate.rate == rate
+        {
+            return gate.clone();
+        }
+        let per_second = NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN);
+        let gate = Arc::new(Gate {
+            rate,
+            in_flight: Arc::new(Semaphore::new(settings.max_in_flight as usize)),
+            limiter: RateLimiter::direct(Quota::per_second(per_second)),
+            held: AtomicUsize::new(0),
+        });
+        gates.insert(endpoint_id.to_string(), gate.clone());
+        gate
     }
 
     /// Endpoints this worker holds enough of: the next claim leaves them out, so that nothing
     /// claimed waits behind a rate limit long enough for its lease to run out.
     fn saturated(&self) -> Vec<String> {
         let settings = &self.inner.settings;
-        let cap = (settings.max_in_flight as usize * 4).max(settings.rate_limit as usize * 2);
+        let cap = |g: &Gate| (settings.max_in_flight as usize * 4).max(g.rate as usize * 2);
         let gates = self.inner.gates.lock().expect("gate map");
         gates
             .iter()
-            .filter(|(_, g)| g.held.load(Ordering::Relaxed) >= cap)
+            .filter(|(_, g)| g.held.load(Ordering::Relaxed) >= cap(g))
             .map(|(id, _)| id.clone())
             .collect()
     }
@@ -240,7 +250,7 @@ impl DeliveryWorker {
                 .acquire_owned()
                 .await
                 .expect("semaphore open");
-            let gate = self.gate(&delivery.endpoint_id);
+            let gate = self.gate(&delivery.endpoint_id, target.rate_limit);
             gate.held.fetch_add(1, Ordering::Relaxed);
             let worker = self.clone();
             let results = results.clone();
@@ -291,6 +301,7 @@ impl DeliveryWorker {
                 Arc::new(Target {
                     url: endpoint.url,
                     keys,
+                    rate_limit: endpoint.rate_limit.and_then(|r| u32::try_from(r).ok()),
                 }),
             );
         }
@@ -490,7 +501,7 @@ async fn write_outcomes(
         counts[match status {
             DeliveryStatus::Succeeded => 0,
             DeliveryStatus::Pending => 1,
-            DeliveryStatus::Failed => 2,
+            DeliveryStatus::Failed | DeliveryStatus::Cancelled => 2,
         }]
         .1 += 1;
         tx.execute_raw(Statement::from_sql_and_values(

@@ -16,6 +16,7 @@ mod isolation;
 mod jobs;
 mod ledger_props;
 mod limits;
+mod manage;
 mod ops;
 mod outbound;
 mod plain;

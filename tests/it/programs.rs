@@ -5,7 +5,7 @@ use serde_json::json;
 
 use crate::{
     db_tests,
-    helpers::{TestApp, error_code, error_field},
+    helpers::{TestApp, error_code, error_field, nodes},
 };
 
 const CREATE: &str = "mutation($input: CreateProgramInput!) { createProgram(input: $input) { program { id name kind currency attributionWindowDays holdDays clawbackDays commission { type rate flatAmount tiers { minRevenue rate } capPerDeal minDealAmount } } } }";
@@ -209,9 +209,164 @@ async fn partners_get_codes_and_status_changes_are_checked(app: TestApp) {
     assert_eq!(app.count_rows("events").await, 3);
 }
 
+async fn partners_are_corrected_with_update_partner(app: TestApp) {
+    let program = app.create_program("P").await;
+    let other = app.create_partner(&program, "Other").await;
+    let update = "mutation($input: UpdatePartnerInput!) { updatePartner(input: $input) { partner { id name domain contactEmail status } } }";
+    app.admin_ok(
+        update,
+        json!({"input": {"id": other, "domain": "taken.example"}}),
+    )
+    .await;
+    let id = app.create_partner(&program, "Northwind").await;
+    let events_before = app.count_rows("events").await;
+
+    // An admin corrects every field; values are normalised as on creation.
+    let data = app
+        .admin_ok(
+            update,
+            json!({"input": {"id": id, "name": " Northwind Traders ", "domain": "https://WWW.northwind.example/x", "contactEmail": " Ops@Northwind.example "}}),
+        )
+        .await;
+    let partner = &data["updatePartner"]["partner"];
+    assert_eq!(partner["name"], "Northwind Traders");
+    assert_eq!(partner["domain"], "northwind.example");
+    assert_eq!(partner["contactEmail"], "ops@northwind.example");
+    assert_eq!(partner["status"], "ACTIVE");
+
+    // Rejections name the field and change nothing.
+    for (input, code, field) in [
+        (
+            json!({"id": id, "domain": "taken.example"}),
+            "BAD_USER_INPUT",
+            Some("input.domain"),
+        ),
+        (
+            json!({"id": id, "domain": "not a domain"}),
+            "BAD_USER_INPUT",
+            Some("input.domain"),
+        ),
+        (
+            json!({"id": id, "contactEmail": "nope"}),
+            "BAD_USER_INPUT",
+            Some("input.contactEmail"),
+        ),
+        (
+            json!({"id": id, "name": "  "}),
+            "BAD_USER_INPUT",
+            Some("input.name"),
+        ),
+        (
+            json!({"id": "01900000-0000-7000-8000-000000000000", "name": "X"}),
+            "NOT_FOUND",
+            None,
+        ),
+    ] {
+        let resp = app.gql(&app.admin, update, json!({"input": input})).await;
+        assert_eq!(error_code(&resp), code, "{input}: {resp}");
+        if let Some(field) = field {
+            assert_eq!(error_field(&resp), field, "{input}");
+        }
+    }
+
+    // A partner key corrects its own name and contact, not its domain, and not another partner.
+    let key = app.partner_key(&id).await;
+    let data = app
+        .ok(
+            &key,
+            update,
+            json!({"input": {"id": id, "contactEmail": "billing@northwind.example"}}),
+        )
+        .await;
+    assert_eq!(
+        data["updatePartner"]["partner"]["contactEmail"],
+        "billing@northwind.example"
+    );
+    let resp = app
+        .gql(
+            &key,
+            update,
+            json!({"input": {"id": id, "domain": "elsewhere.example"}}),
+        )
+        .await;
+    assert_eq!(error_code(&resp), "FORBIDDEN");
+    let resp = app
+        .gql(
+            &key,
+            update,
+            json!({"input": {"id": other, "name": "Mine now"}}),
+        )
+        .await;
+    assert_eq!(error_code(&resp), "NOT_FOUND");
+
+    // An empty domain removes it; an unchanged value writes no event.
+    let data = app
+        .admin_ok(update, json!({"input": {"id": id, "domain": ""}}))
+        .await;
+    assert_eq!(
+        data["updatePartner"]["partner"]["domain"],
+        serde_json::Value::Null
+    );
+    app.admin_ok(
+        update,
+        json!({"input": {"id": id, "name": "Northwind Traders"}}),
+    )
+    .await;
+
+    // Three changes, three partner.updated events naming the changed fields (never the
+    // address itself), each valid against its JSON Schema.
+    assert_eq!(app.count_rows("events").await, events_before + 3);
+    let data = app
+        .admin_ok(
+            "{ events(first: 100, types: [\"partner.updated\"]) { edges { node { id type timestamp data } } } }",
+            json!({}),
+        )
+        .await;
+    let events: Vec<serde_json::Value> = nodes(&data["events"])
+        .into_iter()
+        .filter(|e| e["data"]["partnerId"] == id.as_str())
+        .collect();
+    let changed: Vec<&serde_json::Value> = events.iter().map(|e| &e["data"]["changed"]).collect();
+    assert_eq!(
+        changed,
+        [
+            &json!(["name", "domain", "contactEmail"]),
+            &json!(["contactEmail"]),
+            &json!(["domain"])
+        ]
+    );
+    let path = format!(
+        "{}/schema/events/partner.updated.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    for event in &events {
+        assert!(validator.is_valid(event), "{event}");
+        assert!(!event.to_string().contains("@northwind"), "{event}");
+    }
+
+    // A terminated partner cannot be changed.
+    app.admin_ok(
+        "mutation($id: ID!) { updatePartnerStatus(input: {id: $id, status: TERMINATED}) { partner { id } } }",
+        json!({"id": id}),
+    )
+    .await;
+    let resp = app
+        .gql(
+            &app.admin,
+            update,
+            json!({"input": {"id": id, "name": "Again"}}),
+        )
+        .await;
+    assert_eq!(error_code(&resp), "CONFLICT");
+}
+
 db_tests!(
     creates_programs_of_every_kind_with_defaults,
     invalid_programs_are_rejected_naming_the_field,
     updates_programs,
     partners_get_codes_and_status_changes_are_checked,
+    partners_are_corrected_with_update_partner,
 );

@@ -22,6 +22,10 @@ pub struct Model {
     pub failing_since: Option<DateTimeUtc>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
+    /// Deliveries per second to this endpoint (`None`: the hub's `webhook_rate_limit`).
+    pub rate_limit: Option<i32>,
+    /// When it was deleted (its deliveries stay as history).
+    pub deleted_at: Option<DateTimeUtc>,
 }
 
 /// No relations are declared: joins are written explicitly where they are needed.

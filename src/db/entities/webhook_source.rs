@@ -17,6 +17,14 @@ pub struct Model {
     pub hubspot_signature_version: Option<String>,
     pub referral_code_field: Option<String>,
     pub created_at: DateTimeUtc,
+    /// The secret before the last rotation, sealed; verifies until `previous_secret_expires_at`.
+    pub previous_secret_ciphertext: Option<String>,
+    pub previous_secret_expires_at: Option<DateTimeUtc>,
+    /// ENABLED or DISABLED (answers 410 and stores nothing).
+    pub status: crate::db::states::SourceStatus,
+    /// When it was deleted (answers 410; its receipts stay as history).
+    pub deleted_at: Option<DateTimeUtc>,
+    pub updated_at: Option<DateTimeUtc>,
 }
 
 impl std::fmt::Debug for Model {
