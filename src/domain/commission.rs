@@ -35,18 +35,65 @@ impl Rates {
         list.insert(at, (effective_at, rate));
     }
 
-    /// The rate from `base` to `quote` effective at `at`: the latest with `effective_at ≤ at`
-    /// (1 for the same currency).
-    pub fn rate_at(&self, base: &str, quote: &str, at: DateTime<Utc>) -> Option<Decimal> {
-        if base == quote {
-            return Some(Decimal::ONE);
-        }
+    /// The latest rate of exactly the pair (`base` → `quote`) with `effective_at ≤ at`.
+    fn direct(&self, base: &str, quote: &str, at: DateTime<Utc>) -> Option<Leg> {
         let list = self.by_pair.get(&(base.to_string(), quote.to_string()))?;
         let n = list.partition_point(|(t, _)| *t <= at);
-        (n > 0).then(|| list[n - 1].1)
+        (n > 0).then(|| Leg {
+            base: base.to_string(),
+            quote: quote.to_string(),
+            rate: list[n - 1].1,
+            effective_at: list[n - 1].0,
+            inverted: false,
+        })
     }
 
-    /// `amount` of `base` in `quote` at `at`, exactly (no rounding).
+    /// One step from `from` to `to`: the direct pair, else the inverse pair (used as 1/rate).
+    fn leg(&self, from: &str, to: &str, at: DateTime<Utc>) -> Option<Leg> {
+        self.direct(from, to, at).or_else(|| {
+            self.direct(to, from, at)
+                .filter(|leg| !leg.rate.is_zero())
+                .map(|leg| Leg {
+                    inverted: true,
+                    ..leg
+                })
+        })
+    }
+
+    /// The rates that convert `base` into `quote` at `at`, each the latest effective then: the
+    /// direct pair; else its inverse (`quote` → `base`, divided by); else a cross rate through
+    /// one intermediate currency, each leg direct or inverse — the intermediate with the fewest
+    /// inverted legs, then the first in alphabetical order. Empty for the same currency;
+    /// `None` when no such path exists.
+    pub fn path(&self, base: &str, quote: &str, at: DateTime<Utc>) -> Option<Vec<Leg>> {
+        if base == quote {
+            return Some(Vec::new());
+        }
+        if let Some(leg) = self.leg(base, quote, at) {
+            return Some(vec![leg]);
+        }
+        let mut via: Vec<&str> = self
+            .by_pair
+            .keys()
+            .flat_map(|(b, q)| [b.as_str(), q.as_str()])
+            .filter(|c| *c != base && *c != quote)
+            .collect();
+        via.sort_unstable();
+        via.dedup();
+        via.into_iter()
+            .filter_map(|c| Some(vec![self.leg(base, c, at)?, self.leg(c, quote, at)?]))
+            .min_by_key(|legs| legs.iter().filter(|l| l.inverted).count())
+    }
+
+    /// The rate from `base` to `quote` effective at `at` along [`Rates::path`] (1 for the same
+    /// currency). For display: amounts convert leg by leg with [`Rates::convert`].
+    pub fn rate_at(&self, base: &str, quote: &str, at: DateTime<Utc>) -> Option<Decimal> {
+        self.convert(Decimal::ONE, base, quote, at)
+    }
+
+    /// `amount` of `base` in `quote` at `at` along [`Rates::path`], without rounding: each
+    /// leg multiplies by its rate, or divides by it when inverted, so that the one rounding
+    /// is the commission's at the end.
     pub fn convert(
         &self,
         amount: Decimal,
@@ -54,7 +101,35 @@ impl Rates {
         quote: &str,
         at: DateTime<Utc>,
     ) -> Option<Decimal> {
-        amount.checked_mul(self.rate_at(base, quote, at)?)
+        self.path(base, quote, at)?
+            .iter()
+            .try_fold(amount, |amount, leg| leg.apply(amount))
+    }
+}
+
+/// One exchange rate used in a conversion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leg {
+    /// The stored pair's base currency.
+    pub base: String,
+    /// The stored pair's quote currency.
+    pub quote: String,
+    /// One `base` is worth `rate` of `quote`.
+    pub rate: Decimal,
+    /// From when the rate applies.
+    pub effective_at: DateTime<Utc>,
+    /// Whether the conversion ran quote → base (dividing by the rate).
+    pub inverted: bool,
+}
+
+impl Leg {
+    /// `amount` taken across this leg.
+    pub fn apply(&self, amount: Decimal) -> Option<Decimal> {
+        if self.inverted {
+            amount.checked_div(self.rate)
+        } else {
+            amount.checked_mul(self.rate)
+        }
     }
 }
 
@@ -536,5 +611,72 @@ mod tests {
         );
         assert_eq!(out[0].state, CommissionState::Locked);
         assert_eq!(expected(&out), ["100.00", "10.00"]);
+    }
+
+    #[test]
+    fn rates_convert_directly_inverted_or_crossed_each_at_the_close() {
+        let mut rates = Rates::default();
+        rates.insert("EUR", "GBP", day(0), dec("0.8573"));
+        rates.insert("GBP", "USD", day(0), dec("1.2719"));
+        rates.insert("USD", "EUR", day(20), dec("0.9"));
+        rates.insert("USD", "EUR", day(30), dec("0.8"));
+        // Before any USD→EUR rate: crossed through GBP, unrounded.
+        let path = rates.path("EUR", "USD", day(10)).unwrap();
+        assert_eq!(
+            path.iter()
+                .map(|l| (l.base.as_str(), l.quote.as_str(), l.inverted))
+                .collect::<Vec<_>>(),
+            [("EUR", "GBP", false), ("GBP", "USD", false)]
+        );
+        assert_eq!(
+            rates.convert(dec("1000.02"), "EUR", "USD", day(10)),
+            Some(dec("1090.4216779974"))
+        );
+        // Then the inverse of USD→EUR, the one effective at the close: divided by it.
+        let path = rates.path("EUR", "USD", day(25)).unwrap();
+        assert_eq!(path.len(), 1);
+        assert!(path[0].inverted);
+        assert_eq!(path[0].rate, dec("0.9"));
+        assert_eq!(
+            rates
+                .convert(dec("1000.05"), "EUR", "USD", day(25))
+                .unwrap()
+                .round_dp(10),
+            dec("1111.1666666667")
+        );
+        assert_eq!(
+            rates.convert(dec("100"), "EUR", "USD", day(31)),
+            Some(dec("125"))
+        );
+        // The direct pair wins over both.
+        rates.insert("EUR", "USD", day(25), dec("1.1"));
+        assert_eq!(
+            rates.convert(dec("100"), "EUR", "USD", day(31)),
+            Some(dec("110.0"))
+        );
+        // A cross rate with an inverted leg: GBP→EUR through USD needs USD→EUR at the close.
+        let path = rates.path("GBP", "JPY", day(31));
+        assert!(path.is_none(), "no path to a currency without rates");
+        assert_eq!(rates.path("USD", "USD", day(0)), Some(Vec::new()));
+        assert_eq!(rates.rate_at("USD", "USD", day(0)), Some(Decimal::ONE));
+    }
+
+    #[test]
+    fn a_cross_rate_prefers_direct_legs_then_the_first_currency() {
+        let mut rates = Rates::default();
+        // Via CHF both legs are inverted (EUR→CHF from CHF→EUR, CHF→USD from USD→CHF), via GBP
+        // one: CHF comes first alphabetically, GBP wins with fewer inverted legs.
+        rates.insert("CHF", "EUR", day(0), dec("1.05"));
+        rates.insert("USD", "CHF", day(0), dec("0.9"));
+        rates.insert("EUR", "GBP", day(0), dec("0.85"));
+        rates.insert("USD", "GBP", day(0), dec("0.8"));
+        let path = rates.path("EUR", "USD", day(1)).unwrap();
+        assert_eq!(path[0].quote, "GBP", "{path:?}");
+        assert_eq!(path.iter().filter(|l| l.inverted).count(), 1);
+        // 100 EUR → 85 GBP → 85 / 0.8 = 106.25 USD.
+        assert_eq!(
+            rates.convert(dec("100"), "EUR", "USD", day(1)),
+            Some(dec("106.25"))
+        );
     }
 }

@@ -18,7 +18,7 @@ use crate::{
         entities::{exchange_rate, partner, payout},
     },
     domain::{
-        commission::from_cents,
+        commission::{Rates, from_cents},
         events::{self, EventType},
         ids::{is_valid_id, new_id},
         normalize::normalize_currency,
@@ -40,6 +40,24 @@ pub struct SetExchangeRateInput {
     pub rate: Decimal,
     /// From when the rate applies (deals closed at or after it use it, until a later one).
     pub effective_at: DateTime<Utc>,
+}
+
+/// The exchange rates in effect up to `at` (each pair's history until then): what a deal
+/// closed at `at` converts with.
+pub async fn rates_until(db: &Db, at: DateTime<Utc>) -> ApiResult<Rates> {
+    let mut rates = Rates::default();
+    for r in exchange_rate::Entity::find()
+        .filter(exchange_rate::Column::EffectiveAt.lte(at))
+        .all(db.reads())
+        .await?
+    {
+        let rate: Decimal = r
+            .rate
+            .parse()
+            .map_err(|e| ApiError::Internal(format!("stored exchange rate {:?}: {e}", r.rate)))?;
+        rates.insert(&r.base, &r.quote, r.effective_at, rate);
+    }
+    Ok(rates)
 }
 
 /// Records a rate. Setting the same pair and time again replaces the rate (the next

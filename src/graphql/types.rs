@@ -567,12 +567,16 @@ impl Deal {
                 .map(parse_stored_decimal)
                 .transpose()?,
             computed_at: row.computed_at,
+            currency: self.0.currency.clone(),
+            program_id: row.program_id,
+            converted_at: row.closed_at.unwrap_or(row.computed_at),
         }))
     }
 }
 
 /// What the reconciler computed for a deal.
 #[derive(async_graphql::SimpleObject)]
+#[graphql(complex)]
 pub struct DealCommission {
     /// EARNED, NOT_EARNED (not won, below the minimum, or closed after the partner's
     /// termination), MISSING_FX_RATE (nothing is booked until a rate exists), LOCKED (lost
@@ -585,6 +589,59 @@ pub struct DealCommission {
     pub amount_in_program_currency: Option<Decimal>,
     /// When it was last computed.
     pub computed_at: DateTime<Utc>,
+    #[graphql(skip)]
+    pub currency: String,
+    #[graphql(skip)]
+    pub program_id: String,
+    /// When the amount converts: the deal's close, else when it was computed.
+    #[graphql(skip)]
+    pub converted_at: DateTime<Utc>,
+}
+
+#[async_graphql::ComplexObject]
+impl DealCommission {
+    /// The exchange rates that convert the deal amount into the program currency, in order:
+    /// the direct pair, or its inverse (`inverted`: divided by), or two legs of a cross rate
+    /// through another currency; each the rate effective at the deal's close. Empty when the
+    /// currencies are the same or no rate converts (MISSING_FX_RATE).
+    async fn exchange_rates(&self, ctx: &Context<'_>) -> Result<Vec<ExchangeRateUse>> {
+        let loaders = ctx.data_unchecked::<Loaders>();
+        let Some(program) = loaders.programs.load_one(self.program_id.clone()).await? else {
+            return Ok(Vec::new());
+        };
+        if program.currency == self.currency {
+            return Ok(Vec::new());
+        }
+        let db = ctx.data_unchecked::<crate::db::Db>();
+        let rates = crate::domain::ledger::rates_until(db, self.converted_at).await?;
+        Ok(rates
+            .path(&self.currency, &program.currency, self.converted_at)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|leg| ExchangeRateUse {
+                base: leg.base,
+                quote: leg.quote,
+                rate: leg.rate.normalize(),
+                effective_at: leg.effective_at,
+                inverted: leg.inverted,
+            })
+            .collect())
+    }
+}
+
+/// One exchange rate a conversion used.
+#[derive(async_graphql::SimpleObject)]
+pub struct ExchangeRateUse {
+    /// The stored pair's base currency.
+    pub base: String,
+    /// The stored pair's quote currency.
+    pub quote: String,
+    /// One `base` is worth this many `quote`.
+    pub rate: Decimal,
+    /// From when the rate applies.
+    pub effective_at: DateTime<Utc>,
+    /// Whether the conversion went from `quote` to `base` (dividing by the rate).
+    pub inverted: bool,
 }
 
 /// An API key (never its token, which is shown once at creation).

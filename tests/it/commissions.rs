@@ -435,6 +435,82 @@ async fn currency_conversion_and_missing_rates(app: TestApp) {
     assert_eq!(kpis["kpis"]["wonRevenue"], "1100.00");
 }
 
+async fn inverse_and_cross_rates_convert_rounded_once(app: TestApp) {
+    let program = program_with(&app, json!({"type": "PERCENT", "rate": "50"}), json!({})).await;
+    let alice = partner(&app, &program, "Alice").await;
+    let mut crm = Crm::new(&app, &program).await;
+    for (id, amount, ago) in [("INV", "1000.05", 5), ("CROSS", "1000.02", 20)] {
+        crm.deal(
+            &app,
+            json!({"id": id, "amount": amount, "currency": "EUR", "status": "won",
+                "closedAt": days(ago).to_rfc3339(), "referralCode": alice.code}),
+        )
+        .await;
+    }
+    reconcile(&app).await;
+    let set = "mutation($input: SetExchangeRateInput!) { setExchangeRate(input: $input) { exchangeRate { id } } }";
+    // No EUR→USD rate: USD→EUR from 10 days ago (inverted), EUR→GBP and GBP→USD from 30.
+    for (base, quote, rate, ago) in [
+        ("USD", "EUR", "0.9", 10),
+        ("EUR", "GBP", "0.8573", 30),
+        ("GBP", "USD", "1.2719", 30),
+    ] {
+        app.admin_ok(
+            set,
+            json!({"input": {"base": base, "quote": quote, "rate": rate, "effectiveAt": days(ago).to_rfc3339()}}),
+        )
+        .await;
+    }
+    // The incremental run picks the new rates up.
+    let stats = reconcile(&app).await;
+    assert_eq!(stats["missingExchangeRates"], 0, "{stats}");
+    // By hand: 1000.05 EUR ÷ 0.9 = 1111.1666… USD × 50 % = 555.5833… → 555.58 (rounding the
+    // amount first would give 555.59).
+    assert_eq!(booked(&app, &alice.id, "INV").await, "555.58");
+    // 1000.02 EUR × 0.8573 = 857.317146 GBP × 1.2719 = 1090.4216779974 USD × 50 %
+    // = 545.2108389987 → 545.21 (rounding each step would give 545.22). Closed 20 days ago,
+    // before the USD→EUR rate took effect: crossed.
+    assert_eq!(booked(&app, &alice.id, "CROSS").await, "545.21");
+    let (state, expected, amount) = commission_of(&app, "CROSS").await;
+    assert_eq!((state.as_str(), expected.as_str()), ("EARNED", "545.21"));
+    assert_eq!(amount, json!("1090.4216779974"));
+
+    // The commission view names the rates used.
+    let data = app
+        .admin_ok(
+            "{ deals(first: 10) { edges { node { externalId commission { exchangeRates { base quote rate inverted effectiveAt } } } } } }",
+            json!({}),
+        )
+        .await;
+    let used = |id: &str| {
+        nodes(&data["deals"])
+            .into_iter()
+            .find(|d| d["externalId"] == id)
+            .unwrap()["commission"]["exchangeRates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["base"].as_str().unwrap().to_string(),
+                    r["quote"].as_str().unwrap().to_string(),
+                    r["rate"].as_str().unwrap().to_string(),
+                    r["inverted"].as_bool().unwrap(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let leg = |b: &str, q: &str, r: &str, inv| (b.to_string(), q.to_string(), r.to_string(), inv);
+    assert_eq!(used("INV"), [leg("USD", "EUR", "0.9", true)]);
+    assert_eq!(
+        used("CROSS"),
+        [
+            leg("EUR", "GBP", "0.8573", false),
+            leg("GBP", "USD", "1.2719", false)
+        ]
+    );
+}
+
 async fn a_deal_lost_after_its_clawback_period_is_locked(app: TestApp) {
     let program = program_with(
         &app,
@@ -967,6 +1043,7 @@ db_tests!(
     cap_minimum_flat_and_termination,
     a_plan_change_reprices_deals_on_the_next_run,
     currency_conversion_and_missing_rates,
+    inverse_and_cross_rates_convert_rounded_once,
     a_deal_lost_after_its_clawback_period_is_locked,
     reattribution_moves_the_commission,
     payouts_gather_approved_entries,

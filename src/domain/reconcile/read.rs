@@ -216,25 +216,41 @@ pub(super) async fn changed_since(
     )
     .await?
     {
-        let base: String = get(&row, "base")?;
-        let quote: String = get(&row, "quote")?;
-        let programs: Vec<String> = ctx
-            .terms
-            .iter()
-            .filter(|(_, (terms, _))| terms.currency == quote)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for program_id in programs {
+        // A rate converts directly, inverted, or as one leg of a cross rate: any deal whose
+        // currency, or whose program's currency, is one of the pair's may now convert
+        // differently (a superset; rates change rarely).
+        let pair: [String; 2] = [get(&row, "base")?, get(&row, "quote")?];
+        for (program_id, (terms, _)) in &ctx.terms {
+            let (condition, values) = if pair.contains(&terms.currency) {
+                (
+                    format!(
+                        "(d.currency <> {p2} OR d.locked_currency <> {p2})",
+                        p2 = db.numbered(2)
+                    ),
+                    vec![program_id.clone().into(), terms.currency.clone().into()],
+                )
+            } else {
+                (
+                    format!(
+                        "(d.currency IN ({p2}, {p3}) OR d.locked_currency IN ({p2}, {p3}))",
+                        p2 = db.numbered(2),
+                        p3 = db.numbered(3)
+                    ),
+                    vec![
+                        program_id.clone().into(),
+                        pair[0].clone().into(),
+                        pair[1].clone().into(),
+                    ],
+                )
+            };
             for row in query(
                 format!(
                     "SELECT DISTINCT a.partner_id FROM deals d \
                      JOIN attributions a ON a.deal_id = d.id \
-                     WHERE d.program_id = {} AND (d.currency = {} OR d.locked_currency = {})",
+                     WHERE d.program_id = {} AND {condition}",
                     db.numbered(1),
-                    db.numbered(2),
-                    db.numbered(2)
                 ),
-                vec![program_id.into(), base.clone().into()],
+                values,
             )
             .await?
             {
