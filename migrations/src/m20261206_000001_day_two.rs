@@ -1,6 +1,7 @@
 //! Day-two management: endpoints get their own rate limit and can be deleted (their history
-//! stays); inbound webhook sources can be rotated (the previous secret verifies until it
-//! expires), disabled and deleted.
+//! stays); every delivery attempt is kept (`webhook_delivery_attempts`: status, latency, the
+//! first KiB of the answer or the error); inbound webhook sources can be rotated (the previous
+//! secret verifies until it expires), disabled and deleted.
 
 use sea_orm_migration::prelude::*;
 
@@ -17,6 +18,19 @@ enum WebhookEndpoints {
     Table,
     RateLimit,
     DeletedAt,
+}
+
+#[derive(DeriveIden)]
+enum WebhookDeliveryAttempts {
+    Table,
+    Id,
+    DeliveryId,
+    Attempt,
+    AttemptedAt,
+    StatusCode,
+    LatencyMs,
+    ResponseSnippet,
+    Error,
 }
 
 #[derive(DeriveIden)]
@@ -98,10 +112,72 @@ impl MigrationTrait for Migration {
         ] {
             manager.alter_table(statement).await?;
         }
+        manager
+            .create_table(
+                Table::create()
+                    .table(WebhookDeliveryAttempts::Table)
+                    .col(
+                        ColumnDef::new(WebhookDeliveryAttempts::Id)
+                            .string()
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(
+                        ColumnDef::new(WebhookDeliveryAttempts::DeliveryId)
+                            .string()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(WebhookDeliveryAttempts::Attempt)
+                            .integer()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(WebhookDeliveryAttempts::AttemptedAt)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(WebhookDeliveryAttempts::StatusCode)
+                            .integer()
+                            .null(),
+                    )
+                    .col(
+                        ColumnDef::new(WebhookDeliveryAttempts::LatencyMs)
+                            .big_integer()
+                            .null(),
+                    )
+                    .col(
+                        ColumnDef::new(WebhookDeliveryAttempts::ResponseSnippet)
+                            .text()
+                            .null(),
+                    )
+                    .col(ColumnDef::new(WebhookDeliveryAttempts::Error).text().null())
+                    .to_owned(),
+            )
+            .await?;
+        // A delivery's attempts are read in id order (ids are time-ordered).
+        manager
+            .create_index(
+                Index::create()
+                    .name("idx_webhook_delivery_attempts_delivery")
+                    .table(WebhookDeliveryAttempts::Table)
+                    .col(WebhookDeliveryAttempts::DeliveryId)
+                    .col(WebhookDeliveryAttempts::Id)
+                    .to_owned(),
+            )
+            .await?;
         Ok(())
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .drop_table(
+                Table::drop()
+                    .table(WebhookDeliveryAttempts::Table)
+                    .to_owned(),
+            )
+            .await?;
         for statement in [
             drop(WebhookSources::Table, WebhookSources::UpdatedAt),
             drop(WebhookSources::Table, WebhookSources::DeletedAt),

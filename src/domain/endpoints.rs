@@ -331,6 +331,38 @@ pub async fn delete_endpoint(
     Ok((endpoint, cancelled))
 }
 
+/// Makes one delivery PENDING and due now, to be sent again with its original webhook-id
+/// (the attempt count goes on). `CONFLICT` while a worker is attempting it.
+pub async fn resend_delivery(
+    db: &Db,
+    principal: &Principal,
+    id: &str,
+) -> ApiResult<webhook_delivery::Model> {
+    if !is_valid_id(id) {
+        return Err(ApiError::NotFound("webhook delivery"));
+    }
+    let tx = db.begin_write().await?;
+    let delivery = webhook_delivery::Entity::find_by_id(id.to_string())
+        .one(&*tx)
+        .await?
+        .ok_or(ApiError::NotFound("webhook delivery"))?;
+    find_managed_in(&*tx, principal, &delivery.endpoint_id, true)
+        .await
+        .map_err(|_| ApiError::NotFound("webhook delivery"))?;
+    if delivery.status == DeliveryStatus::Pending && delivery.claim_token.is_some() {
+        return Err(ApiError::Conflict(
+            "the delivery is being attempted right now".into(),
+        ));
+    }
+    let mut active: webhook_delivery::ActiveModel = delivery.into();
+    active.status = Set(DeliveryStatus::Pending);
+    active.next_attempt_at_ms = Set(Some(Utc::now().timestamp_millis()));
+    active.claim_token = Set(None);
+    let delivery = active.update(&*tx).await?;
+    tx.commit().await?;
+    Ok(delivery)
+}
+
 /// Creates an endpoint owned by the caller's key. ADMIN keys may name any program (or none:
 /// every event); INTEGRATION keys only programs they are granted; PARTNER keys receive events
 /// about their own partner only.

@@ -12,7 +12,7 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect, QueryTrait};
 use crate::{
     db::{
         Db,
-        entities::{webhook_delivery, webhook_endpoint},
+        entities::{webhook_delivery, webhook_delivery_attempt, webhook_endpoint},
         pages::Direction,
     },
     domain::{
@@ -20,8 +20,8 @@ use crate::{
         endpoints::{
             CreateWebhookEndpointInput, DeliveryStatus, EndpointStatus, UpdateWebhookEndpointInput,
             create_endpoint, delete_endpoint, disable_endpoint, enable_endpoint, find_managed,
-            find_managed_history, live, managed_by, replay_deliveries, rotate_secret,
-            update_endpoint,
+            find_managed_history, live, managed_by, replay_deliveries, resend_delivery,
+            rotate_secret, update_endpoint,
         },
         events::{EventPosition, check_types, list_events},
         secrets::SecretKey,
@@ -171,6 +171,54 @@ impl WebhookDelivery {
     async fn created_at(&self) -> DateTime<Utc> {
         self.0.created_at
     }
+    /// Every attempt so far, oldest first: when, what the endpoint answered (status and the
+    /// first KiB of the body) or what went wrong.
+    #[graphql(complexity = "page_complexity(first, child_complexity)")]
+    async fn attempts(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(validator(minimum = 0, maximum = 100))] first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<WebhookDeliveryAttemptConnection> {
+        let query = webhook_delivery_attempt::Entity::find()
+            .filter(webhook_delivery_attempt::Column::DeliveryId.eq(self.0.id.as_str()));
+        let page = (first, after);
+        WebhookDeliveryAttemptConnection::page(ctx, query, Direction::Ascending, page, Attempt)
+            .await
+    }
+}
+
+/// One attempt at a delivery.
+pub struct Attempt(pub webhook_delivery_attempt::Model);
+
+/// One attempt at a delivery.
+#[tandem_derive::plain_object]
+#[Object(name = "WebhookDeliveryAttempt")]
+impl Attempt {
+    /// 1 for the first attempt, then 2, 3, …
+    async fn attempt(&self) -> i32 {
+        self.0.attempt
+    }
+    /// When it was made.
+    async fn at(&self) -> DateTime<Utc> {
+        self.0.attempted_at
+    }
+    /// The endpoint's HTTP status (null when it gave no answer).
+    async fn status_code(&self) -> Option<i32> {
+        self.0.status_code
+    }
+    /// How long it took.
+    async fn latency_ms(&self) -> Option<i64> {
+        self.0.latency_ms
+    }
+    /// The first KiB of the answer's body.
+    async fn response_snippet(&self) -> Option<&str> {
+        self.0.response_snippet.as_deref()
+    }
+    /// What went wrong (timeout, connection error, or the status and start of the body).
+    async fn error(&self) -> Option<&str> {
+        self.0.error.as_deref()
+    }
 }
 
 // Reached through connections, resolved field by field.
@@ -180,6 +228,12 @@ connection!(
     WebhookEndpointEdge,
     WebhookEndpoint,
     "webhook endpoints"
+);
+connection!(
+    WebhookDeliveryAttemptConnection,
+    WebhookDeliveryAttemptEdge,
+    Attempt,
+    "delivery attempts"
 );
 connection!(
     WebhookDeliveryConnection,
@@ -333,6 +387,20 @@ pub struct DeleteWebhookEndpointPayload {
     pub cancelled_deliveries: i64,
 }
 
+/// Input of `resendWebhookDelivery`.
+#[derive(Debug, InputObject)]
+pub struct ResendWebhookDeliveryInput {
+    /// The delivery.
+    pub id: ID,
+}
+
+/// Result of `resendWebhookDelivery`.
+#[derive(SimpleObject)]
+pub struct ResendWebhookDeliveryPayload {
+    /// The delivery, PENDING and due now.
+    pub delivery: WebhookDelivery,
+}
+
 /// Input of `replayWebhookDeliveries`.
 #[derive(Debug, InputObject)]
 pub struct ReplayWebhookDeliveriesInput {
@@ -457,6 +525,20 @@ impl OutboundMutation {
         Ok(DeleteWebhookEndpointPayload {
             endpoint: WebhookEndpoint(endpoint),
             cancelled_deliveries: cancelled as i64,
+        })
+    }
+
+    /// Sends one delivery again, with its original `webhook-id` (receivers de-duplicate on
+    /// it): it becomes PENDING and due now.
+    async fn resend_webhook_delivery(
+        &self,
+        ctx: &Context<'_>,
+        input: ResendWebhookDeliveryInput,
+    ) -> Result<ResendWebhookDeliveryPayload> {
+        let (principal, db) = caller(ctx).await?;
+        let delivery = resend_delivery(db, principal, input.id.as_str()).await?;
+        Ok(ResendWebhookDeliveryPayload {
+            delivery: WebhookDelivery(delivery),
         })
     }
 

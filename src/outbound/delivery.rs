@@ -1,6 +1,8 @@
 //! The delivery worker: claims due deliveries, posts them signed, records the outcomes.
 
 use super::{rules::*, *};
+use crate::db::entities::webhook_delivery_attempt;
+use sea_orm::ActiveValue::Set;
 
 /// Claims up to `limit` due deliveries of enabled endpoints for `lease` (skipping endpoints in
 /// `skip`): their `next_attempt_at_ms` moves to the end of the lease and `claim_token` to
@@ -332,11 +334,13 @@ impl DeliveryWorker {
             latency_ms,
             error: None,
             retry_after: None,
+            response_snippet: None,
         };
         match result {
-            Ok((status, retry_after, snippet)) => {
+            Ok((status, retry_after, snippet, kept)) => {
                 outcome.status_code = Some(status);
                 outcome.retry_after = retry_after;
+                outcome.response_snippet = kept;
                 if !(200..300).contains(&status) {
                     outcome.error = Some(if snippet.is_empty() {
                         format!("HTTP {status}")
@@ -350,12 +354,13 @@ impl DeliveryWorker {
         outcome
     }
 
-    /// Posts an event; returns the status, any `Retry-After`, and the start of the body.
+    /// Posts an event; returns the status, any `Retry-After`, the start of the body for the
+    /// error message, and its first KiB for the attempt log.
     async fn post(
         &self,
         target: &Target,
         event: &event::Model,
-    ) -> Result<(u16, Option<Duration>, String), String> {
+    ) -> Result<(u16, Option<Duration>, String, Option<String>), String> {
         check_target_url(&target.url, self.inner.settings.allow_private)
             .map_err(|m| format!("URL refused: {m}"))?;
         let body = envelope(event);
@@ -400,6 +405,7 @@ impl DeliveryWorker {
             }
         }
         body.truncate(MAX_RESPONSE_BYTES);
+        let kept = response_snippet(&body);
         let text = String::from_utf8_lossy(&body);
         let snippet: String = text
             .split_whitespace()
@@ -408,7 +414,7 @@ impl DeliveryWorker {
             .chars()
             .take(200)
             .collect();
-        Ok((status, retry_after, snippet))
+        Ok((status, retry_after, snippet, kept))
     }
 }
 
@@ -526,6 +532,25 @@ async fn write_outcomes(
             ],
         ))
         .await?;
+    }
+    // Every attempt is kept, whatever became of its delivery since (the attempt log).
+    let attempts: Vec<webhook_delivery_attempt::ActiveModel> = batch
+        .iter()
+        .map(|o| webhook_delivery_attempt::ActiveModel {
+            id: Set(new_id()),
+            delivery_id: Set(o.delivery_id.clone()),
+            attempt: Set(o.attempt),
+            attempted_at: Set(o.attempted_at),
+            status_code: Set(o.status_code.map(i32::from)),
+            latency_ms: Set(Some(o.latency_ms)),
+            response_snippet: Set(o.response_snippet.clone()),
+            error: Set(o.error.clone()),
+        })
+        .collect();
+    if !attempts.is_empty() {
+        webhook_delivery_attempt::Entity::insert_many(attempts)
+            .exec(&*tx)
+            .await?;
     }
     let EndpointHealth {
         recovered,

@@ -58,6 +58,8 @@ pub struct Outcome {
     pub latency_ms: i64,
     pub error: Option<String>,
     pub retry_after: Option<Duration>,
+    /// The first KiB of the answer's body (kept in the attempt log).
+    pub response_snippet: Option<String>,
 }
 
 impl Outcome {
@@ -65,6 +67,20 @@ impl Outcome {
     pub fn succeeded(&self) -> bool {
         self.status_code.is_some_and(|c| (200..300).contains(&c))
     }
+}
+
+/// How much of an answer's body the attempt log keeps.
+pub const SNIPPET_BYTES: usize = 1024;
+
+/// The first [`SNIPPET_BYTES`] of a body as text (invalid UTF-8 replaced), cut on a character
+/// boundary; `None` for an empty body.
+pub fn response_snippet(body: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(&body[..body.len().min(SNIPPET_BYTES + 4)]);
+    let mut end = text.len().min(SNIPPET_BYTES);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    (end > 0).then(|| text[..end].to_string())
 }
 
 /// Where a delivery goes after an attempt: its status, when it is next due (epoch ms) and
@@ -176,7 +192,24 @@ mod tests {
             latency_ms: 1,
             error: None,
             retry_after: None,
+            response_snippet: None,
         }
+    }
+
+    #[test]
+    fn snippets_keep_the_first_kib_on_a_character_boundary() {
+        assert_eq!(response_snippet(b""), None);
+        assert_eq!(response_snippet(b"ok").as_deref(), Some("ok"));
+        let long = vec![b'x'; 5000];
+        assert_eq!(response_snippet(&long).unwrap().len(), SNIPPET_BYTES);
+        // 1023 ASCII bytes and a 2-byte character straddling the limit: the character goes.
+        let mut straddling = vec![b'a'; 1023];
+        straddling.extend_from_slice("é and more".as_bytes());
+        assert_eq!(response_snippet(&straddling).unwrap().len(), 1023);
+        assert_eq!(
+            response_snippet(b"\xff\xfe").as_deref(),
+            Some("\u{fffd}\u{fffd}")
+        );
     }
 
     #[test]

@@ -476,11 +476,116 @@ async fn deleting_an_endpoint_cancels_its_pending_deliveries(app: TestApp) {
     }
 }
 
+async fn every_attempt_is_logged_and_a_delivery_can_be_resent(app: TestApp) {
+    use crate::outbound::Reply;
+    let receiver = Receiver::start().await;
+    receiver.behave(|nth| match nth {
+        1 => Reply::Status(500),
+        2 => Reply::Status(503),
+        _ => Reply::Big(5000),
+    });
+    let program = app.create_program("Attempts").await;
+    let (id, _) = endpoint(
+        &app,
+        &app.admin,
+        json!({"url": receiver.url, "eventTypes": ["partner.created"]}),
+    )
+    .await;
+    app.create_partner(&program, "Retried").await;
+    receiver
+        .wait_until("three attempts", |r| r.len() == 3)
+        .await;
+    let query = "query($id: ID!) { webhookDeliveries(filter: {endpointId: $id}) { edges { node {
+        id status attempt attempts { totalCount edges { node { attempt at statusCode latencyMs responseSnippet error } } } } } } }";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let delivery = loop {
+        let data = app.admin_ok(query, json!({"id": id})).await;
+        let delivery = nodes(&data["webhookDeliveries"]).remove(0);
+        if delivery["status"] == "SUCCEEDED" {
+            break delivery;
+        }
+        assert!(Instant::now() < deadline, "{delivery}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let attempts = nodes(&delivery["attempts"]);
+    assert_eq!(delivery["attempts"]["totalCount"], 3);
+    let codes: Vec<&Value> = attempts.iter().map(|a| &a["statusCode"]).collect();
+    assert_eq!(codes, [&json!(500), &json!(503), &json!(200)]);
+    assert_eq!(
+        attempts
+            .iter()
+            .map(|a| a["attempt"].as_i64().unwrap())
+            .collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    assert_eq!(attempts[0]["responseSnippet"], "receiver says hi");
+    assert_eq!(attempts[0]["error"], "HTTP 500: receiver says hi");
+    assert_eq!(attempts[1]["error"], "HTTP 503: receiver says hi");
+    assert_eq!(
+        attempts[2]["responseSnippet"],
+        "x".repeat(1024),
+        "the first KiB only"
+    );
+    assert_eq!(attempts[2]["error"], Value::Null);
+    assert!(
+        attempts
+            .iter()
+            .all(|a| a["latencyMs"].is_i64() && a["at"].is_string())
+    );
+
+    // Resent: the same webhook-id once more, and a fourth attempt in the log.
+    let delivery_id = delivery["id"].as_str().unwrap();
+    let data = app
+        .admin_ok(
+            "mutation($id: ID!) { resendWebhookDelivery(input: {id: $id}) { delivery { status } } }",
+            json!({"id": delivery_id}),
+        )
+        .await;
+    assert_eq!(
+        data["resendWebhookDelivery"]["delivery"]["status"],
+        "PENDING"
+    );
+    let got = receiver.wait_until("the resend", |r| r.len() == 4).await;
+    assert_eq!(got[3].id(), got[0].id(), "the original webhook-id");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let data = app.admin_ok(query, json!({"id": id})).await;
+        let delivery = nodes(&data["webhookDeliveries"]).remove(0);
+        if delivery["attempts"]["totalCount"] == 4 && delivery["status"] == "SUCCEEDED" {
+            assert_eq!(delivery["attempt"], 4);
+            break;
+        }
+        assert!(Instant::now() < deadline, "{delivery}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // Another key cannot resend it; an unknown id is not found.
+    let partner = app.create_partner(&program, "Nosy").await;
+    let key = app.partner_key(&partner).await;
+    for (token, id) in [
+        (key.as_str(), delivery_id),
+        (app.admin.as_str(), "01900000-0000-7000-8000-000000000000"),
+    ] {
+        let resp = app
+            .gql(
+                token,
+                "mutation($id: ID!) { resendWebhookDelivery(input: {id: $id}) { delivery { id } } }",
+                json!({"id": id}),
+            )
+            .await;
+        assert_eq!(error_code(&resp), "NOT_FOUND");
+    }
+}
+
 db_tests!(
     sources_rotate_with_a_grace_period,
     disabled_and_deleted_sources_answer_410_and_store_nothing,
     endpoints_are_updated_and_disabled,
 );
+
+mod quick_retries {
+    use super::*;
+    db_tests!(config = fast; every_attempt_is_logged_and_a_delivery_can_be_resent);
+}
 
 mod strict_targets {
     use super::*;

@@ -18,6 +18,7 @@ pub mod program;
 pub mod referral;
 pub mod sync_run;
 pub mod webhook_delivery;
+pub mod webhook_delivery_attempt;
 pub mod webhook_endpoint;
 pub mod webhook_receipt;
 pub mod webhook_source;
@@ -52,6 +53,7 @@ keyed!(
     referral,
     sync_run,
     webhook_delivery,
+    webhook_delivery_attempt,
     webhook_endpoint,
     webhook_receipt,
     webhook_source,
