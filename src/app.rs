@@ -123,7 +123,8 @@ impl App {
             db.with_own_statement_counter(),
             Duration::from_secs(config.job_lease_secs),
         )
-        .with_syncer(syncer);
+        .with_syncer(syncer)
+        .with_attempt_retention(config.attempt_retention());
         let scheduler = if config.scheduler {
             Some(
                 start_scheduler(jobs.clone(), &config)

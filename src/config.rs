@@ -49,6 +49,12 @@ pub struct Config {
     pub reconcile_schedule: String,
     /// Cron of `release-holds` (`TANDEM_RELEASE_HOLDS_SCHEDULE`).
     pub release_holds_schedule: String,
+    /// Cron of `prune`, which drops history past its retention (`TANDEM_PRUNE_SCHEDULE`,
+    /// default daily at 03:30 UTC).
+    pub prune_schedule: String,
+    /// How long each attempt of an outbound delivery is kept in its attempt log
+    /// (`TANDEM_WEBHOOK_ATTEMPT_RETENTION`, default `30d`); `prune` removes older ones.
+    pub webhook_attempt_retention: String,
     /// How long a job's lease lasts without renewal, in seconds (`TANDEM_JOB_LEASE_SECS`): a
     /// crashed holder's run can be taken over after this.
     pub job_lease_secs: u64,
@@ -122,6 +128,8 @@ impl Default for Config {
             scheduler: true,
             reconcile_schedule: "0 */10 * * * *".to_string(),
             release_holds_schedule: "0 0 * * * *".to_string(),
+            prune_schedule: "0 30 3 * * *".to_string(),
+            webhook_attempt_retention: "30d".to_string(),
             job_lease_secs: 300,
             webhook_worker: true,
             webhook_retry_schedule: "5s,5m,30m,2h,5h,10h,10h".to_string(),
@@ -172,6 +180,8 @@ impl Config {
                 "scheduler",
                 "reconcile_schedule",
                 "release_holds_schedule",
+                "prune_schedule",
+                "webhook_attempt_retention",
                 "job_lease_secs",
                 "webhook_worker",
                 "webhook_retry_schedule",
@@ -213,6 +223,7 @@ impl Config {
         for (name, cron) in [
             ("reconcile_schedule", &self.reconcile_schedule),
             ("release_holds_schedule", &self.release_holds_schedule),
+            ("prune_schedule", &self.prune_schedule),
             ("crm_sync_check_schedule", &self.crm_sync_check_schedule),
         ] {
             if let Err(e) = parse_cron(cron) {
@@ -227,6 +238,9 @@ impl Config {
         }
         if let Err(e) = humantime::parse_duration(&self.webhook_disable_after) {
             return invalid(format!("webhook_disable_after: {e}"));
+        }
+        if let Err(e) = humantime::parse_duration(&self.webhook_attempt_retention) {
+            return invalid(format!("webhook_attempt_retention: {e}"));
         }
         if self.webhook_timeout_ms == 0 || self.webhook_rate_limit == 0 {
             return invalid("webhook_timeout_ms and webhook_rate_limit must be positive".into());
@@ -262,7 +276,13 @@ impl Config {
             .collect()
     }
 
-    /// The parsed `webhook_disable_after` (validated at load).
+    /// The parsed `webhook_attempt_retention` (validated at load).
+    pub fn attempt_retention(&self) -> std::time::Duration {
+        humantime::parse_duration(&self.webhook_attempt_retention)
+            .unwrap_or(std::time::Duration::from_secs(30 * 86_400))
+    }
+
+    /// [`Config::webhook_disable_after`] as a duration.
     pub fn disable_after(&self) -> std::time::Duration {
         humantime::parse_duration(&self.webhook_disable_after)
             .unwrap_or(std::time::Duration::from_secs(5 * 86_400))

@@ -36,6 +36,8 @@ pub enum JobName {
     CrmSync(String),
     /// Syncs every CRM connection, one after the other (`runJob(input: {name: "crm-sync"})`).
     CrmSyncAll,
+    /// Drops history past its retention (delivery attempts).
+    Prune,
 }
 
 impl JobName {
@@ -45,6 +47,7 @@ impl JobName {
             JobName::Reconcile => "reconcile",
             JobName::ReleaseHolds => "release-holds",
             JobName::CrmSync(_) | JobName::CrmSyncAll => "crm-sync",
+            JobName::Prune => "prune",
         }
     }
 
@@ -65,9 +68,10 @@ impl FromStr for JobName {
             "reconcile" => Ok(JobName::Reconcile),
             "release-holds" => Ok(JobName::ReleaseHolds),
             "crm-sync" => Ok(JobName::CrmSyncAll),
+            "prune" => Ok(JobName::Prune),
             _ => Err(ApiError::bad_input(
                 "input.name",
-                "unknown job: expected reconcile, release-holds or crm-sync",
+                "unknown job: expected reconcile, release-holds, crm-sync or prune",
             )),
         }
     }
@@ -92,6 +96,8 @@ pub struct Jobs {
     holder: Arc<str>,
     lease: Duration,
     syncer: Option<Arc<crate::domain::crm::Syncer>>,
+    /// How long delivery attempts are kept (`prune`).
+    attempt_retention: Duration,
 }
 
 /// Whether a scheduled tick ran here.
@@ -115,7 +121,14 @@ impl Jobs {
             holder: Arc::from(format!("{}-{}", std::process::id(), new_id()).as_str()),
             lease,
             syncer: None,
+            attempt_retention: Duration::from_secs(30 * 86_400),
         }
+    }
+
+    /// Sets how long `prune` keeps delivery attempts.
+    pub fn with_attempt_retention(mut self, retention: Duration) -> Jobs {
+        self.attempt_retention = retention;
+        self
     }
 
     /// Lets this instance run `crm-sync` with `syncer`.
@@ -371,6 +384,15 @@ impl Jobs {
                     .map_err(|e| e.to_string())?;
                 Ok((json!({ "released": released }), None))
             }
+            JobName::Prune => {
+                let before = Utc::now()
+                    - chrono::Duration::from_std(self.attempt_retention)
+                        .unwrap_or(chrono::Duration::MAX);
+                let deleted = crate::domain::endpoints::prune_attempts(&self.db, before)
+                    .await
+                    .map_err(|e| format!("{:#}", e.into_anyhow()))?;
+                Ok((json!({ "attemptsDeleted": deleted }), None))
+            }
             JobName::CrmSyncAll => {
                 let connections = crate::domain::crm::connection_schedules(&self.db)
                     .await
@@ -448,6 +470,7 @@ pub async fn start_scheduler(jobs: Jobs, config: &Config) -> anyhow::Result<JobS
     for (name, expr) in [
         (JobName::Reconcile, config.reconcile_schedule.clone()),
         (JobName::ReleaseHolds, config.release_holds_schedule.clone()),
+        (JobName::Prune, config.prune_schedule.clone()),
     ] {
         let cron = Arc::new(parse_cron(&expr)?);
         let jobs = jobs.clone();

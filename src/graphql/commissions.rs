@@ -195,7 +195,7 @@ impl JobRun {
     async fn id(&self) -> ID {
         ID(self.0.id.clone())
     }
-    /// `reconcile` or `release-holds`.
+    /// `reconcile`, `release-holds`, `crm-sync` or `prune`.
     async fn name(&self) -> &str {
         &self.0.name
     }
@@ -529,7 +529,7 @@ impl CommissionQuery {
 /// Input of `runJob`.
 #[derive(Debug, InputObject)]
 pub struct RunJobInput {
-    /// `reconcile` or `release-holds`.
+    /// `reconcile`, `release-holds`, `crm-sync` or `prune`.
     pub name: String,
     /// reconcile: recompute every deal instead of what changed since the last run.
     #[graphql(default)]

@@ -576,6 +576,42 @@ async fn every_attempt_is_logged_and_a_delivery_can_be_resent(app: TestApp) {
     }
 }
 
+/// Attempts are kept for an hour.
+fn short_retention(config: &mut Config) {
+    config.webhook_attempt_retention = "1h".to_string();
+}
+
+async fn prune_drops_attempts_past_their_retention(app: TestApp) {
+    use sea_orm::{ActiveValue::Set, EntityTrait};
+    use tandem::db::entities::webhook_delivery_attempt;
+    let now = chrono::Utc::now();
+    let rows: Vec<webhook_delivery_attempt::ActiveModel> = [0, 30, 59, 61, 120, 60 * 24 * 40]
+        .iter()
+        .enumerate()
+        .map(|(i, minutes)| webhook_delivery_attempt::ActiveModel {
+            id: Set(tandem::domain::ids::new_id()),
+            delivery_id: Set("d".into()),
+            attempt: Set(i as i32 + 1),
+            attempted_at: Set(now - chrono::Duration::minutes(*minutes)),
+            status_code: Set(Some(500)),
+            latency_ms: Set(Some(3)),
+            response_snippet: Set(None),
+            error: Set(Some("HTTP 500".into())),
+        })
+        .collect();
+    let tx = app.db.begin_write().await.unwrap();
+    webhook_delivery_attempt::Entity::insert_many(rows)
+        .exec(&*tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let stats = crate::commissions::run_job(&app, "prune", false).await;
+    assert_eq!(stats["attemptsDeleted"], 3, "{stats}");
+    assert_eq!(app.count_rows("webhook_delivery_attempts").await, 3);
+    let stats = crate::commissions::run_job(&app, "prune", false).await;
+    assert_eq!(stats["attemptsDeleted"], 0);
+}
+
 db_tests!(
     sources_rotate_with_a_grace_period,
     disabled_and_deleted_sources_answer_410_and_store_nothing,
@@ -585,6 +621,11 @@ db_tests!(
 mod quick_retries {
     use super::*;
     db_tests!(config = fast; every_attempt_is_logged_and_a_delivery_can_be_resent);
+}
+
+mod retention {
+    use super::*;
+    db_tests!(config = short_retention; prune_drops_attempts_past_their_retention);
 }
 
 mod strict_targets {
