@@ -283,10 +283,48 @@ impl Db {
         Ok(self.conn.execute_unprepared(sql).await?.rows_affected())
     }
 
-    /// The PostgreSQL pool, for `LISTEN` (`None` on SQLite).
-    pub fn postgres_pool(&self) -> Option<&sea_orm::sqlx::PgPool> {
-        self.is_postgres()
-            .then(|| self.conn.get_postgres_connection_pool())
+    /// PostgreSQL: `LISTEN channel` until `stop` changes, calling `on_message` with each
+    /// notification's payload, and `on_connect` each time the listener (re)connects (what was
+    /// announced meanwhile was missed). Reconnects a second after an error. Returns at once on
+    /// SQLite (one process: changes are seen in process).
+    pub async fn listen<C, FC, M, FM>(
+        &self,
+        channel: &'static str,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+        on_connect: C,
+        on_message: M,
+    ) where
+        C: Fn() -> FC,
+        FC: std::future::Future<Output = ()>,
+        M: Fn(String) -> FM,
+        FM: std::future::Future<Output = ()>,
+    {
+        if !self.is_postgres() {
+            return;
+        }
+        let pool = self.conn.get_postgres_connection_pool().clone();
+        loop {
+            let listener = async {
+                let mut listener = sea_orm::sqlx::postgres::PgListener::connect_with(&pool).await?;
+                listener.listen(channel).await?;
+                on_connect().await;
+                loop {
+                    let notification = listener.recv().await?;
+                    on_message(notification.payload().to_string()).await;
+                }
+                #[allow(unreachable_code)]
+                Ok::<(), sea_orm::sqlx::Error>(())
+            };
+            tokio::select! {
+                result = listener => {
+                    if let Err(err) = result {
+                        tracing::warn!(error = %err, "LISTEN {channel} failed; retrying");
+                    }
+                }
+                _ = stop.changed() => return,
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 
     /// Reverts the last `steps` migrations (tests of migrations, operators' tooling).

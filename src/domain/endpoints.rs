@@ -172,6 +172,17 @@ pub fn managed_by(principal: &Principal) -> sea_orm::Condition {
     }
 }
 
+/// Writes a changed endpoint (stamping `updated_at`) and commits.
+async fn save(
+    tx: crate::db::WriteTx,
+    mut active: webhook_endpoint::ActiveModel,
+) -> ApiResult<webhook_endpoint::Model> {
+    active.updated_at = Set(Utc::now());
+    let endpoint = active.update(&*tx).await?;
+    tx.commit().await?;
+    Ok(endpoint)
+}
+
 /// A filter leaving deleted endpoints out.
 pub fn live() -> sea_orm::Condition {
     sea_orm::Condition::all().add(webhook_endpoint::Column::DeletedAt.is_null())
@@ -265,31 +276,7 @@ pub async fn update_endpoint(
     if let Some(rate_limit) = rate_limit {
         active.rate_limit = Set(rate_limit);
     }
-    active.updated_at = Set(Utc::now());
-    let endpoint = active.update(&*tx).await?;
-    tx.commit().await?;
-    Ok(endpoint)
-}
-
-/// Disables an endpoint by hand: it receives nothing, and its pending deliveries wait until it
-/// is enabled again.
-pub async fn disable_endpoint(
-    db: &Db,
-    principal: &Principal,
-    id: &str,
-) -> ApiResult<webhook_endpoint::Model> {
-    let tx = db.begin_write().await?;
-    let endpoint = find_managed_in(&*tx, principal, id, true).await?;
-    if endpoint.status == EndpointStatus::Disabled {
-        return Ok(endpoint);
-    }
-    let mut active: webhook_endpoint::ActiveModel = endpoint.into();
-    active.status = Set(EndpointStatus::Disabled);
-    active.disabled_reason = Set(Some("disabled with disableWebhookEndpoint".into()));
-    active.updated_at = Set(Utc::now());
-    let endpoint = active.update(&*tx).await?;
-    tx.commit().await?;
-    Ok(endpoint)
+    save(tx, active).await
 }
 
 /// Deletes an endpoint: it receives nothing more, its pending deliveries are CANCELLED, and
@@ -325,10 +312,7 @@ pub async fn delete_endpoint(
     active.status = Set(EndpointStatus::Disabled);
     active.disabled_reason = Set(Some("deleted".into()));
     active.deleted_at = Set(Some(now));
-    active.updated_at = Set(now);
-    let endpoint = active.update(&*tx).await?;
-    tx.commit().await?;
-    Ok((endpoint, cancelled))
+    Ok((save(tx, active).await?, cancelled))
 }
 
 /// Deletes delivery attempts made before `before`, in batches (each its own short write
@@ -467,28 +451,29 @@ pub async fn rotate_secret(
     active.previous_secret_expires_at =
         Set(Some(now + Duration::hours(PREVIOUS_SECRET_GRACE_HOURS)));
     active.secret_ciphertext = Set(key.seal(&secret));
-    active.updated_at = Set(now);
-    let endpoint = active.update(&*tx).await?;
-    tx.commit().await?;
+    let endpoint = save(tx, active).await?;
     Ok(EndpointWithSecret { endpoint, secret })
 }
 
-/// Enables an endpoint again: its failure streak is forgotten and pending deliveries resume.
-pub async fn enable_endpoint(
+/// Enables an endpoint (its failure streak is forgotten and pending deliveries resume) or
+/// disables it by hand (it receives nothing; pending deliveries wait until it is enabled).
+pub async fn set_endpoint_status(
     db: &Db,
     principal: &Principal,
     id: &str,
+    status: EndpointStatus,
 ) -> ApiResult<webhook_endpoint::Model> {
     let tx = db.begin_write().await?;
     let endpoint = find_managed_in(&*tx, principal, id, true).await?;
+    if endpoint.status == status && status == EndpointStatus::Disabled {
+        return Ok(endpoint);
+    }
     let mut active: webhook_endpoint::ActiveModel = endpoint.into();
-    active.status = Set(EndpointStatus::Enabled);
-    active.disabled_reason = Set(None);
+    active.status = Set(status);
     active.failing_since = Set(None);
-    active.updated_at = Set(Utc::now());
-    let endpoint = active.update(&*tx).await?;
-    tx.commit().await?;
-    Ok(endpoint)
+    active.disabled_reason = Set((status == EndpointStatus::Disabled)
+        .then(|| "disabled with disableWebhookEndpoint".to_string()));
+    save(tx, active).await
 }
 
 /// Queues again, for one endpoint, every event since `since` that it has not received: failed

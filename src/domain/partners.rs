@@ -158,14 +158,29 @@ pub async fn update_partner_status(
     if input.status == PartnerStatus::Terminated {
         model.terminated_at = Set(Some(now));
     }
-    model.updated_at = Set(now);
+    save_updated(
+        tx,
+        model,
+        |p| json!({ "status": p.status, "previousStatus": previous }),
+    )
+    .await
+}
+
+/// Writes a changed partner with its `partner.updated` event (`data` of the partner as
+/// written), and commits.
+async fn save_updated(
+    tx: crate::db::WriteTx,
+    mut model: partner::ActiveModel,
+    data: impl FnOnce(&partner::Model) -> serde_json::Value,
+) -> ApiResult<partner::Model> {
+    model.updated_at = Set(Utc::now());
     let updated = model.update(&*tx).await?;
     events::record(
         &*tx,
         EventType::PartnerUpdated,
         &updated.program_id,
         Some(&updated.id),
-        json!({ "status": updated.status, "previousStatus": previous }),
+        data(&updated),
     )
     .await?;
     tx.commit().await?;
@@ -277,26 +292,18 @@ pub async fn update_partner(
     if changed.is_empty() {
         return Ok(existing);
     }
-    model.updated_at = Set(Utc::now());
-    let updated = model.update(&*tx).await?;
     // The contact address is not in the event: subscribers learn that it changed, not what
     // it is.
-    events::record(
-        &*tx,
-        EventType::PartnerUpdated,
-        &updated.program_id,
-        Some(&updated.id),
+    save_updated(tx, model, |p| {
         json!({
-            "status": updated.status,
-            "previousStatus": updated.status,
-            "name": updated.name,
-            "domain": updated.domain,
+            "status": p.status,
+            "previousStatus": p.status,
+            "name": p.name,
+            "domain": p.domain,
             "changed": changed,
-        }),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(updated)
+        })
+    })
+    .await
 }
 
 /// Finds a partner visible to `principal`: a partner key sees only its own partner, and any

@@ -547,32 +547,16 @@ impl Webhooks {
     /// PostgreSQL: drops cached sources that another instance changed (`NOTIFY` on
     /// `tandem_webhook_sources`), and the whole cache whenever the listener (re)connects, since
     /// announcements may have been missed meanwhile. Runs until `stop`.
-    pub async fn listen_for_changes(self, mut stop: tokio::sync::watch::Receiver<bool>) {
-        let Some(pool) = self.db.postgres_pool().cloned() else {
-            return;
-        };
-        loop {
-            let listener = async {
-                let mut listener = sea_orm::sqlx::postgres::PgListener::connect_with(&pool).await?;
-                listener.listen(SOURCE_CHANGED_CHANNEL).await?;
-                self.forget(None).await;
-                loop {
-                    let notification = listener.recv().await?;
-                    self.forget(Some(notification.payload())).await;
-                }
-                #[allow(unreachable_code)]
-                Ok::<(), sea_orm::sqlx::Error>(())
-            };
-            tokio::select! {
-                result = listener => {
-                    if let Err(err) = result {
-                        tracing::warn!(error = %err, "LISTEN {SOURCE_CHANGED_CHANNEL} failed; retrying");
-                    }
-                }
-                _ = stop.changed() => return,
-            }
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        }
+    pub async fn listen_for_changes(self, stop: tokio::sync::watch::Receiver<bool>) {
+        let this = &self;
+        self.db
+            .listen(
+                SOURCE_CHANGED_CHANNEL,
+                stop,
+                || this.forget(None),
+                |id| async move { this.forget(Some(&id)).await },
+            )
+            .await
     }
 
     /// The source with this id, its secrets opened (cached until it changes).

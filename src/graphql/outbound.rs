@@ -19,9 +19,9 @@ use crate::{
         auth::Principal,
         endpoints::{
             CreateWebhookEndpointInput, DeliveryStatus, EndpointStatus, UpdateWebhookEndpointInput,
-            create_endpoint, delete_endpoint, disable_endpoint, enable_endpoint, find_managed,
-            find_managed_history, live, managed_by, replay_deliveries, resend_delivery,
-            rotate_secret, update_endpoint,
+            create_endpoint, delete_endpoint, find_managed, find_managed_history, live, managed_by,
+            replay_deliveries, resend_delivery, rotate_secret, set_endpoint_status,
+            update_endpoint,
         },
         events::{EventPosition, check_types, list_events},
         secrets::SecretKey,
@@ -475,7 +475,8 @@ impl OutboundMutation {
         input: EnableWebhookEndpointInput,
     ) -> Result<EnableWebhookEndpointPayload> {
         let (principal, db) = caller(ctx).await?;
-        let endpoint = enable_endpoint(db, principal, input.id.as_str()).await?;
+        let endpoint =
+            set_endpoint_status(db, principal, input.id.as_str(), EndpointStatus::Enabled).await?;
         Ok(EnableWebhookEndpointPayload {
             endpoint: WebhookEndpoint(endpoint),
         })
@@ -507,7 +508,8 @@ impl OutboundMutation {
         input: DisableWebhookEndpointInput,
     ) -> Result<DisableWebhookEndpointPayload> {
         let (principal, db) = caller(ctx).await?;
-        let endpoint = disable_endpoint(db, principal, input.id.as_str()).await?;
+        let endpoint =
+            set_endpoint_status(db, principal, input.id.as_str(), EndpointStatus::Disabled).await?;
         Ok(DisableWebhookEndpointPayload {
             endpoint: WebhookEndpoint(endpoint),
         })

@@ -316,6 +316,22 @@ pub struct WebhookSourcePayload {
     pub source: WebhookSource,
 }
 
+/// Enables or disables a source (admins).
+async fn set_source_status(
+    ctx: &Context<'_>,
+    input: WebhookSourceIdInput,
+    status: SourceStatus,
+) -> Result<WebhookSourcePayload> {
+    principal(ctx).await?.require_admin()?;
+    let webhooks = ctx.data_unchecked::<Webhooks>();
+    let source = webhooks
+        .set_source_status(input.id.as_str(), status)
+        .await?;
+    Ok(WebhookSourcePayload {
+        source: WebhookSource(source),
+    })
+}
+
 /// Result of `attributeDeal`.
 #[derive(SimpleObject)]
 pub struct AttributeDealPayload {
@@ -379,14 +395,7 @@ impl WebhookMutation {
         ctx: &Context<'_>,
         input: WebhookSourceIdInput,
     ) -> Result<WebhookSourcePayload> {
-        principal(ctx).await?.require_admin()?;
-        let webhooks = ctx.data_unchecked::<Webhooks>();
-        let source = webhooks
-            .set_source_status(input.id.as_str(), SourceStatus::Disabled)
-            .await?;
-        Ok(WebhookSourcePayload {
-            source: WebhookSource(source),
-        })
+        set_source_status(ctx, input, SourceStatus::Disabled).await
     }
 
     /// Enables a disabled source again (admins).
@@ -395,14 +404,7 @@ impl WebhookMutation {
         ctx: &Context<'_>,
         input: WebhookSourceIdInput,
     ) -> Result<WebhookSourcePayload> {
-        principal(ctx).await?.require_admin()?;
-        let webhooks = ctx.data_unchecked::<Webhooks>();
-        let source = webhooks
-            .set_source_status(input.id.as_str(), SourceStatus::Enabled)
-            .await?;
-        Ok(WebhookSourcePayload {
-            source: WebhookSource(source),
-        })
+        set_source_status(ctx, input, SourceStatus::Enabled).await
     }
 
     /// Deletes a source (admins): it answers 410 Gone from now on; its receipts stay.

@@ -103,32 +103,16 @@ impl EventFeed {
 }
 
 /// PostgreSQL: wakes the feed on `NOTIFY tandem_events` (sent at commit by a trigger on
-/// `events`), reconnecting after errors.
-async fn listen_for_events(db: Db, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
-    let Some(pool) = db.postgres_pool().cloned() else {
-        return;
-    };
-    loop {
-        let listener = async {
-            let mut listener = sea_orm::sqlx::postgres::PgListener::connect_with(&pool).await?;
-            listener.listen("tandem_events").await?;
-            loop {
-                listener.recv().await?;
-                wake.notify_one();
-            }
-            #[allow(unreachable_code)]
-            Ok::<(), sea_orm::sqlx::Error>(())
-        };
-        tokio::select! {
-            result = listener => {
-                if let Err(err) = result {
-                    tracing::warn!(error = %err, "LISTEN tandem_events failed; retrying");
-                }
-            }
-            _ = stop.changed() => return,
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+/// `events`), and whenever the listener (re)connects.
+async fn listen_for_events(db: Db, wake: Arc<Notify>, stop: watch::Receiver<bool>) {
+    let wake = &wake;
+    db.listen(
+        "tandem_events",
+        stop,
+        || async { wake.notify_one() },
+        |_| async { wake.notify_one() },
+    )
+    .await
 }
 
 /// The position of the newest committed event (the start of the stream when empty).

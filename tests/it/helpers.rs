@@ -10,9 +10,17 @@ use tandem::{
 };
 use tokio::sync::oneshot;
 
-/// Runs each named scenario `async fn name(app: TestApp)` on SQLite and on PostgreSQL.
+/// Runs each named scenario `async fn name(app: TestApp)` on SQLite and on PostgreSQL
+/// (`config = tweak;` adjusts the configuration; `mod name, config = tweak;` puts the tests in
+/// a module of that name, for several configurations in one file).
 #[macro_export]
 macro_rules! db_tests {
+    (mod $module:ident, config = $tweak:ident; $($name:ident),* $(,)?) => {
+        mod $module {
+            use super::*;
+            $crate::db_tests!(config = $tweak; $($name),*);
+        }
+    };
     (config = $tweak:ident; $($name:ident),* $(,)?) => {
         mod sqlite {
             $(

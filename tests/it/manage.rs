@@ -9,7 +9,7 @@ use tandem::config::Config;
 use crate::{
     db_tests,
     helpers::{TestApp, error_code, error_field, nodes},
-    outbound::{Receiver, endpoint, fast},
+    outbound::{Receiver, endpoint, fast, no_worker, strict},
     webhooks::{Source, create_source, post_signed, standard_source},
 };
 
@@ -359,11 +359,6 @@ async fn endpoints_are_updated_and_disabled(app: TestApp) {
     );
 }
 
-/// Production URL rules.
-fn strict(config: &mut Config) {
-    config.webhook_allow_private_targets = false;
-}
-
 async fn an_endpoint_cannot_be_moved_to_a_private_address(app: TestApp) {
     let (id, _) = endpoint(
         &app,
@@ -409,12 +404,6 @@ async fn statuses(app: &TestApp, endpoint: &str) -> Vec<String> {
         .into_iter()
         .map(|d| d["status"].as_str().unwrap().to_string())
         .collect()
-}
-
-/// No delivery worker: deliveries stay PENDING once fanned out.
-fn no_worker(config: &mut Config) {
-    fast(config);
-    config.webhook_worker = false;
 }
 
 async fn deleting_an_endpoint_cancels_its_pending_deliveries(app: TestApp) {
@@ -618,22 +607,7 @@ db_tests!(
     endpoints_are_updated_and_disabled,
 );
 
-mod quick_retries {
-    use super::*;
-    db_tests!(config = fast; every_attempt_is_logged_and_a_delivery_can_be_resent);
-}
-
-mod retention {
-    use super::*;
-    db_tests!(config = short_retention; prune_drops_attempts_past_their_retention);
-}
-
-mod strict_targets {
-    use super::*;
-    db_tests!(config = strict; an_endpoint_cannot_be_moved_to_a_private_address);
-}
-
-mod without_worker {
-    use super::*;
-    db_tests!(config = no_worker; deleting_an_endpoint_cancels_its_pending_deliveries);
-}
+db_tests!(mod quick_retries, config = fast; every_attempt_is_logged_and_a_delivery_can_be_resent);
+db_tests!(mod retention, config = short_retention; prune_drops_attempts_past_their_retention);
+db_tests!(mod strict_targets, config = strict; an_endpoint_cannot_be_moved_to_a_private_address);
+db_tests!(mod without_worker, config = no_worker; deleting_an_endpoint_cancels_its_pending_deliveries);

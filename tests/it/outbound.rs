@@ -798,7 +798,7 @@ async fn limits_redirects_and_big_answers(app: TestApp) {
 }
 
 /// Production rules: loopback and private targets are refused.
-fn strict(config: &mut Config) {
+pub fn strict(config: &mut Config) {
     config.webhook_allow_private_targets = false;
 }
 
@@ -856,7 +856,7 @@ async fn an_endpoint_failing_continuously_is_disabled(app: TestApp) {
     assert_eq!(receiver.received().len(), n);
 }
 
-fn no_worker(config: &mut Config) {
+pub fn no_worker(config: &mut Config) {
     config.webhook_worker = false;
 }
 
@@ -1325,25 +1325,10 @@ db_tests!(config = fast;
     every_event_type_matches_its_schema,
 );
 
-mod limits {
-    use super::*;
-    db_tests!(config = tight_limits; limits_redirects_and_big_answers);
-}
-
-mod strict_targets {
-    use super::*;
-    db_tests!(config = strict; private_targets_are_refused_by_default);
-}
-
-mod disabling {
-    use super::*;
-    db_tests!(config = disable_quickly; an_endpoint_failing_continuously_is_disabled);
-}
-
-mod crashes {
-    use super::*;
-    db_tests!(config = no_worker; a_crashed_workers_claims_are_retried);
-}
+db_tests!(mod limits, config = tight_limits; limits_redirects_and_big_answers);
+db_tests!(mod strict_targets, config = strict; private_targets_are_refused_by_default);
+db_tests!(mod disabling, config = disable_quickly; an_endpoint_failing_continuously_is_disabled);
+db_tests!(mod crashes, config = no_worker; a_crashed_workers_claims_are_retried);
 
 /// Two hub instances on one PostgreSQL share the delivery work: with no faults every event
 /// reaches every endpoint exactly once.
