@@ -180,6 +180,8 @@ pub enum ChildKind {
     PartnerReferrals,
     /// Deals attributed to a partner (newest first).
     PartnerDeals,
+    /// A delivery's attempts (oldest first).
+    DeliveryAttempts,
 }
 
 impl ChildKind {
@@ -204,6 +206,13 @@ impl ChildKind {
                 parent: "a.partner_id",
                 order_key: "a.deal_id",
                 direction: Direction::Descending,
+                counted_in: None,
+            },
+            ChildKind::DeliveryAttempts => ChildList {
+                from: "webhook_delivery_attempts t",
+                parent: "t.delivery_id",
+                order_key: "t.id",
+                direction: Direction::Ascending,
                 counted_in: None,
             },
         }
@@ -330,6 +339,11 @@ pub struct Loaders {
     pub partner_referrals: BatchLoader<ChildPageKey, ChildPageLoader<referral::Model>>,
     /// Deal pages of partners.
     pub partner_deals: BatchLoader<ChildPageKey, ChildPageLoader<deal::Model>>,
+    /// Attempt pages of deliveries.
+    pub delivery_attempts: BatchLoader<
+        ChildPageKey,
+        ChildPageLoader<crate::db::entities::webhook_delivery_attempt::Model>,
+    >,
     /// Child counts.
     pub child_counts: BatchLoader<ChildCountKey, ChildCountLoader>,
 }
@@ -363,6 +377,7 @@ impl Loaders {
             program_partners: child(db, ChildKind::ProgramPartners, batches),
             partner_referrals: child(db, ChildKind::PartnerReferrals, batches),
             partner_deals: child(db, ChildKind::PartnerDeals, batches),
+            delivery_attempts: child(db, ChildKind::DeliveryAttempts, batches),
             child_counts: BatchLoader::new(ChildCountLoader(db.clone()), batches),
         }
     }

@@ -13,7 +13,7 @@ use crate::{
     db::{
         Db,
         entities::{webhook_delivery, webhook_delivery_attempt, webhook_endpoint},
-        pages::Direction,
+        pages::{Direction, PageArgs},
     },
     domain::{
         auth::Principal,
@@ -29,8 +29,9 @@ use crate::{
     error::ApiError,
     graphql::{
         connection::connection,
+        loaders::{ChildKind, Loaders},
         principal,
-        types::{Event, page_complexity},
+        types::{Event, child_page, page_complexity},
     },
     outbound::{EventFeed, OutboundSettings},
 };
@@ -180,11 +181,23 @@ impl WebhookDelivery {
         #[graphql(validator(minimum = 0, maximum = 100))] first: Option<i32>,
         after: Option<String>,
     ) -> Result<WebhookDeliveryAttemptConnection> {
-        let query = webhook_delivery_attempt::Entity::find()
-            .filter(webhook_delivery_attempt::Column::DeliveryId.eq(self.0.id.as_str()));
-        let page = (first, after);
-        WebhookDeliveryAttemptConnection::page(ctx, query, Direction::Ascending, page, Attempt)
-            .await
+        // Through a loader: the attempts of a whole page of deliveries in one statement.
+        let loaders = ctx.data_unchecked::<Loaders>();
+        let args = PageArgs::parse(first, after)?;
+        let (page, had_cursor, total) = child_page(
+            &loaders.delivery_attempts,
+            ChildKind::DeliveryAttempts,
+            &self.0.id,
+            args,
+        )
+        .await?;
+        Ok(WebhookDeliveryAttemptConnection::build(
+            page,
+            had_cursor,
+            |a| a.id.clone(),
+            Attempt,
+            total,
+        ))
     }
 }
 

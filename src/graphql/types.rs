@@ -37,7 +37,7 @@ pub fn page_complexity(first: Option<i32>, child_complexity: usize) -> usize {
 
 /// One page of a parent's child list through its loader (an absent parent has an empty page),
 /// whether it was asked for after a cursor, and how to count the whole list.
-async fn child_page<M: ChildRow>(
+pub(crate) async fn child_page<M: ChildRow>(
     loader: &BatchLoader<ChildPageKey, ChildPageLoader<M>>,
     kind: ChildKind,
     parent: &str,

@@ -357,6 +357,30 @@ async fn endpoints_are_updated_and_disabled(app: TestApp) {
         spread >= Duration::from_millis(1_150),
         "9 deliveries at 4/s arrived within {spread:?}"
     );
+
+    // The attempts of a whole page of deliveries load together, not one query per delivery.
+    let before = app.db.statement_count();
+    let data = app
+        .admin_ok(
+            "query($id: ID!) { webhookDeliveries(first: 50, filter: {endpointId: $id}) { edges { node {
+                attempts { totalCount edges { node { attempt statusCode } } } } } } }",
+            json!({"id": id}),
+        )
+        .await;
+    let statements = app.db.statement_count() - before;
+    let deliveries = nodes(&data["webhookDeliveries"]);
+    assert!(deliveries.len() >= 10, "{}", deliveries.len());
+    assert!(
+        deliveries
+            .iter()
+            .all(|d| d["attempts"]["totalCount"].as_i64() >= Some(1)),
+        "{deliveries:?}"
+    );
+    assert!(
+        statements <= 6,
+        "{statements} statements for {} deliveries",
+        deliveries.len()
+    );
 }
 
 async fn an_endpoint_cannot_be_moved_to_a_private_address(app: TestApp) {

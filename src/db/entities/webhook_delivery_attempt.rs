@@ -4,7 +4,7 @@ use sea_orm::entity::prelude::*;
 
 /// One attempt at a delivery: when, what the endpoint answered (status, the first KiB of the
 /// body) or what went wrong.
-#[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+#[derive(Clone, Debug, PartialEq, DeriveEntityModel, tandem_derive::NativeRow)]
 #[sea_orm(table_name = "webhook_delivery_attempts")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
