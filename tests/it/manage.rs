@@ -78,6 +78,33 @@ async fn sources_rotate_with_a_grace_period(app: TestApp) {
     let hours = (until - chrono::Utc::now()).num_minutes() as f64 / 60.0;
     assert!((23.9..=24.0).contains(&hours), "default grace {hours} h");
 
+    // Once the grace period has run out (moved into the past here; an instance reading the
+    // source afresh sees it so), the old secret is refused and the new one verifies.
+    let [until, id] = app.db.params();
+    app.db
+        .execute_write(
+            format!(
+                "UPDATE webhook_sources SET previous_secret_expires_at = {until} WHERE id = {id}"
+            ),
+            vec![
+                (chrono::Utc::now() - chrono::Duration::minutes(1)).into(),
+                first.id.clone().into(),
+            ],
+        )
+        .await
+        .unwrap();
+    let (later_base, _later) = app.spawn_instance().await;
+    let on_later = |s: &Source| Source {
+        url: s.url.replace(&app.base, &later_base),
+        ..with_secret(s, s.secret.as_deref().unwrap())
+    };
+    assert_eq!(
+        post(&app, &on_later(&first), "a2b").await,
+        401,
+        "grace over"
+    );
+    assert_eq!(post(&app, &on_later(&second), "a3b").await, 200);
+
     // Rotated again with no grace: only the newest verifies.
     let third = with_secret(
         &first,
