@@ -449,13 +449,21 @@ impl Webhooks {
             .ok_or(ApiError::NotFound("webhook source"))
     }
 
-    /// Writes `model` and tells every instance to drop its cached copy: this one at once, the
-    /// others through `NOTIFY` when the transaction commits (PostgreSQL).
-    async fn save_and_announce(
+    /// Changes the live source `id` inside one write transaction: `change` gets the row as read
+    /// there (locked on PostgreSQL) and returns what to write, or `None` to leave it as it is.
+    /// A written change is announced to every instance: this one drops its cached copy at
+    /// once, the others through `NOTIFY` when the transaction commits (PostgreSQL).
+    async fn change_source(
         &self,
-        model: webhook_source::ActiveModel,
+        id: &str,
+        change: impl FnOnce(&webhook_source::Model) -> ApiResult<Option<webhook_source::ActiveModel>>,
     ) -> ApiResult<webhook_source::Model> {
         let tx = self.db.begin_write().await?;
+        let existing = Self::find_live(&*tx, id).await?;
+        let Some(mut model) = change(&existing)? else {
+            return Ok(existing);
+        };
+        model.updated_at = Set(Some(Utc::now()));
         let saved = model.update(&*tx).await?;
         if self.db.is_postgres() {
             tx.execute_raw(Statement::from_sql_and_values(
@@ -488,15 +496,19 @@ impl Webhooks {
             ));
         }
         let given = given.map(str::trim).filter(|s| !s.is_empty());
-        let existing = Self::find_live(self.db.reads(), id).await?;
-        let (secret, shown) = source_secret(existing.kind, given)?;
-        let now = Utc::now();
-        let mut model: webhook_source::ActiveModel = existing.clone().into();
-        model.previous_secret_ciphertext = Set(Some(existing.secret_ciphertext.clone()));
-        model.previous_secret_expires_at = Set(Some(now + chrono::Duration::hours(grace)));
-        model.secret_ciphertext = Set(self.key.seal(&secret));
-        model.updated_at = Set(Some(now));
-        let saved = self.save_and_announce(model).await?;
+        let mut shown = None;
+        let saved = self
+            .change_source(id, |existing| {
+                let (secret, show) = source_secret(existing.kind, given)?;
+                shown = show;
+                let mut model: webhook_source::ActiveModel = existing.clone().into();
+                model.previous_secret_ciphertext = Set(Some(existing.secret_ciphertext.clone()));
+                model.previous_secret_expires_at =
+                    Set(Some(Utc::now() + chrono::Duration::hours(grace)));
+                model.secret_ciphertext = Set(self.key.seal(&secret));
+                Ok(Some(model))
+            })
+            .await?;
         let url = Self::source_url(base_url, &saved, shown.as_deref());
         Ok(CreatedSource {
             model: saved,
@@ -511,25 +523,26 @@ impl Webhooks {
         id: &str,
         status: SourceStatus,
     ) -> ApiResult<webhook_source::Model> {
-        let existing = Self::find_live(self.db.reads(), id).await?;
-        if existing.status == status {
-            return Ok(existing);
-        }
-        let mut model: webhook_source::ActiveModel = existing.into();
-        model.status = Set(status);
-        model.updated_at = Set(Some(Utc::now()));
-        self.save_and_announce(model).await
+        self.change_source(id, |existing| {
+            if existing.status == status {
+                return Ok(None);
+            }
+            let mut model: webhook_source::ActiveModel = existing.clone().into();
+            model.status = Set(status);
+            Ok(Some(model))
+        })
+        .await
     }
 
     /// Deletes a source: it answers 410 Gone from now on; its receipts stay as history.
     pub async fn delete_source(&self, id: &str) -> ApiResult<webhook_source::Model> {
-        let existing = Self::find_live(self.db.reads(), id).await?;
-        let now = Utc::now();
-        let mut model: webhook_source::ActiveModel = existing.into();
-        model.status = Set(SourceStatus::Disabled);
-        model.deleted_at = Set(Some(now));
-        model.updated_at = Set(Some(now));
-        self.save_and_announce(model).await
+        self.change_source(id, |existing| {
+            let mut model: webhook_source::ActiveModel = existing.clone().into();
+            model.status = Set(SourceStatus::Disabled);
+            model.deleted_at = Set(Some(Utc::now()));
+            Ok(Some(model))
+        })
+        .await
     }
 
     /// Drops the cached source `id` (every source with `None`).
@@ -616,8 +629,8 @@ impl Source {
         }
     }
 
-    /// Whether this request is an operation the source refuses whatever its signature: a
-    /// DISABLED or deleted source answers 410 Gone and stores nothing.
+    /// Whether the source refuses every request, whatever its signature: a DISABLED or deleted
+    /// source answers 410 Gone and stores nothing.
     pub fn is_gone(&self) -> bool {
         self.model.deleted_at.is_some() || self.model.status == SourceStatus::Disabled
     }

@@ -9,7 +9,7 @@ use tandem::config::Config;
 use crate::{
     db_tests,
     helpers::{TestApp, error_code, error_field, nodes},
-    outbound::{Receiver, endpoint, fast, no_worker, strict},
+    outbound::{PRIVATE_TARGETS, Receiver, endpoint, fast, no_worker, strict},
     webhooks::{Source, create_source, post_signed, standard_source},
 };
 
@@ -417,13 +417,7 @@ async fn an_endpoint_cannot_be_moved_to_a_private_address(app: TestApp) {
         json!({"url": "https://hooks.example.com/tandem", "eventTypes": ["deal.won"]}),
     )
     .await;
-    for url in [
-        "http://127.0.0.1:9/hooks",
-        "http://localhost/hooks",
-        "http://169.254.169.254/latest/meta-data",
-        "http://10.0.0.8/x",
-        "http://[::1]/x",
-    ] {
+    for url in PRIVATE_TARGETS {
         let resp = app
             .gql(
                 &app.admin,

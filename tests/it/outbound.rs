@@ -802,14 +802,17 @@ pub fn strict(config: &mut Config) {
     config.webhook_allow_private_targets = false;
 }
 
+/// Loopback, private and link-local targets the production rules refuse.
+pub const PRIVATE_TARGETS: [&str; 5] = [
+    "http://127.0.0.1:9/hooks",
+    "http://localhost/hooks",
+    "http://169.254.169.254/latest/meta-data",
+    "http://10.0.0.8/x",
+    "http://[::1]/x",
+];
+
 async fn private_targets_are_refused_by_default(app: TestApp) {
-    for url in [
-        "http://127.0.0.1:9/hooks",
-        "http://localhost/hooks",
-        "http://169.254.169.254/latest/meta-data",
-        "http://10.0.0.8/x",
-        "http://[::1]/x",
-    ] {
+    for url in PRIVATE_TARGETS {
         let resp = app
             .gql(
                 &app.admin,
