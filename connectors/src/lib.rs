@@ -12,6 +12,7 @@ pub mod money;
 pub mod net;
 pub mod pipedrive;
 pub mod salesforce;
+pub mod stripe;
 pub mod verify;
 
 /// A file of `tests/fixtures/crm/`, parsed (for the clients' unit tests; the integration tests

@@ -41,6 +41,28 @@ pub fn currency(input: &str) -> Option<String> {
     (code.len() == 3 && ISO_4217.split_whitespace().any(|c| c == code)).then_some(code)
 }
 
+/// The ISO 4217 minor-unit exponent of an (upper-case) currency: how many decimal places its
+/// minor unit has (JPY 0, EUR 2, KWD 3). Billing systems send amounts in these minor units.
+pub fn minor_unit_exponent(code: &str) -> u32 {
+    const ZERO: &[&str] = &[
+        "BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "VND", "VUV",
+        "XAF", "XOF", "XPF",
+    ];
+    const THREE: &[&str] = &["BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"];
+    if ZERO.contains(&code) {
+        0
+    } else if THREE.contains(&code) {
+        3
+    } else {
+        2
+    }
+}
+
+/// An amount in minor units of `code` as a decimal in major units (`1999` EUR → `19.99`).
+pub fn from_minor_units(minor: i64, code: &str) -> Decimal {
+    Decimal::new(minor, minor_unit_exponent(code))
+}
+
 #[cfg(test)]
 mod tests {
     use std::str::FromStr;
@@ -48,6 +70,14 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn minor_units_follow_iso_4217_exponents() {
+        assert_eq!(from_minor_units(100_000, "EUR").to_string(), "1000.00");
+        assert_eq!(from_minor_units(1999, "USD").to_string(), "19.99");
+        assert_eq!(from_minor_units(1999, "JPY").to_string(), "1999");
+        assert_eq!(from_minor_units(1999, "KWD").to_string(), "1.999");
+    }
 
     #[test]
     fn amounts_within_bounds_pass() {

@@ -12,6 +12,7 @@ mod m20261124_000004_outbound_webhooks;
 mod m20261124_000005_crm_connections;
 mod m20261124_000006_referral_counts;
 mod m20261206_000001_day_two;
+mod m20261206_000002_recurring;
 
 /// The ordered list of Tandem migrations.
 pub struct Migrator;
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000005_crm_connections::Migration),
             Box::new(m20261124_000006_referral_counts::Migration),
             Box::new(m20261206_000001_day_two::Migration),
+            Box::new(m20261206_000002_recurring::Migration),
         ]
     }
 }

@@ -163,6 +163,29 @@ stored_enum! {
         Code = "CODE",
         /// The deal's company or contact domain matched an accepted referral.
         Domain = "DOMAIN",
+        /// A later deal of a customer the partner brought, within its recurring period
+        /// (DESIGN §11, `recurring.basis: DEALS`).
+        Customer = "CUSTOMER",
+    }
+}
+
+stored_enum! {
+    /// What a recurring plan pays on (DESIGN §11).
+    pub enum RecurringBasis {
+        /// Later won deals of the customer, at the recurring rate.
+        Deals = "DEALS",
+        /// Every paid invoice of the customer, net of refunds and credit notes.
+        Invoices = "INVOICES",
+    }
+}
+
+stored_enum! {
+    /// What reduces a paid invoice.
+    pub enum AdjustmentKind {
+        /// A refund of the invoice's charge (`charge.refunded`).
+        Refund = "REFUND",
+        /// A credit note (`credit_note.created`).
+        CreditNote = "CREDIT_NOTE",
     }
 }
 
@@ -216,6 +239,8 @@ stored_enum! {
         IgnoredStale = "IGNORED_STALE",
         /// A repeat of a provider event already received: acknowledged, not applied.
         Duplicate = "DUPLICATE",
+        /// Verified and kept, but of a type Tandem does not act on.
+        Ignored = "IGNORED",
         /// Cannot be applied; `reason` says why.
         Failed = "FAILED",
     }
@@ -322,6 +347,9 @@ stored_enum! {
         Pipedrive = "PIPEDRIVE",
         /// Salesforce Outbound Messages (SOAP) with an org id and a URL token.
         Salesforce = "SALESFORCE",
+        /// Stripe billing events (`Stripe-Signature`): invoices, refunds, credit notes,
+        /// customers.
+        Stripe = "STRIPE",
     }
 }
 

@@ -388,6 +388,7 @@ mod tests {
             tiers: vec![],
             cap_per_deal: None,
             min_deal_amount: None,
+            recurring: None,
         }
     }
 
@@ -448,6 +449,7 @@ mod tests {
                 tiers: tier.map(|(min_revenue, rate)| vec![Tier { min_revenue, rate }]).unwrap_or_default(),
                 cap_per_deal: cap,
                 min_deal_amount: min,
+                recurring: None,
             };
             let mut rates = Rates::default();
             rates.insert("EUR", "USD", day(-1), fx);
@@ -555,6 +557,7 @@ mod tests {
             tiers: vec![],
             cap_per_deal: Some(dec("200")),
             min_deal_amount: None,
+            recurring: None,
         };
         let out = compute_timeline(
             &terms(flat),

@@ -176,6 +176,7 @@ fn initial_state(
         Disposition::Apply => (ReceiptStatus::Received, None, Some(now_ms)),
         Disposition::Park(reason) => (ReceiptStatus::Received, Some(reason.clone()), None),
         Disposition::Fail(reason) => (ReceiptStatus::Failed, Some(reason.clone()), None),
+        Disposition::Ignore(reason) => (ReceiptStatus::Ignored, Some(reason.clone()), None),
     }
 }
 

@@ -6,7 +6,7 @@ use rust_decimal::Decimal;
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait};
 use serde::{Deserialize, Serialize};
 
-pub use crate::db::states::{CommissionType, ProgramKind};
+pub use crate::db::states::{CommissionType, ProgramKind, RecurringBasis};
 use crate::{
     db::{Db, entities::program},
     domain::{ids::new_id, normalize::normalize_currency},
@@ -26,6 +26,20 @@ pub struct Tier {
     pub rate: Decimal,
 }
 
+/// The recurring part of a plan (DESIGN §11): what a partner keeps earning on the customers
+/// it brought, and for how long.
+#[derive(Debug, Clone, PartialEq, Eq, InputObject, SimpleObject)]
+#[graphql(input_name = "RecurringInput")]
+pub struct Recurring {
+    /// Months after the customer's first won deal during which it earns; null: for the
+    /// customer's lifetime.
+    pub months: Option<i32>,
+    /// The recurring percentage, such as `"15"`; null: the plan's own rate (tiers apply).
+    pub rate: Option<Decimal>,
+    /// `DEALS`: later won deals of the customer; `INVOICES`: every paid invoice.
+    pub basis: RecurringBasis,
+}
+
 /// A commission plan as given to `createProgram` / `updateProgram`.
 #[derive(Debug, Clone, InputObject)]
 pub struct CommissionPlanInput {
@@ -42,6 +56,8 @@ pub struct CommissionPlanInput {
     pub cap_per_deal: Option<Decimal>,
     /// Deals below this amount earn nothing.
     pub min_deal_amount: Option<Decimal>,
+    /// Recurring revenue share on the customers a partner brings (DESIGN §11).
+    pub recurring: Option<Recurring>,
 }
 
 /// A program's commission plan.
@@ -60,6 +76,36 @@ pub struct CommissionPlan {
     pub cap_per_deal: Option<Decimal>,
     /// Deals below this amount earn nothing.
     pub min_deal_amount: Option<Decimal>,
+    /// Recurring revenue share, if the plan pays one.
+    pub recurring: Option<Recurring>,
+}
+
+impl CommissionPlan {
+    /// Whether the program pays on invoices (its deals then earn nothing themselves).
+    pub fn pays_invoices(&self) -> bool {
+        self.recurring
+            .as_ref()
+            .is_some_and(|r| r.basis == RecurringBasis::Invoices)
+    }
+
+    /// The plan a recurring commission (a `CUSTOMER` deal, or an invoice) is computed with:
+    /// `recurring.rate` as a plain percentage, or without one the plan's own rate and tiers.
+    /// Invoices (`for_invoices`) have no per-deal cap or minimum.
+    pub fn recurring_plan(&self, for_invoices: bool) -> CommissionPlan {
+        let mut plan = self.clone();
+        plan.recurring = None;
+        if let Some(rate) = self.recurring.as_ref().and_then(|r| r.rate) {
+            plan.commission_type = CommissionType::Percent;
+            plan.rate = Some(rate);
+            plan.flat_amount = None;
+            plan.tiers = Vec::new();
+        }
+        if for_invoices {
+            plan.cap_per_deal = None;
+            plan.min_deal_amount = None;
+        }
+        plan
+    }
 }
 
 fn check_percentage(field: &str, value: Decimal, allow_zero: bool) -> ApiResult<()> {
@@ -148,6 +194,28 @@ impl CommissionPlanInput {
         if let Some(min) = self.min_deal_amount {
             check_money(&field("minDealAmount"), min)?;
         }
+        if let Some(recurring) = &self.recurring {
+            if let Some(months) = recurring.months
+                && !(1..=1200).contains(&months)
+            {
+                return Err(ApiError::bad_input(
+                    field("recurring.months"),
+                    "must be between 1 and 1200 months (null: the customer's lifetime)",
+                ));
+            }
+            match recurring.rate {
+                Some(rate) => check_percentage(&field("recurring.rate"), rate, true)?,
+                None if self.commission_type == CommissionType::Flat
+                    && recurring.basis == RecurringBasis::Invoices =>
+                {
+                    return Err(ApiError::bad_input(
+                        field("recurring.rate"),
+                        "a FLAT plan paying on INVOICES needs a recurring rate",
+                    ));
+                }
+                None => {}
+            }
+        }
         Ok(CommissionPlan {
             commission_type: self.commission_type,
             rate: self.rate.map(|r| r.normalize()),
@@ -155,6 +223,10 @@ impl CommissionPlanInput {
             tiers,
             cap_per_deal: self.cap_per_deal,
             min_deal_amount: self.min_deal_amount,
+            recurring: self.recurring.map(|r| Recurring {
+                rate: r.rate.map(|rate| rate.normalize()),
+                ..r
+            }),
         })
     }
 }
@@ -177,6 +249,14 @@ pub fn plan_of(program: &program::Model) -> ApiResult<CommissionPlan> {
             .map_err(|e| ApiError::Internal(format!("program {} tiers: {e}", program.id)))?,
         cap_per_deal: opt(&program.cap_per_deal)?,
         min_deal_amount: opt(&program.min_deal_amount)?,
+        recurring: match program.recurring_basis {
+            Some(basis) => Some(Recurring {
+                months: program.recurring_months,
+                rate: opt(&program.recurring_rate)?,
+                basis,
+            }),
+            None => None,
+        },
     })
 }
 
@@ -250,6 +330,9 @@ fn apply_plan(model: &mut program::ActiveModel, plan: CommissionPlan) -> ApiResu
             .map_err(|e| ApiError::Internal(format!("tiers: {e}")))?);
     model.cap_per_deal = Set(decimal_str(plan.cap_per_deal));
     model.min_deal_amount = Set(decimal_str(plan.min_deal_amount));
+    model.recurring_basis = Set(plan.recurring.as_ref().map(|r| r.basis));
+    model.recurring_months = Set(plan.recurring.as_ref().and_then(|r| r.months));
+    model.recurring_rate = Set(decimal_str(plan.recurring.and_then(|r| r.rate)));
     Ok(())
 }
 

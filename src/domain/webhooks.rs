@@ -19,6 +19,7 @@ use sea_orm::{
 use secrecy::{ExposeSecret, SecretString};
 use tandem_connectors::{
     inbound::{self, HubSpotDealEvent, InboundEvent},
+    stripe::{BillingEvent, BillingFact},
     verify::{self, HubSpotRequest, VerifyError},
 };
 use tokio::sync::RwLock;
@@ -167,6 +168,8 @@ pub enum Disposition {
     Park(String),
     /// It can never be applied: stored as FAILED with the reason.
     Fail(String),
+    /// Verified, but of a type Tandem does not act on: stored as IGNORED with the reason.
+    Ignore(String),
 }
 
 /// One event of a verified request, ready for the inbox.
@@ -262,6 +265,22 @@ fn source_secret(
                 None => format!("tandem:{}", random_alphanumeric(32)),
             };
             (secret.clone(), Some(secret))
+        }
+        WebhookSourceKind::Stripe => {
+            // Stripe generates the endpoint's signing secret; the admin copies it here.
+            let secret = given.ok_or_else(|| {
+                ApiError::bad_input(
+                    "input.secret",
+                    "the Stripe endpoint's signing secret (whsec_…) is required",
+                )
+            })?;
+            if !secret.starts_with("whsec_") || secret.len() < 16 {
+                return Err(ApiError::bad_input(
+                    "input.secret",
+                    "must be the Stripe endpoint's signing secret (whsec_…)",
+                ));
+            }
+            (secret.to_string(), None)
         }
         WebhookSourceKind::Salesforce => {
             let token = match given {
@@ -679,6 +698,13 @@ impl Source {
                 request.token,
                 request.body,
             ),
+            WebhookSourceKind::Stripe => verify::verify_stripe(
+                &[opened.secret.expose_secret()],
+                request.header("stripe-signature"),
+                request.body,
+                request.received_at.timestamp(),
+                Some(verify::STRIPE_TOLERANCE_SECS),
+            ),
         }
     }
 
@@ -695,6 +721,11 @@ impl Source {
             WebhookSourceKind::Hubspot => inbound::split_hubspot(request.body),
             WebhookSourceKind::Pipedrive => vec![inbound::split_pipedrive(request.body)],
             WebhookSourceKind::Salesforce => inbound::split_salesforce(request.body),
+            WebhookSourceKind::Stripe => vec![InboundEvent {
+                event_id: tandem_connectors::stripe::event_id(request.body),
+                payload: String::from_utf8_lossy(request.body).into_owned(),
+                error: None,
+            }],
         };
         events
             .into_iter()
@@ -720,6 +751,12 @@ impl Source {
         payload: &[u8],
         received_at: DateTime<Utc>,
     ) -> Result<Disposition, inbound::PayloadError> {
+        if self.kind == WebhookSourceKind::Stripe {
+            return Ok(match self.billing(payload)?.fact {
+                BillingFact::Ignored(reason) => Disposition::Ignore(reason),
+                _ => Disposition::Apply,
+            });
+        }
         // The currency only fills in a missing one when applying; any valid code checks.
         match self.change(payload, "USD", received_at)? {
             // Money outside Tandem's bounds, or a currency that is no ISO 4217 code, is refused
@@ -733,8 +770,14 @@ impl Source {
         }
     }
 
+    /// The billing event a stored payload of a STRIPE source carries.
+    pub fn billing(&self, payload: &[u8]) -> Result<BillingEvent, inbound::PayloadError> {
+        tandem_connectors::stripe::parse_event(payload)
+    }
+
     /// The deal change a stored payload asks for; `None` when the deal must first be fetched
-    /// from the CRM (HubSpot creation and property-change events).
+    /// from the CRM (HubSpot creation and property-change events). Billing sources carry no
+    /// deal changes (see [`Source::billing`]).
     pub fn change(
         &self,
         payload: &[u8],
@@ -759,6 +802,9 @@ impl Source {
                 currency,
             )
             .map(Some),
+            WebhookSourceKind::Stripe => Err(inbound::PayloadError(
+                "a billing source carries no deal changes".into(),
+            )),
         }
     }
 }

@@ -135,7 +135,7 @@ pub async fn receive_webhook(
     let all_failed = stored.iter().all(|r| r.status == ReceiptStatus::Failed);
     match source.kind {
         // Tandem's own protocol: a payload that can never apply is the sender's bug; say so.
-        WebhookSourceKind::Standard if all_failed => json_response(
+        WebhookSourceKind::Standard | WebhookSourceKind::Stripe if all_failed => json_response(
             StatusCode::BAD_REQUEST,
             json!({"error": stored.first().and_then(|r| r.reason.clone()), "receipts": listed}),
         ),

@@ -67,6 +67,7 @@ pub async fn seed_demo(db: &Db) -> anyhow::Result<Option<DemoSeed>> {
                 ]),
                 cap_per_deal: Some(Decimal::from(10_000)),
                 min_deal_amount: Some(Decimal::from(1_000)),
+                recurring: None,
             },
             attribution_window_days: None,
             hold_days: None,

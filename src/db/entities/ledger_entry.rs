@@ -22,6 +22,10 @@ pub struct Model {
     pub updated_at: DateTimeUtc,
     /// For reconciliation entries: n for the n-th entry of this (partner, deal).
     pub deal_seq: Option<i32>,
+    /// The invoice a recurring commission entry is for.
+    pub invoice_id: Option<String>,
+    /// For invoice entries: n for the n-th entry of this (partner, invoice).
+    pub invoice_seq: Option<i32>,
 }
 
 /// No relations are declared: joins are written explicitly where they are needed.

@@ -3,12 +3,17 @@
 
 pub mod api_key;
 pub mod attribution;
+pub mod billing_customer;
 pub mod crm_connection;
 pub mod crm_referral_push;
+pub mod customer;
 pub mod deal;
 pub mod deal_commission;
 pub mod event;
 pub mod exchange_rate;
+pub mod invoice;
+pub mod invoice_adjustment;
+pub mod invoice_commission;
 pub mod job_lease;
 pub mod job_run;
 pub mod ledger_entry;
@@ -42,9 +47,11 @@ macro_rules! keyed {
 keyed!(
     api_key,
     crm_connection,
+    customer,
     deal,
     event,
     exchange_rate,
+    invoice,
     job_run,
     ledger_entry,
     partner,

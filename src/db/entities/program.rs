@@ -20,6 +20,9 @@ pub struct Model {
     pub attribution_window_days: i32,
     pub hold_days: i32,
     pub clawback_days: i32,
+    pub recurring_basis: Option<crate::db::states::RecurringBasis>,
+    pub recurring_months: Option<i32>,
+    pub recurring_rate: Option<String>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

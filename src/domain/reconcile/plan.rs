@@ -237,6 +237,7 @@ mod tests {
             tiers: Vec::new(),
             cap_per_deal: None,
             min_deal_amount: None,
+            recurring: None,
         };
         let ctx = Context {
             terms: HashMap::from([(

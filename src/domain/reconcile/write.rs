@@ -32,6 +32,8 @@ pub(super) async fn write(
                     available_at: Set(available),
                     updated_at: Set(now),
                     deal_seq: Set(Some(e.seq)),
+                    invoice_id: Set(None),
+                    invoice_seq: Set(None),
                 }
             })
             .collect();

@@ -205,6 +205,7 @@ async fn seed(db: &Db, deals: u32, partners: u32) -> anyhow::Result<Value> {
             clawback_days: Set(90),
             created_at: Set(past),
             updated_at: Set(past),
+            ..Default::default()
         })
         .exec(&*tx)
         .await?;

@@ -58,6 +58,7 @@ pub async fn seed(db: &Db, partners: u32, referrals: u32) -> anyhow::Result<Benc
         clawback_days: Set(90),
         created_at: Set(now),
         updated_at: Set(now),
+        ..Default::default()
     })
     .exec(&*tx)
     .await?;

@@ -1,0 +1,318 @@
+//! Recurring revenue share (DESIGN §11): referred customers, the billing mirror of a Stripe
+//! source (customers, invoices, refunds and credit notes), what the reconciler last computed
+//! per invoice, ledger entries that point at an invoice, and the recurring part of a plan.
+
+use sea_orm_migration::prelude::*;
+
+pub struct Migration;
+
+impl MigrationName for Migration {
+    fn name(&self) -> &str {
+        "m20261206_000002_recurring"
+    }
+}
+
+fn name(text: &str) -> Alias {
+    Alias::new(text)
+}
+
+/// A column of one of the kinds this migration uses.
+enum Kind {
+    Id,
+    Text,
+    BigInt,
+    Int,
+    Time,
+}
+
+fn column(column: &str, kind: Kind, nullable: bool) -> ColumnDef {
+    let mut def = ColumnDef::new(name(column));
+    match kind {
+        Kind::Id | Kind::Text => def.string(),
+        Kind::BigInt => def.big_integer(),
+        Kind::Int => def.integer(),
+        Kind::Time => def.timestamp_with_time_zone(),
+    };
+    if nullable {
+        def.null();
+    } else {
+        def.not_null();
+    }
+    def
+}
+
+fn table(table: &str, primary: &[&str], columns: Vec<ColumnDef>) -> TableCreateStatement {
+    let mut create = Table::create();
+    create.table(name(table));
+    for mut col in columns {
+        create.col(&mut col);
+    }
+    let mut key = Index::create();
+    for col in primary {
+        key.col(name(col));
+    }
+    create.primary_key(&mut key);
+    create.to_owned()
+}
+
+fn index(index: &str, table: &str, columns: &[&str], unique: bool) -> IndexCreateStatement {
+    let mut create = Index::create();
+    create.name(index).table(name(table));
+    for col in columns {
+        create.col(name(col));
+    }
+    if unique {
+        create.unique();
+    }
+    create.to_owned()
+}
+
+fn add(table: &str, column: ColumnDef) -> TableAlterStatement {
+    Table::alter()
+        .table(name(table))
+        .add_column(column.to_owned())
+        .to_owned()
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        use Kind::*;
+        manager
+            .create_table(table(
+                "customers",
+                &["id"],
+                vec![
+                    column("id", Id, false),
+                    column("program_id", Id, false),
+                    column("partner_id", Id, false),
+                    column("domain", Text, true),
+                    column("name", Text, false),
+                    column("crm_company_id", Text, true),
+                    column("billing_customer_id", Text, true),
+                    column("deal_id", Id, true),
+                    column("first_won_at", Time, false),
+                    column("created_at", Time, false),
+                    column("updated_at", Time, false),
+                ],
+            ))
+            .await?;
+        // One customer per company in a program: the first partner to bring it keeps it.
+        manager
+            .create_index(index(
+                "idx_customers_domain",
+                "customers",
+                &["program_id", "domain"],
+                true,
+            ))
+            .await?;
+        manager
+            .create_index(index(
+                "idx_customers_partner",
+                "customers",
+                &["partner_id", "id"],
+                false,
+            ))
+            .await?;
+        manager
+            .create_table(table(
+                "billing_customers",
+                &["id"],
+                vec![
+                    column("id", Id, false),
+                    column("source_id", Id, false),
+                    column("program_id", Id, false),
+                    column("external_id", Text, false),
+                    column("email", Text, true),
+                    column("name", Text, true),
+                    column("referral_code", Text, true),
+                    column("company_domain", Text, true),
+                    column("event_at", Time, false),
+                    column("created_at", Time, false),
+                    column("updated_at", Time, false),
+                ],
+            ))
+            .await?;
+        manager
+            .create_index(index(
+                "idx_billing_customers_external",
+                "billing_customers",
+                &["source_id", "external_id"],
+                true,
+            ))
+            .await?;
+        manager
+            .create_table(table(
+                "invoices",
+                &["id"],
+                vec![
+                    column("id", Id, false),
+                    column("program_id", Id, false),
+                    column("source_id", Id, false),
+                    column("external_id", Text, false),
+                    column("billing_customer", Text, true),
+                    column("customer_email", Text, true),
+                    column("customer_id", Id, true),
+                    column("partner_id", Id, true),
+                    column("currency", Text, false),
+                    column("amount_paid", Text, false),
+                    column("amount_excluding_tax", Text, false),
+                    column("paid_at", Time, false),
+                    column("created_at", Time, false),
+                    column("updated_at", Time, false),
+                ],
+            ))
+            .await?;
+        for (idx, columns, unique) in [
+            (
+                "idx_invoices_external",
+                &["source_id", "external_id"][..],
+                true,
+            ),
+            ("idx_invoices_customer", &["customer_id", "paid_at"][..], false),
+            ("idx_invoices_partner", &["partner_id", "paid_at"][..], false),
+            (
+                "idx_invoices_billing_customer",
+                &["source_id", "billing_customer"][..],
+                false,
+            ),
+            ("idx_invoices_updated", &["updated_at"][..], false),
+            ("idx_invoices_program", &["program_id", "paid_at"][..], false),
+        ] {
+            manager
+                .create_index(index(idx, "invoices", columns, unique))
+                .await?;
+        }
+        manager
+            .create_table(table(
+                "invoice_adjustments",
+                &["id"],
+                vec![
+                    column("id", Id, false),
+                    column("source_id", Id, false),
+                    column("invoice_external_id", Text, false),
+                    column("kind", Text, false),
+                    column("external_id", Text, false),
+                    column("currency", Text, false),
+                    column("amount", Text, false),
+                    column("occurred_at", Time, false),
+                    column("created_at", Time, false),
+                    column("updated_at", Time, false),
+                ],
+            ))
+            .await?;
+        manager
+            .create_index(index(
+                "idx_invoice_adjustments_external",
+                "invoice_adjustments",
+                &["source_id", "kind", "external_id"],
+                true,
+            ))
+            .await?;
+        manager
+            .create_index(index(
+                "idx_invoice_adjustments_invoice",
+                "invoice_adjustments",
+                &["source_id", "invoice_external_id"],
+                false,
+            ))
+            .await?;
+        manager
+            .create_table(table(
+                "invoice_commissions",
+                &["invoice_id", "partner_id"],
+                vec![
+                    column("invoice_id", Id, false),
+                    column("partner_id", Id, false),
+                    column("program_id", Id, false),
+                    column("customer_id", Id, true),
+                    column("amount_program", Text, true),
+                    column("amount_program_cents", BigInt, true),
+                    column("paid_at", Time, false),
+                    column("state", Text, false),
+                    column("expected_cents", BigInt, false),
+                    column("computed_at", Time, false),
+                ],
+            ))
+            .await?;
+        manager
+            .create_index(index(
+                "idx_invoice_commissions_partner",
+                "invoice_commissions",
+                &["partner_id", "paid_at"],
+                false,
+            ))
+            .await?;
+        manager
+            .create_index(index(
+                "idx_invoice_commissions_program",
+                "invoice_commissions",
+                &["program_id", "paid_at"],
+                false,
+            ))
+            .await?;
+        for statement in [
+            add("ledger_entries", column("invoice_id", Id, true)),
+            add("ledger_entries", column("invoice_seq", Int, true)),
+            add("programs", column("recurring_basis", Text, true)),
+            add("programs", column("recurring_months", Int, true)),
+            add("programs", column("recurring_rate", Text, true)),
+        ] {
+            manager.alter_table(statement).await?;
+        }
+        // Entry n of a (partner, invoice) is written once, whatever the number of reconcilers.
+        manager
+            .create_index(index(
+                "idx_ledger_entries_invoice_seq",
+                "ledger_entries",
+                &["partner_id", "invoice_id", "invoice_seq"],
+                true,
+            ))
+            .await?;
+        manager
+            .create_index(index(
+                "idx_ledger_entries_invoice",
+                "ledger_entries",
+                &["invoice_id"],
+                false,
+            ))
+            .await?;
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        for idx in ["idx_ledger_entries_invoice", "idx_ledger_entries_invoice_seq"] {
+            manager
+                .drop_index(
+                    Index::drop()
+                        .name(idx)
+                        .table(name("ledger_entries"))
+                        .to_owned(),
+                )
+                .await?;
+        }
+        for (t, c) in [
+            ("programs", "recurring_rate"),
+            ("programs", "recurring_months"),
+            ("programs", "recurring_basis"),
+            ("ledger_entries", "invoice_seq"),
+            ("ledger_entries", "invoice_id"),
+        ] {
+            manager
+                .alter_table(Table::alter().table(name(t)).drop_column(name(c)).to_owned())
+                .await?;
+        }
+        for t in [
+            "invoice_commissions",
+            "invoice_adjustments",
+            "invoices",
+            "billing_customers",
+            "customers",
+        ] {
+            manager
+                .drop_table(Table::drop().table(name(t)).to_owned())
+                .await?;
+        }
+        Ok(())
+    }
+}
