@@ -152,6 +152,7 @@ impl MigrationTrait for Migration {
                     column("external_id", Text, false),
                     column("billing_customer", Text, true),
                     column("customer_email", Text, true),
+                    column("link_domain", Text, true),
                     column("customer_id", Id, true),
                     column("partner_id", Id, true),
                     column("currency", Text, false),
@@ -177,6 +178,11 @@ impl MigrationTrait for Migration {
                 false,
             ),
             ("idx_invoices_updated", &["updated_at"][..], false),
+            (
+                "idx_invoices_link_domain",
+                &["program_id", "link_domain"][..],
+                false,
+            ),
             ("idx_invoices_program", &["program_id", "paid_at"][..], false),
         ] {
             manager

@@ -20,6 +20,7 @@ use crate::{
         entities::{attribution, deal, event, partner, program, referral},
     },
     domain::{
+        billing,
         events::{self, EventType},
         ids::new_id,
         normalize::{email_domain, is_free_mail, normalize_domain, normalize_email},
@@ -127,7 +128,8 @@ struct Candidate {
     method: AttributionMethod,
 }
 
-/// CODE, then DOMAIN.
+/// CODE, then CUSTOMER (a later deal of a customer the partner brought, DESIGN §11), then
+/// DOMAIN.
 async fn automatic_attribution(
     conn: &impl ConnectionTrait,
     cache: &mut DealCache,
@@ -142,6 +144,15 @@ async fn automatic_attribution(
             partner_id: partner.id,
             referral_id: referral.map(|r| r.id),
             method: AttributionMethod::Code,
+        }));
+    }
+    if let Some(customer) =
+        billing::customer_for_deal(conn, program, model, &candidate_domains(model)).await?
+    {
+        return Ok(Some(Candidate {
+            partner_id: customer.partner_id,
+            referral_id: None,
+            method: AttributionMethod::Customer,
         }));
     }
     Ok(matching_referral(conn, program, model, None)
@@ -222,6 +233,7 @@ async fn store_attribution(
 /// partner while in it), and converts the attributed referral on a win.
 async fn record_outcome(
     conn: &impl ConnectionTrait,
+    program: &program::Model,
     model: &deal::Model,
     attribution: &attribution::Model,
     previous_status: Option<DealStatus>,
@@ -251,6 +263,15 @@ async fn record_outcome(
         if let Some(referral_id) = &attribution.referral_id {
             convert_referral(conn, referral_id, &model.id, events).await?;
         }
+        billing::customer_from_won_deal(
+            conn,
+            program,
+            model,
+            attribution,
+            &candidate_domains(model),
+            events,
+        )
+        .await?;
     } else if entered(DealStatus::Lost) {
         events.push(events::new_event(
             EventType::DealLost,
@@ -612,6 +633,7 @@ pub async fn apply_deal_change(
     if let Some(attribution) = &attribution {
         record_outcome(
             conn,
+            program,
             &model,
             attribution,
             previous_status,
@@ -719,6 +741,7 @@ pub async fn attribute_deal(
     // The deal's state did not change; only a new partner learns of an outcome already reached.
     record_outcome(
         &*tx,
+        &program,
         &model,
         &stored,
         Some(status),

@@ -39,11 +39,16 @@ pub enum EventType {
     PayoutCreated,
     /// A payout was marked paid.
     PayoutPaid,
+    /// A partner's first won deal (or a billing customer naming it) made a company its
+    /// customer (DESIGN §11).
+    CustomerReferred,
+    /// A paid invoice was linked to a partner's referred customer.
+    InvoiceAttributed,
 }
 
 impl EventType {
     /// Every event type.
-    pub const ALL: [EventType; 11] = [
+    pub const ALL: [EventType; 13] = [
         EventType::PartnerCreated,
         EventType::PartnerUpdated,
         EventType::ReferralSubmitted,
@@ -55,6 +60,8 @@ impl EventType {
         EventType::CommissionReversed,
         EventType::PayoutCreated,
         EventType::PayoutPaid,
+        EventType::CustomerReferred,
+        EventType::InvoiceAttributed,
     ];
 
     /// The wire name, such as `partner.created`.
@@ -71,6 +78,8 @@ impl EventType {
             EventType::CommissionReversed => "commission.reversed",
             EventType::PayoutCreated => "payout.created",
             EventType::PayoutPaid => "payout.paid",
+            EventType::CustomerReferred => "customer.referred",
+            EventType::InvoiceAttributed => "invoice.attributed",
         }
     }
 

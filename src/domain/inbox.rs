@@ -20,17 +20,19 @@ use sea_orm::{
     Statement, TransactionTrait, Value,
     sea_query::{Expr, LockBehavior, LockType},
 };
-use tandem_connectors::inbound::DealChange;
+use tandem_connectors::{inbound::DealChange, stripe::BillingEvent};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 pub use crate::db::states::ReceiptStatus;
+use crate::db::states::WebhookSourceKind;
 use crate::{
     db::{
         Db,
         entities::{program, webhook_receipt},
     },
     domain::{
-        deals::{ApplyResult, DealCache, apply_deal_change},
+        billing::{self, BillingOutcome},
+        deals::{AppliedDeal, ApplyResult, DealCache, apply_deal_change},
         events,
         ids::new_id,
         webhooks::{Disposition, HUBSPOT_WAITING, ReceivedEvent, Webhooks},
@@ -434,7 +436,7 @@ impl InboxWorker {
                 Plan::Apply { source, change, .. } => {
                     Some((source.clone(), change.external_id().to_string()))
                 }
-                Plan::Done(_) => None,
+                Plan::Done(_) | Plan::Billing { .. } => None,
             })
             .collect();
         let mut cache = DealCache::load(&*tx, &keys, self.db.is_postgres()).await?;
@@ -451,31 +453,23 @@ impl InboxWorker {
                 // Keep the writer lock short: the rest stays RECEIVED for the next batch.
                 break;
             }
-            let (source, program_id, change) = match plan {
-                Plan::Done(outcome) => {
-                    outcomes.push((receipt.seq, outcome));
-                    continue;
+            let program_id = match &plan {
+                Plan::Done(_) => None,
+                Plan::Apply { program_id, .. } | Plan::Billing { program_id, .. } => {
+                    Some(program_id.clone())
                 }
-                Plan::Apply {
-                    source,
-                    program_id,
-                    change,
-                } => (source, program_id, change),
+            };
+            let Some(program_id) = program_id else {
+                if let Plan::Done(outcome) = plan {
+                    outcomes.push((receipt.seq, outcome));
+                }
+                continue;
             };
             let program = &programs[&program_id];
             let mut caused = Vec::new();
             let applied = if careful {
                 let savepoint = tx.begin().await?;
-                match apply_deal_change(
-                    &savepoint,
-                    &mut cache,
-                    program,
-                    &source,
-                    &change,
-                    &mut caused,
-                )
-                .await
-                {
+                match apply_plan(&savepoint, &mut cache, program, plan, &mut caused).await {
                     Ok(result) => {
                         savepoint.commit().await?;
                         Ok(result)
@@ -486,15 +480,15 @@ impl InboxWorker {
                     }
                 }
             } else {
-                apply_deal_change(&*tx, &mut cache, program, &source, &change, &mut caused).await
+                apply_plan(&*tx, &mut cache, program, plan, &mut caused).await
             };
             let outcome = match applied {
-                Ok((result, state)) => {
+                Ok((outcome, state)) => {
                     if let Some(state) = state {
                         cache.remember(state);
                     }
                     events.append(&mut caused);
-                    applied_outcome(result)
+                    outcome
                 }
                 Err(err) if careful => {
                     tracing::warn!(receipt = %receipt.id, error = %err, "applying a webhook receipt failed");
@@ -544,6 +538,16 @@ impl InboxWorker {
         let Some(program) = programs.get(&receipt.program_id) else {
             return failed("the program no longer exists".into());
         };
+        if source.kind == WebhookSourceKind::Stripe {
+            return match source.billing(receipt.payload.as_bytes()) {
+                Ok(event) => Plan::Billing {
+                    source: source.model.id.clone(),
+                    program_id: program.id.clone(),
+                    event,
+                },
+                Err(err) => failed(err.0),
+            };
+        }
         match source.change(
             receipt.payload.as_bytes(),
             &program.currency,
@@ -595,7 +599,47 @@ enum Plan {
         program_id: String,
         change: DealChange,
     },
+    Billing {
+        source: String,
+        program_id: String,
+        event: BillingEvent,
+    },
     Done(Outcome),
+}
+
+/// Applies one planned receipt inside `conn` (the batch's transaction or a savepoint).
+async fn apply_plan(
+    conn: &impl ConnectionTrait,
+    cache: &mut DealCache,
+    program: &program::Model,
+    plan: Plan,
+    caused: &mut Vec<crate::db::entities::event::ActiveModel>,
+) -> Result<(Outcome, Option<AppliedDeal>), DbErr> {
+    match plan {
+        Plan::Apply { source, change, .. } => {
+            let (result, state) =
+                apply_deal_change(conn, cache, program, &source, &change, caused).await?;
+            Ok((applied_outcome(result), state))
+        }
+        Plan::Billing { source, event, .. } => {
+            let result = billing::apply_billing_event(conn, program, &source, &event, caused).await?;
+            let (status, reason) = match result {
+                BillingOutcome::Applied => (ReceiptStatus::Applied, None),
+                BillingOutcome::Stale(reason) => (ReceiptStatus::IgnoredStale, Some(reason)),
+                BillingOutcome::Ignored(reason) => (ReceiptStatus::Ignored, Some(reason)),
+            };
+            Ok((
+                Outcome {
+                    status,
+                    reason,
+                    deal_id: None,
+                    available_at_ms: None,
+                },
+                None,
+            ))
+        }
+        Plan::Done(outcome) => Ok((outcome, None)),
+    }
 }
 
 enum BatchError {

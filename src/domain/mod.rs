@@ -2,6 +2,7 @@
 //! normalised, and how programs, partners and referrals change (with their events).
 
 pub mod auth;
+pub mod billing;
 pub mod commission;
 pub mod crm;
 pub mod deals;

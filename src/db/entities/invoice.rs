@@ -15,6 +15,9 @@ pub struct Model {
     /// Stripe's customer id (`cus_…`).
     pub billing_customer: Option<String>,
     pub customer_email: Option<String>,
+    /// The company domain the invoice links on while unlinked (the billing customer's
+    /// `metadata.company_domain`, else its email's domain; never a free-mail domain).
+    pub link_domain: Option<String>,
     /// The referred customer it is linked to (null: unlinked, kept until one appears).
     pub customer_id: Option<String>,
     pub partner_id: Option<String>,
