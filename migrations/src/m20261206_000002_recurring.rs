@@ -170,8 +170,8 @@ impl MigrationTrait for Migration {
                 &["source_id", "external_id"][..],
                 true,
             ),
-            ("idx_invoices_customer", &["customer_id", "paid_at"][..], false),
-            ("idx_invoices_partner", &["partner_id", "paid_at"][..], false),
+            ("idx_invoices_customer", &["customer_id", "id"][..], false),
+            ("idx_invoices_partner", &["partner_id", "id"][..], false),
             (
                 "idx_invoices_billing_customer",
                 &["source_id", "billing_customer"][..],
@@ -183,7 +183,7 @@ impl MigrationTrait for Migration {
                 &["program_id", "link_domain"][..],
                 false,
             ),
-            ("idx_invoices_program", &["program_id", "paid_at"][..], false),
+            ("idx_invoices_program", &["program_id", "id"][..], false),
         ] {
             manager
                 .create_index(index(idx, "invoices", columns, unique))

@@ -172,6 +172,9 @@ pub struct DealFacts {
     pub created_at: DateTime<Utc>,
     /// The WON snapshot kept by a deal LOCKED after its clawback period.
     pub locked: Option<Basis>,
+    /// Attributed as a later deal of the partner's customer (`CUSTOMER`): earns the plan's
+    /// recurring rate.
+    pub recurring: bool,
 }
 
 impl DealFacts {
@@ -355,10 +358,26 @@ pub fn compute_timeline(
                 };
                 return outcome(state, Decimal::ZERO);
             }
+            if terms.plan.pays_invoices() {
+                // The program pays on its customers' invoices: deals carry no money themselves.
+                let state = if locked {
+                    CommissionState::Locked
+                } else {
+                    CommissionState::NotEarned
+                };
+                return outcome(state, Decimal::ZERO);
+            }
             let prior = prior_revenue(basis.closed_at, &deal.id);
+            let recurring_plan;
+            let plan = if deal.recurring {
+                recurring_plan = terms.plan.recurring_plan(false);
+                &recurring_plan
+            } else {
+                &terms.plan
+            };
             // A commission that cannot be held in cents (only data stored before the money
             // bounds could produce one) marks the deal invalid instead of failing the run.
-            match raw_commission(&terms.plan, amount_p, prior).map(round_money) {
+            match raw_commission(plan, amount_p, prior).map(round_money) {
                 Some(expected) if to_cents(expected).is_some() => outcome(earning, expected),
                 _ => outcome(CommissionState::Invalid, Decimal::ZERO),
             }
@@ -402,6 +421,7 @@ mod tests {
             updated_at: day(closed),
             created_at: day(closed),
             locked: None,
+            recurring: false,
         }
     }
 

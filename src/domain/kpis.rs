@@ -2,12 +2,12 @@
 //! their money (in the program currency) as of the last reconciliation, which keeps one row per
 //! attributed deal (`deal_commissions`); commission from the ledger and payouts.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Months, Utc};
 use rust_decimal::Decimal;
-use sea_orm::{ConnectionTrait, DatabaseBackend, QueryResult, Statement, Value};
+use sea_orm::{ConnectionTrait, DatabaseBackend, EntityTrait, QueryResult, Statement, Value};
 
 use crate::{
-    db::Db,
+    db::{Db, entities::program},
     domain::{commission::from_cents, ledger::COMMISSION_KINDS},
     error::ApiResult,
 };
@@ -59,6 +59,13 @@ pub struct Kpis {
     pub median_hours_to_first_deal: Option<f64>,
     /// Partners by won revenue.
     pub leaderboard: Vec<LeaderboardRow>,
+    /// Linked invoices paid in the range: amounts excluding tax, net of refunds and credit
+    /// notes, in program currency (DESIGN §11).
+    pub recurring_revenue: Decimal,
+    /// Referred customers whose recurring period has not ended (now).
+    pub active_customers: i64,
+    /// Net recurring commission booked on invoices in the range.
+    pub commission_recurring: Decimal,
 }
 
 /// One leaderboard line.
@@ -213,6 +220,7 @@ pub async fn kpis(db: &Db, q: &KpiQuery) -> ApiResult<Kpis> {
     let paid: i64 = row.try_get("", "paid")?;
 
     let median = median_hours_to_first_deal(db, q).await?;
+    let (recurring_revenue, active_customers, commission_recurring) = recurring(db, q).await?;
 
     let mut f = Filter::new(db);
     let base = f.scope(q, "program_id", "partner_id", None);
@@ -254,7 +262,64 @@ pub async fn kpis(db: &Db, q: &KpiQuery) -> ApiResult<Kpis> {
         commission_paid: from_cents(paid),
         median_hours_to_first_deal: median,
         leaderboard,
+        recurring_revenue: from_cents(recurring_revenue),
+        active_customers,
+        commission_recurring: from_cents(commission_recurring),
     })
+}
+
+/// The recurring KPIs: invoice revenue and commission in the range, customers still earning.
+async fn recurring(db: &Db, q: &KpiQuery) -> ApiResult<(i64, i64, i64)> {
+    let mut f = Filter::new(db);
+    let scope = f.scope(q, "program_id", "partner_id", Some("paid_at"));
+    let row = one_row(
+        db,
+        format!(
+            "SELECT {} AS revenue FROM invoice_commissions WHERE {scope}",
+            cents("COALESCE(amount_program_cents, 0)")
+        ),
+        f.values,
+    )
+    .await?;
+    let revenue: i64 = row.try_get("", "revenue")?;
+    let mut f = Filter::new(db);
+    let scope = f.scope(q, "program_id", "partner_id", Some("created_at"));
+    let row = one_row(
+        db,
+        format!(
+            "SELECT {} AS commission FROM ledger_entries WHERE {scope} \
+             AND invoice_id IS NOT NULL AND kind IN {COMMISSION_KINDS}",
+            cents("amount_cents")
+        ),
+        f.values,
+    )
+    .await?;
+    let commission: i64 = row.try_get("", "commission")?;
+    let program = program::Entity::find_by_id(q.program_id.clone())
+        .one(db.reads())
+        .await?;
+    let active = match program.as_ref().and_then(|p| p.recurring_basis.map(|_| p)) {
+        None => 0,
+        Some(program) => {
+            let mut f = Filter::new(db);
+            let mut scope = f.scope(q, "program_id", "partner_id", None);
+            if let Some(months) = program.recurring_months {
+                // recurringUntil = firstWonAt + months > now  ⇔  firstWonAt > now - months.
+                let since = Utc::now()
+                    .checked_sub_months(Months::new(months.max(0) as u32))
+                    .unwrap_or(DateTime::<Utc>::MIN_UTC);
+                scope.push_str(&format!(" AND first_won_at > {}", f.bind(since)));
+            }
+            let row = one_row(
+                db,
+                format!("SELECT COUNT(*) AS active FROM customers WHERE {scope}"),
+                f.values,
+            )
+            .await?;
+            row.try_get("", "active")?
+        }
+    };
+    Ok((revenue, active, commission))
 }
 
 /// The median, in SQL: the database orders the per-referral delays and returns the middle

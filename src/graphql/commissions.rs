@@ -104,6 +104,23 @@ impl LedgerEntry {
             .await?
             .map(|d| Deal::new(d, attribution)))
     }
+    /// The invoice it concerns (recurring commission, DESIGN §11). Only the partner the
+    /// invoice is credited to (and admins) see it.
+    async fn invoice(&self, ctx: &Context<'_>) -> Result<Option<crate::graphql::billing::Invoice>> {
+        let Some(invoice_id) = &self.0.invoice_id else {
+            return Ok(None);
+        };
+        let loaders = ctx.data_unchecked::<Loaders>();
+        let Some(found) = loaders.invoices.load_one(invoice_id.clone()).await? else {
+            return Ok(None);
+        };
+        if let Some(own) = principal(ctx).await?.partner_scope()
+            && found.partner_id.as_deref() != Some(own)
+        {
+            return Ok(None);
+        }
+        Ok(Some(crate::graphql::billing::Invoice(found)))
+    }
     /// The partner it is owed to.
     async fn partner(&self, ctx: &Context<'_>) -> Result<Option<Partner>> {
         load_partner(ctx, &self.0.partner_id).await
@@ -305,6 +322,19 @@ impl Kpis {
     async fn median_hours_to_first_deal(&self) -> Option<f64> {
         self.0.median_hours_to_first_deal
     }
+    /// Linked invoices paid in the range: amounts excluding tax, net of refunds and credit
+    /// notes, in the program currency.
+    async fn recurring_revenue(&self) -> Decimal {
+        self.0.recurring_revenue
+    }
+    /// Referred customers whose recurring period has not ended.
+    async fn active_customers(&self) -> i64 {
+        self.0.active_customers
+    }
+    /// Net recurring commission booked on invoices in the range.
+    async fn commission_recurring(&self) -> Decimal {
+        self.0.commission_recurring
+    }
     /// Partners by won revenue (a partner key sees only itself).
     async fn leaderboard(&self) -> Vec<LeaderboardEntry> {
         self.0
@@ -340,6 +370,8 @@ pub struct LedgerEntryFilter {
     pub partner_id: Option<ID>,
     /// Only entries of this deal.
     pub deal_id: Option<ID>,
+    /// Only entries of this invoice.
+    pub invoice_id: Option<ID>,
     /// Only this kind.
     pub kind: Option<LedgerEntryKind>,
     /// Only this status.
@@ -389,6 +421,10 @@ impl CommissionQuery {
                 filter.partner_id.map(|id| id.0),
             )
             .eq_if(ledger_entry::Column::DealId, filter.deal_id.map(|id| id.0))
+            .eq_if(
+                ledger_entry::Column::InvoiceId,
+                filter.invoice_id.map(|id| id.0),
+            )
             .eq_if(ledger_entry::Column::Kind, filter.kind.map(|k| k.as_str()))
             .eq_if(
                 ledger_entry::Column::Status,

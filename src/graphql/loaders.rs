@@ -10,7 +10,8 @@ use crate::{
     db::{
         ALIAS_PREFIX, Aliased, Db, Decode, NativeRow,
         entities::{
-            attribution, deal, deal_commission, partner, program, referral, webhook_source,
+            attribution, customer, deal, deal_commission, invoice, invoice_commission, partner,
+            program, referral, webhook_source,
         },
         pages::{ChildList, Direction, Page, PageArgs, child_counts, child_pages},
     },
@@ -64,6 +65,68 @@ by_id_loader!(
     DealLoader,
     deal
 );
+by_id_loader!(
+    /// Referred customers by id.
+    CustomerLoader,
+    customer
+);
+by_id_loader!(
+    /// Invoices by id.
+    InvoiceLoader,
+    invoice
+);
+
+/// What the reconciler last computed for invoices, by invoice id.
+pub struct InvoiceCommissionLoader(Db);
+
+impl Loader<String> for InvoiceCommissionLoader {
+    type Value = invoice_commission::Model;
+    type Error = async_graphql::Error;
+
+    async fn load(&self, keys: &[String]) -> LoadResult<invoice_commission::Model> {
+        let rows = invoice_commission::Entity::find()
+            .filter(invoice_commission::Column::InvoiceId.is_in(keys.iter().cloned()))
+            .all(self.0.reads())
+            .await
+            .map_err(db_error)?;
+        Ok(rows.into_iter().map(|m| (m.invoice_id.clone(), m)).collect())
+    }
+}
+
+/// A customer's invoice revenue to date (net amounts in the program currency, cents), by
+/// customer id.
+pub struct CustomerRevenueLoader(Db);
+
+impl Loader<String> for CustomerRevenueLoader {
+    type Value = i64;
+    type Error = async_graphql::Error;
+
+    async fn load(&self, keys: &[String]) -> LoadResult<i64> {
+        use sea_orm::{ConnectionTrait, Statement};
+        let (cond, values) = self.0.in_list("customer_id", keys, 1);
+        let rows = self
+            .0
+            .reads()
+            .query_all_raw(Statement::from_sql_and_values(
+                self.0.backend(),
+                format!(
+                    "SELECT customer_id, CAST(SUM(amount_program_cents) AS BIGINT) AS cents \
+                     FROM invoice_commissions WHERE {cond} GROUP BY customer_id"
+                ),
+                values,
+            ))
+            .await
+            .map_err(db_error)?;
+        let mut out = HashMap::new();
+        for row in rows {
+            let id: String = row.try_get("", "customer_id").map_err(db_error)?;
+            let cents: Option<i64> = row.try_get("", "cents").map_err(db_error)?;
+            out.insert(id, cents.unwrap_or(0));
+        }
+        Ok(out)
+    }
+}
+
 by_id_loader!(
     /// Webhook sources by id.
     WebhookSourceLoader,
@@ -182,6 +245,10 @@ pub enum ChildKind {
     PartnerDeals,
     /// A delivery's attempts (oldest first).
     DeliveryAttempts,
+    /// A partner's referred customers (newest first).
+    PartnerCustomers,
+    /// A customer's invoices (newest first).
+    CustomerInvoices,
 }
 
 impl ChildKind {
@@ -213,6 +280,20 @@ impl ChildKind {
                 parent: "t.delivery_id",
                 order_key: "t.id",
                 direction: Direction::Ascending,
+                counted_in: None,
+            },
+            ChildKind::PartnerCustomers => ChildList {
+                from: "customers t",
+                parent: "t.partner_id",
+                order_key: "t.id",
+                direction: Direction::Descending,
+                counted_in: None,
+            },
+            ChildKind::CustomerInvoices => ChildList {
+                from: "invoices t",
+                parent: "t.customer_id",
+                order_key: "t.id",
+                direction: Direction::Descending,
                 counted_in: None,
             },
         }
@@ -344,6 +425,18 @@ pub struct Loaders {
         ChildPageKey,
         ChildPageLoader<crate::db::entities::webhook_delivery_attempt::Model>,
     >,
+    /// Customer pages of partners.
+    pub partner_customers: BatchLoader<ChildPageKey, ChildPageLoader<customer::Model>>,
+    /// Invoice pages of customers.
+    pub customer_invoices: BatchLoader<ChildPageKey, ChildPageLoader<invoice::Model>>,
+    /// Customers by id.
+    pub customers: BatchLoader<String, CustomerLoader>,
+    /// Invoices by id.
+    pub invoices: BatchLoader<String, InvoiceLoader>,
+    /// Reconciler rows by invoice id.
+    pub invoice_commissions: BatchLoader<String, InvoiceCommissionLoader>,
+    /// Invoice revenue by customer id.
+    pub customer_revenue: BatchLoader<String, CustomerRevenueLoader>,
     /// Child counts.
     pub child_counts: BatchLoader<ChildCountKey, ChildCountLoader>,
 }
@@ -378,6 +471,12 @@ impl Loaders {
             partner_referrals: child(db, ChildKind::PartnerReferrals, batches),
             partner_deals: child(db, ChildKind::PartnerDeals, batches),
             delivery_attempts: child(db, ChildKind::DeliveryAttempts, batches),
+            partner_customers: child(db, ChildKind::PartnerCustomers, batches),
+            customer_invoices: child(db, ChildKind::CustomerInvoices, batches),
+            customers: BatchLoader::new(CustomerLoader(db.clone()), batches),
+            invoices: BatchLoader::new(InvoiceLoader(db.clone()), batches),
+            invoice_commissions: BatchLoader::new(InvoiceCommissionLoader(db.clone()), batches),
+            customer_revenue: BatchLoader::new(CustomerRevenueLoader(db.clone()), batches),
             child_counts: BatchLoader::new(ChildCountLoader(db.clone()), batches),
         }
     }

@@ -3,6 +3,7 @@
 //! [`limits::LimitedSchema`], which drives their batches.
 
 pub mod batch;
+pub mod billing;
 pub mod commissions;
 pub mod connection;
 pub mod crm;
@@ -36,6 +37,7 @@ pub struct QueryRoot(
     commissions::CommissionQuery,
     outbound::OutboundQuery,
     crm::CrmQuery,
+    billing::BillingQuery,
 );
 
 /// The mutation root: every domain's mutations merged.

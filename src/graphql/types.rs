@@ -250,6 +250,31 @@ impl Partner {
             total,
         ))
     }
+    /// Companies the partner brought (its referred customers), newest first.
+    #[graphql(complexity = "page_complexity(first, child_complexity)")]
+    async fn customers(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(validator(minimum = 0, maximum = 100))] first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<crate::graphql::billing::CustomerConnection> {
+        let loaders = ctx.data_unchecked::<Loaders>();
+        let args = PageArgs::parse(first, after)?;
+        let (page, had_cursor, total) = child_page(
+            &loaders.partner_customers,
+            ChildKind::PartnerCustomers,
+            &self.0.id,
+            args,
+        )
+        .await?;
+        Ok(crate::graphql::billing::CustomerConnection::build(
+            page,
+            had_cursor,
+            |c| c.id.clone(),
+            crate::graphql::billing::Customer,
+            total,
+        ))
+    }
 }
 
 /// A registered referral (deal registration).

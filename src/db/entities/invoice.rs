@@ -3,7 +3,7 @@
 use sea_orm::entity::prelude::*;
 
 /// One row of `invoices`.
-#[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+#[derive(Clone, Debug, PartialEq, DeriveEntityModel, tandem_derive::NativeRow)]
 #[sea_orm(table_name = "invoices")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]

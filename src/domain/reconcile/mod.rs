@@ -10,9 +10,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
+mod invoices;
 mod plan;
 mod read;
 mod write;
+
+pub use invoices::net_amount;
 
 use plan::{Booked, NewEntry, deals_to_check, decide, pairs};
 use read::{ScopeRead, Stored, changed_since, get, parse_decimal, read_booked, read_scope};
@@ -67,6 +70,8 @@ pub struct ReconcileStats {
     pub partners: u64,
     /// (deal, partner) pairs compared with the ledger.
     pub deals_checked: u64,
+    /// Linked invoices whose recurring commission was computed.
+    pub invoices_checked: u64,
     /// Entries appended.
     pub entries_written: u64,
     /// Sum of appended ACCRUAL amounts (all currencies, as a plain decimal).
@@ -222,6 +227,7 @@ pub async fn reconcile_with_overlap(
             }
         }
     }
+    invoices::reconcile_invoices(db, &ctx, since.map(|s| s - overlap), &mut stats).await?;
     Ok(stats)
 }
 

@@ -264,6 +264,7 @@ mod tests {
             updated_at: now,
             created_at: now - Duration::days(10),
             locked: None,
+            recurring: false,
         };
         (ctx, BTreeMap::from([("part".to_string(), vec![deal])]))
     }

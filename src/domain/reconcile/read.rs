@@ -2,6 +2,7 @@
 //! last computed for them, and what the ledger holds.
 
 use super::*;
+use crate::domain::deals::AttributionMethod;
 
 pub(super) fn get<T: sea_orm::TryGetable>(row: &QueryResult, col: &str) -> Result<T, DbErr> {
     row.try_get::<T>("", col)
@@ -301,8 +302,9 @@ pub(super) async fn read_unchanged_counting(
         .query_all_raw(Statement::from_sql_and_values(
             db.backend(),
             format!(
-                "SELECT dc.partner_id, dc.deal_id, {STORED_COLUMNS} \
-                 FROM deal_commissions dc \
+                "SELECT dc.partner_id, dc.deal_id, a.method AS method, {STORED_COLUMNS} \
+                 FROM deal_commissions dc LEFT JOIN attributions a \
+                   ON a.deal_id = dc.deal_id AND a.partner_id = dc.partner_id \
                  WHERE {cond} AND dc.state <> 'DETACHED' \
                    AND (dc.deal_status = 'WON' OR dc.state = 'LOCKED')"
             ),
@@ -312,6 +314,8 @@ pub(super) async fn read_unchanged_counting(
     for row in rows {
         let partner_id: String = get(&row, "partner_id")?;
         let deal_id: String = get(&row, "deal_id")?;
+        let recurring = get::<Option<String>>(&row, "method")?.as_deref()
+            == Some(AttributionMethod::Customer.as_str());
         if changed
             .get(&partner_id)
             .is_some_and(|deals| deals.contains(&deal_id))
@@ -354,6 +358,7 @@ pub(super) async fn read_unchanged_counting(
                 updated_at: closed_at,
                 created_at: previous.created_at,
                 locked,
+                recurring,
             });
         stored.insert((partner_id, deal_id), previous);
     }
@@ -420,7 +425,7 @@ pub(super) async fn read_scope(
         .query_all_raw(Statement::from_sql_and_values(
             db.backend(),
             format!(
-                "SELECT a.partner_id, d.id, d.amount, d.currency, d.status, \
+                "SELECT a.partner_id, a.method, d.id, d.amount, d.currency, d.status, \
                  d.deleted, d.closed_at, d.updated_at, d.created_at, d.locked_amount, \
                  d.locked_currency, d.locked_closed_at, {STORED_COLUMNS} \
                  FROM attributions a JOIN deals d ON d.id = a.deal_id \
@@ -467,6 +472,7 @@ pub(super) async fn read_scope(
             updated_at: get(&row, "updated_at")?,
             created_at: get(&row, "created_at")?,
             locked,
+            recurring: get::<String>(&row, "method")? == AttributionMethod::Customer.as_str(),
         });
     }
     let (cond, values) = db.in_list(&column("dc"), &mirror_ids, 1);
