@@ -151,7 +151,12 @@ fn amount(object: &Value, what: &str, field: &str, code: &str) -> Result<Decimal
     optional_amount(minor, what, field, code)
 }
 
-fn optional_amount(minor: i64, what: &str, field: &str, code: &str) -> Result<Decimal, PayloadError> {
+fn optional_amount(
+    minor: i64,
+    what: &str,
+    field: &str,
+    code: &str,
+) -> Result<Decimal, PayloadError> {
     let value = money::from_minor_units(minor, code);
     money::check_amount(value).map_err(|rule| malformed(format!("{what}.{field} {rule}")))
 }
@@ -169,7 +174,10 @@ pub fn parse_event(body: &[u8]) -> Result<BillingEvent, PayloadError> {
         .and_then(|d| d.get("object"))
         .filter(|o| o.is_object());
     let fact = match event_type.as_str() {
-        "invoice.paid" | "charge.refunded" | "credit_note.created" | "customer.created"
+        "invoice.paid"
+        | "charge.refunded"
+        | "credit_note.created"
+        | "customer.created"
         | "customer.updated" => {
             let object =
                 object.ok_or_else(|| malformed("event.data.object is missing or not an object"))?;
@@ -334,7 +342,8 @@ mod tests {
 
     #[test]
     fn other_event_types_are_ignored_not_failed() {
-        let body = json!({"id": "evt_2", "type": "invoice.created", "created": 1, "data": {"object": {}}});
+        let body =
+            json!({"id": "evt_2", "type": "invoice.created", "created": 1, "data": {"object": {}}});
         let event = parse_event(body.to_string().as_bytes()).unwrap();
         assert!(matches!(event.fact, BillingFact::Ignored(_)));
     }

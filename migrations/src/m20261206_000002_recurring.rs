@@ -287,7 +287,10 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        for idx in ["idx_ledger_entries_invoice", "idx_ledger_entries_invoice_seq"] {
+        for idx in [
+            "idx_ledger_entries_invoice",
+            "idx_ledger_entries_invoice_seq",
+        ] {
             manager
                 .drop_index(
                     Index::drop()
@@ -305,7 +308,12 @@ impl MigrationTrait for Migration {
             ("ledger_entries", "invoice_id"),
         ] {
             manager
-                .alter_table(Table::alter().table(name(t)).drop_column(name(c)).to_owned())
+                .alter_table(
+                    Table::alter()
+                        .table(name(t))
+                        .drop_column(name(c))
+                        .to_owned(),
+                )
                 .await?;
         }
         for t in [

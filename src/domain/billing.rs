@@ -49,7 +49,9 @@ pub fn recurring_until(
     match (program.recurring_basis, program.recurring_months) {
         (None, _) => Some(first_won_at),
         (Some(_), None) => None,
-        (Some(_), Some(months)) => first_won_at.checked_add_months(Months::new(months.max(0) as u32)),
+        (Some(_), Some(months)) => {
+            first_won_at.checked_add_months(Months::new(months.max(0) as u32))
+        }
     }
 }
 
@@ -59,7 +61,8 @@ pub fn within_recurring(
     first_won_at: DateTime<Utc>,
     at: DateTime<Utc>,
 ) -> bool {
-    program.recurring_basis.is_some() && recurring_until(program, first_won_at).is_none_or(|u| at < u)
+    program.recurring_basis.is_some()
+        && recurring_until(program, first_won_at).is_none_or(|u| at < u)
 }
 
 /// The domain an invoice links on: the billing customer's `metadata.company_domain`, else its
@@ -203,7 +206,15 @@ pub async fn customer_from_won_deal(
         .all(conn)
         .await?;
     for waiting in waiting {
-        link(conn, program, waiting, &found, LinkedBy::EmailDomain, events).await?;
+        link(
+            conn,
+            program,
+            waiting,
+            &found,
+            LinkedBy::EmailDomain,
+            events,
+        )
+        .await?;
     }
     Ok(())
 }
@@ -304,7 +315,15 @@ async fn try_link(
                 target
             }
         };
-        return link(conn, program, found, &target, LinkedBy::ReferralCode, events).await;
+        return link(
+            conn,
+            program,
+            found,
+            &target,
+            LinkedBy::ReferralCode,
+            events,
+        )
+        .await;
     }
     // 2. A customer this billing customer was linked to before.
     if let Some(cus) = billing.map(|b| b.external_id.as_str())
@@ -314,7 +333,15 @@ async fn try_link(
             .one(conn)
             .await?
     {
-        return link(conn, program, found, &existing, LinkedBy::BillingCustomer, events).await;
+        return link(
+            conn,
+            program,
+            found,
+            &existing,
+            LinkedBy::BillingCustomer,
+            events,
+        )
+        .await;
     }
     // 3./4. The company domain, else the email domain.
     if let Some(domain) = &domain
@@ -396,7 +423,10 @@ async fn apply_customer(
             incoming.external_id
         )));
     }
-    let domain = incoming.company_domain.as_deref().and_then(normalize_domain);
+    let domain = incoming
+        .company_domain
+        .as_deref()
+        .and_then(normalize_domain);
     let stored = match existing {
         Some(existing) => {
             let mut row: billing_customer::ActiveModel = existing.into();

@@ -622,7 +622,8 @@ async fn apply_plan(
             Ok((applied_outcome(result), state))
         }
         Plan::Billing { source, event, .. } => {
-            let result = billing::apply_billing_event(conn, program, &source, &event, caused).await?;
+            let result =
+                billing::apply_billing_event(conn, program, &source, &event, caused).await?;
             let (status, reason) = match result {
                 BillingOutcome::Applied => (ReceiptStatus::Applied, None),
                 BillingOutcome::Stale(reason) => (ReceiptStatus::IgnoredStale, Some(reason)),

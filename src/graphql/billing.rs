@@ -12,7 +12,7 @@ use crate::{
         pages::{Direction, PageArgs},
         states::CommissionState,
     },
-    domain::{billing::recurring_until, commission::from_cents, programs::parse_stored_decimal},
+    domain::{billing::recurring_until, commission::{from_cents, round_money}, programs::parse_stored_decimal},
     graphql::{
         connection::{EqIf, connection},
         loaders::{ChildKind, Loaders},
@@ -21,7 +21,12 @@ use crate::{
     },
 };
 
-connection!(CustomerConnection, CustomerEdge, Customer, "referred customers");
+connection!(
+    CustomerConnection,
+    CustomerEdge,
+    Customer,
+    "referred customers"
+);
 connection!(InvoiceConnection, InvoiceEdge, Invoice, "invoices");
 
 async fn partner_of(ctx: &Context<'_>, id: &str) -> Result<Option<Partner>> {
@@ -144,11 +149,17 @@ impl InvoiceCommission {
         Ok(InvoiceCommission {
             state: model.state,
             expected: from_cents(model.expected_cents),
+            // Shown like money (the exact value is kept for the computation).
             amount_program: model
                 .amount_program
                 .as_deref()
                 .map(parse_stored_decimal)
-                .transpose()?,
+                .transpose()?
+                .map(|amount| {
+                    let mut shown = round_money(amount);
+                    shown.rescale(2);
+                    shown
+                }),
             computed_at: model.computed_at,
         })
     }
@@ -264,8 +275,14 @@ impl BillingQuery {
         let filter = filter.unwrap_or_default();
         let query = customer::Entity::find()
             .eq_if(customer::Column::PartnerId, principal.partner_scope())
-            .eq_if(customer::Column::PartnerId, filter.partner_id.map(|id| id.0))
-            .eq_if(customer::Column::ProgramId, filter.program_id.map(|id| id.0));
+            .eq_if(
+                customer::Column::PartnerId,
+                filter.partner_id.map(|id| id.0),
+            )
+            .eq_if(
+                customer::Column::ProgramId,
+                filter.program_id.map(|id| id.0),
+            );
         CustomerConnection::page(ctx, query, Direction::Descending, (first, after), Customer).await
     }
 
@@ -285,7 +302,10 @@ impl BillingQuery {
             .eq_if(invoice::Column::PartnerId, principal.partner_scope())
             .eq_if(invoice::Column::PartnerId, filter.partner_id.map(|id| id.0))
             .eq_if(invoice::Column::ProgramId, filter.program_id.map(|id| id.0))
-            .eq_if(invoice::Column::CustomerId, filter.customer_id.map(|id| id.0));
+            .eq_if(
+                invoice::Column::CustomerId,
+                filter.customer_id.map(|id| id.0),
+            );
         match filter.linked {
             Some(true) => query = query.filter(invoice::Column::CustomerId.is_not_null()),
             Some(false) => query = query.filter(invoice::Column::CustomerId.is_null()),

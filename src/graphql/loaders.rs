@@ -89,7 +89,10 @@ impl Loader<String> for InvoiceCommissionLoader {
             .all(self.0.reads())
             .await
             .map_err(db_error)?;
-        Ok(rows.into_iter().map(|m| (m.invoice_id.clone(), m)).collect())
+        Ok(rows
+            .into_iter()
+            .map(|m| (m.invoice_id.clone(), m))
+            .collect())
     }
 }
 

@@ -186,6 +186,7 @@ async fn setup(db: &Db) -> (tandem::db::entities::program::Model, Vec<(String, S
                 ]),
                 cap_per_deal: Some(Decimal::from(600)),
                 min_deal_amount: Some(Decimal::from(50)),
+                recurring: None,
             },
             attribution_window_days: None,
             hold_days: None,

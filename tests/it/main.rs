@@ -3,6 +3,7 @@
 
 mod apply_cost;
 mod auth;
+mod billing;
 mod cli;
 mod commissions;
 mod crash;

@@ -184,10 +184,7 @@ async fn changed_invoices(
     Ok((whole.into_iter().collect(), single.into_iter().collect()))
 }
 
-async fn read_invoices(
-    db: &Db,
-    scope: &InvoiceScope<'_>,
-) -> Result<Vec<InvoiceRow>, DbErr> {
+async fn read_invoices(db: &Db, scope: &InvoiceScope<'_>) -> Result<Vec<InvoiceRow>, DbErr> {
     let (column, ids) = match scope {
         InvoiceScope::Partners(ids) => ("i.partner_id", ids),
         InvoiceScope::Invoices(ids) => ("i.id", ids),
@@ -414,7 +411,8 @@ async fn process(
             currency: terms.currency.clone(),
         };
         let facts: Vec<DealFacts> = rows.iter().map(|(_, f, _)| f.clone()).collect();
-        let outcomes = compute_timeline(&invoice_terms, &ctx.rates, *terminated_at, &facts, ctx.now);
+        let outcomes =
+            compute_timeline(&invoice_terms, &ctx.rates, *terminated_at, &facts, ctx.now);
         for ((row, _, late), mut outcome) in rows.iter().zip(outcomes) {
             if !pays && outcome.state.writable() {
                 outcome.state = CommissionState::NotEarned;
@@ -669,8 +667,14 @@ mod tests {
         assert_eq!((net.round_dp(2), late), (dec("500.00"), false));
         // The same refund after the clawback period is not counted: the invoice is locked.
         let late_refund = vec![("EUR".to_string(), dec("595.00"), paid + Duration::days(91))];
-        let (net, late) =
-            net_amount(dec("1190.00"), dec("1000.00"), "EUR", paid, 90, &late_refund);
+        let (net, late) = net_amount(
+            dec("1190.00"),
+            dec("1000.00"),
+            "EUR",
+            paid,
+            90,
+            &late_refund,
+        );
         assert_eq!((net, late), (dec("1000.00"), true));
         // More than paid never makes a negative amount.
         let over = vec![("EUR".to_string(), dec("5000"), paid)];
