@@ -12,7 +12,11 @@ use crate::{
         pages::{Direction, PageArgs},
         states::CommissionState,
     },
-    domain::{billing::recurring_until, commission::{from_cents, round_money}, programs::parse_stored_decimal},
+    domain::{
+        billing::recurring_until,
+        commission::{from_cents, round_money},
+        programs::parse_stored_decimal,
+    },
     graphql::{
         connection::{EqIf, connection},
         loaders::{ChildKind, Loaders},

@@ -1231,6 +1231,29 @@ async fn every_event_type_matches_its_schema(app: TestApp) {
     let mut crm = Crm::new(&app, &program).await;
     crm.won(&app, "D1", "1000", 1, &alice.code).await;
     crm.won(&app, "D2", "500", 1, &alice.code).await;
+    // A won deal with a company domain makes a customer; its Stripe invoice is linked to it.
+    crm.deal(
+        &app,
+        json!({"id": "D3", "amount": "100", "status": "won", "closedAt": Utc::now().to_rfc3339(),
+               "referralCode": alice.code, "companyDomain": "wonco.example"}),
+    )
+    .await;
+    let stripe = crate::billing::Stripe::new(&app, &program).await;
+    stripe
+        .send(
+            &app,
+            &crate::billing::invoice_paid(
+                "evt_all",
+                "in_all",
+                "cus_all",
+                "ap@wonco.example",
+                "usd",
+                1_000,
+                1_000,
+                Utc::now(),
+            ),
+        )
+        .await;
     run_job(&app, "reconcile", false).await;
     crm.deal(
         &app,
