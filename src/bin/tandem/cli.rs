@@ -45,6 +45,8 @@ pub enum Command {
     BenchIngest(crate::bench::ingest::BenchIngestArgs),
     /// Benchmark the commission engine, one phase per run (see bench/reconcile.sh).
     BenchReconcile(crate::bench::reconcile::BenchReconcileArgs),
+    /// Benchmark recurring commissions on invoices, one phase per run (see bench/billing.sh).
+    BenchBilling(crate::bench::billing::BenchBillingArgs),
 }
 
 /// `tandem serve`.
@@ -170,6 +172,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let db = Db::connect(&config.database_url, 4).await?;
             db.migrate().await?;
             let line = crate::bench::reconcile::run(&db, &args).await?;
+            println!("{}", serde_json::to_string(&line)?);
+            Ok(())
+        }
+        Command::BenchBilling(args) => {
+            let db = Db::connect(&config.database_url, 4).await?;
+            db.migrate().await?;
+            let line = crate::bench::billing::run(&db, &args).await?;
             println!("{}", serde_json::to_string(&line)?);
             Ok(())
         }

@@ -1,6 +1,7 @@
 //! Benchmark drivers of the `tandem bench-*` commands (see `bench/*.sh` and BENCHMARKS.md):
 //! part of the binary, not of the library a deployment links.
 
+pub mod billing;
 pub mod ingest;
 pub mod reconcile;
 pub mod seed;

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Recurring-commission benchmark (DESIGN §11): seeds 1,000,000 paid invoices of 10,000 referred
+# customers (1,000 partners, one program paying 10 % of invoices for 36 months, 10 % in EUR,
+# 2 % partly refunded), then times a full reconciliation, an incremental one after 1 % of the
+# invoices got a credit note, and the ingest of 20,000 Stripe invoice.paid events (verify,
+# store in the inbox, apply and link). Each phase runs in its own process (its peak RSS is its
+# own). Usage:
+#   bench/billing.sh sqlite            # SQLite file in a temporary directory
+#   bench/billing.sh postgres [URL]    # a fresh database on the server at URL (dropped after)
+# BENCH_INVOICES / BENCH_CUSTOMERS / BENCH_EVENTS change the size.
+# Results: bench/results/billing-<backend>.jsonl
+set -euo pipefail
+cd "$(dirname "$0")/.."
+backend="${1:-sqlite}"
+pg_url="${2:-postgres://postgres@127.0.0.1:5432/postgres}"
+invoices="${BENCH_INVOICES:-1000000}"
+customers="${BENCH_CUSTOMERS:-10000}"
+events="${BENCH_EVENTS:-20000}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tandem-target}"
+
+cargo build --release --quiet
+bin="$CARGO_TARGET_DIR/release/tandem"
+work="$(mktemp -d)"
+cleanup() {
+  if [ "$backend" = postgres ]; then
+    psql "$pg_url" -qc "DROP DATABASE IF EXISTS tandem_bench_billing WITH (FORCE)" >/dev/null 2>&1 || true
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+case "$backend" in
+  sqlite) db_url="sqlite://$work/bench.db" ;;
+  postgres)
+    psql "$pg_url" -qc "DROP DATABASE IF EXISTS tandem_bench_billing WITH (FORCE)" >/dev/null
+    psql "$pg_url" -qc "CREATE DATABASE tandem_bench_billing" >/dev/null
+    db_url="${pg_url%/*}/tandem_bench_billing" ;;
+  *) echo "backend must be sqlite or postgres" >&2; exit 2 ;;
+esac
+
+mkdir -p bench/results
+out="bench/results/billing-$backend.jsonl"
+: > "$out"
+for phase in seed full touch incremental ingest; do
+  echo "== $phase" >&2
+  TANDEM_LOG=warn "$bin" bench-billing "$phase" --database-url "$db_url" \
+    --invoices "$invoices" --customers "$customers" --events "$events" | tee -a "$out"
+done
+if [ "$backend" = sqlite ]; then
+  echo "database size: $(du -sh "$work" | cut -f1)" >&2
+fi
+echo "results in $out" >&2
