@@ -15,6 +15,9 @@ use crate::domain::billing::within_recurring;
 
 /// Invoices per chunk in a per-invoice pass.
 const INVOICE_CHUNK: usize = 5_000;
+/// Partners per chunk when whole partners are computed (a partner may have thousands of
+/// invoices: small chunks bound the memory a chunk holds).
+const INVOICE_PARTNER_CHUNK: usize = 20;
 
 /// One linked invoice as the reconciler reads it.
 struct InvoiceRow {
@@ -73,9 +76,21 @@ pub(super) async fn reconcile_invoices(
         .collect();
     match since {
         None => {
-            let mut partners: Vec<String> = ctx.partners.keys().cloned().collect();
+            // The partners with linked invoices, a few at a time (a partner's invoices are
+            // computed together: tiers count its prior invoice revenue).
+            let mut partners: Vec<String> = Vec::new();
+            for row in db
+                .reads()
+                .query_all_raw(Statement::from_string(
+                    db.backend(),
+                    "SELECT DISTINCT partner_id FROM invoices WHERE partner_id IS NOT NULL",
+                ))
+                .await?
+            {
+                partners.push(get(&row, "partner_id")?);
+            }
             partners.sort();
-            for chunk in partners.chunks(PARTNER_CHUNK) {
+            for chunk in partners.chunks(INVOICE_PARTNER_CHUNK) {
                 process(db, ctx, &programs, InvoiceScope::Partners(chunk), stats).await?;
             }
         }
@@ -83,7 +98,7 @@ pub(super) async fn reconcile_invoices(
             let started = std::time::Instant::now();
             let (partners, invoices) = changed_invoices(db, ctx, since).await?;
             stats.timings.changes += started.elapsed().as_secs_f64();
-            for chunk in partners.chunks(PARTNER_CHUNK) {
+            for chunk in partners.chunks(INVOICE_PARTNER_CHUNK) {
                 process(db, ctx, &programs, InvoiceScope::Partners(chunk), stats).await?;
             }
             for chunk in invoices.chunks(INVOICE_CHUNK) {
