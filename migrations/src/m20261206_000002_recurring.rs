@@ -266,40 +266,28 @@ impl MigrationTrait for Migration {
         ] {
             manager.alter_table(statement).await?;
         }
-        // Entry n of a (partner, invoice) is written once, whatever the number of reconcilers.
+        // Entry n of a (partner, invoice) is written once, whatever the number of reconcilers;
+        // invoice first, so that the same index finds an invoice's entries.
         manager
             .create_index(index(
                 "idx_ledger_entries_invoice_seq",
                 "ledger_entries",
-                &["partner_id", "invoice_id", "invoice_seq"],
+                &["invoice_id", "partner_id", "invoice_seq"],
                 true,
-            ))
-            .await?;
-        manager
-            .create_index(index(
-                "idx_ledger_entries_invoice",
-                "ledger_entries",
-                &["invoice_id"],
-                false,
             ))
             .await?;
         Ok(())
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        for idx in [
-            "idx_ledger_entries_invoice",
-            "idx_ledger_entries_invoice_seq",
-        ] {
-            manager
-                .drop_index(
-                    Index::drop()
-                        .name(idx)
-                        .table(name("ledger_entries"))
-                        .to_owned(),
-                )
-                .await?;
-        }
+        manager
+            .drop_index(
+                Index::drop()
+                    .name("idx_ledger_entries_invoice_seq")
+                    .table(name("ledger_entries"))
+                    .to_owned(),
+            )
+            .await?;
         for (t, c) in [
             ("programs", "recurring_rate"),
             ("programs", "recurring_months"),

@@ -570,8 +570,8 @@ async fn write_invoices(
         let affected = ledger_entry::Entity::insert_many(models)
             .on_conflict(
                 OnConflict::columns([
-                    ledger_entry::Column::PartnerId,
                     ledger_entry::Column::InvoiceId,
+                    ledger_entry::Column::PartnerId,
                     ledger_entry::Column::InvoiceSeq,
                 ])
                 .do_nothing()
