@@ -253,7 +253,7 @@ impl MigrationTrait for Migration {
             .create_index(index(
                 "idx_invoice_commissions_program",
                 "invoice_commissions",
-                &["program_id", "paid_at"],
+                &["program_id", "partner_id", "paid_at"],
                 false,
             ))
             .await?;

@@ -91,7 +91,10 @@ impl Db {
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Full)
                 .foreign_keys(true)
-                .busy_timeout(Duration::from_secs(10));
+                .busy_timeout(Duration::from_secs(10))
+                // A page cache of up to 64 MiB per connection (SQLite's default is 2 MiB): the
+                // writer's index inserts land all over tables of millions of rows.
+                .pragma("cache_size", "-65536");
             let in_memory = url.contains(":memory:") || url.contains("mode=memory");
             if !in_memory {
                 native = Some(Arc::new(NativeReader::new(

@@ -290,7 +290,8 @@ async fn read_reductions(db: &Db, invoices: &[InvoiceRow]) -> Result<Reductions,
     Ok(out)
 }
 
-/// What the ledger holds per (partner, invoice).
+/// What the ledger holds per (partner, invoice) for these invoices (read through the
+/// (invoice, partner, number) index).
 async fn read_invoice_booked(
     db: &Db,
     invoice_ids: &[String],
