@@ -214,3 +214,53 @@ proptest! {
         prop_assert!(verify_salesforce("token", "00D000000000001", Some(&sig), &body).is_err());
     }
 }
+
+/// Stripe's scheme: `t=…,v1=…`, any `v1` may match, `t` within the tolerance, the secret
+/// string used as is. The signature below was computed independently with
+/// `printf '%s' '1700000000.{"id":"evt_1"}' | openssl dgst -sha256 -hmac whsec_test_secret`
+/// (verified here against Tandem's signer and verifier).
+#[test]
+fn stripe_signatures() {
+    use tandem_connectors::verify::{VerifyError, sign_stripe, verify_stripe};
+    let body = br#"{"id":"evt_1"}"#;
+    let expected =
+        "t=1700000000,v1=248a374f50f943a28b0f6ab50faf9a7e7e29b710fa26df9fb1618b9bf8ea9c9a";
+    let signed = sign_stripe("whsec_test_secret", 1_700_000_000, body);
+    assert_eq!(signed, expected);
+    let verify = |header: &str, now: i64| {
+        verify_stripe(&["whsec_test_secret"], Some(header), body, now, Some(300))
+    };
+    assert_eq!(verify(&signed, 1_700_000_000), Ok(()));
+    assert_eq!(verify(&signed, 1_700_000_300), Ok(()));
+    assert_eq!(
+        verify(&signed, 1_700_000_301),
+        Err(VerifyError::TimestampOutOfRange)
+    );
+    let (t, v1) = signed.split_once(",v1=").unwrap();
+    let two = format!("{t},v1={},v1={v1},v0={v1}", "ab".repeat(32));
+    assert_eq!(verify(&two, 1_700_000_000), Ok(()));
+    assert_eq!(
+        verify(&format!("{t},v0={v1}"), 1_700_000_000),
+        Err(VerifyError::Missing("Stripe-Signature v1 signature"))
+    );
+    assert_eq!(
+        verify_stripe(
+            &["whsec_other"],
+            Some(&signed),
+            body,
+            1_700_000_000,
+            Some(300)
+        ),
+        Err(VerifyError::BadSignature)
+    );
+    assert_eq!(
+        verify_stripe(
+            &["whsec_test_secret"],
+            Some(&signed),
+            b"{}",
+            1_700_000_000,
+            Some(300)
+        ),
+        Err(VerifyError::BadSignature)
+    );
+}
