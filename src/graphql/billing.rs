@@ -18,6 +18,7 @@ use crate::{
         programs::parse_stored_decimal,
     },
     graphql::{
+        commissions::load_partner,
         connection::{EqIf, connection},
         loaders::{ChildKind, Loaders},
         principal,
@@ -32,15 +33,6 @@ connection!(
     "referred customers"
 );
 connection!(InvoiceConnection, InvoiceEdge, Invoice, "invoices");
-
-async fn partner_of(ctx: &Context<'_>, id: &str) -> Result<Option<Partner>> {
-    let loaders = ctx.data_unchecked::<Loaders>();
-    Ok(loaders
-        .partners
-        .load_one(id.to_string())
-        .await?
-        .map(Partner))
-}
 
 /// A company a partner brought: its first won attributed deal (or a billing customer carrying
 /// the partner's referral code) made it the partner's customer.
@@ -95,7 +87,7 @@ impl Customer {
     }
     /// The partner that brought it.
     async fn partner(&self, ctx: &Context<'_>) -> Result<Option<Partner>> {
-        partner_of(ctx, &self.0.partner_id).await
+        load_partner(ctx, &self.0.partner_id).await
     }
     /// The program.
     async fn program(&self, ctx: &Context<'_>) -> Result<Option<Program>> {
@@ -220,7 +212,7 @@ impl Invoice {
     /// The partner credited (its customer's).
     async fn partner(&self, ctx: &Context<'_>) -> Result<Option<Partner>> {
         match &self.0.partner_id {
-            Some(id) => partner_of(ctx, id).await,
+            Some(id) => load_partner(ctx, id).await,
             None => Ok(None),
         }
     }

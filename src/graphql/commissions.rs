@@ -41,7 +41,8 @@ use crate::{
     jobs::{JobName, Jobs},
 };
 
-async fn load_partner(ctx: &Context<'_>, id: &str) -> Result<Option<Partner>> {
+/// A partner through the request's loader.
+pub(crate) async fn load_partner(ctx: &Context<'_>, id: &str) -> Result<Option<Partner>> {
     let loaders = ctx.data_unchecked::<Loaders>();
     Ok(loaders
         .partners

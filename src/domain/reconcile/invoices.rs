@@ -42,18 +42,6 @@ struct StoredInvoice {
     amount_program: Option<String>,
 }
 
-/// An invoice entry to append.
-struct InvoiceEntry {
-    id: String,
-    partner_id: String,
-    program_id: String,
-    invoice_id: String,
-    cents: i64,
-    currency: String,
-    hold_days: i32,
-    seq: i32,
-}
-
 /// Which invoices a chunk reads.
 enum InvoiceScope<'a> {
     Partners(&'a [String]),
@@ -456,7 +444,7 @@ async fn process(
         .map(|(row, _)| row.id.clone())
         .collect();
     let booked = read_invoice_booked(db, &to_check).await?;
-    let mut entries: Vec<InvoiceEntry> = Vec::new();
+    let mut entries: Vec<NewEntry> = Vec::new();
     let mut rows: Vec<invoice_commission::ActiveModel> = Vec::new();
     for (row, outcome) in results {
         stats.invoices_checked += 1;
@@ -497,11 +485,11 @@ async fn process(
         };
         if diff != 0 {
             let (terms, hold_days) = &ctx.terms[&row.program_id];
-            entries.push(InvoiceEntry {
+            entries.push(NewEntry {
                 id: new_id(),
                 partner_id: row.partner_id.clone(),
                 program_id: row.program_id.clone(),
-                invoice_id: row.id.clone(),
+                subject: Subject::Invoice(row.id.clone()),
                 cents: diff,
                 currency: terms.currency.clone(),
                 hold_days: *hold_days,
@@ -522,121 +510,19 @@ async fn process(
 async fn write_invoices(
     db: &Db,
     ctx: &Context,
-    entries: Vec<InvoiceEntry>,
+    entries: Vec<NewEntry>,
     rows: Vec<invoice_commission::ActiveModel>,
     stats: &mut ReconcileStats,
 ) -> Result<(), DbErr> {
     let tx = db.begin_write().await?;
-    let now = ctx.now;
-    let terms = |e: &InvoiceEntry| {
-        write::entry_terms(
-            &NewEntry {
-                id: e.id.clone(),
-                partner_id: e.partner_id.clone(),
-                program_id: e.program_id.clone(),
-                deal_id: String::new(),
-                cents: e.cents,
-                currency: e.currency.clone(),
-                hold_days: e.hold_days,
-                seq: e.seq,
-            },
-            now,
-        )
-    };
-    let mut inserted: HashSet<String> = HashSet::new();
-    for chunk in entries.chunks(500) {
-        let models: Vec<ledger_entry::ActiveModel> = chunk
-            .iter()
-            .map(|e| {
-                let (kind, status, available) = terms(e);
-                ledger_entry::ActiveModel {
-                    id: Set(e.id.clone()),
-                    partner_id: Set(e.partner_id.clone()),
-                    program_id: Set(e.program_id.clone()),
-                    deal_id: Set(None),
-                    payout_id: Set(None),
-                    kind: Set(kind),
-                    amount_cents: Set(e.cents),
-                    currency: Set(e.currency.clone()),
-                    status: Set(status),
-                    created_at: Set(now),
-                    available_at: Set(available),
-                    updated_at: Set(now),
-                    deal_seq: Set(None),
-                    invoice_id: Set(Some(e.invoice_id.clone())),
-                    invoice_seq: Set(Some(e.seq)),
-                }
-            })
-            .collect();
-        let affected = ledger_entry::Entity::insert_many(models)
-            .on_conflict(
-                OnConflict::columns([
-                    ledger_entry::Column::InvoiceId,
-                    ledger_entry::Column::PartnerId,
-                    ledger_entry::Column::InvoiceSeq,
-                ])
-                .do_nothing()
-                .to_owned(),
-            )
-            .exec_without_returning(&*tx)
-            .await?;
-        let ids: Vec<String> = chunk.iter().map(|e| e.id.clone()).collect();
-        if affected == chunk.len() as u64 {
-            inserted.extend(ids);
-        } else {
-            let (cond, values) = db.in_list("id", &ids, 1);
-            for row in tx
-                .query_all_raw(Statement::from_sql_and_values(
-                    db.backend(),
-                    format!("SELECT id FROM ledger_entries WHERE {cond}"),
-                    values,
-                ))
-                .await?
-            {
-                inserted.insert(get(&row, "id")?);
-            }
-        }
-    }
-    let mut buffered = Vec::new();
-    let mut conflicted: HashSet<String> = HashSet::new();
-    for e in &entries {
-        if !inserted.contains(&e.id) {
-            // Another reconciler booked this invoice first; ours is not recorded as computed,
-            // so the next run compares it with the ledger again.
-            stats.conflicts += 1;
-            conflicted.insert(e.invoice_id.clone());
-            continue;
-        }
-        let (kind, status, available) = terms(e);
-        let amount = from_cents(e.cents);
-        stats.entries_written += 1;
-        stats.total_drift += amount.abs();
-        let event_type = if e.cents > 0 {
-            stats.accrued += amount;
-            EventType::CommissionAccrued
-        } else {
-            stats.reversed += amount;
-            EventType::CommissionReversed
-        };
-        buffered.push(events::new_event(
-            event_type,
-            &e.program_id,
-            Some(&e.partner_id),
-            json!({
-                "ledgerEntryId": e.id,
-                "invoiceId": e.invoice_id,
-                "kind": kind.as_str(),
-                "amount": amount.to_string(),
-                "currency": e.currency,
-                "status": status.as_str(),
-                "availableAt": available,
-            }),
-        ));
-    }
+    let inserted = write::insert_entries(db, &tx, &entries, ctx.now).await?;
+    let (buffered, conflicted) = write::booked_events(&entries, &inserted, ctx.now, stats);
     let rows: Vec<invoice_commission::ActiveModel> = rows
         .into_iter()
-        .filter(|row| match &row.invoice_id {
-            sea_orm::ActiveValue::Set(id) => !conflicted.contains(id),
+        .filter(|row| match (&row.partner_id, &row.invoice_id) {
+            (sea_orm::ActiveValue::Set(partner), sea_orm::ActiveValue::Set(id)) => {
+                !conflicted.contains(&(partner.clone(), Subject::Invoice(id.clone())))
+            }
             _ => true,
         })
         .collect();

@@ -17,7 +17,7 @@ mod write;
 
 pub use invoices::net_amount;
 
-use plan::{Booked, NewEntry, deals_to_check, decide, pairs};
+use plan::{Booked, NewEntry, Subject, deals_to_check, decide, pairs};
 use read::{ScopeRead, Stored, changed_since, get, parse_decimal, read_booked, read_scope};
 use write::write;
 

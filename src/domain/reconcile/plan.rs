@@ -21,12 +21,19 @@ pub(super) struct Booked {
     pub(super) max_seq: i32,
 }
 
+/// What an entry is for: a deal, or an invoice (recurring commission).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) enum Subject {
+    Deal(String),
+    Invoice(String),
+}
+
 /// An entry to append.
 pub(super) struct NewEntry {
     pub(super) id: String,
     pub(super) partner_id: String,
     pub(super) program_id: String,
-    pub(super) deal_id: String,
+    pub(super) subject: Subject,
     pub(super) cents: i64,
     pub(super) currency: String,
     pub(super) hold_days: i32,
@@ -211,7 +218,7 @@ pub(super) fn decide(
                 id: new_id(),
                 partner_id,
                 program_id,
-                deal_id: outcome.deal_id,
+                subject: Subject::Deal(outcome.deal_id),
                 cents: diff,
                 currency: terms.currency.clone(),
                 hold_days: *hold_days,

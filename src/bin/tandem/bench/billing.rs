@@ -13,10 +13,7 @@
 //!
 //! Each phase prints one JSON line: seconds, peak RSS (VmHWM) and the phase's figures.
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Instant};
 
 use chrono::{Duration as Span, Utc};
 use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -36,10 +33,9 @@ use tandem::{
         secrets::SecretKey,
         webhooks::{CreateWebhookSourceInput, Disposition, Webhooks},
     },
-    jobs::{JobName, Jobs},
 };
 
-use super::reconcile::peak_rss_mib;
+use super::reconcile::{peak_rss_mib, reconcile_job};
 
 /// The phases.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -85,21 +81,7 @@ pub async fn run(db: &Db, args: &BenchBillingArgs) -> anyhow::Result<Value> {
     let figures = match args.phase {
         Phase::Seed => seed(db, args).await?,
         Phase::Full | Phase::Incremental => {
-            let jobs = Jobs::new(db.clone(), Duration::from_secs(300));
-            let run = jobs
-                .run_now(
-                    JobName::Reconcile,
-                    matches!(args.phase, Phase::Full),
-                    Duration::from_secs(5),
-                )
-                .await
-                .map_err(tandem::error::ApiError::into_anyhow)?;
-            anyhow::ensure!(
-                run.status == tandem::db::states::JobRunStatus::Succeeded,
-                "reconcile failed: {:?}",
-                run.error
-            );
-            run.stats.unwrap_or(Value::Null)
+            reconcile_job(db, matches!(args.phase, Phase::Full)).await?
         }
         Phase::Touch => touch(db, args.percent).await?,
         Phase::Ingest => ingest(db, args.events, args.customers).await?,

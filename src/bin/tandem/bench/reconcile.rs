@@ -78,21 +78,7 @@ pub async fn run(db: &Db, args: &BenchReconcileArgs) -> anyhow::Result<Value> {
     let figures = match args.phase {
         Phase::Seed => seed(db, args.deals, args.partners).await?,
         Phase::Full | Phase::Incremental => {
-            let jobs = Jobs::new(db.clone(), Duration::from_secs(300));
-            let run = jobs
-                .run_now(
-                    JobName::Reconcile,
-                    matches!(args.phase, Phase::Full),
-                    Duration::from_secs(5),
-                )
-                .await
-                .map_err(tandem::error::ApiError::into_anyhow)?;
-            anyhow::ensure!(
-                run.status == tandem::db::states::JobRunStatus::Succeeded,
-                "reconcile failed: {:?}",
-                run.error
-            );
-            run.stats.unwrap_or(Value::Null)
+            reconcile_job(db, matches!(args.phase, Phase::Full)).await?
         }
         Phase::Touch => touch(db, args.percent).await?,
         Phase::Kpis => {
@@ -125,6 +111,21 @@ pub async fn run(db: &Db, args: &BenchReconcileArgs) -> anyhow::Result<Value> {
         "peakRssMiB": peak_rss_mib(),
         "figures": figures,
     }))
+}
+
+/// Runs `reconcile` (full or incremental) through the job system; returns the run's stats.
+pub async fn reconcile_job(db: &Db, full: bool) -> anyhow::Result<Value> {
+    let jobs = Jobs::new(db.clone(), Duration::from_secs(300));
+    let run = jobs
+        .run_now(JobName::Reconcile, full, Duration::from_secs(5))
+        .await
+        .map_err(tandem::error::ApiError::into_anyhow)?;
+    anyhow::ensure!(
+        run.status == tandem::db::states::JobRunStatus::Succeeded,
+        "reconcile failed: {:?}",
+        run.error
+    );
+    Ok(run.stats.unwrap_or(Value::Null))
 }
 
 const BATCH: usize = 2_000;
