@@ -278,15 +278,16 @@ async fn read_reductions(db: &Db, invoices: &[InvoiceRow]) -> Result<Reductions,
     Ok(out)
 }
 
-/// What the ledger holds per (partner, invoice) for these invoices (read through the
-/// (invoice, partner, number) index).
+/// What the ledger holds per (partner, invoice) for these invoices (`column` `le.invoice_id`,
+/// through the (invoice, partner, number) index) or these whole partners (`le.partner_id`).
 async fn read_invoice_booked(
     db: &Db,
-    invoice_ids: &[String],
+    column: &str,
+    ids: &[String],
 ) -> Result<HashMap<(String, String), Booked>, DbErr> {
     let mut booked = HashMap::new();
-    for chunk in invoice_ids.chunks(INVOICE_CHUNK) {
-        let (cond, values) = db.in_list("le.invoice_id", chunk, 1);
+    for chunk in ids.chunks(INVOICE_CHUNK) {
+        let (cond, values) = db.in_list(column, chunk, 1);
         for row in db
             .reads()
             .query_all_raw(Statement::from_sql_and_values(
@@ -295,8 +296,8 @@ async fn read_invoice_booked(
                     "SELECT le.partner_id, le.invoice_id, \
                      CAST(SUM(le.amount_cents) AS BIGINT) AS cents, \
                      CAST(COALESCE(MAX(le.invoice_seq), 0) AS BIGINT) AS max_seq \
-                     FROM ledger_entries le WHERE {cond} AND le.kind IN {COMMISSION_KINDS} \
-                     GROUP BY le.partner_id, le.invoice_id"
+                     FROM ledger_entries le WHERE {cond} AND le.invoice_id IS NOT NULL \
+                     AND le.kind IN {COMMISSION_KINDS} GROUP BY le.partner_id, le.invoice_id"
                 ),
                 values,
             ))
@@ -443,7 +444,14 @@ async fn process(
         .filter(|(row, outcome)| needs_check(row, outcome))
         .map(|(row, _)| row.id.clone())
         .collect();
-    let booked = read_invoice_booked(db, &to_check).await?;
+    // Whole partners on a full run: one read of their entries rather than one lookup per
+    // invoice.
+    let booked = match &scope {
+        InvoiceScope::Partners(partners) if ctx.verify_all => {
+            read_invoice_booked(db, "le.partner_id", partners).await?
+        }
+        _ => read_invoice_booked(db, "le.invoice_id", &to_check).await?,
+    };
     let mut entries: Vec<NewEntry> = Vec::new();
     let mut rows: Vec<invoice_commission::ActiveModel> = Vec::new();
     for (row, outcome) in results {
