@@ -625,8 +625,22 @@ pub async fn apply_deal_change(
                 .await?;
                 (Some(stored), changed)
             }
-            // An attribution stays once made: a later update that no longer matches (a code
-            // removed in the CRM) does not take the deal away from its partner.
+            // A customer's later deal is its partner's only while the customer's recurring
+            // period lasts (DESIGN §11): closed after it, the deal is no longer attributed (the
+            // reconciler reverses what it had earned, as for any deal attributed elsewhere).
+            None if current
+                .as_ref()
+                .is_some_and(|c| c.method == AttributionMethod::Customer) =>
+            {
+                // The attribution may still be waiting in this batch's deferred inserts.
+                cache.flush(conn).await?;
+                attribution::Entity::delete_by_id(model.id.clone())
+                    .exec(conn)
+                    .await?;
+                (None, false)
+            }
+            // Any other attribution stays once made: a later update that no longer matches (a
+            // code removed in the CRM) does not take the deal away from its partner.
             None => (current, false),
         }
     };

@@ -789,6 +789,39 @@ async fn later_deals_of_a_customer_earn_the_recurring_rate(app: TestApp) {
                "contactEmails": ["cfo@gamma.example"]}),
     )
     .await;
+    // Opened inside the period (attributed to the customer's partner), won after it: no longer
+    // attributed.
+    crm.deal(
+        &app,
+        json!({"id": "AFTER", "amount": "3000", "status": "open",
+               "createdAt": (first + Duration::days(300)).to_rfc3339(),
+               "companyDomain": "gamma.example"}),
+    )
+    .await;
+    let method = |deals: &Value, id: &str| {
+        nodes(&deals["deals"])
+            .into_iter()
+            .find(|d| d["externalId"] == id)
+            .unwrap()["attributionMethod"]
+            .clone()
+    };
+    let q = "{ deals(first: 10) { edges { node { externalId attributionMethod } } } }";
+    assert_eq!(
+        method(&app.admin_ok(q, json!({})).await, "AFTER"),
+        "CUSTOMER"
+    );
+    crm.deal(
+        &app,
+        json!({"id": "AFTER", "amount": "3000", "status": "won",
+               "createdAt": (first + Duration::days(300)).to_rfc3339(),
+               "closedAt": (first + Duration::days(370)).to_rfc3339(),
+               "companyDomain": "gamma.example"}),
+    )
+    .await;
+    assert_eq!(
+        method(&app.admin_ok(q, json!({})).await, "AFTER"),
+        Value::Null
+    );
     crm.deal(
         &app,
         json!({"id": "LATE", "amount": "4000", "status": "open",
