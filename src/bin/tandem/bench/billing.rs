@@ -23,19 +23,18 @@ use serde_json::{Value, json};
 use tandem::{
     db::{
         Db,
-        entities::{customer, exchange_rate, invoice, invoice_adjustment, partner, program},
+        entities::{customer, exchange_rate, invoice, invoice_adjustment, program},
         states::{AdjustmentKind, RecurringBasis, WebhookSourceKind},
     },
     domain::{
         ids::new_id,
         inbox::{Inbox, InboxWorker, NewReceipt, backlog},
-        partners::generate_referral_code,
         secrets::SecretKey,
         webhooks::{CreateWebhookSourceInput, Disposition, Webhooks},
     },
 };
 
-use super::reconcile::{peak_rss_mib, reconcile_job};
+use super::reconcile::{insert_partners, peak_rss_mib, reconcile_job};
 
 /// The phases.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -140,30 +139,11 @@ async fn seed(db: &Db, args: &BenchBillingArgs) -> anyhow::Result<Value> {
     .await?;
     tx.commit().await?;
     let partners: Vec<String> = (0..args.partners).map(|_| new_id()).collect();
-    for (n, chunk) in partners.chunks(BATCH / 4).enumerate() {
-        let tx = db.begin_write().await?;
-        let rows: Vec<partner::ActiveModel> = chunk
-            .iter()
-            .enumerate()
-            .map(|(k, id)| {
-                let i = n * (BATCH / 4) + k;
-                partner::ActiveModel {
-                    id: Set(id.clone()),
-                    program_id: Set(program_id.clone()),
-                    name: Set(format!("Partner {i}")),
-                    domain: Set(None),
-                    contact_email: Set(format!("p{i}@partners.example")),
-                    status: Set(tandem::db::states::PartnerStatus::Active),
-                    referral_code: Set(format!("{}{i}", &generate_referral_code()[..3])),
-                    terminated_at: Set(None),
-                    created_at: Set(past),
-                    updated_at: Set(past),
-                }
-            })
-            .collect();
-        partner::Entity::insert_many(rows).exec(&*tx).await?;
-        tx.commit().await?;
-    }
+    let rows: Vec<(String, String)> = partners
+        .iter()
+        .map(|id| (id.clone(), program_id.clone()))
+        .collect();
+    insert_partners(db, &rows, past).await?;
     // Customers, first won up to four years ago (a quarter past their 36 months).
     let mut customers = Vec::with_capacity(args.customers as usize);
     for i in 0..args.customers {

@@ -130,6 +130,39 @@ pub async fn reconcile_job(db: &Db, full: bool) -> anyhow::Result<Value> {
 
 const BATCH: usize = 2_000;
 
+/// Inserts benchmark partners (id, program id), `Partner {i}` with a unique referral code.
+pub async fn insert_partners(
+    db: &Db,
+    rows: &[(String, String)],
+    past: chrono::DateTime<Utc>,
+) -> anyhow::Result<()> {
+    for (n, chunk) in rows.chunks(BATCH / 4).enumerate() {
+        let tx = db.begin_write().await?;
+        let rows: Vec<partner::ActiveModel> = chunk
+            .iter()
+            .enumerate()
+            .map(|(k, (id, program_id))| {
+                let i = n * (BATCH / 4) + k;
+                partner::ActiveModel {
+                    id: Set(id.clone()),
+                    program_id: Set(program_id.clone()),
+                    name: Set(format!("Partner {i}")),
+                    domain: Set(None),
+                    contact_email: Set(format!("p{i}@partners.example")),
+                    status: Set(tandem::db::states::PartnerStatus::Active),
+                    referral_code: Set(format!("{}{i}", &generate_referral_code()[..3])),
+                    terminated_at: Set(None),
+                    created_at: Set(past),
+                    updated_at: Set(past),
+                }
+            })
+            .collect();
+        partner::Entity::insert_many(rows).exec(&*tx).await?;
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
 async fn seed(db: &Db, deals: u32, partners: u32) -> anyhow::Result<Value> {
     anyhow::ensure!(partners >= 5, "--partners must be at least 5");
     let mut rng = StdRng::seed_from_u64(42);
@@ -229,30 +262,7 @@ async fn seed(db: &Db, deals: u32, partners: u32) -> anyhow::Result<Value> {
     for i in 0..partners {
         partner_rows.push((new_id(), program_ids[(i % 5) as usize].clone()));
     }
-    for (n, chunk) in partner_rows.chunks(BATCH / 4).enumerate() {
-        let tx = db.begin_write().await?;
-        let rows: Vec<partner::ActiveModel> = chunk
-            .iter()
-            .enumerate()
-            .map(|(k, (id, program_id))| {
-                let i = n * (BATCH / 4) + k;
-                partner::ActiveModel {
-                    id: Set(id.clone()),
-                    program_id: Set(program_id.clone()),
-                    name: Set(format!("Partner {i}")),
-                    domain: Set(None),
-                    contact_email: Set(format!("p{i}@partners.example")),
-                    status: Set(tandem::db::states::PartnerStatus::Active),
-                    referral_code: Set(format!("{}{i}", &generate_referral_code()[..3])),
-                    terminated_at: Set(None),
-                    created_at: Set(past),
-                    updated_at: Set(past),
-                }
-            })
-            .collect();
-        partner::Entity::insert_many(rows).exec(&*tx).await?;
-        tx.commit().await?;
-    }
+    insert_partners(db, &partner_rows, past).await?;
     let mut next = 0u32;
     while next < deals {
         let end = (next + BATCH as u32).min(deals);
