@@ -206,15 +206,18 @@ pub async fn customer_from_won_deal(
         .all(conn)
         .await?;
     for waiting in waiting {
-        link(
-            conn,
-            program,
-            waiting,
-            &found,
-            LinkedBy::EmailDomain,
-            events,
-        )
-        .await?;
+        // Its link domain came from its email, or else from the billing customer's metadata.
+        let by = if waiting
+            .customer_email
+            .as_deref()
+            .and_then(email_domain)
+            .is_some_and(|d| d == domain)
+        {
+            LinkedBy::EmailDomain
+        } else {
+            LinkedBy::CompanyDomain
+        };
+        link(conn, program, waiting, &found, by, events).await?;
     }
     Ok(())
 }

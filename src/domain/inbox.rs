@@ -453,19 +453,15 @@ impl InboxWorker {
                 // Keep the writer lock short: the rest stays RECEIVED for the next batch.
                 break;
             }
-            let program_id = match &plan {
-                Plan::Done(_) => None,
-                Plan::Apply { program_id, .. } | Plan::Billing { program_id, .. } => {
-                    Some(program_id.clone())
-                }
-            };
-            let Some(program_id) = program_id else {
-                if let Plan::Done(outcome) = plan {
+            let program = match plan {
+                Plan::Done(outcome) => {
                     outcomes.push((receipt.seq, outcome));
+                    continue;
                 }
-                continue;
+                Plan::Apply { ref program_id, .. } | Plan::Billing { ref program_id, .. } => {
+                    &programs[program_id]
+                }
             };
-            let program = &programs[&program_id];
             let mut caused = Vec::new();
             let applied = if careful {
                 let savepoint = tx.begin().await?;
@@ -639,6 +635,7 @@ async fn apply_plan(
                 None,
             ))
         }
+        // Reached without the database: the batch loop records it directly.
         Plan::Done(outcome) => Ok((outcome, None)),
     }
 }

@@ -9,8 +9,9 @@
 //! the invoice is `LOCKED` at what it earned, as a deal taken out of WON late keeps its
 //! commission.
 
+use super::read::read_booked;
 use super::*;
-use crate::db::entities::{invoice_commission, program as program_entity};
+use crate::db::entities::invoice_commission;
 use crate::domain::billing::within_recurring;
 
 /// Invoices per chunk in a per-invoice pass.
@@ -56,12 +57,6 @@ pub(super) async fn reconcile_invoices(
     since: Option<DateTime<Utc>>,
     stats: &mut ReconcileStats,
 ) -> Result<(), DbErr> {
-    let programs: HashMap<String, program_entity::Model> = program_entity::Entity::find()
-        .all(db.reads())
-        .await?
-        .into_iter()
-        .map(|p| (p.id.clone(), p))
-        .collect();
     match since {
         None => {
             // The partners with linked invoices, a few at a time (a partner's invoices are
@@ -79,7 +74,7 @@ pub(super) async fn reconcile_invoices(
             }
             partners.sort();
             for chunk in partners.chunks(INVOICE_PARTNER_CHUNK) {
-                process(db, ctx, &programs, InvoiceScope::Partners(chunk), stats).await?;
+                process(db, ctx, InvoiceScope::Partners(chunk), stats).await?;
             }
         }
         Some(since) => {
@@ -87,20 +82,23 @@ pub(super) async fn reconcile_invoices(
             let (partners, invoices) = changed_invoices(db, ctx, since).await?;
             stats.timings.changes += started.elapsed().as_secs_f64();
             for chunk in partners.chunks(INVOICE_PARTNER_CHUNK) {
-                process(db, ctx, &programs, InvoiceScope::Partners(chunk), stats).await?;
+                process(db, ctx, InvoiceScope::Partners(chunk), stats).await?;
             }
             for chunk in invoices.chunks(INVOICE_CHUNK) {
-                process(db, ctx, &programs, InvoiceScope::Invoices(chunk), stats).await?;
+                process(db, ctx, InvoiceScope::Invoices(chunk), stats).await?;
             }
         }
     }
     Ok(())
 }
 
-/// Whether a program's invoice commissions depend on each other (tiers by prior revenue).
+/// Whether a program's invoice commissions depend on each other: they pay on invoices at the
+/// plan's own rate, whose tiers count prior revenue (an explicit recurring rate has no tiers).
 fn tiered_invoices(ctx: &Context, program_id: &str) -> bool {
     ctx.terms.get(program_id).is_some_and(|(t, _)| {
-        t.plan.pays_invoices() && !t.plan.recurring_plan(true).tiers.is_empty()
+        t.plan.pays_invoices()
+            && t.plan.recurring.as_ref().is_some_and(|r| r.rate.is_none())
+            && !t.plan.tiers.is_empty()
     })
 }
 
@@ -278,45 +276,6 @@ async fn read_reductions(db: &Db, invoices: &[InvoiceRow]) -> Result<Reductions,
     Ok(out)
 }
 
-/// What the ledger holds per (partner, invoice) for these invoices (`column` `le.invoice_id`,
-/// through the (invoice, partner, number) index) or these whole partners (`le.partner_id`).
-async fn read_invoice_booked(
-    db: &Db,
-    column: &str,
-    ids: &[String],
-) -> Result<HashMap<(String, String), Booked>, DbErr> {
-    let mut booked = HashMap::new();
-    for chunk in ids.chunks(INVOICE_CHUNK) {
-        let (cond, values) = db.in_list(column, chunk, 1);
-        for row in db
-            .reads()
-            .query_all_raw(Statement::from_sql_and_values(
-                db.backend(),
-                format!(
-                    "SELECT le.partner_id, le.invoice_id, \
-                     CAST(SUM(le.amount_cents) AS BIGINT) AS cents, \
-                     CAST(COALESCE(MAX(le.invoice_seq), 0) AS BIGINT) AS max_seq \
-                     FROM ledger_entries le WHERE {cond} AND le.invoice_id IS NOT NULL \
-                     AND le.kind IN {COMMISSION_KINDS} GROUP BY le.partner_id, le.invoice_id"
-                ),
-                values,
-            ))
-            .await?
-        {
-            let cents: Option<i64> = get(&row, "cents")?;
-            let max_seq: i64 = get::<Option<i64>>(&row, "max_seq")?.unwrap_or(0);
-            booked.insert(
-                (get(&row, "partner_id")?, get(&row, "invoice_id")?),
-                Booked {
-                    cents: cents.unwrap_or(0),
-                    max_seq: i32::try_from(max_seq).unwrap_or(i32::MAX),
-                },
-            );
-        }
-    }
-    Ok(booked)
-}
-
 /// The invoice's amount excluding tax that still counts: reduced in proportion to what was
 /// refunded or credited (tax included, so the proportion is of the amount paid), counting only
 /// reductions within the clawback period. Returns the amount and whether a later reduction was
@@ -352,7 +311,6 @@ pub fn net_amount(
 async fn process(
     db: &Db,
     ctx: &Context,
-    programs: &HashMap<String, program_entity::Model>,
     scope: InvoiceScope<'_>,
     stats: &mut ReconcileStats,
 ) -> Result<(), DbErr> {
@@ -367,7 +325,7 @@ async fn process(
     // Each partner's invoices form its timeline (tiers count its prior invoice revenue).
     let mut by_partner: BTreeMap<&str, Vec<(&InvoiceRow, DealFacts, bool)>> = BTreeMap::new();
     for invoice in &invoices {
-        let Some(program) = programs.get(&invoice.program_id) else {
+        let Some(program) = ctx.programs.get(&invoice.program_id) else {
             continue;
         };
         let (amount, late) = net_amount(
@@ -448,9 +406,9 @@ async fn process(
     // invoice.
     let booked = match &scope {
         InvoiceScope::Partners(partners) if ctx.verify_all => {
-            read_invoice_booked(db, "le.partner_id", partners).await?
+            read_booked(db, "invoice", "le.partner_id", partners).await?
         }
-        _ => read_invoice_booked(db, "le.invoice_id", &to_check).await?,
+        _ => read_booked(db, "invoice", "le.invoice_id", &to_check).await?,
     };
     let mut entries: Vec<NewEntry> = Vec::new();
     let mut rows: Vec<invoice_commission::ActiveModel> = Vec::new();

@@ -116,6 +116,8 @@ pub struct Timings {
 /// Everything that does not change during a run: programs, rates, partners.
 struct Context {
     terms: HashMap<String, (Terms, i32)>,
+    /// The program rows (recurring period, clawback days of invoices).
+    programs: HashMap<String, program::Model>,
     rates: Rates,
     partners: HashMap<String, (String, Option<DateTime<Utc>>)>,
     now: DateTime<Utc>,
@@ -126,6 +128,7 @@ struct Context {
 impl Context {
     async fn load(db: &Db, now: DateTime<Utc>) -> Result<Context, DbErr> {
         let mut terms = HashMap::new();
+        let mut programs = HashMap::new();
         for p in program::Entity::find().all(db.reads()).await? {
             let plan = plan_of(&p).map_err(|e| DbErr::Custom(format!("{e:?}")))?;
             terms.insert(
@@ -138,6 +141,7 @@ impl Context {
                     p.hold_days,
                 ),
             );
+            programs.insert(p.id.clone(), p);
         }
         let mut rates = Rates::default();
         for r in exchange_rate::Entity::find().all(db.reads()).await? {
@@ -152,6 +156,7 @@ impl Context {
             .collect();
         Ok(Context {
             terms,
+            programs,
             rates,
             partners,
             now,
@@ -254,7 +259,13 @@ async fn process(
     // ledger holds what was last computed (both are written in one transaction) and reads the
     // ledger only for pairs whose expectation moved.
     if !ctx.verify_all {
-        booked = read_booked(db, "le.deal_id", &deals_to_check(ctx, &stored, &results)).await?;
+        booked = read_booked(
+            db,
+            "deal",
+            "le.deal_id",
+            &deals_to_check(ctx, &stored, &results),
+        )
+        .await?;
     }
     let (entries, commissions) = decide(ctx, results, &stored, &booked, stats);
     stats.timings.compute += started.elapsed().as_secs_f64();

@@ -257,6 +257,7 @@ mod tests {
                     30,
                 ),
             )]),
+            programs: HashMap::new(),
             rates: Rates::default(),
             partners: HashMap::from([("part".to_string(), ("prog".to_string(), None))]),
             now,

@@ -8,10 +8,12 @@ pub(super) fn get<T: sea_orm::TryGetable>(row: &QueryResult, col: &str) -> Resul
     row.try_get::<T>("", col)
 }
 
-/// What the ledger holds per (partner, deal) for the pairs of these partners or deals
-/// (`column` is `le.partner_id` or `le.deal_id`).
+/// What the ledger holds per (partner, subject) for the pairs of these partners or subjects:
+/// `subject` is `deal` or `invoice` (the entries' `{subject}_id` and `{subject}_seq`), `column`
+/// `le.partner_id` or `le.{subject}_id`.
 pub(super) async fn read_booked(
     db: &Db,
+    subject: &str,
     column: &str,
     ids: &[String],
 ) -> Result<HashMap<(String, String), Booked>, DbErr> {
@@ -23,10 +25,11 @@ pub(super) async fn read_booked(
             .query_all_raw(Statement::from_sql_and_values(
                 db.backend(),
                 format!(
-                    "SELECT le.partner_id, le.deal_id, CAST(SUM(le.amount_cents) AS BIGINT) AS cents, \
-                     CAST(COALESCE(MAX(le.deal_seq), 0) AS BIGINT) AS max_seq FROM ledger_entries le \
-                     WHERE {cond} AND le.deal_id IS NOT NULL AND le.kind IN {COMMISSION_KINDS} \
-                     GROUP BY le.partner_id, le.deal_id"
+                    "SELECT le.partner_id, le.{subject}_id AS subject_id, \
+                     CAST(SUM(le.amount_cents) AS BIGINT) AS cents, \
+                     CAST(COALESCE(MAX(le.{subject}_seq), 0) AS BIGINT) AS max_seq \
+                     FROM ledger_entries le WHERE {cond} AND le.{subject}_id IS NOT NULL \
+                     AND le.kind IN {COMMISSION_KINDS} GROUP BY le.partner_id, le.{subject}_id"
                 ),
                 values,
             ))
@@ -35,7 +38,7 @@ pub(super) async fn read_booked(
             let cents: Option<i64> = get(&row, "cents")?;
             let max_seq: i64 = get::<Option<i64>>(&row, "max_seq")?.unwrap_or(0);
             booked.insert(
-                (get(&row, "partner_id")?, get(&row, "deal_id")?),
+                (get(&row, "partner_id")?, get(&row, "subject_id")?),
                 Booked {
                     cents: cents.unwrap_or(0),
                     max_seq: i32::try_from(max_seq).unwrap_or(i32::MAX),
@@ -505,7 +508,7 @@ pub(super) async fn read_scope(
     // ledger holds what was last computed (both are written in one transaction) and reads the
     // ledger only for pairs whose expectation moved.
     let booked = if ctx.verify_all {
-        read_booked(db, &column("le"), &mirror_ids).await?
+        read_booked(db, "deal", &column("le"), &mirror_ids).await?
     } else {
         HashMap::new()
     };
