@@ -52,6 +52,12 @@ pub struct Config {
     /// Cron of `prune`, which drops history past its retention (`TANDEM_PRUNE_SCHEDULE`,
     /// default daily at 03:30 UTC).
     pub prune_schedule: String,
+    /// Cron of `expire-registrations`, which ends the protection of registrations without an
+    /// attributed deal (`TANDEM_EXPIRE_REGISTRATIONS_SCHEDULE`, default hourly at :05).
+    pub expire_registrations_schedule: String,
+    /// Cron of `lead-sla`, which records breached lead-engagement SLAs
+    /// (`TANDEM_LEAD_SLA_SCHEDULE`, default every minute at :15).
+    pub lead_sla_schedule: String,
     /// How long each attempt of an outbound delivery is kept in its attempt log
     /// (`TANDEM_WEBHOOK_ATTEMPT_RETENTION`, default `30d`); `prune` removes older ones.
     pub webhook_attempt_retention: String,
@@ -129,6 +135,8 @@ impl Default for Config {
             reconcile_schedule: "0 */10 * * * *".to_string(),
             release_holds_schedule: "0 0 * * * *".to_string(),
             prune_schedule: "0 30 3 * * *".to_string(),
+            expire_registrations_schedule: "0 5 * * * *".to_string(),
+            lead_sla_schedule: "15 * * * * *".to_string(),
             webhook_attempt_retention: "30d".to_string(),
             job_lease_secs: 300,
             webhook_worker: true,
@@ -181,6 +189,8 @@ impl Config {
                 "reconcile_schedule",
                 "release_holds_schedule",
                 "prune_schedule",
+                "expire_registrations_schedule",
+                "lead_sla_schedule",
                 "webhook_attempt_retention",
                 "job_lease_secs",
                 "webhook_worker",
@@ -224,6 +234,11 @@ impl Config {
             ("reconcile_schedule", &self.reconcile_schedule),
             ("release_holds_schedule", &self.release_holds_schedule),
             ("prune_schedule", &self.prune_schedule),
+            (
+                "expire_registrations_schedule",
+                &self.expire_registrations_schedule,
+            ),
+            ("lead_sla_schedule", &self.lead_sla_schedule),
             ("crm_sync_check_schedule", &self.crm_sync_check_schedule),
         ] {
             if let Err(e) = parse_cron(cron) {

@@ -21,7 +21,7 @@ use crate::{
         entities::{job_lease, job_run},
         states::JobRunStatus,
     },
-    domain::{ids::new_id, reconcile},
+    domain::{ids::new_id, reconcile, registration},
     error::{ApiError, ApiResult},
 };
 
@@ -38,6 +38,10 @@ pub enum JobName {
     CrmSyncAll,
     /// Drops history past its retention (delivery attempts).
     Prune,
+    /// Ends the protection of registrations without an attributed deal (DESIGN §12).
+    ExpireRegistrations,
+    /// Records the lead-engagement SLAs that are due without an engagement.
+    LeadSla,
 }
 
 impl JobName {
@@ -48,6 +52,8 @@ impl JobName {
             JobName::ReleaseHolds => "release-holds",
             JobName::CrmSync(_) | JobName::CrmSyncAll => "crm-sync",
             JobName::Prune => "prune",
+            JobName::ExpireRegistrations => "expire-registrations",
+            JobName::LeadSla => "lead-sla",
         }
     }
 
@@ -69,9 +75,12 @@ impl FromStr for JobName {
             "release-holds" => Ok(JobName::ReleaseHolds),
             "crm-sync" => Ok(JobName::CrmSyncAll),
             "prune" => Ok(JobName::Prune),
+            "expire-registrations" => Ok(JobName::ExpireRegistrations),
+            "lead-sla" => Ok(JobName::LeadSla),
             _ => Err(ApiError::bad_input(
                 "input.name",
-                "unknown job: expected reconcile, release-holds, crm-sync or prune",
+                "unknown job: expected reconcile, release-holds, crm-sync, prune, \
+                 expire-registrations or lead-sla",
             )),
         }
     }
@@ -393,6 +402,18 @@ impl Jobs {
                     .map_err(|e| format!("{:#}", e.into_anyhow()))?;
                 Ok((json!({ "attemptsDeleted": deleted }), None))
             }
+            JobName::ExpireRegistrations => {
+                let expired = registration::expire_registrations(&self.db, Utc::now())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok((json!({ "expired": expired }), None))
+            }
+            JobName::LeadSla => {
+                let breached = registration::breach_due_slas(&self.db, Utc::now())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok((json!({ "breached": breached }), None))
+            }
             JobName::CrmSyncAll => {
                 let connections = crate::domain::crm::connection_schedules(&self.db)
                     .await
@@ -471,6 +492,11 @@ pub async fn start_scheduler(jobs: Jobs, config: &Config) -> anyhow::Result<JobS
         (JobName::Reconcile, config.reconcile_schedule.clone()),
         (JobName::ReleaseHolds, config.release_holds_schedule.clone()),
         (JobName::Prune, config.prune_schedule.clone()),
+        (
+            JobName::ExpireRegistrations,
+            config.expire_registrations_schedule.clone(),
+        ),
+        (JobName::LeadSla, config.lead_sla_schedule.clone()),
     ] {
         let cron = Arc::new(parse_cron(&expr)?);
         let jobs = jobs.clone();

@@ -143,9 +143,63 @@ pub fn standard_deal_change(
             updated_at: optional_time(data, "updatedAt", "data.updatedAt")?.unwrap_or(received_at),
         }),
         other => Err(malformed(format!(
-            "unsupported event type `{other}` (expected deal.updated or deal.deleted)"
+            "unsupported event type `{other}` (expected deal.updated, deal.deleted or \
+             lead.engaged)"
         ))),
     }
+}
+
+/// Sales engaged a referred lead (DESIGN §12): a STANDARD source's
+/// `{"type": "lead.engaged", "data": {"companyDomain", "referralCode"?, "kind"?, "at"?,
+/// "note"?}}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeadEngagement {
+    /// The referred company's domain (as sent; normalised when matched).
+    pub company_domain: String,
+    /// The referring partner's code, when the sender knows it.
+    pub referral_code: Option<String>,
+    /// What sales did (`call`, `email`, …); `other` when not said.
+    pub kind: String,
+    /// When; the time the webhook was received when not said.
+    pub at: Option<DateTime<Utc>>,
+    /// A note for the program's managers.
+    pub note: Option<String>,
+}
+
+/// The `lead.engaged` event a STANDARD payload carries, or `None` for any other type (deal
+/// events, see [`standard_deal_change`]).
+pub fn standard_lead_engaged(payload: &[u8]) -> Result<Option<LeadEngagement>, PayloadError> {
+    let value = parse_json(payload)?;
+    if value.get("type").and_then(Value::as_str) != Some("lead.engaged") {
+        return Ok(None);
+    }
+    let data = value
+        .get("data")
+        .and_then(Value::as_object)
+        .ok_or_else(|| malformed("missing object `data`"))?;
+    let company_domain = lenient::text(data.get("companyDomain"))
+        .filter(|d| !d.trim().is_empty())
+        .ok_or_else(|| malformed("missing `data.companyDomain`"))?;
+    let kind = lenient::text(data.get("kind"))
+        .map(|k| k.trim().to_string())
+        .filter(|k| !k.is_empty())
+        .unwrap_or_else(|| "other".to_string());
+    if kind.chars().count() > 64 {
+        return Err(malformed("`data.kind` must be at most 64 characters"));
+    }
+    let note = lenient::text(data.get("note"))
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty());
+    if note.as_ref().is_some_and(|n| n.chars().count() > 2000) {
+        return Err(malformed("`data.note` must be at most 2000 characters"));
+    }
+    Ok(Some(LeadEngagement {
+        company_domain,
+        referral_code: lenient::text(data.get("referralCode")).filter(|c| !c.trim().is_empty()),
+        kind,
+        at: optional_time(data, "at", "data.at")?,
+        note,
+    }))
 }
 
 fn optional_time(

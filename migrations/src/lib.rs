@@ -4,6 +4,7 @@
 
 pub use sea_orm_migration::prelude::*;
 
+mod helpers;
 mod m20261123_000001_initial;
 mod m20261124_000001_webhooks;
 mod m20261124_000002_commissions;
@@ -13,6 +14,7 @@ mod m20261124_000005_crm_connections;
 mod m20261124_000006_referral_counts;
 mod m20261206_000001_day_two;
 mod m20261206_000002_recurring;
+mod m20261206_000003_registration;
 
 /// The ordered list of Tandem migrations.
 pub struct Migrator;
@@ -30,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000006_referral_counts::Migration),
             Box::new(m20261206_000001_day_two::Migration),
             Box::new(m20261206_000002_recurring::Migration),
+            Box::new(m20261206_000003_registration::Migration),
         ]
     }
 }

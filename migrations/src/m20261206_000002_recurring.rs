@@ -12,67 +12,7 @@ impl MigrationName for Migration {
     }
 }
 
-fn name(text: &str) -> Alias {
-    Alias::new(text)
-}
-
-/// A column of one of the kinds this migration uses.
-enum Kind {
-    Id,
-    Text,
-    BigInt,
-    Int,
-    Time,
-}
-
-fn column(column: &str, kind: Kind, nullable: bool) -> ColumnDef {
-    let mut def = ColumnDef::new(name(column));
-    match kind {
-        Kind::Id | Kind::Text => def.string(),
-        Kind::BigInt => def.big_integer(),
-        Kind::Int => def.integer(),
-        Kind::Time => def.timestamp_with_time_zone(),
-    };
-    if nullable {
-        def.null();
-    } else {
-        def.not_null();
-    }
-    def
-}
-
-fn table(table: &str, primary: &[&str], columns: Vec<ColumnDef>) -> TableCreateStatement {
-    let mut create = Table::create();
-    create.table(name(table));
-    for mut col in columns {
-        create.col(&mut col);
-    }
-    let mut key = Index::create();
-    for col in primary {
-        key.col(name(col));
-    }
-    create.primary_key(&mut key);
-    create.to_owned()
-}
-
-fn index(index: &str, table: &str, columns: &[&str], unique: bool) -> IndexCreateStatement {
-    let mut create = Index::create();
-    create.name(index).table(name(table));
-    for col in columns {
-        create.col(name(col));
-    }
-    if unique {
-        create.unique();
-    }
-    create.to_owned()
-}
-
-fn add(table: &str, column: ColumnDef) -> TableAlterStatement {
-    Table::alter()
-        .table(name(table))
-        .add_column(column.to_owned())
-        .to_owned()
-}
+use crate::helpers::{Kind, add, column, index, name, table};
 
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {

@@ -325,7 +325,11 @@ stored_enum! {
 stored_enum! {
     /// Where a referral stands.
     pub enum ReferralStatus {
-        /// Registered and owned by this partner.
+        /// Waiting for a program manager's review (programs with `MANUAL` approval).
+        Submitted = "SUBMITTED",
+        /// The company already has a deal in the CRM or is a referred customer: held for review.
+        Conflict = "CONFLICT",
+        /// Registered and owned by this partner, protected until `protectedUntil`.
         Accepted = "ACCEPTED",
         /// Another registration for the same company was accepted within the attribution window.
         Duplicate = "DUPLICATE",
@@ -333,6 +337,42 @@ stored_enum! {
         Rejected = "REJECTED",
         /// A deal attributed to it was won.
         Converted = "CONVERTED",
+        /// Its protection ended without an attributed deal: it no longer blocks or attributes.
+        Expired = "EXPIRED",
+    }
+}
+
+stored_enum! {
+    /// How a program's new registrations are approved.
+    pub enum RegistrationApproval {
+        /// Accepted at once (unless a duplicate or a channel conflict).
+        Auto = "AUTO",
+        /// `SUBMITTED` until a program manager reviews it.
+        Manual = "MANUAL",
+    }
+}
+
+stored_enum! {
+    /// Where a referral's lead-engagement SLA stands.
+    pub enum SlaState {
+        /// The clock runs: no engagement yet, due time not reached.
+        Pending = "PENDING",
+        /// Engaged by the due time.
+        Met = "MET",
+        /// Not engaged by the due time.
+        Breached = "BREACHED",
+    }
+}
+
+stored_enum! {
+    /// What recorded an engagement with a referred lead.
+    pub enum EngagementSource {
+        /// `recordEngagement` (an admin, or a sales tool's integration key).
+        Api = "API",
+        /// A `lead.engaged` event on a STANDARD webhook source.
+        Webhook = "WEBHOOK",
+        /// A CRM deal attributed to the referral.
+        Deal = "DEAL",
     }
 }
 

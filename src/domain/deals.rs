@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Duration, Utc};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, TryIntoModel,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DbErr,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect, TryIntoModel,
 };
 use serde_json::json;
 use tandem_connectors::{DealStatus, NeutralDeal, inbound::DealChange};
@@ -25,6 +25,7 @@ use crate::{
         ids::new_id,
         normalize::{email_domain, is_free_mail, normalize_domain, normalize_email},
         referrals::ReferralStatus,
+        registration,
     },
     error::{ApiError, ApiResult},
 };
@@ -89,7 +90,9 @@ fn candidate_domains(model: &deal::Model) -> Vec<String> {
 }
 
 /// The earliest accepted or converted referral (of `partner_id` if given) whose company domain
-/// matches the deal, submitted at most the attribution window before the deal was created.
+/// matches the deal, submitted at most the attribution window before the deal was created and
+/// still protected when it was created (DESIGN §12: a deal created after `protectedUntil` is
+/// not the registration's, even before the expiry job marks it `EXPIRED`).
 async fn matching_referral(
     conn: &impl ConnectionTrait,
     program: &program::Model,
@@ -110,7 +113,12 @@ async fn matching_referral(
         ]))
         .filter(referral::Column::CompanyDomain.is_in(domains))
         .filter(referral::Column::SubmittedAt.lte(model.created_at))
-        .filter(referral::Column::SubmittedAt.gte(window_start));
+        .filter(referral::Column::SubmittedAt.gte(window_start))
+        .filter(
+            Condition::any()
+                .add(referral::Column::ProtectedUntil.is_null())
+                .add(referral::Column::ProtectedUntil.gte(model.created_at)),
+        );
     if let Some(partner_id) = partner_id {
         query = query.filter(referral::Column::PartnerId.eq(partner_id));
     }
@@ -183,6 +191,7 @@ async fn store_attribution(
         return Ok((current.clone(), false));
     }
     let previous_partner = current.as_ref().map(|c| c.partner_id.clone());
+    let previous_referral = current.as_ref().and_then(|c| c.referral_id.clone());
     let stored = match current {
         Some(current) => {
             let mut active: attribution::ActiveModel = current.into();
@@ -226,6 +235,12 @@ async fn store_attribution(
             "reattributed": previous_partner.is_some() && partner_changed,
         }),
     ));
+    // A deal attributed to a referral is sales engaging the lead: it stops the SLA clock.
+    if let Some(referral_id) = &stored.referral_id
+        && previous_referral.as_ref() != Some(referral_id)
+    {
+        registration::engaged_by_deal(conn, referral_id, model.created_at, events).await?;
+    }
     Ok((stored, partner_changed))
 }
 

@@ -44,11 +44,17 @@ pub enum EventType {
     CustomerReferred,
     /// A paid invoice was linked to a partner's referred customer.
     InvoiceAttributed,
+    /// A registration's protection ended without an attributed deal (DESIGN §12).
+    ReferralExpired,
+    /// Sales first engaged a referred lead.
+    ReferralEngaged,
+    /// A referred lead was not engaged within the program's lead SLA (once per referral).
+    ReferralSlaBreached,
 }
 
 impl EventType {
     /// Every event type.
-    pub const ALL: [EventType; 13] = [
+    pub const ALL: [EventType; 16] = [
         EventType::PartnerCreated,
         EventType::PartnerUpdated,
         EventType::ReferralSubmitted,
@@ -62,6 +68,9 @@ impl EventType {
         EventType::PayoutPaid,
         EventType::CustomerReferred,
         EventType::InvoiceAttributed,
+        EventType::ReferralExpired,
+        EventType::ReferralEngaged,
+        EventType::ReferralSlaBreached,
     ];
 
     /// The wire name, such as `partner.created`.
@@ -80,6 +89,9 @@ impl EventType {
             EventType::PayoutPaid => "payout.paid",
             EventType::CustomerReferred => "customer.referred",
             EventType::InvoiceAttributed => "invoice.attributed",
+            EventType::ReferralExpired => "referral.expired",
+            EventType::ReferralEngaged => "referral.engaged",
+            EventType::ReferralSlaBreached => "referral.sla_breached",
         }
     }
 

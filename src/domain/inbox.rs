@@ -20,7 +20,10 @@ use sea_orm::{
     Statement, TransactionTrait, Value,
     sea_query::{Expr, LockBehavior, LockType},
 };
-use tandem_connectors::{inbound::DealChange, stripe::BillingEvent};
+use tandem_connectors::{
+    inbound::{DealChange, LeadEngagement},
+    stripe::BillingEvent,
+};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 pub use crate::db::states::ReceiptStatus;
@@ -35,6 +38,7 @@ use crate::{
         deals::{AppliedDeal, ApplyResult, DealCache, apply_deal_change},
         events,
         ids::new_id,
+        registration::{self, LeadOutcome},
         webhooks::{Disposition, HUBSPOT_WAITING, ReceivedEvent, Webhooks},
     },
     error::{ApiError, ApiResult},
@@ -436,7 +440,7 @@ impl InboxWorker {
                 Plan::Apply { source, change, .. } => {
                     Some((source.clone(), change.external_id().to_string()))
                 }
-                Plan::Done(_) | Plan::Billing { .. } => None,
+                Plan::Done(_) | Plan::Billing { .. } | Plan::Lead { .. } => None,
             })
             .collect();
         let mut cache = DealCache::load(&*tx, &keys, self.db.is_postgres()).await?;
@@ -458,9 +462,9 @@ impl InboxWorker {
                     outcomes.push((receipt.seq, outcome));
                     continue;
                 }
-                Plan::Apply { ref program_id, .. } | Plan::Billing { ref program_id, .. } => {
-                    &programs[program_id]
-                }
+                Plan::Apply { ref program_id, .. }
+                | Plan::Billing { ref program_id, .. }
+                | Plan::Lead { ref program_id, .. } => &programs[program_id],
             };
             let mut caused = Vec::new();
             let applied = if careful {
@@ -544,6 +548,17 @@ impl InboxWorker {
                 Err(err) => failed(err.0),
             };
         }
+        match source.lead(receipt.payload.as_bytes()) {
+            Ok(Some(lead)) => {
+                return Plan::Lead {
+                    program_id: program.id.clone(),
+                    lead,
+                    received_at: receipt.received_at,
+                };
+            }
+            Ok(None) => {}
+            Err(err) => return failed(err.0),
+        }
         match source.change(
             receipt.payload.as_bytes(),
             &program.currency,
@@ -600,6 +615,11 @@ enum Plan {
         program_id: String,
         event: BillingEvent,
     },
+    Lead {
+        program_id: String,
+        lead: LeadEngagement,
+        received_at: DateTime<Utc>,
+    },
     Done(Outcome),
 }
 
@@ -625,6 +645,26 @@ async fn apply_plan(
                 BillingOutcome::Stale(reason) => (ReceiptStatus::IgnoredStale, Some(reason)),
                 BillingOutcome::Ignored(reason) => (ReceiptStatus::Ignored, Some(reason)),
             };
+            Ok((
+                Outcome {
+                    status,
+                    reason,
+                    deal_id: None,
+                    available_at_ms: None,
+                },
+                None,
+            ))
+        }
+        Plan::Lead {
+            lead, received_at, ..
+        } => {
+            let (status, reason) =
+                match registration::apply_lead_engaged(conn, program, &lead, received_at, caused)
+                    .await?
+                {
+                    LeadOutcome::Engaged(_) => (ReceiptStatus::Applied, None),
+                    LeadOutcome::Unmatched(reason) => (ReceiptStatus::Ignored, Some(reason)),
+                };
             Ok((
                 Outcome {
                     status,

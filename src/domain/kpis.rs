@@ -66,6 +66,11 @@ pub struct Kpis {
     pub active_customers: i64,
     /// Net recurring commission booked on invoices in the range.
     pub commission_recurring: Decimal,
+    /// Of the referrals submitted in the range whose lead SLA is decided, the share met.
+    pub sla_met_rate: Option<f64>,
+    /// Median hours from a referral's acceptance to sales' first engagement (referrals
+    /// submitted in the range; engagement before acceptance counts 0).
+    pub median_hours_to_engagement: Option<f64>,
 }
 
 /// One leaderboard line.
@@ -150,13 +155,19 @@ fn ratio(n: i64, d: i64) -> Option<f64> {
 pub async fn kpis(db: &Db, q: &KpiQuery) -> ApiResult<Kpis> {
     let mut f = Filter::new(db);
     let scope = f.scope(q, "program_id", "partner_id", Some("submitted_at"));
+    let now = f.bind(Utc::now());
     let row = one_row(
         db,
         format!(
-            "SELECT COUNT(*) AS submitted, {} AS accepted, {} AS duplicate \
-             FROM referrals WHERE {scope}",
-            count("status IN ('ACCEPTED', 'CONVERTED')"),
-            count("status = 'DUPLICATE'")
+            "SELECT COUNT(*) AS submitted, {} AS accepted, {} AS duplicate, {} AS met, \
+             {} AS breached FROM referrals WHERE {scope}",
+            count("status IN ('ACCEPTED', 'CONVERTED', 'EXPIRED')"),
+            count("status = 'DUPLICATE'"),
+            count("sla_state = 'MET'"),
+            // A pending clock past its due time is breached before the job records it.
+            count(&format!(
+                "sla_state = 'BREACHED' OR (sla_state = 'PENDING' AND sla_due_at <= {now})"
+            )),
         ),
         f.values,
     )
@@ -164,6 +175,8 @@ pub async fn kpis(db: &Db, q: &KpiQuery) -> ApiResult<Kpis> {
     let submitted: i64 = row.try_get("", "submitted")?;
     let accepted: i64 = row.try_get("", "accepted")?;
     let duplicate: i64 = row.try_get("", "duplicate")?;
+    let sla_met: i64 = row.try_get("", "met")?;
+    let sla_breached: i64 = row.try_get("", "breached")?;
 
     // Deals, from the reconciler's view of every attributed deal (one scan): attributed by
     // creation, won and lost by close (a deleted deal counts lost), open ones as pipeline.
@@ -220,6 +233,7 @@ pub async fn kpis(db: &Db, q: &KpiQuery) -> ApiResult<Kpis> {
     let paid: i64 = row.try_get("", "paid")?;
 
     let median = median_hours_to_first_deal(db, q).await?;
+    let median_engagement = median_hours_to_engagement(db, q).await?;
     let (recurring_revenue, active_customers, commission_recurring) = recurring(db, q).await?;
 
     let mut f = Filter::new(db);
@@ -265,6 +279,8 @@ pub async fn kpis(db: &Db, q: &KpiQuery) -> ApiResult<Kpis> {
         recurring_revenue: from_cents(recurring_revenue),
         active_customers,
         commission_recurring: from_cents(commission_recurring),
+        sla_met_rate: ratio(sla_met, sla_met + sla_breached),
+        median_hours_to_engagement: median_engagement,
     })
 }
 
@@ -322,8 +338,7 @@ async fn recurring(db: &Db, q: &KpiQuery) -> ApiResult<(i64, i64, i64)> {
     Ok((revenue, active, commission))
 }
 
-/// The median, in SQL: the database orders the per-referral delays and returns the middle
-/// one or two.
+/// Median hours from submission to the first attributed deal's creation.
 async fn median_hours_to_first_deal(db: &Db, q: &KpiQuery) -> ApiResult<Option<f64>> {
     let hours = match db.backend() {
         DatabaseBackend::Postgres => {
@@ -338,10 +353,34 @@ async fn median_hours_to_first_deal(db: &Db, q: &KpiQuery) -> ApiResult<Option<f
          JOIN attributions a ON a.referral_id = r.id JOIN deals d ON d.id = a.deal_id \
          WHERE {scope} GROUP BY r.id, r.submitted_at"
     );
+    median_of(db, delays, f.values).await
+}
+
+/// Median hours from acceptance to first engagement, over the referrals of the range that were
+/// accepted and engaged.
+async fn median_hours_to_engagement(db: &Db, q: &KpiQuery) -> ApiResult<Option<f64>> {
+    let hours = match db.backend() {
+        DatabaseBackend::Postgres => {
+            "GREATEST(EXTRACT(EPOCH FROM (r.engaged_at - r.accepted_at)) / 3600.0, 0)::float8"
+        }
+        _ => "MAX((julianday(r.engaged_at) - julianday(r.accepted_at)) * 24.0, 0.0)",
+    };
+    let mut f = Filter::new(db);
+    let scope = f.scope(q, "r.program_id", "r.partner_id", Some("r.submitted_at"));
+    let delays = format!(
+        "SELECT {hours} AS hours FROM referrals r WHERE {scope} \
+         AND r.engaged_at IS NOT NULL AND r.accepted_at IS NOT NULL"
+    );
+    median_of(db, delays, f.values).await
+}
+
+/// The median of the `hours` column of `delays`, in SQL: the database orders the rows and
+/// returns the middle one or two.
+async fn median_of(db: &Db, delays: String, values: Vec<Value>) -> ApiResult<Option<f64>> {
     let row = one_row(
         db,
         format!("SELECT COUNT(*) AS n FROM ({delays}) t"),
-        f.values.clone(),
+        values.clone(),
     )
     .await?;
     let n: i64 = row.try_get("", "n")?;
@@ -358,7 +397,7 @@ async fn median_hours_to_first_deal(db: &Db, q: &KpiQuery) -> ApiResult<Option<f
         .query_all_raw(Statement::from_sql_and_values(
             db.backend(),
             format!("{delays} ORDER BY hours LIMIT {limit} OFFSET {offset}"),
-            f.values,
+            values,
         ))
         .await?;
     let mut sum = 0.0;

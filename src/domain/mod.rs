@@ -17,5 +17,6 @@ pub mod partners;
 pub mod programs;
 pub mod reconcile;
 pub mod referrals;
+pub mod registration;
 pub mod secrets;
 pub mod webhooks;

@@ -6,7 +6,7 @@ use rust_decimal::Decimal;
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait};
 use serde::{Deserialize, Serialize};
 
-pub use crate::db::states::{CommissionType, ProgramKind, RecurringBasis};
+pub use crate::db::states::{CommissionType, ProgramKind, RecurringBasis, RegistrationApproval};
 use crate::{
     db::{Db, entities::program},
     domain::{ids::new_id, normalize::normalize_currency},
@@ -38,6 +38,101 @@ pub struct Recurring {
     pub rate: Option<Decimal>,
     /// `DEALS`: later won deals of the customer; `INVOICES`: every paid invoice.
     pub basis: RecurringBasis,
+}
+
+/// How a program's deal registrations are approved and protected (DESIGN §12).
+#[derive(Debug, Clone, PartialEq, Eq, SimpleObject)]
+#[graphql(name = "RegistrationSettings")]
+pub struct Registration {
+    /// `AUTO` accepts new registrations at once; `MANUAL` leaves them `SUBMITTED` for review.
+    pub approval: RegistrationApproval,
+    /// Days an accepted registration is protected (0: none, it expires at the next expiry run).
+    pub protection_days: i32,
+    /// Days each `extendReferral` adds.
+    pub extension_days: i32,
+    /// How many times a registration can be extended.
+    pub max_extensions: i32,
+}
+
+impl Registration {
+    /// A program's settings.
+    pub fn of(program: &program::Model) -> Registration {
+        Registration {
+            approval: program.registration_approval,
+            protection_days: program.protection_days,
+            extension_days: program.extension_days,
+            max_extensions: program.max_extensions,
+        }
+    }
+}
+
+/// Registration settings for `createProgram` / `updateProgram`: absent fields keep their value
+/// (on creation: `AUTO`, 90, 30, 1).
+#[derive(Debug, Clone, InputObject)]
+pub struct RegistrationInput {
+    /// `AUTO` or `MANUAL`.
+    pub approval: Option<RegistrationApproval>,
+    /// 0 to 3650 days.
+    pub protection_days: Option<i32>,
+    /// 1 to 3650 days.
+    pub extension_days: Option<i32>,
+    /// 0 to 100.
+    pub max_extensions: Option<i32>,
+}
+
+fn apply_registration(
+    model: &mut program::ActiveModel,
+    current: &Registration,
+    input: Option<RegistrationInput>,
+    path: &str,
+) -> ApiResult<()> {
+    let Some(input) = input else {
+        return Ok(());
+    };
+    let field = |name: &str| format!("{path}.{name}");
+    let in_range =
+        |name: &str, value: Option<i32>, current: i32, range: std::ops::RangeInclusive<i32>| {
+            let value = value.unwrap_or(current);
+            if range.contains(&value) {
+                Ok(value)
+            } else {
+                Err(ApiError::bad_input(
+                    field(name),
+                    format!("must be between {} and {}", range.start(), range.end()),
+                ))
+            }
+        };
+    model.registration_approval = Set(input.approval.unwrap_or(current.approval));
+    model.protection_days = Set(in_range(
+        "protectionDays",
+        input.protection_days,
+        current.protection_days,
+        0..=3650,
+    )?);
+    model.extension_days = Set(in_range(
+        "extensionDays",
+        input.extension_days,
+        current.extension_days,
+        1..=3650,
+    )?);
+    model.max_extensions = Set(in_range(
+        "maxExtensions",
+        input.max_extensions,
+        current.max_extensions,
+        0..=100,
+    )?);
+    Ok(())
+}
+
+/// Minutes of a lead-engagement SLA: 1 minute to 365 days.
+fn check_sla_minutes(field: &str, minutes: Option<i32>) -> ApiResult<Option<i32>> {
+    match minutes {
+        Some(m) if !(1..=525_600).contains(&m) => Err(ApiError::bad_input(
+            field,
+            "must be between 1 and 525600 minutes (365 days), or null for no SLA",
+        )),
+        other => Ok(other),
+    }
 }
 
 /// A commission plan as given to `createProgram` / `updateProgram`.
@@ -277,6 +372,11 @@ pub struct CreateProgramInput {
     pub hold_days: Option<i32>,
     /// How long after closing a won deal can still be clawed back (default 90).
     pub clawback_days: Option<i32>,
+    /// How registrations are approved and protected (default `AUTO`, 90 days, 30-day
+    /// extensions, 1 extension).
+    pub registration: Option<RegistrationInput>,
+    /// Minutes within which sales must engage an accepted referral (null: no SLA).
+    pub lead_sla_minutes: Option<i32>,
 }
 
 /// Input of `updateProgram`: absent fields keep their value. The currency cannot change.
@@ -296,6 +396,10 @@ pub struct UpdateProgramInput {
     pub hold_days: Option<i32>,
     /// New clawback period.
     pub clawback_days: Option<i32>,
+    /// New registration settings (for registrations accepted from now on).
+    pub registration: Option<RegistrationInput>,
+    /// New lead SLA in minutes; `null` removes it (for referrals accepted from now on).
+    pub lead_sla_minutes: async_graphql::MaybeUndefined<i32>,
 }
 
 fn check_name(field: &str, name: &str) -> ApiResult<String> {
@@ -362,11 +466,31 @@ pub async fn create_program(db: &Db, input: CreateProgramInput) -> ApiResult<pro
             90,
             0,
         )?),
+        lead_sla_minutes: Set(check_sla_minutes(
+            "input.leadSlaMinutes",
+            input.lead_sla_minutes,
+        )?),
         created_at: Set(now),
         updated_at: Set(now),
         ..Default::default()
     };
     apply_plan(&mut model, plan)?;
+    let defaults = Registration {
+        approval: RegistrationApproval::Auto,
+        protection_days: 90,
+        extension_days: 30,
+        max_extensions: 1,
+    };
+    model.registration_approval = Set(defaults.approval);
+    model.protection_days = Set(defaults.protection_days);
+    model.extension_days = Set(defaults.extension_days);
+    model.max_extensions = Set(defaults.max_extensions);
+    apply_registration(
+        &mut model,
+        &defaults,
+        input.registration,
+        "input.registration",
+    )?;
     // Through the writer (on SQLite a write beside it would fail another writer's transaction
     // with SQLITE_BUSY_SNAPSHOT).
     let tx = db.begin_write().await?;
@@ -414,6 +538,19 @@ pub async fn update_program(db: &Db, input: UpdateProgramInput) -> ApiResult<pro
             existing.clawback_days,
             0,
         )?);
+    }
+    apply_registration(
+        &mut model,
+        &Registration::of(&existing),
+        input.registration,
+        "input.registration",
+    )?;
+    match input.lead_sla_minutes {
+        async_graphql::MaybeUndefined::Undefined => {}
+        async_graphql::MaybeUndefined::Null => model.lead_sla_minutes = Set(None),
+        async_graphql::MaybeUndefined::Value(minutes) => {
+            model.lead_sla_minutes = Set(check_sla_minutes("input.leadSlaMinutes", Some(minutes))?);
+        }
     }
     model.updated_at = Set(Utc::now());
     let tx = db.begin_write().await?;

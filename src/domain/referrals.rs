@@ -1,11 +1,13 @@
-//! Referral registration (deal registration): normalisation, duplicate detection within the
-//! attribution window, and admin review.
+//! Referral registration (deal registration, DESIGN §4 and §12): normalisation, duplicate
+//! detection within the attribution window, the channel-conflict check, approval (`AUTO` or
+//! `MANUAL`), review, the protection window and its extensions. Expiry, engagement and the
+//! lead SLA are in [`crate::domain::registration`].
 
-use async_graphql::{ID, InputObject};
-use chrono::{Duration, Utc};
+use async_graphql::{Enum, ID, InputObject};
+use chrono::{DateTime, Duration, Utc};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait,
-    QueryFilter, QueryOrder, Statement,
+    QueryFilter, QueryOrder, QuerySelect, Statement,
 };
 use serde_json::json;
 
@@ -13,7 +15,9 @@ pub use crate::db::states::ReferralStatus;
 use crate::{
     db::{
         Db,
-        entities::{partner, program, referral},
+        entities::{customer, deal, partner, program, referral},
+        states::RegistrationApproval,
+        states::{DealStatus, SlaState},
     },
     domain::{
         auth::Principal,
@@ -161,9 +165,10 @@ async fn resolve_partner(
     Ok(partner)
 }
 
-/// Registers a referral: `ACCEPTED`, or `DUPLICATE` when an accepted or converted referral for
-/// the same company exists in the program within the attribution window. The submitter is never
-/// told who holds the earlier registration.
+/// Registers a referral: `DUPLICATE` when a live registration of the same company exists in
+/// the program within the attribution window; else `CONFLICT` when the company already has a
+/// CRM deal or is a referred customer; else `SUBMITTED` (manual approval) or `ACCEPTED`. The
+/// submitter is never told who holds the earlier registration or the conflicting deal.
 pub async fn submit_referral(
     db: &Db,
     principal: &Principal,
@@ -209,22 +214,27 @@ pub async fn submit_referral(
         let window_start = now - Duration::days(i64::from(program.attribution_window_days));
         duplicate_of = referral::Entity::find()
             .filter(referral::Column::ProgramId.eq(program.id.as_str()))
-            .filter(referral::Column::Status.is_in([
-                ReferralStatus::Accepted.as_str(),
-                ReferralStatus::Converted.as_str(),
-            ]))
+            .filter(holds_registration(now))
             .filter(referral::Column::SubmittedAt.gte(window_start))
             .filter(condition)
             .order_by_asc(referral::Column::SubmittedAt)
             .one(&*tx)
             .await?;
     }
+    let conflict = match (&duplicate_of, &valid.company_domain) {
+        (None, Some(domain)) => channel_conflict(&*tx, &program, domain, now).await?,
+        _ => Conflict::default(),
+    };
     let status = if duplicate_of.is_some() {
         ReferralStatus::Duplicate
+    } else if conflict.found() {
+        ReferralStatus::Conflict
+    } else if program.registration_approval == RegistrationApproval::Manual {
+        ReferralStatus::Submitted
     } else {
         ReferralStatus::Accepted
     };
-    let model = referral::ActiveModel {
+    let mut model = referral::ActiveModel {
         id: Set(new_id()),
         program_id: Set(program.id.clone()),
         partner_id: Set(partner.id.clone()),
@@ -237,9 +247,20 @@ pub async fn submit_referral(
         duplicate_of_id: Set(duplicate_of.map(|r| r.id)),
         submitted_at: Set(now),
         updated_at: Set(now),
+        accepted_at: Set(None),
+        protected_until: Set(None),
+        extensions: Set(0),
+        rejection_reason: Set(None),
+        conflict_deal_id: Set(conflict.deal_id),
+        conflict_customer_id: Set(conflict.customer_id),
+        engaged_at: Set(None),
+        sla_due_at: Set(None),
+        sla_state: Set(None),
+    };
+    if status == ReferralStatus::Accepted {
+        accept(&mut model, &program, now, None);
     }
-    .insert(&*tx)
-    .await?;
+    let model = model.insert(&*tx).await?;
     events::record(
         &*tx,
         EventType::ReferralSubmitted,
@@ -257,7 +278,237 @@ pub async fn submit_referral(
     Ok(model)
 }
 
-/// An admin accepts or rejects a referral; writes `referral.status_changed`.
+/// The registrations that hold their company (DESIGN §12): submitted, under conflict review,
+/// accepted and still protected, or converted. Expired ones (and accepted ones whose
+/// protection has ended, before the expiry job marks them) do not.
+pub fn holds_registration(now: DateTime<Utc>) -> Condition {
+    Condition::any()
+        .add(referral::Column::Status.is_in([
+            ReferralStatus::Submitted.as_str(),
+            ReferralStatus::Conflict.as_str(),
+            ReferralStatus::Converted.as_str(),
+        ]))
+        .add(
+            Condition::all()
+                .add(referral::Column::Status.eq(ReferralStatus::Accepted.as_str()))
+                .add(
+                    Condition::any()
+                        .add(referral::Column::ProtectedUntil.is_null())
+                        .add(referral::Column::ProtectedUntil.gt(now)),
+                ),
+        )
+}
+
+/// What a new registration conflicts with (admins see it; the partner only `CONFLICT`).
+#[derive(Debug, Default)]
+struct Conflict {
+    deal_id: Option<String>,
+    customer_id: Option<String>,
+}
+
+impl Conflict {
+    fn found(&self) -> bool {
+        self.deal_id.is_some() || self.customer_id.is_some()
+    }
+}
+
+/// The channel-conflict check of DESIGN §12: a mirrored CRM deal of the company created before
+/// the submission (open, or won within the attribution window; a deleted deal counts as lost),
+/// or a referred customer with this domain.
+async fn channel_conflict(
+    conn: &impl ConnectionTrait,
+    program: &program::Model,
+    domain: &str,
+    now: DateTime<Utc>,
+) -> Result<Conflict, sea_orm::DbErr> {
+    let won_since = now - Duration::days(i64::from(program.attribution_window_days));
+    let found_deal = deal::Entity::find()
+        .filter(deal::Column::ProgramId.eq(program.id.as_str()))
+        .filter(deal::Column::CompanyDomain.eq(domain))
+        .filter(deal::Column::Deleted.eq(false))
+        .filter(deal::Column::CreatedAt.lt(now))
+        .filter(
+            Condition::any()
+                .add(deal::Column::Status.eq(DealStatus::Open.as_str()))
+                .add(
+                    Condition::all()
+                        .add(deal::Column::Status.eq(DealStatus::Won.as_str()))
+                        .add(deal::Column::ClosedAt.gte(won_since)),
+                ),
+        )
+        .order_by_asc(deal::Column::CreatedAt)
+        .one(conn)
+        .await?;
+    let found_customer = customer::Entity::find()
+        .filter(customer::Column::ProgramId.eq(program.id.as_str()))
+        .filter(customer::Column::Domain.eq(domain))
+        .one(conn)
+        .await?;
+    Ok(Conflict {
+        deal_id: found_deal.map(|d| d.id),
+        customer_id: found_customer.map(|c| c.id),
+    })
+}
+
+/// Makes a referral `ACCEPTED` at `now`: protected for the program's `protectionDays`, and with
+/// the program's lead SLA its clock started (already `MET` when sales engaged the lead
+/// before the acceptance).
+fn accept(
+    model: &mut referral::ActiveModel,
+    program: &program::Model,
+    now: DateTime<Utc>,
+    engaged_at: Option<DateTime<Utc>>,
+) {
+    model.status = Set(ReferralStatus::Accepted);
+    model.accepted_at = Set(Some(now));
+    model.protected_until = Set(Some(
+        now + Duration::days(i64::from(program.protection_days)),
+    ));
+    model.extensions = Set(0);
+    model.rejection_reason = Set(None);
+    match program.lead_sla_minutes {
+        Some(minutes) => {
+            model.sla_due_at = Set(Some(now + Duration::minutes(i64::from(minutes))));
+            model.sla_state = Set(Some(if engaged_at.is_some() {
+                SlaState::Met
+            } else {
+                SlaState::Pending
+            }));
+        }
+        None => {
+            model.sla_due_at = Set(None);
+            model.sla_state = Set(None);
+        }
+    }
+}
+
+/// A program manager's decision on a `SUBMITTED` or `CONFLICT` registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+pub enum ReviewDecision {
+    /// Accept it: it is protected from now on.
+    Approve,
+    /// Reject it; the reason is shown to the partner.
+    Reject,
+}
+
+/// Input of `reviewReferral`.
+#[derive(Debug, Clone, InputObject)]
+pub struct ReviewReferralInput {
+    /// The referral (`SUBMITTED` or `CONFLICT`).
+    pub id: ID,
+    /// Approve or reject.
+    pub decision: ReviewDecision,
+    /// Why (up to 1,000 characters); a rejection's reason is visible to the partner.
+    pub reason: Option<String>,
+}
+
+/// Input of `extendReferral`.
+#[derive(Debug, Clone, InputObject)]
+pub struct ExtendReferralInput {
+    /// The referral (`ACCEPTED`).
+    pub id: ID,
+}
+
+fn checked_reason(reason: Option<&str>) -> ApiResult<Option<String>> {
+    let reason = reason.map(str::trim).filter(|r| !r.is_empty());
+    if reason.is_some_and(|r| r.chars().count() > 1000) {
+        return Err(ApiError::bad_input(
+            "input.reason",
+            "must be at most 1000 characters",
+        ));
+    }
+    Ok(reason.map(str::to_string))
+}
+
+/// Reads a referral and its program inside `tx`, the referral row locked on PostgreSQL.
+async fn locked_referral(
+    db: &Db,
+    conn: &impl ConnectionTrait,
+    id: &str,
+) -> ApiResult<(referral::Model, program::Model)> {
+    let mut query = referral::Entity::find_by_id(id.to_string());
+    if db.is_postgres() {
+        query = query.lock_exclusive();
+    }
+    let found = query
+        .one(conn)
+        .await?
+        .ok_or(ApiError::NotFound("referral"))?;
+    let program = program::Entity::find_by_id(found.program_id.clone())
+        .one(conn)
+        .await?
+        .ok_or(ApiError::NotFound("program"))?;
+    Ok((found, program))
+}
+
+/// Moves a referral to `ACCEPTED` or `REJECTED` and writes `referral.status_changed` (with the
+/// reason, which the partner reads too).
+async fn decide(
+    conn: &impl ConnectionTrait,
+    existing: referral::Model,
+    program: &program::Model,
+    status: ReferralStatus,
+    reason: Option<String>,
+) -> ApiResult<referral::Model> {
+    let now = Utc::now();
+    let previous = existing.status;
+    let engaged_at = existing.engaged_at;
+    let mut model: referral::ActiveModel = existing.into();
+    if status == ReferralStatus::Accepted {
+        accept(&mut model, program, now, engaged_at);
+    } else {
+        model.status = Set(status);
+        model.rejection_reason = Set(reason.clone());
+        model.sla_state = Set(None);
+        model.sla_due_at = Set(None);
+    }
+    model.updated_at = Set(now);
+    let updated = model.update(conn).await?;
+    let mut data = json!({
+        "referralId": updated.id,
+        "status": updated.status,
+        "previousStatus": previous,
+    });
+    if let Some(reason) = reason {
+        data["reason"] = json!(reason);
+    }
+    events::record(
+        conn,
+        EventType::ReferralStatusChanged,
+        &updated.program_id,
+        Some(&updated.partner_id),
+        data,
+    )
+    .await?;
+    Ok(updated)
+}
+
+/// A program manager approves or rejects a `SUBMITTED` or `CONFLICT` registration (`CONFLICT`
+/// error for any other state).
+pub async fn review_referral(db: &Db, input: ReviewReferralInput) -> ApiResult<referral::Model> {
+    let reason = checked_reason(input.reason.as_deref())?;
+    let tx = db.begin_write().await?;
+    let (existing, program) = locked_referral(db, &*tx, input.id.as_str()).await?;
+    if !matches!(
+        existing.status,
+        ReferralStatus::Submitted | ReferralStatus::Conflict
+    ) {
+        return Err(ApiError::Conflict(format!(
+            "only SUBMITTED or CONFLICT referrals are reviewed; this one is {}",
+            existing.status
+        )));
+    }
+    let status = match input.decision {
+        ReviewDecision::Approve => ReferralStatus::Accepted,
+        ReviewDecision::Reject => ReferralStatus::Rejected,
+    };
+    let updated = decide(&*tx, existing, &program, status, reason).await?;
+    tx.commit().await?;
+    Ok(updated)
+}
+
+/// An admin sets `ACCEPTED` (a new protection window from now, also for an expired or
+/// duplicate registration) or `REJECTED`; writes `referral.status_changed`.
 pub async fn update_referral_status(
     db: &Db,
     input: UpdateReferralStatusInput,
@@ -268,14 +519,11 @@ pub async fn update_referral_status(
     ) {
         return Err(ApiError::bad_input(
             "input.status",
-            "admins can set ACCEPTED or REJECTED; DUPLICATE and CONVERTED are set by Tandem",
+            "admins can set ACCEPTED or REJECTED; the other states are set by Tandem",
         ));
     }
     let tx = db.begin_write().await?;
-    let existing = referral::Entity::find_by_id(input.id.to_string())
-        .one(&*tx)
-        .await?
-        .ok_or(ApiError::NotFound("referral"))?;
+    let (existing, program) = locked_referral(db, &*tx, input.id.as_str()).await?;
     if existing.status == input.status {
         return Ok(existing);
     }
@@ -284,23 +532,38 @@ pub async fn update_referral_status(
             "a converted referral keeps its status".to_string(),
         ));
     }
-    let previous = existing.status;
+    let updated = decide(&*tx, existing, &program, input.status, None).await?;
+    tx.commit().await?;
+    Ok(updated)
+}
+
+/// An admin extends an `ACCEPTED` registration's protection by the program's `extensionDays`,
+/// at most `maxExtensions` times (`CONFLICT` after, and for any other state).
+pub async fn extend_referral(db: &Db, input: ExtendReferralInput) -> ApiResult<referral::Model> {
+    let tx = db.begin_write().await?;
+    let (existing, program) = locked_referral(db, &*tx, input.id.as_str()).await?;
+    if existing.status != ReferralStatus::Accepted {
+        return Err(ApiError::Conflict(format!(
+            "only ACCEPTED registrations can be extended; this one is {}",
+            existing.status
+        )));
+    }
+    if existing.extensions >= program.max_extensions {
+        return Err(ApiError::Conflict(format!(
+            "this registration was already extended {} time(s), the program's maximum",
+            existing.extensions
+        )));
+    }
+    let now = Utc::now();
+    let until = existing.protected_until.unwrap_or(now);
+    let extensions = existing.extensions + 1;
     let mut model: referral::ActiveModel = existing.into();
-    model.status = Set(input.status);
-    model.updated_at = Set(Utc::now());
+    model.protected_until = Set(Some(
+        until + Duration::days(i64::from(program.extension_days)),
+    ));
+    model.extensions = Set(extensions);
+    model.updated_at = Set(now);
     let updated = model.update(&*tx).await?;
-    events::record(
-        &*tx,
-        EventType::ReferralStatusChanged,
-        &updated.program_id,
-        Some(&updated.partner_id),
-        json!({
-            "referralId": updated.id,
-            "status": updated.status,
-            "previousStatus": previous,
-        }),
-    )
-    .await?;
     tx.commit().await?;
     Ok(updated)
 }

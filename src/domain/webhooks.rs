@@ -757,6 +757,9 @@ impl Source {
                 _ => Disposition::Apply,
             });
         }
+        if self.lead(payload)?.is_some() {
+            return Ok(Disposition::Apply);
+        }
         // The currency only fills in a missing one when applying; any valid code checks.
         match self.change(payload, "USD", received_at)? {
             // Money outside Tandem's bounds, or a currency that is no ISO 4217 code, is refused
@@ -767,6 +770,18 @@ impl Source {
             }
             Some(_) => Ok(Disposition::Apply),
             None => Ok(Disposition::Park(HUBSPOT_WAITING.to_string())),
+        }
+    }
+
+    /// The `lead.engaged` event a stored payload of a STANDARD source carries (DESIGN §12);
+    /// `None` for deal events and other kinds of source.
+    pub fn lead(
+        &self,
+        payload: &[u8],
+    ) -> Result<Option<inbound::LeadEngagement>, inbound::PayloadError> {
+        match self.kind {
+            WebhookSourceKind::Standard => inbound::standard_lead_engaged(payload),
+            _ => Ok(None),
         }
     }
 

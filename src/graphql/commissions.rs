@@ -213,7 +213,7 @@ impl JobRun {
     async fn id(&self) -> ID {
         ID(self.0.id.clone())
     }
-    /// `reconcile`, `release-holds`, `crm-sync` or `prune`.
+    /// `reconcile`, `release-holds`, `crm-sync`, `prune`, `expire-registrations` or `lead-sla`.
     async fn name(&self) -> &str {
         &self.0.name
     }
@@ -274,7 +274,7 @@ impl Kpis {
     async fn referrals_submitted(&self) -> i64 {
         self.0.referrals_submitted
     }
-    /// Of those, ACCEPTED or CONVERTED.
+    /// Of those, accepted at some point (ACCEPTED, CONVERTED or EXPIRED).
     async fn referrals_accepted(&self) -> i64 {
         self.0.referrals_accepted
     }
@@ -322,6 +322,16 @@ impl Kpis {
     /// to it (referrals submitted in the range; null when none has a deal).
     async fn median_hours_to_first_deal(&self) -> Option<f64> {
         self.0.median_hours_to_first_deal
+    }
+    /// Of the referrals submitted in the range whose lead-engagement SLA is decided (met, or
+    /// breached), the share met (null when none).
+    async fn sla_met_rate(&self) -> Option<f64> {
+        self.0.sla_met_rate
+    }
+    /// Median hours from a referral's acceptance to sales' first engagement with the lead
+    /// (referrals submitted in the range; null when none was engaged).
+    async fn median_hours_to_engagement(&self) -> Option<f64> {
+        self.0.median_hours_to_engagement
     }
     /// Linked invoices paid in the range: amounts excluding tax, net of refunds and credit
     /// notes, in the program currency.
@@ -566,7 +576,7 @@ impl CommissionQuery {
 /// Input of `runJob`.
 #[derive(Debug, InputObject)]
 pub struct RunJobInput {
-    /// `reconcile`, `release-holds`, `crm-sync` or `prune`.
+    /// `reconcile`, `release-holds`, `crm-sync`, `prune`, `expire-registrations` or `lead-sla`.
     pub name: String,
     /// reconcile: recompute every deal instead of what changed since the last run.
     #[graphql(default)]

@@ -13,8 +13,11 @@ use crate::{
         },
         programs::{CreateProgramInput, UpdateProgramInput, create_program, update_program},
         referrals::{
-            SubmitReferralInput, UpdateReferralStatusInput, submit_referral, update_referral_status,
+            ExtendReferralInput, ReviewReferralInput, SubmitReferralInput,
+            UpdateReferralStatusInput, extend_referral, review_referral, submit_referral,
+            update_referral_status,
         },
+        registration::{RecordEngagementInput, record_engagement},
     },
     graphql::types::{ApiKey, Partner, Program, Referral},
 };
@@ -101,6 +104,27 @@ pub struct SubmitReferralPayload {
 #[derive(SimpleObject)]
 pub struct UpdateReferralStatusPayload {
     /// The referral.
+    pub referral: Referral,
+}
+
+/// Result of `reviewReferral`.
+#[derive(SimpleObject)]
+pub struct ReviewReferralPayload {
+    /// The referral, `ACCEPTED` or `REJECTED`.
+    pub referral: Referral,
+}
+
+/// Result of `extendReferral`.
+#[derive(SimpleObject)]
+pub struct ExtendReferralPayload {
+    /// The referral with its new `protectedUntil`.
+    pub referral: Referral,
+}
+
+/// Result of `recordEngagement`.
+#[derive(SimpleObject)]
+pub struct RecordEngagementPayload {
+    /// The referral with its `engagedAt` and SLA.
     pub referral: Referral,
 }
 
@@ -224,6 +248,47 @@ impl CoreMutation {
         let (principal, db) = caller(ctx).await?;
         Ok(SubmitReferralPayload {
             referral: Referral::from(submit_referral(db, principal, input).await?),
+        })
+    }
+
+    /// Approves or rejects a `SUBMITTED` or `CONFLICT` registration (admins; `CONFLICT` for
+    /// any other state). A rejection's reason is shown to the partner. Writes
+    /// `referral.status_changed`.
+    async fn review_referral(
+        &self,
+        ctx: &Context<'_>,
+        input: ReviewReferralInput,
+    ) -> Result<ReviewReferralPayload> {
+        let referral = review_referral(admin_db(ctx).await?, input).await?;
+        Ok(ReviewReferralPayload {
+            referral: Referral::from(referral),
+        })
+    }
+
+    /// Extends an `ACCEPTED` registration's protection by the program's `extensionDays`
+    /// (admins; at most `maxExtensions` times, `CONFLICT` after).
+    async fn extend_referral(
+        &self,
+        ctx: &Context<'_>,
+        input: ExtendReferralInput,
+    ) -> Result<ExtendReferralPayload> {
+        let referral = extend_referral(admin_db(ctx).await?, input).await?;
+        Ok(ExtendReferralPayload {
+            referral: Referral::from(referral),
+        })
+    }
+
+    /// Records that sales engaged a referred lead (admins, or an INTEGRATION key granted the
+    /// referral's program: a sales tool). The first engagement stops the SLA clock.
+    async fn record_engagement(
+        &self,
+        ctx: &Context<'_>,
+        input: RecordEngagementInput,
+    ) -> Result<RecordEngagementPayload> {
+        let (principal, db) = caller(ctx).await?;
+        let referral = record_engagement(db, principal, input).await?;
+        Ok(RecordEngagementPayload {
+            referral: Referral::from(referral),
         })
     }
 

@@ -49,6 +49,9 @@ pub struct ReferralFilter {
     pub partner_id: Option<ID>,
     /// Only referrals with this status.
     pub status: Option<ReferralStatus>,
+    /// Only referrals whose lead-engagement SLA was recorded in this state (`BREACHED` once
+    /// the `lead-sla` job has run).
+    pub sla_state: Option<crate::db::states::SlaState>,
 }
 
 /// Filters for `deals`.
@@ -186,7 +189,11 @@ impl CoreQuery {
                 referral::Column::PartnerId,
                 filter.partner_id.map(|id| id.0),
             )
-            .eq_if(referral::Column::Status, filter.status.map(|s| s.as_str()));
+            .eq_if(referral::Column::Status, filter.status.map(|s| s.as_str()))
+            .eq_if(
+                referral::Column::SlaState,
+                filter.sla_state.map(|s| s.as_str()),
+            );
         let db = ctx.data_unchecked::<Db>();
         let (page, total) = id_page(
             db,

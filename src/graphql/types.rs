@@ -1,6 +1,6 @@
 //! GraphQL object types wrapping stored rows.
 
-use async_graphql::{Context, ID, InputType, Json, Object, Result, Value};
+use async_graphql::{Context, ID, InputType, Json, Object, Result, SimpleObject, Value};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
@@ -8,13 +8,14 @@ use crate::{
     db::{
         entities::{api_key, attribution, deal, event, partner, program, referral},
         pages::{Page, PageArgs},
+        states::{EngagementSource, SlaState},
     },
     domain::{
         auth::{ApiKeyRole, Principal},
         commission::CommissionState,
         deals::AttributionMethod,
         partners::PartnerStatus,
-        programs::{CommissionPlan, ProgramKind, parse_stored_decimal, plan_of},
+        programs::{CommissionPlan, ProgramKind, Registration, parse_stored_decimal, plan_of},
         referrals::ReferralStatus,
     },
     error::ApiError,
@@ -100,6 +101,14 @@ impl Program {
     /// Days after closing during which a won deal can be clawed back.
     async fn clawback_days(&self) -> i32 {
         self.0.clawback_days
+    }
+    /// How deal registrations are approved and protected (DESIGN §12).
+    async fn registration(&self) -> Registration {
+        Registration::of(&self.0)
+    }
+    /// Minutes within which sales must engage an accepted referral (null: no SLA).
+    async fn lead_sla_minutes(&self) -> Option<i32> {
+        self.0.lead_sla_minutes
     }
     /// When the program was created.
     async fn created_at(&self) -> DateTime<Utc> {
@@ -381,6 +390,70 @@ impl Referral {
     async fn submitted_at(&self) -> DateTime<Utc> {
         self.0.submitted_at
     }
+    /// When it was accepted (approved, or at once under `AUTO` approval).
+    async fn accepted_at(&self) -> Option<DateTime<Utc>> {
+        self.0.accepted_at
+    }
+    /// Until when the registration protects the company: a deal created later is not
+    /// attributed to it, and without an attributed deal it then becomes `EXPIRED`.
+    async fn protected_until(&self) -> Option<DateTime<Utc>> {
+        self.0.protected_until
+    }
+    /// How many times `extendReferral` extended it.
+    async fn extensions(&self) -> i32 {
+        self.0.extensions
+    }
+    /// Why a program manager rejected it (shown to the partner).
+    async fn rejection_reason(&self) -> Option<&str> {
+        self.0.rejection_reason.as_deref()
+    }
+    /// Where the registration stands, in words a partner can be shown.
+    async fn status_detail(&self) -> &'static str {
+        status_detail(self.0.status)
+    }
+    /// When sales first engaged the lead (a recorded engagement or an attributed deal).
+    async fn engaged_at(&self) -> Option<DateTime<Utc>> {
+        self.0.engaged_at
+    }
+    /// The lead-engagement SLA, when the program had one at the acceptance.
+    async fn sla(&self) -> Option<ReferralSla> {
+        ReferralSla::of(&self.0, Utc::now())
+    }
+    /// What the registration conflicts with (`CONFLICT` referrals). Admins only: a partner
+    /// sees only that the registration is under review.
+    async fn conflict(&self, ctx: &Context<'_>) -> Result<Option<ReferralConflict>> {
+        let principal = Box::pin(principal(ctx)).await?;
+        Ok(match principal {
+            Principal::Admin { .. }
+                if self.0.conflict_deal_id.is_some() || self.0.conflict_customer_id.is_some() =>
+            {
+                Some(ReferralConflict {
+                    deal_id: self.0.conflict_deal_id.clone().map(ID),
+                    customer_id: self.0.conflict_customer_id.clone().map(ID),
+                })
+            }
+            _ => None,
+        })
+    }
+    /// Engagements recorded for the lead, earliest first (at most 200). Notes are for the
+    /// program's managers: a partner key reads them as null.
+    async fn engagements(&self, ctx: &Context<'_>) -> Result<Vec<ReferralEngagement>> {
+        let principal = Box::pin(principal(ctx)).await?;
+        let db = ctx.data_unchecked::<crate::db::Db>();
+        let partner = principal.partner_scope().is_some();
+        Ok(
+            Box::pin(crate::domain::registration::engagements_of(db, &self.0.id))
+                .await?
+                .into_iter()
+                .map(|mut e| {
+                    if partner {
+                        e.note = None;
+                    }
+                    ReferralEngagement(e)
+                })
+                .collect(),
+        )
+    }
     /// The earlier registration this one duplicates. Admins only: a partner is never told
     /// which registration (or partner) came first.
     async fn duplicate_of_id(&self, ctx: &Context<'_>) -> Result<Option<ID>> {
@@ -417,6 +490,77 @@ impl Referral {
                 .as_ref())
         })
         .await
+    }
+}
+
+/// Where a registration stands, said to its partner: never who or what it conflicts with.
+pub fn status_detail(status: ReferralStatus) -> &'static str {
+    match status {
+        ReferralStatus::Submitted => "awaiting approval by the program manager",
+        ReferralStatus::Conflict => "under review",
+        ReferralStatus::Accepted => "accepted: the company is registered to you",
+        ReferralStatus::Duplicate => "the company was already registered",
+        ReferralStatus::Rejected => "rejected by the program manager",
+        ReferralStatus::Converted => "converted: a deal with the company was won",
+        ReferralStatus::Expired => "expired: the protection ended without a deal",
+    }
+}
+
+/// A referral's lead-engagement SLA.
+#[derive(SimpleObject)]
+pub struct ReferralSla {
+    /// When sales must have engaged the lead (acceptance + the program's `leadSlaMinutes`).
+    pub due_at: DateTime<Utc>,
+    /// `PENDING` until engaged or due; `MET` when engaged by `dueAt`; `BREACHED` otherwise.
+    pub state: SlaState,
+}
+
+impl ReferralSla {
+    /// The SLA of a stored referral as of `now`: a pending clock past its due time is breached
+    /// (the `lead-sla` job records it, and writes the event, within its next run).
+    pub fn of(model: &referral::Model, now: DateTime<Utc>) -> Option<ReferralSla> {
+        let (state, due_at) = (model.sla_state?, model.sla_due_at?);
+        Some(ReferralSla {
+            due_at,
+            state: if state == SlaState::Pending && due_at <= now {
+                SlaState::Breached
+            } else {
+                state
+            },
+        })
+    }
+}
+
+/// What a `CONFLICT` registration collided with (admins only).
+#[derive(SimpleObject)]
+pub struct ReferralConflict {
+    /// The company's CRM deal that existed before the submission.
+    pub deal_id: Option<ID>,
+    /// The referred customer the company already is.
+    pub customer_id: Option<ID>,
+}
+
+/// One engagement of sales with a referred lead.
+pub struct ReferralEngagement(pub crate::db::entities::referral_engagement::Model);
+
+/// One engagement of sales with a referred lead.
+#[Object]
+impl ReferralEngagement {
+    /// What sales did (`call`, `email`, `meeting`, `deal`, …).
+    async fn kind(&self) -> &str {
+        &self.0.kind
+    }
+    /// When.
+    async fn at(&self) -> DateTime<Utc> {
+        self.0.at
+    }
+    /// `API`, `WEBHOOK` or `DEAL`.
+    async fn source(&self) -> EngagementSource {
+        self.0.source
+    }
+    /// A note for the program's managers (null for partner keys).
+    async fn note(&self) -> Option<&str> {
+        self.0.note.as_deref()
     }
 }
 

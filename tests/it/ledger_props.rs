@@ -191,6 +191,8 @@ async fn setup(db: &Db) -> (tandem::db::entities::program::Model, Vec<(String, S
             attribution_window_days: None,
             hold_days: None,
             clawback_days: Some(CLAWBACK_DAYS as i32),
+            registration: None,
+            lead_sla_minutes: None,
         },
     )
     .await

@@ -72,6 +72,9 @@ pub async fn seed_demo(db: &Db) -> anyhow::Result<Option<DemoSeed>> {
             attribution_window_days: None,
             hold_days: None,
             clawback_days: None,
+            registration: None,
+            // Sales engage a referred lead within a working day.
+            lead_sla_minutes: Some(8 * 60),
         },
     )
     .await

@@ -21,6 +21,7 @@ pub mod partner;
 pub mod payout;
 pub mod program;
 pub mod referral;
+pub mod referral_engagement;
 pub mod sync_run;
 pub mod webhook_delivery;
 pub mod webhook_delivery_attempt;
@@ -58,6 +59,7 @@ keyed!(
     payout,
     program,
     referral,
+    referral_engagement,
     sync_run,
     webhook_delivery,
     webhook_delivery_attempt,

@@ -23,6 +23,11 @@ pub struct Model {
     pub recurring_basis: Option<crate::db::states::RecurringBasis>,
     pub recurring_months: Option<i32>,
     pub recurring_rate: Option<String>,
+    pub registration_approval: crate::db::states::RegistrationApproval,
+    pub protection_days: i32,
+    pub extension_days: i32,
+    pub max_extensions: i32,
+    pub lead_sla_minutes: Option<i32>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

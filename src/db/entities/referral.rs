@@ -19,6 +19,15 @@ pub struct Model {
     pub duplicate_of_id: Option<String>,
     pub submitted_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
+    pub accepted_at: Option<DateTimeUtc>,
+    pub protected_until: Option<DateTimeUtc>,
+    pub extensions: i32,
+    pub rejection_reason: Option<String>,
+    pub conflict_deal_id: Option<String>,
+    pub conflict_customer_id: Option<String>,
+    pub engaged_at: Option<DateTimeUtc>,
+    pub sla_due_at: Option<DateTimeUtc>,
+    pub sla_state: Option<crate::db::states::SlaState>,
 }
 
 /// No relations are declared: joins are written explicitly where they are needed.

@@ -124,6 +124,7 @@ async fn seed(db: &Db, args: &BenchBillingArgs) -> anyhow::Result<Value> {
         recurring_rate: Set(Some("10".into())),
         created_at: Set(past),
         updated_at: Set(past),
+        ..Default::default()
     })
     .exec(&*tx)
     .await?;

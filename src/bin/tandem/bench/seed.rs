@@ -154,6 +154,8 @@ pub async fn seed(db: &Db, partners: u32, referrals: u32) -> anyhow::Result<Benc
                 duplicate_of_id: Set(None),
                 submitted_at: Set(submitted),
                 updated_at: Set(submitted),
+                accepted_at: Set(Some(submitted)),
+                ..Default::default()
             });
         }
         referral::Entity::insert_many(refs).exec(&*tx).await?;

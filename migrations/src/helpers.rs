@@ -1,0 +1,66 @@
+//! Small builders shared by the later migrations: a column of a few kinds, a table with its
+//! primary key, an index, an added column.
+
+use sea_orm_migration::prelude::*;
+
+pub fn name(text: &str) -> Alias {
+    Alias::new(text)
+}
+
+/// A column of one of the kinds the migrations use.
+pub enum Kind {
+    Id,
+    Text,
+    BigInt,
+    Int,
+    Time,
+}
+
+pub fn column(column: &str, kind: Kind, nullable: bool) -> ColumnDef {
+    let mut def = ColumnDef::new(name(column));
+    match kind {
+        Kind::Id | Kind::Text => def.string(),
+        Kind::BigInt => def.big_integer(),
+        Kind::Int => def.integer(),
+        Kind::Time => def.timestamp_with_time_zone(),
+    };
+    if nullable {
+        def.null();
+    } else {
+        def.not_null();
+    }
+    def
+}
+
+pub fn table(table: &str, primary: &[&str], columns: Vec<ColumnDef>) -> TableCreateStatement {
+    let mut create = Table::create();
+    create.table(name(table));
+    for mut col in columns {
+        create.col(&mut col);
+    }
+    let mut key = Index::create();
+    for col in primary {
+        key.col(name(col));
+    }
+    create.primary_key(&mut key);
+    create.to_owned()
+}
+
+pub fn index(index: &str, table: &str, columns: &[&str], unique: bool) -> IndexCreateStatement {
+    let mut create = Index::create();
+    create.name(index).table(name(table));
+    for col in columns {
+        create.col(name(col));
+    }
+    if unique {
+        create.unique();
+    }
+    create.to_owned()
+}
+
+pub fn add(table: &str, column: ColumnDef) -> TableAlterStatement {
+    Table::alter()
+        .table(name(table))
+        .add_column(column.to_owned())
+        .to_owned()
+}
