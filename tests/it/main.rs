@@ -23,5 +23,6 @@ mod outbound;
 mod plain;
 mod programs;
 mod referrals;
+mod registration;
 mod schema;
 mod webhooks;
