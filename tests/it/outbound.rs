@@ -1280,6 +1280,40 @@ async fn every_event_type_matches_its_schema(app: TestApp) {
     )
     .await;
     let _ = referral;
+    // The registration lifecycle: an engagement, a breached SLA, an expiry.
+    app.admin_ok(
+        "mutation($id: ID!) { updateProgram(input: {id: $id, leadSlaMinutes: 60}) { program { id } } }",
+        json!({"id": program}),
+    )
+    .await;
+    let bob = partner(&app, &program, "Bob").await;
+    let bob_key = app.partner_key(&bob.id).await;
+    let mut lifecycle = Vec::new();
+    for domain in ["engaged.example", "breached.example", "expired.example"] {
+        let r = app
+            .submit_referral(
+                &bob_key,
+                json!({"companyName": domain, "companyDomain": domain}),
+            )
+            .await;
+        lifecycle.push(r["id"].as_str().unwrap().to_string());
+    }
+    app.admin_ok(
+        "mutation($id: ID!) { recordEngagement(input: {referralId: $id, kind: \"call\"}) { referral { id } } }",
+        json!({"id": lifecycle[0]}),
+    )
+    .await;
+    let past = Utc::now() - chrono::Duration::seconds(1);
+    crate::registration::age(&app, &lifecycle[1], |m| {
+        m.sla_due_at = sea_orm::ActiveValue::Set(Some(past))
+    })
+    .await;
+    crate::registration::age(&app, &lifecycle[2], |m| {
+        m.protected_until = sea_orm::ActiveValue::Set(Some(past))
+    })
+    .await;
+    run_job(&app, "lead-sla", false).await;
+    run_job(&app, "expire-registrations", false).await;
 
     // Every event in the outbox validates against its schema…
     app.events_settled().await;

@@ -86,7 +86,7 @@ fn time(value: &Value) -> DateTime<Utc> {
 }
 
 /// Changes a stored referral directly (to move its clocks into the past).
-async fn age(app: &TestApp, id: &str, change: impl FnOnce(&mut referral::ActiveModel)) {
+pub async fn age(app: &TestApp, id: &str, change: impl FnOnce(&mut referral::ActiveModel)) {
     let stored = referral::Entity::find_by_id(id.to_string())
         .one(app.db.reads())
         .await
@@ -841,7 +841,95 @@ async fn engagement_meets_or_breaches_the_sla_once(app: TestApp) {
     assert_eq!(error_code(&refused), "CONFLICT");
 }
 
+/// 10,000 referrals whose SLA fell due swept by two instances at once (each its own pool, as
+/// two processes would be, bypassing the job lease that would otherwise serialise them):
+/// every referral is breached once, with exactly one event.
+async fn sla_breaches_once_across_two_instances(app: TestApp) {
+    const N: usize = 10_000;
+    let program = program(&app, json!({"leadSlaMinutes": 30})).await;
+    let alpha = partner(&app, &program, "Alpha").await;
+    let now = Utc::now();
+    let due = now - Duration::minutes(1);
+    for chunk in (0..N).collect::<Vec<_>>().chunks(500) {
+        let rows: Vec<referral::ActiveModel> = chunk
+            .iter()
+            .map(|i| referral::ActiveModel {
+                id: Set(tandem::domain::ids::new_id()),
+                program_id: Set(program.clone()),
+                partner_id: Set(alpha.id.clone()),
+                company_name: Set(format!("Lead {i}")),
+                company_domain: Set(Some(format!("lead{i}.example"))),
+                contact_name: Set(None),
+                contact_email: Set(None),
+                notes: Set(None),
+                status: Set(tandem::db::states::ReferralStatus::Accepted),
+                duplicate_of_id: Set(None),
+                submitted_at: Set(due - Duration::minutes(30)),
+                updated_at: Set(due - Duration::minutes(30)),
+                accepted_at: Set(Some(due - Duration::minutes(30))),
+                protected_until: Set(Some(now + Duration::days(90))),
+                extensions: Set(0),
+                rejection_reason: Set(None),
+                conflict_deal_id: Set(None),
+                conflict_customer_id: Set(None),
+                engaged_at: Set(None),
+                sla_due_at: Set(Some(due)),
+                sla_state: Set(Some(tandem::db::states::SlaState::Pending)),
+            })
+            .collect();
+        let tx = app.db.begin_write().await.unwrap();
+        referral::Entity::insert_many(rows)
+            .exec(&*tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+    let mut instances = Vec::new();
+    for _ in 0..2 {
+        let db = tandem::db::Db::connect(&app.database_url, 4).await.unwrap();
+        instances.push(tokio::spawn(async move {
+            tandem::domain::registration::breach_due_slas(&db, Utc::now())
+                .await
+                .unwrap()
+        }));
+    }
+    let mut flipped = 0;
+    for instance in instances {
+        flipped += instance.await.unwrap();
+    }
+    assert_eq!(flipped, N as u64);
+    let events = count(
+        &app.db,
+        "SELECT COUNT(*) AS n FROM events WHERE type = 'referral.sla_breached'",
+    )
+    .await;
+    assert_eq!(events, N as i64);
+    let referral_id = if app.db.is_postgres() {
+        "data->>'referralId'"
+    } else {
+        "json_extract(data, '$.referralId')"
+    };
+    let distinct = count(
+        &app.db,
+        &format!(
+            "SELECT COUNT(DISTINCT {referral_id}) AS n FROM events \
+             WHERE type = 'referral.sla_breached'"
+        ),
+    )
+    .await;
+    assert_eq!(distinct, N as i64, "no referral breached twice");
+    let breached = count(
+        &app.db,
+        "SELECT COUNT(*) AS n FROM referrals WHERE sla_state = 'BREACHED'",
+    )
+    .await;
+    assert_eq!(breached, N as i64);
+    // The job finds nothing left, on either instance.
+    assert_eq!(run_job(&app, "lead-sla", false).await["breached"], 0);
+}
+
 db_tests!(
+    sla_breaches_once_across_two_instances,
     manual_approval_and_review,
     channel_conflicts_are_held_for_review_without_leaking,
     protection_extends_and_expires,
