@@ -47,6 +47,9 @@ pub enum Command {
     BenchReconcile(crate::bench::reconcile::BenchReconcileArgs),
     /// Benchmark recurring commissions on invoices, one phase per run (see bench/billing.sh).
     BenchBilling(crate::bench::billing::BenchBillingArgs),
+    /// Benchmark the registration sweeps: idle cost and breaching due SLAs from several
+    /// instances at once (see bench/sla.sh).
+    BenchSla(crate::bench::sla::BenchSlaArgs),
 }
 
 /// `tandem serve`.
@@ -179,6 +182,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let db = Db::connect(&config.database_url, 4).await?;
             db.migrate().await?;
             let line = crate::bench::billing::run(&db, &args).await?;
+            println!("{}", serde_json::to_string(&line)?);
+            Ok(())
+        }
+        Command::BenchSla(args) => {
+            let db = Db::connect(&config.database_url, 4).await?;
+            db.migrate().await?;
+            let line = crate::bench::sla::run(&db, &config.database_url, &args).await?;
             println!("{}", serde_json::to_string(&line)?);
             Ok(())
         }

@@ -5,3 +5,4 @@ pub mod billing;
 pub mod ingest;
 pub mod reconcile;
 pub mod seed;
+pub mod sla;
