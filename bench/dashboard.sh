@@ -12,30 +12,9 @@ pg_url="${2:-postgres://postgres@127.0.0.1:5432/postgres}"
 duration="${BENCH_DURATION:-20s}"
 connections="${BENCH_CONNECTIONS:-32}"
 port="${BENCH_PORT:-18181}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tandem-target}"
+source bench/common.sh
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install -y wrk" >&2; exit 1; }
-
-cargo build --release --quiet
-bin="$CARGO_TARGET_DIR/release/tandem"
-work="$(mktemp -d)"
-server_pid=""
-cleanup() {
-  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null || true
-  if [ "$backend" = postgres ]; then
-    psql "$pg_url" -qc "DROP DATABASE IF EXISTS tandem_bench WITH (FORCE)" >/dev/null 2>&1 || true
-  fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-case "$backend" in
-  sqlite) db_url="sqlite://$work/bench.db" ;;
-  postgres)
-    psql "$pg_url" -qc "DROP DATABASE IF EXISTS tandem_bench WITH (FORCE)" >/dev/null
-    psql "$pg_url" -qc "CREATE DATABASE tandem_bench" >/dev/null
-    db_url="${pg_url%/*}/tandem_bench" ;;
-  *) echo "backend must be sqlite or postgres" >&2; exit 2 ;;
-esac
+bench_setup dashboard
 
 echo "seeding $backend ..."
 seed_start=$(date +%s)

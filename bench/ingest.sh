@@ -11,29 +11,11 @@ cd "$(dirname "$0")/.."
 backend="${1:-sqlite}"
 pg_url="${2:-postgres://postgres@127.0.0.1:5432/postgres}"
 port="${BENCH_PORT:-18182}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tandem-target}"
-
-cargo build --release --quiet
-bin="$CARGO_TARGET_DIR/release/tandem"
-work="$(mktemp -d)"
-server_pid=""
-cleanup() {
-  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null || true
-  if [ "$backend" = postgres ]; then
-    psql "$pg_url" -qc "DROP DATABASE IF EXISTS tandem_bench_ingest WITH (FORCE)" >/dev/null 2>&1 || true
-  fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
+source bench/common.sh
+bench_setup ingest
 case "$backend" in
-  sqlite) db_url="sqlite://$work/bench.db"; durability="SQLite WAL, synchronous=FULL (fsync on every commit)" ;;
-  postgres)
-    psql "$pg_url" -qc "DROP DATABASE IF EXISTS tandem_bench_ingest WITH (FORCE)" >/dev/null
-    psql "$pg_url" -qc "CREATE DATABASE tandem_bench_ingest" >/dev/null
-    db_url="${pg_url%/*}/tandem_bench_ingest"
-    durability="PostgreSQL $(psql "$pg_url" -Atc 'SHOW server_version'), synchronous_commit=$(psql "$pg_url" -Atc 'SHOW synchronous_commit'), fsync=$(psql "$pg_url" -Atc 'SHOW fsync')" ;;
-  *) echo "backend must be sqlite or postgres" >&2; exit 2 ;;
+  sqlite) durability="SQLite WAL, synchronous=FULL (fsync on every commit)" ;;
+  postgres) durability="PostgreSQL $(psql "$pg_url" -Atc 'SHOW server_version'), synchronous_commit=$(psql "$pg_url" -Atc 'SHOW synchronous_commit'), fsync=$(psql "$pg_url" -Atc 'SHOW fsync')" ;;
 esac
 
 TANDEM_SECRET_KEY="$(head -c 32 /dev/urandom | base64)" TANDEM_LOG=warn,tandem=info \

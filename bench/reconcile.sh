@@ -11,27 +11,8 @@ backend="${1:-sqlite}"
 pg_url="${2:-postgres://postgres@127.0.0.1:5432/postgres}"
 deals="${BENCH_DEALS:-1000000}"
 partners="${BENCH_PARTNERS:-10000}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tandem-target}"
-
-cargo build --release --quiet
-bin="$CARGO_TARGET_DIR/release/tandem"
-work="$(mktemp -d)"
-cleanup() {
-  if [ "$backend" = postgres ]; then
-    psql "$pg_url" -qc "DROP DATABASE IF EXISTS tandem_bench_reconcile WITH (FORCE)" >/dev/null 2>&1 || true
-  fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-case "$backend" in
-  sqlite) db_url="sqlite://$work/bench.db" ;;
-  postgres)
-    psql "$pg_url" -qc "DROP DATABASE IF EXISTS tandem_bench_reconcile WITH (FORCE)" >/dev/null
-    psql "$pg_url" -qc "CREATE DATABASE tandem_bench_reconcile" >/dev/null
-    db_url="${pg_url%/*}/tandem_bench_reconcile" ;;
-  *) echo "backend must be sqlite or postgres" >&2; exit 2 ;;
-esac
+source bench/common.sh
+bench_setup reconcile
 
 mkdir -p bench/results
 out="bench/results/reconcile-$backend.jsonl"

@@ -11,27 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 backend="${1:-sqlite}"
 pg_url="${2:-postgres://postgres@127.0.0.1:5432/postgres}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tandem-target}"
-
-cargo build --release --quiet
-bin="$CARGO_TARGET_DIR/release/tandem"
-work="$(mktemp -d)"
-cleanup() {
-  if [ "$backend" = postgres ]; then
-    psql "$pg_url" -qc "DROP DATABASE IF EXISTS tandem_bench_sla WITH (FORCE)" >/dev/null 2>&1 || true
-  fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-case "$backend" in
-  sqlite) db_url="sqlite://$work/bench.db" ;;
-  postgres)
-    psql "$pg_url" -qc "DROP DATABASE IF EXISTS tandem_bench_sla WITH (FORCE)" >/dev/null
-    psql "$pg_url" -qc "CREATE DATABASE tandem_bench_sla" >/dev/null
-    db_url="${pg_url%/*}/tandem_bench_sla" ;;
-  *) echo "backend must be sqlite or postgres" >&2; exit 2 ;;
-esac
+source bench/common.sh
+bench_setup sla
 
 mkdir -p bench/results
 out="bench/results/sla-$backend.jsonl"

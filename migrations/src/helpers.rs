@@ -64,3 +64,21 @@ pub fn add(table: &str, column: ColumnDef) -> TableAlterStatement {
         .add_column(column.to_owned())
         .to_owned()
 }
+
+/// Drops columns, each `(table, column)` in turn (SQLite drops one column per statement).
+pub async fn drop_columns(
+    manager: &SchemaManager<'_>,
+    columns: &[(&str, &str)],
+) -> Result<(), DbErr> {
+    for (t, c) in columns {
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(name(t))
+                    .drop_column(name(c))
+                    .to_owned(),
+            )
+            .await?;
+    }
+    Ok(())
+}

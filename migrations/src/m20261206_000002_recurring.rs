@@ -12,7 +12,7 @@ impl MigrationName for Migration {
     }
 }
 
-use crate::helpers::{Kind, add, column, index, name, table};
+use crate::helpers::{Kind, add, column, drop_columns, index, name, table};
 
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
@@ -228,22 +228,17 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
-        for (t, c) in [
-            ("programs", "recurring_rate"),
-            ("programs", "recurring_months"),
-            ("programs", "recurring_basis"),
-            ("ledger_entries", "invoice_seq"),
-            ("ledger_entries", "invoice_id"),
-        ] {
-            manager
-                .alter_table(
-                    Table::alter()
-                        .table(name(t))
-                        .drop_column(name(c))
-                        .to_owned(),
-                )
-                .await?;
-        }
+        drop_columns(
+            manager,
+            &[
+                ("programs", "recurring_rate"),
+                ("programs", "recurring_months"),
+                ("programs", "recurring_basis"),
+                ("ledger_entries", "invoice_seq"),
+                ("ledger_entries", "invoice_id"),
+            ],
+        )
+        .await?;
         for t in [
             "invoice_commissions",
             "invoice_adjustments",

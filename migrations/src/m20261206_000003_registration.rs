@@ -5,7 +5,7 @@
 
 use sea_orm_migration::prelude::*;
 
-use crate::helpers::{Kind, add, column, index, name, table};
+use crate::helpers::{Kind, add, column, drop_columns, index, name, table};
 
 pub struct Migration;
 
@@ -106,31 +106,26 @@ impl MigrationTrait for Migration {
         manager
             .drop_table(Table::drop().table(name("referral_engagements")).to_owned())
             .await?;
-        for (t, c) in [
-            ("referrals", "sla_state"),
-            ("referrals", "sla_due_at"),
-            ("referrals", "engaged_at"),
-            ("referrals", "conflict_customer_id"),
-            ("referrals", "conflict_deal_id"),
-            ("referrals", "rejection_reason"),
-            ("referrals", "extensions"),
-            ("referrals", "protected_until"),
-            ("referrals", "accepted_at"),
-            ("programs", "lead_sla_minutes"),
-            ("programs", "max_extensions"),
-            ("programs", "extension_days"),
-            ("programs", "protection_days"),
-            ("programs", "registration_approval"),
-        ] {
-            manager
-                .alter_table(
-                    Table::alter()
-                        .table(name(t))
-                        .drop_column(name(c))
-                        .to_owned(),
-                )
-                .await?;
-        }
+        drop_columns(
+            manager,
+            &[
+                ("referrals", "sla_state"),
+                ("referrals", "sla_due_at"),
+                ("referrals", "engaged_at"),
+                ("referrals", "conflict_customer_id"),
+                ("referrals", "conflict_deal_id"),
+                ("referrals", "rejection_reason"),
+                ("referrals", "extensions"),
+                ("referrals", "protected_until"),
+                ("referrals", "accepted_at"),
+                ("programs", "lead_sla_minutes"),
+                ("programs", "max_extensions"),
+                ("programs", "extension_days"),
+                ("programs", "protection_days"),
+                ("programs", "registration_approval"),
+            ],
+        )
+        .await?;
         Ok(())
     }
 }

@@ -316,6 +316,18 @@ struct Outcome {
     available_at_ms: Option<i64>,
 }
 
+impl Outcome {
+    /// A receipt settled (or kept waiting) without a deal to point at.
+    fn settled(status: ReceiptStatus, reason: Option<String>) -> Outcome {
+        Outcome {
+            status,
+            reason,
+            deal_id: None,
+            available_at_ms: None,
+        }
+    }
+}
+
 impl InboxWorker {
     /// A worker over `db`, woken by `inbox` commits.
     pub fn new(db: Db, webhooks: Webhooks, inbox: Inbox) -> InboxWorker {
@@ -519,14 +531,8 @@ impl InboxWorker {
         programs: &HashMap<String, program::Model>,
         receipt: &webhook_receipt::Model,
     ) -> Plan {
-        let failed = |reason: String| {
-            Plan::Done(Outcome {
-                status: ReceiptStatus::Failed,
-                reason: Some(reason),
-                deal_id: None,
-                available_at_ms: None,
-            })
-        };
+        let failed =
+            |reason: String| Plan::Done(Outcome::settled(ReceiptStatus::Failed, Some(reason)));
         let source = match self.webhooks.source(&receipt.source_id).await {
             Ok(Some(source)) => source,
             Ok(None) => return failed("the webhook source no longer exists".into()),
@@ -574,12 +580,10 @@ impl InboxWorker {
                 program_id: program.id.clone(),
                 change,
             },
-            Ok(None) => Plan::Done(Outcome {
-                status: ReceiptStatus::Received,
-                reason: Some(HUBSPOT_WAITING.to_string()),
-                deal_id: None,
-                available_at_ms: None,
-            }),
+            Ok(None) => Plan::Done(Outcome::settled(
+                ReceiptStatus::Received,
+                Some(HUBSPOT_WAITING.to_string()),
+            )),
             Err(err) => failed(err.0),
         }
     }
@@ -587,12 +591,10 @@ impl InboxWorker {
     fn retry_later(&self, receipt: &webhook_receipt::Model, what: &str) -> Outcome {
         let attempt = receipt.attempts + 1;
         if attempt >= MAX_ATTEMPTS {
-            return Outcome {
-                status: ReceiptStatus::Failed,
-                reason: Some(format!("{what}; gave up after {attempt} attempts")),
-                deal_id: None,
-                available_at_ms: None,
-            };
+            return Outcome::settled(
+                ReceiptStatus::Failed,
+                Some(format!("{what}; gave up after {attempt} attempts")),
+            );
         }
         let delay_ms = 500_i64 << attempt.min(10);
         Outcome {
@@ -640,41 +642,32 @@ async fn apply_plan(
         Plan::Billing { source, event, .. } => {
             let result =
                 billing::apply_billing_event(conn, program, &source, &event, caused).await?;
-            let (status, reason) = match result {
-                BillingOutcome::Applied => (ReceiptStatus::Applied, None),
-                BillingOutcome::Stale(reason) => (ReceiptStatus::IgnoredStale, Some(reason)),
-                BillingOutcome::Ignored(reason) => (ReceiptStatus::Ignored, Some(reason)),
-            };
             Ok((
-                Outcome {
-                    status,
-                    reason,
-                    deal_id: None,
-                    available_at_ms: None,
+                match result {
+                    BillingOutcome::Applied => Outcome::settled(ReceiptStatus::Applied, None),
+                    BillingOutcome::Stale(reason) => {
+                        Outcome::settled(ReceiptStatus::IgnoredStale, Some(reason))
+                    }
+                    BillingOutcome::Ignored(reason) => {
+                        Outcome::settled(ReceiptStatus::Ignored, Some(reason))
+                    }
                 },
                 None,
             ))
         }
         Plan::Lead {
             lead, received_at, ..
-        } => {
-            let (status, reason) =
-                match registration::apply_lead_engaged(conn, program, &lead, received_at, caused)
-                    .await?
-                {
-                    LeadOutcome::Engaged(_) => (ReceiptStatus::Applied, None),
-                    LeadOutcome::Unmatched(reason) => (ReceiptStatus::Ignored, Some(reason)),
-                };
-            Ok((
-                Outcome {
-                    status,
-                    reason,
-                    deal_id: None,
-                    available_at_ms: None,
-                },
-                None,
-            ))
-        }
+        } => Ok((
+            match registration::apply_lead_engaged(conn, program, &lead, received_at, caused)
+                .await?
+            {
+                LeadOutcome::Engaged(_) => Outcome::settled(ReceiptStatus::Applied, None),
+                LeadOutcome::Unmatched(reason) => {
+                    Outcome::settled(ReceiptStatus::Ignored, Some(reason))
+                }
+            },
+            None,
+        )),
         // Reached without the database: the batch loop records it directly.
         Plan::Done(outcome) => Ok((outcome, None)),
     }
@@ -705,18 +698,11 @@ fn applied_outcome(result: ApplyResult) -> Outcome {
             deal_id: Some(deal_id),
             available_at_ms: None,
         },
-        ApplyResult::Invalid(reason) => Outcome {
-            status: ReceiptStatus::Failed,
-            reason: Some(reason),
-            deal_id: None,
-            available_at_ms: None,
-        },
-        ApplyResult::UnknownDeal => Outcome {
-            status: ReceiptStatus::Applied,
-            reason: Some("deletion of a deal Tandem never mirrored: nothing to do".into()),
-            deal_id: None,
-            available_at_ms: None,
-        },
+        ApplyResult::Invalid(reason) => Outcome::settled(ReceiptStatus::Failed, Some(reason)),
+        ApplyResult::UnknownDeal => Outcome::settled(
+            ReceiptStatus::Applied,
+            Some("deletion of a deal Tandem never mirrored: nothing to do".into()),
+        ),
     }
 }
 

@@ -1,5 +1,7 @@
 //! Programs and their commission plans: validation, creation, update.
 
+use std::ops::RangeInclusive;
+
 use async_graphql::{InputObject, SimpleObject};
 use chrono::Utc;
 use rust_decimal::Decimal;
@@ -89,38 +91,42 @@ fn apply_registration(
     let Some(input) = input else {
         return Ok(());
     };
-    let field = |name: &str| format!("{path}.{name}");
-    let in_range =
-        |name: &str, value: Option<i32>, current: i32, range: std::ops::RangeInclusive<i32>| {
-            let value = value.unwrap_or(current);
-            if range.contains(&value) {
-                Ok(value)
-            } else {
-                Err(ApiError::bad_input(
-                    field(name),
-                    format!("must be between {} and {}", range.start(), range.end()),
-                ))
-            }
-        };
+    let checked = |name: &str, value: Option<i32>, current: i32, range: RangeInclusive<i32>| {
+        let value = value.unwrap_or(current);
+        if range.contains(&value) {
+            Ok(value)
+        } else {
+            Err(ApiError::bad_input(
+                format!("{path}.{name}"),
+                format!("must be between {} and {}", range.start(), range.end()),
+            ))
+        }
+    };
+    let [protection, extension, max] = [
+        (
+            "protectionDays",
+            input.protection_days,
+            current.protection_days,
+            0..=3650,
+        ),
+        (
+            "extensionDays",
+            input.extension_days,
+            current.extension_days,
+            1..=3650,
+        ),
+        (
+            "maxExtensions",
+            input.max_extensions,
+            current.max_extensions,
+            0..=100,
+        ),
+    ]
+    .map(|(name, value, current, range)| checked(name, value, current, range));
     model.registration_approval = Set(input.approval.unwrap_or(current.approval));
-    model.protection_days = Set(in_range(
-        "protectionDays",
-        input.protection_days,
-        current.protection_days,
-        0..=3650,
-    )?);
-    model.extension_days = Set(in_range(
-        "extensionDays",
-        input.extension_days,
-        current.extension_days,
-        1..=3650,
-    )?);
-    model.max_extensions = Set(in_range(
-        "maxExtensions",
-        input.max_extensions,
-        current.max_extensions,
-        0..=100,
-    )?);
+    model.protection_days = Set(protection?);
+    model.extension_days = Set(extension?);
+    model.max_extensions = Set(max?);
     Ok(())
 }
 

@@ -34,7 +34,7 @@ use tandem::{
     },
 };
 
-use super::reconcile::{insert_partners, peak_rss_mib, reconcile_job};
+use super::reconcile::{insert_partners, insert_program, peak_rss_mib, program_row, reconcile_job};
 
 /// The phases.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -103,31 +103,22 @@ async fn seed(db: &Db, args: &BenchBillingArgs) -> anyhow::Result<Value> {
     let mut rng = StdRng::seed_from_u64(42);
     let now = Utc::now();
     let past = now - Span::days(1);
-    let program_id = new_id();
-    let tx = db.begin_write().await?;
-    program::Entity::insert(program::ActiveModel {
-        id: Set(program_id.clone()),
-        name: Set("Revenue share".into()),
-        kind: Set(tandem::db::states::ProgramKind::RevenueShare),
-        currency: Set("USD".into()),
-        commission_type: Set(tandem::db::states::CommissionType::Percent),
-        commission_rate: Set(Some("20".into())),
-        commission_flat_amount: Set(None),
-        commission_tiers: Set(json!([])),
-        cap_per_deal: Set(None),
-        min_deal_amount: Set(None),
-        attribution_window_days: Set(90),
-        hold_days: Set(30),
-        clawback_days: Set(90),
-        recurring_basis: Set(Some(RecurringBasis::Invoices)),
-        recurring_months: Set(Some(36)),
-        recurring_rate: Set(Some("10".into())),
-        created_at: Set(past),
-        updated_at: Set(past),
-        ..Default::default()
-    })
-    .exec(&*tx)
+    let program_id = insert_program(
+        db,
+        program::ActiveModel {
+            recurring_basis: Set(Some(RecurringBasis::Invoices)),
+            recurring_months: Set(Some(36)),
+            recurring_rate: Set(Some("10".into())),
+            ..program_row(
+                "Revenue share",
+                tandem::db::states::ProgramKind::RevenueShare,
+                "20",
+                past,
+            )
+        },
+    )
     .await?;
+    let tx = db.begin_write().await?;
     exchange_rate::Entity::insert(exchange_rate::ActiveModel {
         id: Set(new_id()),
         base: Set("EUR".into()),

@@ -64,6 +64,46 @@ pub struct BenchReconcileArgs {
     pub percent: f64,
 }
 
+/// A benchmark program row: USD, PERCENT at `rate`, the default windows, created at `at`;
+/// callers override what their benchmark needs (`..program_row(…)`).
+pub fn program_row(
+    name: &str,
+    kind: tandem::db::states::ProgramKind,
+    rate: &str,
+    at: chrono::DateTime<Utc>,
+) -> program::ActiveModel {
+    program::ActiveModel {
+        id: Set(new_id()),
+        name: Set(name.into()),
+        kind: Set(kind),
+        currency: Set("USD".into()),
+        commission_type: Set(tandem::db::states::CommissionType::Percent),
+        commission_rate: Set(Some(rate.into())),
+        commission_flat_amount: Set(None),
+        commission_tiers: Set(json!([])),
+        cap_per_deal: Set(None),
+        min_deal_amount: Set(None),
+        attribution_window_days: Set(90),
+        hold_days: Set(30),
+        clawback_days: Set(90),
+        created_at: Set(at),
+        updated_at: Set(at),
+        ..Default::default()
+    }
+}
+
+/// Inserts a program row in its own transaction; returns its id.
+pub async fn insert_program(db: &Db, row: program::ActiveModel) -> anyhow::Result<String> {
+    let id = match &row.id {
+        sea_orm::ActiveValue::Set(id) | sea_orm::ActiveValue::Unchanged(id) => id.clone(),
+        sea_orm::ActiveValue::NotSet => anyhow::bail!("a program row without an id"),
+    };
+    let tx = db.begin_write().await?;
+    program::Entity::insert(row).exec(&*tx).await?;
+    tx.commit().await?;
+    Ok(id)
+}
+
 /// Peak resident set size of this process, in MiB.
 pub fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -219,31 +259,21 @@ async fn seed(db: &Db, deals: u32, partners: u32) -> anyhow::Result<Value> {
     ];
     let mut program_ids = Vec::new();
     for (name, kind, rate, flat, tiers, cap, min) in plans {
-        let id = new_id();
-        let tx = db.begin_write().await?;
-        program::Entity::insert(program::ActiveModel {
-            id: Set(id.clone()),
-            name: Set(name.into()),
-            kind: Set(tandem::db::states::ProgramKind::Channel),
-            currency: Set("USD".into()),
-            commission_type: Set(
-                tandem::db::states::CommissionType::parse(kind).expect("a plan kind")
-            ),
-            commission_rate: Set(rate.map(str::to_string)),
-            commission_flat_amount: Set(flat.map(str::to_string)),
-            commission_tiers: Set(tiers),
-            cap_per_deal: Set(cap.map(str::to_string)),
-            min_deal_amount: Set(min.map(str::to_string)),
-            attribution_window_days: Set(90),
-            hold_days: Set(30),
-            clawback_days: Set(90),
-            created_at: Set(past),
-            updated_at: Set(past),
-            ..Default::default()
-        })
-        .exec(&*tx)
+        let id = insert_program(
+            db,
+            program::ActiveModel {
+                commission_type: Set(
+                    tandem::db::states::CommissionType::parse(kind).expect("a plan kind")
+                ),
+                commission_rate: Set(rate.map(str::to_string)),
+                commission_flat_amount: Set(flat.map(str::to_string)),
+                commission_tiers: Set(tiers),
+                cap_per_deal: Set(cap.map(str::to_string)),
+                min_deal_amount: Set(min.map(str::to_string)),
+                ..program_row(name, tandem::db::states::ProgramKind::Channel, "0", past)
+            },
+        )
         .await?;
-        tx.commit().await?;
         program_ids.push(id);
     }
     let tx = db.begin_write().await?;

@@ -11,7 +11,7 @@ use tandem::db::states::DealStatus;
 use tandem::{
     db::{
         Db,
-        entities::{attribution, deal, partner, program, referral},
+        entities::{attribution, deal, partner, referral},
     },
     domain::{
         auth::{ApiKeyRole, create_key},
@@ -40,29 +40,16 @@ const BATCH: usize = 500;
 pub async fn seed(db: &Db, partners: u32, referrals: u32) -> anyhow::Result<BenchSeed> {
     anyhow::ensure!(partners > 0, "--partners must be at least 1");
     let now = Utc::now();
-    let program_id = new_id();
-    let tx = db.begin_write().await?;
-    program::Entity::insert(program::ActiveModel {
-        id: Set(program_id.clone()),
-        name: Set("Benchmark program".into()),
-        kind: Set(tandem::db::states::ProgramKind::ReferralNetwork),
-        currency: Set("USD".into()),
-        commission_type: Set(tandem::db::states::CommissionType::Percent),
-        commission_rate: Set(Some("10".into())),
-        commission_flat_amount: Set(None),
-        commission_tiers: Set(json!([])),
-        cap_per_deal: Set(None),
-        min_deal_amount: Set(None),
-        attribution_window_days: Set(90),
-        hold_days: Set(30),
-        clawback_days: Set(90),
-        created_at: Set(now),
-        updated_at: Set(now),
-        ..Default::default()
-    })
-    .exec(&*tx)
+    let program_id = super::reconcile::insert_program(
+        db,
+        super::reconcile::program_row(
+            "Benchmark program",
+            tandem::db::states::ProgramKind::ReferralNetwork,
+            "10",
+            now,
+        ),
+    )
     .await?;
-    tx.commit().await?;
     let mut partner_ids = Vec::with_capacity(partners as usize);
     for chunk_start in (0..partners).step_by(BATCH) {
         let tx = db.begin_write().await?;

@@ -25,7 +25,7 @@ use tandem::{
     domain::{ids::new_id, registration},
 };
 
-use super::reconcile::{insert_partners, peak_rss_mib};
+use super::reconcile::{insert_partners, insert_program, peak_rss_mib, program_row};
 
 /// `tandem bench-sla`.
 #[derive(Debug, clap::Args)]
@@ -50,27 +50,19 @@ const CHUNK: u32 = 1_000;
 async fn seed(db: &Db, args: &BenchSlaArgs) -> anyhow::Result<(String, f64)> {
     let started = Instant::now();
     let now = Utc::now();
-    let program_id = new_id();
-    let tx = db.begin_write().await?;
-    program::Entity::insert(program::ActiveModel {
-        id: Set(program_id.clone()),
-        name: Set("SLA benchmark".into()),
-        kind: Set(tandem::db::states::ProgramKind::Channel),
-        currency: Set("USD".into()),
-        commission_type: Set(tandem::db::states::CommissionType::Percent),
-        commission_rate: Set(Some("10".into())),
-        commission_tiers: Set(json!([])),
-        attribution_window_days: Set(90),
-        hold_days: Set(30),
-        clawback_days: Set(90),
-        lead_sla_minutes: Set(Some(60)),
-        created_at: Set(now),
-        updated_at: Set(now),
-        ..Default::default()
-    })
-    .exec(&*tx)
+    let program_id = insert_program(
+        db,
+        program::ActiveModel {
+            lead_sla_minutes: Set(Some(60)),
+            ..program_row(
+                "SLA benchmark",
+                tandem::db::states::ProgramKind::Channel,
+                "10",
+                now,
+            )
+        },
+    )
     .await?;
-    tx.commit().await?;
     let partners: Vec<(String, String)> = (0..PARTNERS)
         .map(|_| (new_id(), program_id.clone()))
         .collect();

@@ -1,0 +1,33 @@
+# Shared by the bench/*.sh scripts (sourced, after `set -euo pipefail` and `cd` to the checkout).
+# `bench_setup NAME` reads $backend (sqlite or postgres) and $pg_url, builds the release binary
+# ($bin), makes a work directory ($work) and the database ($db_url): a SQLite file in $work, or a
+# fresh PostgreSQL database tandem_bench_NAME on the server at $pg_url. On exit the server whose
+# pid a script put in $server_pid is stopped, the database dropped and $work removed.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tandem-target}"
+server_pid=""
+
+bench_setup() {
+  bench_db="tandem_bench_$1"
+  cargo build --release --quiet
+  bin="$CARGO_TARGET_DIR/release/tandem"
+  work="$(mktemp -d)"
+  trap bench_cleanup EXIT
+  case "$backend" in
+    sqlite) db_url="sqlite://$work/bench.db" ;;
+    postgres)
+      psql "$pg_url" -qc "DROP DATABASE IF EXISTS $bench_db WITH (FORCE)" >/dev/null
+      psql "$pg_url" -qc "CREATE DATABASE $bench_db" >/dev/null
+      db_url="${pg_url%/*}/$bench_db" ;;
+    *) echo "backend must be sqlite or postgres" >&2; exit 2 ;;
+  esac
+}
+
+bench_cleanup() {
+  if [ -n "$server_pid" ]; then
+    kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null || true
+  fi
+  if [ "$backend" = postgres ]; then
+    psql "$pg_url" -qc "DROP DATABASE IF EXISTS $bench_db WITH (FORCE)" >/dev/null 2>&1 || true
+  fi
+  rm -rf "$work"
+}
