@@ -47,7 +47,10 @@ pub struct BenchSlaArgs {
 const PARTNERS: usize = 100;
 const CHUNK: u32 = 1_000;
 
-async fn seed(db: &Db, args: &BenchSlaArgs) -> anyhow::Result<(String, f64)> {
+async fn seed(
+    db: &Db,
+    args: &BenchSlaArgs,
+) -> anyhow::Result<(chrono::DateTime<Utc>, f64)> {
     let started = Instant::now();
     let now = Utc::now();
     let program_id = insert_program(
@@ -112,7 +115,7 @@ async fn seed(db: &Db, args: &BenchSlaArgs) -> anyhow::Result<(String, f64)> {
         // What autovacuum would gather after a bulk load.
         db.execute_unprepared("ANALYZE").await?;
     }
-    Ok((program_id, started.elapsed().as_secs_f64()))
+    Ok((now, started.elapsed().as_secs_f64()))
 }
 
 /// Median milliseconds of 20 runs of `sweep`, which must find nothing.
@@ -134,8 +137,9 @@ where
 
 /// Runs the benchmark and returns its JSON line.
 pub async fn run(db: &Db, database_url: &str, args: &BenchSlaArgs) -> anyhow::Result<Value> {
-    let (_, seed_secs) = seed(db, args).await?;
-    let before_due = Utc::now() - Span::minutes(2);
+    let (seeded_at, seed_secs) = seed(db, args).await?;
+    // Before the earliest due time (a minute before the seeding): nothing is due.
+    let before_due = seeded_at - Span::minutes(2);
     let sla_idle = idle_ms(|| registration::breach_due_slas(db, before_due)).await?;
     let expiry_idle = idle_ms(|| registration::expire_registrations(db, Utc::now())).await?;
     let mut sweepers = Vec::new();
