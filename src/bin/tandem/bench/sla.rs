@@ -47,10 +47,7 @@ pub struct BenchSlaArgs {
 const PARTNERS: usize = 100;
 const CHUNK: u32 = 1_000;
 
-async fn seed(
-    db: &Db,
-    args: &BenchSlaArgs,
-) -> anyhow::Result<(chrono::DateTime<Utc>, f64)> {
+async fn seed(db: &Db, args: &BenchSlaArgs) -> anyhow::Result<(chrono::DateTime<Utc>, f64)> {
     let started = Instant::now();
     let now = Utc::now();
     let program_id = insert_program(
