@@ -147,6 +147,7 @@ impl App {
                     jobs,
                     outbound,
                     public_base.clone(),
+                    crate::domain::applications::ApplyLimiter::new(config.apply_rate_limit),
                 ),
                 db.clone(),
             ),

@@ -95,6 +95,9 @@ pub struct Config {
     /// How often the scheduler looks for CRM connections whose own schedule is due
     /// (`TANDEM_CRM_SYNC_CHECK_SCHEDULE`, 6-field cron, default every minute at :30).
     pub crm_sync_check_schedule: String,
+    /// `applyToProgram` calls per minute from one client address (`TANDEM_APPLY_RATE_LIMIT`,
+    /// default 10; then `TOO_MANY_REQUESTS`).
+    pub apply_rate_limit: u32,
     /// Seconds a websocket may stay open without `connection_init` before it is closed with
     /// 4408 (`TANDEM_WS_INIT_TIMEOUT_SECS`, default 10).
     pub ws_init_timeout_secs: u64,
@@ -150,6 +153,7 @@ impl Default for Config {
             crm_timeout_ms: 30_000,
             crm_retry_budget_secs: 120,
             crm_sync_check_schedule: "30 * * * * *".to_string(),
+            apply_rate_limit: 10,
             ws_init_timeout_secs: 10,
             ws_max_per_address: 256,
             ws_max_per_key: 64,
@@ -204,6 +208,7 @@ impl Config {
                 "crm_timeout_ms",
                 "crm_retry_budget_secs",
                 "crm_sync_check_schedule",
+                "apply_rate_limit",
                 "ws_init_timeout_secs",
                 "ws_max_per_address",
                 "ws_max_per_key",

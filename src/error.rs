@@ -23,6 +23,8 @@ pub enum ApiError {
     },
     /// The request conflicts with the current state.
     Conflict(String),
+    /// The caller sent too many requests of this kind (a per-address limit).
+    TooManyRequests(String),
     /// A database failure; details go to the log only.
     Database(sea_orm::DbErr),
     /// Any other internal failure; details go to the log only.
@@ -44,7 +46,9 @@ impl ApiError {
             ApiError::Unauthenticated => {
                 "a valid API key is required (Authorization: Bearer tdm_…)".to_string()
             }
-            ApiError::Forbidden(message) | ApiError::Conflict(message) => message.clone(),
+            ApiError::Forbidden(message)
+            | ApiError::Conflict(message)
+            | ApiError::TooManyRequests(message) => message.clone(),
             ApiError::NotFound(what) => format!("{what} not found"),
             ApiError::BadInput { field, message } => format!("{field}: {message}"),
             ApiError::Database(_) | ApiError::Internal(_) => "internal error".to_string(),
@@ -68,6 +72,7 @@ impl ApiError {
             ApiError::NotFound(_) => "NOT_FOUND",
             ApiError::BadInput { .. } => "BAD_USER_INPUT",
             ApiError::Conflict(_) => "CONFLICT",
+            ApiError::TooManyRequests(_) => "TOO_MANY_REQUESTS",
             ApiError::Database(_) | ApiError::Internal(_) => "INTERNAL",
         }
     }

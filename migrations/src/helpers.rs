@@ -14,6 +14,8 @@ pub enum Kind {
     BigInt,
     Int,
     Time,
+    Bool,
+    Json,
 }
 
 pub fn column(column: &str, kind: Kind, nullable: bool) -> ColumnDef {
@@ -23,6 +25,8 @@ pub fn column(column: &str, kind: Kind, nullable: bool) -> ColumnDef {
         Kind::BigInt => def.big_integer(),
         Kind::Int => def.integer(),
         Kind::Time => def.timestamp_with_time_zone(),
+        Kind::Bool => def.boolean(),
+        Kind::Json => def.json(),
     };
     if nullable {
         def.null();

@@ -15,6 +15,7 @@ mod m20261124_000006_referral_counts;
 mod m20261206_000001_day_two;
 mod m20261206_000002_recurring;
 mod m20261206_000003_registration;
+mod m20261206_000004_applications;
 
 /// The ordered list of Tandem migrations.
 pub struct Migrator;
@@ -33,6 +34,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000001_day_two::Migration),
             Box::new(m20261206_000002_recurring::Migration),
             Box::new(m20261206_000003_registration::Migration),
+            Box::new(m20261206_000004_applications::Migration),
         ]
     }
 }

@@ -422,3 +422,15 @@ mod tests {
         assert_eq!(JobRunStatus::parse("running"), None);
     }
 }
+
+stored_enum! {
+    /// Where a partner application stands.
+    pub enum ApplicationStatus {
+        /// Waiting for a program manager's review.
+        Pending = "PENDING",
+        /// Approved: the partner exists.
+        Approved = "APPROVED",
+        /// Rejected, with the reason the applicant was given.
+        Rejected = "REJECTED",
+    }
+}

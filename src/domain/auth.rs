@@ -201,6 +201,22 @@ pub async fn create_key(
         }
         (_, true) => {}
     }
+    // Through the writer, like every write (see `Db::begin_write`).
+    let tx = db.begin_write().await?;
+    let created = insert_key(&*tx, name, role, partner_id, program_ids).await?;
+    tx.commit().await?;
+    Ok(created)
+}
+
+/// Inserts a key inside the caller's transaction (its holder, role and programs already
+/// checked) and returns it with its token.
+pub async fn insert_key(
+    conn: &impl sea_orm::ConnectionTrait,
+    name: &str,
+    role: ApiKeyRole,
+    partner_id: Option<&str>,
+    program_ids: &[String],
+) -> ApiResult<CreatedKey> {
     let token = generate_token();
     let now = Utc::now();
     let key = api_key::ActiveModel {
@@ -215,10 +231,7 @@ pub async fn create_key(
         revoked_at: Set(None),
         last_used_at: Set(None),
     };
-    // Through the writer, like every write (see `Db::begin_write`).
-    let tx = db.begin_write().await?;
-    let key = key.insert(&*tx).await?;
-    tx.commit().await?;
+    let key = key.insert(conn).await?;
     Ok(CreatedKey { key, token })
 }
 

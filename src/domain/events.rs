@@ -50,11 +50,13 @@ pub enum EventType {
     ReferralEngaged,
     /// A referred lead was not engaged within the program's lead SLA (once per referral).
     ReferralSlaBreached,
+    /// A company applied to join a program (DESIGN §13).
+    PartnerApplied,
 }
 
 impl EventType {
     /// Every event type.
-    pub const ALL: [EventType; 16] = [
+    pub const ALL: [EventType; 17] = [
         EventType::PartnerCreated,
         EventType::PartnerUpdated,
         EventType::ReferralSubmitted,
@@ -71,6 +73,7 @@ impl EventType {
         EventType::ReferralExpired,
         EventType::ReferralEngaged,
         EventType::ReferralSlaBreached,
+        EventType::PartnerApplied,
     ];
 
     /// The wire name, such as `partner.created`.
@@ -92,6 +95,7 @@ impl EventType {
             EventType::ReferralExpired => "referral.expired",
             EventType::ReferralEngaged => "referral.engaged",
             EventType::ReferralSlaBreached => "referral.sla_breached",
+            EventType::PartnerApplied => "partner.applied",
         }
     }
 

@@ -1,6 +1,7 @@
 //! Domain rules shared by GraphQL, webhooks and jobs: who may do what, how identifiers are
 //! normalised, and how programs, partners and referrals change (with their events).
 
+pub mod applications;
 pub mod auth;
 pub mod billing;
 pub mod commission;

@@ -88,12 +88,27 @@ pub async fn create_partner(db: &Db, input: CreatePartnerInput) -> ApiResult<par
         .one(&*tx)
         .await?
         .ok_or_else(|| ApiError::bad_input("input.programId", "no program has this id"))?;
-    check_domain_free(&*tx, &program_id, domain.as_deref(), None).await?;
+    let model = insert_partner(&*tx, &program_id, name, domain, contact_email).await?;
+    tx.commit().await?;
+    Ok(model)
+}
+
+/// Inserts an ACTIVE partner of `program_id` with a fresh referral code, inside the caller's
+/// transaction, and writes `partner.created`. `CONFLICT`-free domains only: another partner of
+/// the program with `domain` is a `BAD_USER_INPUT` on `input.domain`.
+pub async fn insert_partner(
+    conn: &impl ConnectionTrait,
+    program_id: &str,
+    name: String,
+    domain: Option<String>,
+    contact_email: String,
+) -> ApiResult<partner::Model> {
+    check_domain_free(conn, program_id, domain.as_deref(), None).await?;
     let mut code = generate_referral_code();
     for _ in 0..8 {
         let taken = partner::Entity::find()
             .filter(partner::Column::ReferralCode.eq(code.as_str()))
-            .one(&*tx)
+            .one(conn)
             .await?
             .is_some();
         if !taken {
@@ -104,7 +119,7 @@ pub async fn create_partner(db: &Db, input: CreatePartnerInput) -> ApiResult<par
     let now = Utc::now();
     let model = partner::ActiveModel {
         id: Set(new_id()),
-        program_id: Set(program_id.clone()),
+        program_id: Set(program_id.to_string()),
         name: Set(name),
         domain: Set(domain),
         contact_email: Set(contact_email),
@@ -114,12 +129,12 @@ pub async fn create_partner(db: &Db, input: CreatePartnerInput) -> ApiResult<par
         created_at: Set(now),
         updated_at: Set(now),
     }
-    .insert(&*tx)
+    .insert(conn)
     .await?;
     events::record(
-        &*tx,
+        conn,
         EventType::PartnerCreated,
-        &program_id,
+        program_id,
         Some(&model.id),
         json!({
             "name": model.name,
@@ -129,7 +144,6 @@ pub async fn create_partner(db: &Db, input: CreatePartnerInput) -> ApiResult<par
         }),
     )
     .await?;
-    tx.commit().await?;
     Ok(model)
 }
 

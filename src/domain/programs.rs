@@ -11,7 +11,11 @@ use serde::{Deserialize, Serialize};
 pub use crate::db::states::{CommissionType, ProgramKind, RecurringBasis, RegistrationApproval};
 use crate::{
     db::{Db, entities::program},
-    domain::{ids::new_id, normalize::normalize_currency},
+    domain::{
+        applications::{Applications, apply_settings},
+        ids::new_id,
+        normalize::normalize_currency,
+    },
     error::{ApiError, ApiResult},
 };
 
@@ -383,6 +387,8 @@ pub struct CreateProgramInput {
     pub registration: Option<RegistrationInput>,
     /// Minutes within which sales must engage an accepted referral (null: no SLA).
     pub lead_sla_minutes: Option<i32>,
+    /// Public applications (default: closed).
+    pub applications: Option<crate::domain::applications::ApplicationsInput>,
 }
 
 /// Input of `updateProgram`: absent fields keep their value. The currency cannot change.
@@ -406,6 +412,8 @@ pub struct UpdateProgramInput {
     pub registration: Option<RegistrationInput>,
     /// New lead SLA in minutes; `null` removes it (for referrals accepted from now on).
     pub lead_sla_minutes: async_graphql::MaybeUndefined<i32>,
+    /// New application settings.
+    pub applications: Option<crate::domain::applications::ApplicationsInput>,
 }
 
 fn check_name(field: &str, name: &str) -> ApiResult<String> {
@@ -497,6 +505,18 @@ pub async fn create_program(db: &Db, input: CreateProgramInput) -> ApiResult<pro
         input.registration,
         "input.registration",
     )?;
+    let closed = Applications {
+        open: false,
+        auto_approve_domains: Vec::new(),
+    };
+    model.applications_open = Set(false);
+    model.auto_approve_domains = Set(serde_json::json!([]));
+    apply_settings(
+        &mut model,
+        &closed,
+        input.applications,
+        "input.applications",
+    )?;
     // Through the writer (on SQLite a write beside it would fail another writer's transaction
     // with SQLITE_BUSY_SNAPSHOT).
     let tx = db.begin_write().await?;
@@ -550,6 +570,12 @@ pub async fn update_program(db: &Db, input: UpdateProgramInput) -> ApiResult<pro
         &Registration::of(&existing),
         input.registration,
         "input.registration",
+    )?;
+    apply_settings(
+        &mut model,
+        &Applications::of(&existing),
+        input.applications,
+        "input.applications",
     )?;
     match input.lead_sla_minutes {
         async_graphql::MaybeUndefined::Undefined => {}

@@ -2,6 +2,7 @@
 //! The caller's token is injected by the HTTP layer; each request's loaders by
 //! [`limits::LimitedSchema`], which drives their batches.
 
+pub mod applications;
 pub mod batch;
 pub mod billing;
 pub mod commissions;
@@ -38,6 +39,7 @@ pub struct QueryRoot(
     outbound::OutboundQuery,
     crm::CrmQuery,
     billing::BillingQuery,
+    applications::ApplicationQuery,
 );
 
 /// The mutation root: every domain's mutations merged.
@@ -48,6 +50,7 @@ pub struct MutationRoot(
     commissions::CommissionMutation,
     outbound::OutboundMutation,
     crm::CrmMutation,
+    applications::ApplicationMutation,
 );
 
 /// The Tandem schema type.
@@ -77,6 +80,10 @@ pub fn schema_builder() -> SchemaBuilder<QueryRoot, MutationRoot, outbound::Subs
 /// The base URL webhook source URLs are built on.
 pub struct PublicBase(pub String);
 
+/// The address a request came from (`applyToProgram` is limited per address).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddress(pub Option<std::net::IpAddr>);
+
 /// The schema with the database and services attached.
 pub fn build_schema(
     db: Db,
@@ -84,6 +91,7 @@ pub fn build_schema(
     jobs: Jobs,
     outbound: outbound::OutboundContext,
     public_base: String,
+    apply_limiter: crate::domain::applications::ApplyLimiter,
 ) -> TandemSchema {
     // No `.extension(…)` here: `inline::Inline` objects resolve their fields without the
     // extension hooks (and any extension would slow every field down; see `limits`).
@@ -93,6 +101,7 @@ pub fn build_schema(
         .data(jobs)
         .data(outbound)
         .data(PublicBase(public_base))
+        .data(apply_limiter)
         .finish()
 }
 

@@ -110,6 +110,11 @@ impl Program {
     async fn lead_sla_minutes(&self) -> Option<i32> {
         self.0.lead_sla_minutes
     }
+    /// Whether companies may apply to join without a key (`applyToProgram`), and which email
+    /// domains are approved at once.
+    async fn applications(&self) -> crate::domain::applications::Applications {
+        crate::domain::applications::Applications::of(&self.0)
+    }
     /// When the program was created.
     async fn created_at(&self) -> DateTime<Utc> {
         self.0.created_at

@@ -148,7 +148,13 @@ pub async fn graphql_post(req: &Request, body: Body, state: Data<&AppState>) -> 
     } else {
         RequestAuth::new(token)
     };
-    let request = request.data(auth);
+    let address = req
+        .remote_addr()
+        .as_socket_addr()
+        .map(|a| a.ip().to_canonical());
+    let request = request
+        .data(auth)
+        .data(crate::graphql::ClientAddress(address));
     let mut response = state.schema.execute(request).await;
     add_error_codes(&mut response);
     state.metrics.observe_graphql(

@@ -193,6 +193,7 @@ async fn setup(db: &Db) -> (tandem::db::entities::program::Model, Vec<(String, S
             clawback_days: Some(CLAWBACK_DAYS as i32),
             registration: None,
             lead_sla_minutes: None,
+            applications: None,
         },
     )
     .await

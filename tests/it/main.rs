@@ -1,6 +1,7 @@
 //! Integration tests: the real hub over HTTP, on SQLite and (with `TANDEM_TEST_POSTGRES_URL`)
 //! on PostgreSQL.
 
+mod applications;
 mod apply_cost;
 mod auth;
 mod billing;

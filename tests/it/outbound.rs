@@ -1314,6 +1314,23 @@ async fn every_event_type_matches_its_schema(app: TestApp) {
     .await;
     run_job(&app, "lead-sla", false).await;
     run_job(&app, "expire-registrations", false).await;
+    // A public application, approved at once.
+    app.admin_ok(
+        "mutation($id: ID!) { updateProgram(input: {id: $id, applications: {open: true, autoApproveDomains: [\"joiner.example\"]}}) { program { id } } }",
+        json!({"id": program}),
+    )
+    .await;
+    let applied = app
+        .gql(
+            "",
+            "mutation($p: ID!) { applyToProgram(input: {programId: $p, name: \"Joiner\", contactEmail: \"ops@joiner.example\"}) { token } }",
+            json!({"p": program}),
+        )
+        .await;
+    assert!(
+        applied["data"]["applyToProgram"]["token"].is_string(),
+        "{applied}"
+    );
 
     // Every event in the outbox validates against its schema…
     app.events_settled().await;

@@ -75,6 +75,11 @@ pub async fn seed_demo(db: &Db) -> anyhow::Result<Option<DemoSeed>> {
             registration: None,
             // Sales engage a referred lead within a working day.
             lead_sla_minutes: Some(8 * 60),
+            // Companies may apply to join (applyToProgram, without a key).
+            applications: Some(tandem::domain::applications::ApplicationsInput {
+                open: Some(true),
+                auto_approve_domains: None,
+            }),
         },
     )
     .await

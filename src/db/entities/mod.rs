@@ -18,6 +18,7 @@ pub mod job_lease;
 pub mod job_run;
 pub mod ledger_entry;
 pub mod partner;
+pub mod partner_application;
 pub mod payout;
 pub mod program;
 pub mod referral;
@@ -56,6 +57,7 @@ keyed!(
     job_run,
     ledger_entry,
     partner,
+    partner_application,
     payout,
     program,
     referral,

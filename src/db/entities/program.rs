@@ -28,6 +28,9 @@ pub struct Model {
     pub extension_days: i32,
     pub max_extensions: i32,
     pub lead_sla_minutes: Option<i32>,
+    pub applications_open: bool,
+    /// JSON array of normalised domains whose applicants are approved at once.
+    pub auto_approve_domains: Json,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }
