@@ -58,6 +58,9 @@ pub struct Config {
     /// Cron of `lead-sla`, which records breached lead-engagement SLAs
     /// (`TANDEM_LEAD_SLA_SCHEDULE`, default every minute at :15).
     pub lead_sla_schedule: String,
+    /// Cron of `certifications`, which announces certifications expiring within 30 days
+    /// (`TANDEM_CERTIFICATIONS_SCHEDULE`, default hourly at :10).
+    pub certifications_schedule: String,
     /// How long each attempt of an outbound delivery is kept in its attempt log
     /// (`TANDEM_WEBHOOK_ATTEMPT_RETENTION`, default `30d`); `prune` removes older ones.
     pub webhook_attempt_retention: String,
@@ -140,6 +143,7 @@ impl Default for Config {
             prune_schedule: "0 30 3 * * *".to_string(),
             expire_registrations_schedule: "0 5 * * * *".to_string(),
             lead_sla_schedule: "15 * * * * *".to_string(),
+            certifications_schedule: "0 10 * * * *".to_string(),
             webhook_attempt_retention: "30d".to_string(),
             job_lease_secs: 300,
             webhook_worker: true,
@@ -195,6 +199,7 @@ impl Config {
                 "prune_schedule",
                 "expire_registrations_schedule",
                 "lead_sla_schedule",
+                "certifications_schedule",
                 "webhook_attempt_retention",
                 "job_lease_secs",
                 "webhook_worker",
@@ -244,6 +249,7 @@ impl Config {
                 &self.expire_registrations_schedule,
             ),
             ("lead_sla_schedule", &self.lead_sla_schedule),
+            ("certifications_schedule", &self.certifications_schedule),
             ("crm_sync_check_schedule", &self.crm_sync_check_schedule),
         ] {
             if let Err(e) = parse_cron(cron) {

@@ -21,7 +21,7 @@ use crate::{
         entities::{job_lease, job_run},
         states::JobRunStatus,
     },
-    domain::{ids::new_id, reconcile, registration},
+    domain::{certifications, ids::new_id, reconcile, registration},
     error::{ApiError, ApiResult},
 };
 
@@ -42,6 +42,8 @@ pub enum JobName {
     ExpireRegistrations,
     /// Records the lead-engagement SLAs that are due without an engagement.
     LeadSla,
+    /// Announces the certifications expiring within 30 days (DESIGN §13).
+    Certifications,
 }
 
 impl JobName {
@@ -54,6 +56,7 @@ impl JobName {
             JobName::Prune => "prune",
             JobName::ExpireRegistrations => "expire-registrations",
             JobName::LeadSla => "lead-sla",
+            JobName::Certifications => "certifications",
         }
     }
 
@@ -77,10 +80,11 @@ impl FromStr for JobName {
             "prune" => Ok(JobName::Prune),
             "expire-registrations" => Ok(JobName::ExpireRegistrations),
             "lead-sla" => Ok(JobName::LeadSla),
+            "certifications" => Ok(JobName::Certifications),
             _ => Err(ApiError::bad_input(
                 "input.name",
                 "unknown job: expected reconcile, release-holds, crm-sync, prune, \
-                 expire-registrations or lead-sla",
+                 expire-registrations, lead-sla or certifications",
             )),
         }
     }
@@ -414,6 +418,12 @@ impl Jobs {
                     .map_err(|e| e.to_string())?;
                 Ok((json!({ "breached": breached }), None))
             }
+            JobName::Certifications => {
+                let expiring = certifications::notify_expiring(&self.db, Utc::now())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok((json!({ "expiring": expiring }), None))
+            }
             JobName::CrmSyncAll => {
                 let connections = crate::domain::crm::connection_schedules(&self.db)
                     .await
@@ -497,6 +507,10 @@ pub async fn start_scheduler(jobs: Jobs, config: &Config) -> anyhow::Result<JobS
             config.expire_registrations_schedule.clone(),
         ),
         (JobName::LeadSla, config.lead_sla_schedule.clone()),
+        (
+            JobName::Certifications,
+            config.certifications_schedule.clone(),
+        ),
     ] {
         let cron = Arc::new(parse_cron(&expr)?);
         let jobs = jobs.clone();

@@ -143,8 +143,8 @@ pub fn standard_deal_change(
             updated_at: optional_time(data, "updatedAt", "data.updatedAt")?.unwrap_or(received_at),
         }),
         other => Err(malformed(format!(
-            "unsupported event type `{other}` (expected deal.updated, deal.deleted or \
-             lead.engaged)"
+            "unsupported event type `{other}` (expected deal.updated, deal.deleted, \
+             lead.engaged or certification.issued)"
         ))),
     }
 }
@@ -164,6 +164,54 @@ pub struct LeadEngagement {
     pub at: Option<DateTime<Utc>>,
     /// A note for the program's managers.
     pub note: Option<String>,
+}
+
+/// A person at a partner completed a course (DESIGN §13): a STANDARD source's
+/// `{"type": "certification.issued", "data": {"personEmail", "courseKey", "issuedAt"?,
+/// "expiresAt"?, "partnerId"? | "referralCode"?}}` (an LMS). Without a partner id or code, the
+/// partner is the one whose domain is the person's email domain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertificationIssued {
+    /// The person (as sent).
+    pub person_email: String,
+    /// The course.
+    pub course_key: String,
+    /// When it was issued (default: when received).
+    pub issued_at: Option<DateTime<Utc>>,
+    /// When it expires (none: never).
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The partner, by Tandem id.
+    pub partner_id: Option<String>,
+    /// The partner, by referral code.
+    pub referral_code: Option<String>,
+}
+
+/// The `certification.issued` event a STANDARD payload carries, or `None` for any other type.
+pub fn standard_certification_issued(
+    payload: &[u8],
+) -> Result<Option<CertificationIssued>, PayloadError> {
+    let value = parse_json(payload)?;
+    if value.get("type").and_then(Value::as_str) != Some("certification.issued") {
+        return Ok(None);
+    }
+    let data = value
+        .get("data")
+        .and_then(Value::as_object)
+        .ok_or_else(|| malformed("missing object `data`"))?;
+    let required = |key: &str| {
+        lenient::text(data.get(key))
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| malformed(format!("missing `data.{key}`")))
+    };
+    Ok(Some(CertificationIssued {
+        person_email: required("personEmail")?,
+        course_key: required("courseKey")?,
+        issued_at: optional_time(data, "issuedAt", "data.issuedAt")?,
+        expires_at: optional_time(data, "expiresAt", "data.expiresAt")?,
+        partner_id: lenient::text(data.get("partnerId")).filter(|v| !v.trim().is_empty()),
+        referral_code: lenient::text(data.get("referralCode")).filter(|v| !v.trim().is_empty()),
+    }))
 }
 
 /// The `lead.engaged` event a STANDARD payload carries, or `None` for any other type (deal

@@ -16,6 +16,7 @@ mod m20261206_000001_day_two;
 mod m20261206_000002_recurring;
 mod m20261206_000003_registration;
 mod m20261206_000004_applications;
+mod m20261206_000005_certifications;
 
 /// The ordered list of Tandem migrations.
 pub struct Migrator;
@@ -35,6 +36,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000002_recurring::Migration),
             Box::new(m20261206_000003_registration::Migration),
             Box::new(m20261206_000004_applications::Migration),
+            Box::new(m20261206_000005_certifications::Migration),
         ]
     }
 }

@@ -434,3 +434,13 @@ stored_enum! {
         Rejected = "REJECTED",
     }
 }
+
+stored_enum! {
+    /// What recorded a certification.
+    pub enum CertificationSource {
+        /// `recordCertification` (an admin, or an LMS's integration key).
+        Api = "API",
+        /// A `certification.issued` event on a STANDARD webhook source.
+        Webhook = "WEBHOOK",
+    }
+}

@@ -52,11 +52,15 @@ pub enum EventType {
     ReferralSlaBreached,
     /// A company applied to join a program (DESIGN §13).
     PartnerApplied,
+    /// A person at a partner was certified on a course (or the certification renewed).
+    CertificationRecorded,
+    /// A certification expires in 30 days (once per expiry date).
+    CertificationExpiring,
 }
 
 impl EventType {
     /// Every event type.
-    pub const ALL: [EventType; 17] = [
+    pub const ALL: [EventType; 19] = [
         EventType::PartnerCreated,
         EventType::PartnerUpdated,
         EventType::ReferralSubmitted,
@@ -74,6 +78,8 @@ impl EventType {
         EventType::ReferralEngaged,
         EventType::ReferralSlaBreached,
         EventType::PartnerApplied,
+        EventType::CertificationRecorded,
+        EventType::CertificationExpiring,
     ];
 
     /// The wire name, such as `partner.created`.
@@ -96,6 +102,8 @@ impl EventType {
             EventType::ReferralEngaged => "referral.engaged",
             EventType::ReferralSlaBreached => "referral.sla_breached",
             EventType::PartnerApplied => "partner.applied",
+            EventType::CertificationRecorded => "certification.recorded",
+            EventType::CertificationExpiring => "certification.expiring",
         }
     }
 

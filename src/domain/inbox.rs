@@ -21,7 +21,7 @@ use sea_orm::{
     sea_query::{Expr, LockBehavior, LockType},
 };
 use tandem_connectors::{
-    inbound::{DealChange, LeadEngagement},
+    inbound::{CertificationIssued, DealChange, LeadEngagement},
     stripe::BillingEvent,
 };
 use tokio::sync::{Notify, mpsc, oneshot, watch};
@@ -35,6 +35,7 @@ use crate::{
     },
     domain::{
         billing::{self, BillingOutcome},
+        certifications::{self, IssuedOutcome},
         deals::{AppliedDeal, ApplyResult, DealCache, apply_deal_change},
         events,
         ids::new_id,
@@ -452,7 +453,10 @@ impl InboxWorker {
                 Plan::Apply { source, change, .. } => {
                     Some((source.clone(), change.external_id().to_string()))
                 }
-                Plan::Done(_) | Plan::Billing { .. } | Plan::Lead { .. } => None,
+                Plan::Done(_)
+                | Plan::Billing { .. }
+                | Plan::Lead { .. }
+                | Plan::Certification { .. } => None,
             })
             .collect();
         let mut cache = DealCache::load(&*tx, &keys, self.db.is_postgres()).await?;
@@ -476,7 +480,8 @@ impl InboxWorker {
                 }
                 Plan::Apply { ref program_id, .. }
                 | Plan::Billing { ref program_id, .. }
-                | Plan::Lead { ref program_id, .. } => &programs[program_id],
+                | Plan::Lead { ref program_id, .. }
+                | Plan::Certification { ref program_id, .. } => &programs[program_id],
             };
             let mut caused = Vec::new();
             let applied = if careful {
@@ -565,6 +570,17 @@ impl InboxWorker {
             Ok(None) => {}
             Err(err) => return failed(err.0),
         }
+        match source.certification(receipt.payload.as_bytes()) {
+            Ok(Some(issued)) => {
+                return Plan::Certification {
+                    program_id: program.id.clone(),
+                    issued,
+                    received_at: receipt.received_at,
+                };
+            }
+            Ok(None) => {}
+            Err(err) => return failed(err.0),
+        }
         match source.change(
             receipt.payload.as_bytes(),
             &program.currency,
@@ -622,6 +638,11 @@ enum Plan {
         lead: LeadEngagement,
         received_at: DateTime<Utc>,
     },
+    Certification {
+        program_id: String,
+        issued: CertificationIssued,
+        received_at: DateTime<Utc>,
+    },
     Done(Outcome),
 }
 
@@ -664,6 +685,27 @@ async fn apply_plan(
                 LeadOutcome::Engaged(_) => Outcome::settled(ReceiptStatus::Applied, None),
                 LeadOutcome::Unmatched(reason) => {
                     Outcome::settled(ReceiptStatus::Ignored, Some(reason))
+                }
+            },
+            None,
+        )),
+        Plan::Certification {
+            issued,
+            received_at,
+            ..
+        } => Ok((
+            match certifications::apply_certification_issued(
+                conn,
+                program,
+                &issued,
+                received_at,
+                caused,
+            )
+            .await?
+            {
+                IssuedOutcome::Recorded => Outcome::settled(ReceiptStatus::Applied, None),
+                IssuedOutcome::Refused(reason) => {
+                    Outcome::settled(ReceiptStatus::Failed, Some(reason))
                 }
             },
             None,

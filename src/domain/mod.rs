@@ -4,6 +4,7 @@
 pub mod applications;
 pub mod auth;
 pub mod billing;
+pub mod certifications;
 pub mod commission;
 pub mod crm;
 pub mod deals;
@@ -20,4 +21,5 @@ pub mod reconcile;
 pub mod referrals;
 pub mod registration;
 pub mod secrets;
+pub mod sweeps;
 pub mod webhooks;

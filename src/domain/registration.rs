@@ -1,19 +1,16 @@
 //! The time-driven half of the registration lifecycle (DESIGN §12): protection expiry, lead
 //! engagement and the engagement SLA.
 //!
-//! Both sweeps are durable and exactly-once without relying on the job lease: each flips the
-//! state of the rows it finds with a conditional `UPDATE … WHERE <still in the old state>
-//! RETURNING …` and writes one event per returned row in the same transaction. Two instances
-//! sweeping at once (PostgreSQL: `FOR UPDATE SKIP LOCKED` in the row choice) or an engagement
-//! racing the sweep (it locks the referral row first) cannot both flip a row, so each
-//! `referral.expired` and `referral.sla_breached` is written once. The sweeps read partial
-//! indexes of the rows still waiting, so settled referrals cost them nothing.
+//! Both are [`Sweep`]s, durable and exactly-once without relying on the job lease; an
+//! engagement racing the SLA sweep locks the referral row first, so the two never both decide
+//! a clock: each `referral.expired` and `referral.sla_breached` is written once. The sweeps
+//! read partial indexes of the rows still waiting, so settled referrals cost them nothing.
 
 use async_graphql::{ID, InputObject};
 use chrono::{DateTime, Duration, Utc};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseBackend, DbErr,
-    EntityTrait, QueryFilter, QueryOrder, QuerySelect, Statement,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 use serde_json::json;
 use tandem_connectors::inbound::LeadEngagement;
@@ -30,27 +27,13 @@ use crate::{
         ids::{is_valid_id, new_id},
         normalize::normalize_domain,
         referrals::holds_registration,
+        sweeps::{Kind, Sweep, sweep},
     },
     error::{ApiError, ApiResult},
 };
 
-/// Rows a sweep flips per transaction.
-const SWEEP_BATCH: i64 = 1_000;
-
-/// What a sweep flips: its SQL (with the placeholders of `now`, and of the batch size) and the
-/// event written for each row it returns.
-struct Sweep {
-    event: EventType,
-    /// `UPDATE referrals SET … WHERE id IN (<choice> LIMIT {limit}{lock}) AND <guard>
-    /// RETURNING id, program_id, partner_id, <time>`.
-    set: &'static str,
-    choice: &'static str,
-    guard: &'static str,
-    /// The returned time column, and its name in the event.
-    time: (&'static str, &'static str),
-}
-
 const EXPIRY: Sweep = Sweep {
+    table: "referrals",
     event: EventType::ReferralExpired,
     set: "status = 'EXPIRED'",
     // The partial index `idx_referrals_protection` holds exactly the ACCEPTED rows.
@@ -59,78 +42,32 @@ const EXPIRY: Sweep = Sweep {
              AND NOT EXISTS (SELECT 1 FROM attributions a WHERE a.referral_id = r.id) \
              ORDER BY r.protected_until",
     guard: "status = 'ACCEPTED'",
-    time: ("protected_until", "protectedUntil"),
+    id_field: "referralId",
+    fields: &[("protected_until", "protectedUntil", Kind::Time)],
 };
 
 const SLA: Sweep = Sweep {
+    table: "referrals",
     event: EventType::ReferralSlaBreached,
     set: "sla_state = 'BREACHED'",
     // The partial index `idx_referrals_sla_due` holds exactly the PENDING rows.
     choice: "SELECT r.id FROM referrals r WHERE r.sla_state = 'PENDING' \
              AND r.sla_due_at <= {now} ORDER BY r.sla_due_at",
     guard: "sla_state = 'PENDING'",
-    time: ("sla_due_at", "dueAt"),
+    id_field: "referralId",
+    fields: &[("sla_due_at", "dueAt", Kind::Time)],
 };
-
-/// Runs one sweep until nothing is left due at `now`; returns how many rows it flipped.
-async fn sweep(db: &Db, which: &Sweep, now: DateTime<Utc>) -> Result<u64, DbErr> {
-    let mut flipped = 0;
-    loop {
-        let [now_p, limit_p, updated_p] = db.params();
-        // Rows another instance is flipping are skipped, not waited for: it writes their events.
-        let lock = if db.is_postgres() {
-            " FOR UPDATE SKIP LOCKED"
-        } else {
-            ""
-        };
-        let sql = format!(
-            "UPDATE referrals SET {set}, updated_at = {updated_p} WHERE id IN ({choice} \
-             LIMIT {limit_p}{lock}) AND {guard} RETURNING id, program_id, partner_id, {time}",
-            set = which.set,
-            choice = which.choice.replace("{now}", &now_p),
-            guard = which.guard,
-            time = which.time.0,
-        );
-        let tx = db.begin_write().await?;
-        let rows = tx
-            .query_all_raw(Statement::from_sql_and_values(
-                db.backend(),
-                sql,
-                [now.into(), SWEEP_BATCH.into(), Utc::now().into()],
-            ))
-            .await?;
-        let mut batch = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let id: String = row.try_get("", "id")?;
-            let program_id: String = row.try_get("", "program_id")?;
-            let partner_id: String = row.try_get("", "partner_id")?;
-            let at: DateTime<Utc> = row.try_get("", which.time.0)?;
-            batch.push(events::new_event(
-                which.event,
-                &program_id,
-                Some(&partner_id),
-                json!({ "referralId": id, (which.time.1): at }),
-            ));
-        }
-        events::record_all(&*tx, batch).await?;
-        tx.commit().await?;
-        flipped += rows.len() as u64;
-        if (rows.len() as i64) < SWEEP_BATCH {
-            return Ok(flipped);
-        }
-    }
-}
 
 /// The `expire-registrations` job: `ACCEPTED` registrations whose protection ended at or before
 /// `now` without an attributed deal become `EXPIRED` (`referral.expired`, once each).
 pub async fn expire_registrations(db: &Db, now: DateTime<Utc>) -> Result<u64, DbErr> {
-    sweep(db, &EXPIRY, now).await
+    sweep(db, &EXPIRY, now, now).await
 }
 
 /// The `lead-sla` job: referrals whose SLA is still `PENDING` at its due time become
 /// `BREACHED` (`referral.sla_breached`, once each).
 pub async fn breach_due_slas(db: &Db, now: DateTime<Utc>) -> Result<u64, DbErr> {
-    sweep(db, &SLA, now).await
+    sweep(db, &SLA, now, now).await
 }
 
 /// An engagement to record on a referral.

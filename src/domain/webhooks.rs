@@ -757,7 +757,7 @@ impl Source {
                 _ => Disposition::Apply,
             });
         }
-        if self.lead(payload)?.is_some() {
+        if self.lead(payload)?.is_some() || self.certification(payload)?.is_some() {
             return Ok(Disposition::Apply);
         }
         // The currency only fills in a missing one when applying; any valid code checks.
@@ -781,6 +781,18 @@ impl Source {
     ) -> Result<Option<inbound::LeadEngagement>, inbound::PayloadError> {
         match self.kind {
             WebhookSourceKind::Standard => inbound::standard_lead_engaged(payload),
+            _ => Ok(None),
+        }
+    }
+
+    /// The `certification.issued` event a stored payload of a STANDARD source carries (DESIGN
+    /// §13); `None` for other events and other kinds of source.
+    pub fn certification(
+        &self,
+        payload: &[u8],
+    ) -> Result<Option<inbound::CertificationIssued>, inbound::PayloadError> {
+        match self.kind {
+            WebhookSourceKind::Standard => inbound::standard_certification_issued(payload),
             _ => Ok(None),
         }
     }

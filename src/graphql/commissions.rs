@@ -213,7 +213,8 @@ impl JobRun {
     async fn id(&self) -> ID {
         ID(self.0.id.clone())
     }
-    /// `reconcile`, `release-holds`, `crm-sync`, `prune`, `expire-registrations` or `lead-sla`.
+    /// `reconcile`, `release-holds`, `crm-sync`, `prune`, `expire-registrations`, `lead-sla` or
+    /// `certifications`.
     async fn name(&self) -> &str {
         &self.0.name
     }
@@ -576,7 +577,8 @@ impl CommissionQuery {
 /// Input of `runJob`.
 #[derive(Debug, InputObject)]
 pub struct RunJobInput {
-    /// `reconcile`, `release-holds`, `crm-sync`, `prune`, `expire-registrations` or `lead-sla`.
+    /// `reconcile`, `release-holds`, `crm-sync`, `prune`, `expire-registrations`, `lead-sla` or
+    /// `certifications`.
     pub name: String,
     /// reconcile: recompute every deal instead of what changed since the last run.
     #[graphql(default)]

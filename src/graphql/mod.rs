@@ -2,13 +2,13 @@
 //! The caller's token is injected by the HTTP layer; each request's loaders by
 //! [`limits::LimitedSchema`], which drives their batches.
 
-pub mod applications;
 pub mod batch;
 pub mod billing;
 pub mod commissions;
 pub mod connection;
 pub mod crm;
 pub mod inline;
+pub mod lifecycle;
 pub mod limits;
 pub mod loaders;
 pub mod mutation;
@@ -39,7 +39,7 @@ pub struct QueryRoot(
     outbound::OutboundQuery,
     crm::CrmQuery,
     billing::BillingQuery,
-    applications::ApplicationQuery,
+    lifecycle::LifecycleQuery,
 );
 
 /// The mutation root: every domain's mutations merged.
@@ -50,7 +50,7 @@ pub struct MutationRoot(
     commissions::CommissionMutation,
     outbound::OutboundMutation,
     crm::CrmMutation,
-    applications::ApplicationMutation,
+    lifecycle::LifecycleMutation,
 );
 
 /// The Tandem schema type.

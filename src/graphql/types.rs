@@ -222,6 +222,22 @@ impl Partner {
                 ApiError::Internal(format!("partner {} has no program", self.0.id)).into()
             })
     }
+    /// People at the partner certified on courses, newest first (at most 500); `active`:
+    /// only unexpired ones.
+    async fn certifications(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = false)] active: bool,
+    ) -> Result<Vec<crate::graphql::lifecycle::Certification>> {
+        let db = ctx.data_unchecked::<crate::db::Db>();
+        Ok(Box::pin(crate::domain::certifications::certifications_of(
+            db, &self.0.id, active,
+        ))
+        .await?
+        .into_iter()
+        .map(crate::graphql::lifecycle::Certification)
+        .collect())
+    }
     /// The partner's referrals, newest first.
     #[graphql(complexity = "page_complexity(first, child_complexity)")]
     async fn referrals(

@@ -1331,6 +1331,14 @@ async fn every_event_type_matches_its_schema(app: TestApp) {
         applied["data"]["applyToProgram"]["token"].is_string(),
         "{applied}"
     );
+    // A certification expiring within 30 days.
+    app.admin_ok(
+        "mutation($input: RecordCertificationInput!) { recordCertification(input: $input) { certification { id } } }",
+        json!({"input": {"partnerId": bob.id, "personEmail": "bob@bob.example", "courseKey": "sales-101",
+                         "expiresAt": (Utc::now() + chrono::Duration::days(5)).to_rfc3339()}}),
+    )
+    .await;
+    run_job(&app, "certifications", false).await;
 
     // Every event in the outbox validates against its schema…
     app.events_settled().await;

@@ -4,6 +4,7 @@
 pub mod api_key;
 pub mod attribution;
 pub mod billing_customer;
+pub mod certification;
 pub mod crm_connection;
 pub mod crm_referral_push;
 pub mod customer;
@@ -48,6 +49,7 @@ macro_rules! keyed {
 
 keyed!(
     api_key,
+    certification,
     crm_connection,
     customer,
     deal,

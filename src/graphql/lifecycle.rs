@@ -1,16 +1,25 @@
-//! Partner applications (DESIGN §13): the one operation that needs no key, and the review.
+//! The partner lifecycle (DESIGN §13): applications (the one operation that needs no key, and
+//! their review) and certifications.
 
 use async_graphql::{Context, ID, InputObject, Object, Result, SimpleObject};
 use chrono::{DateTime, Utc};
 
 use crate::{
-    db::{Db, entities::partner_application, pages::Direction, states::ApplicationStatus},
-    domain::applications::{
-        ApplyLimiter, ApplyToProgramInput, ReviewApplicationInput, Reviewed, apply_to_program,
-        review_application,
+    db::{
+        Db,
+        entities::{certification, partner_application},
+        pages::Direction,
+        states::{ApplicationStatus, CertificationSource},
+    },
+    domain::{
+        applications::{
+            ApplyLimiter, ApplyToProgramInput, ReviewApplicationInput, Reviewed, apply_to_program,
+            review_application,
+        },
+        certifications::{RecordCertificationInput, record_certification},
     },
     graphql::{
-        ClientAddress, admin_db,
+        ClientAddress, admin_db, caller,
         connection::{EqIf, connection},
         types::page_complexity,
     },
@@ -89,13 +98,13 @@ pub struct ApplicationFilter {
     pub status: Option<ApplicationStatus>,
 }
 
-/// Application queries.
+/// Partner lifecycle queries.
 #[derive(Default)]
-pub struct ApplicationQuery;
+pub struct LifecycleQuery;
 
-/// Application queries.
+/// Partner lifecycle queries.
 #[Object]
-impl ApplicationQuery {
+impl LifecycleQuery {
     /// Partner applications, newest first (admins).
     #[graphql(complexity = "page_complexity(first, child_complexity)")]
     async fn applications(
@@ -127,6 +136,53 @@ impl ApplicationQuery {
     }
 }
 
+/// A person at a partner certified on a course.
+pub struct Certification(pub certification::Model);
+
+/// A person at a partner certified on a course.
+#[Object]
+impl Certification {
+    /// Unique id.
+    async fn id(&self) -> ID {
+        ID(self.0.id.clone())
+    }
+    /// The partner the person works for.
+    async fn partner_id(&self) -> ID {
+        ID(self.0.partner_id.clone())
+    }
+    /// The certified person (lower-cased).
+    async fn person_email(&self) -> &str {
+        &self.0.person_email
+    }
+    /// The course.
+    async fn course_key(&self) -> &str {
+        &self.0.course_key
+    }
+    /// When it was issued.
+    async fn issued_at(&self) -> DateTime<Utc> {
+        self.0.issued_at
+    }
+    /// When it expires (null: never).
+    async fn expires_at(&self) -> Option<DateTime<Utc>> {
+        self.0.expires_at
+    }
+    /// Whether it counts now (not expired).
+    async fn active(&self) -> bool {
+        self.0.expires_at.is_none_or(|e| e > Utc::now())
+    }
+    /// `API` or `WEBHOOK`.
+    async fn source(&self) -> CertificationSource {
+        self.0.source
+    }
+}
+
+/// Result of `recordCertification`.
+#[derive(SimpleObject)]
+pub struct RecordCertificationPayload {
+    /// The certification as recorded.
+    pub certification: Certification,
+}
+
 /// Result of `applyToProgram` and `reviewApplication`.
 #[derive(SimpleObject)]
 pub struct ApplicationPayload {
@@ -148,13 +204,13 @@ impl From<Reviewed> for ApplicationPayload {
     }
 }
 
-/// Application mutations.
+/// Partner lifecycle mutations.
 #[derive(Default)]
-pub struct ApplicationMutation;
+pub struct LifecycleMutation;
 
-/// Application mutations.
+/// Partner lifecycle mutations.
 #[Object]
-impl ApplicationMutation {
+impl LifecycleMutation {
     /// Applies to join a program whose applications are open. The one operation that needs no
     /// key; limited per client address (`TOO_MANY_REQUESTS`). An applicant whose email domain
     /// the program auto-approves becomes a partner at once and receives its first key here.
@@ -171,6 +227,20 @@ impl ApplicationMutation {
         ctx.data_unchecked::<ApplyLimiter>().check(address)?;
         let db = ctx.data_unchecked::<Db>();
         Ok(apply_to_program(db, input).await?.into())
+    }
+
+    /// Records that a person at a partner completed a course (admins, or an INTEGRATION key
+    /// granted the partner's program: an LMS). The same person and course again renews it.
+    /// Writes `certification.recorded`.
+    async fn record_certification(
+        &self,
+        ctx: &Context<'_>,
+        input: RecordCertificationInput,
+    ) -> Result<RecordCertificationPayload> {
+        let (principal, db) = caller(ctx).await?;
+        Ok(RecordCertificationPayload {
+            certification: Certification(record_certification(db, principal, input).await?),
+        })
     }
 
     /// Approves a `PENDING` application (creates the partner, writes `partner.created`, and
