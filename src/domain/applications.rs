@@ -1,11 +1,12 @@
 //! Public partner applications (DESIGN §13): a company asks to join a program whose
 //! applications are open, without a key; a program manager approves it into a partner (with its
 //! first key, shown once) or rejects it. An applicant whose email domain the program lists in
-//! `autoApproveDomains` is approved at once.
+//! `autoApproveDomains` is approved at once. The settings themselves are the program's
+//! ([`crate::domain::programs::Applications`]).
 
 use std::{net::IpAddr, num::NonZeroU32, sync::Arc};
 
-use async_graphql::{ID, InputObject, SimpleObject};
+use async_graphql::{ID, InputObject};
 use chrono::Utc;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use sea_orm::{
@@ -24,86 +25,13 @@ use crate::{
         auth::insert_key,
         events::{self, EventType},
         ids::{is_valid_id, new_id},
-        normalize::{email_domain, is_free_mail, normalize_domain, normalize_email},
+        normalize::{email_domain, is_free_mail, normalize_domain, normalize_email, optional_text},
         partners::insert_partner,
-        programs::validated_name,
+        programs::{Applications, validated_name},
         referrals::ReviewDecision,
     },
     error::{ApiError, ApiResult},
 };
-
-/// A program's application settings.
-#[derive(Debug, Clone, PartialEq, Eq, SimpleObject)]
-#[graphql(name = "ApplicationSettings")]
-pub struct Applications {
-    /// Whether `applyToProgram` accepts applications (without a key).
-    pub open: bool,
-    /// Email domains whose applicants are approved at once.
-    pub auto_approve_domains: Vec<String>,
-}
-
-impl Applications {
-    /// A program's settings.
-    pub fn of(program: &program::Model) -> Applications {
-        Applications {
-            open: program.applications_open,
-            auto_approve_domains: serde_json::from_value(program.auto_approve_domains.clone())
-                .unwrap_or_default(),
-        }
-    }
-}
-
-/// Application settings for `createProgram` / `updateProgram` (absent fields keep their value;
-/// on creation: closed, no auto-approved domains).
-#[derive(Debug, Clone, InputObject)]
-pub struct ApplicationsInput {
-    /// Open the program to public applications.
-    pub open: Option<bool>,
-    /// Email domains approved at once (normalised; free-mail domains are refused; at most 100).
-    pub auto_approve_domains: Option<Vec<String>>,
-}
-
-/// Applies `input` to a program row being created or updated.
-pub fn apply_settings(
-    model: &mut program::ActiveModel,
-    current: &Applications,
-    input: Option<ApplicationsInput>,
-    path: &str,
-) -> ApiResult<()> {
-    let Some(input) = input else {
-        return Ok(());
-    };
-    model.applications_open = Set(input.open.unwrap_or(current.open));
-    let domains = match input.auto_approve_domains {
-        None => current.auto_approve_domains.clone(),
-        Some(given) => {
-            if given.len() > 100 {
-                return Err(ApiError::bad_input(
-                    format!("{path}.autoApproveDomains"),
-                    "at most 100 domains",
-                ));
-            }
-            let mut domains = Vec::with_capacity(given.len());
-            for (i, d) in given.iter().enumerate() {
-                let field = format!("{path}.autoApproveDomains[{i}]");
-                let domain = normalize_domain(d)
-                    .ok_or_else(|| ApiError::bad_input(&field, "must be a domain name"))?;
-                if is_free_mail(&domain) {
-                    return Err(ApiError::bad_input(
-                        field,
-                        "a free-mail domain would approve anyone",
-                    ));
-                }
-                domains.push(domain);
-            }
-            domains.sort();
-            domains.dedup();
-            domains
-        }
-    };
-    model.auto_approve_domains = Set(json!(domains));
-    Ok(())
-}
 
 /// The per-address limit of `applyToProgram` (`TANDEM_APPLY_RATE_LIMIT` per minute).
 #[derive(Clone)]
@@ -193,23 +121,13 @@ fn validate(input: &ApplyToProgramInput) -> ApiResult<ValidApplication> {
         None | Some("") => None,
         Some(n) => Some(validated_name("input.contactName", n)?),
     };
-    let message = input
-        .message
-        .as_deref()
-        .map(str::trim)
-        .filter(|m| !m.is_empty());
-    if message.is_some_and(|m| m.chars().count() > 5000) {
-        return Err(ApiError::bad_input(
-            "input.message",
-            "must be at most 5000 characters",
-        ));
-    }
+    let message = optional_text("input.message", input.message.as_deref(), 5000)?;
     Ok(ValidApplication {
         name,
         domain,
         contact_email,
         contact_name,
-        message: message.map(str::to_string),
+        message,
     })
 }
 
@@ -367,18 +285,7 @@ pub struct ReviewApplicationInput {
 /// `reviewApplication` (admins): approves a `PENDING` application into a partner with its first
 /// key, or rejects it (`CONFLICT` for any other state).
 pub async fn review_application(db: &Db, input: ReviewApplicationInput) -> ApiResult<Reviewed> {
-    let reason = input
-        .reason
-        .as_deref()
-        .map(str::trim)
-        .filter(|r| !r.is_empty())
-        .map(str::to_string);
-    if reason.as_ref().is_some_and(|r| r.chars().count() > 1000) {
-        return Err(ApiError::bad_input(
-            "input.reason",
-            "must be at most 1000 characters",
-        ));
-    }
+    let reason = optional_text("input.reason", input.reason.as_deref(), 1000)?;
     let id = input.id.to_string();
     if !is_valid_id(&id) {
         return Err(ApiError::NotFound("application"));

@@ -79,6 +79,18 @@ impl Principal {
         }
     }
 
+    /// Whether this caller acts on `program_id` as a program's own systems do (`recordEngagement`,
+    /// `recordCertification`): admins on every program, integration keys on those granted.
+    pub fn operates(&self, program_id: &str) -> bool {
+        match self {
+            Principal::Admin { .. } => true,
+            Principal::Integration { program_ids, .. } => {
+                program_ids.iter().any(|p| p == program_id)
+            }
+            Principal::Partner { .. } => false,
+        }
+    }
+
     /// The key behind this principal.
     pub fn key_id(&self) -> &str {
         match self {

@@ -183,10 +183,7 @@ pub async fn record_certification(
     let partner = partner::Entity::find_by_id(partner_id)
         .one(&*tx)
         .await?
-        .filter(|p| match principal {
-            Principal::Integration { program_ids, .. } => program_ids.contains(&p.program_id),
-            _ => true,
-        })
+        .filter(|p| principal.operates(&p.program_id))
         .ok_or(ApiError::NotFound("partner"))?;
     let mut caused = Vec::new();
     let stored = record(&*tx, &partner, new, CertificationSource::Api, &mut caused).await?;

@@ -105,6 +105,23 @@ pub fn normalize_currency(input: &str) -> Option<String> {
     tandem_connectors::money::currency(input)
 }
 
+/// An optional free text: trimmed, empty as absent, at most `max` characters (else
+/// `BAD_USER_INPUT` on `field`).
+pub fn optional_text(
+    field: &str,
+    value: Option<&str>,
+    max: usize,
+) -> crate::error::ApiResult<Option<String>> {
+    let text = value.map(str::trim).filter(|t| !t.is_empty());
+    if text.is_some_and(|t| t.chars().count() > max) {
+        return Err(crate::error::ApiError::bad_input(
+            field,
+            format!("must be at most {max} characters"),
+        ));
+    }
+    Ok(text.map(str::to_string))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,14 +7,14 @@ use chrono::Utc;
 use rust_decimal::Decimal;
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 pub use crate::db::states::{CommissionType, ProgramKind, RecurringBasis, RegistrationApproval};
 use crate::{
     db::{Db, entities::program},
     domain::{
-        applications::{Applications, apply_settings},
         ids::new_id,
-        normalize::normalize_currency,
+        normalize::{is_free_mail, normalize_currency, normalize_domain},
     },
     error::{ApiError, ApiResult},
 };
@@ -131,6 +131,79 @@ fn apply_registration(
     model.protection_days = Set(protection?);
     model.extension_days = Set(extension?);
     model.max_extensions = Set(max?);
+    Ok(())
+}
+
+/// A program's application settings.
+#[derive(Debug, Clone, PartialEq, Eq, SimpleObject)]
+#[graphql(name = "ApplicationSettings")]
+pub struct Applications {
+    /// Whether `applyToProgram` accepts applications (without a key).
+    pub open: bool,
+    /// Email domains whose applicants are approved at once.
+    pub auto_approve_domains: Vec<String>,
+}
+
+impl Applications {
+    /// A program's settings.
+    pub fn of(program: &program::Model) -> Applications {
+        Applications {
+            open: program.applications_open,
+            auto_approve_domains: serde_json::from_value(program.auto_approve_domains.clone())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// Application settings for `createProgram` / `updateProgram` (absent fields keep their value;
+/// on creation: closed, no auto-approved domains).
+#[derive(Debug, Clone, InputObject)]
+pub struct ApplicationsInput {
+    /// Open the program to public applications.
+    pub open: Option<bool>,
+    /// Email domains approved at once (normalised; free-mail domains are refused; at most 100).
+    pub auto_approve_domains: Option<Vec<String>>,
+}
+
+/// Applies `input` to a program row being created or updated.
+pub fn apply_settings(
+    model: &mut program::ActiveModel,
+    current: &Applications,
+    input: Option<ApplicationsInput>,
+    path: &str,
+) -> ApiResult<()> {
+    let Some(input) = input else {
+        return Ok(());
+    };
+    model.applications_open = Set(input.open.unwrap_or(current.open));
+    let domains = match input.auto_approve_domains {
+        None => current.auto_approve_domains.clone(),
+        Some(given) => {
+            if given.len() > 100 {
+                return Err(ApiError::bad_input(
+                    format!("{path}.autoApproveDomains"),
+                    "at most 100 domains",
+                ));
+            }
+            let mut domains = Vec::with_capacity(given.len());
+            for (i, d) in given.iter().enumerate() {
+                let field = format!("{path}.autoApproveDomains[{i}]");
+                let domain = normalize_domain(d)
+                    .ok_or_else(|| ApiError::bad_input(&field, "must be a domain name"))?;
+                if is_free_mail(&domain) {
+                    return Err(ApiError::bad_input(
+                        field,
+                        "a free-mail domain would approve anyone",
+                    ));
+                }
+                domains.push(domain);
+            }
+            domains.sort();
+            domains.dedup();
+            domains
+        }
+    };
+    model.auto_approve_domains = Set(json!(domains));
     Ok(())
 }
 
@@ -388,7 +461,7 @@ pub struct CreateProgramInput {
     /// Minutes within which sales must engage an accepted referral (null: no SLA).
     pub lead_sla_minutes: Option<i32>,
     /// Public applications (default: closed).
-    pub applications: Option<crate::domain::applications::ApplicationsInput>,
+    pub applications: Option<ApplicationsInput>,
 }
 
 /// Input of `updateProgram`: absent fields keep their value. The currency cannot change.
@@ -413,7 +486,7 @@ pub struct UpdateProgramInput {
     /// New lead SLA in minutes; `null` removes it (for referrals accepted from now on).
     pub lead_sla_minutes: async_graphql::MaybeUndefined<i32>,
     /// New application settings.
-    pub applications: Option<crate::domain::applications::ApplicationsInput>,
+    pub applications: Option<ApplicationsInput>,
 }
 
 fn check_name(field: &str, name: &str) -> ApiResult<String> {

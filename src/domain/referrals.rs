@@ -23,7 +23,7 @@ use crate::{
         auth::Principal,
         events::{self, EventType},
         ids::{is_valid_id, new_id},
-        normalize::{company_domain, normalize_domain, normalize_email},
+        normalize::{company_domain, normalize_domain, normalize_email, optional_text},
         partners::PartnerStatus,
         programs::validated_name,
     },
@@ -88,23 +88,13 @@ fn validate(input: &SubmitReferralInput) -> ApiResult<ValidReferral> {
         None | Some("") => None,
         Some(n) => Some(validated_name("input.contactName", n)?),
     };
-    let notes = input
-        .notes
-        .as_deref()
-        .map(str::trim)
-        .filter(|n| !n.is_empty());
-    if notes.is_some_and(|n| n.chars().count() > 5000) {
-        return Err(ApiError::bad_input(
-            "input.notes",
-            "must be at most 5000 characters",
-        ));
-    }
+    let notes = optional_text("input.notes", input.notes.as_deref(), 5000)?;
     Ok(ValidReferral {
         company_name,
         company_domain: company_domain(domain),
         contact_name,
         contact_email,
-        notes: notes.map(str::to_string),
+        notes,
     })
 }
 
@@ -409,17 +399,6 @@ pub struct ExtendReferralInput {
     pub id: ID,
 }
 
-fn checked_reason(reason: Option<&str>) -> ApiResult<Option<String>> {
-    let reason = reason.map(str::trim).filter(|r| !r.is_empty());
-    if reason.is_some_and(|r| r.chars().count() > 1000) {
-        return Err(ApiError::bad_input(
-            "input.reason",
-            "must be at most 1000 characters",
-        ));
-    }
-    Ok(reason.map(str::to_string))
-}
-
 /// Reads a referral and its program inside `tx`, the referral row locked on PostgreSQL.
 async fn locked_referral(
     db: &Db,
@@ -486,7 +465,7 @@ async fn decide(
 /// A program manager approves or rejects a `SUBMITTED` or `CONFLICT` registration (`CONFLICT`
 /// error for any other state).
 pub async fn review_referral(db: &Db, input: ReviewReferralInput) -> ApiResult<referral::Model> {
-    let reason = checked_reason(input.reason.as_deref())?;
+    let reason = optional_text("input.reason", input.reason.as_deref(), 1000)?;
     let tx = db.begin_write().await?;
     let (existing, program) = locked_referral(db, &*tx, input.id.as_str()).await?;
     if !matches!(

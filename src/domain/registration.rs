@@ -25,7 +25,7 @@ use crate::{
         auth::Principal,
         events::{self, EventType},
         ids::{is_valid_id, new_id},
-        normalize::normalize_domain,
+        normalize::{normalize_domain, optional_text},
         referrals::holds_registration,
         sweeps::{Kind, Sweep, sweep},
     },
@@ -221,18 +221,7 @@ pub async fn record_engagement(
             "must be 1 to 64 characters",
         ));
     }
-    let note = input
-        .note
-        .as_deref()
-        .map(str::trim)
-        .filter(|n| !n.is_empty())
-        .map(str::to_string);
-    if note.as_ref().is_some_and(|n| n.chars().count() > 2000) {
-        return Err(ApiError::bad_input(
-            "input.note",
-            "must be at most 2000 characters",
-        ));
-    }
+    let note = optional_text("input.note", input.note.as_deref(), 2000)?;
     let now = Utc::now();
     let at = input.at.unwrap_or(now);
     if at > now + Duration::minutes(5) {
@@ -246,10 +235,7 @@ pub async fn record_engagement(
     let found = referral::Entity::find_by_id(id.clone())
         .one(&*tx)
         .await?
-        .filter(|r| match principal {
-            Principal::Integration { program_ids, .. } => program_ids.contains(&r.program_id),
-            _ => true,
-        })
+        .filter(|r| principal.operates(&r.program_id))
         .ok_or(ApiError::NotFound("referral"))?;
     if !engageable(found.status) {
         return Err(ApiError::Conflict(format!(

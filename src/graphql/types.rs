@@ -112,8 +112,8 @@ impl Program {
     }
     /// Whether companies may apply to join without a key (`applyToProgram`), and which email
     /// domains are approved at once.
-    async fn applications(&self) -> crate::domain::applications::Applications {
-        crate::domain::applications::Applications::of(&self.0)
+    async fn applications(&self) -> crate::domain::programs::Applications {
+        crate::domain::programs::Applications::of(&self.0)
     }
     /// When the program was created.
     async fn created_at(&self) -> DateTime<Utc> {

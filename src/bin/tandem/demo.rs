@@ -76,7 +76,7 @@ pub async fn seed_demo(db: &Db) -> anyhow::Result<Option<DemoSeed>> {
             // Sales engage a referred lead within a working day.
             lead_sla_minutes: Some(8 * 60),
             // Companies may apply to join (applyToProgram, without a key).
-            applications: Some(tandem::domain::applications::ApplicationsInput {
+            applications: Some(tandem::domain::programs::ApplicationsInput {
                 open: Some(true),
                 auto_approve_domains: None,
             }),
