@@ -60,6 +60,10 @@ pub struct NeutralDeal {
     pub updated_at: DateTime<Utc>,
     /// The customer's company domain, if the CRM knows it.
     pub company_domain: Option<String>,
+    /// The CRM's id of the customer's company (HubSpot company, Salesforce Account, Pipedrive
+    /// organization), if the deal has one.
+    #[serde(default)]
+    pub company_id: Option<String>,
     /// Contact emails associated with the deal.
     pub contact_emails: Vec<String>,
     /// A Tandem referral code carried by the deal, if any.

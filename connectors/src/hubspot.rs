@@ -268,6 +268,7 @@ impl HubSpot {
                 let domain = companies
                     .get(&id)
                     .and_then(|c| c.iter().find_map(|c| domains.get(c).cloned()));
+                let company_id = companies.get(&id).and_then(|c| c.first().cloned());
                 let mut contact_emails: Vec<String> = contacts
                     .get(&id)
                     .map(|c| c.iter().filter_map(|c| emails.get(c).cloned()).collect())
@@ -275,6 +276,7 @@ impl HubSpot {
                 contact_emails.sort();
                 contact_emails.dedup();
                 map_deal(o, domain, contact_emails, &self.default_currency)
+                    .map(|deal| NeutralDeal { company_id, ..deal })
             })
             .collect()
     }
@@ -517,6 +519,7 @@ pub fn map_deal(
         created_at,
         updated_at,
         company_domain,
+        company_id: None,
         contact_emails,
         referral_code: lenient::text(prop(REFERRAL_CODE_PROPERTY)),
         deleted: object

@@ -23,6 +23,9 @@ fn malformed(reason: impl Into<String>) -> PayloadError {
 }
 
 /// What an inbound event asks Tandem to do to its deal mirror.
+// Nearly every change is an upsert: boxing the deal would allocate once per change for the
+// sake of the rare deletion.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum DealChange {
     /// Create or update the deal with this state.
@@ -133,6 +136,7 @@ pub fn standard_deal_change(
                 created_at,
                 updated_at,
                 company_domain: lenient::text(data.get("companyDomain")),
+                company_id: lenient::text(data.get("companyId")),
                 contact_emails,
                 referral_code: lenient::text(data.get("referralCode")),
                 deleted: false,
@@ -309,6 +313,8 @@ pub fn split_hubspot(body: &[u8]) -> Vec<InboundEvent> {
 }
 
 /// What a single HubSpot event is about.
+// Short-lived (one per stored receipt), like `DealChange`.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum HubSpotDealEvent {
     /// The deal was created or changed: its current state must be fetched from HubSpot.
@@ -473,6 +479,7 @@ pub fn map_pipedrive_deal(
         created_at: lenient::time(deal.get("add_time")).unwrap_or(updated_at),
         updated_at,
         company_domain: None,
+        company_id: crate::pipedrive::org_id(deal),
         contact_emails: person_emails,
         referral_code,
         deleted: raw_status == "deleted" || lenient::boolean(deal.get("is_deleted")) == Some(true),
@@ -617,6 +624,7 @@ pub fn map_salesforce_opportunity(
         created_at: lenient::time(fields.get("CreatedDate")).unwrap_or(updated_at),
         updated_at,
         company_domain: None,
+        company_id: lenient::text(fields.get("AccountId")),
         contact_emails: Vec::new(),
         referral_code: lenient::text(fields.get(referral_code_field)),
         deleted: lenient::boolean(fields.get("IsDeleted")).unwrap_or(false),

@@ -151,6 +151,12 @@ fn person_emails(person: &Value) -> Vec<String> {
     out
 }
 
+/// The deal's organization id (`org_id`: a number in v2, `{"value": …}` in v1 payloads).
+pub fn org_id(deal: &Value) -> Option<String> {
+    let org = deal.get("org_id")?;
+    lenient::text(org.get("value")).or_else(|| lenient::text(Some(org)))
+}
+
 /// Maps one Pipedrive v2 deal.
 pub fn map_deal(
     deal: &Value,
@@ -200,6 +206,7 @@ pub fn map_deal(
         created_at: lenient::time(deal.get("add_time")).unwrap_or(updated_at),
         updated_at,
         company_domain,
+        company_id: org_id(deal),
         contact_emails,
         referral_code,
         deleted: lenient::boolean(deal.get("is_deleted")).unwrap_or(false),

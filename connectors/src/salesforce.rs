@@ -45,7 +45,7 @@ impl Salesforce {
     fn soql(&self, since: Option<DateTime<Utc>>, id: Option<&str>) -> String {
         let mut q = format!(
             "SELECT Id, Name, Amount, StageName, CloseDate, IsClosed, IsWon, CreatedDate, \
-             SystemModstamp, IsDeleted, Account.Website, {REFERRAL_CODE_FIELD}, \
+             SystemModstamp, IsDeleted, AccountId, Account.Website, {REFERRAL_CODE_FIELD}, \
              (SELECT Contact.Email FROM OpportunityContactRoles) FROM Opportunity"
         );
         if let Some(id) = id {
@@ -117,6 +117,7 @@ pub fn map_opportunity(row: &Value, default_currency: &str) -> Result<NeutralDea
         created_at: lenient::time(row.get("CreatedDate")).unwrap_or(updated_at),
         updated_at,
         company_domain: domain,
+        company_id: lenient::text(row.get("AccountId")),
         contact_emails: emails,
         referral_code: lenient::text(row.get(REFERRAL_CODE_FIELD)),
         deleted: lenient::boolean(row.get("IsDeleted")).unwrap_or(false),

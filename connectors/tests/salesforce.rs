@@ -36,7 +36,7 @@ async fn soql_pages_with_next_records_url_after_an_oauth_refresh() {
         .and(header("authorization", "Bearer 00DdM000000abcd!AQEAQ.example"))
         .and(query_param(
             "q",
-            "SELECT Id, Name, Amount, StageName, CloseDate, IsClosed, IsWon, CreatedDate, SystemModstamp, IsDeleted, Account.Website, Tandem_Referral_Code__c, (SELECT Contact.Email FROM OpportunityContactRoles) FROM Opportunity ORDER BY SystemModstamp ASC, Id ASC",
+            "SELECT Id, Name, Amount, StageName, CloseDate, IsClosed, IsWon, CreatedDate, SystemModstamp, IsDeleted, AccountId, Account.Website, Tandem_Referral_Code__c, (SELECT Contact.Email FROM OpportunityContactRoles) FROM Opportunity ORDER BY SystemModstamp ASC, Id ASC",
         ))
         .respond_with(ResponseTemplate::new(200).set_body_json(fixture("salesforce_query_response_page1.json")))
         .expect(1)
@@ -69,6 +69,11 @@ async fn soql_pages_with_next_records_url_after_an_oauth_refresh() {
     assert!(first.more);
     assert_eq!(first.deals.len(), 2);
     assert_eq!(first.deals[1].status, DealStatus::Won);
+    // The Account is the deal's CRM company.
+    assert_eq!(
+        first.deals[0].company_id.as_deref(),
+        Some("001dM00003jU9GxQAK")
+    );
     let second = salesforce.sync_page(Some(&first.cursor)).await.unwrap();
     assert!(!second.more);
     assert_eq!(second.deals[0].status, DealStatus::Lost);
@@ -82,7 +87,7 @@ async fn soql_pages_with_next_records_url_after_an_oauth_refresh() {
         .and(path("/services/data/v61.0/queryAll"))
         .and(query_param(
             "q",
-            "SELECT Id, Name, Amount, StageName, CloseDate, IsClosed, IsWon, CreatedDate, SystemModstamp, IsDeleted, Account.Website, Tandem_Referral_Code__c, (SELECT Contact.Email FROM OpportunityContactRoles) FROM Opportunity WHERE SystemModstamp >= 2026-05-02T08:59:00.000Z ORDER BY SystemModstamp ASC, Id ASC",
+            "SELECT Id, Name, Amount, StageName, CloseDate, IsClosed, IsWon, CreatedDate, SystemModstamp, IsDeleted, AccountId, Account.Website, Tandem_Referral_Code__c, (SELECT Contact.Email FROM OpportunityContactRoles) FROM Opportunity WHERE SystemModstamp >= 2026-05-02T08:59:00.000Z ORDER BY SystemModstamp ASC, Id ASC",
         ))
         .respond_with(ResponseTemplate::new(200).set_body_json(fixture("salesforce_query_response_page2_last.json")))
         .expect(1)

@@ -17,6 +17,7 @@ mod m20261206_000002_recurring;
 mod m20261206_000003_registration;
 mod m20261206_000004_applications;
 mod m20261206_000005_certifications;
+mod m20261206_000006_crm_company;
 
 /// The ordered list of Tandem migrations.
 pub struct Migrator;
@@ -37,6 +38,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000003_registration::Migration),
             Box::new(m20261206_000004_applications::Migration),
             Box::new(m20261206_000005_certifications::Migration),
+            Box::new(m20261206_000006_crm_company::Migration),
         ]
     }
 }

@@ -185,7 +185,7 @@ pub async fn customer_from_won_deal(
         partner_id: attribution.partner_id.clone(),
         domain: Some(domain.clone()),
         name: model.name.clone(),
-        crm_company_id: None,
+        crm_company_id: model.crm_company_id.clone(),
         billing_customer_id: None,
         deal_id: Some(model.id.clone()),
         first_won_at: model.closed_at.unwrap_or(model.updated_at),
@@ -618,13 +618,18 @@ pub async fn customer_for_deal(
     model: &deal::Model,
     domains: &[String],
 ) -> Result<Option<customer::Model>, DbErr> {
-    if !pays_customer_deals(program) || domains.is_empty() {
+    if !pays_customer_deals(program) || (domains.is_empty() && model.crm_company_id.is_none()) {
         return Ok(None);
     }
     let at = model.closed_at.unwrap_or(model.created_at);
+    // The company by its domain, or by the CRM's company id (a deal may carry no domain).
+    let mut company = Condition::any().add(customer::Column::Domain.is_in(domains.iter().cloned()));
+    if let Some(company_id) = &model.crm_company_id {
+        company = company.add(customer::Column::CrmCompanyId.eq(company_id.as_str()));
+    }
     let found = customer::Entity::find()
         .filter(customer::Column::ProgramId.eq(program.id.as_str()))
-        .filter(customer::Column::Domain.is_in(domains.iter().cloned()))
+        .filter(company)
         .order_by_asc(customer::Column::FirstWonAt)
         .order_by_asc(customer::Column::Id)
         .all(conn)

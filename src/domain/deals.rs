@@ -353,6 +353,11 @@ fn deal_row(
         created_at: Set(deal.created_at),
         updated_at: Set(deal.updated_at),
         company_domain: Set(deal.company_domain.as_deref().and_then(normalize_domain)),
+        crm_company_id: Set(deal
+            .company_id
+            .as_ref()
+            .map(|c| c.trim().to_string())
+            .filter(|c| !c.is_empty())),
         contact_emails: Set(json!(normalized_emails(&deal.contact_emails))),
         referral_code: Set(deal
             .referral_code

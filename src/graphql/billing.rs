@@ -51,6 +51,12 @@ impl Customer {
     async fn domain(&self) -> Option<&str> {
         self.0.domain.as_deref()
     }
+    /// The CRM's id of the company (HubSpot company, Salesforce Account, Pipedrive
+    /// organization), from the won deal that made it a customer; its later deals are
+    /// recognised by it too.
+    async fn crm_company_id(&self) -> Option<&str> {
+        self.0.crm_company_id.as_deref()
+    }
     /// Company name (the won deal's, or the billing customer's).
     async fn name(&self) -> &str {
         &self.0.name

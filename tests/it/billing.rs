@@ -776,7 +776,16 @@ async fn later_deals_of_a_customer_earn_the_recurring_rate(app: TestApp) {
     crm.deal(
         &app,
         json!({"id": "NEW", "amount": "10000", "status": "won", "closedAt": first.to_rfc3339(),
-               "referralCode": alice.code, "companyDomain": "gamma.example"}),
+               "referralCode": alice.code, "companyDomain": "gamma.example", "companyId": "C-42"}),
+    )
+    .await;
+    // A deal of the same CRM company without a domain or contacts: the company id recognises
+    // the customer.
+    crm.deal(
+        &app,
+        json!({"id": "BYID", "amount": "1000", "status": "won",
+               "createdAt": (first + Duration::days(100)).to_rfc3339(),
+               "closedAt": (first + Duration::days(120)).to_rfc3339(), "companyId": "C-42"}),
     )
     .await;
     // A renewal 190 days later (inside 12 months), and one 400 days after the first win
@@ -850,11 +859,17 @@ async fn later_deals_of_a_customer_earn_the_recurring_rate(app: TestApp) {
     assert_eq!(find("RENEWAL")["partner"]["id"], json!(alice.id));
     assert_eq!(find("RENEWAL")["commission"]["expected"], "200.00");
     assert_eq!(find("LATE")["attributionMethod"], Value::Null);
+    assert_eq!(find("BYID")["attributionMethod"], "CUSTOMER");
+    assert_eq!(find("BYID")["commission"]["expected"], "50.00");
     // One customer only: the renewal did not make another.
     let customers = app
-        .admin_ok("{ customers(first: 5) { totalCount } }", json!({}))
+        .admin_ok(
+            "{ customers(first: 5) { totalCount edges { node { domain crmCompanyId } } } }",
+            json!({}),
+        )
         .await;
     assert_eq!(customers["customers"]["totalCount"], 1);
+    assert_eq!(nodes(&customers["customers"])[0]["crmCompanyId"], "C-42");
 }
 
 /// Bad recurring plans are refused naming the field.

@@ -295,6 +295,15 @@ async fn hubspot_backfill_then_incremental(app: TestApp) {
             ("3".into(), "OPEN".into(), "-".into(), "-".into()),
         ]
     );
+    // Deal 1's associated HubSpot company is kept with it.
+    assert_eq!(
+        crate::helpers::count(
+            &app.db,
+            "SELECT COUNT(*) AS n FROM deals WHERE external_id = '1' AND crm_company_id = '9001'"
+        )
+        .await,
+        1
+    );
     // Nothing changed: the overlap re-reads recent deals and applies nothing.
     let run = sync(&app, &connection).await;
     assert_eq!(run["status"], "SUCCEEDED", "{run}");
@@ -938,6 +947,11 @@ async fn pipedrive_and_salesforce_connections_sync(app: TestApp) {
     let coded: Vec<_> = deals.iter().filter(|d| d.3 == "CODE").collect();
     assert_eq!(coded.len(), 2, "{deals:?}");
     assert!(coded.iter().all(|d| d.1 == "WON" && d.2 == "Alice"));
+    // Each deal keeps its CRM company: the Pipedrive organization, the Salesforce Account.
+    let with_company =
+        |id: &str| format!("SELECT COUNT(*) AS n FROM deals WHERE crm_company_id = '{id}'");
+    assert!(crate::helpers::count(&app.db, &with_company("1")).await >= 1);
+    assert!(crate::helpers::count(&app.db, &with_company("001dM00003jU9GxQAK")).await >= 1);
 }
 
 async fn oauth_connections_persist_rotated_refresh_tokens(app: TestApp) {

@@ -286,6 +286,7 @@ async fn run_case(fixture: &Fixture, ops: Vec<Op>) {
                 created_at: clock - Duration::days(3000),
                 updated_at: m.updated,
                 company_domain: None,
+                company_id: None,
                 contact_emails: vec![],
                 referral_code: Some(partners[deal % 2].1.clone()),
                 deleted: false,

@@ -338,9 +338,9 @@ async fn referral_totals_follow_every_change(app: TestApp) {
     assert_eq!(referral_totals(&app, &alpha, &beta).await, (4, 1));
 
     // Undo and redo the migration: the counter table is rebuilt from the referrals.
-    // (The day-two, recurring, registration, application and certification migrations came
-    // later: they are undone first.)
-    app.db.migrate_down(6).await.unwrap();
+    // (The day-two, recurring, registration, application, certification and CRM-company
+    // migrations came later: they are undone first.)
+    app.db.migrate_down(7).await.unwrap();
     assert!(
         app.db
             .execute_unprepared("SELECT total FROM referral_counts")

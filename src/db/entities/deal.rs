@@ -31,6 +31,8 @@ pub struct Model {
     pub locked_amount: Option<String>,
     pub locked_currency: Option<String>,
     pub locked_closed_at: Option<DateTimeUtc>,
+    /// The CRM's id of the deal's company, if it has one.
+    pub crm_company_id: Option<String>,
 }
 
 /// No relations are declared: joins are written explicitly where they are needed.
