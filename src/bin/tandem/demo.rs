@@ -223,6 +223,11 @@ pub async fn seed_demo(db: &Db) -> anyhow::Result<Option<DemoSeed>> {
             json!({"dealId": deal.id, "method": "DOMAIN", "referralId": referral.id}),
         )
         .await?;
+        // A deal attributed to a referral is sales engaging the lead (its SLA is met).
+        let mut engaged = Vec::new();
+        tandem::domain::registration::engaged_by_deal(&*tx, &referral.id, now, &mut engaged)
+            .await?;
+        events::record_all(&*tx, engaged).await?;
         if won {
             events::record(
                 &*tx,
