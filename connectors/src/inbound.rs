@@ -69,16 +69,29 @@ fn body_text(body: &[u8]) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
-// STANDARD: Tandem's own deal events
+// STANDARD: Tandem's own events
 // ---------------------------------------------------------------------------------------------
 
-/// Maps a Tandem deal event (`{"type": "deal.updated" | "deal.deleted", "data": {…}}`).
-/// `received_at` dates a deletion that carries no `updatedAt`.
-pub fn standard_deal_change(
+/// What a STANDARD source's event asks for: a deal change (`deal.updated`, `deal.deleted`),
+/// or sales engaging a referred lead (`lead.engaged`, DESIGN §12), or a certification
+/// (`certification.issued`, DESIGN §13).
+#[derive(Debug, Clone, PartialEq)]
+pub enum StandardEvent {
+    /// A deal change.
+    Deal(DealChange),
+    /// Sales engaged a referred lead.
+    LeadEngaged(LeadEngagement),
+    /// A person at a partner completed a course.
+    CertificationIssued(CertificationIssued),
+}
+
+/// Reads a STANDARD event (`{"type": …, "data": {…}}`), parsing the payload once whatever its
+/// type. `received_at` dates a deletion that carries no `updatedAt`.
+pub fn standard_event(
     payload: &[u8],
     default_currency: &str,
     received_at: DateTime<Utc>,
-) -> Result<DealChange, PayloadError> {
+) -> Result<StandardEvent, PayloadError> {
     let value = parse_json(payload)?;
     let event_type = value
         .get("type")
@@ -88,6 +101,36 @@ pub fn standard_deal_change(
         .get("data")
         .and_then(Value::as_object)
         .ok_or_else(|| malformed("missing object `data`"))?;
+    match event_type {
+        "lead.engaged" => lead_engaged(data).map(StandardEvent::LeadEngaged),
+        "certification.issued" => {
+            certification_issued(data).map(StandardEvent::CertificationIssued)
+        }
+        other => deal_change(other, data, default_currency, received_at).map(StandardEvent::Deal),
+    }
+}
+
+/// Maps a Tandem deal event (`{"type": "deal.updated" | "deal.deleted", "data": {…}}`); any
+/// other STANDARD event is an error here (see [`standard_event`]).
+pub fn standard_deal_change(
+    payload: &[u8],
+    default_currency: &str,
+    received_at: DateTime<Utc>,
+) -> Result<DealChange, PayloadError> {
+    match standard_event(payload, default_currency, received_at)? {
+        StandardEvent::Deal(change) => Ok(change),
+        StandardEvent::LeadEngaged(_) | StandardEvent::CertificationIssued(_) => {
+            Err(malformed("not a deal event"))
+        }
+    }
+}
+
+fn deal_change(
+    event_type: &str,
+    data: &Map<String, Value>,
+    default_currency: &str,
+    received_at: DateTime<Utc>,
+) -> Result<DealChange, PayloadError> {
     let external_id =
         lenient::text(data.get("id")).ok_or_else(|| malformed("missing `data.id`"))?;
     match event_type {
@@ -190,45 +233,24 @@ pub struct CertificationIssued {
     pub referral_code: Option<String>,
 }
 
-/// The `certification.issued` event a STANDARD payload carries, or `None` for any other type.
-pub fn standard_certification_issued(
-    payload: &[u8],
-) -> Result<Option<CertificationIssued>, PayloadError> {
-    let value = parse_json(payload)?;
-    if value.get("type").and_then(Value::as_str) != Some("certification.issued") {
-        return Ok(None);
-    }
-    let data = value
-        .get("data")
-        .and_then(Value::as_object)
-        .ok_or_else(|| malformed("missing object `data`"))?;
+fn certification_issued(data: &Map<String, Value>) -> Result<CertificationIssued, PayloadError> {
     let required = |key: &str| {
         lenient::text(data.get(key))
             .map(|v| v.trim().to_string())
             .filter(|v| !v.is_empty())
             .ok_or_else(|| malformed(format!("missing `data.{key}`")))
     };
-    Ok(Some(CertificationIssued {
+    Ok(CertificationIssued {
         person_email: required("personEmail")?,
         course_key: required("courseKey")?,
         issued_at: optional_time(data, "issuedAt", "data.issuedAt")?,
         expires_at: optional_time(data, "expiresAt", "data.expiresAt")?,
         partner_id: lenient::text(data.get("partnerId")).filter(|v| !v.trim().is_empty()),
         referral_code: lenient::text(data.get("referralCode")).filter(|v| !v.trim().is_empty()),
-    }))
+    })
 }
 
-/// The `lead.engaged` event a STANDARD payload carries, or `None` for any other type (deal
-/// events, see [`standard_deal_change`]).
-pub fn standard_lead_engaged(payload: &[u8]) -> Result<Option<LeadEngagement>, PayloadError> {
-    let value = parse_json(payload)?;
-    if value.get("type").and_then(Value::as_str) != Some("lead.engaged") {
-        return Ok(None);
-    }
-    let data = value
-        .get("data")
-        .and_then(Value::as_object)
-        .ok_or_else(|| malformed("missing object `data`"))?;
+fn lead_engaged(data: &Map<String, Value>) -> Result<LeadEngagement, PayloadError> {
     let company_domain = lenient::text(data.get("companyDomain"))
         .filter(|d| !d.trim().is_empty())
         .ok_or_else(|| malformed("missing `data.companyDomain`"))?;
@@ -245,13 +267,13 @@ pub fn standard_lead_engaged(payload: &[u8]) -> Result<Option<LeadEngagement>, P
     if note.as_ref().is_some_and(|n| n.chars().count() > 2000) {
         return Err(malformed("`data.note` must be at most 2000 characters"));
     }
-    Ok(Some(LeadEngagement {
+    Ok(LeadEngagement {
         company_domain,
         referral_code: lenient::text(data.get("referralCode")).filter(|c| !c.trim().is_empty()),
         kind,
         at: optional_time(data, "at", "data.at")?,
         note,
-    }))
+    })
 }
 
 fn optional_time(

@@ -40,7 +40,7 @@ use crate::{
         events,
         ids::new_id,
         registration::{self, LeadOutcome},
-        webhooks::{Disposition, HUBSPOT_WAITING, ReceivedEvent, Webhooks},
+        webhooks::{Disposition, HUBSPOT_WAITING, Inbound, ReceivedEvent, Webhooks},
     },
     error::{ApiError, ApiResult},
 };
@@ -559,34 +559,12 @@ impl InboxWorker {
                 Err(err) => failed(err.0),
             };
         }
-        match source.lead(receipt.payload.as_bytes()) {
-            Ok(Some(lead)) => {
-                return Plan::Lead {
-                    program_id: program.id.clone(),
-                    lead,
-                    received_at: receipt.received_at,
-                };
-            }
-            Ok(None) => {}
-            Err(err) => return failed(err.0),
-        }
-        match source.certification(receipt.payload.as_bytes()) {
-            Ok(Some(issued)) => {
-                return Plan::Certification {
-                    program_id: program.id.clone(),
-                    issued,
-                    received_at: receipt.received_at,
-                };
-            }
-            Ok(None) => {}
-            Err(err) => return failed(err.0),
-        }
-        match source.change(
+        match source.inbound(
             receipt.payload.as_bytes(),
             &program.currency,
             receipt.received_at,
         ) {
-            Ok(Some(change)) => Plan::Apply {
+            Ok(Inbound::Deal(change)) => Plan::Apply {
                 // Deals synced through a CRM connection and pushed by its webhooks are one deal.
                 source: source
                     .model
@@ -596,7 +574,17 @@ impl InboxWorker {
                 program_id: program.id.clone(),
                 change,
             },
-            Ok(None) => Plan::Done(Outcome::settled(
+            Ok(Inbound::Lead(lead)) => Plan::Lead {
+                program_id: program.id.clone(),
+                lead,
+                received_at: receipt.received_at,
+            },
+            Ok(Inbound::Certification(issued)) => Plan::Certification {
+                program_id: program.id.clone(),
+                issued,
+                received_at: receipt.received_at,
+            },
+            Ok(Inbound::Fetch) => Plan::Done(Outcome::settled(
                 ReceiptStatus::Received,
                 Some(HUBSPOT_WAITING.to_string()),
             )),

@@ -338,14 +338,19 @@ async fn recurring(db: &Db, q: &KpiQuery) -> ApiResult<(i64, i64, i64)> {
     Ok((revenue, active, commission))
 }
 
+/// SQL for the hours from `from` to `to` (time expressions), never negative.
+fn hours_between(db: &Db, from: &str, to: &str) -> String {
+    match db.backend() {
+        DatabaseBackend::Postgres => {
+            format!("GREATEST(EXTRACT(EPOCH FROM ({to} - {from})) / 3600.0, 0)::float8")
+        }
+        _ => format!("MAX((julianday({to}) - julianday({from})) * 24.0, 0.0)"),
+    }
+}
+
 /// Median hours from submission to the first attributed deal's creation.
 async fn median_hours_to_first_deal(db: &Db, q: &KpiQuery) -> ApiResult<Option<f64>> {
-    let hours = match db.backend() {
-        DatabaseBackend::Postgres => {
-            "GREATEST(EXTRACT(EPOCH FROM (MIN(d.created_at) - r.submitted_at)) / 3600.0, 0)::float8"
-        }
-        _ => "MAX((julianday(MIN(d.created_at)) - julianday(r.submitted_at)) * 24.0, 0.0)",
-    };
+    let hours = hours_between(db, "r.submitted_at", "MIN(d.created_at)");
     let mut f = Filter::new(db);
     let scope = f.scope(q, "r.program_id", "r.partner_id", Some("r.submitted_at"));
     let delays = format!(
@@ -359,12 +364,7 @@ async fn median_hours_to_first_deal(db: &Db, q: &KpiQuery) -> ApiResult<Option<f
 /// Median hours from acceptance to first engagement, over the referrals of the range that were
 /// accepted and engaged.
 async fn median_hours_to_engagement(db: &Db, q: &KpiQuery) -> ApiResult<Option<f64>> {
-    let hours = match db.backend() {
-        DatabaseBackend::Postgres => {
-            "GREATEST(EXTRACT(EPOCH FROM (r.engaged_at - r.accepted_at)) / 3600.0, 0)::float8"
-        }
-        _ => "MAX((julianday(r.engaged_at) - julianday(r.accepted_at)) * 24.0, 0.0)",
-    };
+    let hours = hours_between(db, "r.accepted_at", "r.engaged_at");
     let mut f = Filter::new(db);
     let scope = f.scope(q, "r.program_id", "r.partner_id", Some("r.submitted_at"));
     let delays = format!(

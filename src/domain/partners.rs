@@ -94,8 +94,8 @@ pub async fn create_partner(db: &Db, input: CreatePartnerInput) -> ApiResult<par
 }
 
 /// Inserts an ACTIVE partner of `program_id` with a fresh referral code, inside the caller's
-/// transaction, and writes `partner.created`. `CONFLICT`-free domains only: another partner of
-/// the program with `domain` is a `BAD_USER_INPUT` on `input.domain`.
+/// transaction, and writes `partner.created`. A domain another partner of the program has is
+/// refused (`BAD_USER_INPUT` on `input.domain`).
 pub async fn insert_partner(
     conn: &impl ConnectionTrait,
     program_id: &str,

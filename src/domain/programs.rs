@@ -1,7 +1,5 @@
 //! Programs and their commission plans: validation, creation, update.
 
-use std::ops::RangeInclusive;
-
 use async_graphql::{InputObject, SimpleObject};
 use chrono::Utc;
 use rust_decimal::Decimal;
@@ -86,51 +84,40 @@ pub struct RegistrationInput {
     pub max_extensions: Option<i32>,
 }
 
+/// Sets a program row's registration settings: `current`, with what `input` gives.
 fn apply_registration(
     model: &mut program::ActiveModel,
     current: &Registration,
     input: Option<RegistrationInput>,
     path: &str,
 ) -> ApiResult<()> {
-    let Some(input) = input else {
-        return Ok(());
-    };
-    let checked = |name: &str, value: Option<i32>, current: i32, range: RangeInclusive<i32>| {
-        let value = value.unwrap_or(current);
-        if range.contains(&value) {
-            Ok(value)
-        } else {
-            Err(ApiError::bad_input(
-                format!("{path}.{name}"),
-                format!("must be between {} and {}", range.start(), range.end()),
-            ))
-        }
-    };
-    let [protection, extension, max] = [
-        (
-            "protectionDays",
-            input.protection_days,
-            current.protection_days,
-            0..=3650,
-        ),
-        (
-            "extensionDays",
-            input.extension_days,
-            current.extension_days,
-            1..=3650,
-        ),
-        (
-            "maxExtensions",
-            input.max_extensions,
-            current.max_extensions,
-            0..=100,
-        ),
-    ]
-    .map(|(name, value, current, range)| checked(name, value, current, range));
+    let input = input.unwrap_or(RegistrationInput {
+        approval: None,
+        protection_days: None,
+        extension_days: None,
+        max_extensions: None,
+    });
     model.registration_approval = Set(input.approval.unwrap_or(current.approval));
-    model.protection_days = Set(protection?);
-    model.extension_days = Set(extension?);
-    model.max_extensions = Set(max?);
+    model.protection_days = Set(check_days(
+        &format!("{path}.protectionDays"),
+        input.protection_days,
+        current.protection_days,
+        0,
+    )?);
+    model.extension_days = Set(check_days(
+        &format!("{path}.extensionDays"),
+        input.extension_days,
+        current.extension_days,
+        1,
+    )?);
+    let max_extensions = input.max_extensions.unwrap_or(current.max_extensions);
+    if !(0..=100).contains(&max_extensions) {
+        return Err(ApiError::bad_input(
+            format!("{path}.maxExtensions"),
+            "must be between 0 and 100",
+        ));
+    }
+    model.max_extensions = Set(max_extensions);
     Ok(())
 }
 
@@ -165,16 +152,17 @@ pub struct ApplicationsInput {
     pub auto_approve_domains: Option<Vec<String>>,
 }
 
-/// Applies `input` to a program row being created or updated.
-pub fn apply_settings(
+/// Sets a program row's application settings: `current`, with what `input` gives.
+fn apply_applications(
     model: &mut program::ActiveModel,
     current: &Applications,
     input: Option<ApplicationsInput>,
     path: &str,
 ) -> ApiResult<()> {
-    let Some(input) = input else {
-        return Ok(());
-    };
+    let input = input.unwrap_or(ApplicationsInput {
+        open: None,
+        auto_approve_domains: None,
+    });
     model.applications_open = Set(input.open.unwrap_or(current.open));
     let domains = match input.auto_approve_domains {
         None => current.auto_approve_domains.clone(),
@@ -562,31 +550,23 @@ pub async fn create_program(db: &Db, input: CreateProgramInput) -> ApiResult<pro
         ..Default::default()
     };
     apply_plan(&mut model, plan)?;
-    let defaults = Registration {
-        approval: RegistrationApproval::Auto,
-        protection_days: 90,
-        extension_days: 30,
-        max_extensions: 1,
-    };
-    model.registration_approval = Set(defaults.approval);
-    model.protection_days = Set(defaults.protection_days);
-    model.extension_days = Set(defaults.extension_days);
-    model.max_extensions = Set(defaults.max_extensions);
     apply_registration(
         &mut model,
-        &defaults,
+        &Registration {
+            approval: RegistrationApproval::Auto,
+            protection_days: 90,
+            extension_days: 30,
+            max_extensions: 1,
+        },
         input.registration,
         "input.registration",
     )?;
-    let closed = Applications {
-        open: false,
-        auto_approve_domains: Vec::new(),
-    };
-    model.applications_open = Set(false);
-    model.auto_approve_domains = Set(serde_json::json!([]));
-    apply_settings(
+    apply_applications(
         &mut model,
-        &closed,
+        &Applications {
+            open: false,
+            auto_approve_domains: Vec::new(),
+        },
         input.applications,
         "input.applications",
     )?;
@@ -644,7 +624,7 @@ pub async fn update_program(db: &Db, input: UpdateProgramInput) -> ApiResult<pro
         input.registration,
         "input.registration",
     )?;
-    apply_settings(
+    apply_applications(
         &mut model,
         &Applications::of(&existing),
         input.applications,

@@ -16,8 +16,7 @@ use crate::{
     db::{
         Db,
         entities::{customer, deal, partner, program, referral},
-        states::RegistrationApproval,
-        states::{DealStatus, SlaState},
+        states::{DealStatus, RegistrationApproval, SlaState},
     },
     domain::{
         auth::Principal,

@@ -10,7 +10,7 @@ use async_graphql::{ID, InputObject};
 use chrono::{DateTime, Duration, Utc};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseBackend, DbErr,
-    EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect, Select,
 };
 use serde_json::json;
 use tandem_connectors::inbound::LeadEngagement;
@@ -82,24 +82,29 @@ pub struct Engagement {
     pub source: EngagementSource,
 }
 
-/// Records `engagement` on the referral `id` inside the caller's transaction: the earliest
-/// engagement is the referral's `engagedAt` (first one: `referral.engaged`), and it stops a
-/// pending SLA clock (`MET` by the due time; after it `BREACHED`, with the breach event
-/// unless the sweep already wrote it). The referral row is locked first (PostgreSQL), so an
-/// engagement and the SLA sweep never both decide the same clock.
-pub async fn engage(
+/// `query` reading the referral row to engage, locked on PostgreSQL: an engagement and the SLA
+/// sweep (which skips locked rows) then never both decide the same clock.
+fn locking(
     conn: &impl ConnectionTrait,
-    id: &str,
+    query: Select<referral::Entity>,
+) -> Select<referral::Entity> {
+    if conn.get_database_backend() == DatabaseBackend::Postgres {
+        query.lock_exclusive()
+    } else {
+        query
+    }
+}
+
+/// Records `engagement` on `found` (read through [`locking`]) inside the caller's
+/// transaction: the earliest engagement is the referral's `engagedAt` (first one:
+/// `referral.engaged`), and it stops a pending SLA clock (`MET` by the due time; after it
+/// `BREACHED`, with the breach event unless the sweep already wrote it).
+async fn engage(
+    conn: &impl ConnectionTrait,
+    found: referral::Model,
     engagement: Engagement,
     events: &mut Vec<event::ActiveModel>,
-) -> Result<Option<referral::Model>, DbErr> {
-    let mut query = referral::Entity::find_by_id(id.to_string());
-    if conn.get_database_backend() == DatabaseBackend::Postgres {
-        query = query.lock_exclusive();
-    }
-    let Some(found) = query.one(conn).await? else {
-        return Ok(None);
-    };
+) -> Result<referral::Model, DbErr> {
     let now = Utc::now();
     referral_engagement::ActiveModel {
         id: Set(new_id()),
@@ -145,13 +150,13 @@ pub async fn engage(
         ));
     }
     if found.engaged_at == Some(engaged_at) && found.sla_state == sla_state {
-        return Ok(Some(found));
+        return Ok(found);
     }
     let mut model: referral::ActiveModel = found.into();
     model.engaged_at = Set(Some(engaged_at));
     model.sla_state = Set(sla_state);
     model.updated_at = Set(now);
-    Ok(Some(model.update(conn).await?))
+    model.update(conn).await
 }
 
 /// A CRM deal was attributed to the referral: sales engaged the lead when the deal was created
@@ -162,10 +167,14 @@ pub async fn engaged_by_deal(
     deal_created_at: DateTime<Utc>,
     events: &mut Vec<event::ActiveModel>,
 ) -> Result<(), DbErr> {
+    let query = locking(conn, referral::Entity::find_by_id(referral_id.to_string()));
+    let Some(found) = query.one(conn).await? else {
+        return Ok(());
+    };
     let at = deal_created_at.min(Utc::now());
     engage(
         conn,
-        referral_id,
+        found,
         Engagement {
             kind: "deal".to_string(),
             at,
@@ -232,7 +241,7 @@ pub async fn record_engagement(
         return Err(ApiError::NotFound("referral"));
     }
     let tx = db.begin_write().await?;
-    let found = referral::Entity::find_by_id(id.clone())
+    let found = locking(&*tx, referral::Entity::find_by_id(id))
         .one(&*tx)
         .await?
         .filter(|r| principal.operates(&r.program_id))
@@ -252,7 +261,7 @@ pub async fn record_engagement(
     let mut caused = Vec::new();
     let updated = engage(
         &*tx,
-        &id,
+        found,
         Engagement {
             kind,
             at,
@@ -261,8 +270,7 @@ pub async fn record_engagement(
         },
         &mut caused,
     )
-    .await?
-    .ok_or(ApiError::NotFound("referral"))?;
+    .await?;
     events::record_all(&*tx, caused).await?;
     tx.commit().await?;
     Ok(updated)
@@ -310,29 +318,28 @@ pub async fn apply_lead_engaged(
         };
         query = query.filter(referral::Column::PartnerId.eq(found.id));
     }
-    let Some(found) = query
+    let query = query
         .order_by_asc(referral::Column::SubmittedAt)
-        .order_by_asc(referral::Column::Id)
-        .one(conn)
-        .await?
-    else {
+        .order_by_asc(referral::Column::Id);
+    let Some(found) = locking(conn, query).one(conn).await? else {
         return Ok(LeadOutcome::Unmatched(format!(
             "no live registration of {domain} in this program"
         )));
     };
-    engage(
+    let at = at.max(found.submitted_at);
+    let engaged = engage(
         conn,
-        &found.id,
+        found,
         Engagement {
             kind: lead.kind.clone(),
-            at: at.max(found.submitted_at),
+            at,
             note: lead.note.clone(),
             source: EngagementSource::Webhook,
         },
         events,
     )
     .await?;
-    Ok(LeadOutcome::Engaged(found.id))
+    Ok(LeadOutcome::Engaged(engaged.id))
 }
 
 /// The engagements of a referral, earliest first.

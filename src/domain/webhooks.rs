@@ -18,7 +18,7 @@ use sea_orm::{
 };
 use secrecy::{ExposeSecret, SecretString};
 use tandem_connectors::{
-    inbound::{self, HubSpotDealEvent, InboundEvent},
+    inbound::{self, HubSpotDealEvent, InboundEvent, StandardEvent},
     stripe::{BillingEvent, BillingFact},
     verify::{self, HubSpotRequest, VerifyError},
 };
@@ -757,43 +757,18 @@ impl Source {
                 _ => Disposition::Apply,
             });
         }
-        if self.lead(payload)?.is_some() || self.certification(payload)?.is_some() {
-            return Ok(Disposition::Apply);
-        }
         // The currency only fills in a missing one when applying; any valid code checks.
-        match self.change(payload, "USD", received_at)? {
+        match self.inbound(payload, "USD", received_at)? {
             // Money outside Tandem's bounds, or a currency that is no ISO 4217 code, is refused
             // before it is acknowledged (applying checks it again, for every path).
-            Some(inbound::DealChange::Upsert(deal)) => {
+            Inbound::Deal(inbound::DealChange::Upsert(deal)) => {
                 deal.check().map_err(inbound::PayloadError)?;
                 Ok(Disposition::Apply)
             }
-            Some(_) => Ok(Disposition::Apply),
-            None => Ok(Disposition::Park(HUBSPOT_WAITING.to_string())),
-        }
-    }
-
-    /// The `lead.engaged` event a stored payload of a STANDARD source carries (DESIGN §12);
-    /// `None` for deal events and other kinds of source.
-    pub fn lead(
-        &self,
-        payload: &[u8],
-    ) -> Result<Option<inbound::LeadEngagement>, inbound::PayloadError> {
-        match self.kind {
-            WebhookSourceKind::Standard => inbound::standard_lead_engaged(payload),
-            _ => Ok(None),
-        }
-    }
-
-    /// The `certification.issued` event a stored payload of a STANDARD source carries (DESIGN
-    /// §13); `None` for other events and other kinds of source.
-    pub fn certification(
-        &self,
-        payload: &[u8],
-    ) -> Result<Option<inbound::CertificationIssued>, inbound::PayloadError> {
-        match self.kind {
-            WebhookSourceKind::Standard => inbound::standard_certification_issued(payload),
-            _ => Ok(None),
+            Inbound::Deal(_) | Inbound::Lead(_) | Inbound::Certification(_) => {
+                Ok(Disposition::Apply)
+            }
+            Inbound::Fetch => Ok(Disposition::Park(HUBSPOT_WAITING.to_string())),
         }
     }
 
@@ -802,38 +777,55 @@ impl Source {
         tandem_connectors::stripe::parse_event(payload)
     }
 
-    /// The deal change a stored payload asks for; `None` when the deal must first be fetched
-    /// from the CRM (HubSpot creation and property-change events). Billing sources carry no
-    /// deal changes (see [`Source::billing`]).
-    pub fn change(
+    /// What a stored payload of a CRM or STANDARD source asks for, read once. Billing sources
+    /// carry none of these (see [`Source::billing`]).
+    pub fn inbound(
         &self,
         payload: &[u8],
         currency: &str,
         received_at: DateTime<Utc>,
-    ) -> Result<Option<inbound::DealChange>, inbound::PayloadError> {
+    ) -> Result<Inbound, inbound::PayloadError> {
         let field = self.model.referral_code_field.as_deref();
         match self.kind {
-            WebhookSourceKind::Standard => {
-                inbound::standard_deal_change(payload, currency, received_at).map(Some)
-            }
+            WebhookSourceKind::Standard => Ok(
+                match inbound::standard_event(payload, currency, received_at)? {
+                    StandardEvent::Deal(change) => Inbound::Deal(change),
+                    StandardEvent::LeadEngaged(lead) => Inbound::Lead(lead),
+                    StandardEvent::CertificationIssued(issued) => Inbound::Certification(issued),
+                },
+            ),
             WebhookSourceKind::Hubspot => match inbound::hubspot_deal_event(payload)? {
-                HubSpotDealEvent::Deleted(change) => Ok(Some(change)),
-                HubSpotDealEvent::NeedsFetch { .. } => Ok(None),
+                HubSpotDealEvent::Deleted(change) => Ok(Inbound::Deal(change)),
+                HubSpotDealEvent::NeedsFetch { .. } => Ok(Inbound::Fetch),
             },
             WebhookSourceKind::Pipedrive => {
-                inbound::pipedrive_deal_change(payload, field, currency).map(Some)
+                inbound::pipedrive_deal_change(payload, field, currency).map(Inbound::Deal)
             }
             WebhookSourceKind::Salesforce => inbound::salesforce_deal_change(
                 payload,
                 field.unwrap_or(SALESFORCE_REFERRAL_CODE_FIELD),
                 currency,
             )
-            .map(Some),
+            .map(Inbound::Deal),
             WebhookSourceKind::Stripe => Err(inbound::PayloadError(
                 "a billing source carries no deal changes".into(),
             )),
         }
     }
+}
+
+/// What a stored receipt of a CRM or STANDARD source asks Tandem to do.
+// Nearly every receipt is a deal upsert: boxing the deal would allocate once per receipt.
+#[allow(clippy::large_enum_variant)]
+pub enum Inbound {
+    /// Apply this deal change.
+    Deal(inbound::DealChange),
+    /// Fetch the deal from the CRM first (HubSpot creation and property-change events).
+    Fetch,
+    /// Sales engaged a referred lead (STANDARD `lead.engaged`, DESIGN §12).
+    Lead(inbound::LeadEngagement),
+    /// A person at a partner was certified (STANDARD `certification.issued`, DESIGN §13).
+    Certification(inbound::CertificationIssued),
 }
 
 /// Why a HubSpot creation/property-change receipt waits in the inbox.

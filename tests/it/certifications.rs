@@ -8,6 +8,7 @@ use crate::{
     commissions::{Crm, partner, program_with, run_job},
     db_tests,
     helpers::{TestApp, error_code, error_field, nodes},
+    registration::integration_key,
     webhooks::{drain, post_signed},
 };
 
@@ -16,17 +17,6 @@ const RECORD: &str = "mutation($input: RecordCertificationInput!) { recordCertif
 
 async fn record(app: &TestApp, token: &str, input: Value) -> Value {
     app.gql(token, RECORD, json!({"input": input})).await
-}
-
-async fn integration_key(app: &TestApp, programs: &[&str]) -> String {
-    app.admin_ok(
-        "mutation($input: CreateApiKeyInput!) { createApiKey(input: $input) { token } }",
-        json!({"input": {"name": "lms", "role": "INTEGRATION", "programIds": programs}}),
-    )
-    .await["createApiKey"]["token"]
-        .as_str()
-        .unwrap()
-        .to_string()
 }
 
 async fn events_of(app: &TestApp, event_type: &str) -> Vec<Value> {

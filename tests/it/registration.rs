@@ -113,7 +113,8 @@ async fn events_about(app: &TestApp, event_type: &str, id: &str) -> Vec<Value> {
         .collect()
 }
 
-async fn integration_key(app: &TestApp, programs: &[&str]) -> String {
+/// An INTEGRATION key granted `programs`.
+pub async fn integration_key(app: &TestApp, programs: &[&str]) -> String {
     app.admin_ok(
         "mutation($input: CreateApiKeyInput!) { createApiKey(input: $input) { token } }",
         json!({"input": {"name": "sales tool", "role": "INTEGRATION", "programIds": programs}}),

@@ -34,7 +34,9 @@ use tandem::{
     },
 };
 
-use super::reconcile::{insert_partners, insert_program, peak_rss_mib, program_row, reconcile_job};
+use super::reconcile::{
+    count, insert_partners, insert_program, peak_rss_mib, program_row, reconcile_job,
+};
 
 /// The phases.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -402,16 +404,11 @@ async fn ingest(db: &Db, events: u32, customers: u32) -> anyhow::Result<Value> {
     while worker.apply_due().await? > 0 {}
     let apply_secs = apply_started.elapsed().as_secs_f64();
     let left = backlog(db).await?;
-    let linked = db
-        .reads()
-        .query_one_raw(Statement::from_string(
-            db.backend(),
-            "SELECT COUNT(*) AS n FROM invoices WHERE external_id LIKE 'in_ingest_%' AND customer_id IS NOT NULL",
-        ))
-        .await?
-        .map(|r| r.try_get::<i64>("", "n"))
-        .transpose()?
-        .unwrap_or(0);
+    let linked = count(
+        db,
+        "SELECT COUNT(*) AS n FROM invoices WHERE external_id LIKE 'in_ingest_%' AND customer_id IS NOT NULL",
+    )
+    .await?;
     Ok(json!({
         "events": events,
         "verifyPerSec": f64::from(events) / verify_secs,

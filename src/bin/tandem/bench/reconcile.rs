@@ -104,6 +104,16 @@ pub async fn insert_program(db: &Db, row: program::ActiveModel) -> anyhow::Resul
     Ok(id)
 }
 
+/// The `n` column of a `SELECT COUNT(*) AS n …`.
+pub async fn count(db: &Db, sql: &str) -> anyhow::Result<i64> {
+    let row = db
+        .reads()
+        .query_one_raw(Statement::from_string(db.backend(), sql))
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no row"))?;
+    Ok(row.try_get("", "n")?)
+}
+
 /// Peak resident set size of this process, in MiB.
 pub fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;

@@ -25,7 +25,7 @@ use tandem::{
     domain::{ids::new_id, registration},
 };
 
-use super::reconcile::{insert_partners, insert_program, peak_rss_mib, program_row};
+use super::reconcile::{count, insert_partners, insert_program, peak_rss_mib, program_row};
 
 /// `tandem bench-sla`.
 #[derive(Debug, clap::Args)]
@@ -154,7 +154,7 @@ pub async fn run(db: &Db, database_url: &str, args: &BenchSlaArgs) -> anyhow::Re
     }
     let breach_secs = started.elapsed().as_secs_f64();
     let breached: u64 = per_instance.iter().sum();
-    let events = tandem_count(
+    let events = count(
         db,
         "SELECT COUNT(*) AS n FROM events WHERE type = 'referral.sla_breached'",
     )
@@ -164,7 +164,7 @@ pub async fn run(db: &Db, database_url: &str, args: &BenchSlaArgs) -> anyhow::Re
     } else {
         "json_extract(data, '$.referralId')"
     };
-    let distinct = tandem_count(
+    let distinct = count(
         db,
         &format!(
             "SELECT COUNT(DISTINCT {extract}) AS n FROM events \
@@ -193,14 +193,4 @@ pub async fn run(db: &Db, database_url: &str, args: &BenchSlaArgs) -> anyhow::Re
         "events": events,
         "peakRssMib": peak_rss_mib(),
     }))
-}
-
-async fn tandem_count(db: &Db, sql: &str) -> anyhow::Result<i64> {
-    use sea_orm::ConnectionTrait;
-    let row = db
-        .reads()
-        .query_one_raw(sea_orm::Statement::from_string(db.backend(), sql))
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("no row"))?;
-    Ok(row.try_get("", "n")?)
 }
