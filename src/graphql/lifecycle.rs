@@ -21,6 +21,9 @@ use crate::{
     graphql::{
         ClientAddress, admin_db, caller,
         connection::{EqIf, connection},
+        loaders::Loaders,
+        principal,
+        types::Partner,
         types::page_complexity,
     },
 };
@@ -146,9 +149,22 @@ impl Certification {
     async fn id(&self) -> ID {
         ID(self.0.id.clone())
     }
-    /// The partner the person works for.
+    /// The partner the person works for (its id).
     async fn partner_id(&self) -> ID {
         ID(self.0.partner_id.clone())
+    }
+    /// The partner the person works for. Null for integration keys, which read no partner
+    /// data (an LMS knows the partner by the id it sent).
+    async fn partner(&self, ctx: &Context<'_>) -> Result<Option<Partner>> {
+        if principal(ctx).await?.require_admin_or_partner().is_err() {
+            return Ok(None);
+        }
+        let loaders = ctx.data_unchecked::<Loaders>();
+        Ok(
+            Box::pin(loaders.partners.load_one(self.0.partner_id.clone()))
+                .await?
+                .map(Partner),
+        )
     }
     /// The certified person (lower-cased).
     async fn person_email(&self) -> &str {

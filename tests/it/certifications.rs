@@ -13,7 +13,7 @@ use crate::{
 };
 
 const RECORD: &str = "mutation($input: RecordCertificationInput!) { recordCertification(input: $input) { \
-    certification { id partnerId personEmail courseKey issuedAt expiresAt active source } } }";
+    certification { id partnerId partner { id } personEmail courseKey issuedAt expiresAt active source } } }";
 
 async fn record(app: &TestApp, token: &str, input: Value) -> Value {
     app.gql(token, RECORD, json!({"input": input})).await
@@ -53,6 +53,9 @@ async fn certifications_are_recorded_renewed_and_announced(app: TestApp) {
     assert_eq!(first["personEmail"], "ana@alpha.example");
     assert_eq!(first["active"], true);
     assert_eq!(first["source"], "API");
+    // Integration keys read no partner data: the partner object stays null for the LMS.
+    assert_eq!(first["partnerId"], json!(alpha.id));
+    assert_eq!(first["partner"], Value::Null);
     // Bad input names the field.
     for (change, field) in [
         (json!({"personEmail": "nobody"}), "input.personEmail"),
@@ -96,6 +99,10 @@ async fn certifications_are_recorded_renewed_and_announced(app: TestApp) {
     let mut renewal = input.clone();
     renewal["expiresAt"] = json!((now + Duration::days(20)).to_rfc3339());
     let renewed = record(&app, &app.admin, renewal).await;
+    assert_eq!(
+        renewed["data"]["recordCertification"]["certification"]["partner"]["id"],
+        json!(alpha.id)
+    );
     assert_eq!(
         renewed["data"]["recordCertification"]["certification"]["id"],
         first["id"]
