@@ -61,6 +61,10 @@ pub struct Config {
     /// Cron of `certifications`, which announces certifications expiring within 30 days
     /// (`TANDEM_CERTIFICATIONS_SCHEDULE`, default hourly at :10).
     pub certifications_schedule: String,
+    /// Cron of `evaluate-groups`, which promotes partners (and demotes them at their program's
+    /// group review); it also runs after each reconcile (`TANDEM_EVALUATE_GROUPS_SCHEDULE`,
+    /// default daily at 02:20 UTC).
+    pub evaluate_groups_schedule: String,
     /// How long each attempt of an outbound delivery is kept in its attempt log
     /// (`TANDEM_WEBHOOK_ATTEMPT_RETENTION`, default `30d`); `prune` removes older ones.
     pub webhook_attempt_retention: String,
@@ -144,6 +148,7 @@ impl Default for Config {
             expire_registrations_schedule: "0 5 * * * *".to_string(),
             lead_sla_schedule: "15 * * * * *".to_string(),
             certifications_schedule: "0 10 * * * *".to_string(),
+            evaluate_groups_schedule: "0 20 2 * * *".to_string(),
             webhook_attempt_retention: "30d".to_string(),
             job_lease_secs: 300,
             webhook_worker: true,
@@ -200,6 +205,7 @@ impl Config {
                 "expire_registrations_schedule",
                 "lead_sla_schedule",
                 "certifications_schedule",
+                "evaluate_groups_schedule",
                 "webhook_attempt_retention",
                 "job_lease_secs",
                 "webhook_worker",
@@ -250,6 +256,7 @@ impl Config {
             ),
             ("lead_sla_schedule", &self.lead_sla_schedule),
             ("certifications_schedule", &self.certifications_schedule),
+            ("evaluate_groups_schedule", &self.evaluate_groups_schedule),
             ("crm_sync_check_schedule", &self.crm_sync_check_schedule),
         ] {
             if let Err(e) = parse_cron(cron) {

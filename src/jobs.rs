@@ -21,7 +21,7 @@ use crate::{
         entities::{job_lease, job_run},
         states::JobRunStatus,
     },
-    domain::{certifications, ids::new_id, reconcile, registration},
+    domain::{certifications, groups, ids::new_id, reconcile, registration},
     error::{ApiError, ApiResult},
 };
 
@@ -44,6 +44,8 @@ pub enum JobName {
     LeadSla,
     /// Announces the certifications expiring within 30 days (DESIGN §13).
     Certifications,
+    /// Promotes partners whose rules hold for a higher group; demotes at group reviews.
+    EvaluateGroups,
 }
 
 impl JobName {
@@ -57,6 +59,7 @@ impl JobName {
             JobName::ExpireRegistrations => "expire-registrations",
             JobName::LeadSla => "lead-sla",
             JobName::Certifications => "certifications",
+            JobName::EvaluateGroups => "evaluate-groups",
         }
     }
 
@@ -81,10 +84,11 @@ impl FromStr for JobName {
             "expire-registrations" => Ok(JobName::ExpireRegistrations),
             "lead-sla" => Ok(JobName::LeadSla),
             "certifications" => Ok(JobName::Certifications),
+            "evaluate-groups" => Ok(JobName::EvaluateGroups),
             _ => Err(ApiError::bad_input(
                 "input.name",
                 "unknown job: expected reconcile, release-holds, crm-sync, prune, \
-                 expire-registrations, lead-sla or certifications",
+                 expire-registrations, lead-sla, certifications or evaluate-groups",
             )),
         }
     }
@@ -386,10 +390,14 @@ impl Jobs {
                     .await
                     .map_err(|e| e.to_string())?;
                 let next = stats.watermark.map(|w| w.to_rfc3339());
-                Ok((
-                    serde_json::to_value(&stats).map_err(|e| e.to_string())?,
-                    next,
-                ))
+                let mut value = serde_json::to_value(&stats).map_err(|e| e.to_string())?;
+                // Partner groups follow what this run computed (DESIGN §13): promotions at
+                // once. A promotion is history the next run computes deals with.
+                let groups = groups::evaluate_groups(&self.db, Utc::now())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                value["groups"] = serde_json::to_value(&groups).map_err(|e| e.to_string())?;
+                Ok((value, next))
             }
             JobName::ReleaseHolds => {
                 let released = reconcile::release_holds(&self.db)
@@ -417,6 +425,15 @@ impl Jobs {
                     .await
                     .map_err(|e| e.to_string())?;
                 Ok((json!({ "breached": breached }), None))
+            }
+            JobName::EvaluateGroups => {
+                let stats = groups::evaluate_groups(&self.db, Utc::now())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok((
+                    serde_json::to_value(&stats).map_err(|e| e.to_string())?,
+                    None,
+                ))
             }
             JobName::Certifications => {
                 let expiring = certifications::notify_expiring(&self.db, Utc::now())
@@ -510,6 +527,10 @@ pub async fn start_scheduler(jobs: Jobs, config: &Config) -> anyhow::Result<JobS
         (
             JobName::Certifications,
             config.certifications_schedule.clone(),
+        ),
+        (
+            JobName::EvaluateGroups,
+            config.evaluate_groups_schedule.clone(),
         ),
     ] {
         let cron = Arc::new(parse_cron(&expr)?);

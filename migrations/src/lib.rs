@@ -18,6 +18,7 @@ mod m20261206_000003_registration;
 mod m20261206_000004_applications;
 mod m20261206_000005_certifications;
 mod m20261206_000006_crm_company;
+mod m20261206_000007_partner_groups;
 
 /// The ordered list of Tandem migrations.
 pub struct Migrator;
@@ -39,6 +40,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000004_applications::Migration),
             Box::new(m20261206_000005_certifications::Migration),
             Box::new(m20261206_000006_crm_company::Migration),
+            Box::new(m20261206_000007_partner_groups::Migration),
         ]
     }
 }

@@ -444,3 +444,20 @@ stored_enum! {
         Webhook = "WEBHOOK",
     }
 }
+
+stored_enum! {
+    /// Why a partner's group membership began (DESIGN §13).
+    pub enum GroupChangeReason {
+        /// Placed in the program's default group (rank 0): on joining, or when the default
+        /// group was created.
+        Joined = "JOINED",
+        /// A higher group's rules held over their trailing window (`evaluate-groups`).
+        Promoted = "PROMOTED",
+        /// The current group's rules no longer held at the program's group review.
+        Demoted = "DEMOTED",
+        /// Set by an admin (`setPartnerGroup`): kept until the override is cleared.
+        Manual = "MANUAL",
+        /// The manual override was cleared: placed by the rules again.
+        OverrideCleared = "OVERRIDE_CLEARED",
+    }
+}

@@ -46,6 +46,18 @@ pub struct RecordCertificationInput {
     pub expires_at: Option<DateTime<Utc>>,
 }
 
+/// What a course key may be.
+pub const COURSE_KEY_RULE: &str = "must be 1 to 100 letters, digits, '.', '_', '-' or ':'";
+
+/// Whether `key` (trimmed) is a course key: 1 to 100 letters, digits, `.`, `_`, `-`, `:`.
+pub fn is_course_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 100
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'))
+}
+
 /// A certification to record, checked.
 pub struct NewCertification {
     person_email: String,
@@ -64,16 +76,8 @@ fn check(
     let person_email =
         normalize_email(person_email).ok_or(("personEmail", "must be an email address"))?;
     let course_key = course_key.trim();
-    let valid_key = !course_key.is_empty()
-        && course_key.len() <= 100
-        && course_key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'));
-    if !valid_key {
-        return Err((
-            "courseKey",
-            "must be 1 to 100 letters, digits, '.', '_', '-' or ':'",
-        ));
+    if !is_course_key(course_key) {
+        return Err(("courseKey", COURSE_KEY_RULE));
     }
     let now = Utc::now();
     let issued_at = issued_at.unwrap_or(now);

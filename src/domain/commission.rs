@@ -142,6 +142,36 @@ pub struct Terms {
     pub currency: String,
 }
 
+/// A partner group's terms (DESIGN §13): its plan (with the program's recurring terms) and
+/// hold period.
+#[derive(Debug, Clone)]
+pub struct GroupTerms {
+    /// The group's commission plan.
+    pub plan: CommissionPlan,
+    /// Days its accruals stay pending.
+    pub hold_days: i32,
+}
+
+/// One period of a partner's group membership.
+#[derive(Debug, Clone)]
+pub struct Period {
+    /// When it began.
+    pub since: DateTime<Utc>,
+    /// When it ended (`None`: current).
+    pub until: Option<DateTime<Utc>>,
+    /// The group's terms.
+    pub group: std::sync::Arc<GroupTerms>,
+}
+
+/// The group a partner was in at `at`, among its membership periods.
+pub fn group_at(periods: &[Period], at: DateTime<Utc>) -> Option<&GroupTerms> {
+    periods
+        .iter()
+        .rev()
+        .find(|p| p.since <= at && p.until.is_none_or(|u| at < u))
+        .map(|p| p.group.as_ref())
+}
+
 /// What a deal is credited on: its WON facts, or the WON snapshot it kept when locked.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Basis {
@@ -223,6 +253,8 @@ pub struct Outcome {
     pub amount_program: Option<Decimal>,
     /// The close time counted.
     pub closed_at: Option<DateTime<Utc>>,
+    /// The hold period of the partner's group at the close (`None`: the program's).
+    pub hold_days: Option<i32>,
 }
 
 /// Rounds money to 2 places, half away from zero.
@@ -270,6 +302,20 @@ fn raw_commission(plan: &CommissionPlan, amount_p: Decimal, prior: Decimal) -> O
 /// `now` converts open deals for reporting.
 pub fn compute_timeline(
     terms: &Terms,
+    rates: &Rates,
+    terminated_at: Option<DateTime<Utc>>,
+    deals: &[DealFacts],
+    now: DateTime<Utc>,
+) -> Vec<Outcome> {
+    compute_in_groups(terms, &[], rates, terminated_at, deals, now)
+}
+
+/// [`compute_timeline`] for a partner with group memberships: a deal is computed with the
+/// plan of the group the partner was in when it closed (the program's plan outside any
+/// group), and accrues with that group's hold period.
+pub fn compute_in_groups(
+    terms: &Terms,
+    periods: &[Period],
     rates: &Rates,
     terminated_at: Option<DateTime<Utc>>,
     deals: &[DealFacts],
@@ -331,14 +377,18 @@ pub fn compute_timeline(
                     expected: Decimal::ZERO,
                     amount_program: rates.convert(deal.amount, &deal.currency, &terms.currency, at),
                     closed_at: deal.closed_at,
+                    hold_days: None,
                 };
             };
+            let group = group_at(periods, basis.closed_at);
+            let deal_plan = group.map_or(&terms.plan, |g| &g.plan);
             let outcome = |state, expected| Outcome {
                 deal_id: deal.id.clone(),
                 state,
                 expected,
                 amount_program: amount_p,
                 closed_at: Some(basis.closed_at),
+                hold_days: group.map(|g| g.hold_days),
             };
             let Some(amount_p) = amount_p else {
                 return outcome(CommissionState::MissingFxRate, Decimal::ZERO);
@@ -348,7 +398,7 @@ pub fn compute_timeline(
             } else {
                 CommissionState::Earned
             };
-            let below_min = terms.plan.min_deal_amount.is_some_and(|m| amount_p < m);
+            let below_min = deal_plan.min_deal_amount.is_some_and(|m| amount_p < m);
             let after_termination = terminated_at.is_some_and(|t| basis.closed_at >= t);
             if below_min || after_termination {
                 let state = if locked {
@@ -370,10 +420,10 @@ pub fn compute_timeline(
             let prior = prior_revenue(basis.closed_at, &deal.id);
             let recurring_plan;
             let plan = if deal.recurring {
-                recurring_plan = terms.plan.recurring_plan(false);
+                recurring_plan = deal_plan.recurring_plan(false);
                 &recurring_plan
             } else {
-                &terms.plan
+                deal_plan
             };
             // A commission that cannot be held in cents (only data stored before the money
             // bounds could produce one) marks the deal invalid instead of failing the run.

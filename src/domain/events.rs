@@ -56,11 +56,13 @@ pub enum EventType {
     CertificationRecorded,
     /// A certification expires in 30 days (once per expiry date).
     CertificationExpiring,
+    /// A partner moved to another group (promoted, demoted, set by an admin).
+    PartnerGroupChanged,
 }
 
 impl EventType {
     /// Every event type.
-    pub const ALL: [EventType; 19] = [
+    pub const ALL: [EventType; 20] = [
         EventType::PartnerCreated,
         EventType::PartnerUpdated,
         EventType::ReferralSubmitted,
@@ -80,6 +82,7 @@ impl EventType {
         EventType::PartnerApplied,
         EventType::CertificationRecorded,
         EventType::CertificationExpiring,
+        EventType::PartnerGroupChanged,
     ];
 
     /// The wire name, such as `partner.created`.
@@ -104,6 +107,7 @@ impl EventType {
             EventType::PartnerApplied => "partner.applied",
             EventType::CertificationRecorded => "certification.recorded",
             EventType::CertificationExpiring => "certification.expiring",
+            EventType::PartnerGroupChanged => "partner.group_changed",
         }
     }
 

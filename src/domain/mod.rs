@@ -10,6 +10,7 @@ pub mod crm;
 pub mod deals;
 pub mod endpoints;
 pub mod events;
+pub mod groups;
 pub mod ids;
 pub mod inbox;
 pub mod kpis;

@@ -144,6 +144,7 @@ pub async fn insert_partner(
         }),
     )
     .await?;
+    crate::domain::groups::join_default_group(conn, &model).await?;
     Ok(model)
 }
 

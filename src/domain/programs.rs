@@ -32,13 +32,15 @@ pub struct Tier {
 
 /// The recurring part of a plan (DESIGN §11): what a partner keeps earning on the customers
 /// it brought, and for how long.
-#[derive(Debug, Clone, PartialEq, Eq, InputObject, SimpleObject)]
+#[derive(Debug, Clone, PartialEq, Eq, InputObject, SimpleObject, Serialize, Deserialize)]
 #[graphql(input_name = "RecurringInput")]
+#[serde(rename_all = "camelCase")]
 pub struct Recurring {
     /// Months after the customer's first won deal during which it earns; null: for the
     /// customer's lifetime.
     pub months: Option<i32>,
     /// The recurring percentage, such as `"15"`; null: the plan's own rate (tiers apply).
+    #[serde(with = "rust_decimal::serde::str_option")]
     pub rate: Option<Decimal>,
     /// `DEALS`: later won deals of the customer; `INVOICES`: every paid invoice.
     pub basis: RecurringBasis,
@@ -226,21 +228,27 @@ pub struct CommissionPlanInput {
     pub recurring: Option<Recurring>,
 }
 
-/// A program's commission plan.
-#[derive(Debug, Clone, PartialEq, SimpleObject)]
+/// A commission plan (a program's, or a partner group's).
+#[derive(Debug, Clone, PartialEq, SimpleObject, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct CommissionPlan {
     /// `PERCENT` or `FLAT`.
     #[graphql(name = "type")]
+    #[serde(rename = "type")]
     pub commission_type: CommissionType,
     /// Percentage of the deal amount (PERCENT).
+    #[serde(with = "rust_decimal::serde::str_option")]
     pub rate: Option<Decimal>,
     /// Amount per won deal (FLAT).
+    #[serde(with = "rust_decimal::serde::str_option")]
     pub flat_amount: Option<Decimal>,
     /// Rate tiers by the partner's prior revenue.
     pub tiers: Vec<Tier>,
     /// Upper bound on one deal's commission.
+    #[serde(with = "rust_decimal::serde::str_option")]
     pub cap_per_deal: Option<Decimal>,
     /// Deals below this amount earn nothing.
+    #[serde(with = "rust_decimal::serde::str_option")]
     pub min_deal_amount: Option<Decimal>,
     /// Recurring revenue share, if the plan pays one.
     pub recurring: Option<Recurring>,
@@ -293,7 +301,8 @@ fn check_percentage(field: &str, value: Decimal, allow_zero: bool) -> ApiResult<
     Ok(())
 }
 
-fn check_money(field: &str, value: Decimal) -> ApiResult<()> {
+/// Checks an amount of money (bounds, at most 2 decimal places).
+pub fn check_money(field: &str, value: Decimal) -> ApiResult<()> {
     tandem_connectors::money::check_amount(value)
         .map_err(|rule| ApiError::bad_input(field, rule))?;
     if value.scale() > 2 && value.normalize().scale() > 2 {
@@ -450,6 +459,9 @@ pub struct CreateProgramInput {
     pub lead_sla_minutes: Option<i32>,
     /// Public applications (default: closed).
     pub applications: Option<ApplicationsInput>,
+    /// When partner groups are reviewed (demotions), a 6-field cron (seconds first); default
+    /// quarterly, `0 0 0 1 1,4,7,10 *`.
+    pub group_review_schedule: Option<String>,
 }
 
 /// Input of `updateProgram`: absent fields keep their value. The currency cannot change.
@@ -475,6 +487,24 @@ pub struct UpdateProgramInput {
     pub lead_sla_minutes: async_graphql::MaybeUndefined<i32>,
     /// New application settings.
     pub applications: Option<ApplicationsInput>,
+    /// New group review schedule; `null` restores the quarterly default.
+    pub group_review_schedule: async_graphql::MaybeUndefined<String>,
+}
+
+/// The group review when a program names none (DESIGN §13): quarterly, at midnight UTC on
+/// the first day of January, April, July and October.
+pub const DEFAULT_REVIEW_SCHEDULE: &str = "0 0 0 1 1,4,7,10 *";
+
+/// Checks a `groupReviewSchedule` (a 6-field cron, seconds first).
+fn check_review_schedule(field: &str, schedule: &str) -> ApiResult<String> {
+    let schedule = schedule.trim();
+    crate::config::parse_cron(schedule).map_err(|e| {
+        ApiError::bad_input(
+            field,
+            format!("must be a 6-field cron expression (seconds first): {e}"),
+        )
+    })?;
+    Ok(schedule.to_string())
 }
 
 fn check_name(field: &str, name: &str) -> ApiResult<String> {
@@ -485,7 +515,8 @@ fn check_name(field: &str, name: &str) -> ApiResult<String> {
     Ok(name.to_string())
 }
 
-fn check_days(field: &str, days: Option<i32>, default: i32, min: i32) -> ApiResult<i32> {
+/// Checks a number of days (`min` to 3650), `default` when absent.
+pub fn check_days(field: &str, days: Option<i32>, default: i32, min: i32) -> ApiResult<i32> {
     let days = days.unwrap_or(default);
     if !(min..=3650).contains(&days) {
         return Err(ApiError::bad_input(
@@ -545,6 +576,11 @@ pub async fn create_program(db: &Db, input: CreateProgramInput) -> ApiResult<pro
             "input.leadSlaMinutes",
             input.lead_sla_minutes,
         )?),
+        group_review_schedule: Set(input
+            .group_review_schedule
+            .as_deref()
+            .map(|s| check_review_schedule("input.groupReviewSchedule", s))
+            .transpose()?),
         created_at: Set(now),
         updated_at: Set(now),
         ..Default::default()
@@ -635,6 +671,16 @@ pub async fn update_program(db: &Db, input: UpdateProgramInput) -> ApiResult<pro
         async_graphql::MaybeUndefined::Null => model.lead_sla_minutes = Set(None),
         async_graphql::MaybeUndefined::Value(minutes) => {
             model.lead_sla_minutes = Set(check_sla_minutes("input.leadSlaMinutes", Some(minutes))?);
+        }
+    }
+    match input.group_review_schedule {
+        async_graphql::MaybeUndefined::Undefined => {}
+        async_graphql::MaybeUndefined::Null => model.group_review_schedule = Set(None),
+        async_graphql::MaybeUndefined::Value(schedule) => {
+            model.group_review_schedule = Set(Some(check_review_schedule(
+                "input.groupReviewSchedule",
+                &schedule,
+            )?));
         }
     }
     model.updated_at = Set(Utc::now());

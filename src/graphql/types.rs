@@ -110,6 +110,17 @@ impl Program {
     async fn lead_sla_minutes(&self) -> Option<i32> {
         self.0.lead_sla_minutes
     }
+    /// When partner groups are reviewed (demotions happen only then), a 6-field cron.
+    async fn group_review_schedule(&self) -> &str {
+        self.0
+            .group_review_schedule
+            .as_deref()
+            .unwrap_or(crate::domain::programs::DEFAULT_REVIEW_SCHEDULE)
+    }
+    /// When the partner groups were last reviewed.
+    async fn groups_reviewed_at(&self) -> Option<DateTime<Utc>> {
+        self.0.groups_reviewed_at
+    }
     /// Whether companies may apply to join without a key (`applyToProgram`), and which email
     /// domains are approved at once.
     async fn applications(&self) -> crate::domain::programs::Applications {
@@ -221,6 +232,34 @@ impl Partner {
             .ok_or_else(|| {
                 ApiError::Internal(format!("partner {} has no program", self.0.id)).into()
             })
+    }
+    /// The partner's current group (null when its program has no groups).
+    async fn group(
+        &self,
+        ctx: &Context<'_>,
+    ) -> Result<Option<crate::graphql::lifecycle::PartnerGroup>> {
+        Box::pin(crate::graphql::lifecycle::partner_group(ctx, &self.0)).await
+    }
+    /// The partner's group memberships, newest first.
+    async fn group_history(
+        &self,
+        ctx: &Context<'_>,
+    ) -> Result<Vec<crate::graphql::lifecycle::GroupMembership>> {
+        Box::pin(crate::graphql::lifecycle::partner_group_history(
+            ctx, &self.0,
+        ))
+        .await
+    }
+    /// What the partner still needs, over the trailing window, to be promoted to the next
+    /// group up (null: no groups, or already in the highest).
+    async fn next_group_progress(
+        &self,
+        ctx: &Context<'_>,
+    ) -> Result<Option<crate::graphql::lifecycle::GroupProgress>> {
+        Box::pin(crate::graphql::lifecycle::partner_group_progress(
+            ctx, &self.0,
+        ))
+        .await
     }
     /// People at the partner certified on courses, newest first (at most 500); `active`:
     /// only unexpired ones.

@@ -194,6 +194,7 @@ async fn setup(db: &Db) -> (tandem::db::entities::program::Model, Vec<(String, S
             registration: None,
             lead_sla_minutes: None,
             applications: None,
+            group_review_schedule: None,
         },
     )
     .await

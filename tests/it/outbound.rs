@@ -1339,6 +1339,25 @@ async fn every_event_type_matches_its_schema(app: TestApp) {
     )
     .await;
     run_job(&app, "certifications", false).await;
+    // Partner groups: everyone joins the default group; an admin moves bob up.
+    let silver = app
+        .admin_ok(
+            "mutation($p: ID!) { createPartnerGroup(input: {programId: $p, name: \"Silver\", rank: 0, commission: {type: PERCENT, rate: \"10\"}}) { group { id } } }",
+            json!({"p": program}),
+        )
+        .await;
+    assert!(silver["createPartnerGroup"]["group"]["id"].is_string());
+    let gold = app
+        .admin_ok(
+            "mutation($p: ID!) { createPartnerGroup(input: {programId: $p, name: \"Gold\", rank: 1, commission: {type: PERCENT, rate: \"15\"}, rules: {minDealsWon: 50}}) { group { id } } }",
+            json!({"p": program}),
+        )
+        .await;
+    app.admin_ok(
+        "mutation($partner: ID!, $group: ID!) { setPartnerGroup(input: {partnerId: $partner, groupId: $group}) { membership { id } } }",
+        json!({"partner": bob.id, "group": gold["createPartnerGroup"]["group"]["id"]}),
+    )
+    .await;
 
     // Every event in the outbox validates against its schema…
     app.events_settled().await;

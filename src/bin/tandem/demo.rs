@@ -80,6 +80,7 @@ pub async fn seed_demo(db: &Db) -> anyhow::Result<Option<DemoSeed>> {
                 open: Some(true),
                 auto_approve_domains: None,
             }),
+            group_review_schedule: None,
         },
     )
     .await

@@ -20,6 +20,8 @@ pub mod job_run;
 pub mod ledger_entry;
 pub mod partner;
 pub mod partner_application;
+pub mod partner_group;
+pub mod partner_group_membership;
 pub mod payout;
 pub mod program;
 pub mod referral;

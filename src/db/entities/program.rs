@@ -31,6 +31,10 @@ pub struct Model {
     pub applications_open: bool,
     /// JSON array of normalised domains whose applicants are approved at once.
     pub auto_approve_domains: Json,
+    /// Cron of the group reviews (demotions); null: quarterly.
+    pub group_review_schedule: Option<String>,
+    /// When the groups were last reviewed (set when the first group is created).
+    pub groups_reviewed_at: Option<DateTimeUtc>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

@@ -8,7 +8,10 @@
 //! (partner, deal) is unique, so a second reconciler that read the same state collides and
 //! writes nothing for that deal.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    sync::Arc,
+};
 
 mod invoices;
 mod plan;
@@ -24,8 +27,8 @@ use write::write;
 use chrono::{DateTime, Duration, Utc};
 use rust_decimal::Decimal;
 use sea_orm::{
-    ActiveValue::Set, ConnectionTrait, DbErr, EntityTrait, QueryResult, Statement, Value,
-    sea_query::OnConflict,
+    ActiveValue::Set, ConnectionTrait, DbErr, EntityTrait, QueryOrder, QueryResult, Statement,
+    Value, sea_query::OnConflict,
 };
 use serde::Serialize;
 use serde_json::json;
@@ -34,15 +37,19 @@ use tandem_connectors::DealStatus;
 use crate::{
     db::{
         Db,
-        entities::{deal_commission, exchange_rate, ledger_entry, partner, program},
+        entities::{
+            deal_commission, exchange_rate, ledger_entry, partner, partner_group_membership,
+            program,
+        },
     },
     domain::{
         commission::{
-            Basis, CommissionState, DealFacts, Outcome, Rates, Terms, compute_timeline, from_cents,
-            to_cents,
+            Basis, CommissionState, DealFacts, GroupTerms, Outcome, Period, Rates, Terms,
+            compute_in_groups, compute_timeline, from_cents, to_cents,
         },
         deals::counted_status,
         events::{self, EventType},
+        groups,
         ids::new_id,
         ledger::{COMMISSION_KINDS, LedgerEntryKind, LedgerEntryStatus},
         programs::plan_of,
@@ -120,6 +127,10 @@ struct Context {
     programs: HashMap<String, program::Model>,
     rates: Rates,
     partners: HashMap<String, (String, Option<DateTime<Utc>>)>,
+    /// Each partner's group memberships, oldest first (DESIGN §13).
+    periods: HashMap<String, Vec<Period>>,
+    /// Programs with a tiered group plan.
+    tiered_groups: HashSet<String>,
     now: DateTime<Utc>,
     /// Full runs compare every pair with the ledger itself.
     verify_all: bool,
@@ -154,20 +165,57 @@ impl Context {
             .into_iter()
             .map(|p| (p.id, (p.program_id, p.terminated_at)))
             .collect();
+        // Groups carry their program's recurring terms: those apply to every group.
+        let mut group_terms: HashMap<String, Arc<GroupTerms>> = HashMap::new();
+        let mut tiered_groups = HashSet::new();
+        for group in groups::groups_of(db.reads(), None).await? {
+            let mut plan = group.plan;
+            if let Some((program_terms, _)) = terms.get(&group.model.program_id) {
+                plan.recurring = program_terms.plan.recurring.clone();
+            }
+            if !plan.tiers.is_empty() {
+                tiered_groups.insert(group.model.program_id.clone());
+            }
+            group_terms.insert(
+                group.model.id,
+                Arc::new(GroupTerms {
+                    plan,
+                    hold_days: group.model.hold_days,
+                }),
+            );
+        }
+        let mut periods: HashMap<String, Vec<Period>> = HashMap::new();
+        for m in partner_group_membership::Entity::find()
+            .order_by_asc(partner_group_membership::Column::Since)
+            .all(db.reads())
+            .await?
+        {
+            if let Some(group) = group_terms.get(&m.group_id) {
+                periods.entry(m.partner_id).or_default().push(Period {
+                    since: m.since,
+                    until: m.until,
+                    group: group.clone(),
+                });
+            }
+        }
         Ok(Context {
             terms,
             programs,
             rates,
             partners,
+            periods,
+            tiered_groups,
             now,
             verify_all: true,
         })
     }
 
     fn tiered(&self, program_id: &str) -> bool {
-        self.terms
-            .get(program_id)
-            .is_some_and(|(t, _)| !t.plan.tiers.is_empty())
+        self.tiered_groups.contains(program_id)
+            || self
+                .terms
+                .get(program_id)
+                .is_some_and(|(t, _)| !t.plan.tiers.is_empty())
     }
 }
 

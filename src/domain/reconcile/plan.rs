@@ -57,7 +57,9 @@ pub(super) fn pairs(
         let Some((terms, _)) = ctx.terms.get(program_id) else {
             continue;
         };
-        let outcomes = compute_timeline(terms, &ctx.rates, *terminated_at, deals, ctx.now);
+        let periods = ctx.periods.get(partner_id).map_or(&[][..], Vec::as_slice);
+        let outcomes =
+            compute_in_groups(terms, periods, &ctx.rates, *terminated_at, deals, ctx.now);
         for (deal, outcome) in deals.iter().zip(outcomes) {
             attributed.insert((partner_id.clone(), deal.id.clone()));
             results.push(Pair {
@@ -95,6 +97,7 @@ pub(super) fn pairs(
                     .and_then(|p| p.amount_program.as_deref())
                     .and_then(|a| a.parse().ok()),
                 closed_at: previous.and_then(|p| p.closed_at),
+                hold_days: None,
             },
             status,
             created_at: previous.map_or(ctx.now, |p| p.created_at),
@@ -221,7 +224,7 @@ pub(super) fn decide(
                 subject: Subject::Deal(outcome.deal_id),
                 cents: diff,
                 currency: terms.currency.clone(),
-                hold_days: *hold_days,
+                hold_days: outcome.hold_days.unwrap_or(*hold_days),
                 seq: have.max_seq + 1,
             });
         }
@@ -258,6 +261,8 @@ mod tests {
                 ),
             )]),
             programs: HashMap::new(),
+            periods: HashMap::new(),
+            tiered_groups: HashSet::new(),
             rates: Rates::default(),
             partners: HashMap::from([("part".to_string(), ("prog".to_string(), None))]),
             now,

@@ -214,6 +214,33 @@ pub(super) async fn changed_since(
                 .map(|(id, _)| id.clone()),
         );
     }
+    // A partner whose group history changed (a promotion, a demotion, a manual placement)
+    // may have deals computed with another group's plan; a group whose plan changed concerns
+    // its program's partners.
+    for row in query(
+        format!(
+            "SELECT DISTINCT partner_id FROM partner_group_memberships WHERE created_at > {p1}"
+        ),
+        since_value(),
+    )
+    .await?
+    {
+        partners.insert(get(&row, "partner_id")?);
+    }
+    for row in query(
+        format!("SELECT DISTINCT program_id FROM partner_groups WHERE updated_at > {p1}"),
+        since_value(),
+    )
+    .await?
+    {
+        let program_id: String = get(&row, "program_id")?;
+        partners.extend(
+            ctx.partners
+                .iter()
+                .filter(|(_, (p, _))| *p == program_id)
+                .map(|(id, _)| id.clone()),
+        );
+    }
     for row in query(
         format!("SELECT DISTINCT base, quote FROM exchange_rates WHERE created_at > {p1}"),
         since_value(),
