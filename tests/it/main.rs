@@ -12,6 +12,7 @@ mod crash;
 mod crm;
 mod events;
 mod execution;
+mod groups;
 mod hardening;
 mod helpers;
 mod history;
