@@ -50,6 +50,9 @@ pub enum Command {
     /// Benchmark the registration sweeps: idle cost and breaching due SLAs from several
     /// instances at once (see bench/sla.sh).
     BenchSla(crate::bench::sla::BenchSlaArgs),
+    /// Benchmark partner-group evaluation (promotions, idle runs, reviews) over many
+    /// partners and deals (see bench/groups.sh).
+    BenchGroups(crate::bench::groups::BenchGroupsArgs),
 }
 
 /// `tandem serve`.
@@ -189,6 +192,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let db = Db::connect(&config.database_url, 4).await?;
             db.migrate().await?;
             let line = crate::bench::sla::run(&db, &config.database_url, &args).await?;
+            println!("{}", serde_json::to_string(&line)?);
+            Ok(())
+        }
+        Command::BenchGroups(args) => {
+            let db = Db::connect(&config.database_url, 4).await?;
+            db.migrate().await?;
+            let line = crate::bench::groups::run(&db, &args).await?;
             println!("{}", serde_json::to_string(&line)?);
             Ok(())
         }

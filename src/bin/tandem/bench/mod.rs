@@ -2,6 +2,7 @@
 //! part of the binary, not of the library a deployment links.
 
 pub mod billing;
+pub mod groups;
 pub mod ingest;
 pub mod reconcile;
 pub mod seed;
