@@ -18,7 +18,7 @@ use serde_json::json;
 use crate::{
     db::{
         Db,
-        entities::{partner, partner_application, program},
+        entities::{partner, partner_application},
         states::{ApiKeyRole, ApplicationStatus},
     },
     domain::{
@@ -27,7 +27,7 @@ use crate::{
         ids::{is_valid_id, new_id},
         normalize::{email_domain, is_free_mail, normalize_domain, normalize_email, optional_text},
         partners::insert_partner,
-        programs::{Applications, validated_name},
+        programs::{Applications, find_program, validated_name},
         referrals::ReviewDecision,
     },
     error::{ApiError, ApiResult},
@@ -176,13 +176,8 @@ async fn approve(
 pub async fn apply_to_program(db: &Db, input: ApplyToProgramInput) -> ApiResult<Reviewed> {
     let valid = validate(&input)?;
     let program_id = input.program_id.to_string();
-    if !is_valid_id(&program_id) {
-        return Err(ApiError::NotFound("program"));
-    }
     let tx = db.begin_write().await?;
-    let program = program::Entity::find_by_id(program_id.clone())
-        .one(&*tx)
-        .await?
+    let program = Some(find_program(&*tx, &program_id).await?)
         .filter(|p| p.applications_open)
         .ok_or(ApiError::NotFound("program"))?;
     if db.is_postgres() {

@@ -40,7 +40,7 @@ use crate::{
         normalize::optional_text,
         programs::{
             CommissionPlan, CommissionPlanInput, DEFAULT_REVIEW_SCHEDULE, check_days, check_money,
-            validated_name,
+            find_program, validated_name,
         },
     },
     error::{ApiError, ApiResult},
@@ -327,14 +327,8 @@ pub async fn create_partner_group(
         ));
     }
     let program_id = input.program_id.to_string();
-    if !is_valid_id(&program_id) {
-        return Err(ApiError::NotFound("program"));
-    }
     let tx = db.begin_write().await?;
-    let program = program::Entity::find_by_id(program_id.clone())
-        .one(&*tx)
-        .await?
-        .ok_or(ApiError::NotFound("program"))?;
+    let program = find_program(&*tx, &program_id).await?;
     let existing = groups_of(&*tx, Some(&program_id)).await?;
     if existing.is_empty() && input.rank != 0 {
         return Err(ApiError::bad_input(
@@ -702,32 +696,27 @@ async fn standings(
         .filter(|g| g.model.rank > 0)
         .map(|g| g.rules.window_days)
         .collect();
-    let [p1, p2, p3, p4] = db.params();
-    let only = |column: &str, n: &str| match partner_id {
-        Some(_) => format!(" AND {column} = {n}"),
-        None => String::new(),
+    // One partner is read by its own rows (a partner belongs to one program), a program by
+    // its rows: each through its index.
+    let (column, scope) = match partner_id {
+        Some(id) => ("partner_id", id),
+        None => ("program_id", program_id),
     };
-    let with_partner = |mut values: Vec<sea_orm::Value>| {
-        if let Some(id) = partner_id {
-            values.push(id.into());
-        }
-        values
-    };
+    let [p1, p2, p3] = db.params();
     for window in windows {
         // WON deals attributed to the partner (its reconciler rows), closed in the window.
         let sql = format!(
             "SELECT partner_id, COUNT(*) AS deals, \
              CAST(COALESCE(SUM(amount_program_cents), 0) AS BIGINT) AS cents \
-             FROM deal_commissions WHERE program_id = {p1} AND deal_status = 'WON' \
-             AND closed_at >= {p2} AND closed_at <= {p3} AND state <> 'DETACHED'{} \
-             GROUP BY partner_id",
-            only("partner_id", &p4)
+             FROM deal_commissions WHERE {column} = {p1} AND deal_status = 'WON' \
+             AND closed_at >= {p2} AND closed_at <= {p3} AND state <> 'DETACHED' \
+             GROUP BY partner_id"
         );
-        let values = with_partner(vec![
-            program_id.into(),
+        let values = vec![
+            scope.into(),
             (now - Duration::days(i64::from(window))).into(),
             now.into(),
-        ]);
+        ];
         for row in db
             .reads()
             .query_all_raw(Statement::from_sql_and_values(db.backend(), sql, values))
@@ -744,13 +733,15 @@ async fn standings(
     }
     let sql = format!(
         "SELECT partner_id, person_email, course_key FROM certifications \
-         WHERE program_id = {p1} AND (expires_at IS NULL OR expires_at > {p2}){}",
-        only("partner_id", &p3)
+         WHERE {column} = {p1} AND (expires_at IS NULL OR expires_at > {p2})"
     );
-    let values = with_partner(vec![program_id.into(), now.into()]);
     for row in db
         .reads()
-        .query_all_raw(Statement::from_sql_and_values(db.backend(), sql, values))
+        .query_all_raw(Statement::from_sql_and_values(
+            db.backend(),
+            sql,
+            [scope.into(), now.into()],
+        ))
         .await?
     {
         let partner: String = row.try_get("", "partner_id")?;

@@ -690,6 +690,21 @@ pub async fn update_program(db: &Db, input: UpdateProgramInput) -> ApiResult<pro
     Ok(updated)
 }
 
+/// Program `id` as `conn` sees it (inside a transaction, its view); `NOT_FOUND` for a malformed
+/// or unknown id.
+pub async fn find_program(
+    conn: &impl sea_orm::ConnectionTrait,
+    id: &str,
+) -> ApiResult<program::Model> {
+    if !crate::domain::ids::is_valid_id(id) {
+        return Err(ApiError::NotFound("program"));
+    }
+    program::Entity::find_by_id(id.to_string())
+        .one(conn)
+        .await?
+        .ok_or(ApiError::NotFound("program"))
+}
+
 /// Validates a display name (shared by partners and referrals).
 pub fn validated_name(field: &str, name: &str) -> ApiResult<String> {
     check_name(field, name)

@@ -275,6 +275,17 @@ pub async fn partner_group_progress(
     }))
 }
 
+/// A program's groups by rank.
+pub async fn groups_of_program(ctx: &Context<'_>, program_id: &str) -> Result<Vec<PartnerGroup>> {
+    let db = ctx.data_unchecked::<Db>();
+    Ok(groups::groups_of(db.reads(), Some(program_id))
+        .await
+        .map_err(ApiError::from)?
+        .into_iter()
+        .map(PartnerGroup)
+        .collect())
+}
+
 /// Partner lifecycle queries.
 #[derive(Default)]
 pub struct LifecycleQuery;
@@ -313,7 +324,7 @@ impl LifecycleQuery {
     }
 
     /// A program's partner groups by rank (admins, and the program's partners: they see what
-    /// earns each group).
+    /// earns each group). `NOT_FOUND` for an unknown program, or another program's.
     async fn partner_groups(&self, ctx: &Context<'_>, program_id: ID) -> Result<Vec<PartnerGroup>> {
         let (principal, db) = caller(ctx).await?;
         principal.require_admin_or_partner()?;
@@ -324,12 +335,8 @@ impl LifecycleQuery {
         {
             return Err(ApiError::NotFound("program").into());
         }
-        Ok(groups::groups_of(db.reads(), Some(&program_id.0))
-            .await
-            .map_err(ApiError::from)?
-            .into_iter()
-            .map(PartnerGroup)
-            .collect())
+        crate::domain::programs::find_program(db.reads(), &program_id.0).await?;
+        groups_of_program(ctx, &program_id.0).await
     }
 }
 
@@ -398,6 +405,14 @@ pub struct RecordCertificationPayload {
 pub struct PartnerGroupPayload {
     /// The group as stored.
     pub group: PartnerGroup,
+}
+
+impl PartnerGroupPayload {
+    fn of(model: crate::db::entities::partner_group::Model) -> Result<PartnerGroupPayload> {
+        Ok(PartnerGroupPayload {
+            group: PartnerGroup(Group::of(model).map_err(ApiError::from)?),
+        })
+    }
 }
 
 /// Result of `setPartnerGroup`.
@@ -475,10 +490,7 @@ impl LifecycleMutation {
         input: CreatePartnerGroupInput,
     ) -> Result<PartnerGroupPayload> {
         let db = admin_db(ctx).await?;
-        let model = groups::create_partner_group(db, input).await?;
-        Ok(PartnerGroupPayload {
-            group: PartnerGroup(Group::of(model).map_err(ApiError::from)?),
-        })
+        PartnerGroupPayload::of(groups::create_partner_group(db, input).await?)
     }
 
     /// Changes a partner group (admins): a new plan or hold period applies to the deals its
@@ -490,10 +502,7 @@ impl LifecycleMutation {
         input: UpdatePartnerGroupInput,
     ) -> Result<PartnerGroupPayload> {
         let db = admin_db(ctx).await?;
-        let model = groups::update_partner_group(db, input).await?;
-        Ok(PartnerGroupPayload {
-            group: PartnerGroup(Group::of(model).map_err(ApiError::from)?),
-        })
+        PartnerGroupPayload::of(groups::update_partner_group(db, input).await?)
     }
 
     /// Holds a partner in a group whatever the rules say (admins), until cleared with

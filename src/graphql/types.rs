@@ -121,6 +121,16 @@ impl Program {
     async fn groups_reviewed_at(&self) -> Option<DateTime<Utc>> {
         self.0.groups_reviewed_at
     }
+    /// The program's partner groups by rank (empty: no groups).
+    async fn partner_groups(
+        &self,
+        ctx: &Context<'_>,
+    ) -> Result<Vec<crate::graphql::lifecycle::PartnerGroup>> {
+        Box::pin(crate::graphql::lifecycle::groups_of_program(
+            ctx, &self.0.id,
+        ))
+        .await
+    }
     /// Whether companies may apply to join without a key (`applyToProgram`), and which email
     /// domains are approved at once.
     async fn applications(&self) -> crate::domain::programs::Applications {

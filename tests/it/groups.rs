@@ -511,4 +511,62 @@ async fn groups_reject_bad_input(app: TestApp) {
     assert_eq!(joined["partner"]["group"]["name"], "Silver");
 }
 
-db_tests!(silver_and_gold_worked_example, groups_reject_bad_input);
+/// Two instances evaluating at once promote each partner once: one open membership and one
+/// event per partner.
+async fn concurrent_evaluations_promote_once(app: TestApp) {
+    const N: usize = 40;
+    let program = program_with(&app, json!({"type": "PERCENT", "rate": "8"}), json!({})).await;
+    create_group(
+        &app,
+        json!({"programId": program, "name": "Silver", "rank": 0,
+               "commission": {"type": "PERCENT", "rate": "10"}}),
+    )
+    .await;
+    create_group(
+        &app,
+        json!({"programId": program, "name": "Gold", "rank": 1,
+               "commission": {"type": "PERCENT", "rate": "15"},
+               "rules": {"minCertifiedPeople": 1}}),
+    )
+    .await;
+    for i in 0..N {
+        let p = partner(&app, &program, &format!("Partner {i}")).await;
+        app.admin_ok(
+            "mutation($input: RecordCertificationInput!) { recordCertification(input: $input) { certification { id } } }",
+            json!({"input": {"partnerId": p.id, "personEmail": format!("ana@p{i}.example"), "courseKey": "basics"}}),
+        )
+        .await;
+    }
+    let mut instances = Vec::new();
+    for _ in 0..2 {
+        let db = tandem::db::Db::connect(&app.database_url, 4).await.unwrap();
+        instances.push(tokio::spawn(async move {
+            tandem::domain::groups::evaluate_groups(&db, Utc::now())
+                .await
+                .unwrap()
+        }));
+    }
+    let mut promoted = 0;
+    for instance in instances {
+        promoted += instance.await.unwrap().promoted;
+    }
+    assert_eq!(promoted, N as u64);
+    let open = crate::helpers::count(
+        &app.db,
+        "SELECT COUNT(*) AS n FROM partner_group_memberships WHERE until IS NULL",
+    )
+    .await;
+    assert_eq!(open, N as i64);
+    let reasons: Vec<Value> = group_events(&app)
+        .await
+        .into_iter()
+        .filter(|e| e["reason"] == "PROMOTED")
+        .collect();
+    assert_eq!(reasons.len(), N, "one promotion event per partner");
+}
+
+db_tests!(
+    silver_and_gold_worked_example,
+    groups_reject_bad_input,
+    concurrent_evaluations_promote_once
+);

@@ -192,54 +192,30 @@ pub(super) async fn changed_since(
         db.reads()
             .query_all_raw(Statement::from_sql_and_values(db.backend(), sql, values))
     };
-    for row in query(
-        format!("SELECT id FROM partners WHERE updated_at > {p1}"),
-        since_value(),
-    )
-    .await?
-    {
-        partners.insert(get(&row, "id")?);
+    // (Also whole: partners whose group history changed — a promotion, a demotion, a manual
+    // placement — since their deals may be computed with another group's plan, and the
+    // partners of a program one of whose groups changed.)
+    for sql in [
+        "SELECT id AS partner_id FROM partners WHERE updated_at > {p1}",
+        "SELECT DISTINCT partner_id FROM partner_group_memberships WHERE created_at > {p1}",
+    ] {
+        for row in query(sql.replace("{p1}", &p1), since_value()).await? {
+            partners.insert(get(&row, "partner_id")?);
+        }
     }
-    for row in query(
-        format!("SELECT id FROM programs WHERE updated_at > {p1}"),
-        since_value(),
-    )
-    .await?
-    {
-        let program_id: String = get(&row, "id")?;
-        partners.extend(
-            ctx.partners
-                .iter()
-                .filter(|(_, (p, _))| *p == program_id)
-                .map(|(id, _)| id.clone()),
-        );
-    }
-    // A partner whose group history changed (a promotion, a demotion, a manual placement)
-    // may have deals computed with another group's plan; a group whose plan changed concerns
-    // its program's partners.
-    for row in query(
-        format!(
-            "SELECT DISTINCT partner_id FROM partner_group_memberships WHERE created_at > {p1}"
-        ),
-        since_value(),
-    )
-    .await?
-    {
-        partners.insert(get(&row, "partner_id")?);
-    }
-    for row in query(
-        format!("SELECT DISTINCT program_id FROM partner_groups WHERE updated_at > {p1}"),
-        since_value(),
-    )
-    .await?
-    {
-        let program_id: String = get(&row, "program_id")?;
-        partners.extend(
-            ctx.partners
-                .iter()
-                .filter(|(_, (p, _))| *p == program_id)
-                .map(|(id, _)| id.clone()),
-        );
+    for sql in [
+        "SELECT id AS program_id FROM programs WHERE updated_at > {p1}",
+        "SELECT DISTINCT program_id FROM partner_groups WHERE updated_at > {p1}",
+    ] {
+        for row in query(sql.replace("{p1}", &p1), since_value()).await? {
+            let program_id: String = get(&row, "program_id")?;
+            partners.extend(
+                ctx.partners
+                    .iter()
+                    .filter(|(_, (p, _))| *p == program_id)
+                    .map(|(id, _)| id.clone()),
+            );
+        }
     }
     for row in query(
         format!("SELECT DISTINCT base, quote FROM exchange_rates WHERE created_at > {p1}"),

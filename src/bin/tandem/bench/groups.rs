@@ -37,7 +37,10 @@ use tandem::{
     },
 };
 
-use super::reconcile::{count, insert_partners, insert_program, peak_rss_mib, program_row};
+use super::{
+    reconcile::{count, insert_partners, insert_program, peak_rss_mib, program_row},
+    seed::bench_deal,
+};
 
 /// `tandem bench-groups`.
 #[derive(Debug, clap::Args)]
@@ -98,34 +101,23 @@ async fn seed(db: &Db, args: &BenchGroupsArgs) -> anyhow::Result<(String, Expect
             recent[p].0 += 1;
             recent[p].1 += cents;
         }
-        let deal_id = new_id();
-        deals.push(deal::ActiveModel {
-            id: Set(deal_id.clone()),
-            program_id: Set(program_id.clone()),
-            source_id: Set("bench".into()),
-            external_id: Set(format!("bench-{i}")),
-            name: Set(format!("Deal {i}")),
-            amount: Set(Decimal::new(cents, 2).to_string()),
-            currency: Set("USD".into()),
-            status: Set(if won {
+        let deal = bench_deal(
+            &program_id,
+            i,
+            Decimal::new(cents, 2).to_string(),
+            if won {
                 DealStatus::Won
             } else {
                 DealStatus::Lost
-            }),
-            stage: Set(None),
-            closed_at: Set(Some(closed)),
-            created_at: Set(closed - Span::days(30)),
-            updated_at: Set(closed),
-            company_domain: Set(None),
-            contact_emails: Set(json!([])),
-            referral_code: Set(None),
-            deleted: Set(false),
-            first_seen_at: Set(now),
-            last_applied_at: Set(now),
-            ..Default::default()
-        });
+            },
+            closed - Span::days(30),
+            Some(closed),
+            now,
+        );
+        let deal_id = deal.id.clone();
+        deals.push(deal);
         rows.push(deal_commission::ActiveModel {
-            deal_id: Set(deal_id),
+            deal_id,
             partner_id: Set(partners[p].0.clone()),
             program_id: Set(program_id.clone()),
             amount_program: Set(Some(Decimal::new(cents, 2).to_string())),

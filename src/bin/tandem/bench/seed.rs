@@ -36,6 +36,40 @@ pub struct BenchSeed {
 
 const BATCH: usize = 500;
 
+/// A mirrored deal of benchmark program `program_id` (`bench-{i}`, USD, domain
+/// `customer{i}.example`), created at `created_at`, last seen at `now`.
+pub fn bench_deal(
+    program_id: &str,
+    i: usize,
+    amount: String,
+    status: DealStatus,
+    created_at: chrono::DateTime<Utc>,
+    closed_at: Option<chrono::DateTime<Utc>>,
+    now: chrono::DateTime<Utc>,
+) -> deal::ActiveModel {
+    deal::ActiveModel {
+        id: Set(new_id()),
+        program_id: Set(program_id.to_string()),
+        source_id: Set("bench".into()),
+        external_id: Set(format!("bench-{i}")),
+        name: Set(format!("Deal {i}")),
+        amount: Set(amount),
+        currency: Set("USD".into()),
+        status: Set(status),
+        stage: Set(None),
+        closed_at: Set(closed_at),
+        created_at: Set(created_at),
+        updated_at: Set(closed_at.unwrap_or(created_at)),
+        company_domain: Set(Some(format!("customer{i}.example"))),
+        contact_emails: Set(json!([])),
+        referral_code: Set(None),
+        deleted: Set(false),
+        first_seen_at: Set(now),
+        last_applied_at: Set(now),
+        ..Default::default()
+    }
+}
+
 /// Seeds the data set in batched transactions.
 pub async fn seed(db: &Db, partners: u32, referrals: u32) -> anyhow::Result<BenchSeed> {
     anyhow::ensure!(partners > 0, "--partners must be at least 1");
@@ -93,34 +127,24 @@ pub async fn seed(db: &Db, partners: u32, referrals: u32) -> anyhow::Result<Benc
             let id = new_id();
             let submitted = now - Duration::minutes(i64::from(referrals - i));
             if i % 5 == 0 {
-                let deal_id = new_id();
-                deals.push(deal::ActiveModel {
-                    id: Set(deal_id.clone()),
-                    program_id: Set(program_id.clone()),
-                    source_id: Set("bench".into()),
-                    external_id: Set(format!("bench-{i}")),
-                    name: Set(format!("Deal {i}")),
-                    amount: Set(format!("{}.00", 1000 + i % 9000)),
-                    currency: Set("USD".into()),
-                    status: Set(if i % 10 == 0 {
+                let won = i % 10 == 0;
+                deals.push(bench_deal(
+                    &program_id,
+                    i as usize,
+                    format!("{}.00", 1000 + i % 9000),
+                    if won {
                         DealStatus::Won
                     } else {
                         DealStatus::Open
-                    }),
-                    stage: Set(None),
-                    closed_at: Set((i % 10 == 0).then_some(submitted)),
-                    created_at: Set(submitted),
-                    updated_at: Set(submitted),
-                    company_domain: Set(Some(format!("customer{i}.example"))),
-                    contact_emails: Set(json!([])),
-                    referral_code: Set(None),
-                    deleted: Set(false),
-                    first_seen_at: Set(now),
-                    last_applied_at: Set(now),
-                    ..Default::default()
-                });
+                    },
+                    submitted,
+                    won.then_some(submitted),
+                    now,
+                ));
                 attributions.push(attribution::ActiveModel {
-                    deal_id: Set(deal_id),
+                    deal_id: deals
+                        .last()
+                        .map_or(sea_orm::ActiveValue::NotSet, |d| d.id.clone()),
                     partner_id: Set(partner_id.clone()),
                     referral_id: Set(Some(id.clone())),
                     method: Set(tandem::db::states::AttributionMethod::Domain),
