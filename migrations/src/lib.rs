@@ -19,6 +19,7 @@ mod m20261206_000004_applications;
 mod m20261206_000005_certifications;
 mod m20261206_000006_crm_company;
 mod m20261206_000007_partner_groups;
+mod m20261206_000008_payout_runs;
 
 /// The ordered list of Tandem migrations.
 pub struct Migrator;
@@ -41,6 +42,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000005_certifications::Migration),
             Box::new(m20261206_000006_crm_company::Migration),
             Box::new(m20261206_000007_partner_groups::Migration),
+            Box::new(m20261206_000008_payout_runs::Migration),
         ]
     }
 }

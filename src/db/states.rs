@@ -461,3 +461,31 @@ stored_enum! {
         OverrideCleared = "OVERRIDE_CLEARED",
     }
 }
+
+stored_enum! {
+    /// How a partner is paid (DESIGN §14).
+    pub enum PayoutMethodKind {
+        /// A SEPA credit transfer to an IBAN (EUR).
+        Sepa = "SEPA",
+        /// A PayPal payout to an email address.
+        Paypal = "PAYPAL",
+        /// A Stripe Connect transfer to a connected account.
+        StripeConnect = "STRIPE_CONNECT",
+    }
+}
+
+stored_enum! {
+    /// Where a payout run stands.
+    pub enum PayoutRunStatus {
+        /// Made: its payouts wait to be exported or sent.
+        Draft = "DRAFT",
+        /// Being sent.
+        Sending = "SENDING",
+        /// Every payout paid.
+        Paid = "PAID",
+        /// Some payouts paid, others not (yet).
+        PartiallyPaid = "PARTIALLY_PAID",
+        /// Sending failed for every payout.
+        Failed = "FAILED",
+    }
+}

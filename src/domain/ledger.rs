@@ -239,6 +239,7 @@ pub async fn create_payout(db: &Db, input: CreatePayoutInput) -> ApiResult<payou
         reference: Set(None),
         created_at: Set(now),
         paid_at: Set(None),
+        ..Default::default()
     }
     .insert(&*tx)
     .await?;

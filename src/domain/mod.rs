@@ -17,6 +17,8 @@ pub mod kpis;
 pub mod ledger;
 pub mod normalize;
 pub mod partners;
+pub mod payout_methods;
+pub mod payout_runs;
 pub mod programs;
 pub mod reconcile;
 pub mod referrals;

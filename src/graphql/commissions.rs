@@ -171,6 +171,22 @@ impl Payout {
     async fn paid_at(&self) -> Option<DateTime<Utc>> {
         self.0.paid_at
     }
+    /// The payout run that made it (null for `createPayout`).
+    async fn run_id(&self) -> Option<ID> {
+        self.0.run_id.clone().map(ID)
+    }
+    /// The partner's payout method when the run made it.
+    async fn method(&self) -> Option<crate::db::states::PayoutMethodKind> {
+        self.0.method_kind
+    }
+    /// The id files with short id fields carry (PayPal's Customer ID): the payout id in base 36.
+    async fn short_id(&self) -> String {
+        crate::domain::payout_runs::short_id(&self.0.id)
+    }
+    /// Why sending it failed.
+    async fn failure(&self) -> Option<&str> {
+        self.0.failure.as_deref()
+    }
 }
 
 /// A rate converting deal amounts into a program currency.

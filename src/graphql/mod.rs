@@ -13,6 +13,7 @@ pub mod limits;
 pub mod loaders;
 pub mod mutation;
 pub mod outbound;
+pub mod payouts;
 pub mod query;
 pub mod types;
 pub mod webhooks;
@@ -40,6 +41,7 @@ pub struct QueryRoot(
     crm::CrmQuery,
     billing::BillingQuery,
     lifecycle::LifecycleQuery,
+    payouts::PayoutQuery,
 );
 
 /// The mutation root: every domain's mutations merged.
@@ -51,6 +53,7 @@ pub struct MutationRoot(
     outbound::OutboundMutation,
     crm::CrmMutation,
     lifecycle::LifecycleMutation,
+    payouts::PayoutMutation,
 );
 
 /// The Tandem schema type.

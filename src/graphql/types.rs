@@ -121,6 +121,10 @@ impl Program {
     async fn groups_reviewed_at(&self) -> Option<DateTime<Utc>> {
         self.0.groups_reviewed_at
     }
+    /// The account the program pays from (its SEPA files' debtor), masked (null until set).
+    async fn payout_account(&self) -> Option<&str> {
+        self.0.payout_account_masked.as_deref()
+    }
     /// The program's partner groups by rank (empty: no groups).
     async fn partner_groups(
         &self,
@@ -242,6 +246,16 @@ impl Partner {
             .ok_or_else(|| {
                 ApiError::Internal(format!("partner {} has no program", self.0.id)).into()
             })
+    }
+    /// How the partner is paid, masked (null until set).
+    async fn payout_method(
+        &self,
+        ctx: &Context<'_>,
+    ) -> Result<Option<crate::domain::payout_methods::PayoutMethod>> {
+        Box::pin(crate::graphql::payouts::partner_payout_method(
+            ctx, &self.0.id,
+        ))
+        .await
     }
     /// The partner's current group (null when its program has no groups).
     async fn group(

@@ -23,6 +23,7 @@ mod limits;
 mod manage;
 mod ops;
 mod outbound;
+mod payouts;
 mod plain;
 mod programs;
 mod referrals;

@@ -340,7 +340,7 @@ async fn referral_totals_follow_every_change(app: TestApp) {
     // Undo and redo the migration: the counter table is rebuilt from the referrals.
     // (The day-two, recurring, registration, application, certification and CRM-company
     // migrations came later: they are undone first.)
-    app.db.migrate_down(8).await.unwrap();
+    app.db.migrate_down(9).await.unwrap();
     assert!(
         app.db
             .execute_unprepared("SELECT total FROM referral_counts")

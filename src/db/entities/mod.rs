@@ -23,6 +23,8 @@ pub mod partner_application;
 pub mod partner_group;
 pub mod partner_group_membership;
 pub mod payout;
+pub mod payout_method;
+pub mod payout_run;
 pub mod program;
 pub mod referral;
 pub mod referral_engagement;
@@ -63,6 +65,7 @@ keyed!(
     partner,
     partner_application,
     payout,
+    payout_run,
     program,
     referral,
     referral_engagement,

@@ -17,6 +17,14 @@ pub struct Model {
     pub paid_at: Option<DateTimeUtc>,
     /// Total in cents (of `currency`).
     pub total_cents: i64,
+    /// The payout run that made it (none for `createPayout`).
+    pub run_id: Option<String>,
+    /// The partner's payout method when the payout was made.
+    pub method_kind: Option<crate::db::states::PayoutMethodKind>,
+    /// Its details, sealed.
+    pub method_details: Option<String>,
+    /// Why sending it failed.
+    pub failure: Option<String>,
 }
 
 /// No relations are declared: joins are written explicitly where they are needed.

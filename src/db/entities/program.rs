@@ -35,6 +35,9 @@ pub struct Model {
     pub group_review_schedule: Option<String>,
     /// When the groups were last reviewed (set when the first group is created).
     pub groups_reviewed_at: Option<DateTimeUtc>,
+    /// The program's own account (SEPA debtor), sealed.
+    pub payout_account: Option<String>,
+    pub payout_account_masked: Option<String>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }
