@@ -1,6 +1,6 @@
 //! Reward distribution (DESIGN §14): partners' payout methods (sealed), payout runs, and the
 //! run, method and failure of each payout; the program's own account (the debtor of its SEPA
-//! files).
+//! files); the reason of a manual ledger adjustment.
 
 use sea_orm_migration::prelude::*;
 
@@ -69,6 +69,8 @@ impl MigrationTrait for Migration {
             add("payouts", column("failure", Text, true)),
             add("programs", column("payout_account", Text, true)),
             add("programs", column("payout_account_masked", Text, true)),
+            // Why an adjustment was made (shown to the partner).
+            add("ledger_entries", column("note", Text, true)),
         ] {
             manager.alter_table(statement).await?;
         }
@@ -91,6 +93,7 @@ impl MigrationTrait for Migration {
         drop_columns(
             manager,
             &[
+                ("ledger_entries", "note"),
                 ("programs", "payout_account_masked"),
                 ("programs", "payout_account"),
                 ("payouts", "failure"),

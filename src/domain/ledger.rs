@@ -322,3 +322,67 @@ pub async fn mark_payout_paid(db: &Db, input: MarkPayoutPaidInput) -> ApiResult<
     tx.commit().await?;
     Ok(model)
 }
+
+/// Input of `createAdjustment`.
+#[derive(Debug, InputObject)]
+pub struct CreateAdjustmentInput {
+    /// The partner.
+    pub partner_id: async_graphql::ID,
+    /// The amount, positive (owed to the partner) or negative (owed by it); not zero.
+    pub amount: Decimal,
+    /// ISO 4217 code.
+    pub currency: String,
+    /// Why (1 to 1000 characters): the partner sees it.
+    pub reason: String,
+}
+
+/// `createAdjustment` (admins): appends an `ADJUSTMENT` entry outside any deal, APPROVED at
+/// once (payable by the next payout when positive, netted against it when negative), with
+/// the reason the partner sees. The reconciler leaves it alone: it belongs to no deal.
+pub async fn create_adjustment(
+    db: &Db,
+    input: CreateAdjustmentInput,
+) -> ApiResult<crate::db::entities::ledger_entry::Model> {
+    use crate::db::entities::ledger_entry;
+    let currency = normalize_currency(&input.currency).ok_or_else(|| {
+        ApiError::bad_input("input.currency", "must be an ISO 4217 currency code")
+    })?;
+    crate::domain::programs::check_money("input.amount", input.amount.abs())?;
+    let cents = crate::domain::commission::to_cents(input.amount)
+        .filter(|c| *c != 0)
+        .ok_or_else(|| ApiError::bad_input("input.amount", "must not be zero"))?;
+    let reason =
+        crate::domain::normalize::optional_text("input.reason", Some(&input.reason), 1000)?
+            .ok_or_else(|| ApiError::bad_input("input.reason", "is required"))?;
+    if !is_valid_id(input.partner_id.as_str()) {
+        return Err(ApiError::NotFound("partner"));
+    }
+    let tx = db.begin_write().await?;
+    let partner = partner::Entity::find_by_id(input.partner_id.to_string())
+        .one(&*tx)
+        .await?
+        .ok_or(ApiError::NotFound("partner"))?;
+    let now = Utc::now();
+    let entry = ledger_entry::ActiveModel {
+        id: Set(new_id()),
+        partner_id: Set(partner.id.clone()),
+        program_id: Set(partner.program_id.clone()),
+        deal_id: Set(None),
+        payout_id: Set(None),
+        kind: Set(LedgerEntryKind::Adjustment),
+        amount_cents: Set(cents),
+        currency: Set(currency),
+        status: Set(LedgerEntryStatus::Approved),
+        created_at: Set(now),
+        available_at: Set(now),
+        updated_at: Set(now),
+        deal_seq: Set(None),
+        invoice_id: Set(None),
+        invoice_seq: Set(None),
+        note: Set(Some(reason)),
+    }
+    .insert(&*tx)
+    .await?;
+    tx.commit().await?;
+    Ok(entry)
+}

@@ -126,10 +126,21 @@ impl LedgerEntry {
     async fn partner(&self, ctx: &Context<'_>) -> Result<Option<Partner>> {
         load_partner(ctx, &self.0.partner_id).await
     }
+    /// Why an admin adjusted the ledger (`createAdjustment`).
+    async fn note(&self) -> Option<&str> {
+        self.0.note.as_deref()
+    }
     /// The payout that gathered it.
     async fn payout_id(&self) -> Option<ID> {
         self.0.payout_id.clone().map(ID)
     }
+}
+
+/// Result of `createAdjustment`.
+#[derive(async_graphql::SimpleObject)]
+pub struct CreateAdjustmentPayload {
+    /// The entry appended.
+    pub ledger_entry: LedgerEntry,
 }
 
 /// A payment to a partner gathering its approved entries.
@@ -672,6 +683,19 @@ impl CommissionMutation {
         let payout = create_payout(admin_db(ctx).await?, input).await?;
         Ok(CreatePayoutPayload {
             payout: Payout(payout),
+        })
+    }
+
+    /// Appends an `ADJUSTMENT` to a partner's ledger outside any deal (admins): APPROVED at
+    /// once, with the reason the partner sees.
+    async fn create_adjustment(
+        &self,
+        ctx: &Context<'_>,
+        input: crate::domain::ledger::CreateAdjustmentInput,
+    ) -> Result<CreateAdjustmentPayload> {
+        let entry = crate::domain::ledger::create_adjustment(admin_db(ctx).await?, input).await?;
+        Ok(CreateAdjustmentPayload {
+            ledger_entry: LedgerEntry(entry),
         })
     }
 

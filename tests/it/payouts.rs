@@ -147,6 +147,7 @@ async fn seed_entries(
             deal_seq: Set(None),
             invoice_id: Set(None),
             invoice_seq: Set(None),
+            note: Set(None),
         })
         .collect();
     let tx = app.db.begin_write().await.unwrap();
@@ -533,6 +534,7 @@ async fn paypal_and_csv_exports(app: TestApp) {
             deal_seq: Set(None),
             invoice_id: Set(None),
             invoice_seq: Set(None),
+            note: Set(None),
         };
         let tx = app.db.begin_write().await.unwrap();
         ledger_entry::Entity::insert(row)
@@ -639,7 +641,118 @@ async fn paypal_and_csv_exports(app: TestApp) {
     assert_eq!(error_code(&got), "FORBIDDEN", "{got}");
 }
 
+async fn adjustments_are_appended_with_their_reason(app: TestApp) {
+    let program = program_with(
+        &app,
+        json!({"type": "PERCENT", "rate": "10"}),
+        json!({"currency": "EUR"}),
+    )
+    .await;
+    let alpha = app.create_partner(&program, "Alpha").await;
+    let key = app.partner_key(&alpha).await;
+    const ADJUST: &str = "mutation($input: CreateAdjustmentInput!) { createAdjustment(input: $input) { \
+        ledgerEntry { id kind amount currency status note } } }";
+    let bonus = app
+        .admin_ok(
+            ADJUST,
+            json!({"input": {"partnerId": alpha, "amount": "125.00", "currency": "eur", "reason": "Q4 launch bonus"}}),
+        )
+        .await;
+    assert_eq!(
+        bonus["createAdjustment"]["ledgerEntry"]["status"],
+        "APPROVED"
+    );
+    app.admin_ok(
+        ADJUST,
+        json!({"input": {"partnerId": alpha, "amount": "-25", "currency": "EUR", "reason": "Duplicate bonus"}}),
+    )
+    .await;
+    // The partner sees both, with the reasons, and their net in its balance.
+    let seen = app
+        .ok(
+            &key,
+            "query($p: ID!) { ledgerEntries(first: 10) { edges { node { kind amount note } } } balances(partnerId: $p) { currency approved } }",
+            json!({"p": alpha}),
+        )
+        .await;
+    let mut entries: Vec<(Value, Value, Value)> = seen["ledgerEntries"]["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let n = &e["node"];
+            (n["kind"].clone(), n["amount"].clone(), n["note"].clone())
+        })
+        .collect();
+    entries.sort_by_key(|e| e.1.to_string());
+    assert_eq!(
+        entries,
+        [
+            (
+                json!("ADJUSTMENT"),
+                json!("-25.00"),
+                json!("Duplicate bonus")
+            ),
+            (
+                json!("ADJUSTMENT"),
+                json!("125.00"),
+                json!("Q4 launch bonus")
+            ),
+        ]
+    );
+    assert_eq!(
+        seen["balances"],
+        json!([{"currency": "EUR", "approved": "100.00"}])
+    );
+    // A run pays the net.
+    app.admin_ok(
+        SET_METHOD,
+        json!({"input": {"partnerId": alpha, "kind": "PAYPAL", "paypalEmail": "ops@alpha.example"}}),
+    )
+    .await;
+    let run = app
+        .admin_ok(
+            CREATE_RUN,
+            json!({"input": {"programId": program, "currency": "EUR"}}),
+        )
+        .await;
+    assert_eq!(run["createPayoutRun"]["payoutRun"]["total"], "100.00");
+    // Rejections name the field; partner keys cannot adjust.
+    for (input, field) in [
+        (
+            json!({"amount": "0", "currency": "EUR", "reason": "x"}),
+            "input.amount",
+        ),
+        (
+            json!({"amount": "1.005", "currency": "EUR", "reason": "x"}),
+            "input.amount",
+        ),
+        (
+            json!({"amount": "1", "currency": "euros", "reason": "x"}),
+            "input.currency",
+        ),
+        (
+            json!({"amount": "1", "currency": "EUR", "reason": "  "}),
+            "input.reason",
+        ),
+    ] {
+        let mut input = input;
+        input["partnerId"] = json!(alpha);
+        let got = app.gql(&app.admin, ADJUST, json!({"input": input})).await;
+        assert_eq!(error_field(&got), field, "{got}");
+    }
+    let got = app
+        .gql(
+            &key,
+            ADJUST,
+            json!({"input": {"partnerId": alpha, "amount": "1", "currency": "EUR", "reason": "me"}}),
+        )
+        .await;
+    assert_eq!(error_code(&got), "FORBIDDEN", "{got}");
+}
+
 db_tests!(
+    adjustments_are_appended_with_their_reason,
     a_month_end_run_over_a_thousand_partners,
     methods_are_validated_sealed_and_masked,
     paypal_and_csv_exports

@@ -26,6 +26,8 @@ pub struct Model {
     pub invoice_id: Option<String>,
     /// For invoice entries: n for the n-th entry of this (partner, invoice).
     pub invoice_seq: Option<i32>,
+    /// Why an admin adjusted the ledger (`createAdjustment`), shown to the partner.
+    pub note: Option<String>,
 }
 
 /// No relations are declared: joins are written explicitly where they are needed.

@@ -83,6 +83,7 @@ pub(super) async fn insert_entries(
                     created_at: Set(now),
                     available_at: Set(available),
                     updated_at: Set(now),
+                    note: Set(None),
                 }
             })
             .collect();
