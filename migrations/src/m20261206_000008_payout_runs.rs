@@ -69,22 +69,48 @@ impl MigrationTrait for Migration {
             add("payouts", column("failure", Text, true)),
             add("programs", column("payout_account", Text, true)),
             add("programs", column("payout_account_masked", Text, true)),
-            // Why an adjustment was made (shown to the partner).
+            // Why an adjustment was made, or an entry declined (shown to the partner).
             add("ledger_entries", column("note", Text, true)),
+            // Why an accrual is HELD (self-referral, review threshold, suspended partner).
+            add("ledger_entries", column("hold_reason", Text, true)),
+            // The entry a manager's decline reverses.
+            add("ledger_entries", column("declines", Id, true)),
+            // Accruals above this amount wait for a manager (decimal text, program currency).
+            add("programs", column("manual_review_above", Text, true)),
         ] {
             manager.alter_table(statement).await?;
         }
         manager
             .create_index(index("idx_payouts_run", "payouts", &["run_id"], false))
             .await?;
+        let conn = manager.get_connection();
+        for sql in [
+            // New entries of a deal or invoice with a held entry are held with it.
+            "CREATE INDEX idx_ledger_entries_held_deal ON ledger_entries (deal_id) \
+             WHERE status = 'HELD'",
+            "CREATE INDEX idx_ledger_entries_held_invoice ON ledger_entries (invoice_id) \
+             WHERE status = 'HELD'",
+            // The reconciler keeps declined commissions at zero.
+            "CREATE INDEX idx_ledger_entries_declines ON ledger_entries (declines) \
+             WHERE declines IS NOT NULL",
+        ] {
+            conn.execute_unprepared(sql).await?;
+        }
         Ok(())
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .get_connection()
-            .execute_unprepared("DROP INDEX idx_payouts_run")
-            .await?;
+        for index in [
+            "idx_payouts_run",
+            "idx_ledger_entries_held_deal",
+            "idx_ledger_entries_held_invoice",
+            "idx_ledger_entries_declines",
+        ] {
+            manager
+                .get_connection()
+                .execute_unprepared(&format!("DROP INDEX {index}"))
+                .await?;
+        }
         for t in ["payout_runs", "payout_methods"] {
             manager
                 .drop_table(Table::drop().table(name(t)).to_owned())
@@ -93,6 +119,9 @@ impl MigrationTrait for Migration {
         drop_columns(
             manager,
             &[
+                ("programs", "manual_review_above"),
+                ("ledger_entries", "declines"),
+                ("ledger_entries", "hold_reason"),
                 ("ledger_entries", "note"),
                 ("programs", "payout_account_masked"),
                 ("programs", "payout_account"),

@@ -128,6 +128,8 @@ stored_enum! {
         Detached = "DETACHED",
         /// The amount is out of the computable range: nothing is written for it.
         Invalid = "INVALID",
+        /// A manager declined the commission (`declineLedgerEntry`): it stays at 0.
+        Declined = "DECLINED",
     }
 }
 
@@ -269,6 +271,9 @@ stored_enum! {
         Approved = "APPROVED",
         /// Paid out.
         Paid = "PAID",
+        /// Held for a manager's review (`holdReason`): never approved by `release-holds` nor
+        /// paid until released.
+        Held = "HELD",
     }
 }
 
@@ -487,5 +492,18 @@ stored_enum! {
         PartiallyPaid = "PARTIALLY_PAID",
         /// Sending failed for every payout.
         Failed = "FAILED",
+    }
+}
+
+stored_enum! {
+    /// Why an accrual waits for a manager (DESIGN §14).
+    pub enum HoldReason {
+        /// The deal's company (or a contact's email domain), or the invoice's customer, is the
+        /// partner's own domain.
+        SelfReferral = "SELF_REFERRAL",
+        /// The accrual is above the program's `manualReviewAbove`.
+        AboveReviewThreshold = "ABOVE_REVIEW_THRESHOLD",
+        /// The partner was suspended when it accrued.
+        PartnerSuspended = "PARTNER_SUSPENDED",
     }
 }

@@ -58,11 +58,15 @@ pub enum EventType {
     CertificationExpiring,
     /// A partner moved to another group (promoted, demoted, set by an admin).
     PartnerGroupChanged,
+    /// An accrual waits for a manager's review (DESIGN §14).
+    CommissionHeld,
+    /// A manager declined a commission: a reversal with the reason was appended.
+    CommissionDeclined,
 }
 
 impl EventType {
     /// Every event type.
-    pub const ALL: [EventType; 20] = [
+    pub const ALL: [EventType; 22] = [
         EventType::PartnerCreated,
         EventType::PartnerUpdated,
         EventType::ReferralSubmitted,
@@ -83,6 +87,8 @@ impl EventType {
         EventType::CertificationRecorded,
         EventType::CertificationExpiring,
         EventType::PartnerGroupChanged,
+        EventType::CommissionHeld,
+        EventType::CommissionDeclined,
     ];
 
     /// The wire name, such as `partner.created`.
@@ -108,6 +114,8 @@ impl EventType {
             EventType::CertificationRecorded => "certification.recorded",
             EventType::CertificationExpiring => "certification.expiring",
             EventType::PartnerGroupChanged => "partner.group_changed",
+            EventType::CommissionHeld => "commission.held",
+            EventType::CommissionDeclined => "commission.declined",
         }
     }
 

@@ -11,7 +11,7 @@ use sea_orm::{
 };
 use serde_json::json;
 
-pub use crate::db::states::{LedgerEntryKind, LedgerEntryStatus, PayoutStatus};
+pub use crate::db::states::{HoldReason, LedgerEntryKind, LedgerEntryStatus, PayoutStatus};
 use crate::{
     db::{
         Db,
@@ -134,6 +134,8 @@ pub struct Balance {
     pub in_payout: Decimal,
     /// Paid out.
     pub paid: Decimal,
+    /// Held for a manager's review (never paid until released).
+    pub held: Decimal,
 }
 
 /// A partner's balances per currency, by SQL aggregate.
@@ -142,12 +144,14 @@ pub async fn balances(db: &Db, partner_id: &str) -> ApiResult<Vec<Balance>> {
         format!("CAST(COALESCE(SUM(CASE WHEN {cond} THEN amount_cents ELSE 0 END), 0) AS BIGINT)")
     };
     let sql = format!(
-        "SELECT currency, {} AS pending, {} AS approved, {} AS in_payout, {} AS paid \
-         FROM ledger_entries WHERE partner_id = {} GROUP BY currency ORDER BY currency",
+        "SELECT currency, {} AS pending, {} AS approved, {} AS in_payout, {} AS paid, \
+         {} AS held FROM ledger_entries WHERE partner_id = {} GROUP BY currency \
+         ORDER BY currency",
         sum("status = 'PENDING'"),
         sum("status = 'APPROVED' AND payout_id IS NULL"),
         sum("status = 'APPROVED' AND payout_id IS NOT NULL"),
         sum("status = 'PAID'"),
+        sum("status = 'HELD'"),
         db.placeholder(1)
     );
     let rows = db
@@ -167,6 +171,7 @@ pub async fn balances(db: &Db, partner_id: &str) -> ApiResult<Vec<Balance>> {
             approved: cents("approved")?,
             in_payout: cents("in_payout")?,
             paid: cents("paid")?,
+            held: cents("held")?,
         });
     }
     Ok(out)
@@ -380,9 +385,189 @@ pub async fn create_adjustment(
         invoice_id: Set(None),
         invoice_seq: Set(None),
         note: Set(Some(reason)),
+        hold_reason: Set(None),
+        declines: Set(None),
     }
     .insert(&*tx)
     .await?;
     tx.commit().await?;
     Ok(entry)
+}
+
+/// Input of `releaseHeldEntry`.
+#[derive(Debug, InputObject)]
+pub struct ReleaseHeldEntryInput {
+    /// The HELD entry.
+    pub id: async_graphql::ID,
+}
+
+/// `releaseHeldEntry` (admins): a HELD entry becomes PENDING until its `availableAt`, or
+/// APPROVED when that has passed; its `holdReason` stays as the record of the review.
+pub async fn release_held_entry(
+    db: &Db,
+    input: ReleaseHeldEntryInput,
+) -> ApiResult<crate::db::entities::ledger_entry::Model> {
+    use crate::db::entities::ledger_entry;
+    if !is_valid_id(input.id.as_str()) {
+        return Err(ApiError::NotFound("ledger entry"));
+    }
+    let tx = db.begin_write().await?;
+    let entry = ledger_entry::Entity::find_by_id(input.id.to_string())
+        .one(&*tx)
+        .await?
+        .ok_or(ApiError::NotFound("ledger entry"))?;
+    if entry.status != LedgerEntryStatus::Held {
+        return Err(ApiError::Conflict(format!(
+            "the entry is {}, not HELD",
+            entry.status
+        )));
+    }
+    let now = Utc::now();
+    let status = if entry.available_at <= now {
+        LedgerEntryStatus::Approved
+    } else {
+        LedgerEntryStatus::Pending
+    };
+    let mut row: ledger_entry::ActiveModel = entry.into();
+    row.status = Set(status);
+    row.updated_at = Set(now);
+    let released = row.update(&*tx).await?;
+    tx.commit().await?;
+    Ok(released)
+}
+
+/// Input of `declineLedgerEntry`.
+#[derive(Debug, InputObject)]
+pub struct DeclineLedgerEntryInput {
+    /// The accrual (or positive adjustment) to decline.
+    pub id: async_graphql::ID,
+    /// Why (1 to 1000 characters): the partner sees it.
+    pub reason: String,
+}
+
+/// What `declineLedgerEntry` did.
+pub struct Declined {
+    /// The declined entry (now APPROVED, netting with the reversal).
+    pub declined: crate::db::entities::ledger_entry::Model,
+    /// The reversal appended.
+    pub reversal: crate::db::entities::ledger_entry::Model,
+}
+
+/// `declineLedgerEntry` (admins): appends an equal `REVERSAL` carrying the reason, and makes
+/// the declined entry and its reversal APPROVED together so that they net to zero in the
+/// balance and in any payout. Declining a deal's accrual declines the partner's commission on
+/// that deal: later reconciles keep it at 0 (state `DECLINED`). Writes `commission.declined`.
+pub async fn decline_ledger_entry(db: &Db, input: DeclineLedgerEntryInput) -> ApiResult<Declined> {
+    use crate::db::entities::ledger_entry;
+    use sea_orm::QueryOrder;
+    let reason =
+        crate::domain::normalize::optional_text("input.reason", Some(&input.reason), 1000)?
+            .ok_or_else(|| ApiError::bad_input("input.reason", "is required"))?;
+    if !is_valid_id(input.id.as_str()) {
+        return Err(ApiError::NotFound("ledger entry"));
+    }
+    let tx = db.begin_write().await?;
+    let mut query = ledger_entry::Entity::find_by_id(input.id.to_string());
+    if db.is_postgres() {
+        query = query.lock_exclusive();
+    }
+    let entry = query
+        .one(&*tx)
+        .await?
+        .ok_or(ApiError::NotFound("ledger entry"))?;
+    let declinable = matches!(
+        entry.kind,
+        LedgerEntryKind::Accrual | LedgerEntryKind::Adjustment
+    ) && entry.amount_cents > 0;
+    if !declinable {
+        return Err(ApiError::Conflict(
+            "only accruals and positive adjustments can be declined".into(),
+        ));
+    }
+    if entry.invoice_id.is_some() {
+        return Err(ApiError::Conflict(
+            "commissions on invoices cannot be declined yet: use createAdjustment".into(),
+        ));
+    }
+    if entry.status == LedgerEntryStatus::Paid || entry.payout_id.is_some() {
+        return Err(ApiError::Conflict(
+            "the entry is already in a payout: use createAdjustment".into(),
+        ));
+    }
+    let already = ledger_entry::Entity::find()
+        .filter(ledger_entry::Column::Declines.eq(entry.id.as_str()))
+        .one(&*tx)
+        .await?;
+    if already.is_some() {
+        return Err(ApiError::Conflict("the entry is already declined".into()));
+    }
+    let now = Utc::now();
+    // The next number of the (partner, deal) entries, after the reconciler's.
+    let seq = match &entry.deal_id {
+        Some(deal_id) => Some(
+            ledger_entry::Entity::find()
+                .filter(ledger_entry::Column::PartnerId.eq(entry.partner_id.as_str()))
+                .filter(ledger_entry::Column::DealId.eq(deal_id.as_str()))
+                .order_by_desc(ledger_entry::Column::DealSeq)
+                .one(&*tx)
+                .await?
+                .and_then(|e| e.deal_seq)
+                .unwrap_or(0)
+                + 1,
+        ),
+        None => None,
+    };
+    let reversal = ledger_entry::ActiveModel {
+        id: Set(new_id()),
+        partner_id: Set(entry.partner_id.clone()),
+        program_id: Set(entry.program_id.clone()),
+        deal_id: Set(entry.deal_id.clone()),
+        payout_id: Set(None),
+        kind: Set(LedgerEntryKind::Reversal),
+        amount_cents: Set(-entry.amount_cents),
+        currency: Set(entry.currency.clone()),
+        status: Set(LedgerEntryStatus::Approved),
+        created_at: Set(now),
+        // With the declined entry: the two are always paid (and counted) together.
+        available_at: Set(entry.available_at),
+        updated_at: Set(now),
+        deal_seq: Set(seq),
+        invoice_id: Set(None),
+        invoice_seq: Set(None),
+        note: Set(Some(reason.clone())),
+        hold_reason: Set(None),
+        declines: Set(Some(entry.id.clone())),
+    }
+    .insert(&*tx)
+    .await
+    .map_err(|e| {
+        if e.to_string().to_ascii_lowercase().contains("unique")
+            || e.to_string().contains("duplicate key")
+        {
+            ApiError::Conflict("the reconciler booked this deal meanwhile: retry".into())
+        } else {
+            e.into()
+        }
+    })?;
+    let mut row: ledger_entry::ActiveModel = entry.clone().into();
+    row.status = Set(LedgerEntryStatus::Approved);
+    row.updated_at = Set(now);
+    let declined = row.update(&*tx).await?;
+    events::record(
+        &*tx,
+        EventType::CommissionDeclined,
+        &declined.program_id,
+        Some(&declined.partner_id),
+        json!({
+            "ledgerEntryId": reversal.id,
+            "declinedEntryId": declined.id,
+            "dealId": declined.deal_id,
+            "amount": from_cents(reversal.amount_cents).to_string(),
+            "currency": reversal.currency,
+            "reason": reason,
+        }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Declined { declined, reversal })
 }

@@ -52,6 +52,9 @@ pub enum SkipReason {
     NothingToPay,
     /// The partner is suspended: nothing is paid until it is reinstated.
     PartnerSuspended,
+    /// Entries of the partner are HELD for review: that amount is not paid (its other
+    /// entries are) until a manager releases them.
+    EntriesHeld,
 }
 
 /// A partner left out of a run.
@@ -182,6 +185,28 @@ pub async fn create_payout_run(
             (None, None) => skipped.push(skip(SkipReason::NoPayoutMethod)),
         }
     }
+    // Held entries are never paid: the partners concerned are listed with the held amount.
+    for row in tx
+        .query_all_raw(Statement::from_sql_and_values(
+            db.backend(),
+            format!(
+                "SELECT partner_id, CAST(SUM(amount_cents) AS BIGINT) AS cents \
+                 FROM ledger_entries WHERE program_id = {p1} AND currency = {p2} \
+                 AND status = 'HELD' GROUP BY partner_id"
+            ),
+            [program.id.clone().into(), currency.clone().into()],
+        ))
+        .await?
+    {
+        let cents: i64 = row.try_get("", "cents")?;
+        if cents != 0 {
+            skipped.push(Skipped {
+                partner_id: row.try_get("", "partner_id")?,
+                reason: SkipReason::EntriesHeld,
+                amount: from_cents(cents),
+            });
+        }
+    }
     let run_id = new_id();
     let mut total: i64 = 0;
     let mut count = 0;
@@ -269,7 +294,7 @@ pub async fn create_payout_run(
             "no partner of the program has approved {currency} entries available at the cutoff"
         )));
     }
-    skipped.sort_by(|a, b| a.partner_id.cmp(&b.partner_id));
+    skipped.sort_by(|a, b| (&a.partner_id, a.reason as u8).cmp(&(&b.partner_id, b.reason as u8)));
     let run = payout_run::ActiveModel {
         id: Set(run_id),
         program_id: Set(program.id.clone()),

@@ -462,6 +462,8 @@ pub struct CreateProgramInput {
     /// When partner groups are reviewed (demotions), a 6-field cron (seconds first); default
     /// quarterly, `0 0 0 1 1,4,7,10 *`.
     pub group_review_schedule: Option<String>,
+    /// Accruals above this amount are HELD for a manager's review (default: none).
+    pub manual_review_above: Option<Decimal>,
 }
 
 /// Input of `updateProgram`: absent fields keep their value. The currency cannot change.
@@ -489,11 +491,25 @@ pub struct UpdateProgramInput {
     pub applications: Option<ApplicationsInput>,
     /// New group review schedule; `null` restores the quarterly default.
     pub group_review_schedule: async_graphql::MaybeUndefined<String>,
+    /// New review threshold for accruals; `null` removes it.
+    pub manual_review_above: async_graphql::MaybeUndefined<Decimal>,
 }
 
 /// The group review when a program names none (DESIGN §13): quarterly, at midnight UTC on
 /// the first day of January, April, July and October.
 pub const DEFAULT_REVIEW_SCHEDULE: &str = "0 0 0 1 1,4,7,10 *";
+
+/// Checks a `manualReviewAbove` amount (positive money).
+fn check_review_threshold(value: Decimal) -> ApiResult<String> {
+    check_money("input.manualReviewAbove", value)?;
+    if value <= Decimal::ZERO {
+        return Err(ApiError::bad_input(
+            "input.manualReviewAbove",
+            "must be greater than 0 (null: no threshold)",
+        ));
+    }
+    Ok(value.normalize().to_string())
+}
 
 /// Checks a `groupReviewSchedule` (a 6-field cron, seconds first).
 fn check_review_schedule(field: &str, schedule: &str) -> ApiResult<String> {
@@ -580,6 +596,10 @@ pub async fn create_program(db: &Db, input: CreateProgramInput) -> ApiResult<pro
             .group_review_schedule
             .as_deref()
             .map(|s| check_review_schedule("input.groupReviewSchedule", s))
+            .transpose()?),
+        manual_review_above: Set(input
+            .manual_review_above
+            .map(check_review_threshold)
             .transpose()?),
         created_at: Set(now),
         updated_at: Set(now),
@@ -681,6 +701,13 @@ pub async fn update_program(db: &Db, input: UpdateProgramInput) -> ApiResult<pro
                 "input.groupReviewSchedule",
                 &schedule,
             )?));
+        }
+    }
+    match input.manual_review_above {
+        async_graphql::MaybeUndefined::Undefined => {}
+        async_graphql::MaybeUndefined::Null => model.manual_review_above = Set(None),
+        async_graphql::MaybeUndefined::Value(value) => {
+            model.manual_review_above = Set(Some(check_review_threshold(value)?));
         }
     }
     model.updated_at = Set(Utc::now());

@@ -126,9 +126,18 @@ impl LedgerEntry {
     async fn partner(&self, ctx: &Context<'_>) -> Result<Option<Partner>> {
         load_partner(ctx, &self.0.partner_id).await
     }
-    /// Why an admin adjusted the ledger (`createAdjustment`).
+    /// Why an admin adjusted the ledger (`createAdjustment`) or declined an entry (on the
+    /// reversal `declineLedgerEntry` appended).
     async fn note(&self) -> Option<&str> {
         self.0.note.as_deref()
+    }
+    /// Why the entry is (or was) HELD for review.
+    async fn hold_reason(&self) -> Option<crate::db::states::HoldReason> {
+        self.0.hold_reason
+    }
+    /// The entry this reversal declines.
+    async fn declines(&self) -> Option<ID> {
+        self.0.declines.clone().map(ID)
     }
     /// The payout that gathered it.
     async fn payout_id(&self) -> Option<ID> {
@@ -136,11 +145,20 @@ impl LedgerEntry {
     }
 }
 
-/// Result of `createAdjustment`.
+/// Result of `createAdjustment` and `releaseHeldEntry`.
 #[derive(async_graphql::SimpleObject)]
 pub struct CreateAdjustmentPayload {
-    /// The entry appended.
+    /// The entry appended (or released).
     pub ledger_entry: LedgerEntry,
+}
+
+/// Result of `declineLedgerEntry`.
+#[derive(async_graphql::SimpleObject)]
+pub struct DeclineLedgerEntryPayload {
+    /// The declined entry.
+    pub declined: LedgerEntry,
+    /// The reversal appended, with the reason.
+    pub reversal: LedgerEntry,
 }
 
 /// A payment to a partner gathering its approved entries.
@@ -696,6 +714,34 @@ impl CommissionMutation {
         let entry = crate::domain::ledger::create_adjustment(admin_db(ctx).await?, input).await?;
         Ok(CreateAdjustmentPayload {
             ledger_entry: LedgerEntry(entry),
+        })
+    }
+
+    /// Releases a HELD entry after review (admins): PENDING until its `availableAt`, then
+    /// APPROVED like any other.
+    async fn release_held_entry(
+        &self,
+        ctx: &Context<'_>,
+        input: crate::domain::ledger::ReleaseHeldEntryInput,
+    ) -> Result<CreateAdjustmentPayload> {
+        let entry = crate::domain::ledger::release_held_entry(admin_db(ctx).await?, input).await?;
+        Ok(CreateAdjustmentPayload {
+            ledger_entry: LedgerEntry(entry),
+        })
+    }
+
+    /// Declines an accrual (admins): appends an equal REVERSAL with the reason the partner
+    /// sees; the two net to zero. A declined deal commission stays at 0. Writes
+    /// `commission.declined`.
+    async fn decline_ledger_entry(
+        &self,
+        ctx: &Context<'_>,
+        input: crate::domain::ledger::DeclineLedgerEntryInput,
+    ) -> Result<DeclineLedgerEntryPayload> {
+        let done = crate::domain::ledger::decline_ledger_entry(admin_db(ctx).await?, input).await?;
+        Ok(DeclineLedgerEntryPayload {
+            declined: LedgerEntry(done.declined),
+            reversal: LedgerEntry(done.reversal),
         })
     }
 

@@ -121,6 +121,15 @@ impl Program {
     async fn groups_reviewed_at(&self) -> Option<DateTime<Utc>> {
         self.0.groups_reviewed_at
     }
+    /// Accruals above this amount are HELD for a manager's review (null: none).
+    async fn manual_review_above(&self) -> Result<Option<rust_decimal::Decimal>> {
+        Ok(self
+            .0
+            .manual_review_above
+            .as_deref()
+            .map(crate::domain::programs::parse_stored_decimal)
+            .transpose()?)
+    }
     /// The account the program pays from (its SEPA files' debtor), masked (null until set).
     async fn payout_account(&self) -> Option<&str> {
         self.0.payout_account_masked.as_deref()

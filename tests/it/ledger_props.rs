@@ -195,6 +195,7 @@ async fn setup(db: &Db) -> (tandem::db::entities::program::Model, Vec<(String, S
             lead_sla_minutes: None,
             applications: None,
             group_review_schedule: None,
+            manual_review_above: None,
         },
     )
     .await

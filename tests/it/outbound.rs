@@ -1339,6 +1339,27 @@ async fn every_event_type_matches_its_schema(app: TestApp) {
     )
     .await;
     run_job(&app, "certifications", false).await;
+    // A held accrual (above the review threshold), declined by a manager.
+    app.admin_ok(
+        "mutation($id: ID!) { updateProgram(input: {id: $id, manualReviewAbove: \"1000\"}) { program { id } } }",
+        json!({"id": program}),
+    )
+    .await;
+    crm.won(&app, "D-BIG", "50000", 1, &alice.code).await;
+    run_job(&app, "reconcile", false).await;
+    let held = app
+        .admin_ok(
+            "query($p: ID!) { ledgerEntries(filter: {partnerId: $p, status: HELD}, first: 5) { edges { node { id } } } }",
+            json!({"p": alice.id}),
+        )
+        .await;
+    let held_id = held["ledgerEntries"]["edges"][0]["node"]["id"].clone();
+    assert!(held_id.is_string(), "{held}");
+    app.admin_ok(
+        "mutation($id: ID!) { declineLedgerEntry(input: {id: $id, reason: \"Deal under audit\"}) { reversal { id } } }",
+        json!({"id": held_id}),
+    )
+    .await;
     // Partner groups: everyone joins the default group; an admin moves bob up.
     let silver = app
         .admin_ok(

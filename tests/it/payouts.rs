@@ -148,6 +148,9 @@ async fn seed_entries(
             invoice_id: Set(None),
             invoice_seq: Set(None),
             note: Set(None),
+            hold_reason: Set((*status == LedgerEntryStatus::Held)
+                .then_some(tandem::db::states::HoldReason::AboveReviewThreshold)),
+            declines: Set(None),
         })
         .collect();
     let tx = app.db.begin_write().await.unwrap();
@@ -189,10 +192,12 @@ async fn a_month_end_run_over_a_thousand_partners(app: TestApp) {
         .buffered(8)
         .collect()
         .await;
-    // 3 without a method (0..3), 5 under the minimum (3..8), 2 suspended (8..10).
+    // 3 without a method (0..3), 5 under the minimum (3..8), 2 with held entries (8..10),
+    // 2 suspended (10..12).
     let no_method = &ids[0..3];
     let under = &ids[3..8];
-    let suspended = &ids[8..10];
+    let holding = &ids[8..10];
+    let suspended = &ids[10..12];
     let results: Vec<Value> = stream::iter(ids.iter().enumerate().skip(3))
         .map(|(i, id)| {
             let app = &app;
@@ -232,6 +237,15 @@ async fn a_month_end_run_over_a_thousand_partners(app: TestApp) {
                 "12.34".to_string(),
             )
         };
+        if holding.contains(id) {
+            seed_entries(
+                &app,
+                &program,
+                id,
+                &[("400.00", LedgerEntryStatus::Held, 60 * 24 * 3)],
+            )
+            .await;
+        }
         seed_entries(
             &app,
             &program,
@@ -262,7 +276,11 @@ async fn a_month_end_run_over_a_thousand_partners(app: TestApp) {
         .filter(|(id, _)| !no_method.contains(id) && !under.contains(id) && !suspended.contains(id))
         .collect();
     assert_eq!(run["payoutCount"], paid.len());
-    assert_eq!(paid.len(), 990);
+    assert_eq!(
+        paid.len(),
+        990,
+        "the partners with held entries are paid the rest"
+    );
     let mut got: Vec<(String, Decimal)> = run["payouts"]
         .as_array()
         .unwrap()
@@ -298,21 +316,22 @@ async fn a_month_end_run_over_a_thousand_partners(app: TestApp) {
         })
         .collect();
     skipped.sort();
-    let mut want_skipped: Vec<(String, String, Decimal)> = expected
+    let mut want_skipped: Vec<(String, String, Decimal)> = holding
         .iter()
-        .filter_map(|(id, amount)| {
-            let reason = if no_method.contains(id) {
-                "NO_PAYOUT_METHOD"
-            } else if under.contains(id) {
-                "BELOW_MINIMUM"
-            } else if suspended.contains(id) {
-                "PARTNER_SUSPENDED"
-            } else {
-                return None;
-            };
-            Some((id.clone(), reason.to_string(), *amount))
-        })
+        .map(|id| (id.clone(), "ENTRIES_HELD".to_string(), dec("400.00")))
         .collect();
+    want_skipped.extend(expected.iter().filter_map(|(id, amount)| {
+        let reason = if no_method.contains(id) {
+            "NO_PAYOUT_METHOD"
+        } else if under.contains(id) {
+            "BELOW_MINIMUM"
+        } else if suspended.contains(id) {
+            "PARTNER_SUSPENDED"
+        } else {
+            return None;
+        };
+        Some((id.clone(), reason.to_string(), *amount))
+    }));
     want_skipped.sort();
     assert_eq!(skipped, want_skipped);
 
@@ -383,7 +402,7 @@ async fn a_month_end_run_over_a_thousand_partners(app: TestApp) {
         )
         .await;
     assert_eq!(error_code(&again), "CONFLICT", "{again}");
-    // A second run pays nothing twice: only the ten skipped remain, still skipped.
+    // A second run pays nothing twice: only the twelve skipped remain, still skipped.
     let second = app
         .admin_ok(
             CREATE_RUN,
@@ -393,7 +412,7 @@ async fn a_month_end_run_over_a_thousand_partners(app: TestApp) {
         .await["createPayoutRun"]["payoutRun"]
         .clone();
     assert_eq!(second["payoutCount"], 0);
-    assert_eq!(second["skipped"].as_array().unwrap().len(), 10);
+    assert_eq!(second["skipped"].as_array().unwrap().len(), 12);
 }
 
 async fn methods_are_validated_sealed_and_masked(app: TestApp) {
@@ -535,6 +554,8 @@ async fn paypal_and_csv_exports(app: TestApp) {
             invoice_id: Set(None),
             invoice_seq: Set(None),
             note: Set(None),
+            hold_reason: Set(None),
+            declines: Set(None),
         };
         let tx = app.db.begin_write().await.unwrap();
         ledger_entry::Entity::insert(row)
@@ -751,7 +772,302 @@ async fn adjustments_are_appended_with_their_reason(app: TestApp) {
     assert_eq!(error_code(&got), "FORBIDDEN", "{got}");
 }
 
+/// A partner's entries as (deal external id, kind, amount, status, hold reason, note).
+async fn entries(
+    app: &TestApp,
+    partner: &str,
+) -> Vec<(String, String, String, String, Value, Value)> {
+    let data = app
+        .admin_ok(
+            "query($p: ID!) { ledgerEntries(filter: {partnerId: $p}, first: 100) { edges { node {
+                id kind amount status holdReason note deal { externalId } } } } }",
+            json!({"p": partner}),
+        )
+        .await;
+    let mut out: Vec<_> = data["ledgerEntries"]["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let n = &e["node"];
+            (
+                n["deal"]["externalId"].as_str().unwrap_or("").to_string(),
+                n["kind"].as_str().unwrap().to_string(),
+                n["amount"].as_str().unwrap().to_string(),
+                n["status"].as_str().unwrap().to_string(),
+                n["holdReason"].clone(),
+                n["note"].clone(),
+            )
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.0, &a.2).cmp(&(&b.0, &b.2)));
+    out
+}
+
+async fn entry_id(app: &TestApp, partner: &str, deal: &str, status: &str) -> Value {
+    let data = app
+        .admin_ok(
+            "query($p: ID!) { ledgerEntries(filter: {partnerId: $p}, first: 100) { edges { node {
+                id status deal { externalId } } } } }",
+            json!({"p": partner}),
+        )
+        .await;
+    data["ledgerEntries"]["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["node"])
+        .find(|n| n["deal"]["externalId"] == deal && n["status"] == status)
+        .unwrap_or_else(|| panic!("no {status} entry of {deal}: {data}"))["id"]
+        .clone()
+}
+
+async fn holds_release_and_decline(app: TestApp) {
+    use crate::commissions::{Crm, reconcile, run_job};
+    let program = program_with(
+        &app,
+        json!({"type": "PERCENT", "rate": "10"}),
+        json!({"currency": "USD", "holdDays": 0, "manualReviewAbove": "1000"}),
+    )
+    .await;
+    let created = app
+        .admin_ok(
+            "mutation($p: ID!) { createPartner(input: {programId: $p, name: \"Acme\", domain: \"https://www.Acme.example/\", contactEmail: \"ops@acme.example\"}) { partner { id referralCode } } }",
+            json!({"p": program}),
+        )
+        .await;
+    let acme = created["createPartner"]["partner"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let code = created["createPartner"]["partner"]["referralCode"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let key = app.partner_key(&acme).await;
+    app.admin_ok(
+        SET_METHOD,
+        json!({"input": {"partnerId": acme, "kind": "PAYPAL", "paypalEmail": "ops@acme.example"}}),
+    )
+    .await;
+    let mut crm = Crm::new(&app, &program).await;
+    // A deal for the partner's own company (by a contact's address): a self-referral.
+    crm.deal(
+        &app,
+        json!({"id": "SELF", "amount": "2000", "status": "won", "closedAt": Utc::now().to_rfc3339(),
+               "referralCode": code, "contactEmails": ["cfo@acme.example"]}),
+    )
+    .await;
+    // One above the review threshold (commission 1,500 > 1,000), one ordinary.
+    crm.won(&app, "BIG", "15000", 0, &code).await;
+    crm.won(&app, "OK", "500", 0, &code).await;
+    reconcile(&app).await;
+    run_job(&app, "release-holds", false).await;
+    assert_eq!(
+        entries(&app, &acme).await,
+        [
+            (
+                "BIG".into(),
+                "ACCRUAL".into(),
+                "1500.00".into(),
+                "HELD".into(),
+                json!("ABOVE_REVIEW_THRESHOLD"),
+                Value::Null
+            ),
+            (
+                "OK".into(),
+                "ACCRUAL".into(),
+                "50.00".into(),
+                "APPROVED".into(),
+                Value::Null,
+                Value::Null
+            ),
+            (
+                "SELF".into(),
+                "ACCRUAL".into(),
+                "200.00".into(),
+                "HELD".into(),
+                json!("SELF_REFERRAL"),
+                Value::Null
+            ),
+        ]
+    );
+    let balances = app
+        .ok(
+            &key,
+            "query($p: ID!) { balances(partnerId: $p) { approved held } }",
+            json!({"p": acme}),
+        )
+        .await;
+    assert_eq!(
+        balances["balances"],
+        json!([{"approved": "50.00", "held": "1700.00"}])
+    );
+    let held_events = count(
+        &app.db,
+        "SELECT COUNT(*) AS n FROM events WHERE type = 'commission.held'",
+    )
+    .await;
+    assert_eq!(held_events, 2);
+    // Held entries are never paid: the run pays the ordinary one only.
+    let run = app
+        .admin_ok(
+            CREATE_RUN,
+            json!({"input": {"programId": program, "currency": "USD"}}),
+        )
+        .await["createPayoutRun"]["payoutRun"]
+        .clone();
+    assert_eq!(run["total"], "50.00");
+    // The self-referral is reviewed and released, then paid by the next run.
+    let released = app
+        .admin_ok(
+            "mutation($id: ID!) { releaseHeldEntry(input: {id: $id}) { ledgerEntry { status holdReason } } }",
+            json!({"id": entry_id(&app, &acme, "SELF", "HELD").await}),
+        )
+        .await;
+    assert_eq!(
+        released["releaseHeldEntry"]["ledgerEntry"],
+        json!({"status": "APPROVED", "holdReason": "SELF_REFERRAL"})
+    );
+    let run = app
+        .admin_ok(
+            CREATE_RUN,
+            json!({"input": {"programId": program, "currency": "USD"}}),
+        )
+        .await["createPayoutRun"]["payoutRun"]
+        .clone();
+    assert_eq!(run["total"], "200.00");
+    // The big one is declined: the partner reads the reason, and it nets to zero.
+    let big = entry_id(&app, &acme, "BIG", "HELD").await;
+    let declined = app
+        .admin_ok(
+            "mutation($id: ID!) { declineLedgerEntry(input: {id: $id, reason: \"Deal under audit\"}) { declined { status } reversal { kind amount status note declines } } }",
+            json!({"id": big}),
+        )
+        .await;
+    assert_eq!(
+        declined["declineLedgerEntry"]["reversal"],
+        json!({"kind": "REVERSAL", "amount": "-1500.00", "status": "APPROVED",
+               "note": "Deal under audit", "declines": big})
+    );
+    let seen = app
+        .ok(
+            &key,
+            "query($p: ID!) { ledgerEntries(filter: {kind: REVERSAL}, first: 5) { edges { node { amount note } } } balances(partnerId: $p) { approved held } }",
+            json!({"p": acme}),
+        )
+        .await;
+    assert_eq!(
+        seen["ledgerEntries"]["edges"][0]["node"],
+        json!({"amount": "-1500.00", "note": "Deal under audit"})
+    );
+    assert_eq!(
+        seen["balances"],
+        json!([{"approved": "0.00", "held": "0.00"}])
+    );
+    // The reconciler keeps the declined commission at zero, whatever the deal does next.
+    let full = run_job(&app, "reconcile", true).await;
+    assert_eq!(full["entriesWritten"], 0, "{full}");
+    crm.deal(
+        &app,
+        json!({"id": "BIG", "amount": "20000", "status": "won", "closedAt": Utc::now().to_rfc3339(),
+               "referralCode": code}),
+    )
+    .await;
+    let stats = reconcile(&app).await;
+    assert_eq!(stats["entriesWritten"], 0, "{stats}");
+    let state = app
+        .admin_ok(
+            "query { deals(first: 10) { edges { node { externalId commission { state expected } } } } }",
+            json!({}),
+        )
+        .await;
+    let big_state = state["deals"]["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["node"]["externalId"] == "BIG")
+        .unwrap()["node"]["commission"]
+        .clone();
+    assert_eq!(big_state, json!({"state": "DECLINED", "expected": "0.00"}));
+    // Declining twice, or an entry already paid, is a conflict; a reason is required.
+    let twice = app
+        .gql(
+            &app.admin,
+            "mutation($id: ID!) { declineLedgerEntry(input: {id: $id, reason: \"again\"}) { reversal { id } } }",
+            json!({"id": big}),
+        )
+        .await;
+    assert_eq!(error_code(&twice), "CONFLICT", "{twice}");
+    let no_reason = app
+        .gql(
+            &app.admin,
+            "mutation($id: ID!) { declineLedgerEntry(input: {id: $id, reason: \"\"}) { reversal { id } } }",
+            json!({"id": entry_id(&app, &acme, "OK", "APPROVED").await}),
+        )
+        .await;
+    assert_eq!(error_field(&no_reason), "input.reason", "{no_reason}");
+    let released_twice = app
+        .gql(
+            &app.admin,
+            "mutation($id: ID!) { releaseHeldEntry(input: {id: $id}) { ledgerEntry { id } } }",
+            json!({"id": big}),
+        )
+        .await;
+    assert_eq!(error_code(&released_twice), "CONFLICT", "{released_twice}");
+    let by_partner = app
+        .gql(
+            &key,
+            "mutation($id: ID!) { releaseHeldEntry(input: {id: $id}) { ledgerEntry { id } } }",
+            json!({"id": big}),
+        )
+        .await;
+    assert_eq!(error_code(&by_partner), "FORBIDDEN", "{by_partner}");
+
+    // A suspended partner's accruals are held; a deal lost while held reverses within the hold.
+    app.admin_ok(
+        "mutation($id: ID!) { updatePartnerStatus(input: {id: $id, status: SUSPENDED}) { partner { id } } }",
+        json!({"id": acme}),
+    )
+    .await;
+    crm.won(&app, "LATER", "100", 0, &code).await;
+    reconcile(&app).await;
+    crm.deal(
+        &app,
+        json!({"id": "LATER", "amount": "100", "status": "lost", "referralCode": code}),
+    )
+    .await;
+    reconcile(&app).await;
+    let later: Vec<_> = entries(&app, &acme)
+        .await
+        .into_iter()
+        .filter(|e| e.0 == "LATER")
+        .collect();
+    assert_eq!(
+        later,
+        [
+            (
+                "LATER".into(),
+                "REVERSAL".into(),
+                "-10.00".into(),
+                "HELD".into(),
+                json!("PARTNER_SUSPENDED"),
+                Value::Null
+            ),
+            (
+                "LATER".into(),
+                "ACCRUAL".into(),
+                "10.00".into(),
+                "HELD".into(),
+                json!("PARTNER_SUSPENDED"),
+                Value::Null
+            ),
+        ]
+    );
+}
+
 db_tests!(
+    holds_release_and_decline,
     adjustments_are_appended_with_their_reason,
     a_month_end_run_over_a_thousand_partners,
     methods_are_validated_sealed_and_masked,

@@ -81,6 +81,7 @@ pub async fn seed_demo(db: &Db) -> anyhow::Result<Option<DemoSeed>> {
                 auto_approve_domains: None,
             }),
             group_review_schedule: None,
+            manual_review_above: None,
         },
     )
     .await

@@ -28,6 +28,10 @@ pub struct Model {
     pub invoice_seq: Option<i32>,
     /// Why an admin adjusted the ledger (`createAdjustment`), shown to the partner.
     pub note: Option<String>,
+    /// Why the entry is (or was) HELD.
+    pub hold_reason: Option<crate::db::states::HoldReason>,
+    /// The entry a manager's decline reverses (`declineLedgerEntry`).
+    pub declines: Option<String>,
 }
 
 /// No relations are declared: joins are written explicitly where they are needed.

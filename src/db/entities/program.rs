@@ -38,6 +38,8 @@ pub struct Model {
     /// The program's own account (SEPA debtor), sealed.
     pub payout_account: Option<String>,
     pub payout_account_masked: Option<String>,
+    /// Accruals above this amount (decimal text, program currency) wait for a manager.
+    pub manual_review_above: Option<String>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

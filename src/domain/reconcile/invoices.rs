@@ -460,6 +460,7 @@ async fn process(
                 currency: terms.currency.clone(),
                 hold_days: *hold_days,
                 seq: have.max_seq + 1,
+                hold: None,
             });
         }
     }
@@ -480,7 +481,9 @@ async fn write_invoices(
     rows: Vec<invoice_commission::ActiveModel>,
     stats: &mut ReconcileStats,
 ) -> Result<(), DbErr> {
+    let mut entries = entries;
     let tx = db.begin_write().await?;
+    write::apply_holds(db, &tx, ctx, &mut entries).await?;
     let inserted = write::insert_entries(db, &tx, &entries, ctx.now).await?;
     let (buffered, conflicted) = write::booked_events(&entries, &inserted, ctx.now, stats);
     let rows: Vec<invoice_commission::ActiveModel> = rows

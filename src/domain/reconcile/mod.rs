@@ -51,7 +51,7 @@ use crate::{
         events::{self, EventType},
         groups,
         ids::new_id,
-        ledger::{COMMISSION_KINDS, LedgerEntryKind, LedgerEntryStatus},
+        ledger::{COMMISSION_KINDS, HoldReason, LedgerEntryKind, LedgerEntryStatus},
         programs::plan_of,
     },
 };
@@ -131,6 +131,8 @@ struct Context {
     periods: HashMap<String, Vec<Period>>,
     /// Programs with a tiered group plan.
     tiered_groups: HashSet<String>,
+    /// (partner, deal) pairs a manager declined: their commission stays 0.
+    declined: HashSet<(String, String)>,
     now: DateTime<Utc>,
     /// Full runs compare every pair with the ledger itself.
     verify_all: bool,
@@ -198,6 +200,18 @@ impl Context {
                 });
             }
         }
+        let mut declined = HashSet::new();
+        for row in db
+            .reads()
+            .query_all_raw(Statement::from_string(
+                db.backend(),
+                "SELECT DISTINCT partner_id, deal_id FROM ledger_entries \
+                 WHERE declines IS NOT NULL AND deal_id IS NOT NULL",
+            ))
+            .await?
+        {
+            declined.insert((get(&row, "partner_id")?, get(&row, "deal_id")?));
+        }
         Ok(Context {
             terms,
             programs,
@@ -205,6 +219,7 @@ impl Context {
             partners,
             periods,
             tiered_groups,
+            declined,
             now,
             verify_all: true,
         })

@@ -38,6 +38,8 @@ pub(super) struct NewEntry {
     pub(super) currency: String,
     pub(super) hold_days: i32,
     pub(super) seq: i32,
+    /// Held for a manager (set by the writer, [`super::write::apply_holds`]).
+    pub(super) hold: Option<HoldReason>,
 }
 
 /// Computes every pair of a chunk: the partners' timelines, then DETACHED for the pairs the
@@ -60,8 +62,16 @@ pub(super) fn pairs(
         let periods = ctx.periods.get(partner_id).map_or(&[][..], Vec::as_slice);
         let outcomes =
             compute_in_groups(terms, periods, &ctx.rates, *terminated_at, deals, ctx.now);
-        for (deal, outcome) in deals.iter().zip(outcomes) {
+        for (deal, mut outcome) in deals.iter().zip(outcomes) {
             attributed.insert((partner_id.clone(), deal.id.clone()));
+            if ctx
+                .declined
+                .contains(&(partner_id.clone(), deal.id.clone()))
+            {
+                // A manager declined it: 0 whatever the deal does next.
+                outcome.state = CommissionState::Declined;
+                outcome.expected = Decimal::ZERO;
+            }
             results.push(Pair {
                 program_id: program_id.clone(),
                 partner_id: partner_id.clone(),
@@ -226,6 +236,7 @@ pub(super) fn decide(
                 currency: terms.currency.clone(),
                 hold_days: outcome.hold_days.unwrap_or(*hold_days),
                 seq: have.max_seq + 1,
+                hold: None,
             });
         }
     }
@@ -263,6 +274,7 @@ mod tests {
             programs: HashMap::new(),
             periods: HashMap::new(),
             tiered_groups: HashSet::new(),
+            declined: HashSet::new(),
             rates: Rates::default(),
             partners: HashMap::from([("part".to_string(), ("prog".to_string(), None))]),
             now,

@@ -193,11 +193,14 @@ pub(super) async fn changed_since(
             .query_all_raw(Statement::from_sql_and_values(db.backend(), sql, values))
     };
     // (Also whole: partners whose group history changed — a promotion, a demotion, a manual
-    // placement — since their deals may be computed with another group's plan, and the
-    // partners of a program one of whose groups changed.)
+    // placement — since their deals may be computed with another group's plan, partners a
+    // manager declined a commission of, and the partners of a program one of whose groups
+    // changed.)
     for sql in [
         "SELECT id AS partner_id FROM partners WHERE updated_at > {p1}",
         "SELECT DISTINCT partner_id FROM partner_group_memberships WHERE created_at > {p1}",
+        "SELECT DISTINCT partner_id FROM ledger_entries \
+         WHERE declines IS NOT NULL AND created_at > {p1}",
     ] {
         for row in query(sql.replace("{p1}", &p1), since_value()).await? {
             partners.insert(get(&row, "partner_id")?);

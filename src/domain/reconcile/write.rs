@@ -2,6 +2,7 @@
 //! number), so two reconcilers never book twice), the `deal_commissions` rows, and events.
 
 use super::*;
+use crate::{db::states::PartnerStatus, domain::normalize::email_domain};
 
 pub(super) async fn write(
     db: &Db,
@@ -10,7 +11,9 @@ pub(super) async fn write(
     commissions: Vec<plan::CommissionRow>,
     stats: &mut ReconcileStats,
 ) -> Result<(), DbErr> {
+    let mut entries = entries;
     let tx = db.begin_write().await?;
+    apply_holds(db, &tx, ctx, &mut entries).await?;
     let inserted = insert_entries(db, &tx, &entries, ctx.now).await?;
     let (buffered, conflicted) = booked_events(&entries, &inserted, ctx.now, stats);
     let commissions: Vec<deal_commission::ActiveModel> = commissions
@@ -84,6 +87,8 @@ pub(super) async fn insert_entries(
                     available_at: Set(available),
                     updated_at: Set(now),
                     note: Set(None),
+                    hold_reason: Set(e.hold),
+                    declines: Set(None),
                 }
             })
             .collect();
@@ -168,6 +173,21 @@ pub(super) fn booked_events(
             Subject::Invoice(id) => ("invoiceId", id),
         };
         data[field] = json!(id);
+        if let Some(reason) = e.hold {
+            let mut held = json!({
+                "ledgerEntryId": e.id,
+                "amount": amount.to_string(),
+                "currency": e.currency,
+                "reason": reason.as_str(),
+            });
+            held[field] = json!(id);
+            buffered.push(events::new_event(
+                EventType::CommissionHeld,
+                &e.program_id,
+                Some(&e.partner_id),
+                held,
+            ));
+        }
         buffered.push(events::new_event(
             event_type,
             &e.program_id,
@@ -178,6 +198,169 @@ pub(super) fn booked_events(
     (buffered, conflicted)
 }
 
+/// Decides which new entries wait for a manager (DESIGN §14), inside the writing
+/// transaction: any entry of a deal or invoice that already has a HELD entry is held with it
+/// (so that a reversal nets against the held accrual rather than the paid balance); a new
+/// accrual is held when its deal's company or a contact's email domain (an invoice's
+/// customer's domain) is the partner's own domain, when the partner is suspended, or when it
+/// is above the program's `manualReviewAbove`.
+pub(super) async fn apply_holds(
+    db: &Db,
+    tx: &sea_orm::DatabaseTransaction,
+    ctx: &Context,
+    entries: &mut [NewEntry],
+) -> Result<(), DbErr> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let ids = |want_deal: bool| -> Vec<String> {
+        let mut ids: Vec<String> = entries
+            .iter()
+            .filter_map(|e| match (&e.subject, want_deal) {
+                (Subject::Deal(id), true) | (Subject::Invoice(id), false) => Some(id.clone()),
+                _ => None,
+            })
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    };
+    let (deal_ids, invoice_ids) = (ids(true), ids(false));
+    let query = |sql: String, values: Vec<Value>| {
+        tx.query_all_raw(Statement::from_sql_and_values(db.backend(), sql, values))
+    };
+    // Entries already held, by (partner, subject).
+    let mut held: HashMap<(String, Subject), HoldReason> = HashMap::new();
+    for (column, list, deal) in [
+        ("deal_id", &deal_ids, true),
+        ("invoice_id", &invoice_ids, false),
+    ] {
+        for chunk in list.chunks(500) {
+            let (cond, values) = db.in_list(column, chunk, 1);
+            for row in query(
+                format!(
+                    "SELECT partner_id, {column} AS subject, hold_reason FROM ledger_entries \
+                     WHERE status = 'HELD' AND {cond}"
+                ),
+                values,
+            )
+            .await?
+            {
+                let subject: String = get(&row, "subject")?;
+                let reason: Option<HoldReason> = get(&row, "hold_reason")?;
+                let subject = if deal {
+                    Subject::Deal(subject)
+                } else {
+                    Subject::Invoice(subject)
+                };
+                if let Some(reason) = reason {
+                    held.insert((get(&row, "partner_id")?, subject), reason);
+                }
+            }
+        }
+    }
+    // The partners of new accruals: their own domain and standing.
+    let mut partner_ids: Vec<String> = entries
+        .iter()
+        .filter(|e| e.cents > 0)
+        .map(|e| e.partner_id.clone())
+        .collect();
+    partner_ids.sort();
+    partner_ids.dedup();
+    let mut partners: HashMap<String, (Option<String>, String)> = HashMap::new();
+    for chunk in partner_ids.chunks(500) {
+        let (cond, values) = db.in_list("id", chunk, 1);
+        for row in query(
+            format!("SELECT id, domain, status FROM partners WHERE {cond}"),
+            values,
+        )
+        .await?
+        {
+            partners.insert(
+                get(&row, "id")?,
+                (get(&row, "domain")?, get(&row, "status")?),
+            );
+        }
+    }
+    // The companies of the subjects, only when some partner has a domain to compare.
+    let mut companies: HashMap<Subject, Vec<String>> = HashMap::new();
+    if partners.values().any(|(domain, _)| domain.is_some()) {
+        for chunk in deal_ids.chunks(500) {
+            let (cond, values) = db.in_list("id", chunk, 1);
+            for row in query(
+                format!("SELECT id, company_domain, contact_emails FROM deals WHERE {cond}"),
+                values,
+            )
+            .await?
+            {
+                let mut domains: Vec<String> = Vec::new();
+                if let Some(domain) = get::<Option<String>>(&row, "company_domain")? {
+                    domains.push(domain);
+                }
+                let contacts: serde_json::Value = get(&row, "contact_emails")?;
+                for email in contacts.as_array().into_iter().flatten() {
+                    if let Some(domain) = email.as_str().and_then(email_domain) {
+                        domains.push(domain.to_string());
+                    }
+                }
+                companies.insert(Subject::Deal(get(&row, "id")?), domains);
+            }
+        }
+        for chunk in invoice_ids.chunks(500) {
+            let (cond, values) = db.in_list("i.id", chunk, 1);
+            for row in query(
+                format!(
+                    "SELECT i.id, c.domain FROM invoices i JOIN customers c \
+                     ON c.id = i.customer_id WHERE {cond}"
+                ),
+                values,
+            )
+            .await?
+            {
+                let domain: Option<String> = get(&row, "domain")?;
+                companies.insert(
+                    Subject::Invoice(get(&row, "id")?),
+                    domain.into_iter().collect(),
+                );
+            }
+        }
+    }
+    for e in entries.iter_mut() {
+        if let Some(reason) = held.get(&(e.partner_id.clone(), e.subject.clone())) {
+            e.hold = Some(*reason);
+            continue;
+        }
+        if e.cents <= 0 {
+            continue;
+        }
+        let Some((domain, status)) = partners.get(&e.partner_id) else {
+            continue;
+        };
+        let own = domain.as_deref();
+        let self_referral = own.is_some_and(|own| {
+            companies
+                .get(&e.subject)
+                .is_some_and(|domains| domains.iter().any(|d| d == own))
+        });
+        let threshold = ctx
+            .programs
+            .get(&e.program_id)
+            .and_then(|p| p.manual_review_above.as_deref())
+            .and_then(|t| t.parse::<Decimal>().ok())
+            .and_then(to_cents);
+        e.hold = if self_referral {
+            Some(HoldReason::SelfReferral)
+        } else if status == PartnerStatus::Suspended.as_str() {
+            Some(HoldReason::PartnerSuspended)
+        } else if threshold.is_some_and(|t| e.cents > t) {
+            Some(HoldReason::AboveReviewThreshold)
+        } else {
+            None
+        };
+    }
+    Ok(())
+}
+
 /// Kind, status and availability of a new entry: accruals are held `holdDays` (APPROVED at
 /// once without a hold), reversals are APPROVED at once.
 pub(super) fn entry_terms(
@@ -186,12 +369,16 @@ pub(super) fn entry_terms(
 ) -> (LedgerEntryKind, LedgerEntryStatus, DateTime<Utc>) {
     if e.cents > 0 {
         let available = now + Duration::days(i64::from(e.hold_days));
-        let status = if available <= now {
+        let status = if e.hold.is_some() {
+            LedgerEntryStatus::Held
+        } else if available <= now {
             LedgerEntryStatus::Approved
         } else {
             LedgerEntryStatus::Pending
         };
         (LedgerEntryKind::Accrual, status, available)
+    } else if e.hold.is_some() {
+        (LedgerEntryKind::Reversal, LedgerEntryStatus::Held, now)
     } else {
         (LedgerEntryKind::Reversal, LedgerEntryStatus::Approved, now)
     }
