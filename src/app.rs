@@ -148,6 +148,15 @@ impl App {
                     outbound,
                     public_base.clone(),
                     crate::domain::applications::ApplyLimiter::new(config.apply_rate_limit),
+                    match &config.stripe_api_key {
+                        Some(key) => Some(std::sync::Arc::new(
+                            crate::domain::stripe_transfers::StripeTransfers::new(
+                                &config.stripe_api_base,
+                                &key.0,
+                            )?,
+                        )),
+                        None => None,
+                    },
                 ),
                 db.clone(),
             ),

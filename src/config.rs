@@ -105,6 +105,11 @@ pub struct Config {
     /// `applyToProgram` calls per minute from one client address (`TANDEM_APPLY_RATE_LIMIT`,
     /// default 10; then `TOO_MANY_REQUESTS`).
     pub apply_rate_limit: u32,
+    /// Stripe secret key for Stripe Connect payouts (`TANDEM_STRIPE_API_KEY`; without it
+    /// `sendPayoutRun` answers `CONFLICT`). Never logged.
+    pub stripe_api_key: Option<Redacted>,
+    /// Stripe's API base (`TANDEM_STRIPE_API_BASE`, default `https://api.stripe.com`).
+    pub stripe_api_base: String,
     /// Seconds a websocket may stay open without `connection_init` before it is closed with
     /// 4408 (`TANDEM_WS_INIT_TIMEOUT_SECS`, default 10).
     pub ws_init_timeout_secs: u64,
@@ -163,6 +168,8 @@ impl Default for Config {
             crm_retry_budget_secs: 120,
             crm_sync_check_schedule: "30 * * * * *".to_string(),
             apply_rate_limit: 10,
+            stripe_api_key: None,
+            stripe_api_base: "https://api.stripe.com".to_string(),
             ws_init_timeout_secs: 10,
             ws_max_per_address: 256,
             ws_max_per_key: 64,
@@ -220,6 +227,8 @@ impl Config {
                 "crm_retry_budget_secs",
                 "crm_sync_check_schedule",
                 "apply_rate_limit",
+                "stripe_api_key",
+                "stripe_api_base",
                 "ws_init_timeout_secs",
                 "ws_max_per_address",
                 "ws_max_per_key",

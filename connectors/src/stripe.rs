@@ -72,6 +72,8 @@ pub enum BillingFact {
     CreditNote(InvoiceReduction),
     /// `customer.created` / `customer.updated`.
     Customer(BillingCustomer),
+    /// `transfer.reversed`: a Stripe Connect transfer (`tr_…`) was reversed.
+    TransferReversed(String),
     /// A verified event Tandem does not act on (the reason).
     Ignored(String),
 }
@@ -187,6 +189,11 @@ pub fn parse_event(body: &[u8]) -> Result<BillingEvent, PayloadError> {
                 "credit_note.created" => credit_note(object, created)?,
                 _ => BillingFact::Customer(customer(object)?),
             }
+        }
+        "transfer.reversed" => {
+            let object =
+                object.ok_or_else(|| malformed("event.data.object is missing or not an object"))?;
+            BillingFact::TransferReversed(required_text(object, "transfer", "id")?)
         }
         other => BillingFact::Ignored(format!("event type {other} is not one Tandem acts on")),
     };

@@ -67,6 +67,8 @@ impl MigrationTrait for Migration {
             add("payouts", column("method_kind", Text, true)),
             add("payouts", column("method_details", Text, true)),
             add("payouts", column("failure", Text, true)),
+            // Bumped when a sent transfer is reversed: the next send is a new request.
+            add("payouts", column("send_generation", Int, true)),
             add("programs", column("payout_account", Text, true)),
             add("programs", column("payout_account_masked", Text, true)),
             // Why an adjustment was made, or an entry declined (shown to the partner).
@@ -125,6 +127,7 @@ impl MigrationTrait for Migration {
                 ("ledger_entries", "note"),
                 ("programs", "payout_account_masked"),
                 ("programs", "payout_account"),
+                ("payouts", "send_generation"),
                 ("payouts", "failure"),
                 ("payouts", "method_details"),
                 ("payouts", "method_kind"),

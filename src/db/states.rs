@@ -284,6 +284,8 @@ stored_enum! {
         Pending = "PENDING",
         /// Marked paid with a reference.
         Paid = "PAID",
+        /// Sending failed (`failure` says why); sending the run again retries it.
+        Failed = "FAILED",
     }
 }
 

@@ -405,6 +405,18 @@ pub async fn apply_billing_event(
         BillingFact::CreditNote(reduction) => {
             apply_reduction(conn, source_id, AdjustmentKind::CreditNote, reduction).await
         }
+        BillingFact::TransferReversed(transfer) => {
+            let backend = conn.get_database_backend();
+            if crate::domain::stripe_transfers::reopen_reversed(conn, backend, transfer, events)
+                .await?
+            {
+                Ok(BillingOutcome::Applied)
+            } else {
+                Ok(BillingOutcome::Ignored(format!(
+                    "no paid payout was sent as transfer {transfer}"
+                )))
+            }
+        }
     }
 }
 

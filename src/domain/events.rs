@@ -62,11 +62,15 @@ pub enum EventType {
     CommissionHeld,
     /// A manager declined a commission: a reversal with the reason was appended.
     CommissionDeclined,
+    /// A payout was sent (a Stripe Connect transfer created).
+    PayoutSent,
+    /// Sending a payout failed, or its transfer was reversed.
+    PayoutFailed,
 }
 
 impl EventType {
     /// Every event type.
-    pub const ALL: [EventType; 22] = [
+    pub const ALL: [EventType; 24] = [
         EventType::PartnerCreated,
         EventType::PartnerUpdated,
         EventType::ReferralSubmitted,
@@ -89,6 +93,8 @@ impl EventType {
         EventType::PartnerGroupChanged,
         EventType::CommissionHeld,
         EventType::CommissionDeclined,
+        EventType::PayoutSent,
+        EventType::PayoutFailed,
     ];
 
     /// The wire name, such as `partner.created`.
@@ -116,6 +122,8 @@ impl EventType {
             EventType::PartnerGroupChanged => "partner.group_changed",
             EventType::CommissionHeld => "commission.held",
             EventType::CommissionDeclined => "commission.declined",
+            EventType::PayoutSent => "payout.sent",
+            EventType::PayoutFailed => "payout.failed",
         }
     }
 

@@ -24,5 +24,6 @@ pub mod reconcile;
 pub mod referrals;
 pub mod registration;
 pub mod secrets;
+pub mod stripe_transfers;
 pub mod sweeps;
 pub mod webhooks;

@@ -272,6 +272,7 @@ pub async fn create_payout_run(
             method_kind: Set(Some(method.kind)),
             method_details: Set(Some(method.details.clone())),
             failure: Set(None),
+            send_generation: Set(None),
         }
         .insert(&*tx)
         .await?;

@@ -83,6 +83,11 @@ pub fn schema_builder() -> SchemaBuilder<QueryRoot, MutationRoot, outbound::Subs
 /// The base URL webhook source URLs are built on.
 pub struct PublicBase(pub String);
 
+/// The Stripe client of `sendPayoutRun` (none without `TANDEM_STRIPE_API_KEY`).
+pub struct StripeClient(
+    pub Option<std::sync::Arc<crate::domain::stripe_transfers::StripeTransfers>>,
+);
+
 /// The address a request came from (`applyToProgram` is limited per address).
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddress(pub Option<std::net::IpAddr>);
@@ -95,6 +100,7 @@ pub fn build_schema(
     outbound: outbound::OutboundContext,
     public_base: String,
     apply_limiter: crate::domain::applications::ApplyLimiter,
+    stripe: Option<std::sync::Arc<crate::domain::stripe_transfers::StripeTransfers>>,
 ) -> TandemSchema {
     // No `.extension(…)` here: `inline::Inline` objects resolve their fields without the
     // extension hooks (and any extension would slow every field down; see `limits`).
@@ -105,6 +111,7 @@ pub fn build_schema(
         .data(outbound)
         .data(PublicBase(public_base))
         .data(apply_limiter)
+        .data(StripeClient(stripe))
         .finish()
 }
 

@@ -95,6 +95,13 @@ pub async fn partner_payout_method(
     )
 }
 
+/// Input of `sendPayoutRun`.
+#[derive(async_graphql::InputObject)]
+pub struct SendPayoutRunInput {
+    /// The run.
+    pub id: ID,
+}
+
 /// Result of `setPayoutMethod`.
 #[derive(SimpleObject)]
 pub struct SetPayoutMethodPayload {
@@ -211,6 +218,35 @@ impl PayoutMutation {
         let key = &ctx.data_unchecked::<OutboundContext>().key;
         Ok(ExportPayoutRunPayload {
             export: payout_runs::export_run(db, key, input).await?,
+        })
+    }
+
+    /// Sends the run's unpaid STRIPE_CONNECT payouts as Stripe Connect transfers (admins; needs
+    /// `TANDEM_STRIPE_API_KEY`): one `POST /v1/transfers` per payout with the payout id as
+    /// `Idempotency-Key`, so sending again never pays twice. Each success marks the payout
+    /// PAID with the transfer id (`payout.sent`); a Stripe error leaves it FAILED with the
+    /// message (`payout.failed`), retried by the next send.
+    async fn send_payout_run(
+        &self,
+        ctx: &Context<'_>,
+        input: SendPayoutRunInput,
+    ) -> Result<PayoutRunPayload> {
+        let db = admin_db(ctx).await?;
+        let key = &ctx.data_unchecked::<OutboundContext>().key;
+        let stripe = ctx
+            .data_unchecked::<crate::graphql::StripeClient>()
+            .0
+            .as_deref();
+        Ok(PayoutRunPayload {
+            payout_run: PayoutRun(
+                crate::domain::stripe_transfers::send_payout_run(
+                    db,
+                    key,
+                    stripe,
+                    input.id.as_str(),
+                )
+                .await?,
+            ),
         })
     }
 

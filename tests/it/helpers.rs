@@ -225,7 +225,7 @@ impl TestApp {
     /// Like [`TestApp::spawn_instance`] with the configuration adjusted by `tweak`.
     pub async fn spawn_instance_with(
         &self,
-        tweak: fn(&mut Config),
+        tweak: impl FnOnce(&mut Config),
     ) -> (String, oneshot::Sender<()>) {
         let db = Db::connect(&self.database_url, 8)
             .await

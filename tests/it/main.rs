@@ -29,4 +29,5 @@ mod programs;
 mod referrals;
 mod registration;
 mod schema;
+mod stripe_connect;
 mod webhooks;

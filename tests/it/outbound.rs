@@ -1360,6 +1360,46 @@ async fn every_event_type_matches_its_schema(app: TestApp) {
         json!({"id": held_id}),
     )
     .await;
+    // Stripe Connect: one transfer made (payout.sent), one refused (payout.failed).
+    {
+        use wiremock::{Mock, MockServer, matchers};
+        let server = MockServer::start().await;
+        Mock::given(matchers::method("POST"))
+            .and(matchers::path("/v1/transfers"))
+            .respond_with(crate::stripe_connect::StripeStandIn::default())
+            .mount(&server)
+            .await;
+        let carol = app.create_partner(&program, "Carol").await;
+        for (partner, account) in [(&carol, "acct_closed"), (&bob.id, "acct_1Nv0FGQ9RKHgOPEN")] {
+            app.admin_ok(
+                "mutation($input: SetPayoutMethodInput!) { setPayoutMethod(input: $input) { payoutMethod { kind } } }",
+                json!({"input": {"partnerId": partner, "kind": "STRIPE_CONNECT", "stripeAccountId": account}}),
+            )
+            .await;
+            crate::stripe_connect::approved_entry(&app, &program, partner, 5_000, "CHF").await;
+        }
+        let run = app
+            .admin_ok(
+                "mutation($p: ID!) { createPayoutRun(input: {programId: $p, currency: \"CHF\"}) { payoutRun { id } } }",
+                json!({"p": program}),
+            )
+            .await;
+        let key = tandem::domain::secrets::SecretKey::from_base64(crate::helpers::TEST_SECRET_KEY)
+            .unwrap();
+        let client = tandem::domain::stripe_transfers::StripeTransfers::new(
+            &server.uri(),
+            crate::stripe_connect::STRIPE_KEY,
+        )
+        .unwrap();
+        tandem::domain::stripe_transfers::send_payout_run(
+            &app.db,
+            &key,
+            Some(&client),
+            run["createPayoutRun"]["payoutRun"]["id"].as_str().unwrap(),
+        )
+        .await
+        .unwrap();
+    }
     // Partner groups: everyone joins the default group; an admin moves bob up.
     let silver = app
         .admin_ok(

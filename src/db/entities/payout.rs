@@ -25,6 +25,8 @@ pub struct Model {
     pub method_details: Option<String>,
     /// Why sending it failed.
     pub failure: Option<String>,
+    /// How many times a transfer that paid it was reversed (its next idempotency key differs).
+    pub send_generation: Option<i32>,
 }
 
 /// No relations are declared: joins are written explicitly where they are needed.
