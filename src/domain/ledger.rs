@@ -455,8 +455,9 @@ pub struct Declined {
 
 /// `declineLedgerEntry` (admins): appends an equal `REVERSAL` carrying the reason, and makes
 /// the declined entry and its reversal APPROVED together so that they net to zero in the
-/// balance and in any payout. Declining a deal's accrual declines the partner's commission on
-/// that deal: later reconciles keep it at 0 (state `DECLINED`). Writes `commission.declined`.
+/// balance and in any payout. Declining a deal's (or an invoice's) accrual declines the
+/// partner's commission on it: later reconciles keep it at 0 (state `DECLINED`). Writes
+/// `commission.declined`.
 pub async fn decline_ledger_entry(db: &Db, input: DeclineLedgerEntryInput) -> ApiResult<Declined> {
     use crate::db::entities::ledger_entry;
     use sea_orm::QueryOrder;
@@ -484,11 +485,6 @@ pub async fn decline_ledger_entry(db: &Db, input: DeclineLedgerEntryInput) -> Ap
             "only accruals and positive adjustments can be declined".into(),
         ));
     }
-    if entry.invoice_id.is_some() {
-        return Err(ApiError::Conflict(
-            "commissions on invoices cannot be declined yet: use createAdjustment".into(),
-        ));
-    }
     if entry.status == LedgerEntryStatus::Paid || entry.payout_id.is_some() {
         return Err(ApiError::Conflict(
             "the entry is already in a payout: use createAdjustment".into(),
@@ -502,18 +498,46 @@ pub async fn decline_ledger_entry(db: &Db, input: DeclineLedgerEntryInput) -> Ap
         return Err(ApiError::Conflict("the entry is already declined".into()));
     }
     let now = Utc::now();
-    // The next number of the (partner, deal) entries, after the reconciler's.
-    let seq = match &entry.deal_id {
-        Some(deal_id) => Some(
-            ledger_entry::Entity::find()
-                .filter(ledger_entry::Column::PartnerId.eq(entry.partner_id.as_str()))
-                .filter(ledger_entry::Column::DealId.eq(deal_id.as_str()))
-                .order_by_desc(ledger_entry::Column::DealSeq)
-                .one(&*tx)
-                .await?
-                .and_then(|e| e.deal_seq)
+    // The next number of the (partner, deal or invoice) entries, after the reconciler's.
+    let next = |column: ledger_entry::Column, seq: ledger_entry::Column, id: String| {
+        let tx = &tx;
+        let partner = entry.partner_id.clone();
+        async move {
+            let last = ledger_entry::Entity::find()
+                .filter(ledger_entry::Column::PartnerId.eq(partner))
+                .filter(column.eq(id))
+                .order_by_desc(seq)
+                .one(&**tx)
+                .await?;
+            Ok::<i32, sea_orm::DbErr>(
+                last.and_then(|e| match seq {
+                    ledger_entry::Column::DealSeq => e.deal_seq,
+                    _ => e.invoice_seq,
+                })
                 .unwrap_or(0)
-                + 1,
+                    + 1,
+            )
+        }
+    };
+    let deal_seq = match &entry.deal_id {
+        Some(id) => Some(
+            next(
+                ledger_entry::Column::DealId,
+                ledger_entry::Column::DealSeq,
+                id.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let invoice_seq = match &entry.invoice_id {
+        Some(id) => Some(
+            next(
+                ledger_entry::Column::InvoiceId,
+                ledger_entry::Column::InvoiceSeq,
+                id.clone(),
+            )
+            .await?,
         ),
         None => None,
     };
@@ -531,9 +555,9 @@ pub async fn decline_ledger_entry(db: &Db, input: DeclineLedgerEntryInput) -> Ap
         // With the declined entry: the two are always paid (and counted) together.
         available_at: Set(entry.available_at),
         updated_at: Set(now),
-        deal_seq: Set(seq),
-        invoice_id: Set(None),
-        invoice_seq: Set(None),
+        deal_seq: Set(deal_seq),
+        invoice_id: Set(entry.invoice_id.clone()),
+        invoice_seq: Set(invoice_seq),
         note: Set(Some(reason.clone())),
         hold_reason: Set(None),
         declines: Set(Some(entry.id.clone())),
@@ -562,6 +586,7 @@ pub async fn decline_ledger_entry(db: &Db, input: DeclineLedgerEntryInput) -> Ap
             "ledgerEntryId": reversal.id,
             "declinedEntryId": declined.id,
             "dealId": declined.deal_id,
+            "invoiceId": declined.invoice_id,
             "amount": from_cents(reversal.amount_cents).to_string(),
             "currency": reversal.currency,
             "reason": reason,

@@ -936,7 +936,91 @@ async fn recurring_plans_are_validated(app: TestApp) {
     );
 }
 
+/// A manager declines an invoice's recurring commission: it nets to zero and stays at zero.
+async fn a_declined_invoice_commission_stays_declined(app: TestApp) {
+    let program = program_with(
+        &app,
+        json!({"type": "PERCENT", "rate": "10",
+               "recurring": {"months": 12, "rate": "15", "basis": "INVOICES"}}),
+        json!({"holdDays": 0}),
+    )
+    .await;
+    let alice = partner(&app, &program, "Alice").await;
+    let stripe = Stripe::new(&app, &program).await;
+    let now = Utc::now().trunc_subsecs(0);
+    stripe
+        .send(
+            &app,
+            &customer_event(
+                "customer.created",
+                "evt_cus_beta",
+                "cus_beta",
+                "billing@beta.example",
+                json!({"company_domain": "beta.example"}),
+            ),
+        )
+        .await;
+    let mut crm = Crm::new(&app, &program).await;
+    crm.deal(
+        &app,
+        json!({"id": "BETA-1", "amount": "1000", "status": "won",
+               "closedAt": (now - Duration::days(10)).to_rfc3339(), "referralCode": alice.code,
+               "companyDomain": "beta.example"}),
+    )
+    .await;
+    stripe
+        .send(
+            &app,
+            &invoice_paid(
+                "evt_in_beta",
+                "in_beta",
+                "cus_beta",
+                "billing@beta.example",
+                "usd",
+                100_000,
+                100_000,
+                now - Duration::days(1),
+            ),
+        )
+        .await;
+    reconcile(&app).await;
+    let accrual = &app
+        .admin_ok(
+            "query($p: ID!) { ledgerEntries(filter: {partnerId: $p, kind: ACCRUAL}, first: 10) { edges { node { id amount invoice { externalId } } } } }",
+            json!({"p": alice.id}),
+        )
+        .await["ledgerEntries"]["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["node"].clone())
+        .find(|n| n["invoice"]["externalId"] == "in_beta")
+        .unwrap();
+    assert_eq!(accrual["amount"], "150.00");
+    let declined = app
+        .admin_ok(
+            "mutation($id: ID!) { declineLedgerEntry(input: {id: $id, reason: \"Invoice disputed\"}) { reversal { amount note } } }",
+            json!({"id": accrual["id"]}),
+        )
+        .await;
+    assert_eq!(
+        declined["declineLedgerEntry"]["reversal"],
+        json!({"amount": "-150.00", "note": "Invoice disputed"})
+    );
+    for full in [false, true] {
+        let stats = crate::commissions::run_job(&app, "reconcile", full).await;
+        assert_eq!(stats["entriesWritten"], 0, "{stats}");
+    }
+    let declined_events = count(
+        &app.db,
+        "SELECT COUNT(*) AS n FROM events WHERE type = 'commission.declined'",
+    )
+    .await;
+    assert_eq!(declined_events, 1);
+}
+
 db_tests!(
+    a_declined_invoice_commission_stays_declined,
     worked_example_of_recurring_invoices,
     the_same_invoice_twice_and_out_of_order_books_once,
     stripe_signatures_and_bad_input,

@@ -117,8 +117,14 @@ async fn changed_invoices(
         ))
     };
     let mut whole: BTreeSet<String> = BTreeSet::new();
-    for row in query(format!("SELECT id FROM partners WHERE updated_at > {p1}")).await? {
-        whole.insert(get(&row, "id")?);
+    for sql in [
+        "SELECT id AS partner_id FROM partners WHERE updated_at > {p1}",
+        "SELECT DISTINCT partner_id FROM ledger_entries \
+         WHERE declines IS NOT NULL AND created_at > {p1}",
+    ] {
+        for row in query(sql.replace("{p1}", &p1)).await? {
+            whole.insert(get(&row, "partner_id")?);
+        }
     }
     let mut programs_changed: HashSet<String> = HashSet::new();
     for row in query(format!("SELECT id FROM programs WHERE updated_at > {p1}")).await? {
@@ -383,6 +389,14 @@ async fn process(
             }
             if *late && outcome.state == CommissionState::Earned {
                 outcome.state = CommissionState::Locked;
+            }
+            if ctx
+                .declined
+                .contains(&(row.partner_id.clone(), Subject::Invoice(row.id.clone())))
+            {
+                // A manager declined it: 0 whatever the invoice does next.
+                outcome.state = CommissionState::Declined;
+                outcome.expected = Decimal::ZERO;
             }
             results.push((row, outcome));
         }

@@ -131,8 +131,8 @@ struct Context {
     periods: HashMap<String, Vec<Period>>,
     /// Programs with a tiered group plan.
     tiered_groups: HashSet<String>,
-    /// (partner, deal) pairs a manager declined: their commission stays 0.
-    declined: HashSet<(String, String)>,
+    /// (partner, deal or invoice) pairs a manager declined: their commission stays 0.
+    declined: HashSet<(String, Subject)>,
     now: DateTime<Utc>,
     /// Full runs compare every pair with the ledger itself.
     verify_all: bool,
@@ -205,12 +205,20 @@ impl Context {
             .reads()
             .query_all_raw(Statement::from_string(
                 db.backend(),
-                "SELECT DISTINCT partner_id, deal_id FROM ledger_entries \
-                 WHERE declines IS NOT NULL AND deal_id IS NOT NULL",
+                "SELECT DISTINCT partner_id, deal_id, invoice_id FROM ledger_entries \
+                 WHERE declines IS NOT NULL",
             ))
             .await?
         {
-            declined.insert((get(&row, "partner_id")?, get(&row, "deal_id")?));
+            let subject = match (
+                get::<Option<String>>(&row, "deal_id")?,
+                get::<Option<String>>(&row, "invoice_id")?,
+            ) {
+                (Some(deal), _) => Subject::Deal(deal),
+                (None, Some(invoice)) => Subject::Invoice(invoice),
+                (None, None) => continue,
+            };
+            declined.insert((get(&row, "partner_id")?, subject));
         }
         Ok(Context {
             terms,

@@ -66,7 +66,7 @@ pub(super) fn pairs(
             attributed.insert((partner_id.clone(), deal.id.clone()));
             if ctx
                 .declined
-                .contains(&(partner_id.clone(), deal.id.clone()))
+                .contains(&(partner_id.clone(), Subject::Deal(deal.id.clone())))
             {
                 // A manager declined it: 0 whatever the deal does next.
                 outcome.state = CommissionState::Declined;
