@@ -276,13 +276,7 @@ pub struct MarkPayoutPaidInput {
 
 /// Marks a payout and its entries PAID.
 pub async fn mark_payout_paid(db: &Db, input: MarkPayoutPaidInput) -> ApiResult<payout::Model> {
-    let reference = input.reference.trim().to_string();
-    if reference.is_empty() || reference.chars().count() > 200 {
-        return Err(ApiError::bad_input(
-            "input.reference",
-            "must be 1 to 200 characters",
-        ));
-    }
+    let reference = check_reference(&input.reference)?;
     if !is_valid_id(input.id.as_str()) {
         return Err(ApiError::NotFound("payout"));
     }
@@ -328,6 +322,50 @@ pub async fn mark_payout_paid(db: &Db, input: MarkPayoutPaidInput) -> ApiResult<
     Ok(model)
 }
 
+/// An entry a manager writes (an adjustment, a decline): APPROVED, available `now`, outside
+/// any deal or invoice unless the caller says otherwise, with the reason the partner reads.
+fn manual_entry(
+    (partner_id, program_id): (&str, &str),
+    kind: LedgerEntryKind,
+    cents: i64,
+    currency: &str,
+    now: DateTime<Utc>,
+    note: String,
+) -> crate::db::entities::ledger_entry::ActiveModel {
+    crate::db::entities::ledger_entry::ActiveModel {
+        id: Set(new_id()),
+        partner_id: Set(partner_id.to_string()),
+        program_id: Set(program_id.to_string()),
+        deal_id: Set(None),
+        payout_id: Set(None),
+        kind: Set(kind),
+        amount_cents: Set(cents),
+        currency: Set(currency.to_string()),
+        status: Set(LedgerEntryStatus::Approved),
+        created_at: Set(now),
+        available_at: Set(now),
+        updated_at: Set(now),
+        deal_seq: Set(None),
+        invoice_id: Set(None),
+        invoice_seq: Set(None),
+        note: Set(Some(note)),
+        hold_reason: Set(None),
+        declines: Set(None),
+    }
+}
+
+/// A payment reference (`markPayoutPaid`, `markPayoutRunPaid`): 1 to 200 characters.
+pub fn check_reference(reference: &str) -> ApiResult<String> {
+    let reference = reference.trim();
+    if reference.is_empty() || reference.chars().count() > 200 {
+        return Err(ApiError::bad_input(
+            "input.reference",
+            "must be 1 to 200 characters",
+        ));
+    }
+    Ok(reference.to_string())
+}
+
 /// Input of `createAdjustment`.
 #[derive(Debug, InputObject)]
 pub struct CreateAdjustmentInput {
@@ -348,7 +386,6 @@ pub async fn create_adjustment(
     db: &Db,
     input: CreateAdjustmentInput,
 ) -> ApiResult<crate::db::entities::ledger_entry::Model> {
-    use crate::db::entities::ledger_entry;
     let currency = normalize_currency(&input.currency).ok_or_else(|| {
         ApiError::bad_input("input.currency", "must be an ISO 4217 currency code")
     })?;
@@ -368,26 +405,14 @@ pub async fn create_adjustment(
         .await?
         .ok_or(ApiError::NotFound("partner"))?;
     let now = Utc::now();
-    let entry = ledger_entry::ActiveModel {
-        id: Set(new_id()),
-        partner_id: Set(partner.id.clone()),
-        program_id: Set(partner.program_id.clone()),
-        deal_id: Set(None),
-        payout_id: Set(None),
-        kind: Set(LedgerEntryKind::Adjustment),
-        amount_cents: Set(cents),
-        currency: Set(currency),
-        status: Set(LedgerEntryStatus::Approved),
-        created_at: Set(now),
-        available_at: Set(now),
-        updated_at: Set(now),
-        deal_seq: Set(None),
-        invoice_id: Set(None),
-        invoice_seq: Set(None),
-        note: Set(Some(reason)),
-        hold_reason: Set(None),
-        declines: Set(None),
-    }
+    let entry = manual_entry(
+        (&partner.id, &partner.program_id),
+        LedgerEntryKind::Adjustment,
+        cents,
+        &currency,
+        now,
+        reason,
+    )
     .insert(&*tx)
     .await?;
     tx.commit().await?;
@@ -542,25 +567,21 @@ pub async fn decline_ledger_entry(db: &Db, input: DeclineLedgerEntryInput) -> Ap
         None => None,
     };
     let reversal = ledger_entry::ActiveModel {
-        id: Set(new_id()),
-        partner_id: Set(entry.partner_id.clone()),
-        program_id: Set(entry.program_id.clone()),
         deal_id: Set(entry.deal_id.clone()),
-        payout_id: Set(None),
-        kind: Set(LedgerEntryKind::Reversal),
-        amount_cents: Set(-entry.amount_cents),
-        currency: Set(entry.currency.clone()),
-        status: Set(LedgerEntryStatus::Approved),
-        created_at: Set(now),
-        // With the declined entry: the two are always paid (and counted) together.
-        available_at: Set(entry.available_at),
-        updated_at: Set(now),
         deal_seq: Set(deal_seq),
         invoice_id: Set(entry.invoice_id.clone()),
         invoice_seq: Set(invoice_seq),
-        note: Set(Some(reason.clone())),
-        hold_reason: Set(None),
         declines: Set(Some(entry.id.clone())),
+        // With the declined entry: the two are always paid (and counted) together.
+        available_at: Set(entry.available_at),
+        ..manual_entry(
+            (&entry.partner_id, &entry.program_id),
+            LedgerEntryKind::Reversal,
+            -entry.amount_cents,
+            &entry.currency,
+            now,
+            reason.clone(),
+        )
     }
     .insert(&*tx)
     .await

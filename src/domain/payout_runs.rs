@@ -396,13 +396,7 @@ pub struct MarkPayoutRunPaidInput {
 /// `markPayoutRunPaid` (admins): marks every unpaid payout of the run, and its entries, PAID
 /// with the reference; writes `payout.paid` for each.
 pub async fn mark_run_paid(db: &Db, input: MarkPayoutRunPaidInput) -> ApiResult<payout_run::Model> {
-    let reference = input.reference.trim().to_string();
-    if reference.is_empty() || reference.chars().count() > 200 {
-        return Err(ApiError::bad_input(
-            "input.reference",
-            "must be 1 to 200 characters",
-        ));
-    }
+    let reference = crate::domain::ledger::check_reference(&input.reference)?;
     let tx = db.begin_write().await?;
     let run = find_run(&*tx, input.id.as_str()).await?;
     let now = Utc::now();

@@ -100,6 +100,21 @@ fn validate_pain_001(xml: &str) -> Result<(), i32> {
     }
 }
 
+/// Each `(input, field)` sent as `query`'s input (with `fixed` added) is refused as
+/// `BAD_USER_INPUT` naming `field`.
+async fn assert_rejects(
+    app: &TestApp,
+    query: &str,
+    fixed: (&str, Value),
+    cases: Vec<(Value, &str)>,
+) {
+    for (mut input, field) in cases {
+        input[fixed.0] = fixed.1.clone();
+        let got = app.gql(&app.admin, query, json!({"input": input})).await;
+        assert_eq!(error_field(&got), field, "{got}");
+    }
+}
+
 /// The text of every `<tag>` in `xml`, in order.
 fn texts(xml: &str, tag: &str) -> Vec<String> {
     let open = format!("<{tag}");
@@ -122,10 +137,21 @@ fn dec(s: &str) -> Decimal {
 
 /// Appends ledger entries for a partner directly (the reconciler's output is tested
 /// elsewhere): `(amount, status, available ago in minutes)`.
-async fn seed_entries(
+pub async fn seed_entries(
     app: &TestApp,
     program: &str,
     partner: &str,
+    entries: &[(&str, LedgerEntryStatus, i64)],
+) {
+    seed_entries_in(app, program, partner, "EUR", entries).await;
+}
+
+/// [`seed_entries`] in `currency`.
+pub async fn seed_entries_in(
+    app: &TestApp,
+    program: &str,
+    partner: &str,
+    currency: &str,
     entries: &[(&str, LedgerEntryStatus, i64)],
 ) {
     let now = Utc::now();
@@ -139,7 +165,7 @@ async fn seed_entries(
             payout_id: Set(None),
             kind: Set(LedgerEntryKind::Adjustment),
             amount_cents: Set((dec(amount) * Decimal::ONE_HUNDRED).try_into().unwrap()),
-            currency: Set("EUR".into()),
+            currency: Set(currency.into()),
             status: Set(*status),
             created_at: Set(now - Duration::days(40)),
             available_at: Set(now - Duration::minutes(*ago)),
@@ -457,7 +483,11 @@ async fn methods_are_validated_sealed_and_masked(app: TestApp) {
         .await;
     assert_eq!(error_code(&other), "NOT_FOUND", "{other}");
     // Bad input names the field.
-    for (input, field) in [
+    assert_rejects(
+        &app,
+        SET_METHOD,
+        ("partnerId", json!(alpha)),
+        vec![
         (
             json!({"kind": "SEPA", "iban": "DE89 3704 0044 0532 0130 01", "accountHolder": "A"}),
             "input.iban",
@@ -483,14 +513,9 @@ async fn methods_are_validated_sealed_and_masked(app: TestApp) {
             json!({"kind": "STRIPE_CONNECT", "stripeAccountId": "acc_123"}),
             "input.stripeAccountId",
         ),
-    ] {
-        let mut input = input;
-        input["partnerId"] = json!(alpha);
-        let got = app
-            .gql(&app.admin, SET_METHOD, json!({"input": input}))
-            .await;
-        assert_eq!(error_field(&got), field, "{got}");
-    }
+        ],
+    )
+    .await;
     let paypal = app
         .admin_ok(
             SET_METHOD,
@@ -536,33 +561,16 @@ async fn paypal_and_csv_exports(app: TestApp) {
         let mut input = method;
         input["partnerId"] = json!(id);
         app.admin_ok(SET_METHOD, json!({"input": input})).await;
-        let now = Utc::now();
-        let row = ledger_entry::ActiveModel {
-            id: Set(tandem::domain::ids::new_id()),
-            partner_id: Set(id.clone()),
-            program_id: Set(program.clone()),
-            deal_id: Set(None),
-            payout_id: Set(None),
-            kind: Set(LedgerEntryKind::Adjustment),
-            amount_cents: Set(10_050 * (i as i64 + 1)),
-            currency: Set("USD".into()),
-            status: Set(LedgerEntryStatus::Approved),
-            created_at: Set(now - Duration::days(40)),
-            available_at: Set(now - Duration::days(1)),
-            updated_at: Set(now),
-            deal_seq: Set(None),
-            invoice_id: Set(None),
-            invoice_seq: Set(None),
-            note: Set(None),
-            hold_reason: Set(None),
-            declines: Set(None),
-        };
-        let tx = app.db.begin_write().await.unwrap();
-        ledger_entry::Entity::insert(row)
-            .exec_without_returning(&*tx)
-            .await
-            .unwrap();
-        tx.commit().await.unwrap();
+        let cents = 10_050 * (i + 1);
+        let amount = format!("{}.{:02}", cents / 100, cents % 100);
+        seed_entries_in(
+            &app,
+            &program,
+            &id,
+            "USD",
+            &[(&amount, LedgerEntryStatus::Approved, 60 * 24)],
+        )
+        .await;
         ids.push(id);
     }
     let run = app
@@ -633,24 +641,23 @@ async fn paypal_and_csv_exports(app: TestApp) {
         .await;
     assert_eq!(error_code(&sepa), "CONFLICT", "{sepa}");
     // Rejections: bad currency, minimum, cutoff; unknown program; partner keys.
-    for (input, field) in [
-        (json!({"currency": "dollars"}), "input.currency"),
-        (
-            json!({"currency": "USD", "minimumAmount": "0"}),
-            "input.minimumAmount",
-        ),
-        (
-            json!({"currency": "USD", "cutoff": (Utc::now() + Duration::days(2)).to_rfc3339()}),
-            "input.cutoff",
-        ),
-    ] {
-        let mut input = input;
-        input["programId"] = json!(program);
-        let got = app
-            .gql(&app.admin, CREATE_RUN, json!({"input": input}))
-            .await;
-        assert_eq!(error_field(&got), field, "{got}");
-    }
+    assert_rejects(
+        &app,
+        CREATE_RUN,
+        ("programId", json!(program)),
+        vec![
+            (json!({"currency": "dollars"}), "input.currency"),
+            (
+                json!({"currency": "USD", "minimumAmount": "0"}),
+                "input.minimumAmount",
+            ),
+            (
+                json!({"currency": "USD", "cutoff": (Utc::now() + Duration::days(2)).to_rfc3339()}),
+                "input.cutoff",
+            ),
+        ],
+    )
+    .await;
     let key = app.partner_key(&ids[0]).await;
     let got = app
         .gql(
@@ -739,29 +746,30 @@ async fn adjustments_are_appended_with_their_reason(app: TestApp) {
         .await;
     assert_eq!(run["createPayoutRun"]["payoutRun"]["total"], "100.00");
     // Rejections name the field; partner keys cannot adjust.
-    for (input, field) in [
-        (
-            json!({"amount": "0", "currency": "EUR", "reason": "x"}),
-            "input.amount",
-        ),
-        (
-            json!({"amount": "1.005", "currency": "EUR", "reason": "x"}),
-            "input.amount",
-        ),
-        (
-            json!({"amount": "1", "currency": "euros", "reason": "x"}),
-            "input.currency",
-        ),
-        (
-            json!({"amount": "1", "currency": "EUR", "reason": "  "}),
-            "input.reason",
-        ),
-    ] {
-        let mut input = input;
-        input["partnerId"] = json!(alpha);
-        let got = app.gql(&app.admin, ADJUST, json!({"input": input})).await;
-        assert_eq!(error_field(&got), field, "{got}");
-    }
+    assert_rejects(
+        &app,
+        ADJUST,
+        ("partnerId", json!(alpha)),
+        vec![
+            (
+                json!({"amount": "0", "currency": "EUR", "reason": "x"}),
+                "input.amount",
+            ),
+            (
+                json!({"amount": "1.005", "currency": "EUR", "reason": "x"}),
+                "input.amount",
+            ),
+            (
+                json!({"amount": "1", "currency": "euros", "reason": "x"}),
+                "input.currency",
+            ),
+            (
+                json!({"amount": "1", "currency": "EUR", "reason": "  "}),
+                "input.reason",
+            ),
+        ],
+    )
+    .await;
     let got = app
         .gql(
             &key,

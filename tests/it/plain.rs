@@ -191,7 +191,28 @@ async fn seed(app: &TestApp) -> BTreeMap<&'static str, String> {
         json!({"p": program}),
     )
     .await;
+    // A payout run (a method, an approved adjustment, the run).
+    app.admin_ok(
+        "mutation($p: ID!) { setPayoutMethod(input: {partnerId: $p, kind: PAYPAL, paypalEmail: \"pay@partner.example\"}) { payoutMethod { kind } } }",
+        json!({"p": partner}),
+    )
+    .await;
+    app.admin_ok(
+        "mutation($p: ID!) { createAdjustment(input: {partnerId: $p, amount: \"75\", currency: \"USD\", reason: \"bonus\"}) { ledgerEntry { id } } }",
+        json!({"p": partner}),
+    )
+    .await;
+    let run = app
+        .admin_ok(
+            "mutation($p: ID!) { createPayoutRun(input: {programId: $p, currency: \"USD\"}) { payoutRun { id } } }",
+            json!({"p": program}),
+        )
+        .await["createPayoutRun"]["payoutRun"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     BTreeMap::from([
+        ("payoutRun", run),
         ("program", program),
         ("partner", partner),
         ("referral", referrals[0].clone()),
@@ -220,6 +241,7 @@ async fn both_paths_answer_every_field_alike(app: TestApp) {
                 ("partner", "id") => &ids["partner"],
                 ("referral", "id") => &ids["referral"],
                 ("deal", "id") => &ids["deal"],
+                ("payoutRun", "id") => &ids["payoutRun"],
                 other => panic!("no value for the required root argument {other:?}"),
             };
             values.push(format!("{arg}: \"{value}\""));

@@ -11,14 +11,10 @@ use std::{
     time::Duration as StdDuration,
 };
 
-use chrono::{Duration, Utc};
-use sea_orm::{ActiveValue::Set, EntityTrait};
+use chrono::Utc;
 use serde_json::{Value, json};
 use tandem::{
-    db::{
-        entities::ledger_entry,
-        states::{LedgerEntryKind, LedgerEntryStatus},
-    },
+    db::states::LedgerEntryStatus,
     domain::{secrets::SecretKey, stripe_transfers::StripeTransfers},
 };
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers};
@@ -149,6 +145,7 @@ impl Respond for StripeStandIn {
     }
 }
 
+/// One APPROVED entry of `cents`, available since yesterday.
 pub async fn approved_entry(
     app: &TestApp,
     program: &str,
@@ -156,32 +153,15 @@ pub async fn approved_entry(
     cents: i64,
     currency: &str,
 ) {
-    let now = Utc::now();
-    let tx = app.db.begin_write().await.unwrap();
-    ledger_entry::Entity::insert(ledger_entry::ActiveModel {
-        id: Set(tandem::domain::ids::new_id()),
-        partner_id: Set(partner.to_string()),
-        program_id: Set(program.to_string()),
-        deal_id: Set(None),
-        payout_id: Set(None),
-        kind: Set(LedgerEntryKind::Adjustment),
-        amount_cents: Set(cents),
-        currency: Set(currency.into()),
-        status: Set(LedgerEntryStatus::Approved),
-        created_at: Set(now - Duration::days(40)),
-        available_at: Set(now - Duration::days(1)),
-        updated_at: Set(now),
-        deal_seq: Set(None),
-        invoice_id: Set(None),
-        invoice_seq: Set(None),
-        note: Set(None),
-        hold_reason: Set(None),
-        declines: Set(None),
-    })
-    .exec_without_returning(&*tx)
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
+    let amount = format!("{}.{:02}", cents / 100, cents % 100);
+    crate::payouts::seed_entries_in(
+        app,
+        program,
+        partner,
+        currency,
+        &[(&amount, LedgerEntryStatus::Approved, 60 * 24)],
+    )
+    .await;
 }
 
 const RUN: &str = "query($id: ID!) { payoutRun(id: $id) { status payouts { id status reference failure method partner { id } } } }";
