@@ -37,6 +37,8 @@ struct Ledger {
     replays: usize,
     requests: usize,
     rate_limited: bool,
+    /// Answered 500 once (a Stripe outage): not saved under the key either.
+    flaked: bool,
 }
 
 #[derive(Clone, Default)]
@@ -118,6 +120,15 @@ impl Respond for StripeStandIn {
             ))
             .insert_header("Retry-After", "0");
         }
+        if destination == "acct_flaky" && !ledger.flaked {
+            ledger.flaked = true;
+            return reply(stripe_error(
+                500,
+                "api_error",
+                "api_error",
+                "An unknown error occurred.",
+            ));
+        }
         let (status, response) = if destination == "acct_closed" {
             stripe_error(
                 400,
@@ -194,6 +205,7 @@ async fn stripe_transfers_are_created_once(app: TestApp) {
         let account = match i {
             0 => "acct_busy".to_string(),
             1 => "acct_closed".to_string(),
+            2 => "acct_flaky".to_string(),
             _ => format!("acct_1Nv0FGQ9RKHg{i:04}"),
         };
         app.admin_ok(
@@ -290,6 +302,7 @@ async fn stripe_transfers_are_created_once(app: TestApp) {
         keys.dedup();
         assert_eq!(keys.len(), N - 1, "no key created twice");
         assert!(ledger.rate_limited, "the 429 was retried");
+        assert!(ledger.flaked, "the 500 was retried");
         // Amounts in minor units, currencies lower-case.
         for (_, destination, amount, currency) in &ledger.created {
             assert_eq!(currency, "usd");
@@ -325,6 +338,20 @@ async fn stripe_transfers_are_created_once(app: TestApp) {
     .await;
     assert!(failed_events >= 1);
 
+    // The same key with other parameters is Stripe's idempotency error, surfaced as such.
+    let first_key = state["payouts"][0]["id"].as_str().unwrap().to_string();
+    let changed = client
+        .transfer(
+            &first_key,
+            &[
+                ("amount", "1".to_string()),
+                ("currency", "usd".to_string()),
+                ("destination", "acct_other".to_string()),
+            ],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(changed.code, "idempotency_key_in_use", "{changed:?}");
     // Stripe reverses one transfer: the payout reopens and the next send pays it anew.
     let reopened = state["payouts"]
         .as_array()
