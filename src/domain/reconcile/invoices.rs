@@ -120,7 +120,7 @@ async fn changed_invoices(
     for sql in [
         "SELECT id AS partner_id FROM partners WHERE updated_at > {p1}",
         "SELECT DISTINCT partner_id FROM ledger_entries \
-         WHERE declines IS NOT NULL AND created_at > {p1}",
+         WHERE declines > '' AND created_at > {p1}",
     ] {
         for row in query(sql.replace("{p1}", &p1)).await? {
             whole.insert(get(&row, "partner_id")?);

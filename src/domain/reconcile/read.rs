@@ -200,7 +200,7 @@ pub(super) async fn changed_since(
         "SELECT id AS partner_id FROM partners WHERE updated_at > {p1}",
         "SELECT DISTINCT partner_id FROM partner_group_memberships WHERE created_at > {p1}",
         "SELECT DISTINCT partner_id FROM ledger_entries \
-         WHERE declines IS NOT NULL AND created_at > {p1}",
+         WHERE declines > '' AND created_at > {p1}",
     ] {
         for row in query(sql.replace("{p1}", &p1), since_value()).await? {
             partners.insert(get(&row, "partner_id")?);
