@@ -199,8 +199,9 @@ pub(super) async fn changed_since(
     for sql in [
         "SELECT id AS partner_id FROM partners WHERE updated_at > {p1}",
         "SELECT DISTINCT partner_id FROM partner_group_memberships WHERE created_at > {p1}",
-        "SELECT DISTINCT partner_id FROM ledger_entries \
-         WHERE declines > '' AND created_at > {p1}",
+        // No DISTINCT: with it SQLite scans an index in partner order instead of the
+        // (nearly empty) partial index of declines.
+        "SELECT partner_id FROM ledger_entries WHERE declines > '' AND created_at > {p1}",
     ] {
         for row in query(sql.replace("{p1}", &p1), since_value()).await? {
             partners.insert(get(&row, "partner_id")?);
