@@ -444,3 +444,11 @@ impl ConnectionTrait for Reads {
         self.0.query_all_raw(stmt).await
     }
 }
+
+/// Whether `e` is a unique-constraint violation (SQLite or PostgreSQL), as sea-orm classifies it.
+pub fn is_unique_violation(e: &sea_orm::DbErr) -> bool {
+    matches!(
+        e.sql_err(),
+        Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+    )
+}

@@ -406,10 +406,7 @@ pub async fn apply_billing_event(
             apply_reduction(conn, source_id, AdjustmentKind::CreditNote, reduction).await
         }
         BillingFact::TransferReversed(transfer) => {
-            let backend = conn.get_database_backend();
-            if crate::domain::stripe_transfers::reopen_reversed(conn, backend, transfer, events)
-                .await?
-            {
+            if crate::domain::stripe_transfers::reopen_reversed(conn, transfer, events).await? {
                 Ok(BillingOutcome::Applied)
             } else {
                 Ok(BillingOutcome::Ignored(format!(

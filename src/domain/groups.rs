@@ -297,11 +297,6 @@ fn apply_rules(model: &mut partner_group::ActiveModel, rules: &GroupRules) {
     model.min_certified_people = Set(rules.min_certified_people);
 }
 
-fn unique_violation(e: &DbErr) -> bool {
-    let text = e.to_string().to_ascii_lowercase();
-    text.contains("unique") || text.contains("duplicate key")
-}
-
 /// `createPartnerGroup`: a program's first group must be its default (rank 0); creating it
 /// places every partner of the program in it (`JOINED`).
 pub async fn create_partner_group(
@@ -362,7 +357,7 @@ pub async fn create_partner_group(
     };
     apply_rules(&mut model, &rules);
     let created = model.insert(&*tx).await.map_err(|e| {
-        if unique_violation(&e) {
+        if crate::db::is_unique_violation(&e) {
             ApiError::Conflict("the program already has a group of this rank or name".into())
         } else {
             e.into()

@@ -586,9 +586,7 @@ pub async fn decline_ledger_entry(db: &Db, input: DeclineLedgerEntryInput) -> Ap
     .insert(&*tx)
     .await
     .map_err(|e| {
-        if e.to_string().to_ascii_lowercase().contains("unique")
-            || e.to_string().contains("duplicate key")
-        {
+        if crate::db::is_unique_violation(&e) {
             ApiError::Conflict("the reconciler booked this deal meanwhile: retry".into())
         } else {
             e.into()

@@ -326,7 +326,6 @@ pub async fn send_payout_run(
 /// next `sendPayoutRun` can pay it. Returns whether a payout matched.
 pub async fn reopen_reversed(
     conn: &impl ConnectionTrait,
-    backend: sea_orm::DatabaseBackend,
     transfer_id: &str,
     events_out: &mut Vec<crate::db::entities::event::ActiveModel>,
 ) -> Result<bool, sea_orm::DbErr> {
@@ -340,20 +339,20 @@ pub async fn reopen_reversed(
         return Ok(false);
     };
     let now = Utc::now();
-    let placeholder = |n: usize| match backend {
-        sea_orm::DatabaseBackend::Postgres => format!("${n}"),
-        _ => "?".to_string(),
-    };
-    conn.execute_raw(Statement::from_sql_and_values(
-        backend,
-        format!(
-            "UPDATE ledger_entries SET status = 'APPROVED', updated_at = {} WHERE payout_id = {}",
-            placeholder(1),
-            placeholder(2)
-        ),
-        [now.into(), found.id.clone().into()],
-    ))
-    .await?;
+    crate::db::entities::ledger_entry::Entity::update_many()
+        .col_expr(
+            crate::db::entities::ledger_entry::Column::Status,
+            sea_orm::sea_query::Expr::value(
+                crate::db::states::LedgerEntryStatus::Approved.as_str(),
+            ),
+        )
+        .col_expr(
+            crate::db::entities::ledger_entry::Column::UpdatedAt,
+            sea_orm::sea_query::Expr::value(now),
+        )
+        .filter(crate::db::entities::ledger_entry::Column::PayoutId.eq(found.id.as_str()))
+        .exec(conn)
+        .await?;
     events_out.push(events::new_event(
         EventType::PayoutFailed,
         &found.program_id,
