@@ -15,7 +15,8 @@ pub use crate::db::states::{HoldReason, LedgerEntryKind, LedgerEntryStatus, Payo
 use crate::{
     db::{
         Db,
-        entities::{exchange_rate, partner, payout},
+        entities::{exchange_rate, ledger_entry, partner, payout, payout_run},
+        states::PayoutRunStatus,
     },
     domain::{
         commission::{Rates, from_cents},
@@ -289,22 +290,10 @@ pub async fn mark_payout_paid(db: &Db, input: MarkPayoutPaidInput) -> ApiResult<
     if found.status == PayoutStatus::Paid {
         return Err(ApiError::Conflict("the payout is already paid".to_string()));
     }
-    let now = Utc::now();
-    tx.execute_raw(Statement::from_sql_and_values(
-        db.backend(),
-        format!(
-            "UPDATE ledger_entries SET status = 'PAID', updated_at = {} WHERE payout_id = {}",
-            db.placeholder(1),
-            db.placeholder(2)
-        ),
-        [now.into(), found.id.clone().into()],
-    ))
-    .await?;
-    let mut row: payout::ActiveModel = found.into();
-    row.status = Set(PayoutStatus::Paid);
-    row.reference = Set(Some(reference.clone()));
-    row.paid_at = Set(Some(now));
-    let model = row.update(&*tx).await?;
+    let model = pay_payout(&*tx, found, &reference, Utc::now()).await?;
+    if let Some(run_id) = &model.run_id {
+        refresh_run_status(&*tx, run_id, None).await?;
+    }
     events::record(
         &*tx,
         EventType::PayoutPaid,
@@ -320,6 +309,96 @@ pub async fn mark_payout_paid(db: &Db, input: MarkPayoutPaidInput) -> ApiResult<
     .await?;
     tx.commit().await?;
     Ok(model)
+}
+
+/// Pays a payout inside the caller's transaction: its entries and the row `PAID` with the
+/// reference (an earlier failure cleared). The caller writes the event and refreshes the
+/// status of the payout's run ([`refresh_run_status`]).
+pub async fn pay_payout(
+    conn: &impl ConnectionTrait,
+    found: payout::Model,
+    reference: &str,
+    now: DateTime<Utc>,
+) -> Result<payout::Model, sea_orm::DbErr> {
+    set_entries_of_payout(conn, &found.id, LedgerEntryStatus::Paid, now).await?;
+    let mut row: payout::ActiveModel = found.into();
+    row.status = Set(PayoutStatus::Paid);
+    row.reference = Set(Some(reference.to_string()));
+    row.paid_at = Set(Some(now));
+    row.failure = Set(None);
+    row.update(conn).await
+}
+
+/// Sets the status of every entry a payout holds (`PAID` when it is paid, `APPROVED` again
+/// when the transfer that paid it was reversed).
+pub async fn set_entries_of_payout(
+    conn: &impl ConnectionTrait,
+    payout_id: &str,
+    status: LedgerEntryStatus,
+    now: DateTime<Utc>,
+) -> Result<(), sea_orm::DbErr> {
+    ledger_entry::Entity::update_many()
+        .col_expr(
+            ledger_entry::Column::Status,
+            sea_orm::sea_query::Expr::value(status.as_str()),
+        )
+        .col_expr(
+            ledger_entry::Column::UpdatedAt,
+            sea_orm::sea_query::Expr::value(now),
+        )
+        .filter(ledger_entry::Column::PayoutId.eq(payout_id))
+        .exec(conn)
+        .await?;
+    Ok(())
+}
+
+/// The status a payout run's payouts give it: every one paid → `PAID`, some → `PARTIALLY_PAID`,
+/// none paid but some failed → `FAILED`; otherwise `otherwise` (or `None`: leave it).
+pub fn run_status(
+    payouts: &[PayoutStatus],
+    otherwise: Option<PayoutRunStatus>,
+) -> Option<PayoutRunStatus> {
+    let paid = payouts.iter().filter(|s| **s == PayoutStatus::Paid).count();
+    if !payouts.is_empty() && paid == payouts.len() {
+        Some(PayoutRunStatus::Paid)
+    } else if paid > 0 {
+        Some(PayoutRunStatus::PartiallyPaid)
+    } else if payouts.contains(&PayoutStatus::Failed) {
+        Some(PayoutRunStatus::Failed)
+    } else {
+        otherwise
+    }
+}
+
+/// Sets a run's status from its payouts ([`run_status`]), inside the caller's transaction.
+pub async fn refresh_run_status(
+    conn: &impl ConnectionTrait,
+    run_id: &str,
+    otherwise: Option<PayoutRunStatus>,
+) -> Result<(), sea_orm::DbErr> {
+    let statuses: Vec<PayoutStatus> = payout::Entity::find()
+        .select_only()
+        .column(payout::Column::Status)
+        .filter(payout::Column::RunId.eq(run_id))
+        .into_tuple()
+        .all(conn)
+        .await?;
+    let Some(status) = run_status(&statuses, otherwise) else {
+        return Ok(());
+    };
+    payout_run::Entity::update_many()
+        .col_expr(
+            payout_run::Column::Status,
+            sea_orm::sea_query::Expr::value(status.as_str()),
+        )
+        .col_expr(
+            payout_run::Column::UpdatedAt,
+            sea_orm::sea_query::Expr::value(Utc::now()),
+        )
+        .filter(payout_run::Column::Id.eq(run_id))
+        .exec(conn)
+        .await?;
+    Ok(())
 }
 
 /// An entry a manager writes (an adjustment, a decline): APPROVED, available `now`, outside
@@ -614,4 +693,28 @@ pub async fn decline_ledger_entry(db: &Db, input: DeclineLedgerEntryInput) -> Ap
     .await?;
     tx.commit().await?;
     Ok(Declined { declined, reversal })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_status_follows_its_payouts() {
+        use PayoutStatus::{Failed, Paid, Pending};
+        let status = |p: &[PayoutStatus]| run_status(p, Some(PayoutRunStatus::Draft));
+        assert_eq!(status(&[Paid, Paid]), Some(PayoutRunStatus::Paid));
+        assert_eq!(
+            status(&[Paid, Failed]),
+            Some(PayoutRunStatus::PartiallyPaid)
+        );
+        assert_eq!(
+            status(&[Paid, Pending]),
+            Some(PayoutRunStatus::PartiallyPaid)
+        );
+        assert_eq!(status(&[Failed, Pending]), Some(PayoutRunStatus::Failed));
+        assert_eq!(status(&[Pending]), Some(PayoutRunStatus::Draft));
+        assert_eq!(run_status(&[Pending], None), None);
+        assert_eq!(status(&[]), Some(PayoutRunStatus::Draft));
+    }
 }

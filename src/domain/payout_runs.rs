@@ -32,6 +32,7 @@ use crate::{
         commission::{from_cents, to_cents},
         events::{self, EventType},
         ids::{is_valid_id, new_id},
+        ledger,
         normalize::normalize_currency,
         payout_methods::{MethodDetails, PayoutMethodKind as Kind, SetPayoutMethodInput, check},
         programs::{check_money, find_program},
@@ -355,35 +356,6 @@ pub async fn runs_of(db: &Db, program_id: &str) -> ApiResult<Vec<payout_run::Mod
         .await?)
 }
 
-/// The run status its payouts give: every one paid → `PAID`, some → `PARTIALLY_PAID`.
-pub async fn refresh_run_status(conn: &impl ConnectionTrait, run_id: &str) -> ApiResult<()> {
-    let payouts = payouts_of(conn, run_id).await?;
-    let paid = payouts
-        .iter()
-        .filter(|p| p.status == PayoutStatus::Paid)
-        .count();
-    let status = if !payouts.is_empty() && paid == payouts.len() {
-        PayoutRunStatus::Paid
-    } else if paid > 0 {
-        PayoutRunStatus::PartiallyPaid
-    } else {
-        return Ok(());
-    };
-    payout_run::Entity::update_many()
-        .col_expr(
-            payout_run::Column::Status,
-            sea_orm::sea_query::Expr::value(status.as_str()),
-        )
-        .col_expr(
-            payout_run::Column::UpdatedAt,
-            sea_orm::sea_query::Expr::value(Utc::now()),
-        )
-        .filter(payout_run::Column::Id.eq(run_id))
-        .exec(conn)
-        .await?;
-    Ok(())
-}
-
 /// Input of `markPayoutRunPaid`.
 #[derive(Debug, InputObject)]
 pub struct MarkPayoutRunPaidInput {
@@ -396,7 +368,7 @@ pub struct MarkPayoutRunPaidInput {
 /// `markPayoutRunPaid` (admins): marks every unpaid payout of the run, and its entries, PAID
 /// with the reference; writes `payout.paid` for each.
 pub async fn mark_run_paid(db: &Db, input: MarkPayoutRunPaidInput) -> ApiResult<payout_run::Model> {
-    let reference = crate::domain::ledger::check_reference(&input.reference)?;
+    let reference = ledger::check_reference(&input.reference)?;
     let tx = db.begin_write().await?;
     let run = find_run(&*tx, input.id.as_str()).await?;
     let now = Utc::now();
@@ -406,13 +378,6 @@ pub async fn mark_run_paid(db: &Db, input: MarkPayoutRunPaidInput) -> ApiResult<
         if p.status == PayoutStatus::Paid {
             continue;
         }
-        let [p1, p2] = db.params();
-        tx.execute_raw(Statement::from_sql_and_values(
-            db.backend(),
-            format!("UPDATE ledger_entries SET status = 'PAID', updated_at = {p1} WHERE payout_id = {p2}"),
-            [now.into(), p.id.clone().into()],
-        ))
-        .await?;
         caused.push(events::new_event(
             EventType::PayoutPaid,
             &p.program_id,
@@ -424,11 +389,7 @@ pub async fn mark_run_paid(db: &Db, input: MarkPayoutRunPaidInput) -> ApiResult<
                 "reference": reference,
             }),
         ));
-        let mut row: payout::ActiveModel = p.into();
-        row.status = Set(PayoutStatus::Paid);
-        row.reference = Set(Some(reference.clone()));
-        row.paid_at = Set(Some(now));
-        row.update(&*tx).await?;
+        ledger::pay_payout(&*tx, p, &reference, now).await?;
         marked += 1;
     }
     if marked == 0 {
@@ -436,7 +397,7 @@ pub async fn mark_run_paid(db: &Db, input: MarkPayoutRunPaidInput) -> ApiResult<
             "every payout of the run is already paid".into(),
         ));
     }
-    refresh_run_status(&*tx, &run.id).await?;
+    ledger::refresh_run_status(&*tx, &run.id, None).await?;
     events::record_all(&*tx, caused).await?;
     let run = find_run(&*tx, &run.id).await?;
     tx.commit().await?;

@@ -8,7 +8,9 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, ConnectionTrait, Statement};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
+};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
@@ -21,6 +23,7 @@ use crate::{
     domain::{
         commission::from_cents,
         events::{self, EventType},
+        ledger,
         payout_methods::MethodDetails,
         payout_runs::{find_run, payouts_of},
         secrets::SecretKey,
@@ -166,23 +169,9 @@ async fn record_outcome(
     let total = from_cents(p.total_cents).to_string();
     let currency = p.currency.clone();
     let payout_id = p.id.clone();
-    let mut row: payout::ActiveModel = p.into();
     match outcome {
         Ok(transfer) => {
-            let [p1, p2] = db.params();
-            tx.execute_raw(Statement::from_sql_and_values(
-                db.backend(),
-                format!(
-                    "UPDATE ledger_entries SET status = 'PAID', updated_at = {p1} \
-                     WHERE payout_id = {p2}"
-                ),
-                [now.into(), payout_id.clone().into()],
-            ))
-            .await?;
-            row.status = Set(PayoutStatus::Paid);
-            row.reference = Set(Some(transfer.clone()));
-            row.paid_at = Set(Some(now));
-            row.failure = Set(None);
+            ledger::pay_payout(&*tx, p, &transfer, now).await?;
             events::record(
                 &*tx,
                 EventType::PayoutSent,
@@ -194,6 +183,7 @@ async fn record_outcome(
             .await?;
         }
         Err(failure) => {
+            let mut row: payout::ActiveModel = p.into();
             row.status = Set(PayoutStatus::Failed);
             row.failure = Set(Some(format!("{}: {}", failure.code, failure.message)));
             events::record(
@@ -205,28 +195,10 @@ async fn record_outcome(
                        "total": total, "currency": currency}),
             )
             .await?;
+            row.update(&*tx).await?;
         }
     }
-    row.update(&*tx).await?;
     tx.commit().await?;
-    Ok(())
-}
-
-async fn set_run_status(db: &Db, run_id: &str, status: PayoutRunStatus) -> ApiResult<()> {
-    db.execute_write(
-        format!(
-            "UPDATE payout_runs SET status = {}, updated_at = {} WHERE id = {}",
-            db.placeholder(1),
-            db.placeholder(2),
-            db.placeholder(3)
-        ),
-        vec![
-            status.as_str().into(),
-            Utc::now().into(),
-            run_id.to_string().into(),
-        ],
-    )
-    .await?;
     Ok(())
 }
 
@@ -258,7 +230,20 @@ pub async fn send_payout_run(
             "the run has no unpaid Stripe Connect payout".into(),
         ));
     }
-    set_run_status(db, &run.id, PayoutRunStatus::Sending).await?;
+    let tx = db.begin_write().await?;
+    payout_run::Entity::update_many()
+        .col_expr(
+            payout_run::Column::Status,
+            sea_orm::sea_query::Expr::value(PayoutRunStatus::Sending.as_str()),
+        )
+        .col_expr(
+            payout_run::Column::UpdatedAt,
+            sea_orm::sea_query::Expr::value(Utc::now()),
+        )
+        .filter(payout_run::Column::Id.eq(run.id.as_str()))
+        .exec(&*tx)
+        .await?;
+    tx.commit().await?;
     for p in pending {
         let destination = match p
             .method_details
@@ -298,26 +283,10 @@ pub async fn send_payout_run(
         };
         record_outcome(db, p, outcome).await?;
     }
-    // The run's status from all its payouts.
-    let payouts = payouts_of(db.reads(), &run.id).await?;
-    let paid = payouts
-        .iter()
-        .filter(|p| p.status == PayoutStatus::Paid)
-        .count();
-    let failed = payouts
-        .iter()
-        .filter(|p| p.status == PayoutStatus::Failed)
-        .count();
-    let status = if paid == payouts.len() {
-        PayoutRunStatus::Paid
-    } else if paid > 0 {
-        PayoutRunStatus::PartiallyPaid
-    } else if failed > 0 {
-        PayoutRunStatus::Failed
-    } else {
-        PayoutRunStatus::Draft
-    };
-    set_run_status(db, &run.id, status).await?;
+    // The run's status from all its payouts (DRAFT again when none was paid or failed).
+    let tx = db.begin_write().await?;
+    ledger::refresh_run_status(&*tx, &run.id, Some(PayoutRunStatus::Draft)).await?;
+    tx.commit().await?;
     find_run(db.reads(), &run.id).await
 }
 
@@ -338,21 +307,13 @@ pub async fn reopen_reversed(
     else {
         return Ok(false);
     };
-    let now = Utc::now();
-    crate::db::entities::ledger_entry::Entity::update_many()
-        .col_expr(
-            crate::db::entities::ledger_entry::Column::Status,
-            sea_orm::sea_query::Expr::value(
-                crate::db::states::LedgerEntryStatus::Approved.as_str(),
-            ),
-        )
-        .col_expr(
-            crate::db::entities::ledger_entry::Column::UpdatedAt,
-            sea_orm::sea_query::Expr::value(now),
-        )
-        .filter(crate::db::entities::ledger_entry::Column::PayoutId.eq(found.id.as_str()))
-        .exec(conn)
-        .await?;
+    ledger::set_entries_of_payout(
+        conn,
+        &found.id,
+        crate::db::states::LedgerEntryStatus::Approved,
+        Utc::now(),
+    )
+    .await?;
     events_out.push(events::new_event(
         EventType::PayoutFailed,
         &found.program_id,
@@ -370,7 +331,10 @@ pub async fn reopen_reversed(
     )));
     row.paid_at = Set(None);
     row.send_generation = Set(Some(generation));
-    row.update(conn).await?;
+    let row = row.update(conn).await?;
+    if let Some(run_id) = &row.run_id {
+        ledger::refresh_run_status(conn, run_id, None).await?;
+    }
     Ok(true)
 }
 

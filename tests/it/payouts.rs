@@ -631,6 +631,26 @@ async fn paypal_and_csv_exports(app: TestApp) {
     assert_eq!(&stripe[2], "Partner, 2 \"quoted\"");
     assert_eq!(&stripe[4], "acct_****CVdK");
     assert_eq!(&stripe[5], "301.50");
+    // Paying the run's payouts one by one moves the run: PARTIALLY_PAID, then PAID.
+    const MARK: &str = "mutation($id: ID!, $r: String!) { markPayoutPaid(input: {id: $id, reference: $r}) { payout { status } } }";
+    let payouts: Vec<Value> = run["payouts"].as_array().unwrap().clone();
+    for (i, p) in payouts.iter().enumerate() {
+        app.admin_ok(MARK, json!({"id": p["id"], "r": format!("bank-{i}")}))
+            .await;
+        let want = if i + 1 == payouts.len() {
+            "PAID"
+        } else {
+            "PARTIALLY_PAID"
+        };
+        let status = app
+            .admin_ok(
+                "query($id: ID!) { payoutRun(id: $id) { status } }",
+                json!({"id": run["id"]}),
+            )
+            .await["payoutRun"]["status"]
+            .clone();
+        assert_eq!(status, want, "after {} paid", i + 1);
+    }
     // SEPA for a USD run is refused; so is a run with no payout for the rail.
     let sepa = app
         .gql(
