@@ -20,6 +20,7 @@ mod m20261206_000005_certifications;
 mod m20261206_000006_crm_company;
 mod m20261206_000007_partner_groups;
 mod m20261206_000008_payout_runs;
+mod m20261206_000009_ledger_partial_indexes;
 
 /// The ordered list of Tandem migrations.
 pub struct Migrator;
@@ -43,6 +44,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000006_crm_company::Migration),
             Box::new(m20261206_000007_partner_groups::Migration),
             Box::new(m20261206_000008_payout_runs::Migration),
+            Box::new(m20261206_000009_ledger_partial_indexes::Migration),
         ]
     }
 }

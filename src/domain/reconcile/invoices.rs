@@ -41,6 +41,11 @@ struct StoredInvoice {
     state: CommissionState,
     expected_cents: i64,
     amount_program: Option<String>,
+    /// The indexed columns of the row as stored (when they still hold, an update leaves the
+    /// row's indexes alone).
+    program_id: String,
+    customer_id: Option<String>,
+    paid_at: DateTime<Utc>,
 }
 
 /// Which invoices a chunk reads.
@@ -57,6 +62,8 @@ pub(super) async fn reconcile_invoices(
     since: Option<DateTime<Utc>>,
     stats: &mut ReconcileStats,
 ) -> Result<(), DbErr> {
+    let prepare = |scope| prepare(db, ctx, scope);
+    let write = |batch: InvoiceBatch| write_invoices(db, ctx, batch.entries, batch.rows);
     match since {
         None => {
             // The partners with linked invoices, a few at a time (a partner's invoices are
@@ -73,20 +80,26 @@ pub(super) async fn reconcile_invoices(
                 partners.push(get(&row, "partner_id")?);
             }
             partners.sort();
-            for chunk in partners.chunks(INVOICE_PARTNER_CHUNK) {
-                process(db, ctx, InvoiceScope::Partners(chunk), stats).await?;
-            }
+            let chunks = partners
+                .chunks(INVOICE_PARTNER_CHUNK)
+                .map(InvoiceScope::Partners)
+                .collect::<Vec<_>>();
+            pipelined(chunks, stats, prepare, write).await?;
         }
         Some(since) => {
             let started = std::time::Instant::now();
             let (partners, invoices) = changed_invoices(db, ctx, since).await?;
             stats.timings.changes += started.elapsed().as_secs_f64();
-            for chunk in partners.chunks(INVOICE_PARTNER_CHUNK) {
-                process(db, ctx, InvoiceScope::Partners(chunk), stats).await?;
-            }
-            for chunk in invoices.chunks(INVOICE_CHUNK) {
-                process(db, ctx, InvoiceScope::Invoices(chunk), stats).await?;
-            }
+            let chunks = partners
+                .chunks(INVOICE_PARTNER_CHUNK)
+                .map(InvoiceScope::Partners)
+                .collect::<Vec<_>>();
+            pipelined(chunks, stats, prepare, write).await?;
+            let chunks = invoices
+                .chunks(INVOICE_CHUNK)
+                .map(InvoiceScope::Invoices)
+                .collect::<Vec<_>>();
+            pipelined(chunks, stats, prepare, write).await?;
         }
     }
     Ok(())
@@ -206,7 +219,8 @@ async fn read_invoices(db: &Db, scope: &InvoiceScope<'_>) -> Result<Vec<InvoiceR
                 "SELECT i.id, i.partner_id, i.program_id, i.customer_id, i.source_id, \
                  i.external_id, i.currency, i.amount_paid, i.amount_excluding_tax, i.paid_at, \
                  c.first_won_at, ic.state AS ic_state, ic.expected_cents AS ic_expected, \
-                 ic.amount_program AS ic_amount \
+                 ic.amount_program AS ic_amount, ic.program_id AS ic_program, \
+                 ic.customer_id AS ic_customer, ic.paid_at AS ic_paid \
                  FROM invoices i JOIN customers c ON c.id = i.customer_id \
                  LEFT JOIN invoice_commissions ic \
                    ON ic.invoice_id = i.id AND ic.partner_id = i.partner_id \
@@ -222,6 +236,9 @@ async fn read_invoices(db: &Db, scope: &InvoiceScope<'_>) -> Result<Vec<InvoiceR
                 state,
                 expected_cents: get(&row, "ic_expected")?,
                 amount_program: get(&row, "ic_amount")?,
+                program_id: get(&row, "ic_program")?,
+                customer_id: get(&row, "ic_customer")?,
+                paid_at: get(&row, "ic_paid")?,
             }),
             None => None,
         };
@@ -315,16 +332,29 @@ pub fn net_amount(
     (excluding_tax * kept, late)
 }
 
-async fn process(
+/// A chunk's computed entries and `invoice_commissions` rows, waiting to be written.
+struct InvoiceBatch {
+    entries: Vec<NewEntry>,
+    rows: Vec<InvoiceRowUpdate>,
+}
+
+/// An `invoice_commissions` row to write, and whether only its computed columns changed.
+struct InvoiceRowUpdate {
+    model: invoice_commission::ActiveModel,
+    computed_only: bool,
+}
+
+/// Reads and computes one chunk of invoices.
+async fn prepare(
     db: &Db,
     ctx: &Context,
     scope: InvoiceScope<'_>,
-    stats: &mut ReconcileStats,
-) -> Result<(), DbErr> {
+) -> Result<(Option<InvoiceBatch>, ReconcileStats), DbErr> {
+    let mut stats = ReconcileStats::default();
     let started = std::time::Instant::now();
     let invoices = read_invoices(db, &scope).await?;
     if invoices.is_empty() {
-        return Ok(());
+        return Ok((None, stats));
     }
     let reductions = read_reductions(db, &invoices).await?;
     stats.timings.read += started.elapsed().as_secs_f64();
@@ -426,7 +456,7 @@ async fn process(
         _ => read_booked(db, "invoice", "le.invoice_id", &to_check).await?,
     };
     let mut entries: Vec<NewEntry> = Vec::new();
-    let mut rows: Vec<invoice_commission::ActiveModel> = Vec::new();
+    let mut rows: Vec<InvoiceRowUpdate> = Vec::new();
     for (row, outcome) in results {
         stats.invoices_checked += 1;
         if outcome.state == CommissionState::MissingFxRate {
@@ -440,7 +470,12 @@ async fn process(
                 || s.amount_program != amount_program
         });
         if changed {
-            rows.push(invoice_commission::ActiveModel {
+            let computed_only = row.stored.as_ref().is_some_and(|s| {
+                s.program_id == row.program_id
+                    && s.customer_id.as_ref() == Some(&row.customer_id)
+                    && s.paid_at == row.paid_at
+            });
+            let model = invoice_commission::ActiveModel {
                 invoice_id: Set(row.id.clone()),
                 partner_id: Set(row.partner_id.clone()),
                 program_id: Set(row.program_id.clone()),
@@ -451,6 +486,10 @@ async fn process(
                 state: Set(outcome.state),
                 expected_cents: Set(expected_cents),
                 computed_at: Set(ctx.now),
+            };
+            rows.push(InvoiceRowUpdate {
+                model,
+                computed_only,
             });
         }
         if !needs_check(row, &outcome) {
@@ -480,61 +519,70 @@ async fn process(
         }
     }
     stats.timings.compute += started.elapsed().as_secs_f64();
-    if entries.is_empty() && rows.is_empty() {
-        return Ok(());
-    }
-    let started = std::time::Instant::now();
-    write_invoices(db, ctx, entries, rows, stats).await?;
-    stats.timings.write += started.elapsed().as_secs_f64();
-    Ok(())
+    let batch = (!entries.is_empty() || !rows.is_empty()).then_some(InvoiceBatch { entries, rows });
+    Ok((batch, stats))
 }
 
+/// Writes a prepared chunk in one transaction.
 async fn write_invoices(
     db: &Db,
     ctx: &Context,
     entries: Vec<NewEntry>,
-    rows: Vec<invoice_commission::ActiveModel>,
-    stats: &mut ReconcileStats,
-) -> Result<(), DbErr> {
+    rows: Vec<InvoiceRowUpdate>,
+) -> Result<ReconcileStats, DbErr> {
+    let mut stats = ReconcileStats::default();
+    let started = std::time::Instant::now();
     let mut entries = entries;
     let tx = db.begin_write().await?;
     write::apply_holds(db, &tx, ctx, &mut entries).await?;
     let inserted = write::insert_entries(db, &tx, &entries, ctx.now).await?;
-    let (buffered, conflicted) = write::booked_events(&entries, &inserted, ctx.now, stats);
-    let rows: Vec<invoice_commission::ActiveModel> = rows
+    let (buffered, conflicted) = write::booked_events(&entries, &inserted, ctx.now, &mut stats);
+    let (computed_only, whole): (Vec<InvoiceRowUpdate>, Vec<InvoiceRowUpdate>) = rows
         .into_iter()
-        .filter(|row| match (&row.partner_id, &row.invoice_id) {
+        .filter(|row| match (&row.model.partner_id, &row.model.invoice_id) {
             (sea_orm::ActiveValue::Set(partner), sea_orm::ActiveValue::Set(id)) => {
                 !conflicted.contains(&(partner.clone(), Subject::Invoice(id.clone())))
             }
             _ => true,
         })
-        .collect();
-    stats.computations_updated += rows.len() as u64;
-    for chunk in rows.chunks(500) {
-        invoice_commission::Entity::insert_many(chunk.to_vec())
-            .on_conflict(
-                OnConflict::columns([
-                    invoice_commission::Column::InvoiceId,
-                    invoice_commission::Column::PartnerId,
-                ])
-                .update_columns([
-                    invoice_commission::Column::ProgramId,
-                    invoice_commission::Column::CustomerId,
-                    invoice_commission::Column::AmountProgram,
-                    invoice_commission::Column::AmountProgramCents,
-                    invoice_commission::Column::PaidAt,
-                    invoice_commission::Column::State,
-                    invoice_commission::Column::ExpectedCents,
-                    invoice_commission::Column::ComputedAt,
-                ])
-                .to_owned(),
-            )
-            .exec_without_returning(&*tx)
-            .await?;
+        .partition(|row| row.computed_only);
+    stats.computations_updated += (computed_only.len() + whole.len()) as u64;
+    // Rows whose indexed columns (program, customer, payment date) hold update only the
+    // computed ones, leaving the table's indexes untouched.
+    let computed = [
+        invoice_commission::Column::AmountProgram,
+        invoice_commission::Column::AmountProgramCents,
+        invoice_commission::Column::State,
+        invoice_commission::Column::ExpectedCents,
+        invoice_commission::Column::ComputedAt,
+    ];
+    let indexed = [
+        invoice_commission::Column::ProgramId,
+        invoice_commission::Column::CustomerId,
+        invoice_commission::Column::PaidAt,
+    ];
+    for (rows, columns) in [
+        (computed_only, computed.to_vec()),
+        (whole, [computed.as_slice(), indexed.as_slice()].concat()),
+    ] {
+        for chunk in rows.chunks(500) {
+            invoice_commission::Entity::insert_many(chunk.iter().map(|r| r.model.clone()))
+                .on_conflict(
+                    OnConflict::columns([
+                        invoice_commission::Column::InvoiceId,
+                        invoice_commission::Column::PartnerId,
+                    ])
+                    .update_columns(columns.clone())
+                    .to_owned(),
+                )
+                .exec_without_returning(&*tx)
+                .await?;
+        }
     }
     events::record_all(&*tx, buffered).await?;
-    tx.commit().await
+    tx.commit().await?;
+    stats.timings.write += started.elapsed().as_secs_f64();
+    Ok(stats)
 }
 
 #[cfg(test)]

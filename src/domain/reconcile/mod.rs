@@ -106,6 +106,64 @@ pub struct ReconcileStats {
     pub timings: Timings,
 }
 
+impl ReconcileStats {
+    /// Adds the counts and timings of a part of the run (a chunk read, a chunk written).
+    fn add(&mut self, part: &ReconcileStats) {
+        self.partners += part.partners;
+        self.deals_checked += part.deals_checked;
+        self.invoices_checked += part.invoices_checked;
+        self.entries_written += part.entries_written;
+        self.accrued += part.accrued;
+        self.reversed += part.reversed;
+        self.total_drift += part.total_drift;
+        self.locked += part.locked;
+        self.missing_exchange_rates += part.missing_exchange_rates;
+        self.invalid += part.invalid;
+        self.conflicts += part.conflicts;
+        self.computations_updated += part.computations_updated;
+        self.timings.changes += part.timings.changes;
+        self.timings.read += part.timings.read;
+        self.timings.compute += part.timings.compute;
+        self.timings.write += part.timings.write;
+    }
+}
+
+/// Runs chunks through `prepare` (read and compute) and `write`, writing each prepared chunk
+/// while the next one is read and computed: at most one write is in flight (it holds the
+/// writer), and the chunks of one call must not overlap (a chunk never reads what the one
+/// before it is still writing). Each step returns its own counts, added to `stats`.
+async fn pipelined<C, B, PF, WF>(
+    chunks: impl IntoIterator<Item = C>,
+    stats: &mut ReconcileStats,
+    mut prepare: impl FnMut(C) -> PF,
+    mut write: impl FnMut(B) -> WF,
+) -> Result<(), DbErr>
+where
+    PF: Future<Output = Result<(Option<B>, ReconcileStats), DbErr>>,
+    WF: Future<Output = Result<ReconcileStats, DbErr>>,
+{
+    let mut pending: Option<B> = None;
+    for chunk in chunks {
+        let writing = async {
+            match pending.take() {
+                Some(batch) => write(batch).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        let (prepared, written) = tokio::join!(prepare(chunk), writing);
+        if let Some(part) = written? {
+            stats.add(&part);
+        }
+        let (batch, part) = prepared?;
+        stats.add(&part);
+        pending = batch;
+    }
+    if let Some(batch) = pending {
+        stats.add(&write(batch).await?);
+    }
+    Ok(())
+}
+
 /// Seconds spent per step of a run.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -116,7 +174,8 @@ pub struct Timings {
     pub read: f64,
     /// Computing expected commissions.
     pub compute: f64,
-    /// Writing entries, events and computations.
+    /// Writing entries, events and computations (a chunk is written while the next one is
+    /// read and computed: the steps add up to more than the run took).
     pub write: f64,
 }
 
@@ -279,51 +338,69 @@ pub async fn reconcile_with_overlap(
         watermark: Some(now),
         ..ReconcileStats::default()
     };
+    let ctx = &ctx;
+    let prepare = |scope| prepare(db, ctx, scope);
+    let write = |batch| write_batch(db, ctx, batch);
     match since {
         None => {
             let mut partners: Vec<String> = ctx.partners.keys().cloned().collect();
             partners.sort();
-            for chunk in partners.chunks(PARTNER_CHUNK) {
-                process(db, &ctx, Scope::Partners(chunk), &mut stats).await?;
-            }
+            let chunks = partners
+                .chunks(PARTNER_CHUNK)
+                .map(Scope::Partners)
+                .collect::<Vec<_>>();
+            pipelined(chunks, &mut stats, prepare, write).await?;
         }
         Some(since) => {
             let started = std::time::Instant::now();
-            let changes = changed_since(db, &ctx, since - overlap).await?;
+            let changes = changed_since(db, ctx, since - overlap).await?;
             stats.timings.changes += started.elapsed().as_secs_f64();
+            // Each kind of chunk is a separate pipeline: a partner's deals may be in two.
             let partners: Vec<String> = changes.whole.into_iter().collect();
-            for chunk in partners.chunks(PARTNER_CHUNK) {
-                process(db, &ctx, Scope::Partners(chunk), &mut stats).await?;
-            }
+            let chunks = partners
+                .chunks(PARTNER_CHUNK)
+                .map(Scope::Partners)
+                .collect::<Vec<_>>();
+            pipelined(chunks, &mut stats, prepare, write).await?;
             let tiers: Vec<(String, BTreeSet<String>)> = changes.tiers.into_iter().collect();
-            for chunk in tiers.chunks(TIER_CHUNK) {
-                process(db, &ctx, Scope::Tiers(chunk), &mut stats).await?;
-            }
+            let chunks = tiers
+                .chunks(TIER_CHUNK)
+                .map(Scope::Tiers)
+                .collect::<Vec<_>>();
+            pipelined(chunks, &mut stats, prepare, write).await?;
             let deals: Vec<String> = changes.deals.into_iter().collect();
-            for chunk in deals.chunks(DEAL_CHUNK) {
-                process(db, &ctx, Scope::Deals(chunk), &mut stats).await?;
-            }
+            let chunks = deals
+                .chunks(DEAL_CHUNK)
+                .map(Scope::Deals)
+                .collect::<Vec<_>>();
+            pipelined(chunks, &mut stats, prepare, write).await?;
         }
     }
-    invoices::reconcile_invoices(db, &ctx, since.map(|s| s - overlap), &mut stats).await?;
+    invoices::reconcile_invoices(db, ctx, since.map(|s| s - overlap), &mut stats).await?;
     Ok(stats)
 }
 
-/// Reads, computes and writes one chunk.
-async fn process(
+/// A chunk's computed entries and `deal_commissions` rows, waiting to be written.
+struct DealBatch {
+    entries: Vec<NewEntry>,
+    commissions: Vec<plan::CommissionRow>,
+}
+
+/// Reads and computes one chunk.
+async fn prepare(
     db: &Db,
     ctx: &Context,
     scope: Scope<'_>,
-    stats: &mut ReconcileStats,
-) -> Result<(), DbErr> {
+) -> Result<(Option<DealBatch>, ReconcileStats), DbErr> {
+    let mut stats = ReconcileStats::default();
     let started = std::time::Instant::now();
     let Some(ScopeRead {
         timelines,
         stored,
         mut booked,
-    }) = read_scope(db, ctx, &scope, stats).await?
+    }) = read_scope(db, ctx, &scope, &mut stats).await?
     else {
-        return Ok(());
+        return Ok((None, stats));
     };
     stats.timings.read += started.elapsed().as_secs_f64();
     let started = std::time::Instant::now();
@@ -340,15 +417,22 @@ async fn process(
         )
         .await?;
     }
-    let (entries, commissions) = decide(ctx, results, &stored, &booked, stats);
+    let (entries, commissions) = decide(ctx, results, &stored, &booked, &mut stats);
     stats.timings.compute += started.elapsed().as_secs_f64();
-    if entries.is_empty() && commissions.is_empty() {
-        return Ok(());
-    }
+    let batch = (!entries.is_empty() || !commissions.is_empty()).then_some(DealBatch {
+        entries,
+        commissions,
+    });
+    Ok((batch, stats))
+}
+
+/// Writes a prepared chunk.
+async fn write_batch(db: &Db, ctx: &Context, batch: DealBatch) -> Result<ReconcileStats, DbErr> {
+    let mut stats = ReconcileStats::default();
     let started = std::time::Instant::now();
-    write(db, ctx, entries, commissions, stats).await?;
+    write(db, ctx, batch.entries, batch.commissions, &mut stats).await?;
     stats.timings.write += started.elapsed().as_secs_f64();
-    Ok(())
+    Ok(stats)
 }
 
 /// Moves PENDING entries whose `availableAt` has passed to APPROVED; returns how many.

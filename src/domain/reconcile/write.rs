@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::{db::states::PartnerStatus, domain::normalize::email_domain};
+use sea_orm::ColumnTrait;
 
 pub(super) async fn write(
     db: &Db,
@@ -92,20 +93,33 @@ pub(super) async fn insert_entries(
                 }
             })
             .collect();
-        let unique = match chunk[0].subject {
-            Subject::Deal(_) => [
-                ledger_entry::Column::PartnerId,
+        // The unique indexes are partial (over entries of their kind of subject): the
+        // conflict target names the condition.
+        let (unique, subject) = match chunk[0].subject {
+            Subject::Deal(_) => (
+                [
+                    ledger_entry::Column::PartnerId,
+                    ledger_entry::Column::DealId,
+                    ledger_entry::Column::DealSeq,
+                ],
                 ledger_entry::Column::DealId,
-                ledger_entry::Column::DealSeq,
-            ],
-            Subject::Invoice(_) => [
+            ),
+            Subject::Invoice(_) => (
+                [
+                    ledger_entry::Column::InvoiceId,
+                    ledger_entry::Column::PartnerId,
+                    ledger_entry::Column::InvoiceSeq,
+                ],
                 ledger_entry::Column::InvoiceId,
-                ledger_entry::Column::PartnerId,
-                ledger_entry::Column::InvoiceSeq,
-            ],
+            ),
         };
         let affected = ledger_entry::Entity::insert_many(rows)
-            .on_conflict(OnConflict::columns(unique).do_nothing().to_owned())
+            .on_conflict(
+                OnConflict::columns(unique)
+                    .target_and_where(subject.is_not_null())
+                    .do_nothing()
+                    .to_owned(),
+            )
             .exec_without_returning(tx)
             .await?;
         let ids: Vec<String> = chunk.iter().map(|e| e.id.clone()).collect();
