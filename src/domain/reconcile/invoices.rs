@@ -533,6 +533,7 @@ async fn write_invoices(
     let mut stats = ReconcileStats::default();
     let started = std::time::Instant::now();
     let mut entries = entries;
+    write::in_key_order(&mut entries);
     let tx = db.begin_write().await?;
     write::apply_holds(db, &tx, ctx, &mut entries).await?;
     let inserted = write::insert_entries(db, &tx, &entries, ctx.now).await?;

@@ -22,7 +22,7 @@ pub(super) struct Booked {
 }
 
 /// What an entry is for: a deal, or an invoice (recurring commission).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(super) enum Subject {
     Deal(String),
     Invoice(String),

@@ -12,7 +12,9 @@ pub(super) async fn write(
     commissions: Vec<plan::CommissionRow>,
     stats: &mut ReconcileStats,
 ) -> Result<(), DbErr> {
-    let mut entries = entries;
+    let (mut entries, mut commissions) = (entries, commissions);
+    in_key_order(&mut entries);
+    commissions.sort_by(|a, b| a.0.1.cmp(&b.0.1));
     let tx = db.begin_write().await?;
     apply_holds(db, &tx, ctx, &mut entries).await?;
     let inserted = insert_entries(db, &tx, &entries, ctx.now).await?;
@@ -50,6 +52,15 @@ pub(super) async fn write(
     }
     events::record_all(&*tx, buffered).await?;
     tx.commit().await
+}
+
+/// Orders a chunk's entries by deal or invoice: a chunk is computed partner by partner, but
+/// the ledger's unique index (and the computations' primary key) lead with the deal or
+/// invoice, whose ids are in no relation to the partner. Inserted in key order, each page of
+/// those indexes is visited once per chunk instead of at random (measured on the 1,000,000
+/// invoice benchmark: see BENCHMARKS.md).
+pub(super) fn in_key_order(entries: &mut [NewEntry]) {
+    entries.sort_by(|a, b| (&a.subject, &a.partner_id).cmp(&(&b.subject, &b.partner_id)));
 }
 
 /// Appends entries, each unique per (partner, subject, number), so that an entry another
