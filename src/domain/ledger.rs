@@ -383,9 +383,18 @@ pub async fn refresh_run_status(
         .into_tuple()
         .all(conn)
         .await?;
-    let Some(status) = run_status(&statuses, otherwise) else {
-        return Ok(());
-    };
+    match run_status(&statuses, otherwise) {
+        Some(status) => set_run_status(conn, run_id, status).await,
+        None => Ok(()),
+    }
+}
+
+/// Sets a payout run's status, inside the caller's transaction.
+pub async fn set_run_status(
+    conn: &impl ConnectionTrait,
+    run_id: &str,
+    status: PayoutRunStatus,
+) -> Result<(), sea_orm::DbErr> {
     payout_run::Entity::update_many()
         .col_expr(
             payout_run::Column::Status,

@@ -231,18 +231,7 @@ pub async fn send_payout_run(
         ));
     }
     let tx = db.begin_write().await?;
-    payout_run::Entity::update_many()
-        .col_expr(
-            payout_run::Column::Status,
-            sea_orm::sea_query::Expr::value(PayoutRunStatus::Sending.as_str()),
-        )
-        .col_expr(
-            payout_run::Column::UpdatedAt,
-            sea_orm::sea_query::Expr::value(Utc::now()),
-        )
-        .filter(payout_run::Column::Id.eq(run.id.as_str()))
-        .exec(&*tx)
-        .await?;
+    ledger::set_run_status(&*tx, &run.id, PayoutRunStatus::Sending).await?;
     tx.commit().await?;
     for p in pending {
         let destination = match p
@@ -298,7 +287,6 @@ pub async fn reopen_reversed(
     transfer_id: &str,
     events_out: &mut Vec<crate::db::entities::event::ActiveModel>,
 ) -> Result<bool, sea_orm::DbErr> {
-    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
     let Some(found) = payout::Entity::find()
         .filter(payout::Column::Reference.eq(transfer_id))
         .filter(payout::Column::Status.eq(PayoutStatus::Paid))

@@ -532,12 +532,8 @@ async fn write_invoices(
 ) -> Result<ReconcileStats, DbErr> {
     let mut stats = ReconcileStats::default();
     let started = std::time::Instant::now();
-    let mut entries = entries;
-    write::in_key_order(&mut entries);
     let tx = db.begin_write().await?;
-    write::apply_holds(db, &tx, ctx, &mut entries).await?;
-    let inserted = write::insert_entries(db, &tx, &entries, ctx.now).await?;
-    let (buffered, conflicted) = write::booked_events(&entries, &inserted, ctx.now, &mut stats);
+    let (buffered, conflicted) = write::book(db, &tx, ctx, entries, &mut stats).await?;
     let (computed_only, whole): (Vec<InvoiceRowUpdate>, Vec<InvoiceRowUpdate>) = rows
         .into_iter()
         .filter(|row| match (&row.model.partner_id, &row.model.invoice_id) {

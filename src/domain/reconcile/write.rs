@@ -12,13 +12,11 @@ pub(super) async fn write(
     commissions: Vec<plan::CommissionRow>,
     stats: &mut ReconcileStats,
 ) -> Result<(), DbErr> {
-    let (mut entries, mut commissions) = (entries, commissions);
-    in_key_order(&mut entries);
+    let mut commissions = commissions;
+    // By deal, the primary key of `deal_commissions` (see `in_key_order`).
     commissions.sort_by(|a, b| a.0.1.cmp(&b.0.1));
     let tx = db.begin_write().await?;
-    apply_holds(db, &tx, ctx, &mut entries).await?;
-    let inserted = insert_entries(db, &tx, &entries, ctx.now).await?;
-    let (buffered, conflicted) = booked_events(&entries, &inserted, ctx.now, stats);
+    let (buffered, conflicted) = book(db, &tx, ctx, entries, stats).await?;
     let commissions: Vec<deal_commission::ActiveModel> = commissions
         .into_iter()
         .filter(|((partner_id, deal_id), _)| {
@@ -54,12 +52,33 @@ pub(super) async fn write(
     tx.commit().await
 }
 
+/// Books a chunk's entries inside the writing transaction: decides their holds, appends
+/// them (in key order) and returns the events of those appended with the (partner, subject)
+/// pairs another reconciler booked first (their computations are not recorded as ours).
+pub(super) async fn book(
+    db: &Db,
+    tx: &sea_orm::DatabaseTransaction,
+    ctx: &Context,
+    mut entries: Vec<NewEntry>,
+    stats: &mut ReconcileStats,
+) -> Result<
+    (
+        Vec<crate::db::entities::event::ActiveModel>,
+        HashSet<(String, Subject)>,
+    ),
+    DbErr,
+> {
+    in_key_order(&mut entries);
+    apply_holds(db, tx, ctx, &mut entries).await?;
+    let inserted = insert_entries(db, tx, &entries, ctx.now).await?;
+    Ok(booked_events(&entries, &inserted, ctx.now, stats))
+}
+
 /// Orders a chunk's entries by deal or invoice: a chunk is computed partner by partner, but
-/// the ledger's unique index (and the computations' primary key) lead with the deal or
-/// invoice, whose ids are in no relation to the partner. Inserted in key order, each page of
-/// those indexes is visited once per chunk instead of at random (measured on the 1,000,000
-/// invoice benchmark: see BENCHMARKS.md).
-pub(super) fn in_key_order(entries: &mut [NewEntry]) {
+/// the ledger's unique index leads with the deal or invoice, whose ids are in no relation to
+/// the partner. Inserted in key order, each page of that index is visited once per chunk
+/// instead of at random (measured on the 1,000,000 invoice benchmark: see BENCHMARKS.md).
+fn in_key_order(entries: &mut [NewEntry]) {
     entries.sort_by(|a, b| (&a.subject, &a.partner_id).cmp(&(&b.subject, &b.partner_id)));
 }
 
