@@ -124,7 +124,7 @@ impl App {
             Duration::from_secs(config.job_lease_secs),
         )
         .with_syncer(syncer)
-        .with_attempt_retention(config.attempt_retention());
+        .with_retention(config.retention_periods().map_err(|e| anyhow::anyhow!(e))?);
         let scheduler = if config.scheduler {
             Some(
                 start_scheduler(jobs.clone(), &config)

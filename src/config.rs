@@ -66,8 +66,28 @@ pub struct Config {
     /// default daily at 02:20 UTC).
     pub evaluate_groups_schedule: String,
     /// How long each attempt of an outbound delivery is kept in its attempt log
-    /// (`TANDEM_WEBHOOK_ATTEMPT_RETENTION`, default `30d`); `prune` removes older ones.
+    /// (`TANDEM_WEBHOOK_ATTEMPT_RETENTION`, default `30d`); `prune` removes older ones. This and
+    /// the other `*_retention` settings take a duration (`36h`, `30d`) or `never`.
     pub webhook_attempt_retention: String,
+    /// How long applied, ignored and failed webhook receipts are kept
+    /// (`TANDEM_WEBHOOK_RECEIPT_RETENTION`, default `30d`, at least `3d`: a receipt is what
+    /// recognises a provider's repeat of the same event). Receipts still to apply always stay.
+    pub webhook_receipt_retention: String,
+    /// How long receipts recorded as duplicates are kept (`TANDEM_DUPLICATE_RECEIPT_RETENTION`,
+    /// default `7d`).
+    pub duplicate_receipt_retention: String,
+    /// How long finished outbound deliveries (succeeded, failed, cancelled) are kept with their
+    /// attempts (`TANDEM_WEBHOOK_DELIVERY_RETENTION`, default `30d`). Pending ones always stay.
+    pub webhook_delivery_retention: String,
+    /// How long finished job runs are kept (`TANDEM_JOB_RUN_RETENTION`, default `90d`).
+    pub job_run_retention: String,
+    /// How long finished CRM sync runs are kept (`TANDEM_SYNC_RUN_RETENTION`, default `90d`);
+    /// each connection's latest run always stays.
+    pub sync_run_retention: String,
+    /// How long events are kept (`TANDEM_EVENT_RETENTION`, default `never`). When set, at least
+    /// as long as deliveries; only events the outbound fan-out has passed, with no delivery
+    /// pending, are pruned. The commission ledger is never pruned.
+    pub event_retention: String,
     /// How long a job's lease lasts without renewal, in seconds (`TANDEM_JOB_LEASE_SECS`): a
     /// crashed holder's run can be taken over after this.
     pub job_lease_secs: u64,
@@ -124,6 +144,18 @@ pub struct Config {
     pub metrics_token: Option<Redacted>,
 }
 
+/// The parsed retention settings (`None`: kept forever); see [`Config::retention_periods`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionPeriods {
+    pub receipts: Option<std::time::Duration>,
+    pub duplicates: Option<std::time::Duration>,
+    pub deliveries: Option<std::time::Duration>,
+    pub attempts: Option<std::time::Duration>,
+    pub job_runs: Option<std::time::Duration>,
+    pub sync_runs: Option<std::time::Duration>,
+    pub events: Option<std::time::Duration>,
+}
+
 /// A configuration value that must never reach a log: `Debug` prints `[redacted]`.
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
@@ -155,6 +187,12 @@ impl Default for Config {
             certifications_schedule: "0 10 * * * *".to_string(),
             evaluate_groups_schedule: "0 20 2 * * *".to_string(),
             webhook_attempt_retention: "30d".to_string(),
+            webhook_receipt_retention: "30d".to_string(),
+            duplicate_receipt_retention: "7d".to_string(),
+            webhook_delivery_retention: "30d".to_string(),
+            job_run_retention: "90d".to_string(),
+            sync_run_retention: "90d".to_string(),
+            event_retention: "never".to_string(),
             job_lease_secs: 300,
             webhook_worker: true,
             webhook_retry_schedule: "5s,5m,30m,2h,5h,10h,10h".to_string(),
@@ -214,6 +252,12 @@ impl Config {
                 "certifications_schedule",
                 "evaluate_groups_schedule",
                 "webhook_attempt_retention",
+                "webhook_receipt_retention",
+                "duplicate_receipt_retention",
+                "webhook_delivery_retention",
+                "job_run_retention",
+                "sync_run_retention",
+                "event_retention",
                 "job_lease_secs",
                 "webhook_worker",
                 "webhook_retry_schedule",
@@ -281,8 +325,8 @@ impl Config {
         if let Err(e) = humantime::parse_duration(&self.webhook_disable_after) {
             return invalid(format!("webhook_disable_after: {e}"));
         }
-        if let Err(e) = humantime::parse_duration(&self.webhook_attempt_retention) {
-            return invalid(format!("webhook_attempt_retention: {e}"));
+        if let Err(e) = self.retention_periods() {
+            return invalid(e);
         }
         if self.webhook_timeout_ms == 0 || self.webhook_rate_limit == 0 {
             return invalid("webhook_timeout_ms and webhook_rate_limit must be positive".into());
@@ -318,10 +362,49 @@ impl Config {
             .collect()
     }
 
-    /// The parsed `webhook_attempt_retention` (validated at load).
-    pub fn attempt_retention(&self) -> std::time::Duration {
-        humantime::parse_duration(&self.webhook_attempt_retention)
-            .unwrap_or(std::time::Duration::from_secs(30 * 86_400))
+    /// The `*_retention` settings parsed (`None`: kept forever), checked against each other.
+    pub fn retention_periods(&self) -> Result<RetentionPeriods, String> {
+        let period = |name: &str, text: &str| -> Result<Option<std::time::Duration>, String> {
+            match text.trim() {
+                "never" => Ok(None),
+                text => humantime::parse_duration(text)
+                    .map(Some)
+                    .map_err(|e| format!("{name}: {e} (a duration such as 30d, or never)")),
+            }
+        };
+        let periods = RetentionPeriods {
+            receipts: period("webhook_receipt_retention", &self.webhook_receipt_retention)?,
+            duplicates: period(
+                "duplicate_receipt_retention",
+                &self.duplicate_receipt_retention,
+            )?,
+            deliveries: period(
+                "webhook_delivery_retention",
+                &self.webhook_delivery_retention,
+            )?,
+            attempts: period("webhook_attempt_retention", &self.webhook_attempt_retention)?,
+            job_runs: period("job_run_retention", &self.job_run_retention)?,
+            sync_runs: period("sync_run_retention", &self.sync_run_retention)?,
+            events: period("event_retention", &self.event_retention)?,
+        };
+        let day = std::time::Duration::from_secs(86_400);
+        if periods.receipts.is_some_and(|p| p < 3 * day) {
+            return Err(
+                "webhook_receipt_retention must be at least 3d: providers repeat an \
+                        event for up to three days, and the receipt is what recognises it"
+                    .into(),
+            );
+        }
+        if let Some(events) = periods.events
+            && periods.deliveries.is_none_or(|d| events < d)
+        {
+            return Err(
+                "event_retention must be at least webhook_delivery_retention: a delivery \
+                 names its event"
+                    .into(),
+            );
+        }
+        Ok(periods)
     }
 
     /// [`Config::webhook_disable_after`] as a duration.
@@ -405,6 +488,46 @@ mod tests {
             let config = Config::load(&FlagOverrides::default()).map_err(|e| e.to_string())?;
             assert_eq!(config.reconcile_schedule, "0 */5 * * * *");
             assert!(config.scheduler);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn retention_takes_durations_or_never_and_keeps_what_dedupes() {
+        figment::Jail::expect_with(|jail| {
+            let load = || Config::load(&FlagOverrides::default());
+            let periods = load().map_err(|e| e.to_string())?.retention_periods()?;
+            let days = |n: u64| Some(std::time::Duration::from_secs(n * 86_400));
+            assert_eq!(periods.receipts, days(30));
+            assert_eq!(periods.duplicates, days(7));
+            assert_eq!((periods.job_runs, periods.events), (days(90), None));
+            jail.set_env("TANDEM_JOB_RUN_RETENTION", "never");
+            jail.set_env("TANDEM_DUPLICATE_RECEIPT_RETENTION", "36h");
+            let periods = load().map_err(|e| e.to_string())?.retention_periods()?;
+            assert_eq!(periods.job_runs, None);
+            assert_eq!(
+                periods.duplicates,
+                Some(std::time::Duration::from_secs(36 * 3600))
+            );
+            for (key, value, named) in [
+                ("TANDEM_SYNC_RUN_RETENTION", "a while", "sync_run_retention"),
+                (
+                    "TANDEM_WEBHOOK_RECEIPT_RETENTION",
+                    "1d",
+                    "webhook_receipt_retention",
+                ),
+                ("TANDEM_EVENT_RETENTION", "10d", "event_retention"),
+            ] {
+                jail.set_env(key, value);
+                let err = load().unwrap_err().to_string();
+                assert!(err.contains(named), "{key}={value}: {err}");
+                jail.set_env(key, "90d");
+            }
+            // Events kept forever while deliveries are not: refused too.
+            jail.set_env("TANDEM_WEBHOOK_DELIVERY_RETENTION", "never");
+            assert!(load().is_err());
+            jail.set_env("TANDEM_EVENT_RETENTION", "never");
+            assert!(load().is_ok());
             Ok(())
         });
     }

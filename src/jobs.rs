@@ -36,7 +36,8 @@ pub enum JobName {
     CrmSync(String),
     /// Syncs every CRM connection, one after the other (`runJob(input: {name: "crm-sync"})`).
     CrmSyncAll,
-    /// Drops history past its retention (delivery attempts).
+    /// Drops history past its retention (receipts, deliveries, attempts, runs; see
+    /// `domain::retention`).
     Prune,
     /// Ends the protection of registrations without an attributed deal (DESIGN §12).
     ExpireRegistrations,
@@ -113,8 +114,8 @@ pub struct Jobs {
     holder: Arc<str>,
     lease: Duration,
     syncer: Option<Arc<crate::domain::crm::Syncer>>,
-    /// How long delivery attempts are kept (`prune`).
-    attempt_retention: Duration,
+    /// How long each kind of history is kept (`prune`).
+    retention: crate::config::RetentionPeriods,
 }
 
 /// Whether a scheduled tick ran here.
@@ -138,13 +139,15 @@ impl Jobs {
             holder: Arc::from(format!("{}-{}", std::process::id(), new_id()).as_str()),
             lease,
             syncer: None,
-            attempt_retention: Duration::from_secs(30 * 86_400),
+            retention: crate::config::Config::default()
+                .retention_periods()
+                .expect("the default retention is valid"),
         }
     }
 
-    /// Sets how long `prune` keeps delivery attempts.
-    pub fn with_attempt_retention(mut self, retention: Duration) -> Jobs {
-        self.attempt_retention = retention;
+    /// Sets how long `prune` keeps each kind of history.
+    pub fn with_retention(mut self, retention: crate::config::RetentionPeriods) -> Jobs {
+        self.retention = retention;
         self
     }
 
@@ -406,13 +409,13 @@ impl Jobs {
                 Ok((json!({ "released": released }), None))
             }
             JobName::Prune => {
-                let before = Utc::now()
-                    - chrono::Duration::from_std(self.attempt_retention)
-                        .unwrap_or(chrono::Duration::MAX);
-                let deleted = crate::domain::endpoints::prune_attempts(&self.db, before)
+                let pruned = crate::domain::retention::prune(&self.db, &self.retention, Utc::now())
                     .await
-                    .map_err(|e| format!("{:#}", e.into_anyhow()))?;
-                Ok((json!({ "attemptsDeleted": deleted }), None))
+                    .map_err(|e| e.to_string())?;
+                Ok((
+                    serde_json::to_value(&pruned).map_err(|e| e.to_string())?,
+                    None,
+                ))
             }
             JobName::ExpireRegistrations => {
                 let expired = registration::expire_registrations(&self.db, Utc::now())

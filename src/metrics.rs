@@ -5,6 +5,7 @@
 use std::{
     collections::HashSet,
     sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use prometheus::{
@@ -29,6 +30,10 @@ pub struct Metrics {
     inbox_backlog: prometheus::IntGauge,
     webhook_deliveries: IntCounterVec,
     webhook_pending: prometheus::IntGauge,
+    table_rows: prometheus::IntGaugeVec,
+    table_bytes: prometheus::IntGaugeVec,
+    /// When the table sizes were last measured.
+    sizes_measured: Arc<Mutex<Option<Instant>>>,
     operations: Arc<Mutex<HashSet<String>>>,
 }
 
@@ -110,6 +115,23 @@ impl Metrics {
             "Outbound webhook deliveries not yet succeeded or given up",
         )
         .expect("valid metric");
+        let table_rows = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "tandem_table_rows",
+                "Rows per table (PostgreSQL: the statistics' estimate), measured at most every \
+                 few minutes",
+            ),
+            &["table"],
+        )
+        .expect("valid metric");
+        let table_bytes = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "tandem_table_bytes",
+                "Bytes on disk per table, its indexes included, measured at most every few minutes",
+            ),
+            &["table"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_latency.clone()),
@@ -122,6 +144,8 @@ impl Metrics {
             Box::new(inbox_backlog.clone()),
             Box::new(webhook_deliveries.clone()),
             Box::new(webhook_pending.clone()),
+            Box::new(table_rows.clone()),
+            Box::new(table_bytes.clone()),
         ] {
             registry
                 .register(collector)
@@ -140,6 +164,9 @@ impl Metrics {
             inbox_backlog,
             webhook_deliveries,
             webhook_pending,
+            table_rows,
+            table_bytes,
+            sizes_measured: Arc::new(Mutex::new(None)),
             operations: Arc::new(Mutex::new(HashSet::new())),
         }
     }
@@ -180,6 +207,33 @@ impl Metrics {
     pub fn set_pending_deliveries(&self, pending: u64) {
         self.webhook_pending
             .set(i64::try_from(pending).unwrap_or(i64::MAX));
+    }
+
+    /// Whether the table sizes are due for measuring (never measured, or more than `every`
+    /// ago); claims the measurement, so that concurrent scrapes measure once.
+    pub fn claim_table_sizes(&self, every: Duration) -> bool {
+        let mut measured = self
+            .sizes_measured
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let due = measured.is_none_or(|at| at.elapsed() >= every);
+        if due {
+            *measured = Some(Instant::now());
+        }
+        due
+    }
+
+    /// Sets the table-size gauges: `(table, rows, bytes if known)`.
+    pub fn set_table_sizes<'a>(
+        &self,
+        sizes: impl IntoIterator<Item = (&'a str, i64, Option<i64>)>,
+    ) {
+        for (table, rows, bytes) in sizes {
+            self.table_rows.with_label_values(&[table]).set(rows);
+            if let Some(bytes) = bytes {
+                self.table_bytes.with_label_values(&[table]).set(bytes);
+            }
+        }
     }
 
     fn operation_label(&self, operation: &str) -> String {

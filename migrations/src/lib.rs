@@ -21,6 +21,7 @@ mod m20261206_000006_crm_company;
 mod m20261206_000007_partner_groups;
 mod m20261206_000008_payout_runs;
 mod m20261206_000009_ledger_partial_indexes;
+mod m20261207_000010_invoice_commissions_by_partner;
 
 /// The ordered list of Tandem migrations.
 pub struct Migrator;
@@ -45,6 +46,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000007_partner_groups::Migration),
             Box::new(m20261206_000008_payout_runs::Migration),
             Box::new(m20261206_000009_ledger_partial_indexes::Migration),
+            Box::new(m20261207_000010_invoice_commissions_by_partner::Migration),
         ]
     }
 }

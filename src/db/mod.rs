@@ -4,10 +4,12 @@
 pub mod entities;
 mod native;
 pub mod pages;
+mod sizes;
 pub mod states;
 pub mod steps;
 
 pub use native::{ALIAS_PREFIX, Aliased, ColumnName, Decode, FromColumn, Named, NativeRow};
+pub use sizes::TableSize;
 
 use std::{
     str::FromStr,

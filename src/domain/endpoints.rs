@@ -315,30 +315,6 @@ pub async fn delete_endpoint(
     Ok((save(tx, active).await?, cancelled))
 }
 
-/// Deletes delivery attempts made before `before`, in batches (each its own short write
-/// transaction, so that webhooks are not held up); returns how many.
-pub async fn prune_attempts(db: &Db, before: DateTime<Utc>) -> ApiResult<u64> {
-    const BATCH: i64 = 5_000;
-    let mut deleted = 0;
-    loop {
-        let [cutoff, limit] = db.params();
-        let n = db
-            .execute_write(
-                format!(
-                    "DELETE FROM webhook_delivery_attempts WHERE id IN \
-                     (SELECT id FROM webhook_delivery_attempts WHERE attempted_at < {cutoff} \
-                     LIMIT {limit})"
-                ),
-                vec![before.into(), BATCH.into()],
-            )
-            .await?;
-        deleted += n;
-        if n < BATCH as u64 {
-            return Ok(deleted);
-        }
-    }
-}
-
 /// Makes one delivery PENDING and due now, to be sent again with its original webhook-id
 /// (the attempt count goes on). `CONFLICT` while a worker is attempting it.
 pub async fn resend_delivery(

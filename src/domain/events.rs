@@ -249,6 +249,9 @@ pub const COMMITTED_ON_POSTGRES: &str = "tx_id < (\
             AND activity.datname <> current_database()))) \
     FROM (SELECT pg_current_snapshot() AS snap) AS current_snapshot)";
 
+/// The outbound fan-out's row in `event_cursors` (retention prunes only what it has passed).
+pub const FANOUT_CURSOR: &str = "webhook-fanout";
+
 /// Restricts `query` to committed events after `after` in stream order: `(tx_id, seq)` on
 /// PostgreSQL, `seq` on SQLite (one writer at a time, so `seq` order is commit order).
 pub fn committed_after(

@@ -23,6 +23,7 @@ pub mod programs;
 pub mod reconcile;
 pub mod referrals;
 pub mod registration;
+pub mod retention;
 pub mod secrets;
 pub mod stripe_transfers;
 pub mod sweeps;

@@ -15,7 +15,7 @@ use crate::{
     db::states::JobRunStatus,
     db::{
         Db,
-        entities::{exchange_rate, job_run, ledger_entry, payout, program},
+        entities::{exchange_rate, invoice, job_run, ledger_entry, payout, program},
         pages::Direction,
     },
     domain::{
@@ -480,13 +480,27 @@ impl CommissionQuery {
             .eq_if(ledger_entry::Column::DealId, filter.deal_id.map(|id| id.0))
             .eq_if(
                 ledger_entry::Column::InvoiceId,
-                filter.invoice_id.map(|id| id.0),
+                filter.invoice_id.clone().map(|id| id.0),
             )
             .eq_if(ledger_entry::Column::Kind, filter.kind.map(|k| k.as_str()))
             .eq_if(
                 ledger_entry::Column::Status,
                 filter.status.map(|s| s.as_str()),
             );
+        // An invoice's entries are found by (partner, invoice): its partner is the invoice's.
+        use sea_orm::{ColumnTrait, QueryFilter};
+        let query = match filter.invoice_id {
+            Some(id) => query.filter(
+                ledger_entry::Column::PartnerId.in_subquery(
+                    sea_orm::sea_query::Query::select()
+                        .column(invoice::Column::PartnerId)
+                        .from(invoice::Entity)
+                        .and_where(invoice::Column::Id.eq(id.0))
+                        .to_owned(),
+                ),
+            ),
+            None => query,
+        };
         let page = (first, after);
         LedgerEntryConnection::page(ctx, query, Direction::Descending, page, LedgerEntry).await
     }

@@ -84,8 +84,18 @@ impl Loader<String> for InvoiceCommissionLoader {
     type Error = async_graphql::Error;
 
     async fn load(&self, keys: &[String]) -> LoadResult<invoice_commission::Model> {
+        use sea_orm::Statement;
+        // Through the invoice's partner: the table is keyed by (partner, invoice).
+        let (cond, values) = self.0.in_list("i.id", keys, 1);
         let rows = invoice_commission::Entity::find()
-            .filter(invoice_commission::Column::InvoiceId.is_in(keys.iter().cloned()))
+            .from_raw_sql(Statement::from_sql_and_values(
+                self.0.backend(),
+                format!(
+                    "SELECT ic.* FROM invoices i JOIN invoice_commissions ic \
+                     ON ic.partner_id = i.partner_id AND ic.invoice_id = i.id WHERE {cond}"
+                ),
+                values,
+            ))
             .all(self.0.reads())
             .await
             .map_err(db_error)?;

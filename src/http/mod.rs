@@ -64,6 +64,9 @@ async fn readyz(state: Data<&AppState>) -> Response {
     }
 }
 
+/// How often `/metrics` measures the tables (counting rows is not free on SQLite).
+const TABLE_SIZES_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// `GET /metrics`: Prometheus text format; with `metrics_token` configured, only for requests
 /// bearing it (compared in constant time).
 #[handler]
@@ -86,6 +89,14 @@ async fn metrics_endpoint(req: &poem::Request, state: Data<&AppState>) -> Respon
     match crate::outbound::pending_deliveries(&state.db).await {
         Ok(pending) => state.metrics.set_pending_deliveries(pending),
         Err(err) => tracing::warn!(error = %err, "counting pending deliveries failed"),
+    }
+    if state.metrics.claim_table_sizes(TABLE_SIZES_EVERY) {
+        match state.db.table_sizes().await {
+            Ok(sizes) => state
+                .metrics
+                .set_table_sizes(sizes.iter().map(|s| (s.table.as_str(), s.rows, s.bytes))),
+            Err(err) => tracing::warn!(error = %err, "measuring the tables failed"),
+        }
     }
     Response::builder()
         .content_type("text/plain; version=0.0.4")

@@ -45,7 +45,7 @@ use crate::{
         endpoints::{
             DeliveryStatus, EndpointMatcher, EndpointStatus, check_target_url, new_delivery,
         },
-        events::{self, EventPosition},
+        events::{self, EventPosition, FANOUT_CURSOR},
         ids::new_id,
         secrets::SecretKey,
     },
@@ -61,8 +61,6 @@ const BATCH: u64 = 500;
 const CLAIM_BATCH: u64 = 256;
 /// Requests in flight per worker across all endpoints.
 const MAX_IN_FLIGHT: usize = 1024;
-/// The fan-out's row in `event_cursors`.
-const FANOUT_CURSOR: &str = "webhook-fanout";
 
 /// Delivery settings (from [`Config`]).
 #[derive(Debug, Clone)]

@@ -28,6 +28,7 @@ mod plain;
 mod programs;
 mod referrals;
 mod registration;
+mod retention;
 mod schema;
 mod stripe_connect;
 mod webhooks;

@@ -1,4 +1,5 @@
-//! Entity for the `invoice_commissions` table: the reconciler's view of one (invoice, partner).
+//! Entity for the `invoice_commissions` table: the reconciler's view of one (partner, invoice),
+//! keyed in that order (a partner's rows side by side).
 
 use sea_orm::entity::prelude::*;
 
@@ -7,9 +8,9 @@ use sea_orm::entity::prelude::*;
 #[sea_orm(table_name = "invoice_commissions")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
-    pub invoice_id: String,
-    #[sea_orm(primary_key, auto_increment = false)]
     pub partner_id: String,
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub invoice_id: String,
     pub program_id: String,
     pub customer_id: Option<String>,
     /// Net amount excluding tax in the program currency (exact), null without a rate.

@@ -9,7 +9,7 @@
 //! the invoice is `LOCKED` at what it earned, as a deal taken out of WON late keeps its
 //! commission.
 
-use super::read::read_booked;
+use super::read::{INVOICE_LEDGER, LEDGER, read_booked};
 use super::*;
 use crate::db::entities::invoice_commission;
 use crate::domain::billing::within_recurring;
@@ -352,10 +352,12 @@ async fn prepare(
 ) -> Result<(Option<InvoiceBatch>, ReconcileStats), DbErr> {
     let mut stats = ReconcileStats::default();
     let started = std::time::Instant::now();
-    let invoices = read_invoices(db, &scope).await?;
+    let mut invoices = read_invoices(db, &scope).await?;
     if invoices.is_empty() {
         return Ok((None, stats));
     }
+    // In the order of the computations' key, so that a chunk's rows are written side by side.
+    invoices.sort_unstable_by(|a, b| (&a.partner_id, &a.id).cmp(&(&b.partner_id, &b.id)));
     let reductions = read_reductions(db, &invoices).await?;
     stats.timings.read += started.elapsed().as_secs_f64();
     let started = std::time::Instant::now();
@@ -451,9 +453,9 @@ async fn prepare(
     // invoice.
     let booked = match &scope {
         InvoiceScope::Partners(partners) if ctx.verify_all => {
-            read_booked(db, "invoice", "le.partner_id", partners).await?
+            read_booked(db, "invoice", LEDGER, "le.partner_id", partners).await?
         }
-        _ => read_booked(db, "invoice", "le.invoice_id", &to_check).await?,
+        _ => read_booked(db, "invoice", INVOICE_LEDGER, "i.id", &to_check).await?,
     };
     let mut entries: Vec<NewEntry> = Vec::new();
     let mut rows: Vec<InvoiceRowUpdate> = Vec::new();
@@ -566,8 +568,8 @@ async fn write_invoices(
             invoice_commission::Entity::insert_many(chunk.iter().map(|r| r.model.clone()))
                 .on_conflict(
                     OnConflict::columns([
-                        invoice_commission::Column::InvoiceId,
                         invoice_commission::Column::PartnerId,
+                        invoice_commission::Column::InvoiceId,
                     ])
                     .update_columns(columns.clone())
                     .to_owned(),

@@ -412,6 +412,7 @@ async fn prepare(
         booked = read_booked(
             db,
             "deal",
+            read::LEDGER,
             "le.deal_id",
             &deals_to_check(ctx, &stored, &results),
         )

@@ -8,12 +8,20 @@ pub(super) fn get<T: sea_orm::TryGetable>(row: &QueryResult, col: &str) -> Resul
     row.try_get::<T>("", col)
 }
 
+/// The ledger, as [`read_booked`] reads it by partner or deal.
+pub(super) const LEDGER: &str = "ledger_entries le";
+/// The ledger reached through invoices (`i.id`): the index over an invoice's entries leads
+/// with the partner, which is the invoice's.
+pub(super) const INVOICE_LEDGER: &str =
+    "invoices i JOIN ledger_entries le ON le.partner_id = i.partner_id AND le.invoice_id = i.id";
+
 /// What the ledger holds per (partner, subject) for the pairs of these partners or subjects:
-/// `subject` is `deal` or `invoice` (the entries' `{subject}_id` and `{subject}_seq`), `column`
-/// `le.partner_id` or `le.{subject}_id`.
+/// `subject` is `deal` or `invoice` (the entries' `{subject}_id` and `{subject}_seq`), `from`
+/// [`LEDGER`] with `column` `le.partner_id` or `le.deal_id`, or [`INVOICE_LEDGER`] with `i.id`.
 pub(super) async fn read_booked(
     db: &Db,
     subject: &str,
+    from: &str,
     column: &str,
     ids: &[String],
 ) -> Result<HashMap<(String, String), Booked>, DbErr> {
@@ -28,7 +36,7 @@ pub(super) async fn read_booked(
                     "SELECT le.partner_id, le.{subject}_id AS subject_id, \
                      CAST(SUM(le.amount_cents) AS BIGINT) AS cents, \
                      CAST(COALESCE(MAX(le.{subject}_seq), 0) AS BIGINT) AS max_seq \
-                     FROM ledger_entries le WHERE {cond} AND le.{subject}_id IS NOT NULL \
+                     FROM {from} WHERE {cond} AND le.{subject}_id IS NOT NULL \
                      AND le.kind IN {COMMISSION_KINDS} GROUP BY le.partner_id, le.{subject}_id"
                 ),
                 values,
@@ -515,7 +523,7 @@ pub(super) async fn read_scope(
     // ledger holds what was last computed (both are written in one transaction) and reads the
     // ledger only for pairs whose expectation moved.
     let booked = if ctx.verify_all {
-        read_booked(db, "deal", &column("le"), &mirror_ids).await?
+        read_booked(db, "deal", LEDGER, &column("le"), &mirror_ids).await?
     } else {
         HashMap::new()
     };
