@@ -14,6 +14,22 @@ impl MigrationName for Migration {
 
 use crate::helpers::{Kind, add, column, drop_columns, index, name, table};
 
+/// The columns of `invoice_commissions` (rekeyed, not changed, by a later migration).
+pub(crate) fn invoice_commission_columns() -> Vec<ColumnDef> {
+    vec![
+        column("invoice_id", Kind::Id, false),
+        column("partner_id", Kind::Id, false),
+        column("program_id", Kind::Id, false),
+        column("customer_id", Kind::Id, true),
+        column("amount_program", Kind::Text, true),
+        column("amount_program_cents", Kind::BigInt, true),
+        column("paid_at", Kind::Time, false),
+        column("state", Kind::Text, false),
+        column("expected_cents", Kind::BigInt, false),
+        column("computed_at", Kind::Time, false),
+    ]
+}
+
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
@@ -167,18 +183,7 @@ impl MigrationTrait for Migration {
             .create_table(table(
                 "invoice_commissions",
                 &["invoice_id", "partner_id"],
-                vec![
-                    column("invoice_id", Id, false),
-                    column("partner_id", Id, false),
-                    column("program_id", Id, false),
-                    column("customer_id", Id, true),
-                    column("amount_program", Text, true),
-                    column("amount_program_cents", BigInt, true),
-                    column("paid_at", Time, false),
-                    column("state", Text, false),
-                    column("expected_cents", BigInt, false),
-                    column("computed_at", Time, false),
-                ],
+                invoice_commission_columns(),
             ))
             .await?;
         manager

@@ -1,26 +1,32 @@
-//! `invoice_commissions` keyed by (partner, invoice) instead of (invoice, partner), and on
-//! SQLite stored WITHOUT ROWID in that key.
+//! SQLite: `invoice_commissions` keyed by (partner, invoice) instead of (invoice, partner),
+//! stored WITHOUT ROWID in that key, and the ledger's unique index over an invoice's entries
+//! led by the partner: (partner, invoice, number) instead of (invoice, partner, number).
 //!
-//! The reconciler writes an invoice's computation partner by partner, but invoice ids are
-//! time-ordered: the old key sent every chunk's rows to random places of an index as large as
-//! the table, on top of the table itself. Keyed by partner first, a chunk's rows land side by
-//! side, and on SQLite the table *is* its key (one B-tree fewer). Every read already knows the
-//! partner (an invoice's computation is read through the invoice, which names its partner).
-//! On a 1M-row table written in 50 partner-ordered transactions (sqlite3, WAL, synchronous
-//! FULL): 23.1 s before, 8.9 s after.
+//! The reconciler writes invoices partner by partner, but invoice ids are time-ordered: the old
+//! keys sent every chunk's rows to pages all over two B-trees as large as the tables, and each
+//! commit wrote those pages to the WAL and checkpointed them back. Keyed by partner first, a
+//! chunk's rows land side by side, and the computations table *is* its key (one B-tree
+//! fewer). On a 1M-row table written in 50 partner-ordered transactions (sqlite3, WAL,
+//! synchronous FULL): 23.1 s before, 8.9 s after; the full 1M-invoice reconcile went from
+//! about 60 s to 43–54 s (BENCHMARKS.md).
 //!
-//! The two secondary indexes are recreated under new names on SQLite (the old ones went with
-//! the old table) and renamed to match on PostgreSQL, where only the primary key changes.
+//! An invoice's partner is its customer's, set once when it is linked, so every lookup of an
+//! invoice's computation or entries goes through the invoice to its partner; none needs an
+//! index led by the invoice. Those lookups work with either key, so PostgreSQL keeps its keys:
+//! there the same change measured 10–20 % slower on the full run (134–158 s against 114–127 s,
+//! same machine and day; a heap table gains nothing from the key order, and its B-trees split
+//! in the middle instead of at random).
 //!
-//! For the same reason the ledger's unique index over an invoice's entries leads with the
-//! partner: (partner, invoice, number) instead of (invoice, partner, number). An invoice's
-//! partner is its customer's, set once when it is linked, so every lookup of an invoice's
-//! entries names it (through the invoice) and none needs an index led by the invoice.
+//! The secondary indexes of the rebuilt table take new names (the old ones went with the old
+//! table).
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::{ConnectionTrait, DbBackend};
+use sea_orm_migration::sea_orm::DbBackend;
 
-use crate::helpers::{Kind::*, column, index, table};
+use crate::{
+    helpers::{index, table},
+    m20261206_000002_recurring::invoice_commission_columns,
+};
 
 pub struct Migration;
 
@@ -57,22 +63,7 @@ const COLUMNS: &str = "invoice_id, partner_id, program_id, customer_id, amount_p
 
 /// The table as `name`, with `primary` as its key.
 fn definition(table_name: &str, primary: &[&str]) -> TableCreateStatement {
-    table(
-        table_name,
-        primary,
-        vec![
-            column("invoice_id", Id, false),
-            column("partner_id", Id, false),
-            column("program_id", Id, false),
-            column("customer_id", Id, true),
-            column("amount_program", Text, true),
-            column("amount_program_cents", BigInt, true),
-            column("paid_at", Time, false),
-            column("state", Text, false),
-            column("expected_cents", BigInt, false),
-            column("computed_at", Time, false),
-        ],
-    )
+    table(table_name, primary, invoice_commission_columns())
 }
 
 /// SQLite: copies the table into one keyed by `primary` (WITHOUT ROWID when `without_rowid`),
@@ -108,24 +99,6 @@ async fn rebuild(
     Ok(())
 }
 
-/// PostgreSQL: swaps the primary key for one on `primary` and renames the indexes.
-async fn rekey(
-    manager: &SchemaManager<'_>,
-    primary: &str,
-    renames: [(&str, &str); 2],
-) -> Result<(), DbErr> {
-    let conn = manager.get_connection();
-    conn.execute_unprepared(&format!(
-        "ALTER TABLE {TABLE} DROP CONSTRAINT {TABLE}_pkey, ADD PRIMARY KEY ({primary})"
-    ))
-    .await?;
-    for (from, to) in renames {
-        conn.execute_unprepared(&format!("ALTER INDEX {from} RENAME TO {to}"))
-            .await?;
-    }
-    Ok(())
-}
-
 /// Replaces the ledger's invoice index (`drop`) by the one `create` defines, on one connection.
 async fn swap_ledger_index(
     manager: &SchemaManager<'_>,
@@ -142,30 +115,20 @@ async fn swap_ledger_index(
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        match manager.get_database_backend() {
-            DbBackend::Sqlite => {
-                let names = INDEXES.map(|(_, new, _)| new);
-                rebuild(manager, &["partner_id", "invoice_id"], true, names).await?;
-            }
-            _ => {
-                let renames = INDEXES.map(|(old, new, _)| (old, new));
-                rekey(manager, "partner_id, invoice_id", renames).await?;
-            }
+        if manager.get_database_backend() != DbBackend::Sqlite {
+            return Ok(());
         }
+        let names = INDEXES.map(|(_, new, _)| new);
+        rebuild(manager, &["partner_id", "invoice_id"], true, names).await?;
         swap_ledger_index(manager, "ux_ledger_entries_invoice", LEDGER_NEW).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        match manager.get_database_backend() {
-            DbBackend::Sqlite => {
-                let names = INDEXES.map(|(old, _, _)| old);
-                rebuild(manager, &["invoice_id", "partner_id"], false, names).await?;
-            }
-            _ => {
-                let renames = INDEXES.map(|(old, new, _)| (new, old));
-                rekey(manager, "invoice_id, partner_id", renames).await?;
-            }
+        if manager.get_database_backend() != DbBackend::Sqlite {
+            return Ok(());
         }
+        let names = INDEXES.map(|(old, _, _)| old);
+        rebuild(manager, &["invoice_id", "partner_id"], false, names).await?;
         swap_ledger_index(manager, "ux_ledger_entries_partner_invoice", LEDGER_OLD).await
     }
 }

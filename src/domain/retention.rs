@@ -42,115 +42,147 @@ pub struct Pruned {
     pub events_deleted: u64,
 }
 
-/// One kind of history: the table, its time-ordered key and time column, the SQL condition
-/// (over the table's row, unaliased) under which an old row is kept anyway, and the rows of
-/// other tables that go with it (`(table, column naming this table's key)`).
+/// One kind of history: the table, its time-ordered key (an integer `seq` or a time-ordered
+/// id) and time column, the SQL condition (over the table's row, unaliased) under which an old
+/// row is kept anyway, and the rows of other tables that go with it (`(table, column naming
+/// this table's key)`).
 struct Kind {
     table: &'static str,
-    key: &'static str,
+    key: Key,
     time: &'static str,
     keep: String,
     dependents: &'static [(&'static str, &'static str)],
 }
 
-/// Prunes every kind past its retention, as of `now`.
+/// A table's key column.
+#[derive(Clone, Copy)]
+enum Key {
+    /// `seq`, an integer.
+    Seq,
+    /// `id`, a UUIDv7 (time-ordered) string.
+    Id,
+}
+
+impl Key {
+    fn column(self) -> &'static str {
+        match self {
+            Key::Seq => "seq",
+            Key::Id => "id",
+        }
+    }
+}
+
+/// Prunes every kind past its retention, as of `now`, in this order (deliveries before the
+/// events they name).
 pub async fn prune(
     db: &Db,
     retention: &RetentionPeriods,
     now: DateTime<Utc>,
 ) -> Result<Pruned, DbErr> {
-    let cutoff = |period: Option<std::time::Duration>| {
-        period.map(|p| now - chrono::Duration::from_std(p).unwrap_or(chrono::Duration::MAX))
+    let kind = |table, key, time, keep: &str, dependents| Kind {
+        table,
+        key,
+        time,
+        keep: keep.to_string(),
+        dependents,
     };
+    // Events: only what the fan-out has passed (none before it ever ran), and never an event
+    // a delivery still has to send.
+    let (position, cursor) = if db.is_postgres() {
+        ("(events.tx_id, events.seq)", "(c.tx_id, c.seq)")
+    } else {
+        ("events.seq", "c.seq")
+    };
+    let events_kept = format!(
+        "NOT EXISTS (SELECT 1 FROM event_cursors c WHERE c.name = '{FANOUT_CURSOR}' \
+         AND {position} <= {cursor}) OR EXISTS (SELECT 1 FROM webhook_deliveries d \
+         WHERE d.event_id = events.id AND d.status = 'PENDING')"
+    );
     let mut pruned = Pruned::default();
-    if let Some(before) = cutoff(retention.duplicates) {
-        let kind = receipts("status <> 'DUPLICATE'");
-        pruned.duplicates_deleted = prune_kind::<i64>(db, &kind, before).await?;
-    }
-    if let Some(before) = cutoff(retention.receipts) {
-        // Duplicates have their own period; receipts still to apply always stay.
-        let kind = receipts("status IN ('RECEIVED', 'DUPLICATE')");
-        pruned.receipts_deleted = prune_kind::<i64>(db, &kind, before).await?;
-    }
-    if let Some(before) = cutoff(retention.attempts) {
-        let kind = Kind {
-            table: "webhook_delivery_attempts",
-            key: "id",
-            time: "attempted_at",
-            keep: "1 = 0".into(),
-            dependents: &[],
-        };
-        pruned.attempts_deleted = prune_kind::<String>(db, &kind, before).await?;
-    }
-    if let Some(before) = cutoff(retention.deliveries) {
-        let kind = Kind {
-            table: "webhook_deliveries",
-            key: "id",
-            time: "created_at",
-            keep: "status = 'PENDING'".into(),
-            dependents: &[("webhook_delivery_attempts", "delivery_id")],
-        };
-        pruned.deliveries_deleted = prune_kind::<String>(db, &kind, before).await?;
-    }
-    if let Some(before) = cutoff(retention.job_runs) {
-        let kind = Kind {
-            table: "job_runs",
-            key: "id",
-            time: "started_at",
-            keep: "status = 'RUNNING' OR id IN (SELECT MAX(id) FROM job_runs GROUP BY name)".into(),
-            dependents: &[],
-        };
-        pruned.job_runs_deleted = prune_kind::<String>(db, &kind, before).await?;
-    }
-    if let Some(before) = cutoff(retention.sync_runs) {
-        let kind = Kind {
-            table: "sync_runs",
-            key: "id",
-            time: "started_at",
-            keep: "status = 'RUNNING' OR id IN \
-                   (SELECT MAX(id) FROM sync_runs GROUP BY connection_id)"
-                .into(),
-            dependents: &[],
-        };
-        pruned.sync_runs_deleted = prune_kind::<String>(db, &kind, before).await?;
-    }
-    if let Some(before) = cutoff(retention.events) {
-        // Only what the fan-out has passed (none before it ever ran), and never an event a
-        // delivery still has to send.
-        let position = if db.is_postgres() {
-            "(events.tx_id, events.seq)"
-        } else {
-            "events.seq"
-        };
-        let cursor = if db.is_postgres() {
-            "(c.tx_id, c.seq)"
-        } else {
-            "c.seq"
-        };
-        let kind = Kind {
-            table: "events",
-            key: "seq",
-            time: "created_at",
-            keep: format!(
-                "NOT EXISTS (SELECT 1 FROM event_cursors c WHERE c.name = '{FANOUT_CURSOR}' \
-                 AND {position} <= {cursor}) OR EXISTS (SELECT 1 FROM webhook_deliveries d \
-                 WHERE d.event_id = events.id AND d.status = 'PENDING')"
+    let plan: [(Option<std::time::Duration>, Kind, &mut u64); 7] = [
+        (
+            retention.duplicates,
+            kind(
+                "webhook_receipts",
+                Key::Seq,
+                "received_at",
+                "status <> 'DUPLICATE'",
+                &[],
             ),
-            dependents: &[],
+            &mut pruned.duplicates_deleted,
+        ),
+        (
+            // Duplicates have their own period; receipts still to apply always stay.
+            retention.receipts,
+            kind(
+                "webhook_receipts",
+                Key::Seq,
+                "received_at",
+                "status IN ('RECEIVED', 'DUPLICATE')",
+                &[],
+            ),
+            &mut pruned.receipts_deleted,
+        ),
+        (
+            retention.attempts,
+            kind(
+                "webhook_delivery_attempts",
+                Key::Id,
+                "attempted_at",
+                "1 = 0",
+                &[],
+            ),
+            &mut pruned.attempts_deleted,
+        ),
+        (
+            retention.deliveries,
+            kind(
+                "webhook_deliveries",
+                Key::Id,
+                "created_at",
+                "status = 'PENDING'",
+                &[("webhook_delivery_attempts", "delivery_id")],
+            ),
+            &mut pruned.deliveries_deleted,
+        ),
+        (
+            retention.job_runs,
+            kind(
+                "job_runs",
+                Key::Id,
+                "started_at",
+                "status = 'RUNNING' OR id IN (SELECT MAX(id) FROM job_runs GROUP BY name)",
+                &[],
+            ),
+            &mut pruned.job_runs_deleted,
+        ),
+        (
+            retention.sync_runs,
+            kind(
+                "sync_runs",
+                Key::Id,
+                "started_at",
+                "status = 'RUNNING' OR id IN \
+                 (SELECT MAX(id) FROM sync_runs GROUP BY connection_id)",
+                &[],
+            ),
+            &mut pruned.sync_runs_deleted,
+        ),
+        (
+            retention.events,
+            kind("events", Key::Seq, "created_at", &events_kept, &[]),
+            &mut pruned.events_deleted,
+        ),
+    ];
+    for (period, kind, deleted) in plan {
+        let Some(period) = period else { continue };
+        let before = now - chrono::Duration::from_std(period).unwrap_or(chrono::Duration::MAX);
+        *deleted = match kind.key {
+            Key::Seq => prune_kind::<i64>(db, &kind, before).await?,
+            Key::Id => prune_kind::<String>(db, &kind, before).await?,
         };
-        pruned.events_deleted = prune_kind::<i64>(db, &kind, before).await?;
     }
     Ok(pruned)
-}
-
-fn receipts(keep: &str) -> Kind {
-    Kind {
-        table: "webhook_receipts",
-        key: "seq",
-        time: "received_at",
-        keep: keep.to_string(),
-        dependents: &[],
-    }
 }
 
 /// Walks `kind`'s table oldest first up to the first row at or after `before`, deleting a page's
@@ -159,9 +191,8 @@ async fn prune_kind<K>(db: &Db, kind: &Kind, before: DateTime<Utc>) -> Result<u6
 where
     K: TryGetable + Into<Value> + Clone,
 {
-    let Kind {
-        table, key, time, ..
-    } = kind;
+    let Kind { table, time, .. } = kind;
+    let key = kind.key.column();
     let mut after: Option<K> = None;
     let mut deleted = 0;
     loop {
@@ -217,7 +248,7 @@ where
     let values: Vec<Value> = page.iter().cloned().map(Into::into).collect();
     let doomed = format!(
         "SELECT {key} FROM {table} WHERE {key} IN ({marks}) AND NOT ({keep})",
-        key = kind.key,
+        key = kind.key.column(),
         table = kind.table,
         marks = marks.join(", "),
         keep = kind.keep,
@@ -237,7 +268,7 @@ where
             format!(
                 "DELETE FROM {table} WHERE {key} IN ({doomed})",
                 table = kind.table,
-                key = kind.key
+                key = kind.key.column()
             ),
             values,
         ))
