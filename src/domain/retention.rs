@@ -13,7 +13,8 @@
 //!
 //! The commission ledger is never pruned: it is the program's books. `deal_commissions` and
 //! `invoice_commissions` are not history either: one row per (deal or invoice, partner) holds
-//! what the reconciler last computed, replaced in place.
+//! what the reconciler last computed, replaced in place; nor is `event_cursors` (one row per
+//! consumer of the event stream: the fan-out).
 //!
 //! Pruning never holds the database for long: each table is walked oldest first (its key grows
 //! with time) a page at a time, up to the page that holds rows younger than the cutoff, and
