@@ -25,7 +25,14 @@ use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DbErr, Statement, TryGetable, Value};
 use serde::Serialize;
 
-use crate::{config::RetentionPeriods, db::Db, domain::events::FANOUT_CURSOR};
+use crate::{
+    config::RetentionPeriods,
+    db::{
+        Db,
+        states::{DeliveryStatus, JobRunStatus, ReceiptStatus},
+    },
+    domain::events::FANOUT_CURSOR,
+};
 
 /// Rows read (and at most deleted) per step.
 const PAGE: u64 = 1_000;
@@ -99,8 +106,16 @@ pub async fn prune(
     let events_kept = format!(
         "NOT EXISTS (SELECT 1 FROM event_cursors c WHERE c.name = '{FANOUT_CURSOR}' \
          AND {position} <= {cursor}) OR events.id IN (SELECT d.event_id FROM \
-         webhook_deliveries d WHERE d.status = 'PENDING')"
+         webhook_deliveries d WHERE d.status = '{pending}')",
+        pending = DeliveryStatus::Pending.as_str()
     );
+    // The states named in the conditions.
+    let (duplicate, received) = (
+        ReceiptStatus::Duplicate.as_str(),
+        ReceiptStatus::Received.as_str(),
+    );
+    let pending = DeliveryStatus::Pending.as_str();
+    let running = JobRunStatus::Running.as_str();
     let mut pruned = Pruned::default();
     let plan: [(Option<std::time::Duration>, Kind, &mut u64); 7] = [
         (
@@ -109,7 +124,7 @@ pub async fn prune(
                 "webhook_receipts",
                 Key::Seq,
                 "received_at",
-                "status <> 'DUPLICATE'",
+                &format!("status <> '{duplicate}'"),
                 &[],
             ),
             &mut pruned.duplicates_deleted,
@@ -121,7 +136,7 @@ pub async fn prune(
                 "webhook_receipts",
                 Key::Seq,
                 "received_at",
-                "status IN ('RECEIVED', 'DUPLICATE')",
+                &format!("status IN ('{received}', '{duplicate}')"),
                 &[],
             ),
             &mut pruned.receipts_deleted,
@@ -143,7 +158,7 @@ pub async fn prune(
                 "webhook_deliveries",
                 Key::Id,
                 "created_at",
-                "status = 'PENDING'",
+                &format!("status = '{pending}'"),
                 &[("webhook_delivery_attempts", "delivery_id")],
             ),
             &mut pruned.deliveries_deleted,
@@ -154,7 +169,9 @@ pub async fn prune(
                 "job_runs",
                 Key::Id,
                 "started_at",
-                "status = 'RUNNING' OR id IN (SELECT MAX(id) FROM job_runs GROUP BY name)",
+                &format!(
+                    "status = '{running}' OR id IN (SELECT MAX(id) FROM job_runs GROUP BY name)"
+                ),
                 &[],
             ),
             &mut pruned.job_runs_deleted,
@@ -165,8 +182,10 @@ pub async fn prune(
                 "sync_runs",
                 Key::Id,
                 "started_at",
-                "status = 'RUNNING' OR id IN \
-                 (SELECT MAX(id) FROM sync_runs GROUP BY connection_id)",
+                &format!(
+                    "status = '{running}' OR id IN \
+                     (SELECT MAX(id) FROM sync_runs GROUP BY connection_id)"
+                ),
                 &[],
             ),
             &mut pruned.sync_runs_deleted,
