@@ -70,11 +70,14 @@ impl App {
         let public_base = config.public_base_url(addr);
         let (stop_workers, stop) = tokio::sync::watch::channel(false);
         // Receipts left in the inbox by a previous run are applied from here on.
-        let worker = InboxWorker::new(
-            db.with_own_statement_counter(),
-            webhooks.clone(),
-            inbox.clone(),
-        );
+        // Each worker counts its own statements (`tandem_db_worker_statements_total`).
+        let mut worker_dbs: Vec<(&'static str, Db)> = Vec::new();
+        let mut worker_db = |name: &'static str| {
+            let own = db.with_own_statement_counter();
+            worker_dbs.push((name, own.clone()));
+            own
+        };
+        let worker = InboxWorker::new(worker_db("inbox"), webhooks.clone(), inbox.clone());
         let mut workers = Vec::new();
         // Every instance drops a webhook source another one changed (PostgreSQL).
         workers.push(tokio::spawn(
@@ -83,21 +86,21 @@ impl App {
         if config.inbox_worker {
             workers.push(tokio::spawn(worker.run(stop.clone())));
         }
-        let feed = EventFeed::start(db.with_own_statement_counter(), stop.clone())
+        let feed = EventFeed::start(worker_db("feed"), stop.clone())
             .await
             .context("starting the event feed")?;
         let settings = OutboundSettings::from_config(&config);
         let metrics = Metrics::new();
         if config.webhook_worker {
             let wake = Arc::new(tokio::sync::Notify::new());
-            let fanout = Fanout::new(db.with_own_statement_counter());
+            let fanout = Fanout::new(worker_db("fanout"));
             workers.push(tokio::spawn(fanout.run(
                 feed.clone(),
                 wake.clone(),
                 stop.clone(),
             )));
             let worker = DeliveryWorker::new(
-                db.with_own_statement_counter(),
+                worker_db("deliveries"),
                 key.clone(),
                 settings.clone(),
                 wake,
@@ -111,7 +114,7 @@ impl App {
             feed,
         };
         let syncer = Syncer::new(
-            db.with_own_statement_counter(),
+            worker_db("crm-sync"),
             key.clone(),
             CrmSettings {
                 timeout: Duration::from_millis(config.crm_timeout_ms),
@@ -120,7 +123,7 @@ impl App {
             },
         );
         let jobs = Jobs::new(
-            db.with_own_statement_counter(),
+            worker_db("jobs"),
             Duration::from_secs(config.job_lease_secs),
         )
         .with_syncer(syncer)
@@ -161,6 +164,7 @@ impl App {
                 db.clone(),
             ),
             db,
+            worker_dbs: std::sync::Arc::new(worker_dbs),
             metrics,
             config,
             webhooks,

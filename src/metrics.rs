@@ -24,6 +24,7 @@ pub struct Metrics {
     graphql_requests: IntCounterVec,
     graphql_latency: HistogramVec,
     db_statements: IntCounter,
+    worker_statements: IntCounterVec,
     sqlite_vm_steps: IntCounter,
     sqlite_full_scan_steps: IntCounter,
     webhook_receipts: IntCounterVec,
@@ -76,6 +77,16 @@ impl Metrics {
         let db_statements = IntCounter::new(
             "tandem_db_statements_total",
             "SQL statements executed by this process",
+        )
+        .expect("valid metric");
+        let worker_statements = IntCounterVec::new(
+            Opts::new(
+                "tandem_db_worker_statements_total",
+                "SQL statements executed by each background worker of this process (inbox, \
+                 feed, fanout, deliveries, crm-sync, jobs): divided by its work counter, the \
+                 statements per webhook applied, per delivery, per sync",
+            ),
+            &["worker"],
         )
         .expect("valid metric");
         let sqlite_vm_steps = IntCounter::new(
@@ -138,6 +149,7 @@ impl Metrics {
             Box::new(graphql_requests.clone()),
             Box::new(graphql_latency.clone()),
             Box::new(db_statements.clone()),
+            Box::new(worker_statements.clone()),
             Box::new(sqlite_vm_steps.clone()),
             Box::new(sqlite_full_scan_steps.clone()),
             Box::new(webhook_receipts.clone()),
@@ -158,6 +170,7 @@ impl Metrics {
             graphql_requests,
             graphql_latency,
             db_statements,
+            worker_statements,
             sqlite_vm_steps,
             sqlite_full_scan_steps,
             webhook_receipts,
@@ -254,9 +267,15 @@ impl Metrics {
         }
     }
 
-    /// Renders every metric; `statements` is the database's running statement count and
-    /// `sqlite_steps` its running (virtual-machine, full-scan) step counts on SQLite.
-    pub fn render(&self, statements: u64, sqlite_steps: Option<(u64, u64)>) -> String {
+    /// Renders every metric; `statements` is the database's running statement count (request
+    /// handling), `workers` each worker's, and `sqlite_steps` the running (virtual-machine,
+    /// full-scan) step counts on SQLite.
+    pub fn render<'a>(
+        &self,
+        statements: u64,
+        workers: impl IntoIterator<Item = (&'a str, u64)>,
+        sqlite_steps: Option<(u64, u64)>,
+    ) -> String {
         let catch_up = |counter: &IntCounter, total: u64| {
             let current = counter.get();
             if total > current {
@@ -264,6 +283,9 @@ impl Metrics {
             }
         };
         catch_up(&self.db_statements, statements);
+        for (worker, total) in workers {
+            catch_up(&self.worker_statements.with_label_values(&[worker]), total);
+        }
         if let Some((vm, full_scan)) = sqlite_steps {
             catch_up(&self.sqlite_vm_steps, vm);
             catch_up(&self.sqlite_full_scan_steps, full_scan);

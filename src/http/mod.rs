@@ -24,6 +24,8 @@ use crate::{
 pub struct AppState {
     /// The database.
     pub db: Db,
+    /// The workers' own handles on it, by worker (their statements are counted apart).
+    pub worker_dbs: std::sync::Arc<Vec<(&'static str, Db)>>,
     /// The GraphQL schema.
     pub schema: LimitedSchema,
     /// Metrics.
@@ -100,10 +102,16 @@ async fn metrics_endpoint(req: &poem::Request, state: Data<&AppState>) -> Respon
     }
     Response::builder()
         .content_type("text/plain; version=0.0.4")
-        .body(state.metrics.render(
-            state.db.statement_count(),
-            state.db.sqlite_steps().map(|s| (s.vm, s.full_scan)),
-        ))
+        .body(
+            state.metrics.render(
+                state.db.statement_count(),
+                state
+                    .worker_dbs
+                    .iter()
+                    .map(|(name, db)| (*name, db.statement_count())),
+                state.db.sqlite_steps().map(|s| (s.vm, s.full_scan)),
+            ),
+        )
 }
 
 /// A request refused for the size of its body (413) is answered before the rest of the body is

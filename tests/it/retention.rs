@@ -279,10 +279,18 @@ async fn prune_keeps_what_must_stay(app: TestApp) {
     }
 }
 
-/// `/metrics` reports every table's rows (and bytes where the database can tell).
+/// `/metrics` reports every table's rows (and bytes where the database can tell), and each
+/// worker's statements.
 async fn metrics_report_table_sizes(app: TestApp) {
     let program = app.create_program("Sizes").await;
     app.create_partner(&program, "One").await;
+    let source = standard_source(&app, &program).await;
+    let now = Utc::now();
+    let body = deal_event("deal-1", "OPEN", now, json!({}));
+    let resp = post_signed(&app, &source, "msg_1", now.timestamp(), &body).await;
+    assert!(resp.status().is_success());
+    drain(&app).await;
+    run_job(&app, "release-holds", false).await;
     let text = app
         .client
         .get(format!("{}/metrics", app.base))
@@ -318,6 +326,16 @@ async fn metrics_report_table_sizes(app: TestApp) {
         assert_eq!(gauge("tandem_table_rows", "partners"), Some(1.0));
     }
     assert!(gauge("tandem_table_rows", "seaql_migrations").is_none());
+    let statements = |worker: &str| {
+        let prefix = format!("tandem_db_worker_statements_total{{worker=\"{worker}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map(|v| v.parse::<f64>().unwrap())
+            .unwrap_or(0.0)
+    };
+    // The receipt was applied by the inbox worker, the job run by the jobs' handle.
+    assert!(statements("inbox") > 0.0, "{text}");
+    assert!(statements("jobs") > 0.0, "{text}");
 }
 
 db_tests!(mod events_pruned, config = events_pruned; prune_keeps_what_must_stay);
