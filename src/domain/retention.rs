@@ -94,6 +94,13 @@ pub async fn prune(
         keep: keep.to_string(),
         dependents,
     };
+    // The states named in the conditions.
+    let (duplicate, received) = (
+        ReceiptStatus::Duplicate.as_str(),
+        ReceiptStatus::Received.as_str(),
+    );
+    let pending = DeliveryStatus::Pending.as_str();
+    let running = JobRunStatus::Running.as_str();
     // Events: only what the fan-out has passed (none before it ever ran), and never an event
     // a delivery still has to send.
     let (position, cursor) = if db.is_postgres() {
@@ -106,16 +113,8 @@ pub async fn prune(
     let events_kept = format!(
         "NOT EXISTS (SELECT 1 FROM event_cursors c WHERE c.name = '{FANOUT_CURSOR}' \
          AND {position} <= {cursor}) OR events.id IN (SELECT d.event_id FROM \
-         webhook_deliveries d WHERE d.status = '{pending}')",
-        pending = DeliveryStatus::Pending.as_str()
+         webhook_deliveries d WHERE d.status = '{pending}')"
     );
-    // The states named in the conditions.
-    let (duplicate, received) = (
-        ReceiptStatus::Duplicate.as_str(),
-        ReceiptStatus::Received.as_str(),
-    );
-    let pending = DeliveryStatus::Pending.as_str();
-    let running = JobRunStatus::Running.as_str();
     let mut pruned = Pruned::default();
     let plan: [(Option<std::time::Duration>, Kind, &mut u64); 7] = [
         (

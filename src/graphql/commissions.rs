@@ -478,10 +478,6 @@ impl CommissionQuery {
                 filter.partner_id.map(|id| id.0),
             )
             .eq_if(ledger_entry::Column::DealId, filter.deal_id.map(|id| id.0))
-            .eq_if(
-                ledger_entry::Column::InvoiceId,
-                filter.invoice_id.clone().map(|id| id.0),
-            )
             .eq_if(ledger_entry::Column::Kind, filter.kind.map(|k| k.as_str()))
             .eq_if(
                 ledger_entry::Column::Status,
@@ -490,15 +486,17 @@ impl CommissionQuery {
         // An invoice's entries are found by (partner, invoice): its partner is the invoice's.
         use sea_orm::{ColumnTrait, QueryFilter};
         let query = match filter.invoice_id {
-            Some(id) => query.filter(
-                ledger_entry::Column::PartnerId.in_subquery(
-                    sea_orm::sea_query::Query::select()
-                        .column(invoice::Column::PartnerId)
-                        .from(invoice::Entity)
-                        .and_where(invoice::Column::Id.eq(id.0))
-                        .to_owned(),
+            Some(id) => query
+                .filter(ledger_entry::Column::InvoiceId.eq(id.0.as_str()))
+                .filter(
+                    ledger_entry::Column::PartnerId.in_subquery(
+                        sea_orm::sea_query::Query::select()
+                            .column(invoice::Column::PartnerId)
+                            .from(invoice::Entity)
+                            .and_where(invoice::Column::Id.eq(id.0))
+                            .to_owned(),
+                    ),
                 ),
-            ),
             None => query,
         };
         let page = (first, after);
