@@ -341,6 +341,43 @@ async fn worked_example_of_recurring_invoices(app: TestApp) {
         invoice_commission(&app, "in_03").await["amountProgram"],
         "550.00"
     );
+    // The ledger filtered by one invoice (found through the invoice's partner) holds that
+    // invoice's entries and no other's; an unknown invoice has none.
+    let invoices = app
+        .admin_ok(
+            "{ invoices(first: 100) { edges { node { id externalId } } } }",
+            json!({}),
+        )
+        .await;
+    let in_03 = nodes(&invoices["invoices"])
+        .into_iter()
+        .find(|n| n["externalId"] == "in_03")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let by_invoice = "query($id: ID!) { ledgerEntries(filter: {invoiceId: $id}, first: 100) { edges { node { kind amount status invoice { externalId } } } } }";
+    let data = app.admin_ok(by_invoice, json!({"id": in_03})).await;
+    let found: Vec<(String, String, String)> = nodes(&data["ledgerEntries"])
+        .into_iter()
+        .rev()
+        .map(|n| {
+            assert_eq!(n["invoice"]["externalId"], "in_03", "{n}");
+            entry(
+                n["kind"].as_str().unwrap(),
+                n["amount"].as_str().unwrap(),
+                n["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(found, ledger["in_03"]);
+    let none = app
+        .admin_ok(
+            by_invoice,
+            json!({"id": "01900000-0000-7000-8000-000000000000"}),
+        )
+        .await;
+    assert!(nodes(&none["ledgerEntries"]).is_empty(), "{none}");
     // The deal itself earns nothing: the plan pays on invoices.
     let deal = app
         .admin_ok(
