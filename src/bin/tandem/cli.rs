@@ -43,6 +43,9 @@ pub enum Command {
     BenchSeed(BenchSeedArgs),
     /// Benchmark webhook ingest against a running hub (see bench/ingest.sh).
     BenchIngest(crate::bench::ingest::BenchIngestArgs),
+    /// Load and check several instances sharing one PostgreSQL, one killed mid-run (see
+    /// bench/scaleout.sh).
+    BenchScaleout(crate::bench::scaleout::BenchScaleoutArgs),
     /// Benchmark the commission engine, one phase per run (see bench/reconcile.sh).
     BenchReconcile(crate::bench::reconcile::BenchReconcileArgs),
     /// Benchmark recurring commissions on invoices, one phase per run (see bench/billing.sh).
@@ -165,6 +168,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::BenchIngest(args) => {
             println!("{}", crate::bench::ingest::run(args).await?);
+            Ok(())
+        }
+        Command::BenchScaleout(args) => {
+            println!(
+                "{}",
+                crate::bench::scaleout::run(args, &config.database_url).await?
+            );
             Ok(())
         }
         Command::BenchSeed(args) => {

@@ -89,7 +89,7 @@ impl Target {
     }
 }
 
-async fn graphql(
+pub(crate) async fn graphql(
     client: &reqwest::Client,
     url: &str,
     token: &str,
@@ -110,7 +110,7 @@ async fn graphql(
     Ok(resp["data"].clone())
 }
 
-struct Latencies(Vec<Duration>);
+pub(crate) struct Latencies(pub(crate) Vec<Duration>);
 
 impl Latencies {
     fn percentile(&self, p: f64) -> Duration {
@@ -121,7 +121,7 @@ impl Latencies {
         self.0[index]
     }
 
-    fn summary(mut self) -> String {
+    pub(crate) fn summary(mut self) -> String {
         self.0.sort();
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         format!(
@@ -135,9 +135,8 @@ impl Latencies {
 }
 
 /// The hub's own inbox backlog gauge (`tandem_inbox_backlog` on `/metrics`).
-async fn backlog(target: &Target, base: &str) -> anyhow::Result<i64> {
-    let text = target
-        .client
+pub(crate) async fn backlog(client: &reqwest::Client, base: &str) -> anyhow::Result<i64> {
+    let text = client
         .get(format!("{base}/metrics"))
         .send()
         .await?
@@ -161,7 +160,7 @@ async fn wait_for_empty_inbox(
         return Ok(Duration::ZERO);
     }
     loop {
-        if backlog(target, &args.url).await? == 0 {
+        if backlog(&target.client, &args.url).await? == 0 {
             return Ok(started.elapsed());
         }
         if started.elapsed() > limit {

@@ -5,5 +5,6 @@ pub mod billing;
 pub mod groups;
 pub mod ingest;
 pub mod reconcile;
+pub mod scaleout;
 pub mod seed;
 pub mod sla;
