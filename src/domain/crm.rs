@@ -34,7 +34,7 @@ use crate::{
         entities::{crm_connection, program, sync_run, webhook_receipt, webhook_source},
     },
     domain::{
-        deals::{ApplyResult, DealCache, apply_deal_change},
+        deals::{ApplyResult, DealCache, PLAN_FOR_VALUES, apply_deal_change},
         events,
         ids::{is_valid_id, new_id},
         inbox::ReceiptStatus,
@@ -467,12 +467,21 @@ impl Syncer {
                 .await
                 .map_err(describe)?;
             let tx = self.db.begin_write().await.map_err(|e| e.to_string())?;
+            if self.db.is_postgres() {
+                tx.execute_unprepared(PLAN_FOR_VALUES)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
             let keys: Vec<(String, String)> = page
                 .deals
                 .iter()
                 .map(|d| (connection.id.clone(), d.external_id.clone()))
                 .collect();
             let mut cache = DealCache::load(&*tx, &keys, self.db.is_postgres())
+                .await
+                .map_err(|e| e.to_string())?;
+            cache
+                .load_referrals_for(&*tx, &program.id, &page.deals)
                 .await
                 .map_err(|e| e.to_string())?;
             // The page's new deals and attributions are written together (flushed below).

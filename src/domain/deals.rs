@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Duration, Utc};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DbErr,
-    EntityTrait, QueryFilter, QueryOrder, QuerySelect, TryIntoModel,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, TryIntoModel,
 };
 use serde_json::json;
 use tandem_connectors::{DealStatus, NeutralDeal, inbound::DealChange};
@@ -72,29 +72,54 @@ fn normalized_emails(emails: &[String]) -> Vec<String> {
 /// The company domains a deal can match referrals on: its own domain and its contacts' email
 /// domains, never free-mail domains.
 fn candidate_domains(model: &deal::Model) -> Vec<String> {
-    let mut domains = Vec::new();
-    if let Some(domain) = model.company_domain.as_deref() {
-        domains.push(domain.to_string());
-    }
-    if let Some(emails) = model.contact_emails.as_array() {
-        for email in emails.iter().filter_map(|e| e.as_str()) {
-            if let Some(domain) = email_domain(email) {
-                domains.push(domain.to_string());
-            }
-        }
-    }
+    let emails = model.contact_emails.as_array().into_iter().flatten();
+    domains_of(
+        model.company_domain.as_deref(),
+        emails.filter_map(|e| e.as_str()),
+    )
+}
+
+/// [`candidate_domains`] of the row that `deal` is stored as.
+fn incoming_candidate_domains(deal: &NeutralDeal) -> Vec<String> {
+    let domain = deal.company_domain.as_deref().and_then(normalize_domain);
+    let emails = normalized_emails(&deal.contact_emails);
+    domains_of(domain.as_deref(), emails.iter().map(String::as_str))
+}
+
+fn domains_of<'a>(domain: Option<&str>, emails: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut domains: Vec<String> = domain.map(str::to_string).into_iter().collect();
+    domains.extend(emails.filter_map(email_domain).map(str::to_string));
     domains.retain(|d| !is_free_mail(d));
     domains.sort();
     domains.dedup();
     domains
 }
 
-/// The earliest accepted or converted referral (of `partner_id` if given) whose company domain
-/// matches the deal, submitted at most the attribution window before the deal was created and
-/// still protected when it was created (DESIGN §12: a deal created after `protectedUntil` is
-/// not the registration's, even before the expiry job marks it `EXPIRED`).
+/// Whether `referral` (accepted or converted, of a candidate domain) may claim `model`: submitted
+/// at most the attribution window before the deal was created and still protected when it was
+/// created (DESIGN §12: a deal created after `protectedUntil` is not the registration's, even
+/// before the expiry job marks it `EXPIRED`), and of `partner_id` if given.
+fn referral_matches(
+    referral: &referral::Model,
+    program: &program::Model,
+    model: &deal::Model,
+    partner_id: Option<&str>,
+) -> bool {
+    let window_start =
+        model.created_at - Duration::days(i64::from(program.attribution_window_days));
+    referral.submitted_at <= model.created_at
+        && referral.submitted_at >= window_start
+        && referral
+            .protected_until
+            .is_none_or(|until| until >= model.created_at)
+        && partner_id.is_none_or(|p| referral.partner_id == p)
+}
+
+/// The earliest referral (by submission, then id) that [`referral_matches`] the deal, among the
+/// program's accepted or converted referrals of the deal's candidate domains.
 async fn matching_referral(
     conn: &impl ConnectionTrait,
+    cache: &mut DealCache,
     program: &program::Model,
     model: &deal::Model,
     partner_id: Option<&str>,
@@ -103,30 +128,14 @@ async fn matching_referral(
     if domains.is_empty() {
         return Ok(None);
     }
-    let window_start =
-        model.created_at - Duration::days(i64::from(program.attribution_window_days));
-    let mut query = referral::Entity::find()
-        .filter(referral::Column::ProgramId.eq(program.id.as_str()))
-        .filter(referral::Column::Status.is_in([
-            ReferralStatus::Accepted.as_str(),
-            ReferralStatus::Converted.as_str(),
-        ]))
-        .filter(referral::Column::CompanyDomain.is_in(domains))
-        .filter(referral::Column::SubmittedAt.lte(model.created_at))
-        .filter(referral::Column::SubmittedAt.gte(window_start))
-        .filter(
-            Condition::any()
-                .add(referral::Column::ProtectedUntil.is_null())
-                .add(referral::Column::ProtectedUntil.gte(model.created_at)),
-        );
-    if let Some(partner_id) = partner_id {
-        query = query.filter(referral::Column::PartnerId.eq(partner_id));
-    }
-    query
-        .order_by_asc(referral::Column::SubmittedAt)
-        .order_by_asc(referral::Column::Id)
-        .one(conn)
-        .await
+    cache.load_referrals(conn, &program.id, &domains).await?;
+    Ok(domains
+        .iter()
+        .filter_map(|d| cache.referrals.get(&(program.id.clone(), d.clone())))
+        .flatten()
+        .filter(|r| referral_matches(r, program, model, partner_id))
+        .min_by(|a, b| (a.submitted_at, &a.id).cmp(&(b.submitted_at, &b.id)))
+        .cloned())
 }
 
 /// An attribution the rules arrived at.
@@ -147,7 +156,7 @@ async fn automatic_attribution(
     if let Some(code) = model.referral_code.as_deref()
         && let Some(partner) = cache.partner_by_code(conn, &program.id, code).await?
     {
-        let referral = matching_referral(conn, program, model, Some(&partner.id)).await?;
+        let referral = matching_referral(conn, cache, program, model, Some(&partner.id)).await?;
         return Ok(Some(Candidate {
             partner_id: partner.id,
             referral_id: referral.map(|r| r.id),
@@ -163,7 +172,7 @@ async fn automatic_attribution(
             method: AttributionMethod::Customer,
         }));
     }
-    Ok(matching_referral(conn, program, model, None)
+    Ok(matching_referral(conn, cache, program, model, None)
         .await?
         .map(|r| Candidate {
             partner_id: r.partner_id,
@@ -395,10 +404,20 @@ pub struct DealCache {
     /// Attributions of known deals, by deal id.
     attributions: HashMap<String, attribution::Model>,
     partners_by_code: HashMap<(String, String), Option<partner::Model>>,
+    /// Accepted or converted referrals by (program id, company domain), for every domain
+    /// looked up (empty when it has none).
+    referrals: HashMap<(String, String), Vec<referral::Model>>,
     lock: bool,
     /// With [`DealCache::defer_inserts`]: new rows waiting for [`DealCache::flush`].
     deferred: Option<Deferred>,
 }
+
+/// PostgreSQL: plans the rest of the transaction's statements for their actual values. The wide
+/// `IN (…)` lookups of a batch ([`DealCache::load`]) are otherwise planned generically after a
+/// few runs, with the statistics of a table that has grown since: during a CRM backfill such a
+/// plan scanned the whole deals table once per page (100,000 deals synced at 460/s instead of
+/// thousands).
+pub const PLAN_FOR_VALUES: &str = "SET LOCAL plan_cache_mode = force_custom_plan";
 
 impl DealCache {
     /// Loads the deals with these (source id, external id) keys and their attributions. With
@@ -482,6 +501,67 @@ impl DealCache {
             .await?;
         self.partners_by_code.insert(key, found.clone());
         Ok(found)
+    }
+
+    /// Loads the referrals of those of `domains` not yet looked up in `program_id`, with one
+    /// statement.
+    async fn load_referrals(
+        &mut self,
+        conn: &impl ConnectionTrait,
+        program_id: &str,
+        domains: &[String],
+    ) -> Result<(), DbErr> {
+        let missing: Vec<String> = domains
+            .iter()
+            .filter(|d| {
+                !self
+                    .referrals
+                    .contains_key(&(program_id.to_string(), d.to_string()))
+            })
+            .cloned()
+            .collect();
+        for chunk in missing.chunks(500) {
+            for domain in chunk {
+                self.referrals
+                    .insert((program_id.to_string(), domain.clone()), Vec::new());
+            }
+            let found = referral::Entity::find()
+                .filter(referral::Column::ProgramId.eq(program_id))
+                .filter(referral::Column::Status.is_in([
+                    ReferralStatus::Accepted.as_str(),
+                    ReferralStatus::Converted.as_str(),
+                ]))
+                .filter(referral::Column::CompanyDomain.is_in(chunk.iter().cloned()))
+                .all(conn)
+                .await?;
+            for referral in found {
+                if let Some(domain) = referral.company_domain.clone() {
+                    self.referrals
+                        .entry((program_id.to_string(), domain))
+                        .or_default()
+                        .push(referral);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads the referrals the incoming deals of `program_id` can match on, with one statement
+    /// for the batch instead of one per deal (an optimisation only: a domain not loaded here
+    /// is loaded when a deal needs it).
+    pub async fn load_referrals_for<'a>(
+        &mut self,
+        conn: &impl ConnectionTrait,
+        program_id: &str,
+        deals: impl IntoIterator<Item = &'a NeutralDeal>,
+    ) -> Result<(), DbErr> {
+        let mut domains: Vec<String> = deals
+            .into_iter()
+            .flat_map(incoming_candidate_domains)
+            .collect();
+        domains.sort();
+        domains.dedup();
+        self.load_referrals(conn, program_id, &domains).await
     }
 
     /// From now on new deals and attributions are kept in memory until [`DealCache::flush`],
@@ -753,7 +833,8 @@ pub async fn attribute_deal(
         .one(&*tx)
         .await?
         .ok_or(ApiError::NotFound("program"))?;
-    let referral = matching_referral(&*tx, &program, &model, Some(&partner.id)).await?;
+    let mut cache = DealCache::default();
+    let referral = matching_referral(&*tx, &mut cache, &program, &model, Some(&partner.id)).await?;
     let current = attribution::Entity::find_by_id(model.id.clone())
         .one(&*tx)
         .await?;

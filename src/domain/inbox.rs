@@ -6,7 +6,7 @@
 //! applied.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -21,6 +21,7 @@ use sea_orm::{
     sea_query::{Expr, LockBehavior, LockType},
 };
 use tandem_connectors::{
+    NeutralDeal,
     inbound::{CertificationIssued, DealChange, LeadEngagement},
     stripe::BillingEvent,
 };
@@ -36,7 +37,7 @@ use crate::{
     domain::{
         billing::{self, BillingOutcome},
         certifications::{self, IssuedOutcome},
-        deals::{AppliedDeal, ApplyResult, DealCache, apply_deal_change},
+        deals::{self, AppliedDeal, ApplyResult, DealCache, apply_deal_change},
         events,
         ids::new_id,
         registration::{self, LeadOutcome},
@@ -414,9 +415,10 @@ impl InboxWorker {
             // stale statistics favour) would revisit every one of them until the next vacuum.
             // Plan the batch's wide `IN (…)` lookups for their actual values: a generic plan
             // built without statistics can scan the whole deals table once per batch.
-            tx.execute_unprepared(
-                "SET LOCAL enable_bitmapscan = off; SET LOCAL plan_cache_mode = force_custom_plan",
-            )
+            tx.execute_unprepared(&format!(
+                "SET LOCAL enable_bitmapscan = off; {}",
+                deals::PLAN_FOR_VALUES
+            ))
             .await?;
         }
         let mut claim = webhook_receipt::Entity::find()
@@ -460,6 +462,20 @@ impl InboxWorker {
             })
             .collect();
         let mut cache = DealCache::load(&*tx, &keys, self.db.is_postgres()).await?;
+        let mut incoming: BTreeMap<&str, Vec<&NeutralDeal>> = BTreeMap::new();
+        for plan in &planned {
+            if let Plan::Apply {
+                program_id,
+                change: DealChange::Upsert(deal),
+                ..
+            } = plan
+            {
+                incoming.entry(program_id).or_default().push(deal);
+            }
+        }
+        for (program_id, deals) in incoming {
+            cache.load_referrals_for(&*tx, program_id, deals).await?;
+        }
         if !careful {
             // New deals and attributions are written together at the end of the batch. With
             // savepoints each receipt's rows are written at once, so that a failing insert is
