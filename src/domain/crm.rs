@@ -18,7 +18,7 @@ use sea_orm::{
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use tandem_connectors::{
-    ConnectorError, CrmConnector,
+    ConnectorError, CrmConnector, DealPage,
     http::{Credentials, CrmHttp, OAuthClient, RetryPolicy, Vendor},
     hubspot::HubSpot,
     inbound::{DealChange, HubSpotDealEvent, hubspot_deal_event},
@@ -459,79 +459,104 @@ impl Syncer {
             .apply_parked(connection, &program, connector.as_ref(), run_id)
             .await?;
         stats.referrals_pushed = self.push_referrals(connection, connector.as_ref()).await?;
-        let mut cursor = connection.cursor.clone();
+        // Each page is applied while the next one is fetched (its cursor is the page's own).
+        let mut page = connector
+            .sync_page(connection.cursor.as_deref())
+            .await
+            .map_err(describe)?;
         // A run stops after this many pages; the next run continues from the cursor.
         for _ in 0..10_000 {
-            let page = connector
-                .sync_page(cursor.as_deref())
-                .await
-                .map_err(describe)?;
-            let tx = self.db.begin_write().await.map_err(|e| e.to_string())?;
-            if self.db.is_postgres() {
-                tx.execute_unprepared(PLAN_FOR_VALUES)
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
-            let keys: Vec<(String, String)> = page
-                .deals
-                .iter()
-                .map(|d| (connection.id.clone(), d.external_id.clone()))
-                .collect();
-            let mut cache = DealCache::load(&*tx, &keys, self.db.is_postgres())
-                .await
-                .map_err(|e| e.to_string())?;
-            cache
-                .load_referrals_for(&*tx, &program.id, &page.deals)
-                .await
-                .map_err(|e| e.to_string())?;
-            // The page's new deals and attributions are written together (flushed below).
-            cache.defer_inserts();
-            let mut caused = Vec::new();
-            let mut changed = 0;
-            for deal in &page.deals {
-                let change = DealChange::Upsert(deal.clone());
-                let (result, state) = apply_deal_change(
-                    &*tx,
-                    &mut cache,
-                    &program,
-                    &connection.id,
-                    &change,
-                    &mut caused,
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-                if let Some(state) = state {
-                    cache.remember(state);
-                }
-                match result {
-                    ApplyResult::Applied(_) => changed += 1,
-                    ApplyResult::Invalid(reason) => {
-                        tracing::warn!(connection = %connection.id, deal = %deal.external_id, %reason, "CRM deal not stored");
+            let more = page.more;
+            let (applied, next) = tokio::join!(
+                self.apply_page(connection, &program, run_id, stats, &rotated, &page),
+                async {
+                    match more {
+                        true => Some(connector.sync_page(Some(&page.cursor)).await),
+                        false => None,
                     }
-                    ApplyResult::Stale(_) | ApplyResult::UnknownDeal => {}
                 }
-            }
-            cache.flush(&*tx).await.map_err(|e| e.to_string())?;
-            events::record_all(&*tx, caused)
-                .await
-                .map_err(|e| e.to_string())?;
-            stats.pages += 1;
-            stats.deals_seen += page.deals.len() as i32;
-            stats.deals_changed += changed;
-            let rotated_now = rotated.lock().expect("rotation slot").take();
-            let sealed = match rotated_now {
-                Some(token) => Some(self.reseal(connection, &token).map_err(|e| e.message())?),
-                None => None,
-            };
-            self.checkpoint(&*tx, connection, run_id, &page.cursor, sealed, stats)
-                .await
-                .map_err(|e| e.to_string())?;
-            tx.commit().await.map_err(|e| e.to_string())?;
-            cursor = Some(page.cursor);
-            if !page.more {
-                break;
+            );
+            applied?;
+            match next {
+                Some(next) => page = next.map_err(describe)?,
+                None => break,
             }
         }
+        Ok(())
+    }
+
+    /// Applies one page in one transaction: its deals through the mirror and attribution, the
+    /// events they cause, and the checkpoint (cursor, a rotated credential, the run's counters).
+    async fn apply_page(
+        &self,
+        connection: &crm_connection::Model,
+        program: &program::Model,
+        run_id: &str,
+        stats: &mut SyncStats,
+        rotated: &RotationSlot,
+        page: &DealPage,
+    ) -> Result<(), String> {
+        let tx = self.db.begin_write().await.map_err(|e| e.to_string())?;
+        if self.db.is_postgres() {
+            tx.execute_unprepared(PLAN_FOR_VALUES)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let keys: Vec<(String, String)> = page
+            .deals
+            .iter()
+            .map(|d| (connection.id.clone(), d.external_id.clone()))
+            .collect();
+        let mut cache = DealCache::load(&*tx, &keys, self.db.is_postgres())
+            .await
+            .map_err(|e| e.to_string())?;
+        cache
+            .load_referrals_for(&*tx, &program.id, &page.deals)
+            .await
+            .map_err(|e| e.to_string())?;
+        // The page's new deals and attributions are written together (flushed below).
+        cache.defer_inserts();
+        let mut caused = Vec::new();
+        let mut changed = 0;
+        for deal in &page.deals {
+            let change = DealChange::Upsert(deal.clone());
+            let (result, state) = apply_deal_change(
+                &*tx,
+                &mut cache,
+                program,
+                &connection.id,
+                &change,
+                &mut caused,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            if let Some(state) = state {
+                cache.remember(state);
+            }
+            match result {
+                ApplyResult::Applied(_) => changed += 1,
+                ApplyResult::Invalid(reason) => {
+                    tracing::warn!(connection = %connection.id, deal = %deal.external_id, %reason, "CRM deal not stored");
+                }
+                ApplyResult::Stale(_) | ApplyResult::UnknownDeal => {}
+            }
+        }
+        cache.flush(&*tx).await.map_err(|e| e.to_string())?;
+        events::record_all(&*tx, caused)
+            .await
+            .map_err(|e| e.to_string())?;
+        stats.pages += 1;
+        stats.deals_seen += page.deals.len() as i32;
+        stats.deals_changed += changed;
+        let rotated_now = rotated.lock().expect("rotation slot").take();
+        let sealed = match rotated_now {
+            Some(token) => Some(self.reseal(connection, &token).map_err(|e| e.message())?),
+            None => None,
+        };
+        self.checkpoint(&*tx, connection, run_id, &page.cursor, sealed, stats)
+            .await
+            .map_err(|e| e.to_string())?;
+        tx.commit().await.map_err(|e| e.to_string())?;
         Ok(())
     }
 

@@ -555,7 +555,7 @@ pub async fn run(args: BenchScaleoutArgs, database_url: &str) -> anyhow::Result<
         ));
     }
 
-    let received = received.lock().expect("received");
+    let received = std::mem::take(&mut *received.lock().expect("received"));
     let delivered_twice = received.by_event.values().filter(|&&n| n > 1).count();
     let event_ids: HashSet<String> = rows(
         &db,
