@@ -59,8 +59,10 @@ status=0
   echo "# machine: $(nproc) cores ($(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | xargs)), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)"
   echo "# PostgreSQL $(psql "$pg_url" -Atc 'SHOW server_version'), synchronous_commit=$(psql "$pg_url" -Atc 'SHOW synchronous_commit'); instances, load generator and database share the cores"
   echo "# killed: instance 2 (pid $victim), SIGKILL half-way through sending"
+  wal_start="$(psql "$pg_url" -Atc 'SELECT pg_current_wal_lsn()')"
   "$bin" bench-scaleout --token "$token" --rate "$rate" --secs "$secs" --kill-pid "$victim" \
     $(printf -- '--url %s ' "${urls[@]}") 2>&1 || status=$?
+  echo "# WAL written on the server during the run (ingest, apply, reconcile, deliveries): $(psql "$pg_url" -Atc "SELECT pg_size_pretty(pg_wal_lsn_diff(pg_current_wal_lsn(), '$wal_start'))"); database size after: $(psql "$pg_url" -Atc "SELECT pg_size_pretty(pg_database_size('$bench_db'))")"
   for i in $(seq 1 "$instances"); do
     pid="${pids[$((i - 1))]}"
     if kill -0 "$pid" 2>/dev/null; then
