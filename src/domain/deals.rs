@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Duration, Utc};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, TryIntoModel,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, DbErr,
+    EntityTrait, QueryFilter, QuerySelect, Statement, TryIntoModel,
 };
 use serde_json::json;
 use tandem_connectors::{DealStatus, NeutralDeal, inbound::DealChange};
@@ -440,14 +440,38 @@ impl DealCache {
             externals.sort_unstable();
             externals.dedup();
             for chunk in externals.chunks(500) {
-                let mut query = deal::Entity::find()
-                    .filter(deal::Column::SourceId.eq(source))
-                    .filter(deal::Column::ExternalId.is_in(chunk.iter().copied()))
-                    .order_by_asc(deal::Column::ExternalId);
-                if lock {
-                    query = query.lock_exclusive();
-                }
-                for found in query.all(conn).await? {
+                let found = if lock {
+                    // One unique-index probe per key, locked in the keys' order. The plain
+                    // `external_id IN (…)` form let PostgreSQL, with statistics from when the
+                    // table was small, scan every deal of the source through the index and
+                    // filter them (13 ms a batch after 60,000 webhooks, growing with the
+                    // table); a lateral probe per key has no such plan.
+                    let keys: Vec<String> = (0..chunk.len())
+                        .map(|i| format!("(${}::text)", i + 2))
+                        .collect();
+                    let mut values: Vec<sea_orm::Value> = vec![source.into()];
+                    values.extend(chunk.iter().map(|e| sea_orm::Value::from(*e)));
+                    deal::Entity::find()
+                        .from_raw_sql(Statement::from_sql_and_values(
+                            DbBackend::Postgres,
+                            format!(
+                                "SELECT d.* FROM (VALUES {}) AS k(external_id) CROSS JOIN LATERAL \
+                             (SELECT * FROM deals WHERE source_id = $1 \
+                             AND external_id = k.external_id FOR UPDATE) AS d",
+                                keys.join(", ")
+                            ),
+                            values,
+                        ))
+                        .all(conn)
+                        .await?
+                } else {
+                    deal::Entity::find()
+                        .filter(deal::Column::SourceId.eq(source))
+                        .filter(deal::Column::ExternalId.is_in(chunk.iter().copied()))
+                        .all(conn)
+                        .await?
+                };
+                for found in found {
                     cache
                         .deals
                         .insert((found.source_id.clone(), found.external_id.clone()), found);
