@@ -54,27 +54,53 @@ struct Target {
     run: String,
 }
 
-impl Target {
-    async fn send_one(&self) -> Result<Duration, String> {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let id = format!("bench-{}-{n}", self.run);
+/// A signed STANDARD `deal.updated` webhook: a new won 1,250.00 USD deal `deal-{run}-{n}` with
+/// the partner's referral `code`, webhook id `{prefix}-{run}-{n}`.
+pub(crate) struct DealWebhook {
+    pub(crate) id: String,
+    pub(crate) body: String,
+    pub(crate) timestamp: String,
+    pub(crate) signature: String,
+}
+
+impl DealWebhook {
+    pub(crate) fn new(key: &[u8], prefix: &str, run: &str, n: u64, code: &str) -> DealWebhook {
+        let id = format!("{prefix}-{run}-{n}");
         let now = chrono::Utc::now();
         let body = json!({"type": "deal.updated", "data": {
-            "id": format!("deal-{}-{n}", self.run), "name": "Bench deal", "amount": "1250.00",
-            "currency": "USD", "status": "won", "referralCode": self.code,
+            "id": format!("deal-{run}-{n}"), "name": "Bench deal", "amount": "1250.00",
+            "currency": "USD", "status": "won", "referralCode": code,
             "createdAt": now.to_rfc3339(), "updatedAt": now.to_rfc3339()}})
         .to_string();
         let ts = now.timestamp();
-        let signature = sign_standard(&self.key, &id, ts, body.as_bytes());
-        let started = Instant::now();
-        let resp = self
-            .client
-            .post(&self.url)
-            .header("webhook-id", id)
-            .header("webhook-timestamp", ts.to_string())
-            .header("webhook-signature", signature)
+        let signature = sign_standard(key, &id, ts, body.as_bytes());
+        DealWebhook {
+            id,
+            body,
+            timestamp: ts.to_string(),
+            signature,
+        }
+    }
+
+    /// The POST of this webhook to `url`.
+    pub(crate) fn request(&self, client: &reqwest::Client, url: &str) -> reqwest::RequestBuilder {
+        client
+            .post(url)
+            .header("webhook-id", &self.id)
+            .header("webhook-timestamp", &self.timestamp)
+            .header("webhook-signature", &self.signature)
             .header("content-type", "application/json")
-            .body(body)
+            .body(self.body.clone())
+    }
+}
+
+impl Target {
+    async fn send_one(&self) -> Result<Duration, String> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let webhook = DealWebhook::new(&self.key, "bench", &self.run, n, &self.code);
+        let started = Instant::now();
+        let resp = webhook
+            .request(&self.client, &self.url)
             .send()
             .await
             .map_err(|e| e.to_string())?;

@@ -34,9 +34,9 @@ use poem::{
 };
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
 use serde_json::json;
-use tandem_connectors::verify::{decode_standard_secret, sign_standard, verify_standard};
+use tandem_connectors::verify::{decode_standard_secret, verify_standard};
 
-use super::ingest::{Latencies, backlog, graphql};
+use super::ingest::{DealWebhook, Latencies, backlog, graphql};
 
 /// What to run.
 #[derive(Debug, Clone, clap::Args)]
@@ -93,15 +93,7 @@ impl Load {
     /// Sends webhook `n`, failing over to the next live instance; returns the latency of the
     /// acknowledging attempt.
     async fn send(&self, n: u64) -> Result<Duration, String> {
-        let id = format!("scale-{}-{n}", self.run);
-        let now = chrono::Utc::now();
-        let body = json!({"type": "deal.updated", "data": {
-            "id": format!("deal-{}-{n}", self.run), "name": "Scale-out deal", "amount": "1250.00",
-            "currency": "USD", "status": "won", "referralCode": self.code,
-            "createdAt": now.to_rfc3339(), "updatedAt": now.to_rfc3339()}})
-        .to_string();
-        let ts = now.timestamp();
-        let signature = sign_standard(&self.key, &id, ts, body.as_bytes());
+        let webhook = DealWebhook::new(&self.key, "scale", &self.run, n, &self.code);
         let count = self.instances.len();
         let mut last_error = String::from("no live instance");
         for step in 0..count {
@@ -110,14 +102,11 @@ impl Load {
                 continue;
             }
             let started = Instant::now();
-            let sent = self
-                .client
-                .post(format!("{}{}", instance.url, self.source_path))
-                .header("webhook-id", &id)
-                .header("webhook-timestamp", ts.to_string())
-                .header("webhook-signature", &signature)
-                .header("content-type", "application/json")
-                .body(body.clone())
+            let sent = webhook
+                .request(
+                    &self.client,
+                    &format!("{}{}", instance.url, self.source_path),
+                )
                 .send()
                 .await;
             match sent {
@@ -125,7 +114,7 @@ impl Load {
                     let _ = resp.bytes().await;
                     let elapsed = started.elapsed();
                     instance.acknowledged.fetch_add(1, Ordering::Relaxed);
-                    self.acked.lock().expect("acked").push(id);
+                    self.acked.lock().expect("acked").push(webhook.id);
                     return Ok(elapsed);
                 }
                 Ok(resp) if resp.status().is_client_error() => {
@@ -144,7 +133,7 @@ impl Load {
             }
             instance.failed_over.fetch_add(1, Ordering::Relaxed);
         }
-        self.unacked.lock().expect("unacked").push(id);
+        self.unacked.lock().expect("unacked").push(webhook.id);
         Err(last_error)
     }
 }
