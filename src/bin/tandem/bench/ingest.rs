@@ -160,8 +160,8 @@ impl Latencies {
     }
 }
 
-/// The hub's own inbox backlog gauge (`tandem_inbox_backlog` on `/metrics`).
-pub(crate) async fn backlog(client: &reqwest::Client, base: &str) -> anyhow::Result<i64> {
+/// The value of the gauge `name` on the hub's `/metrics`.
+pub(crate) async fn gauge(client: &reqwest::Client, base: &str, name: &str) -> anyhow::Result<f64> {
     let text = client
         .get(format!("{base}/metrics"))
         .send()
@@ -169,11 +169,16 @@ pub(crate) async fn backlog(client: &reqwest::Client, base: &str) -> anyhow::Res
         .text()
         .await?;
     text.lines()
-        .find_map(|line| line.strip_prefix("tandem_inbox_backlog "))
-        .context("tandem_inbox_backlog missing from /metrics")?
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .with_context(|| format!("{name} missing from /metrics"))?
         .trim()
         .parse()
-        .context("tandem_inbox_backlog is not a number")
+        .with_context(|| format!("{name} is not a number"))
+}
+
+/// The hub's own inbox backlog gauge (`tandem_inbox_backlog` on `/metrics`).
+pub(crate) async fn backlog(client: &reqwest::Client, base: &str) -> anyhow::Result<i64> {
+    Ok(gauge(client, base, "tandem_inbox_backlog").await? as i64)
 }
 
 async fn wait_for_empty_inbox(

@@ -36,7 +36,7 @@ use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
 use serde_json::json;
 use tandem_connectors::verify::{decode_standard_secret, verify_standard};
 
-use super::ingest::{DealWebhook, Latencies, backlog, graphql};
+use super::ingest::{DealWebhook, Latencies, backlog, gauge, graphql};
 
 /// What to run.
 #[derive(Debug, Clone, clap::Args)]
@@ -229,17 +229,6 @@ async fn scrape(client: &reqwest::Client, instance: &Instance) {
     if let Ok(text) = text.await {
         *instance.metrics.lock().expect("metrics") = text;
     }
-}
-
-/// The hub's `tandem_webhook_deliveries_pending` gauge.
-async fn pending_deliveries(client: &reqwest::Client, base: &str) -> anyhow::Result<f64> {
-    let text = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
-    Ok(metric(&text, "tandem_webhook_deliveries_pending", ""))
 }
 
 async fn rows(db: &DatabaseConnection, sql: String) -> anyhow::Result<Vec<sea_orm::QueryResult>> {
@@ -471,7 +460,9 @@ pub async fn run(args: BenchScaleoutArgs, database_url: &str) -> anyhow::Result<
     // The receiver has every event once its POSTs are answered; the senders record the
     // outcomes in batches after that.
     let recorded_started = Instant::now();
-    while pending_deliveries(&client, &probe).await? > 0.0 && recorded_started.elapsed() < limit {
+    while gauge(&client, &probe, "tandem_webhook_deliveries_pending").await? > 0.0
+        && recorded_started.elapsed() < limit
+    {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     report.push(format!(
