@@ -233,6 +233,52 @@ async fn open_loop(target: Arc<Target>, rate: u64, secs: u64) -> (Latencies, u64
     (Latencies(latencies), errors)
 }
 
+/// What a load generator creates on the hub (with an admin key): a 10 % PERCENT program in
+/// USD, a partner, and a STANDARD webhook source of the program.
+pub(crate) struct BenchProgram {
+    pub(crate) program_id: String,
+    /// The partner's referral code.
+    pub(crate) code: String,
+    pub(crate) source_id: String,
+    pub(crate) source_url: String,
+    /// The source's signing key (decoded from its `whsec_…` secret).
+    pub(crate) source_key: Vec<u8>,
+}
+
+impl BenchProgram {
+    pub(crate) async fn create(
+        client: &reqwest::Client,
+        url: &str,
+        token: &str,
+        name: &str,
+    ) -> anyhow::Result<BenchProgram> {
+        let program_id = graphql(client, url, token,
+            "mutation($n: String!) { createProgram(input: {name: $n, kind: CHANNEL, currency: \"USD\",
+                commission: {type: PERCENT, rate: \"10\"}}) { program { id } } }", json!({"n": name})).await?
+            ["createProgram"]["program"]["id"].as_str().context("program id")?.to_string();
+        let partner = graphql(client, url, token,
+            "mutation($p: ID!) { createPartner(input: {programId: $p, name: \"Bench partner\", contactEmail: \"bench@partner.example\"}) { partner { referralCode } } }",
+            json!({"p": program_id})).await?;
+        let source = graphql(client, url, token,
+            "mutation($p: ID!) { createWebhookSource(input: {name: \"bench\", kind: STANDARD, programId: $p}) { secret url source { id } } }",
+            json!({"p": program_id})).await?["createWebhookSource"].clone();
+        Ok(BenchProgram {
+            program_id,
+            code: partner["createPartner"]["partner"]["referralCode"]
+                .as_str()
+                .context("code")?
+                .to_string(),
+            source_id: source["source"]["id"]
+                .as_str()
+                .context("source id")?
+                .to_string(),
+            source_url: source["url"].as_str().context("source url")?.to_string(),
+            source_key: decode_standard_secret(source["secret"].as_str().context("secret")?)
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+        })
+    }
+}
+
 /// Runs the benchmark and returns the report.
 pub async fn run(args: BenchIngestArgs) -> anyhow::Result<String> {
     let client = reqwest::Client::builder()
@@ -240,30 +286,12 @@ pub async fn run(args: BenchIngestArgs) -> anyhow::Result<String> {
         .timeout(Duration::from_secs(30))
         .build()?;
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
-    let program = graphql(&client, &args.url, &args.token,
-        r#"mutation { createProgram(input: {name: "Ingest benchmark", kind: CHANNEL, currency: "USD",
-            commission: {type: PERCENT, rate: "10"}}) { program { id } } }"#, json!({})).await?
-        ["createProgram"]["program"]["id"].as_str().context("program id")?.to_string();
-    let partner = graphql(&client, &args.url, &args.token,
-        "mutation($p: ID!) { createPartner(input: {programId: $p, name: \"Bench partner\", contactEmail: \"bench@partner.example\"}) { partner { referralCode } } }",
-        json!({"p": program})).await?;
-    let source = graphql(&client, &args.url, &args.token,
-        "mutation($p: ID!) { createWebhookSource(input: {name: \"bench\", kind: STANDARD, programId: $p}) { secret url } }",
-        json!({"p": program})).await?;
-    let secret = source["createWebhookSource"]["secret"]
-        .as_str()
-        .context("secret")?;
+    let setup = BenchProgram::create(&client, &args.url, &args.token, "Ingest benchmark").await?;
     let target = Arc::new(Target {
         client,
-        url: source["createWebhookSource"]["url"]
-            .as_str()
-            .context("url")?
-            .to_string(),
-        key: decode_standard_secret(secret).map_err(|e| anyhow::anyhow!("{e}"))?,
-        code: partner["createPartner"]["partner"]["referralCode"]
-            .as_str()
-            .context("code")?
-            .to_string(),
+        url: setup.source_url,
+        key: setup.source_key,
+        code: setup.code,
         next: AtomicU64::new(0),
         run,
     });

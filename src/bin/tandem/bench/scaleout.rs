@@ -36,7 +36,7 @@ use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
 use serde_json::json;
 use tandem_connectors::verify::{decode_standard_secret, verify_standard};
 
-use super::ingest::{DealWebhook, Latencies, backlog, gauge, graphql};
+use super::ingest::{BenchProgram, DealWebhook, Latencies, backlog, gauge, graphql};
 
 /// What to run.
 #[derive(Debug, Clone, clap::Args)]
@@ -86,7 +86,6 @@ struct Load {
     run: String,
     next: AtomicU64,
     acked: Mutex<Vec<String>>,
-    unacked: Mutex<Vec<String>>,
 }
 
 impl Load {
@@ -133,7 +132,6 @@ impl Load {
             }
             instance.failed_over.fetch_add(1, Ordering::Relaxed);
         }
-        self.unacked.lock().expect("unacked").push(webhook.id);
         Err(last_error)
     }
 }
@@ -249,16 +247,8 @@ pub async fn run(args: BenchScaleoutArgs, database_url: &str) -> anyhow::Result<
     let received = Arc::new(Mutex::new(Received::default()));
     let receiver = start_receiver(secret.clone(), received.clone()).await?;
 
-    let program = graphql(&client, &first, &args.token,
-        r#"mutation { createProgram(input: {name: "Scale-out benchmark", kind: CHANNEL, currency: "USD",
-            commission: {type: PERCENT, rate: "10"}}) { program { id } } }"#, json!({})).await?
-        ["createProgram"]["program"]["id"].as_str().context("program id")?.to_string();
-    let partner = graphql(&client, &first, &args.token,
-        "mutation($p: ID!) { createPartner(input: {programId: $p, name: \"Scale-out partner\", contactEmail: \"scale@partner.example\"}) { partner { referralCode } } }",
-        json!({"p": program})).await?;
-    let source = graphql(&client, &first, &args.token,
-        "mutation($p: ID!) { createWebhookSource(input: {name: \"scale-out\", kind: STANDARD, programId: $p}) { secret url source { id } } }",
-        json!({"p": program})).await?["createWebhookSource"].clone();
+    let setup = BenchProgram::create(&client, &first, &args.token, "Scale-out benchmark").await?;
+    let program = setup.program_id.clone();
     let endpoint = graphql(&client, &first, &args.token,
         "mutation($input: CreateWebhookEndpointInput!) { createWebhookEndpoint(input: $input) { secret } }",
         json!({"input": {"url": receiver, "eventTypes": EVENT_TYPES, "programId": program, "rateLimit": 10_000}})).await?;
@@ -267,12 +257,8 @@ pub async fn run(args: BenchScaleoutArgs, database_url: &str) -> anyhow::Result<
         .context("endpoint secret")?;
     *secret.lock().expect("secret") =
         Some(decode_standard_secret(endpoint_secret).map_err(|e| anyhow::anyhow!("{e}"))?);
-    let source_url = source["url"].as_str().context("source url")?;
-    let source_path = url::Url::parse(source_url)?.path().to_string();
-    let source_id = source["source"]["id"]
-        .as_str()
-        .context("source id")?
-        .to_string();
+    let source_path = url::Url::parse(&setup.source_url)?.path().to_string();
+    let source_id = setup.source_id.clone();
 
     let load = Arc::new(Load {
         client: client.clone(),
@@ -288,16 +274,11 @@ pub async fn run(args: BenchScaleoutArgs, database_url: &str) -> anyhow::Result<
             })
             .collect(),
         source_path,
-        key: decode_standard_secret(source["secret"].as_str().context("secret")?)
-            .map_err(|e| anyhow::anyhow!("{e}"))?,
-        code: partner["createPartner"]["partner"]["referralCode"]
-            .as_str()
-            .context("code")?
-            .to_string(),
+        key: setup.source_key,
+        code: setup.code,
         run,
         next: AtomicU64::new(0),
         acked: Mutex::default(),
-        unacked: Mutex::default(),
     });
 
     // Scrape every instance's /metrics twice a second until the end.
@@ -433,11 +414,12 @@ pub async fn run(args: BenchScaleoutArgs, database_url: &str) -> anyhow::Result<
     ));
 
     let db = Database::connect(database_url).await?;
+    let subscribed = EVENT_TYPES.map(|t| format!("'{t}'")).join(", ");
     let expected_events: i64 = rows(
         &db,
         format!(
             "SELECT COUNT(*) AS n FROM events WHERE program_id = '{program}' \
-             AND type IN ('deal.attributed', 'deal.won', 'commission.accrued')"
+             AND type IN ({subscribed})"
         ),
     )
     .await?[0]
@@ -562,7 +544,7 @@ pub async fn run(args: BenchScaleoutArgs, database_url: &str) -> anyhow::Result<
         &db,
         format!(
             "SELECT id FROM events WHERE program_id = '{program}' \
-             AND type IN ('deal.attributed', 'deal.won', 'commission.accrued')"
+             AND type IN ({subscribed})"
         ),
     )
     .await?
