@@ -470,9 +470,10 @@ impl Syncer {
             let (applied, next) = tokio::join!(
                 self.apply_page(connection, &program, run_id, stats, &rotated, &page),
                 async {
-                    match more {
-                        true => Some(connector.sync_page(Some(&page.cursor)).await),
-                        false => None,
+                    if more {
+                        Some(connector.sync_page(Some(&page.cursor)).await)
+                    } else {
+                        None
                     }
                 }
             );

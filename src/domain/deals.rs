@@ -412,11 +412,12 @@ pub struct DealCache {
     deferred: Option<Deferred>,
 }
 
-/// PostgreSQL: plans the rest of the transaction's statements for their actual values. The wide
-/// `IN (…)` lookups of a batch ([`DealCache::load`]) are otherwise planned generically after a
-/// few runs, with the statistics of a table that has grown since: during a CRM backfill such a
-/// plan scanned the whole deals table once per page (100,000 deals synced at 460/s instead of
-/// thousands).
+/// PostgreSQL: plans the rest of the transaction's statements for their actual values. A batch's
+/// wide `IN (…)` lookups (attributions by deal, referrals by domain) are otherwise planned
+/// generically after a few runs, with the statistics of a table that has grown since: during a
+/// CRM backfill such a plan of the deals lookup scanned the whole deals table once per page
+/// (100,000 deals synced at 460/s instead of thousands). That lookup has since become one probe
+/// per key ([`DealCache::load`]), which no plan turns into a scan.
 pub const PLAN_FOR_VALUES: &str = "SET LOCAL plan_cache_mode = force_custom_plan";
 
 impl DealCache {
