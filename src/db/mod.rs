@@ -8,7 +8,9 @@ mod sizes;
 pub mod states;
 pub mod steps;
 
-pub use native::{ALIAS_PREFIX, Aliased, ColumnName, Decode, FromColumn, Named, NativeRow};
+pub use native::{
+    ALIAS_PREFIX, Aliased, ByName, ColumnName, Decode, FromColumn, Named, NativeRow, Record,
+};
 pub use sizes::TableSize;
 
 use std::{
@@ -216,6 +218,41 @@ impl Db {
             .iter()
             .map(T::pooled)
             .collect()
+    }
+
+    /// Every row of a statement built at run time, read by column name ([`Record::get`]): the
+    /// bulk reads of background jobs (thousands of rows a statement). On an SQLite file the
+    /// native reader steps it on a blocking thread, never on a runtime worker (sqlx hands each
+    /// row over from its worker thread, about 16 µs a row); when every native connection is
+    /// busy, or on PostgreSQL, the pool answers.
+    pub async fn records(&self, sql: String, values: Vec<Value>) -> Result<Vec<Record>, DbErr> {
+        let Some(reader) = self.native.clone() else {
+            return self.pooled_records(sql, values).await;
+        };
+        let steps = self.steps.clone();
+        let (sql, values, answered) = tokio::task::spawn_blocking(move || {
+            let answered = reader.records(&sql, &values, steps.as_deref());
+            (sql, values, answered)
+        })
+        .await
+        .map_err(|e| DbErr::Custom(format!("native read: {e}")))?;
+        match answered.transpose() {
+            Some(answered) => {
+                self.statements.fetch_add(1, Ordering::Relaxed);
+                answered
+            }
+            None => self.pooled_records(sql, values).await,
+        }
+    }
+
+    async fn pooled_records(&self, sql: String, values: Vec<Value>) -> Result<Vec<Record>, DbErr> {
+        Ok(self
+            .conn
+            .query_all_raw(Statement::from_sql_and_values(self.backend(), sql, values))
+            .await?
+            .into_iter()
+            .map(Record::pooled)
+            .collect())
     }
 
     /// Every row of a select (see [`Db::rows`]).

@@ -12,7 +12,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
 
@@ -103,6 +103,42 @@ impl NativeReader {
         values: &[Value],
         steps: Option<&SqliteSteps>,
     ) -> Result<Option<Vec<T>>, DbErr> {
+        self.query(sql, values, steps, T::plan, T::native)
+    }
+
+    /// Every row of `sql` as a [`Record`] (see [`NativeReader::rows`]).
+    pub(super) fn records(
+        &self,
+        sql: &str,
+        values: &[Value],
+        steps: Option<&SqliteSteps>,
+    ) -> Result<Option<Vec<Record>>, DbErr> {
+        self.query(
+            sql,
+            values,
+            steps,
+            |columns| Ok(Arc::new(columns.0.clone())),
+            |row, columns| {
+                let values = (0..columns.len())
+                    .map(|i| row.get::<_, SqlValue>(i))
+                    .collect::<rusqlite::Result<_>>()?;
+                Ok(Record(RecordRow::Native {
+                    columns: columns.clone(),
+                    values,
+                }))
+            },
+        )
+    }
+
+    /// Steps `sql` to the end: `plan` reads the statement's columns once, `decode` each row.
+    fn query<P, T>(
+        &self,
+        sql: &str,
+        values: &[Value],
+        steps: Option<&SqliteSteps>,
+        plan: impl FnOnce(&Columns) -> rusqlite::Result<P>,
+        mut decode: impl FnMut(&Row<'_>, &P) -> rusqlite::Result<T>,
+    ) -> Result<Option<Vec<T>>, DbErr> {
         let params: Vec<SqlValue> = values.iter().map(to_sql).collect::<Result<_, _>>()?;
         let Some(guard) = self.acquire()? else {
             return Ok(None);
@@ -110,13 +146,13 @@ impl NativeReader {
         let conn = guard.as_ref().expect("opened by acquire");
         let mut stmt = conn.prepare_cached(sql).map_err(db_err)?;
         let columns = Columns(stmt.column_names().iter().map(|c| c.to_string()).collect());
-        let plan = T::plan(&columns).map_err(db_err)?;
+        let plan = plan(&columns).map_err(db_err)?;
         let mut rows = stmt
             .query(rusqlite::params_from_iter(params.iter()))
             .map_err(db_err)?;
         let mut out = Vec::new();
         while let Some(row) = rows.next().map_err(db_err)? {
-            out.push(T::native(row, &plan).map_err(db_err)?);
+            out.push(decode(row, &plan).map_err(db_err)?);
         }
         drop(rows);
         if let Some(steps) = steps {
@@ -128,6 +164,52 @@ impl NativeReader {
             );
         }
         Ok(Some(out))
+    }
+}
+
+/// A row of a statement whose shape is built at run time (bulk reads of the reconciler),
+/// read column by column by name through either path.
+pub struct Record(RecordRow);
+
+enum RecordRow {
+    Native {
+        columns: Arc<Vec<String>>,
+        values: Vec<SqlValue>,
+    },
+    Pooled(QueryResult),
+}
+
+impl Record {
+    /// A pooled row.
+    pub(super) fn pooled(row: QueryResult) -> Record {
+        Record(RecordRow::Pooled(row))
+    }
+}
+
+/// Rows whose columns are read by name: a [`Record`], or a pooled sea-orm row.
+pub trait ByName {
+    /// The value of column `name`.
+    fn by_name<T: FromColumn + sea_orm::TryGetable>(&self, name: &str) -> Result<T, DbErr>;
+}
+
+impl ByName for QueryResult {
+    fn by_name<T: FromColumn + sea_orm::TryGetable>(&self, name: &str) -> Result<T, DbErr> {
+        self.try_get::<T>("", name)
+    }
+}
+
+impl ByName for Record {
+    fn by_name<T: FromColumn + sea_orm::TryGetable>(&self, name: &str) -> Result<T, DbErr> {
+        match &self.0 {
+            RecordRow::Pooled(row) => row.by_name(name),
+            RecordRow::Native { columns, values } => {
+                let i = columns
+                    .iter()
+                    .position(|c| c == name)
+                    .ok_or_else(|| db_err(format!("no column {name}")))?;
+                T::from_value(ValueRef::from(&values[i]), name).map_err(db_err)
+            }
+        }
     }
 }
 
@@ -270,6 +352,11 @@ fn to_sql(value: &Value) -> Result<SqlValue, DbErr> {
         Value::Float(v) => v.map_or(SqlValue::Null, |x| SqlValue::Real(x.into())),
         Value::Double(v) => v.map_or(SqlValue::Null, SqlValue::Real),
         Value::Bytes(v) => v.clone().map_or(SqlValue::Null, SqlValue::Blob),
+        // The text sqlx binds (and stores) for a `DateTime<Utc>`: compared as text with the
+        // stored values, it must be the same form.
+        Value::ChronoDateTimeUtc(v) => v.as_ref().map_or(SqlValue::Null, |t| {
+            SqlValue::Text(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false))
+        }),
         other => return Err(db_err(format!("unsupported parameter {other:?}"))),
     })
 }
@@ -525,6 +612,39 @@ mod tests {
         }
     }
 
+    /// A time bound on the native path is the text sqlx binds and stores (compared as text).
+    #[tokio::test]
+    async fn times_bind_as_sqlx_binds_them() {
+        use sea_orm::sqlx::{self, Connection as _};
+        let dir = std::env::temp_dir().join(format!("tandem-native-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x TEXT)")
+            .unwrap();
+        let mut pooled = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        let reader = NativeReader::new(&path, 1);
+        for nanos in [0, 500_000_000, 123_456_000, 172_974_016] {
+            let t = DateTime::from_timestamp(1_783_000_000, nanos).unwrap();
+            let by_sqlx: String = sqlx::query_scalar("SELECT ?")
+                .bind(t)
+                .fetch_one(&mut pooled)
+                .await
+                .unwrap();
+            let records = reader
+                .records("SELECT ? AS t, 1 AS n", &[t.into()], None)
+                .unwrap()
+                .unwrap();
+            assert_eq!(records[0].by_name::<String>("t").unwrap(), by_sqlx);
+            assert_eq!(records[0].by_name::<i64>("n").unwrap(), 1);
+            assert!(records[0].by_name::<i64>("missing").is_err());
+        }
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
     #[test]
     fn reads_models_and_binds_values() {
         let dir = std::env::temp_dir().join(format!("tandem-native-{}", uuid::Uuid::new_v4()));
@@ -564,11 +684,7 @@ mod tests {
         // Unsupported parameter types are refused rather than guessed.
         assert!(
             reader
-                .rows::<Named<String, DealId>>(
-                    "SELECT ? AS deal_id",
-                    &[Value::ChronoDateTimeUtc(None)],
-                    None,
-                )
+                .rows::<Named<String, DealId>>("SELECT ? AS deal_id", &[Value::Json(None)], None,)
                 .is_err()
         );
         // With every connection taken, the reader declines instead of waiting.

@@ -339,9 +339,9 @@ async fn referral_totals_follow_every_change(app: TestApp) {
 
     // Undo and redo the migration: the counter table is rebuilt from the referrals.
     // (The day-two, recurring, registration, application, certification, CRM-company,
-    // group, payout-run, partial-index and invoice-commission-key migrations came later:
-    // they are undone first.)
-    app.db.migrate_down(11).await.unwrap();
+    // group, payout-run, partial-index, invoice-commission-key and scan-index migrations came
+    // later: they are undone first.)
+    app.db.migrate_down(12).await.unwrap();
     assert!(
         app.db
             .execute_unprepared("SELECT total FROM referral_counts")

@@ -122,13 +122,7 @@ async fn changed_invoices(
     since: DateTime<Utc>,
 ) -> Result<(Vec<String>, Vec<String>), DbErr> {
     let [p1] = db.params();
-    let query = |sql: String| {
-        db.reads().query_all_raw(Statement::from_sql_and_values(
-            db.backend(),
-            sql,
-            [since.into()],
-        ))
-    };
+    let query = |sql: String| db.records(sql, vec![since.into()]);
     let mut whole: BTreeSet<String> = BTreeSet::new();
     for sql in [
         "SELECT id AS partner_id FROM partners WHERE updated_at > {p1}",
@@ -170,15 +164,13 @@ async fn changed_invoices(
         let list: Vec<String> = currencies.into_iter().collect();
         let (cond, values) = db.in_list("currency", &list, 1);
         for row in db
-            .reads()
-            .query_all_raw(Statement::from_sql_and_values(
-                db.backend(),
+            .records(
                 format!(
                     "SELECT DISTINCT partner_id FROM invoices \
                      WHERE partner_id IS NOT NULL AND {cond}"
                 ),
                 values,
-            ))
+            )
             .await?
         {
             whole.insert(get(&row, "partner_id")?);
@@ -212,9 +204,7 @@ async fn read_invoices(db: &Db, scope: &InvoiceScope<'_>) -> Result<Vec<InvoiceR
     };
     let (cond, values) = db.in_list(column, ids, 1);
     let rows = db
-        .reads()
-        .query_all_raw(Statement::from_sql_and_values(
-            db.backend(),
+        .records(
             format!(
                 "SELECT i.id, i.partner_id, i.program_id, i.customer_id, i.source_id, \
                  i.external_id, i.currency, i.amount_paid, i.amount_excluding_tax, i.paid_at, \
@@ -227,7 +217,7 @@ async fn read_invoices(db: &Db, scope: &InvoiceScope<'_>) -> Result<Vec<InvoiceR
                  WHERE {cond} AND i.partner_id IS NOT NULL"
             ),
             values,
-        ))
+        )
         .await?;
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
@@ -277,15 +267,13 @@ async fn read_reductions(db: &Db, invoices: &[InvoiceRow]) -> Result<Reductions,
         let (cond, more) = db.in_list("invoice_external_id", chunk, values.len() + 1);
         values.extend(more);
         for row in db
-            .reads()
-            .query_all_raw(Statement::from_sql_and_values(
-                db.backend(),
+            .records(
                 format!(
                     "SELECT source_id, invoice_external_id, currency, amount, occurred_at \
                      FROM invoice_adjustments WHERE {sources_cond} AND {cond}"
                 ),
                 values,
-            ))
+            )
             .await?
         {
             out.entry((get(&row, "source_id")?, get(&row, "invoice_external_id")?))

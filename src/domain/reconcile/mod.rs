@@ -27,8 +27,8 @@ use write::write;
 use chrono::{DateTime, Duration, Utc};
 use rust_decimal::Decimal;
 use sea_orm::{
-    ActiveValue::Set, ConnectionTrait, DbErr, EntityTrait, QueryOrder, QueryResult, Statement,
-    Value, sea_query::OnConflict,
+    ActiveValue::Set, ConnectionTrait, DbErr, EntityTrait, QueryOrder, Statement, Value,
+    sea_query::OnConflict,
 };
 use serde::Serialize;
 use serde_json::json;

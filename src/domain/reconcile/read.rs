@@ -2,10 +2,16 @@
 //! last computed for them, and what the ledger holds.
 
 use super::*;
-use crate::domain::deals::AttributionMethod;
+use crate::{
+    db::{ByName, FromColumn},
+    domain::deals::AttributionMethod,
+};
 
-pub(super) fn get<T: sea_orm::TryGetable>(row: &QueryResult, col: &str) -> Result<T, DbErr> {
-    row.try_get::<T>("", col)
+pub(super) fn get<T: FromColumn + sea_orm::TryGetable>(
+    row: &impl ByName,
+    col: &str,
+) -> Result<T, DbErr> {
+    row.by_name(col)
 }
 
 /// The ledger, as [`read_booked`] reads it by partner or deal.
@@ -29,9 +35,7 @@ pub(super) async fn read_booked(
     for chunk in ids.chunks(DEAL_CHUNK) {
         let (cond, values) = db.in_list(column, chunk, 1);
         for row in db
-            .reads()
-            .query_all_raw(Statement::from_sql_and_values(
-                db.backend(),
+            .records(
                 format!(
                     "SELECT le.partner_id, le.{subject}_id AS subject_id, \
                      CAST(SUM(le.amount_cents) AS BIGINT) AS cents, \
@@ -40,7 +44,7 @@ pub(super) async fn read_booked(
                      AND le.kind IN {COMMISSION_KINDS} GROUP BY le.partner_id, le.{subject}_id"
                 ),
                 values,
-            ))
+            )
             .await?
         {
             let cents: Option<i64> = get(&row, "cents")?;
@@ -74,7 +78,7 @@ pub(super) struct Stored {
 
 impl Stored {
     /// From the `dc_*` columns of a row (`None` when the pair was never computed).
-    fn from_row(row: &QueryResult) -> Result<Option<Stored>, DbErr> {
+    fn from_row(row: &impl ByName) -> Result<Option<Stored>, DbErr> {
         let Some(state) = get::<Option<CommissionState>>(row, "dc_state")? else {
             return Ok(None);
         };
@@ -113,9 +117,7 @@ pub(super) async fn changed_since(
     // revenue or is credited on it: WON, or LOCKED, before or after the change).
     let mut pairs: Vec<(String, Option<String>, String, bool)> = Vec::new();
     let rows = db
-        .reads()
-        .query_all_raw(Statement::from_sql_and_values(
-            db.backend(),
+        .records(
             format!(
                 "SELECT d.id AS deal_id, a.partner_id AS partner_id, d.program_id AS program_id, \
                  d.status AS status, d.deleted AS deleted, d.locked_closed_at AS locked \
@@ -125,8 +127,8 @@ pub(super) async fn changed_since(
                  d.locked_closed_at FROM attributions a JOIN deals d ON d.id = a.deal_id \
                  WHERE a.updated_at > {p1}"
             ),
-            [since.into()],
-        ))
+            vec![since.into()],
+        )
         .await?;
     for row in rows {
         let status: String = get(&row, "status")?;
@@ -144,15 +146,13 @@ pub(super) async fn changed_since(
     for chunk in deal_ids.chunks(DEAL_CHUNK) {
         let (cond, values) = db.in_list("deal_id", chunk, 1);
         for row in db
-            .reads()
-            .query_all_raw(Statement::from_sql_and_values(
-                db.backend(),
+            .records(
                 format!(
                     "SELECT deal_id, partner_id, program_id, deal_status, state \
                      FROM deal_commissions WHERE {cond}"
                 ),
                 values,
-            ))
+            )
             .await?
         {
             let status: String = get(&row, "deal_status")?;
@@ -196,10 +196,7 @@ pub(super) async fn changed_since(
     // plan changed, and partners with deals a new exchange rate may convert. (Separate small
     // statements: joined into one, SQLite's planner scans every deal.)
     let since_value = || -> Vec<Value> { vec![since.into()] };
-    let query = |sql: String, values: Vec<Value>| {
-        db.reads()
-            .query_all_raw(Statement::from_sql_and_values(db.backend(), sql, values))
-    };
+    let query = |sql: String, values: Vec<Value>| db.records(sql, values);
     // (Also whole: partners whose group history changed — a promotion, a demotion, a manual
     // placement — since their deals may be computed with another group's plan, partners a
     // manager declined a commission of, and the partners of a program one of whose groups
@@ -316,9 +313,7 @@ pub(super) async fn read_unchanged_counting(
     let ids: Vec<String> = partners.iter().map(|(p, _)| p.clone()).collect();
     let (cond, values) = db.in_list("dc.partner_id", &ids, 1);
     let rows = db
-        .reads()
-        .query_all_raw(Statement::from_sql_and_values(
-            db.backend(),
+        .records(
             format!(
                 "SELECT dc.partner_id, dc.deal_id, a.method AS method, {STORED_COLUMNS} \
                  FROM deal_commissions dc LEFT JOIN attributions a \
@@ -327,7 +322,7 @@ pub(super) async fn read_unchanged_counting(
                    AND (dc.deal_status = 'WON' OR dc.state = 'LOCKED')"
             ),
             values,
-        ))
+        )
         .await?;
     for row in rows {
         let partner_id: String = get(&row, "partner_id")?;
@@ -439,9 +434,7 @@ pub(super) async fn read_scope(
     // statement), then the pairs last computed whose deal is now attributed elsewhere.
     let (cond, values) = db.in_list(&column("a"), &mirror_ids, 1);
     let rows = db
-        .reads()
-        .query_all_raw(Statement::from_sql_and_values(
-            db.backend(),
+        .records(
             format!(
                 "SELECT a.partner_id, a.method, d.id, d.amount, d.currency, d.status, \
                  d.deleted, d.closed_at, d.updated_at, d.created_at, d.locked_amount, \
@@ -452,7 +445,7 @@ pub(super) async fn read_scope(
                  WHERE {cond}"
             ),
             values,
-        ))
+        )
         .await?;
     let mut timelines: BTreeMap<String, Vec<DealFacts>> = BTreeMap::new();
     let mut stored: HashMap<(String, String), Stored> = HashMap::new();
@@ -495,9 +488,7 @@ pub(super) async fn read_scope(
     }
     let (cond, values) = db.in_list(&column("dc"), &mirror_ids, 1);
     for row in db
-        .reads()
-        .query_all_raw(Statement::from_sql_and_values(
-            db.backend(),
+        .records(
             format!(
                 "SELECT dc.partner_id, dc.deal_id, {STORED_COLUMNS} \
                  FROM deal_commissions dc LEFT JOIN attributions a \
@@ -505,7 +496,7 @@ pub(super) async fn read_scope(
                  WHERE {cond} AND a.deal_id IS NULL"
             ),
             values,
-        ))
+        )
         .await?
     {
         let partner_id: String = get(&row, "partner_id")?;
