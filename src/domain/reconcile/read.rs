@@ -430,25 +430,23 @@ pub(super) async fn read_scope(
             format!("{table}.partner_id")
         }
     };
-    // The attributed deals in scope, by partner, with what was last computed for them (one
-    // statement), then the pairs last computed whose deal is now attributed elsewhere.
+    // The attributed deals in scope, by partner (one statement), then everything last computed
+    // for the scope's partners or deals (one statement, through the computations' own index):
+    // the pairs still attributed and those whose deal is now attributed elsewhere. (Joined to
+    // the mirror instead, PostgreSQL hashes whole tables for each chunk.)
     let (cond, values) = db.in_list(&column("a"), &mirror_ids, 1);
     let rows = db
         .records(
             format!(
                 "SELECT a.partner_id, a.method, d.id, d.amount, d.currency, d.status, \
                  d.deleted, d.closed_at, d.updated_at, d.created_at, d.locked_amount, \
-                 d.locked_currency, d.locked_closed_at, {STORED_COLUMNS} \
-                 FROM attributions a JOIN deals d ON d.id = a.deal_id \
-                 LEFT JOIN deal_commissions dc \
-                   ON dc.deal_id = a.deal_id AND dc.partner_id = a.partner_id \
-                 WHERE {cond}"
+                 d.locked_currency, d.locked_closed_at \
+                 FROM attributions a JOIN deals d ON d.id = a.deal_id WHERE {cond}"
             ),
             values,
         )
         .await?;
     let mut timelines: BTreeMap<String, Vec<DealFacts>> = BTreeMap::new();
-    let mut stored: HashMap<(String, String), Stored> = HashMap::new();
     for row in rows {
         let partner_id: String = get(&row, "partner_id")?;
         if !kept(&partner_id) {
@@ -470,12 +468,8 @@ pub(super) async fn read_scope(
             }),
             _ => None,
         };
-        let id: String = get(&row, "id")?;
-        if let Some(previous) = Stored::from_row(&row)? {
-            stored.insert((partner_id.clone(), id.clone()), previous);
-        }
         timelines.entry(partner_id).or_default().push(DealFacts {
-            id,
+            id: get(&row, "id")?,
             status,
             amount: parse_decimal(&get::<String>(&row, "amount")?, "deal amount")?,
             currency: get(&row, "currency")?,
@@ -486,14 +480,13 @@ pub(super) async fn read_scope(
             recurring: get::<String>(&row, "method")? == AttributionMethod::Customer.as_str(),
         });
     }
+    let mut stored: HashMap<(String, String), Stored> = HashMap::new();
     let (cond, values) = db.in_list(&column("dc"), &mirror_ids, 1);
     for row in db
         .records(
             format!(
                 "SELECT dc.partner_id, dc.deal_id, {STORED_COLUMNS} \
-                 FROM deal_commissions dc LEFT JOIN attributions a \
-                   ON a.deal_id = dc.deal_id AND a.partner_id = dc.partner_id \
-                 WHERE {cond} AND a.deal_id IS NULL"
+                 FROM deal_commissions dc WHERE {cond}"
             ),
             values,
         )
