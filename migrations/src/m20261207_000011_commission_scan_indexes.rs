@@ -67,29 +67,30 @@ const NEW: [(&str, &str); 4] = [
     ),
 ];
 
+/// Drops the indexes of `drop` and creates those of `create`.
+async fn swap(
+    manager: &SchemaManager<'_>,
+    drop: &[(&str, &str)],
+    create: &[(&str, &str)],
+) -> Result<(), DbErr> {
+    let conn = manager.get_connection();
+    for (name, _) in drop {
+        conn.execute_unprepared(&format!("DROP INDEX {name}"))
+            .await?;
+    }
+    for (_, definition) in create {
+        conn.execute_unprepared(definition).await?;
+    }
+    Ok(())
+}
+
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        let conn = manager.get_connection();
-        for (name, _) in OLD {
-            conn.execute_unprepared(&format!("DROP INDEX {name}"))
-                .await?;
-        }
-        for (_, create) in NEW {
-            conn.execute_unprepared(create).await?;
-        }
-        Ok(())
+        swap(manager, &OLD, &NEW).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        let conn = manager.get_connection();
-        for (name, _) in NEW {
-            conn.execute_unprepared(&format!("DROP INDEX {name}"))
-                .await?;
-        }
-        for (_, create) in OLD {
-            conn.execute_unprepared(create).await?;
-        }
-        Ok(())
+        swap(manager, &NEW, &OLD).await
     }
 }
