@@ -312,6 +312,58 @@ async fn tiers_and_a_clawback_that_moves_a_later_deal_down(app: TestApp) {
     assert_eq!(booked(&app, &alice.id, "OLD").await, "500.00");
 }
 
+/// In a tiered program, a partner whose won deal changed (its tiers move) and whose open deal
+/// was lost in the same interval: the incremental run records both, so the KPIs count the lost
+/// deal and drop it from the pipeline. (Runs without the overlap, so that the partner, created
+/// moments ago, is not recomputed whole.)
+async fn an_open_deal_lost_while_the_partners_tiers_move(app: TestApp) {
+    use tandem::domain::reconcile::reconcile_with_overlap;
+    let program = program_with(
+        &app,
+        json!({"type": "PERCENT", "rate": "10",
+               "tiers": [{"minRevenue": "0", "rate": "10"}, {"minRevenue": "1000", "rate": "20"}]}),
+        json!({}),
+    )
+    .await;
+    let alice = partner(&app, &program, "Alice").await;
+    let mut crm = Crm::new(&app, &program).await;
+    crm.won(&app, "A", "1000", 20, &alice.code).await;
+    crm.deal(
+        &app,
+        json!({"id": "O", "amount": "300", "status": "open", "referralCode": alice.code}),
+    )
+    .await;
+    let first = reconcile_with_overlap(&app.db, None, Duration::zero())
+        .await
+        .unwrap();
+    let query =
+        "query($p: ID!) { kpis(programId: $p) { dealsWon dealsLost pipelineValue wonRevenue } }";
+    let before = app.admin_ok(query, json!({"p": program})).await["kpis"].clone();
+    assert_eq!(
+        before,
+        json!({"dealsWon": 1, "dealsLost": 0, "pipelineValue": "300.00", "wonRevenue": "1000.00"})
+    );
+    // A's amount moves Alice's tiers; O is lost (a change that counts towards nothing).
+    crm.won(&app, "A", "1200", 20, &alice.code).await;
+    crm.deal(
+        &app,
+        json!({"id": "O", "amount": "300", "status": "lost",
+               "closedAt": days(1).to_rfc3339(), "referralCode": alice.code}),
+    )
+    .await;
+    let stats = reconcile_with_overlap(&app.db, first.watermark, Duration::zero())
+        .await
+        .unwrap();
+    assert_eq!(stats.mode, "incremental");
+    assert_eq!(booked(&app, &alice.id, "A").await, "120.00");
+    let after = app.admin_ok(query, json!({"p": program})).await["kpis"].clone();
+    assert_eq!(
+        after,
+        json!({"dealsWon": 1, "dealsLost": 1, "pipelineValue": "0.00", "wonRevenue": "1200.00"}),
+        "{stats:?}"
+    );
+}
+
 async fn cap_minimum_flat_and_termination(app: TestApp) {
     // 20 %, capped at 150 per deal, deals under 100 earn nothing.
     let program = program_with(
@@ -1040,6 +1092,7 @@ async fn bad_input_is_rejected_and_writes_nothing(app: TestApp) {
 db_tests!(
     percent_accrues_adjusts_and_reverses,
     tiers_and_a_clawback_that_moves_a_later_deal_down,
+    an_open_deal_lost_while_the_partners_tiers_move,
     cap_minimum_flat_and_termination,
     a_plan_change_reprices_deals_on_the_next_run,
     currency_conversion_and_missing_rates,

@@ -275,14 +275,12 @@ pub(super) async fn changed_since(
         }
     }
     tiers.retain(|partner_id, _| !partners.contains(partner_id));
-    // A deal whose partners are all recomputed with their timeline needs no pass of its own.
+    // A deal whose partners are all recomputed whole needs no pass of its own. (Tier
+    // propagation recomputes only a partner's deals that count towards its tiers: a partner's
+    // other changed deals, an open deal now lost say, still need theirs.)
     let deals = deals
         .into_iter()
-        .filter(|(_, concerned)| {
-            concerned
-                .iter()
-                .any(|p| !partners.contains(p) && !tiers.contains_key(p))
-        })
+        .filter(|(_, concerned)| concerned.iter().any(|p| !partners.contains(p)))
         .map(|(deal_id, _)| deal_id)
         .collect();
     Ok(Changes {
