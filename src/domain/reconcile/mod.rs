@@ -307,7 +307,11 @@ impl Context {
 /// a deal's commission does not depend on the partner's other deals).
 enum Scope<'a> {
     Partners(&'a [String]),
-    Deals(&'a [String]),
+    /// Deals, leaving out the pairs of the partners in `skip` (computed whole elsewhere).
+    Deals {
+        ids: &'a [String],
+        skip: &'a BTreeSet<String>,
+    },
     /// Partners with the changed deals that move their tiers.
     Tiers(&'a [(String, BTreeSet<String>)]),
 }
@@ -355,23 +359,23 @@ pub async fn reconcile_with_overlap(
             let started = std::time::Instant::now();
             let changes = changed_since(db, ctx, since - overlap).await?;
             stats.timings.changes += started.elapsed().as_secs_f64();
-            // Each kind of chunk is a separate pipeline: a partner's deals may be in two.
-            let partners: Vec<String> = changes.whole.into_iter().collect();
+            // One pipeline for the three kinds of chunk: no two chunks concern the same
+            // (partner, deal) pair. Whole partners are not in the tier chunks, and the per-deal
+            // chunks leave out the pairs of whole partners; a deal of the per-deal pass counts
+            // towards no tiers, so no tier chunk computes it.
+            let partners: Vec<String> = changes.whole.iter().cloned().collect();
+            let tiers: Vec<(String, BTreeSet<String>)> = changes.tiers.into_iter().collect();
+            let deals: Vec<String> = changes.deals.into_iter().collect();
+            let whole = &changes.whole;
             let chunks = partners
                 .chunks(PARTNER_CHUNK)
                 .map(Scope::Partners)
-                .collect::<Vec<_>>();
-            pipelined(chunks, &mut stats, prepare, write).await?;
-            let tiers: Vec<(String, BTreeSet<String>)> = changes.tiers.into_iter().collect();
-            let chunks = tiers
-                .chunks(TIER_CHUNK)
-                .map(Scope::Tiers)
-                .collect::<Vec<_>>();
-            pipelined(chunks, &mut stats, prepare, write).await?;
-            let deals: Vec<String> = changes.deals.into_iter().collect();
-            let chunks = deals
-                .chunks(DEAL_CHUNK)
-                .map(Scope::Deals)
+                .chain(tiers.chunks(TIER_CHUNK).map(Scope::Tiers))
+                .chain(
+                    deals
+                        .chunks(DEAL_CHUNK)
+                        .map(|ids| Scope::Deals { ids, skip: whole }),
+                )
                 .collect::<Vec<_>>();
             pipelined(chunks, &mut stats, prepare, write).await?;
         }

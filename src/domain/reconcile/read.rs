@@ -410,12 +410,19 @@ pub(super) async fn read_scope(
 ) -> Result<Option<ScopeRead>, DbErr> {
     // What is read from the mirror: the scope's partners or deals, or for tier propagation the
     // changed deals (keeping the pairs of the chunk's partners).
-    let (by_deal, mirror_ids, keep): (bool, Vec<String>, Option<HashSet<&String>>) = match scope {
+    // Which pairs of what is read the chunk keeps: a tier chunk its partners', a per-deal chunk
+    // all but those of the partners computed whole.
+    let (by_deal, mirror_ids, keep, skip): (
+        bool,
+        Vec<String>,
+        Option<HashSet<&String>>,
+        Option<&BTreeSet<String>>,
+    ) = match scope {
         Scope::Partners(ids) => {
             stats.partners += ids.len() as u64;
-            (false, ids.to_vec(), None)
+            (false, ids.to_vec(), None, None)
         }
-        Scope::Deals(ids) => (true, ids.to_vec(), None),
+        Scope::Deals { ids, skip } => (true, ids.to_vec(), None, Some(*skip)),
         Scope::Tiers(partners) => {
             stats.partners += partners.len() as u64;
             let mut deal_ids: Vec<String> = partners
@@ -428,13 +435,17 @@ pub(super) async fn read_scope(
                 true,
                 deal_ids,
                 Some(partners.iter().map(|(p, _)| p).collect()),
+                None,
             )
         }
     };
     if mirror_ids.is_empty() {
         return Ok(None);
     }
-    let kept = |partner_id: &String| keep.as_ref().is_none_or(|k| k.contains(partner_id));
+    let kept = |partner_id: &String| {
+        keep.as_ref().is_none_or(|k| k.contains(partner_id))
+            && skip.is_none_or(|s| !s.contains(partner_id))
+    };
     let column = |table: &str| {
         if by_deal {
             format!("{table}.deal_id")
