@@ -412,17 +412,16 @@ pub(super) async fn read_scope(
     // changed deals (keeping the pairs of the chunk's partners).
     // Which pairs of what is read the chunk keeps: a tier chunk its partners', a per-deal chunk
     // all but those of the partners computed whole.
-    let (by_deal, mirror_ids, keep, skip): (
-        bool,
-        Vec<String>,
-        Option<HashSet<&String>>,
-        Option<&BTreeSet<String>>,
-    ) = match scope {
+    let skip = match scope {
+        Scope::Deals { skip, .. } => Some(*skip),
+        _ => None,
+    };
+    let (by_deal, mirror_ids, keep): (bool, Vec<String>, Option<HashSet<&String>>) = match scope {
         Scope::Partners(ids) => {
             stats.partners += ids.len() as u64;
-            (false, ids.to_vec(), None, None)
+            (false, ids.to_vec(), None)
         }
-        Scope::Deals { ids, skip } => (true, ids.to_vec(), None, Some(*skip)),
+        Scope::Deals { ids, .. } => (true, ids.to_vec(), None),
         Scope::Tiers(partners) => {
             stats.partners += partners.len() as u64;
             let mut deal_ids: Vec<String> = partners
@@ -435,7 +434,6 @@ pub(super) async fn read_scope(
                 true,
                 deal_ids,
                 Some(partners.iter().map(|(p, _)| p).collect()),
-                None,
             )
         }
     };
