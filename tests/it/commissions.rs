@@ -273,17 +273,23 @@ async fn percent_accrues_adjusts_and_reverses(app: TestApp) {
     assert_eq!(available - created, Duration::days(30));
 }
 
-async fn tiers_and_a_clawback_that_moves_a_later_deal_down(app: TestApp) {
-    // 10 % below 1,000 of prior revenue (trailing 365 days), 20 % from 1,000 on.
+/// A program paying 10 % below 1,000 of prior revenue (trailing 365 days) and 20 % from 1,000
+/// on, its partner Alice, and a CRM source.
+async fn tiered_program(app: &TestApp) -> (String, TestPartner, Crm) {
     let program = program_with(
-        &app,
+        app,
         json!({"type": "PERCENT", "rate": "10",
                "tiers": [{"minRevenue": "0", "rate": "10"}, {"minRevenue": "1000", "rate": "20"}]}),
         json!({}),
     )
     .await;
-    let alice = partner(&app, &program, "Alice").await;
-    let mut crm = Crm::new(&app, &program).await;
+    let alice = partner(app, &program, "Alice").await;
+    let crm = Crm::new(app, &program).await;
+    (program, alice, crm)
+}
+
+async fn tiers_and_a_clawback_that_moves_a_later_deal_down(app: TestApp) {
+    let (_, alice, mut crm) = tiered_program(&app).await;
     // A deal closed 400 days ago is outside the trailing year of the others.
     crm.won(&app, "OLD", "5000", 400, &alice.code).await;
     crm.won(&app, "A", "1000", 20, &alice.code).await;
@@ -318,15 +324,7 @@ async fn tiers_and_a_clawback_that_moves_a_later_deal_down(app: TestApp) {
 /// moments ago, is not recomputed whole.)
 async fn an_open_deal_lost_while_the_partners_tiers_move(app: TestApp) {
     use tandem::domain::reconcile::reconcile_with_overlap;
-    let program = program_with(
-        &app,
-        json!({"type": "PERCENT", "rate": "10",
-               "tiers": [{"minRevenue": "0", "rate": "10"}, {"minRevenue": "1000", "rate": "20"}]}),
-        json!({}),
-    )
-    .await;
-    let alice = partner(&app, &program, "Alice").await;
-    let mut crm = Crm::new(&app, &program).await;
+    let (program, alice, mut crm) = tiered_program(&app).await;
     crm.won(&app, "A", "1000", 20, &alice.code).await;
     crm.deal(
         &app,
