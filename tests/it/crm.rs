@@ -1010,13 +1010,17 @@ async fn oauth_connections_persist_rotated_refresh_tokens(app: TestApp) {
 
 async fn an_unreachable_crm_fails_within_the_bound(app: TestApp) {
     let program = app.create_program("Unreachable").await;
-    // A port nobody listens on, and a non-routable address.
+    // A port nobody listens on, and a CRM that takes connections but never answers (the kernel
+    // completes the handshake; nothing accepts or reads). Both on loopback, as every test
+    // address is.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();
     drop(closed);
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
     for base in [
         format!("http://127.0.0.1:{port}"),
-        "http://10.255.255.1".to_string(),
+        format!("http://127.0.0.1:{silent_port}"),
     ] {
         let data = app
             .admin_ok(
@@ -1035,6 +1039,7 @@ async fn an_unreachable_crm_fails_within_the_bound(app: TestApp) {
         assert!(run["durationMs"].as_i64().unwrap() < 5_000, "{run}");
         assert_eq!(run["pages"], 0);
     }
+    drop(silent);
 }
 
 mod bounded {
