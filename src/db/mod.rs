@@ -220,7 +220,7 @@ impl Db {
             .collect()
     }
 
-    /// Every row of a statement built at run time, read by column name ([`Record::get`]): the
+    /// Every row of a statement built at run time, read by column name ([`ByName::by_name`]): the
     /// bulk reads of background jobs (thousands of rows a statement). On an SQLite file the
     /// native reader steps it on a blocking thread, never on a runtime worker (sqlx hands each
     /// row over from its worker thread, about 16 µs a row); when every native connection is

@@ -684,7 +684,7 @@ mod tests {
         // Unsupported parameter types are refused rather than guessed.
         assert!(
             reader
-                .rows::<Named<String, DealId>>("SELECT ? AS deal_id", &[Value::Json(None)], None,)
+                .rows::<Named<String, DealId>>("SELECT ? AS deal_id", &[Value::Json(None)], None)
                 .is_err()
         );
         // With every connection taken, the reader declines instead of waiting.

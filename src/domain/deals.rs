@@ -441,7 +441,7 @@ impl DealCache {
             externals.sort_unstable();
             externals.dedup();
             for chunk in externals.chunks(500) {
-                let found = if lock {
+                let found = if conn.get_database_backend() == DbBackend::Postgres {
                     // One unique-index probe per key, locked in the keys' order. The plain
                     // `external_id IN (…)` form let PostgreSQL, with statistics from when the
                     // table was small, scan every deal of the source through the index and
@@ -458,8 +458,9 @@ impl DealCache {
                             format!(
                                 "SELECT d.* FROM (VALUES {}) AS k(external_id) CROSS JOIN LATERAL \
                              (SELECT * FROM deals WHERE source_id = $1 \
-                             AND external_id = k.external_id FOR UPDATE) AS d",
-                                keys.join(", ")
+                             AND external_id = k.external_id{}) AS d",
+                                keys.join(", "),
+                                if lock { " FOR UPDATE" } else { "" }
                             ),
                             values,
                         ))

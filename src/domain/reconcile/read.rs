@@ -77,19 +77,16 @@ pub(super) struct Stored {
 }
 
 impl Stored {
-    /// From the `dc_*` columns of a row (`None` when the pair was never computed).
-    fn from_row(row: &impl ByName) -> Result<Option<Stored>, DbErr> {
-        let Some(state) = get::<Option<CommissionState>>(row, "dc_state")? else {
-            return Ok(None);
-        };
-        Ok(Some(Stored {
-            state,
+    /// From the `dc_*` columns of a `deal_commissions` row.
+    fn from_row(row: &impl ByName) -> Result<Stored, DbErr> {
+        Ok(Stored {
+            state: get(row, "dc_state")?,
             expected_cents: get(row, "dc_expected")?,
             amount_program: get(row, "dc_amount")?,
             deal_status: get(row, "dc_status")?,
             closed_at: get(row, "dc_closed")?,
             created_at: get(row, "dc_created")?,
-        }))
+        })
     }
 }
 
@@ -196,7 +193,6 @@ pub(super) async fn changed_since(
     // plan changed, and partners with deals a new exchange rate may convert. (Separate small
     // statements: joined into one, SQLite's planner scans every deal.)
     let since_value = || -> Vec<Value> { vec![since.into()] };
-    let query = |sql: String, values: Vec<Value>| db.records(sql, values);
     // (Also whole: partners whose group history changed — a promotion, a demotion, a manual
     // placement — since their deals may be computed with another group's plan, partners a
     // manager declined a commission of, and the partners of a program one of whose groups
@@ -208,7 +204,7 @@ pub(super) async fn changed_since(
         // (nearly empty) partial index of declines.
         "SELECT partner_id FROM ledger_entries WHERE declines > '' AND created_at > {p1}",
     ] {
-        for row in query(sql.replace("{p1}", &p1), since_value()).await? {
+        for row in db.records(sql.replace("{p1}", &p1), since_value()).await? {
             partners.insert(get(&row, "partner_id")?);
         }
     }
@@ -216,7 +212,7 @@ pub(super) async fn changed_since(
         "SELECT id AS program_id FROM programs WHERE updated_at > {p1}",
         "SELECT DISTINCT program_id FROM partner_groups WHERE updated_at > {p1}",
     ] {
-        for row in query(sql.replace("{p1}", &p1), since_value()).await? {
+        for row in db.records(sql.replace("{p1}", &p1), since_value()).await? {
             let program_id: String = get(&row, "program_id")?;
             partners.extend(
                 ctx.partners
@@ -226,11 +222,12 @@ pub(super) async fn changed_since(
             );
         }
     }
-    for row in query(
-        format!("SELECT DISTINCT base, quote FROM exchange_rates WHERE created_at > {p1}"),
-        since_value(),
-    )
-    .await?
+    for row in db
+        .records(
+            format!("SELECT DISTINCT base, quote FROM exchange_rates WHERE created_at > {p1}"),
+            since_value(),
+        )
+        .await?
     {
         // A rate converts directly, inverted, or as one leg of a cross rate: any deal whose
         // currency, or whose program's currency, is one of the pair's may now convert
@@ -259,16 +256,17 @@ pub(super) async fn changed_since(
                     ],
                 )
             };
-            for row in query(
-                format!(
-                    "SELECT DISTINCT a.partner_id FROM deals d \
+            for row in db
+                .records(
+                    format!(
+                        "SELECT DISTINCT a.partner_id FROM deals d \
                      JOIN attributions a ON a.deal_id = d.id \
                      WHERE d.program_id = {} AND {condition}",
-                    db.numbered(1),
-                ),
-                values,
-            )
-            .await?
+                        db.numbered(1),
+                    ),
+                    values,
+                )
+                .await?
             {
                 partners.insert(get(&row, "partner_id")?);
             }
@@ -347,9 +345,7 @@ pub(super) async fn read_unchanged_counting(
         {
             continue;
         }
-        let Some(previous) = Stored::from_row(&row)? else {
-            continue;
-        };
+        let previous = Stored::from_row(&row)?;
         let (Some(amount), Some(closed_at)) = (&previous.amount_program, previous.closed_at) else {
             // No rate: it neither counts nor changes.
             continue;
@@ -409,8 +405,7 @@ pub(super) async fn read_scope(
     stats: &mut ReconcileStats,
 ) -> Result<Option<ScopeRead>, DbErr> {
     // What is read from the mirror: the scope's partners or deals, or for tier propagation the
-    // changed deals (keeping the pairs of the chunk's partners).
-    // Which pairs of what is read the chunk keeps: a tier chunk its partners', a per-deal chunk
+    // changed deals. Of what is read, a tier chunk keeps its partners' pairs, a per-deal chunk
     // all but those of the partners computed whole.
     let skip = match scope {
         Scope::Deals { skip, .. } => Some(*skip),
@@ -517,9 +512,7 @@ pub(super) async fn read_scope(
         if !kept(&partner_id) {
             continue;
         }
-        if let Some(previous) = Stored::from_row(&row)? {
-            stored.insert((partner_id, get(&row, "deal_id")?), previous);
-        }
+        stored.insert((partner_id, get(&row, "deal_id")?), Stored::from_row(&row)?);
     }
     if let Scope::Tiers(partners) = scope {
         read_unchanged_counting(db, ctx, partners, &mut timelines, &mut stored).await?;
