@@ -1,6 +1,7 @@
 //! Database access: connecting (SQLite or PostgreSQL), migrating, counting statements, and
 //! serialising writers on SQLite.
 
+mod bulk;
 pub mod entities;
 mod native;
 pub mod pages;
@@ -8,6 +9,7 @@ mod sizes;
 pub mod states;
 pub mod steps;
 
+pub use bulk::insert_all;
 pub use native::{
     ALIAS_PREFIX, Aliased, ByName, ColumnName, Decode, FromColumn, Named, NativeRow, Record,
 };

@@ -604,17 +604,8 @@ impl DealCache {
         let deals = std::mem::take(&mut deferred.deals);
         let attributions = std::mem::take(&mut deferred.attributions);
         deferred.keys.clear();
-        // 22 bound values a deal, 6 an attribution: well under both databases' limits.
-        for chunk in deals.chunks(500) {
-            deal::Entity::insert_many(chunk.to_vec())
-                .exec_without_returning(conn)
-                .await?;
-        }
-        for chunk in attributions.chunks(1000) {
-            attribution::Entity::insert_many(chunk.to_vec())
-                .exec_without_returning(conn)
-                .await?;
-        }
+        crate::db::insert_all(conn, deals, None).await?;
+        crate::db::insert_all(conn, attributions, None).await?;
         Ok(())
     }
 

@@ -528,11 +528,7 @@ pub async fn replay_deliveries(
             .map(|e| new_delivery(&endpoint.id, e, now_ms))
             .collect();
         missed += new.len() as u64;
-        if !new.is_empty() {
-            webhook_delivery::Entity::insert_many(new)
-                .exec(&*tx)
-                .await?;
-        }
+        crate::db::insert_all(&*tx, new, None).await?;
     }
     tx.commit().await?;
     Ok(requeued + missed)

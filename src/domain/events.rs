@@ -182,12 +182,7 @@ pub async fn record_all(
     conn: &impl ConnectionTrait,
     events: Vec<event::ActiveModel>,
 ) -> Result<(), DbErr> {
-    // Multi-row INSERTs stay well under both databases' bound-value limits.
-    let mut events = events.into_iter().peekable();
-    while events.peek().is_some() {
-        let chunk: Vec<_> = events.by_ref().take(500).collect();
-        event::Entity::insert_many(chunk).exec(conn).await?;
-    }
+    crate::db::insert_all(conn, events, None).await?;
     Ok(())
 }
 

@@ -387,11 +387,7 @@ pub async fn create_partner_group(
                 now,
             ));
         }
-        for chunk in rows.chunks(1_000) {
-            partner_group_membership::Entity::insert_many(chunk.to_vec())
-                .exec_without_returning(&*tx)
-                .await?;
-        }
+        crate::db::insert_all(&*tx, rows, None).await?;
         events::record_all(&*tx, caused).await?;
         // Demotions wait for the first review after the groups began.
         program::Entity::update_many()

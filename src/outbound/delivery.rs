@@ -547,11 +547,7 @@ async fn write_outcomes(
             error: Set(o.error.clone()),
         })
         .collect();
-    if !attempts.is_empty() {
-        webhook_delivery_attempt::Entity::insert_many(attempts)
-            .exec(&*tx)
-            .await?;
-    }
+    crate::db::insert_all(&*tx, attempts, None).await?;
     let EndpointHealth {
         recovered,
         failing,

@@ -90,19 +90,19 @@ impl Fanout {
             }
         }
         let created = deliveries.len() as u64;
-        for chunk in deliveries.chunks(200) {
-            webhook_delivery::Entity::insert_many(chunk.to_vec())
-                .on_conflict(
-                    sea_orm::sea_query::OnConflict::columns([
-                        webhook_delivery::Column::EndpointId,
-                        webhook_delivery::Column::EventId,
-                    ])
-                    .do_nothing()
-                    .to_owned(),
-                )
-                .exec_without_returning(&*tx)
-                .await?;
-        }
+        crate::db::insert_all(
+            &*tx,
+            deliveries,
+            Some(
+                sea_orm::sea_query::OnConflict::columns([
+                    webhook_delivery::Column::EndpointId,
+                    webhook_delivery::Column::EventId,
+                ])
+                .do_nothing()
+                .to_owned(),
+            ),
+        )
+        .await?;
         tx.execute_raw(Statement::from_sql_and_values(
             backend,
             format!(

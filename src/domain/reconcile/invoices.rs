@@ -552,19 +552,20 @@ async fn write_invoices(
         (computed_only, computed.to_vec()),
         (whole, [computed.as_slice(), indexed.as_slice()].concat()),
     ] {
-        for chunk in rows.chunks(500) {
-            invoice_commission::Entity::insert_many(chunk.iter().map(|r| r.model.clone()))
-                .on_conflict(
-                    OnConflict::columns([
-                        invoice_commission::Column::PartnerId,
-                        invoice_commission::Column::InvoiceId,
-                    ])
-                    .update_columns(columns.clone())
-                    .to_owned(),
-                )
-                .exec_without_returning(&*tx)
-                .await?;
-        }
+        let models: Vec<_> = rows.into_iter().map(|row| row.model).collect();
+        crate::db::insert_all(
+            &*tx,
+            models,
+            Some(
+                OnConflict::columns([
+                    invoice_commission::Column::PartnerId,
+                    invoice_commission::Column::InvoiceId,
+                ])
+                .update_columns(columns)
+                .to_owned(),
+            ),
+        )
+        .await?;
     }
     events::record_all(&*tx, buffered).await?;
     tx.commit().await?;

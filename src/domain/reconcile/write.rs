@@ -2,7 +2,10 @@
 //! number), so two reconcilers never book twice), the `deal_commissions` rows, and events.
 
 use super::*;
-use crate::{db::states::PartnerStatus, domain::normalize::email_domain};
+use crate::{
+    db::{insert_all, states::PartnerStatus},
+    domain::normalize::email_domain,
+};
 use sea_orm::ColumnTrait;
 
 pub(super) async fn write(
@@ -25,29 +28,29 @@ pub(super) async fn write(
         .map(|(_, model)| model)
         .collect();
     stats.computations_updated += commissions.len() as u64;
-    for chunk in commissions.chunks(500) {
-        deal_commission::Entity::insert_many(chunk.to_vec())
-            .on_conflict(
-                OnConflict::columns([
-                    deal_commission::Column::DealId,
-                    deal_commission::Column::PartnerId,
-                ])
-                .update_columns([
-                    deal_commission::Column::ProgramId,
-                    deal_commission::Column::AmountProgram,
-                    deal_commission::Column::AmountProgramCents,
-                    deal_commission::Column::DealStatus,
-                    deal_commission::Column::ClosedAt,
-                    deal_commission::Column::DealCreatedAt,
-                    deal_commission::Column::State,
-                    deal_commission::Column::ExpectedCents,
-                    deal_commission::Column::ComputedAt,
-                ])
-                .to_owned(),
-            )
-            .exec_without_returning(&*tx)
-            .await?;
-    }
+    insert_all(
+        &*tx,
+        commissions,
+        Some(
+            OnConflict::columns([
+                deal_commission::Column::DealId,
+                deal_commission::Column::PartnerId,
+            ])
+            .update_columns([
+                deal_commission::Column::ProgramId,
+                deal_commission::Column::AmountProgram,
+                deal_commission::Column::AmountProgramCents,
+                deal_commission::Column::DealStatus,
+                deal_commission::Column::ClosedAt,
+                deal_commission::Column::DealCreatedAt,
+                deal_commission::Column::State,
+                deal_commission::Column::ExpectedCents,
+                deal_commission::Column::ComputedAt,
+            ])
+            .to_owned(),
+        ),
+    )
+    .await?;
     events::record_all(&*tx, buffered).await?;
     tx.commit().await
 }
@@ -92,83 +95,81 @@ pub(super) async fn insert_entries(
     entries: &[NewEntry],
     now: DateTime<Utc>,
 ) -> Result<HashSet<String>, DbErr> {
-    let mut inserted: HashSet<String> = HashSet::new();
-    for chunk in entries.chunks(500) {
-        let rows: Vec<ledger_entry::ActiveModel> = chunk
-            .iter()
-            .map(|e| {
-                let (kind, status, available) = entry_terms(e, now);
-                let (deal, invoice) = match &e.subject {
-                    Subject::Deal(id) => (Some(id.clone()), None),
-                    Subject::Invoice(id) => (None, Some(id.clone())),
-                };
-                ledger_entry::ActiveModel {
-                    id: Set(e.id.clone()),
-                    partner_id: Set(e.partner_id.clone()),
-                    program_id: Set(e.program_id.clone()),
-                    deal_seq: Set(deal.as_ref().map(|_| e.seq)),
-                    invoice_seq: Set(invoice.as_ref().map(|_| e.seq)),
-                    deal_id: Set(deal),
-                    invoice_id: Set(invoice),
-                    payout_id: Set(None),
-                    kind: Set(kind),
-                    amount_cents: Set(e.cents),
-                    currency: Set(e.currency.clone()),
-                    status: Set(status),
-                    created_at: Set(now),
-                    available_at: Set(available),
-                    updated_at: Set(now),
-                    note: Set(None),
-                    hold_reason: Set(e.hold),
-                    declines: Set(None),
-                }
-            })
-            .collect();
-        // The unique indexes are partial (over entries of their kind of subject): the
-        // conflict target names the condition.
-        let (unique, subject) = match chunk[0].subject {
-            Subject::Deal(_) => (
-                [
-                    ledger_entry::Column::PartnerId,
-                    ledger_entry::Column::DealId,
-                    ledger_entry::Column::DealSeq,
-                ],
-                ledger_entry::Column::DealId,
-            ),
-            Subject::Invoice(_) => (
-                [
-                    ledger_entry::Column::PartnerId,
-                    ledger_entry::Column::InvoiceId,
-                    ledger_entry::Column::InvoiceSeq,
-                ],
-                ledger_entry::Column::InvoiceId,
-            ),
-        };
-        let affected = ledger_entry::Entity::insert_many(rows)
-            .on_conflict(
-                OnConflict::columns(unique)
-                    .target_and_where(subject.is_not_null())
-                    .do_nothing()
-                    .to_owned(),
-            )
-            .exec_without_returning(tx)
-            .await?;
-        let ids: Vec<String> = chunk.iter().map(|e| e.id.clone()).collect();
-        if affected == chunk.len() as u64 {
-            inserted.extend(ids);
-        } else {
-            // Some collided with another reconciler's entries: find which of ours are in.
-            let (cond, values) = db.in_list("id", &ids, 1);
-            for row in tx
-                .query_all_raw(Statement::from_sql_and_values(
-                    db.backend(),
-                    format!("SELECT id FROM ledger_entries WHERE {cond}"),
-                    values,
-                ))
-                .await?
-            {
-                inserted.insert(get(&row, "id")?);
+    let Some(first) = entries.first() else {
+        return Ok(HashSet::new());
+    };
+    let rows: Vec<ledger_entry::ActiveModel> = entries
+        .iter()
+        .map(|e| {
+            let (kind, status, available) = entry_terms(e, now);
+            let (deal, invoice) = match &e.subject {
+                Subject::Deal(id) => (Some(id.clone()), None),
+                Subject::Invoice(id) => (None, Some(id.clone())),
+            };
+            ledger_entry::ActiveModel {
+                id: Set(e.id.clone()),
+                partner_id: Set(e.partner_id.clone()),
+                program_id: Set(e.program_id.clone()),
+                deal_seq: Set(deal.as_ref().map(|_| e.seq)),
+                invoice_seq: Set(invoice.as_ref().map(|_| e.seq)),
+                deal_id: Set(deal),
+                invoice_id: Set(invoice),
+                payout_id: Set(None),
+                kind: Set(kind),
+                amount_cents: Set(e.cents),
+                currency: Set(e.currency.clone()),
+                status: Set(status),
+                created_at: Set(now),
+                available_at: Set(available),
+                updated_at: Set(now),
+                note: Set(None),
+                hold_reason: Set(e.hold),
+                declines: Set(None),
             }
+        })
+        .collect();
+    // The unique indexes are partial (over entries of their kind of subject): the conflict
+    // target names the condition.
+    let (unique, subject) = match first.subject {
+        Subject::Deal(_) => (
+            [
+                ledger_entry::Column::PartnerId,
+                ledger_entry::Column::DealId,
+                ledger_entry::Column::DealSeq,
+            ],
+            ledger_entry::Column::DealId,
+        ),
+        Subject::Invoice(_) => (
+            [
+                ledger_entry::Column::PartnerId,
+                ledger_entry::Column::InvoiceId,
+                ledger_entry::Column::InvoiceSeq,
+            ],
+            ledger_entry::Column::InvoiceId,
+        ),
+    };
+    let on_conflict = OnConflict::columns(unique)
+        .target_and_where(subject.is_not_null())
+        .do_nothing()
+        .to_owned();
+    let affected = insert_all(tx, rows, Some(on_conflict)).await?;
+    let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
+    if affected == entries.len() as u64 {
+        return Ok(ids.into_iter().collect());
+    }
+    // Some collided with another reconciler's entries: find which of ours are in.
+    let mut inserted: HashSet<String> = HashSet::new();
+    for chunk in ids.chunks(500) {
+        let (cond, values) = db.in_list("id", chunk, 1);
+        for row in tx
+            .query_all_raw(Statement::from_sql_and_values(
+                db.backend(),
+                format!("SELECT id FROM ledger_entries WHERE {cond}"),
+                values,
+            ))
+            .await?
+        {
+            inserted.insert(get(&row, "id")?);
         }
     }
     Ok(inserted)
