@@ -11,7 +11,8 @@ pub mod steps;
 
 pub use bulk::insert_all;
 pub use native::{
-    ALIAS_PREFIX, Aliased, ByName, ColumnName, Decode, FromColumn, Named, NativeRow, Record,
+    ALIAS_PREFIX, Aliased, ByName, ColumnName, Decode, FromColumn, MaybeAliased, Named, NativeRow,
+    Record,
 };
 pub use sizes::TableSize;
 

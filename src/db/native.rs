@@ -261,6 +261,34 @@ impl<M: NativeRow + FromQueryResult + Send> Decode for Aliased<M> {
     }
 }
 
+/// The second model of a `LEFT JOIN`, selected like [`Aliased`]: `None` when the join found
+/// no row (its `a_id` is null).
+pub struct MaybeAliased<M>(pub Option<M>);
+
+impl<M: NativeRow + FromQueryResult + Send> Decode for MaybeAliased<M> {
+    /// The position of `a_id`, then the model's columns.
+    type Plan = (usize, Vec<usize>);
+    fn plan(columns: &Columns) -> rusqlite::Result<Self::Plan> {
+        Ok((
+            columns.index(&format!("{ALIAS_PREFIX}id"))?,
+            columns.indices::<M>(ALIAS_PREFIX)?,
+        ))
+    }
+    fn native(row: &Row<'_>, plan: &Self::Plan) -> rusqlite::Result<Self> {
+        if row.get_ref(plan.0)? == ValueRef::Null {
+            return Ok(MaybeAliased(None));
+        }
+        M::from_native(row, &plan.1).map(|m| MaybeAliased(Some(m)))
+    }
+    fn pooled(row: &QueryResult) -> Result<Self, DbErr> {
+        let id: Option<String> = row.try_get("", &format!("{ALIAS_PREFIX}id"))?;
+        match id {
+            None => Ok(MaybeAliased(None)),
+            Some(_) => M::from_query_result(row, ALIAS_PREFIX).map(|m| MaybeAliased(Some(m))),
+        }
+    }
+}
+
 impl<A: Decode, B: Decode> Decode for (A, B) {
     type Plan = (A::Plan, B::Plan);
     fn plan(columns: &Columns) -> rusqlite::Result<Self::Plan> {

@@ -12,7 +12,7 @@ pub use crate::db::states::ApiKeyRole;
 use crate::{
     db::states::PartnerStatus,
     db::{
-        Db,
+        ALIAS_PREFIX, Db, MaybeAliased, NativeRow,
         entities::{api_key, partner},
     },
     domain::ids::new_id,
@@ -250,18 +250,34 @@ pub async fn insert_key(
 /// Resolves a bearer token to its principal. Unknown, malformed and revoked tokens are all
 /// `UNAUTHENTICATED`, and indistinguishable from each other.
 pub async fn authenticate(db: &Db, token: &str) -> ApiResult<Principal> {
+    Ok(authenticate_caller(db, token).await?.principal)
+}
+
+/// An authenticated caller: its principal and, for a partner key, its partner as read with
+/// the key (a request that asks for its own partner reads it no second time).
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    /// Who is calling.
+    pub principal: Principal,
+    /// A partner key's partner.
+    pub partner: Option<partner::Model>,
+}
+
+/// Like [`authenticate`], with the partner of a partner key: one statement.
+pub async fn authenticate_caller(db: &Db, token: &str) -> ApiResult<Authenticated> {
     if !token.starts_with("tdm_") || token.len() > 128 {
         return Err(ApiError::Unauthenticated);
     }
-    let key = db
-        .select_one(
-            api_key::Entity::find()
-                .filter(api_key::Column::TokenHash.eq(hash_token(token)))
-                .filter(api_key::Column::RevokedAt.is_null()),
-        )
-        .await?
-        .ok_or(ApiError::Unauthenticated)?;
-    principal_for_key(db, key).await
+    let [hash] = db.params();
+    let keys = keys_with_partners(
+        db,
+        format!("k.token_hash = {hash}"),
+        vec![hash_token(token).into()],
+    )
+    .await?;
+    let (key, MaybeAliased(partner)) = keys.into_iter().next().ok_or(ApiError::Unauthenticated)?;
+    let principal = principal_for_key(key, partner.as_ref())?;
+    Ok(Authenticated { principal, partner })
 }
 
 /// The principals of the given keys that are not revoked (revoked or unknown keys are left
@@ -270,26 +286,46 @@ pub async fn principals_of_keys(
     db: &Db,
     key_ids: Vec<String>,
 ) -> ApiResult<std::collections::HashMap<String, Principal>> {
-    let keys = api_key::Entity::find()
-        .filter(api_key::Column::Id.is_in(key_ids))
-        .filter(api_key::Column::RevokedAt.is_null())
-        .all(db.reads())
-        .await?;
     let mut principals = std::collections::HashMap::new();
-    for key in keys {
-        let id = key.id.clone();
-        match principal_for_key(db, key).await {
-            Ok(principal) => {
-                principals.insert(id, principal);
+    for chunk in key_ids.chunks(500) {
+        let (cond, values) = db.in_list("k.id", chunk, 1);
+        for (key, MaybeAliased(partner)) in keys_with_partners(db, cond, values).await? {
+            let id = key.id.clone();
+            match principal_for_key(key, partner.as_ref()) {
+                Ok(principal) => {
+                    principals.insert(id, principal);
+                }
+                Err(ApiError::Unauthenticated) => {}
+                Err(other) => return Err(other),
             }
-            Err(ApiError::Unauthenticated) => {}
-            Err(other) => return Err(other),
         }
     }
     Ok(principals)
 }
 
-async fn principal_for_key(db: &Db, key: api_key::Model) -> ApiResult<Principal> {
+/// The keys that are not revoked matching `cond` (on `k`, the keys), each with its partner
+/// (partner keys): one statement.
+async fn keys_with_partners(
+    db: &Db,
+    cond: String,
+    values: Vec<sea_orm::Value>,
+) -> ApiResult<Vec<(api_key::Model, MaybeAliased<partner::Model>)>> {
+    let partner_columns: Vec<String> = <partner::Model as NativeRow>::COLUMNS
+        .iter()
+        .map(|c| format!("p.{c} AS {ALIAS_PREFIX}{c}"))
+        .collect();
+    let sql = format!(
+        "SELECT k.*, {} FROM api_keys k LEFT JOIN partners p ON p.id = k.partner_id \
+         WHERE {cond} AND k.revoked_at IS NULL",
+        partner_columns.join(", ")
+    );
+    Ok(db.rows(sql, values).await?)
+}
+
+fn principal_for_key(
+    key: api_key::Model,
+    partner: Option<&partner::Model>,
+) -> ApiResult<Principal> {
     Ok(match key.role {
         ApiKeyRole::Admin => Principal::Admin { key_id: key.id },
         ApiKeyRole::Integration => Principal::Integration {
@@ -301,10 +337,7 @@ async fn principal_for_key(db: &Db, key: api_key::Model) -> ApiResult<Principal>
         },
         ApiKeyRole::Partner => {
             let partner_id = key.partner_id.ok_or(ApiError::Unauthenticated)?;
-            let partner = db
-                .select_one(partner::Entity::find_by_id(partner_id.clone()))
-                .await?
-                .ok_or(ApiError::Unauthenticated)?;
+            let partner = partner.ok_or(ApiError::Unauthenticated)?;
             // A TERMINATED partner's keys stop working altogether (reads included): the
             // relationship is over, and its history stays with the program's admins.
             if partner.status == PartnerStatus::Terminated {
@@ -313,7 +346,7 @@ async fn principal_for_key(db: &Db, key: api_key::Model) -> ApiResult<Principal>
             Principal::Partner {
                 key_id: key.id,
                 partner_id,
-                program_id: partner.program_id,
+                program_id: partner.program_id.clone(),
                 suspended: partner.status == PartnerStatus::Suspended,
             }
         }

@@ -124,6 +124,11 @@ impl CoreQuery {
     /// One partner by id (a partner key sees only itself).
     async fn partner(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Partner>> {
         let (principal, db) = caller(ctx).await?;
+        if let Some(own) = crate::graphql::own_partner(ctx)
+            && principal.partner_scope() == Some(id.as_str())
+        {
+            return Ok(Some(Partner(own.clone())));
+        }
         Ok(Some(
             find_visible_partner(db, principal, id.as_str())
                 .await?

@@ -1,5 +1,6 @@
-//! `db::insert_all`: the PostgreSQL path (rows as one JSONB parameter) writes exactly what a
-//! multi-row `VALUES` insert writes, on conflict skips or updates, and keeps the events' order.
+//! `db::insert_all`, the one batch insert: writes exactly what sea-orm's own insert writes, on
+//! conflict skips (counting only the rows written) or updates the named columns, and keeps the
+//! order of events across statements.
 
 use chrono::{TimeZone, Utc};
 use sea_orm::{ActiveValue::Set, EntityTrait, QueryOrder, sea_query::OnConflict};
@@ -62,7 +63,7 @@ async fn program_and_partner(app: &TestApp) -> (String, String) {
 async fn rows_read_back_as_a_values_insert_writes_them(app: TestApp) {
     let (program, partner) = program_and_partner(&app).await;
     let tx = app.db.begin_write().await.unwrap();
-    // Through insert_all (the JSON path on PostgreSQL) and through sea-orm's VALUES insert.
+    // Through insert_all and through sea-orm's insert.
     let bulk = vec![
         entry("le_bulk_1", &program, &partner, 1, true),
         entry("le_bulk_2", &program, &partner, 2, false),
@@ -96,7 +97,7 @@ async fn rows_read_back_as_a_values_insert_writes_them(app: TestApp) {
         same.deal_seq = bulk.deal_seq;
         assert_eq!(bulk, &same);
     }
-    // PostgreSQL keeps microseconds (truncated, on both paths); SQLite keeps the text.
+    // PostgreSQL keeps microseconds; SQLite keeps the text.
     let nanos = if app.db.is_postgres() {
         123_456_000
     } else {

@@ -236,4 +236,32 @@ db_tests!(
     malformed_and_oversized_bodies_get_http_errors,
     statements_per_dashboard_query_do_not_grow_with_page_size,
     referral_pages_of_many_partners_share_their_deal_statement,
+    the_benchmarked_dashboard_takes_four_statements,
 );
+
+/// The query `bench/dashboard.sh` drives, with a partner key: the key with its partner (one
+/// statement), the partner, its page of referrals with their count, and their deals.
+async fn the_benchmarked_dashboard_takes_four_statements(app: TestApp) {
+    let program = app.create_program("P").await;
+    let alpha = app.create_partner(&program, "Alpha").await;
+    let token = app.partner_key(&alpha).await;
+    let referrals = app.submit_referrals(&token, 6, "com").await;
+    crate::isolation::insert_attributed_deal(&app, &program, &alpha, Some(&referrals[0]), "D")
+        .await;
+    let dashboard = std::fs::read_to_string("bench/dashboard.sh").unwrap();
+    let query = dashboard
+        .lines()
+        .find_map(|line| line.strip_prefix("query='"))
+        .and_then(|rest| rest.strip_suffix('\''))
+        .expect("the query of bench/dashboard.sh");
+    let before = app.db.statement_count();
+    let data = app.ok(&token, query, json!({"id": alpha})).await;
+    let statements = app.db.statement_count() - before;
+    assert_eq!(data["partner"]["referrals"]["totalCount"], 6);
+    let deals = crate::helpers::nodes(&data["partner"]["referrals"])
+        .iter()
+        .filter(|r| !r["deal"].is_null())
+        .count();
+    assert_eq!(deals, 1);
+    assert!(statements <= 4, "statements: {statements}");
+}
