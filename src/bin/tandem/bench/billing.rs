@@ -20,6 +20,7 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use sea_orm::{ActiveValue::Set, ConnectionTrait, EntityTrait, Statement};
 use serde_json::{Value, json};
 
+use tandem::db::insert_all;
 use tandem::{
     db::{
         Db,
@@ -223,16 +224,8 @@ async fn seed(db: &Db, args: &BenchBillingArgs) -> anyhow::Result<Value> {
             });
         }
         let tx = db.begin_write().await?;
-        for chunk in rows.chunks(500) {
-            invoice::Entity::insert_many(chunk.to_vec())
-                .exec_without_returning(&*tx)
-                .await?;
-        }
-        for chunk in adjustments.chunks(500) {
-            invoice_adjustment::Entity::insert_many(chunk.to_vec())
-                .exec_without_returning(&*tx)
-                .await?;
-        }
+        insert_all(&*tx, rows, None).await?;
+        insert_all(&*tx, adjustments, None).await?;
         tx.commit().await?;
         next = end;
     }

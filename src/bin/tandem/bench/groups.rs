@@ -24,10 +24,11 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use rust_decimal::Decimal;
 use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::{Value, json};
+use tandem::db::insert_all;
 use tandem::{
     db::{
         Db,
-        entities::{certification, deal, deal_commission, partner, program},
+        entities::{certification, deal_commission, partner, program},
         states::{CertificationSource, CommissionState, CommissionType, DealStatus, ProgramKind},
     },
     domain::{
@@ -139,12 +140,8 @@ async fn seed(db: &Db, args: &BenchGroupsArgs) -> anyhow::Result<(String, Expect
         });
         if rows.len() == CHUNK || i + 1 == args.deals as usize {
             let tx = db.begin_write().await?;
-            deal::Entity::insert_many(std::mem::take(&mut deals))
-                .exec_without_returning(&*tx)
-                .await?;
-            deal_commission::Entity::insert_many(std::mem::take(&mut rows))
-                .exec_without_returning(&*tx)
-                .await?;
+            insert_all(&*tx, std::mem::take(&mut deals), None).await?;
+            insert_all(&*tx, std::mem::take(&mut rows), None).await?;
             tx.commit().await?;
         }
     }

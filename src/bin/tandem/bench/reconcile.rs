@@ -18,6 +18,7 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use sea_orm::{ActiveValue::Set, ConnectionTrait, EntityTrait, Statement};
 use serde_json::{Value, json};
 
+use tandem::db::insert_all;
 use tandem::db::states::DealStatus;
 use tandem::{
     db::{
@@ -352,14 +353,8 @@ async fn seed(db: &Db, deals: u32, partners: u32) -> anyhow::Result<Value> {
             });
         }
         let tx = db.begin_write().await?;
-        for rows in deal_rows.chunks(500) {
-            deal::Entity::insert_many(rows.to_vec()).exec(&*tx).await?;
-        }
-        for rows in attribution_rows.chunks(1000) {
-            attribution::Entity::insert_many(rows.to_vec())
-                .exec(&*tx)
-                .await?;
-        }
+        insert_all(&*tx, deal_rows, None).await?;
+        insert_all(&*tx, attribution_rows, None).await?;
         tx.commit().await?;
         next = end;
     }
