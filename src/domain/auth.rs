@@ -310,15 +310,18 @@ async fn keys_with_partners(
     cond: String,
     values: Vec<sea_orm::Value>,
 ) -> ApiResult<Vec<(api_key::Model, MaybeAliased<partner::Model>)>> {
-    let partner_columns: Vec<String> = <partner::Model as NativeRow>::COLUMNS
-        .iter()
-        .map(|c| format!("p.{c} AS {ALIAS_PREFIX}{c}"))
-        .collect();
-    let sql = format!(
-        "SELECT k.*, {} FROM api_keys k LEFT JOIN partners p ON p.id = k.partner_id \
-         WHERE {cond} AND k.revoked_at IS NULL",
-        partner_columns.join(", ")
-    );
+    // Every request authenticates: the statement's head is built once.
+    static HEAD: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let partner_columns: Vec<String> = <partner::Model as NativeRow>::COLUMNS
+            .iter()
+            .map(|c| format!("p.{c} AS {ALIAS_PREFIX}{c}"))
+            .collect();
+        format!(
+            "SELECT k.*, {} FROM api_keys k LEFT JOIN partners p ON p.id = k.partner_id WHERE ",
+            partner_columns.join(", ")
+        )
+    });
+    let sql = format!("{}{cond} AND k.revoked_at IS NULL", *HEAD);
     Ok(db.rows(sql, values).await?)
 }
 
