@@ -24,7 +24,7 @@ use tokio::sync::OnceCell;
 use crate::{
     db::Db,
     domain::{
-        auth::{Principal, authenticate_caller},
+        auth::{Authenticated, Principal, authenticate_caller},
         webhooks::Webhooks,
     },
     error::{ApiError, ApiResult},
@@ -124,9 +124,8 @@ pub fn sdl() -> String {
 /// request rejected by validation never touches the database).
 pub struct RequestAuth {
     token: TokenSource,
-    principal: OnceCell<Option<Principal>>,
-    /// A partner key's partner, read with the key (see [`own_partner`]).
-    partner: std::sync::OnceLock<crate::db::entities::partner::Model>,
+    /// The caller, with a partner key's partner as read with the key (see [`own_partner`]).
+    caller: OnceCell<Option<Authenticated>>,
 }
 
 enum TokenSource {
@@ -147,8 +146,7 @@ impl RequestAuth {
     pub fn new(token: Option<String>) -> RequestAuth {
         RequestAuth {
             token: TokenSource::Request(token),
-            principal: OnceCell::new(),
-            partner: Default::default(),
+            caller: OnceCell::new(),
         }
     }
 
@@ -157,8 +155,10 @@ impl RequestAuth {
     pub fn resolved(token: Option<String>, principal: Principal) -> RequestAuth {
         RequestAuth {
             token: TokenSource::Request(token),
-            principal: OnceCell::new_with(Some(Some(principal))),
-            partner: Default::default(),
+            caller: OnceCell::new_with(Some(Some(Authenticated {
+                principal,
+                partner: None,
+            }))),
         }
     }
 
@@ -166,8 +166,7 @@ impl RequestAuth {
     pub fn from_socket() -> RequestAuth {
         RequestAuth {
             token: TokenSource::Socket,
-            principal: OnceCell::new(),
-            partner: Default::default(),
+            caller: OnceCell::new(),
         }
     }
 }
@@ -187,7 +186,12 @@ pub async fn caller<'a>(ctx: &'a Context<'_>) -> ApiResult<(&'a Principal, &'a D
 /// A partner key's own partner as read when the key was authenticated in this request (after
 /// [`principal`]), so that a request for it costs no second statement; `None` otherwise.
 pub fn own_partner<'a>(ctx: &'a Context<'_>) -> Option<&'a crate::db::entities::partner::Model> {
-    ctx.data_opt::<RequestAuth>()?.partner.get()
+    ctx.data_opt::<RequestAuth>()?
+        .caller
+        .get()?
+        .as_ref()?
+        .partner
+        .as_ref()
 }
 
 /// The authenticated caller, or `UNAUTHENTICATED`.
@@ -197,7 +201,7 @@ pub async fn principal<'a>(ctx: &'a Context<'_>) -> ApiResult<&'a Principal> {
         .ok_or(ApiError::Unauthenticated)?;
     let db = ctx.data_unchecked::<Db>();
     let resolved = auth
-        .principal
+        .caller
         .get_or_try_init(|| async {
             let token = match &auth.token {
                 TokenSource::Request(token) => token.as_deref(),
@@ -206,19 +210,17 @@ pub async fn principal<'a>(ctx: &'a Context<'_>) -> ApiResult<&'a Principal> {
             match token {
                 None => Ok(None),
                 Some(token) => match authenticate_caller(db, token).await {
-                    Ok(caller) => {
-                        if let Some(partner) = caller.partner {
-                            let _ = auth.partner.set(partner);
-                        }
-                        Ok(Some(caller.principal))
-                    }
+                    Ok(caller) => Ok(Some(caller)),
                     Err(ApiError::Unauthenticated) => Ok(None),
                     Err(other) => Err(other),
                 },
             }
         })
         .await?;
-    let principal = resolved.as_ref().ok_or(ApiError::Unauthenticated)?;
+    let principal = &resolved
+        .as_ref()
+        .ok_or(ApiError::Unauthenticated)?
+        .principal;
     if let Principal::Partner {
         suspended: true, ..
     } = principal

@@ -60,6 +60,15 @@ async fn program_and_partner(app: &TestApp) -> (String, String) {
     (program, partner)
 }
 
+/// Every row of `E`, in `order`.
+async fn all_by<E: EntityTrait>(app: &TestApp, order: E::Column) -> Vec<E::Model> {
+    E::find()
+        .order_by_asc(order)
+        .all(app.db.reads())
+        .await
+        .unwrap()
+}
+
 async fn rows_read_back_as_a_values_insert_writes_them(app: TestApp) {
     let (program, partner) = program_and_partner(&app).await;
     let tx = app.db.begin_write().await.unwrap();
@@ -84,11 +93,7 @@ async fn rows_read_back_as_a_values_insert_writes_them(app: TestApp) {
         0
     );
     tx.commit().await.unwrap();
-    let rows = ledger_entry::Entity::find()
-        .order_by_asc(ledger_entry::Column::DealSeq)
-        .all(app.db.reads())
-        .await
-        .unwrap();
+    let rows = all_by::<ledger_entry::Entity>(&app, ledger_entry::Column::DealSeq).await;
     assert_eq!(rows.len(), 4);
     for (bulk, plain) in [(&rows[0], &rows[2]), (&rows[1], &rows[3])] {
         let mut same = plain.clone();
@@ -141,11 +146,7 @@ async fn conflicts_skip_or_update(app: TestApp) {
     let entries = vec![first, entry("le_3", &program, &partner, 3, false)];
     insert_all(&*tx, entries, Some(upsert)).await.unwrap();
     tx.commit().await.unwrap();
-    let rows = ledger_entry::Entity::find()
-        .order_by_asc(ledger_entry::Column::Id)
-        .all(app.db.reads())
-        .await
-        .unwrap();
+    let rows = all_by::<ledger_entry::Entity>(&app, ledger_entry::Column::Id).await;
     let got: Vec<(String, i64, LedgerEntryStatus, String)> = rows
         .into_iter()
         .map(|r| (r.id, r.amount_cents, r.status, r.currency))
@@ -180,11 +181,7 @@ async fn events_keep_their_order(app: TestApp) {
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    let stored = event::Entity::find()
-        .order_by_asc(event::Column::Seq)
-        .all(app.db.reads())
-        .await
-        .unwrap();
+    let stored = all_by::<event::Entity>(&app, event::Column::Seq).await;
     let stored = &stored[before as usize..];
     assert_eq!(stored.iter().map(|e| e.id.clone()).collect::<Vec<_>>(), ids);
     assert_eq!(stored[7].data["nested"], json!({ "list": [7, null, "x"] }));
