@@ -472,7 +472,13 @@ async fn methods_are_validated_sealed_and_masked(app: TestApp) {
         .unwrap()
         .unwrap();
     assert!(stored.details.starts_with("v1:"), "{}", stored.details);
-    assert!(!stored.details.contains("3704"));
+    for clear in ["370400440532013000", "3704 0044", "Alpha GmbH"] {
+        assert!(
+            !stored.details.contains(clear),
+            "{clear} in {}",
+            stored.details
+        );
+    }
     // Not another partner's.
     let other = app
         .gql(

@@ -276,7 +276,7 @@ async fn channel_conflicts_are_held_for_review_without_leaking(app: TestApp) {
     // The sales team's own open deal with the company, created before the submission.
     crm.deal(
         &app,
-        json!({"id": "SALES-OWNED-1", "amount": "5000", "status": "open",
+        json!({"id": "SALES-OWNED-1", "amount": "48213.57", "status": "open",
                "companyDomain": "owned.example", "name": "Owned by Sam Seller",
                "createdAt": (Utc::now() - Duration::days(3)).to_rfc3339()}),
     )
@@ -303,7 +303,9 @@ async fn channel_conflicts_are_held_for_review_without_leaking(app: TestApp) {
     )
     .await;
     assert_eq!(deal_id, 1);
-    for secret in ["SALES-OWNED-1", "Sam Seller", "5000"] {
+    // The amount is looked for as text and as a JSON number of cents: a bare "5000" once matched
+    // the clock-derived digits of a UUIDv7 id.
+    for secret in ["SALES-OWNED-1", "Sam Seller", "48213.57", ":4821357"] {
         assert!(!seen.contains(secret), "{secret} leaked: {seen}");
     }
     let admin_view = referral_as(&app, &app.admin, &id).await;
