@@ -8,6 +8,7 @@
 
 pub mod app;
 pub mod config;
+pub mod console;
 pub mod db;
 pub mod domain;
 pub mod error;

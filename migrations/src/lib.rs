@@ -23,6 +23,7 @@ mod m20261206_000008_payout_runs;
 mod m20261206_000009_ledger_partial_indexes;
 mod m20261207_000010_invoice_commissions_by_partner;
 mod m20261207_000011_commission_scan_indexes;
+mod m20261207_000012_console_sessions;
 
 /// The ordered list of Tandem migrations.
 pub struct Migrator;
@@ -49,6 +50,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000009_ledger_partial_indexes::Migration),
             Box::new(m20261207_000010_invoice_commissions_by_partner::Migration),
             Box::new(m20261207_000011_commission_scan_indexes::Migration),
+            Box::new(m20261207_000012_console_sessions::Migration),
         ]
     }
 }

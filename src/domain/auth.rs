@@ -305,7 +305,7 @@ pub async fn principals_of_keys(
 
 /// The keys that are not revoked matching `cond` (on `k`, the keys), each with its partner
 /// (partner keys): one statement.
-async fn keys_with_partners(
+pub(crate) async fn keys_with_partners(
     db: &Db,
     cond: String,
     values: Vec<sea_orm::Value>,
@@ -325,7 +325,7 @@ async fn keys_with_partners(
     Ok(db.rows(sql, values).await?)
 }
 
-fn principal_for_key(
+pub(crate) fn principal_for_key(
     key: api_key::Model,
     partner: Option<&partner::Model>,
 ) -> ApiResult<Principal> {

@@ -404,3 +404,104 @@ async fn median_of(db: &Db, delays: String, values: Vec<Value>) -> ApiResult<Opt
     }
     Ok((!rows.is_empty()).then(|| sum / rows.len() as f64))
 }
+
+/// One calendar month (UTC) of a program's money.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MonthFigures {
+    /// `YYYY-MM`.
+    pub month: String,
+    /// Won attributed deals closed in the month, in program currency.
+    pub won_revenue: Decimal,
+    /// Net commission booked in the month (accruals less reversals).
+    pub commission_accrued: Decimal,
+}
+
+/// The first instant of the month `months_back` months before the month of `at`.
+fn month_start(at: DateTime<Utc>, months_back: u32) -> DateTime<Utc> {
+    use chrono::{Datelike, TimeZone};
+    let first = Utc
+        .with_ymd_and_hms(at.year(), at.month(), 1, 0, 0, 0)
+        .single()
+        .unwrap_or(at);
+    first
+        .checked_sub_months(Months::new(months_back))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+/// Won revenue and commission by calendar month: the `last` months up to the query's `to` (or
+/// now), not before its `from`; months with neither are left out. Oldest first.
+pub async fn by_month(db: &Db, q: &KpiQuery, last: u32) -> ApiResult<Vec<MonthFigures>> {
+    let end = q.to.unwrap_or_else(Utc::now);
+    let window_start = month_start(end, last.saturating_sub(1));
+    let q = KpiQuery {
+        from: Some(q.from.map_or(window_start, |from| from.max(window_start))),
+        to: Some(end),
+        ..q.clone()
+    };
+    let month = |column: &str| match db.backend() {
+        DatabaseBackend::Postgres => format!("to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM')"),
+        // Times are stored as UTC text (`YYYY-MM-DD HH:MM:SS…+00:00`).
+        _ => format!("substr({column}, 1, 7)"),
+    };
+    let mut months: std::collections::BTreeMap<String, (i64, i64)> = Default::default();
+    let mut f = Filter::new(db);
+    let scope = f.scope(&q, "program_id", "partner_id", Some("closed_at"));
+    let sql = format!(
+        "SELECT {} AS month, {} AS cents FROM deal_commissions WHERE {scope} \
+         AND state <> 'DETACHED' AND deal_status = 'WON' GROUP BY 1",
+        month("closed_at"),
+        cents("COALESCE(amount_program_cents, 0)"),
+    );
+    for row in db
+        .reads()
+        .query_all_raw(Statement::from_sql_and_values(db.backend(), sql, f.values))
+        .await?
+    {
+        months.entry(row.try_get("", "month")?).or_default().0 +=
+            row.try_get::<i64>("", "cents")?;
+    }
+    let mut f = Filter::new(db);
+    let scope = f.scope(&q, "program_id", "partner_id", Some("created_at"));
+    let sql = format!(
+        "SELECT {} AS month, {} AS cents FROM ledger_entries WHERE {scope} \
+         AND kind IN {COMMISSION_KINDS} GROUP BY 1",
+        month("created_at"),
+        cents("amount_cents"),
+    );
+    for row in db
+        .reads()
+        .query_all_raw(Statement::from_sql_and_values(db.backend(), sql, f.values))
+        .await?
+    {
+        months.entry(row.try_get("", "month")?).or_default().1 +=
+            row.try_get::<i64>("", "cents")?;
+    }
+    Ok(months
+        .into_iter()
+        .filter(|(_, (won, commission))| *won != 0 || *commission != 0)
+        .map(|(month, (won, commission))| MonthFigures {
+            month,
+            won_revenue: from_cents(won),
+            commission_accrued: from_cents(commission),
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn month_windows_start_on_the_first() {
+        let at = Utc.with_ymd_and_hms(2026, 3, 17, 12, 30, 0).unwrap();
+        assert_eq!(
+            month_start(at, 0),
+            Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap()
+        );
+        assert_eq!(
+            month_start(at, 11),
+            Utc.with_ymd_and_hms(2025, 4, 1, 0, 0, 0).unwrap()
+        );
+    }
+}

@@ -25,6 +25,7 @@ pub mod referrals;
 pub mod registration;
 pub mod retention;
 pub mod secrets;
+pub mod sessions;
 pub mod stripe_transfers;
 pub mod sweeps;
 pub mod webhooks;

@@ -286,6 +286,26 @@ impl JobRun {
     }
 }
 
+/// One calendar month of a program's money (`Kpis.months`).
+pub struct KpiMonth(pub crate::domain::kpis::MonthFigures);
+
+/// One calendar month (UTC) of a program's money.
+#[Object]
+impl KpiMonth {
+    /// `YYYY-MM`.
+    async fn month(&self) -> &str {
+        &self.0.month
+    }
+    /// Won attributed deals closed in the month.
+    async fn won_revenue(&self) -> Decimal {
+        self.0.won_revenue
+    }
+    /// Net commission booked in the month (accruals less reversals).
+    async fn commission_accrued(&self) -> Decimal {
+        self.0.commission_accrued
+    }
+}
+
 /// One leaderboard line.
 pub struct LeaderboardEntry(pub LeaderboardRow);
 
@@ -309,7 +329,7 @@ impl LeaderboardEntry {
 /// Program KPIs. Referral figures are live; deal figures and their money (in the program
 /// currency) are as of the last reconciliation (`runJob(reconcile)` refreshes them now);
 /// commission figures come from the ledger and payouts.
-pub struct Kpis(pub crate::domain::kpis::Kpis);
+pub struct Kpis(pub crate::domain::kpis::Kpis, pub KpiQuery);
 
 /// Program KPIs. Referral figures are live; deal figures and their money (in the program
 /// currency) are as of the last reconciliation (`runJob(reconcile)` refreshes them now);
@@ -391,6 +411,20 @@ impl Kpis {
     /// Net recurring commission booked on invoices in the range.
     async fn commission_recurring(&self) -> Decimal {
         self.0.commission_recurring
+    }
+    /// Won revenue and net commission by calendar month (UTC): the `last` months up to `to` (or
+    /// now), not before `from`; months with neither are left out. Oldest first.
+    async fn months(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 12, validator(minimum = 1, maximum = 120))] last: i32,
+    ) -> Result<Vec<KpiMonth>> {
+        let db = ctx.data_unchecked::<Db>();
+        Ok(crate::domain::kpis::by_month(db, &self.1, last as u32)
+            .await?
+            .into_iter()
+            .map(KpiMonth)
+            .collect())
     }
     /// Partners by won revenue (a partner key sees only itself).
     async fn leaderboard(&self) -> Vec<LeaderboardEntry> {
@@ -593,7 +627,7 @@ impl CommissionQuery {
             to,
             leaderboard_size: leaderboard_size as u64,
         };
-        Ok(Kpis(kpis(db, &query).await?))
+        Ok(Kpis(kpis(db, &query).await?, query))
     }
 
     /// Exchange rates, newest first (admins only), optionally of one pair.

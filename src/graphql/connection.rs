@@ -87,6 +87,42 @@ pub trait EqIf: QueryFilter + Sized {
             None => self,
         }
     }
+
+    /// Filters on any of `columns` containing `text` (case-insensitive, `%` and `_` taken
+    /// literally) when `text` is given and not blank. `BAD_USER_INPUT` on `field` beyond 200
+    /// characters.
+    fn search_if<C: ColumnTrait>(
+        self,
+        columns: &[C],
+        text: Option<&str>,
+        field: &str,
+    ) -> Result<Self, ApiError> {
+        let Some(text) = text.map(str::trim).filter(|t| !t.is_empty()) else {
+            return Ok(self);
+        };
+        if text.chars().count() > 200 {
+            return Err(ApiError::bad_input(field, "at most 200 characters"));
+        }
+        let mut escaped = String::with_capacity(text.len() + 2);
+        for c in text.to_lowercase().chars() {
+            if matches!(c, '%' | '_' | '\\') {
+                escaped.push('\\');
+            }
+            escaped.push(c);
+        }
+        use sea_orm::sea_query::ExprTrait;
+        let pattern = format!("%{escaped}%");
+        let mut any = sea_orm::Condition::any();
+        for column in columns {
+            any = any.add(
+                sea_orm::sea_query::Expr::expr(sea_orm::sea_query::Func::lower(
+                    sea_orm::sea_query::Expr::col(*column),
+                ))
+                .like(sea_orm::sea_query::LikeExpr::new(pattern.clone()).escape('\\')),
+            );
+        }
+        Ok(self.filter(any))
+    }
 }
 
 impl<E: EntityTrait> EqIf for Select<E> {}

@@ -162,6 +162,15 @@ impl RequestAuth {
         }
     }
 
+    /// Credentials of a console session, its caller already resolved from the session (the
+    /// console executes the schema in-process as the signed-in key).
+    pub fn signed_in(caller: Authenticated) -> RequestAuth {
+        RequestAuth {
+            token: TokenSource::Request(None),
+            caller: OnceCell::new_with(Some(Some(caller))),
+        }
+    }
+
     /// Credentials of one operation on a websocket: the connection's [`SocketToken`].
     pub fn from_socket() -> RequestAuth {
         RequestAuth {

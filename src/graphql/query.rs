@@ -38,6 +38,8 @@ pub struct PartnerFilter {
     pub program_id: Option<ID>,
     /// Only partners with this status.
     pub status: Option<PartnerStatus>,
+    /// Only partners whose name or domain contains this text (case-insensitive).
+    pub search: Option<String>,
 }
 
 /// Filters for `referrals`.
@@ -52,6 +54,8 @@ pub struct ReferralFilter {
     /// Only referrals whose lead-engagement SLA was recorded in this state (`BREACHED` once
     /// the `lead-sla` job has run).
     pub sla_state: Option<crate::db::states::SlaState>,
+    /// Only referrals whose company name or domain contains this text (case-insensitive).
+    pub search: Option<String>,
 }
 
 /// Filters for `deals`.
@@ -63,6 +67,8 @@ pub struct DealFilter {
     pub partner_id: Option<ID>,
     /// Only deals with this status.
     pub status: Option<DealStatus>,
+    /// Only deals whose name, company domain or CRM id contains this text (case-insensitive).
+    pub search: Option<String>,
 }
 
 /// Core queries: programs, partners, referrals, deals, keys and events.
@@ -152,7 +158,12 @@ impl CoreQuery {
         let query = partner::Entity::find()
             .eq_if(partner::Column::Id, principal.partner_scope())
             .eq_if(partner::Column::ProgramId, filter.program_id.map(|id| id.0))
-            .eq_if(partner::Column::Status, filter.status.map(|s| s.as_str()));
+            .eq_if(partner::Column::Status, filter.status.map(|s| s.as_str()))
+            .search_if(
+                &[partner::Column::Name, partner::Column::Domain],
+                filter.search.as_deref(),
+                "filter.search",
+            )?;
         PartnerConnection::page(ctx, query, Direction::Ascending, (first, after), Partner).await
     }
 
@@ -198,7 +209,15 @@ impl CoreQuery {
             .eq_if(
                 referral::Column::SlaState,
                 filter.sla_state.map(|s| s.as_str()),
-            );
+            )
+            .search_if(
+                &[
+                    referral::Column::CompanyName,
+                    referral::Column::CompanyDomain,
+                ],
+                filter.search.as_deref(),
+                "filter.search",
+            )?;
         let db = ctx.data_unchecked::<Db>();
         let (page, total) = id_page(
             db,
@@ -246,8 +265,17 @@ impl CoreQuery {
         let principal = principal(ctx).await?;
         principal.require_admin_or_partner()?;
         let filter = filter.unwrap_or_default();
-        let mut query =
-            deal::Entity::find().eq_if(deal::Column::ProgramId, filter.program_id.map(|id| id.0));
+        let mut query = deal::Entity::find()
+            .eq_if(deal::Column::ProgramId, filter.program_id.map(|id| id.0))
+            .search_if(
+                &[
+                    deal::Column::Name,
+                    deal::Column::CompanyDomain,
+                    deal::Column::ExternalId,
+                ],
+                filter.search.as_deref(),
+                "filter.search",
+            )?;
         for partner_id in [
             principal.partner_scope(),
             filter.partner_id.as_ref().map(|id| id.as_str()),

@@ -132,7 +132,13 @@ async fn close_after_refused_body(response: poem::Result<Response>) -> poem::Res
 /// All routes.
 pub fn routes(state: AppState) -> impl poem::Endpoint {
     let m = state.metrics.clone();
+    let (home, console) = crate::console::routes();
     Route::new()
+        .at("/", home.with(metrics::RouteMetrics::new(&m, "/")))
+        .nest(
+            "/console",
+            console.with(metrics::RouteMetrics::new(&m, "/console")),
+        )
         .at(
             "/graphql",
             get(graphql::graphiql)

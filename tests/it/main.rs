@@ -9,6 +9,7 @@ mod bulk;
 mod certifications;
 mod cli;
 mod commissions;
+mod console;
 mod crash;
 mod crm;
 mod events;

@@ -1,0 +1,410 @@
+//! The console (DESIGN §16): web pages for program managers (ADMIN keys) and partners (PARTNER
+//! keys) at `/`, in the same binary.
+//!
+//! - **Sign-in** exchanges a key for a server-side session ([`crate::domain::sessions`]): the
+//!   cookie `tandem_session` is HttpOnly, SameSite=Strict, Secure behind https, and expires.
+//! - **One authorisation model**: every page runs GraphQL operations on the public schema,
+//!   in-process, as the signed-in key ([`crate::graphql::RequestAuth::signed_in`]); a page can
+//!   show or change nothing the key could not through `/graphql`. A partner opening another
+//!   partner's page meets the API's `NOT_FOUND`, shown as the not-found page.
+//! - **No script**: pages are HTML and forms; charts are inline SVG drawn here. Every response
+//!   sends a Content-Security-Policy without scripts and with `frame-ancestors 'none'`; every
+//!   state-changing form carries the session's CSRF token, and cross-origin posts are refused.
+
+// A page handler's `Err` is the page's own answer (a redirect, the not-found page), made once
+// per request: boxing it would buy nothing.
+#![allow(clippy::result_large_err)]
+
+mod charts;
+mod format;
+mod pages;
+mod views;
+
+use async_graphql::Executor;
+use poem::{
+    Endpoint, EndpointExt, Request, Response, Route, get, handler,
+    http::{StatusCode, header},
+    post,
+    web::{Data, Form},
+};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+
+use crate::{
+    domain::{auth::Authenticated, sessions},
+    error::ApiError,
+    graphql::{ClientAddress, RequestAuth},
+    http::AppState,
+};
+
+/// The session cookie's name.
+pub const COOKIE: &str = "tandem_session";
+
+/// What every console response carries: no script may run, no page may frame it, forms post
+/// only here.
+const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
+                   frame-ancestors 'none'; base-uri 'none'";
+
+/// The console's stylesheet, embedded in the binary.
+const STYLESHEET: &str = include_str!("../../assets/console/console.css");
+
+/// A signed-in visitor.
+pub struct Session {
+    token: String,
+    /// Who signed in.
+    pub caller: Authenticated,
+}
+
+impl Session {
+    /// Whether a program manager signed in.
+    pub fn is_admin(&self) -> bool {
+        self.caller.principal.partner_scope().is_none()
+    }
+
+    /// The partner a partner key is bound to.
+    pub fn partner_id(&self) -> Option<&str> {
+        self.caller.principal.partner_scope()
+    }
+
+    /// The CSRF token its forms carry.
+    pub fn csrf(&self) -> String {
+        sessions::csrf_token(&self.token)
+    }
+}
+
+/// A GraphQL error as a page shows it.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// `extensions.code`.
+    pub code: String,
+    /// The message.
+    pub message: String,
+    /// `extensions.field`, when the error names one.
+    pub field: Option<String>,
+}
+
+/// What a page handler ends with: the page, or another answer (a redirect, the not-found page).
+type Outcome = Result<Response, Response>;
+
+fn finish(outcome: Outcome) -> Response {
+    outcome.unwrap_or_else(|r| r)
+}
+
+/// The session token in the request's cookies.
+fn session_cookie(req: &Request) -> Option<String> {
+    req.headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value.trim().to_string())
+}
+
+/// Whether the console is served over https (directly, or behind a proxy that says so).
+fn over_https(req: &Request, state: &AppState) -> bool {
+    state.public_base.starts_with("https://")
+        || req.uri().scheme_str() == Some("https")
+        || req
+            .headers()
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("https"))
+}
+
+fn cookie(req: &Request, state: &AppState, value: &str, max_age: i64) -> String {
+    let secure = if over_https(req, state) {
+        "; Secure"
+    } else {
+        ""
+    };
+    format!("{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}")
+}
+
+fn redirect(to: &str) -> Response {
+    Response::builder()
+        .status(StatusCode::SEE_OTHER)
+        .header(header::LOCATION, to)
+        .finish()
+}
+
+/// Signed out: the cookie is cleared and the visitor goes to the sign-in page.
+fn signed_out(req: &Request, state: &AppState) -> Response {
+    let mut response = redirect("/");
+    if let Ok(value) = cookie(req, state, "", 0).parse() {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
+}
+
+/// The visitor's session, or the answer that sends them to sign in.
+async fn signed_in(req: &Request, state: &AppState) -> Result<Session, Response> {
+    let Some(token) = session_cookie(req) else {
+        return Err(redirect("/"));
+    };
+    match sessions::caller(&state.db, &token).await {
+        Ok(caller) => Ok(Session { token, caller }),
+        Err(ApiError::Unauthenticated) => Err(signed_out(req, state)),
+        Err(err) => Err(error_page(None, &err.message())),
+    }
+}
+
+/// Refuses a state-changing request whose CSRF token is not the session's, or that comes from
+/// another origin.
+fn check_post(req: &Request, session: &Session, form: &HashMap<String, String>) -> Outcome {
+    if !same_origin(req) {
+        return Err(forbidden(
+            Some(session),
+            "This form came from another site.",
+        ));
+    }
+    let given = form.get("csrf").map(String::as_str).unwrap_or_default();
+    if !sessions::csrf_matches(&session.token, given) {
+        return Err(forbidden(
+            Some(session),
+            "This form has expired. Go back, reload the page and try again.",
+        ));
+    }
+    Ok(Response::default())
+}
+
+/// A post's `Origin`, when the browser sends one, names this host.
+fn same_origin(req: &Request) -> bool {
+    let Some(origin) = req.headers().get(header::ORIGIN) else {
+        return true;
+    };
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .is_some_and(|(_, rest)| !host.is_empty() && rest == host)
+}
+
+/// Runs one GraphQL operation as the session's key.
+pub async fn gql(
+    state: &AppState,
+    req: &Request,
+    session: &Session,
+    query: &str,
+    variables: Value,
+) -> Result<Value, Failure> {
+    let address = req
+        .remote_addr()
+        .as_socket_addr()
+        .map(|a| a.ip().to_canonical());
+    let request = async_graphql::Request::new(query)
+        .variables(async_graphql::Variables::from_json(variables))
+        .data(RequestAuth::signed_in(session.caller.clone()))
+        .data(ClientAddress(address));
+    let response = state.schema.execute(request).await;
+    if let Some(error) = response.errors.first() {
+        let ext = |name: &str| {
+            error
+                .extensions
+                .as_ref()
+                .and_then(|e| e.get(name))
+                .and_then(|v| match v {
+                    async_graphql::Value::String(s) => Some(s.clone()),
+                    _ => None,
+                })
+        };
+        return Err(Failure {
+            code: ext("code").unwrap_or_else(|| "BAD_USER_INPUT".into()),
+            message: error.message.clone(),
+            field: ext("field"),
+        });
+    }
+    response.data.into_json().map_err(|e| Failure {
+        code: "INTERNAL".into(),
+        message: e.to_string(),
+        field: None,
+    })
+}
+
+/// The answer for an operation that failed while reading a page.
+fn failed(req: &Request, state: &AppState, session: &Session, failure: Failure) -> Response {
+    match failure.code.as_str() {
+        "UNAUTHENTICATED" => signed_out(req, state),
+        "NOT_FOUND" => not_found_page(Some(session)),
+        "FORBIDDEN" => forbidden(Some(session), &failure.message),
+        _ => error_page(Some(session), &failure.message),
+    }
+}
+
+fn html(status: StatusCode, markup: maud::Markup) -> Response {
+    Response::builder()
+        .status(status)
+        .content_type("text/html; charset=utf-8")
+        .body(markup.into_string())
+}
+
+fn not_found_page(session: Option<&Session>) -> Response {
+    html(StatusCode::NOT_FOUND, views::not_found(session))
+}
+
+fn forbidden(session: Option<&Session>, message: &str) -> Response {
+    html(
+        StatusCode::FORBIDDEN,
+        views::problem(session, "Not allowed", message),
+    )
+}
+
+fn error_page(session: Option<&Session>, message: &str) -> Response {
+    html(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        views::problem(session, "Something went wrong", message),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sign-in and out.
+
+/// `GET /`: the sign-in page, or the signed-in visitor's overview.
+#[handler]
+async fn home(req: &Request, state: Data<&AppState>) -> Response {
+    if session_cookie(req).is_some() {
+        return match signed_in(req, &state).await {
+            Ok(_) => redirect("/console/overview"),
+            Err(response) => response,
+        };
+    }
+    html(StatusCode::OK, views::login(None))
+}
+
+/// `POST /console/login`: a key for a session.
+#[handler]
+async fn login(
+    req: &Request,
+    state: Data<&AppState>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    if !same_origin(req) {
+        return forbidden(None, "This form came from another site.");
+    }
+    let token = form.get("token").map(String::as_str).unwrap_or_default();
+    match sessions::open(&state.db, token).await {
+        Ok(opened) => {
+            let max_age = (opened.expires_at - chrono::Utc::now()).num_seconds();
+            let mut response = redirect("/console/overview");
+            if let Ok(value) = cookie(req, &state, &opened.token, max_age).parse() {
+                response.headers_mut().insert(header::SET_COOKIE, value);
+            }
+            response
+        }
+        Err(ApiError::Unauthenticated) => html(
+            StatusCode::UNAUTHORIZED,
+            views::login(Some(
+                "This key is not valid: it is unknown, revoked, or its partner's relationship has ended.",
+            )),
+        ),
+        Err(ApiError::Forbidden(message)) => {
+            html(StatusCode::FORBIDDEN, views::login(Some(&message)))
+        }
+        Err(err) => error_page(None, &err.message()),
+    }
+}
+
+/// `POST /console/logout`: ends the session.
+#[handler]
+async fn logout(
+    req: &Request,
+    state: Data<&AppState>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    finish(
+        async {
+            let session = signed_in(req, &state).await?;
+            check_post(req, &session, &form)?;
+            sessions::close(&state.db, &session.token)
+                .await
+                .map_err(|e| error_page(Some(&session), &e.message()))?;
+            Ok(signed_out(req, &state))
+        }
+        .await,
+    )
+}
+
+/// `GET /console/assets/console.css`.
+#[handler]
+fn stylesheet() -> Response {
+    Response::builder()
+        .content_type("text/css; charset=utf-8")
+        .header(header::CACHE_CONTROL, "public, max-age=3600")
+        .body(STYLESHEET)
+}
+
+/// Any other console path.
+#[handler]
+async fn fallback(req: &Request, state: Data<&AppState>) -> Response {
+    match signed_in(req, &state).await {
+        Ok(session) => not_found_page(Some(&session)),
+        Err(_) => html(StatusCode::NOT_FOUND, views::not_found(None)),
+    }
+}
+
+/// Adds the console's security headers to every answer.
+async fn secure_headers(response: poem::Result<Response>) -> poem::Result<Response> {
+    let mut response = response?;
+    let headers = response.headers_mut();
+    for (name, value) in [
+        ("content-security-policy", CSP),
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", "no-referrer"),
+        ("x-frame-options", "DENY"),
+    ] {
+        headers.insert(name, poem::http::HeaderValue::from_static(value));
+    }
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(
+            header::CACHE_CONTROL,
+            poem::http::HeaderValue::from_static("no-store"),
+        );
+    }
+    Ok(response)
+}
+
+/// The console's routes: `/` and `/console/…`.
+pub fn routes() -> (impl Endpoint, impl Endpoint) {
+    let console = Route::new()
+        .at("/login", post(login))
+        .at("/logout", post(logout))
+        .at("/assets/console.css", get(stylesheet))
+        .at("/overview", get(pages::overview))
+        .at("/partners", get(pages::partners))
+        .at("/partners/:id", get(pages::partner_page))
+        .at(
+            "/referrals",
+            get(pages::referrals).post(pages::submit_referral),
+        )
+        .at("/registrations", get(pages::registrations))
+        .at("/registrations/:id/review", post(pages::review))
+        .at("/deals", get(pages::deals))
+        .at("/commissions", get(pages::commissions))
+        .at("/payouts", get(pages::payouts))
+        .at("/*", get(fallback))
+        .after(secure_headers);
+    (get(home).after(secure_headers), console)
+}
+
+/// A query parameter, trimmed; `None` when absent or blank.
+fn param<'a>(params: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
+    params.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())
+}
+
+/// The variables of a list page: `first`, `after` (the cursor) and a filter.
+fn page_variables(params: &HashMap<String, String>, filter: Value) -> Value {
+    json!({
+        "first": PAGE_SIZE,
+        "after": param(params, "after"),
+        "filter": filter,
+    })
+}
+
+/// Rows a list page shows.
+pub const PAGE_SIZE: i64 = 25;

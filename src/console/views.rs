@@ -1,0 +1,227 @@
+//! The console's page frame and shared pieces (maud templates).
+
+use maud::{DOCTYPE, Markup, html};
+use serde_json::Value;
+
+use super::{Failure, Session};
+
+/// A page: header with the navigation of the visitor's role, then `body`.
+pub fn layout(session: Option<&Session>, title: &str, active: &str, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · Tandem" }
+                link rel="stylesheet" href="/console/assets/console.css";
+            }
+            body {
+                header class="top" {
+                    a class="brand" href="/" { "Tandem" }
+                    @if let Some(session) = session {
+                        nav aria-label="Main" {
+                            ul {
+                                @for (href, label) in navigation(session) {
+                                    li {
+                                        a href=(href) aria-current=[(label == active).then_some("page")] { (label) }
+                                    }
+                                }
+                            }
+                        }
+                        div class="who" {
+                            span { (who(session)) }
+                            form method="post" action="/console/logout" {
+                                (csrf(session))
+                                button type="submit" class="link" { "Sign out" }
+                            }
+                        }
+                    }
+                }
+                main id="main" {
+                    h1 { (title) }
+                    (body)
+                }
+            }
+        }
+    }
+}
+
+fn navigation(session: &Session) -> Vec<(&'static str, &'static str)> {
+    if session.is_admin() {
+        vec![
+            ("/console/overview", "Overview"),
+            ("/console/partners", "Partners"),
+            ("/console/registrations", "Registrations"),
+            ("/console/referrals", "Referrals"),
+            ("/console/deals", "Deals"),
+            ("/console/commissions", "Commissions"),
+            ("/console/payouts", "Payouts"),
+            ("/graphql", "GraphiQL"),
+        ]
+    } else {
+        vec![
+            ("/console/overview", "Dashboard"),
+            ("/console/referrals", "Referrals"),
+            ("/console/deals", "Deals"),
+            ("/console/commissions", "Commissions"),
+            ("/console/payouts", "Payouts"),
+        ]
+    }
+}
+
+fn who(session: &Session) -> String {
+    match &session.caller.partner {
+        Some(partner) => format!("Partner · {}", partner.name),
+        None => "Program manager".to_string(),
+    }
+}
+
+/// The hidden CSRF field of a form.
+pub fn csrf(session: &Session) -> Markup {
+    html! { input type="hidden" name="csrf" value=(session.csrf()); }
+}
+
+/// The sign-in page.
+pub fn login(error: Option<&str>) -> Markup {
+    layout(
+        None,
+        "Sign in",
+        "",
+        html! {
+            p { "Sign in with an API key: a program manager's (ADMIN) or a partner's (PARTNER) key. "
+                "The key is exchanged for a session; it is not kept in your browser." }
+            form id="login" method="post" action="/console/login" class="card narrow" {
+                label for="token" { "API key" }
+                input id="token" name="token" type="password" autocomplete="off" required
+                    placeholder="tdm_…" aria-describedby=[error.map(|_| "login-error")];
+                @if let Some(error) = error {
+                    p id="login-error" class="error" role="alert" { (error) }
+                }
+                button type="submit" { "Sign in" }
+            }
+        },
+    )
+}
+
+/// The not-found page.
+pub fn not_found(session: Option<&Session>) -> Markup {
+    layout(
+        session,
+        "Not found",
+        "",
+        html! {
+            p data-not-found { "There is no such page, or it is not yours to see." }
+            p { a href="/" { "Back to the start" } }
+        },
+    )
+}
+
+/// A page that only says what went wrong.
+pub fn problem(session: Option<&Session>, title: &str, message: &str) -> Markup {
+    layout(
+        session,
+        title,
+        "",
+        html! {
+            p class="error" role="alert" { (message) }
+            p { a href="/" { "Back to the start" } }
+        },
+    )
+}
+
+/// A form's error for one field (`input.companyName` names `companyName`), or the form's own
+/// error when the failure names no field of the form.
+pub fn field_error(failure: Option<&Failure>, field: &str) -> Markup {
+    let Some(failure) = failure else {
+        return html! {};
+    };
+    let named = failure
+        .field
+        .as_deref()
+        .map(|f| f.rsplit('.').next().unwrap_or(f));
+    html! {
+        @if named == Some(field) {
+            p class="error" id=(format!("{field}-error")) role="alert" { (failure.message) }
+        }
+    }
+}
+
+/// The form-wide error when the failure names none of `fields`.
+pub fn form_error(failure: Option<&Failure>, fields: &[&str]) -> Markup {
+    let Some(failure) = failure else {
+        return html! {};
+    };
+    let named = failure
+        .field
+        .as_deref()
+        .map(|f| f.rsplit('.').next().unwrap_or(f));
+    html! {
+        @if !named.is_some_and(|n| fields.contains(&n)) {
+            p class="error" role="alert" { (failure.message) }
+        }
+    }
+}
+
+/// A search box over a list.
+pub fn search(action: &str, value: Option<&str>, label: &str) -> Markup {
+    html! {
+        form method="get" action=(action) class="search" role="search" {
+            label for="q" { (label) }
+            input id="q" name="q" type="search" value=[value];
+            button type="submit" { "Search" }
+            @if value.is_some() {
+                a href=(action) { "Clear" }
+            }
+        }
+    }
+}
+
+/// The links to the next page of a connection (`pageInfo`), keeping the other parameters.
+pub fn pager(
+    path: &str,
+    params: &[(&str, Option<&str>)],
+    page_info: &Value,
+    shown: usize,
+    total: i64,
+) -> Markup {
+    let keep: String = params
+        .iter()
+        .filter_map(|(k, v)| v.map(|v| format!("{k}={}&", urlencode(v))))
+        .collect();
+    let next = page_info["hasNextPage"]
+        .as_bool()
+        .unwrap_or(false)
+        .then(|| page_info["endCursor"].as_str())
+        .flatten();
+    html! {
+        nav class="pager" aria-label="Pages" {
+            span { (shown) " shown of " (total) }
+            @if page_info["hasPreviousPage"].as_bool().unwrap_or(false) {
+                a href=(format!("{path}?{}", keep.trim_end_matches('&'))) { "First page" }
+            }
+            @if let Some(cursor) = next {
+                a rel="next" href=(format!("{path}?{keep}after={}", urlencode(cursor))) { "Next page" }
+            }
+        }
+    }
+}
+
+/// Percent-encodes a query parameter's value.
+pub fn urlencode(value: &str) -> String {
+    url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}
+
+/// An empty list's message: what to do next.
+pub fn empty(message: &str) -> Markup {
+    html! { p class="empty" { (message) } }
+}
+
+/// Text of a JSON value (`""` for null).
+pub fn text(value: &Value) -> String {
+    match value {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,577 @@
+//! The console (DESIGN §16) over real HTTP, on SQLite and PostgreSQL: sign-in and sessions,
+//! CSRF and the security headers, the overview's figures against the API's, registration
+//! through the form and review by a manager, and a partner kept to its own pages. (The same
+//! flows in a real browser are in `tests/browser.rs`.)
+
+use reqwest::{StatusCode, redirect::Policy};
+use serde_json::{Value, json};
+
+use crate::{
+    commissions::{Crm, partner, program_with, reconcile},
+    db_tests,
+    helpers::{TestApp, count},
+};
+
+/// A browser-like visitor: no automatic redirects, one session cookie.
+struct Visitor {
+    client: reqwest::Client,
+    base: String,
+    cookie: Option<String>,
+}
+
+impl Visitor {
+    fn new(app: &TestApp) -> Visitor {
+        Visitor {
+            client: reqwest::Client::builder()
+                .redirect(Policy::none())
+                .build()
+                .unwrap(),
+            base: app.base.clone(),
+            cookie: None,
+        }
+    }
+
+    fn remember(&mut self, resp: &reqwest::Response) {
+        if let Some(set) = resp.headers().get("set-cookie") {
+            let set = set.to_str().unwrap();
+            let value = set
+                .split(';')
+                .next()
+                .unwrap()
+                .trim_start_matches("tandem_session=");
+            self.cookie = (!value.is_empty()).then(|| value.to_string());
+        }
+    }
+
+    async fn get(&mut self, path: &str) -> (StatusCode, String, reqwest::header::HeaderMap) {
+        let mut req = self.client.get(format!("{}{path}", self.base));
+        if let Some(c) = &self.cookie {
+            req = req.header("cookie", format!("tandem_session={c}"));
+        }
+        let resp = req.send().await.unwrap();
+        self.remember(&resp);
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        (status, resp.text().await.unwrap(), headers)
+    }
+
+    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
+        let body: String = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form)
+            .finish();
+        let mut req = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body);
+        if let Some(c) = &self.cookie {
+            req = req.header("cookie", format!("tandem_session={c}"));
+        }
+        let resp = req.send().await.unwrap();
+        self.remember(&resp);
+        resp
+    }
+
+    async fn sign_in(app: &TestApp, key: &str) -> Visitor {
+        let mut visitor = Visitor::new(app);
+        let resp = visitor.post("/console/login", &[("token", key)]).await;
+        assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+        assert!(visitor.cookie.is_some());
+        visitor
+    }
+
+    /// The CSRF token of a page's forms.
+    async fn csrf(&mut self, path: &str) -> String {
+        let (status, page, _) = self.get(path).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        attribute_after(&page, "name=\"csrf\" value=\"")
+            .into_iter()
+            .next()
+            .expect("a CSRF field")
+    }
+}
+
+fn location(resp: &reqwest::Response) -> String {
+    resp.headers()
+        .get("location")
+        .map(|l| l.to_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+/// Every value that follows `marker` up to the next `"`.
+fn attribute_after(page: &str, marker: &str) -> Vec<String> {
+    page.match_indices(marker)
+        .map(|(i, _)| {
+            let rest = &page[i + marker.len()..];
+            rest[..rest.find('"').unwrap()].to_string()
+        })
+        .collect()
+}
+
+/// `data-kpi` name → its element's text.
+fn kpi_values(page: &str) -> Vec<(String, String)> {
+    page.match_indices("data-kpi=\"")
+        .map(|(i, m)| {
+            let rest = &page[i + m.len()..];
+            let name = rest[..rest.find('"').unwrap()].to_string();
+            let text_start = rest.find('>').unwrap() + 1;
+            let text = &rest[text_start..];
+            (name, text[..text.find('<').unwrap()].to_string())
+        })
+        .collect()
+}
+
+async fn sign_in_sessions_and_headers(app: TestApp) {
+    let mut anonymous = Visitor::new(&app);
+    let (status, page, headers) = anonymous.get("/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("<form id=\"login\""), "{page}");
+    assert!(page.contains("name=\"token\""));
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    assert!(!page.contains("<script"), "no script on console pages");
+    // Pages need a session.
+    let (status, _, headers) = anonymous.get("/console/overview").await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(headers["location"], "/");
+    // A wrong key, a malformed one, an integration key: refused, with the reason.
+    for (key, code) in [
+        (
+            "tdm_notarealkeynotarealkeynotarealkeynotareal",
+            StatusCode::UNAUTHORIZED,
+        ),
+        ("", StatusCode::UNAUTHORIZED),
+    ] {
+        let resp = anonymous.post("/console/login", &[("token", key)]).await;
+        assert_eq!(resp.status(), code);
+        assert!(resp.headers().get("set-cookie").is_none());
+        assert!(resp.text().await.unwrap().contains("This key is not valid"));
+    }
+    let program = program_with(&app, json!({"type": "PERCENT", "rate": "10"}), json!({})).await;
+    let integration = app
+        .admin_ok(
+            "mutation($p: ID!) { createApiKey(input: {name: \"i\", role: INTEGRATION, programIds: [$p]}) { token } }",
+            json!({"p": program}),
+        )
+        .await["createApiKey"]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let resp = anonymous
+        .post("/console/login", &[("token", &integration)])
+        .await;
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    // A posted form from another site is refused before the key is looked at.
+    let resp = anonymous
+        .client
+        .post(format!("{}/console/login", app.base))
+        .header("origin", "http://evil.example")
+        .form(&[("token", app.admin.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+
+    // A temporary admin key signs in: the cookie is HttpOnly, SameSite=Strict and expires.
+    let created = app
+        .admin_ok(
+            "mutation { createApiKey(input: {name: \"console\", role: ADMIN}) { token apiKey { id } } }",
+            json!({}),
+        )
+        .await;
+    let key = created["createApiKey"]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let key_id = created["createApiKey"]["apiKey"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut manager = Visitor::new(&app);
+    let resp = manager.post("/console/login", &[("token", &key)]).await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&resp), "/console/overview");
+    let cookie = resp.headers()["set-cookie"].to_str().unwrap().to_string();
+    for flag in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=4319"] {
+        assert!(cookie.contains(flag), "{flag} in {cookie}");
+    }
+    assert!(!cookie.contains("Secure"), "plain http: {cookie}");
+    let session = manager.cookie.clone().unwrap();
+    assert!(session.starts_with("tds_") && !session.contains(&key));
+    // The session is stored hashed, and a session token is no API key.
+    assert_eq!(
+        count(
+            &app.db,
+            &format!("SELECT COUNT(*) AS n FROM console_sessions WHERE id = '{session}'")
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(&app.db, "SELECT COUNT(*) AS n FROM console_sessions").await,
+        1
+    );
+    let as_key = app.gql(&session, "{ viewer { role } }", json!({})).await;
+    assert_eq!(as_key["errors"][0]["extensions"]["code"], "UNAUTHENTICATED");
+    let (status, page, headers) = manager.get("/console/overview").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(
+        !page.contains(&key) && !page.contains(&session),
+        "keys never appear in pages"
+    );
+    assert_eq!(headers["cache-control"], "no-store");
+    assert_eq!(headers["x-frame-options"], "DENY");
+    // The home page sends a signed-in visitor on.
+    let (status, _, headers) = manager.get("/").await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(headers["location"], "/console/overview");
+    // Logging out needs the page's CSRF token.
+    let resp = manager.post("/console/logout", &[("csrf", "forged")]).await;
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let csrf = manager.csrf("/console/overview").await;
+    // Another session's token does not fit this one.
+    let mut other = Visitor::sign_in(&app, &app.admin).await;
+    let resp = other.post("/console/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let resp = manager.post("/console/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert!(
+        resp.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    assert!(manager.cookie.is_none());
+    manager.cookie = Some(session);
+    let (status, _, headers) = manager.get("/console/overview").await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "an ended session is gone");
+    assert_eq!(headers["location"], "/");
+
+    // A revoked key's sessions end at once.
+    let mut revoked = Visitor::sign_in(&app, &key).await;
+    assert_eq!(revoked.get("/console/partners").await.0, StatusCode::OK);
+    app.admin_ok(
+        "mutation($id: ID!) { revokeApiKey(input: {id: $id}) { apiKey { revokedAt } } }",
+        json!({"id": key_id}),
+    )
+    .await;
+    let (status, _, headers) = revoked.get("/console/partners").await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(headers["location"], "/");
+    assert!(
+        headers["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    let resp = revoked.post("/console/login", &[("token", &key)]).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    // Unknown console pages are the not-found page.
+    let (status, page, _) = other.get("/console/nothing-here").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(page.contains("data-not-found"));
+    let (status, css, headers) = other.get("/console/assets/console.css").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/css")
+    );
+    assert!(css.contains("svg.chart"));
+}
+
+async fn the_overview_shows_the_apis_figures(app: TestApp) {
+    let program = program_with(&app, json!({"type": "PERCENT", "rate": "10"}), json!({})).await;
+    let alpha = partner(&app, &program, "Alpha <Agency>").await;
+    let beta = partner(&app, &program, "Beta").await;
+    let mut crm = Crm::new(&app, &program).await;
+    crm.won(&app, "D-1", "1000.00", 1, &alpha.code).await;
+    crm.won(&app, "D-2", "2500.00", 45, &alpha.code).await;
+    crm.won(&app, "D-3", "400.00", 2, &beta.code).await;
+    reconcile(&app).await;
+    let mut manager = Visitor::sign_in(&app, &app.admin).await;
+    let (status, page, _) = manager
+        .get(&format!("/console/overview?program={program}"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let answer = app
+        .admin_ok(
+            "query($p: ID!) { kpis(programId: $p) { referralsSubmitted referralsAccepted \
+             referralsDuplicate dealsAttributed dealsWon dealsLost conversionRate winRate \
+             pipelineValue wonRevenue commissionAccrued commissionPaid medianHoursToFirstDeal \
+             slaMetRate medianHoursToEngagement recurringRevenue activeCustomers \
+             commissionRecurring months { month wonRevenue commissionAccrued } } }",
+            json!({"p": program}),
+        )
+        .await;
+    let kpis = &answer["kpis"];
+    let shown = kpi_values(&page);
+    assert_eq!(shown.len(), 18, "{shown:?}");
+    for (name, text) in &shown {
+        let expected = match &kpis[name] {
+            Value::String(s) => s.clone(),
+            Value::Null => String::new(),
+            other => other.to_string(),
+        };
+        assert_eq!(text, &expected, "data-kpi={name}");
+    }
+    assert_eq!(kpis["wonRevenue"], "3900.00");
+    // One group of bars per month with data, from `Kpis.months`.
+    let months = kpis["months"].as_array().unwrap();
+    assert!(!months.is_empty() && months.len() <= 2, "{months:?}");
+    assert_eq!(page.matches("<g class=\"month\"").count(), months.len());
+    for m in months {
+        assert!(page.contains(&format!("data-month=\"{}\"", m["month"].as_str().unwrap())));
+    }
+    assert!(page.contains("data-chart=\"revenue-by-month\""));
+    assert!(page.contains("data-chart=\"funnel\""));
+    assert!(page.contains("data-chart=\"leaderboard\""));
+    assert!(page.contains("Alpha &lt;Agency&gt;"), "names are escaped");
+    assert!(!page.contains("Alpha <Agency>"));
+    // The last 30 days leave D-2 out, as `kpis(from:)` does.
+    let (_, recent, _) = manager
+        .get(&format!("/console/overview?program={program}&period=30d"))
+        .await;
+    let won: Vec<_> = kpi_values(&recent)
+        .into_iter()
+        .filter(|(n, _)| n == "wonRevenue")
+        .collect();
+    assert_eq!(won[0].1, "1400.00");
+    // An unknown period or program is not found, not an error.
+    assert_eq!(
+        manager.get("/console/overview?period=forever").await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        manager
+            .get("/console/overview?program=00000000-0000-0000-0000-000000000000")
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+
+    // A partner's dashboard shows its own figures only.
+    let key = app.partner_key(&alpha.id).await;
+    let mut alpha_visitor = Visitor::sign_in(&app, &key).await;
+    let (status, page, _) = alpha_visitor.get("/console/overview").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let own = app
+        .ok(
+            &key,
+            "query($p: ID!) { kpis(programId: $p) { wonRevenue dealsWon commissionAccrued } }",
+            json!({"p": program}),
+        )
+        .await;
+    let shown = kpi_values(&page);
+    for name in ["wonRevenue", "dealsWon", "commissionAccrued"] {
+        let text = &shown.iter().find(|(n, _)| n == name).unwrap().1;
+        let expected = match &own["kpis"][name] {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        assert_eq!(text, &expected, "{name}");
+    }
+    assert_eq!(own["kpis"]["wonRevenue"], "3500.00");
+    assert!(!page.contains(">Beta<"), "another partner's name: {page}");
+    assert!(page.contains("Balances"));
+}
+
+async fn partners_register_and_managers_review(app: TestApp) {
+    let program = program_with(
+        &app,
+        json!({"type": "PERCENT", "rate": "10"}),
+        json!({"registration": {"approval": "MANUAL"}}),
+    )
+    .await;
+    let alpha = partner(&app, &program, "Alpha").await;
+    let beta = partner(&app, &program, "Beta").await;
+    let alpha_key = app.partner_key(&alpha.id).await;
+    let beta_key = app.partner_key(&beta.id).await;
+    let mut a = Visitor::sign_in(&app, &alpha_key).await;
+    let (status, page, _) = a.get("/console/referrals").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("<form id=\"submit-referral\""));
+    for field in [
+        "companyName",
+        "companyDomain",
+        "contactName",
+        "contactEmail",
+        "notes",
+    ] {
+        assert!(page.contains(&format!("name=\"{field}\"")), "{field}");
+    }
+    assert!(
+        page.contains("Register your first one"),
+        "empty state: {page}"
+    );
+    let csrf = a.csrf("/console/referrals").await;
+    // Without the CSRF token nothing is written.
+    let resp = a
+        .post(
+            "/console/referrals",
+            &[("companyName", "Acme"), ("csrf", "x")],
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    // A bad field is shown next to it, with what was typed kept.
+    let resp = a
+        .post(
+            "/console/referrals",
+            &[
+                ("csrf", &csrf),
+                ("companyName", "Acme"),
+                ("contactEmail", "not-an-email"),
+            ],
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let page = resp.text().await.unwrap();
+    assert!(page.contains("id=\"contactEmail-error\""), "{page}");
+    assert!(page.contains("value=\"not-an-email\""));
+    let resp = a.post("/console/referrals", &[("csrf", &csrf)]).await;
+    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        resp.text()
+            .await
+            .unwrap()
+            .contains("id=\"companyName-error\"")
+    );
+    assert_eq!(
+        count(&app.db, "SELECT COUNT(*) AS n FROM referrals").await,
+        0
+    );
+    // Registered: listed as SUBMITTED, under review.
+    let resp = a
+        .post(
+            "/console/referrals",
+            &[
+                ("csrf", &csrf),
+                ("companyName", "Acme Corp"),
+                ("companyDomain", "acme.example"),
+                ("contactEmail", "cto@acme.example"),
+            ],
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let next = location(&resp);
+    let id = next.rsplit('=').next().unwrap().to_string();
+    let (_, page, _) = a.get(&next).await;
+    assert!(
+        page.contains(&format!(
+            "data-referral-id=\"{id}\" data-status=\"SUBMITTED\""
+        )),
+        "{page}"
+    );
+    assert!(page.contains("Registered: "));
+    // The partner has no review queue, and no other partner's page.
+    assert_eq!(
+        a.get("/console/registrations").await.0,
+        StatusCode::NOT_FOUND
+    );
+    let (status, page, _) = a.get(&format!("/console/partners/{}", beta.id)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(page.contains("data-not-found"));
+    assert_eq!(
+        a.get(&format!("/console/partners/{}", alpha.id)).await.0,
+        StatusCode::OK
+    );
+
+    // The manager sees it in the queue and approves it.
+    let mut m = Visitor::sign_in(&app, &app.admin).await;
+    let (_, page, _) = m.get("/console/registrations").await;
+    assert!(
+        page.contains(&format!("data-referral-id=\"{id}\"")),
+        "{page}"
+    );
+    let csrf_m = m.csrf("/console/registrations").await;
+    // A decision the API does not know: its error is shown, nothing changes.
+    let resp = m
+        .post(
+            &format!("/console/registrations/{id}/review"),
+            &[("csrf", &csrf_m), ("decision", "MAYBE")],
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        resp.text()
+            .await
+            .unwrap()
+            .contains(&format!("data-failed=\"{id}\""))
+    );
+    let resp = m
+        .post(
+            &format!("/console/registrations/{id}/review"),
+            &[("csrf", &csrf_m), ("decision", "APPROVE")],
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let status = app
+        .admin_ok(
+            "query($id: ID!) { referral(id: $id) { status } }",
+            json!({"id": id}),
+        )
+        .await;
+    assert_eq!(status["referral"]["status"], "ACCEPTED");
+    let (_, page, _) = m.get("/console/registrations").await;
+    assert!(!page.contains(&format!("data-referral-id=\"{id}\"")));
+    assert!(page.contains("Nothing waits for review"));
+    // Another partner registering the same company is told it is a duplicate.
+    let mut b = Visitor::sign_in(&app, &beta_key).await;
+    let csrf_b = b.csrf("/console/referrals").await;
+    let resp = b
+        .post(
+            "/console/referrals",
+            &[
+                ("csrf", &csrf_b),
+                ("companyName", "ACME"),
+                ("companyDomain", "www.acme.example"),
+            ],
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let (_, page, _) = b.get(&location(&resp)).await;
+    assert!(page.contains("data-notice=\"DUPLICATE\""), "{page}");
+    assert!(page.contains("Duplicate: "));
+    // Beta's list holds only its own; the first registration stays Alpha's.
+    assert!(!page.contains(&format!("data-referral-id=\"{id}\"")));
+    // The manager's lists search: partners by name, referrals by company.
+    let (_, page, _) = m.get("/console/partners?q=alp").await;
+    assert!(page.contains(&format!("data-partner-id=\"{}\"", alpha.id)));
+    assert!(!page.contains(&format!("data-partner-id=\"{}\"", beta.id)));
+    let (_, page, _) = m.get("/console/referrals?q=acme&status=DUPLICATE").await;
+    assert_eq!(page.matches("data-referral-id=").count(), 1, "{page}");
+    assert!(page.contains("data-status=\"DUPLICATE\""));
+    // A search with LIKE's wildcards matches them literally.
+    let (_, page, _) = m.get("/console/partners?q=%25").await;
+    assert_eq!(page.matches("data-partner-id=").count(), 0, "{page}");
+}
+
+async fn lists_page_through_their_rows(app: TestApp) {
+    let program = program_with(&app, json!({"type": "PERCENT", "rate": "10"}), json!({})).await;
+    let alpha = partner(&app, &program, "Alpha").await;
+    let key = app.partner_key(&alpha.id).await;
+    app.submit_referrals(&key, 30, "pages.example").await;
+    let mut a = Visitor::sign_in(&app, &key).await;
+    let (_, first, _) = a.get("/console/referrals").await;
+    assert_eq!(first.matches("data-referral-id=").count(), 25);
+    assert!(first.contains("25 shown of 30"), "{first}");
+    let next = attribute_after(&first, "rel=\"next\" href=\"")
+        .pop()
+        .expect("a next page")
+        .replace("&amp;", "&");
+    let (_, second, _) = a.get(&next).await;
+    assert_eq!(second.matches("data-referral-id=").count(), 5);
+    assert!(!second.contains("rel=\"next\""));
+    assert!(second.contains("First page"));
+    let ids = |page: &str| attribute_after(page, "data-referral-id=\"");
+    assert!(ids(&second).iter().all(|id| !ids(&first).contains(id)));
+}
+
+db_tests!(
+    sign_in_sessions_and_headers,
+    the_overview_shows_the_apis_figures,
+    partners_register_and_managers_review,
+    lists_page_through_their_rows,
+);
