@@ -4,15 +4,13 @@
 
 use std::time::Instant;
 
-use async_graphql::{
-    ErrorExtensionValues, Executor, Response as GqlResponse, http::GraphiQLSource,
-};
+use async_graphql::{ErrorExtensionValues, Executor, Response as GqlResponse};
 use poem::{
     Body, IntoResponse, Request, Response,
     error::ReadBodyError,
     handler,
     http::{StatusCode, header},
-    web::{Data, Html},
+    web::Data,
 };
 use serde_json::json;
 
@@ -27,16 +25,93 @@ use crate::{
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
+/// GraphiQL's page: every script and stylesheet comes from this binary ([`graphiql_asset`]), so
+/// it works offline, and its policy lets no inline script run.
+const GRAPHIQL_PAGE: &str = r#"<!DOCTYPE html>
+<html lang="en">
+  <head>
+    <meta charset="utf-8">
+    <meta name="robots" content="noindex">
+    <meta name="viewport" content="width=device-width, initial-scale=1">
+    <title>Tandem GraphiQL</title>
+    <link rel="stylesheet" href="/graphql/assets/graphiql.min.css">
+    <link rel="stylesheet" href="/graphql/assets/tandem.css">
+  </head>
+  <body>
+    <div id="graphiql" data-endpoint="/graphql" data-subscription-endpoint="/graphql/ws">Loading...</div>
+    <script src="/graphql/assets/react.production.min.js"></script>
+    <script src="/graphql/assets/react-dom.production.min.js"></script>
+    <script src="/graphql/assets/graphiql.min.js"></script>
+    <script src="/graphql/assets/tandem.js"></script>
+  </body>
+</html>
+"#;
+
+/// GraphiQL's policy: scripts from here only; inline styles (GraphiQL sets element styles);
+/// queries and subscriptions to this origin.
+const GRAPHIQL_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+                            img-src 'self' data:; font-src 'self' data:; connect-src 'self' ws: wss:; \
+                            frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+
+/// GraphiQL (4.1.2) and React (18.3.1) production builds, embedded (see
+/// `assets/graphiql/LICENSES.txt`): name, content type, body.
+const GRAPHIQL_ASSETS: [(&str, &str, &str); 6] = [
+    (
+        "graphiql.min.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../assets/graphiql/graphiql.min.js"),
+    ),
+    (
+        "graphiql.min.css",
+        "text/css; charset=utf-8",
+        include_str!("../../assets/graphiql/graphiql.min.css"),
+    ),
+    (
+        "react.production.min.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../assets/graphiql/react.production.min.js"),
+    ),
+    (
+        "react-dom.production.min.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../assets/graphiql/react-dom.production.min.js"),
+    ),
+    (
+        "tandem.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../assets/graphiql/tandem.js"),
+    ),
+    (
+        "tandem.css",
+        "text/css; charset=utf-8",
+        include_str!("../../assets/graphiql/tandem.css"),
+    ),
+];
+
 /// GraphiQL, pointed at this server.
 #[handler]
-pub async fn graphiql() -> Html<String> {
-    Html(
-        GraphiQLSource::build()
-            .endpoint("/graphql")
-            .subscription_endpoint("/graphql/ws")
-            .title("Tandem GraphiQL")
-            .finish(),
-    )
+pub async fn graphiql() -> Response {
+    Response::builder()
+        .content_type("text/html; charset=utf-8")
+        .header("content-security-policy", GRAPHIQL_CSP)
+        .header("x-content-type-options", "nosniff")
+        .header("referrer-policy", "no-referrer")
+        .body(GRAPHIQL_PAGE)
+}
+
+/// `GET /graphql/assets/{name}`: one of GraphiQL's embedded assets.
+#[handler]
+pub async fn graphiql_asset(poem::web::Path(name): poem::web::Path<String>) -> Response {
+    match GRAPHIQL_ASSETS.iter().find(|(n, _, _)| *n == name) {
+        Some((_, content_type, body)) => Response::builder()
+            .content_type(*content_type)
+            .header(header::CACHE_CONTROL, "public, max-age=86400")
+            .header("x-content-type-options", "nosniff")
+            .body(*body),
+        None => Response::builder()
+            .status(StatusCode::NOT_FOUND)
+            .body("no such asset"),
+    }
 }
 
 fn json_error(status: StatusCode, code: &str, message: &str) -> Response {

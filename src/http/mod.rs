@@ -146,6 +146,11 @@ pub fn routes(state: AppState) -> impl poem::Endpoint {
                 .with(metrics::RouteMetrics::new(&m, "/graphql")),
         )
         .at(
+            "/graphql/assets/:name",
+            get(graphql::graphiql_asset)
+                .with(metrics::RouteMetrics::new(&m, "/graphql/assets")),
+        )
+        .at(
             "/graphql/ws",
             get(graphql::graphql_ws).with(metrics::RouteMetrics::new(&m, "/graphql/ws")),
         )
