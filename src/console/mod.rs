@@ -48,6 +48,9 @@ const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-ac
 /// The console's stylesheet, embedded in the binary.
 const STYLESHEET: &str = include_str!("../../assets/console/console.css");
 
+/// The hub's icon (also answered at `/favicon.ico`, where browsers look for one).
+const FAVICON: &str = include_str!("../../assets/console/favicon.svg");
+
 /// A signed-in visitor.
 pub struct Session {
     token: String,
@@ -339,6 +342,15 @@ fn stylesheet() -> Response {
         .body(STYLESHEET)
 }
 
+/// `GET /console/assets/favicon.svg` and `GET /favicon.ico`.
+#[handler]
+pub fn favicon() -> Response {
+    Response::builder()
+        .content_type("image/svg+xml")
+        .header(header::CACHE_CONTROL, "public, max-age=86400")
+        .body(FAVICON)
+}
+
 /// Any other console path.
 #[handler]
 async fn fallback(req: &Request, state: Data<&AppState>) -> Response {
@@ -355,7 +367,7 @@ async fn secure_headers(response: poem::Result<Response>) -> poem::Result<Respon
     for (name, value) in [
         ("content-security-policy", CSP),
         ("x-content-type-options", "nosniff"),
-        ("referrer-policy", "no-referrer"),
+        ("referrer-policy", "same-origin"),
         ("x-frame-options", "DENY"),
     ] {
         headers.insert(name, poem::http::HeaderValue::from_static(value));
@@ -375,6 +387,7 @@ pub fn routes() -> (impl Endpoint, impl Endpoint) {
         .at("/login", post(login))
         .at("/logout", post(logout))
         .at("/assets/console.css", get(stylesheet))
+        .at("/assets/favicon.svg", get(favicon))
         .at("/overview", get(pages::overview))
         .at("/partners", get(pages::partners))
         .at("/partners/:id", get(pages::partner_page))

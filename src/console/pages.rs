@@ -609,13 +609,10 @@ async fn referrals_page(
             (list_footer("/console/referrals", &[("q", q), ("status", status)], list))
         }
     };
-    let status = if submitted.is_some() {
-        StatusCode::UNPROCESSABLE_ENTITY
-    } else {
-        StatusCode::OK
-    };
+    // A form shown again with its errors is a page like any other (200): a browser logs an
+    // error status of the document itself as a failed load.
     Ok(page(
-        status,
+        StatusCode::OK,
         layout(Some(session), "Referrals", "Referrals", body),
     ))
 }
@@ -768,13 +765,8 @@ async fn registrations_page(
         }
         (list_footer("/console/registrations", &[("status", Some(status))], list))
     };
-    let code = if failure.is_some() {
-        StatusCode::UNPROCESSABLE_ENTITY
-    } else {
-        StatusCode::OK
-    };
     Ok(page(
-        code,
+        StatusCode::OK,
         layout(Some(session), "Registration review", "Registrations", body),
     ))
 }

@@ -14,6 +14,7 @@ pub fn layout(session: Option<&Session>, title: &str, active: &str, body: Markup
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · Tandem" }
+                link rel="icon" type="image/svg+xml" href="/console/assets/favicon.svg";
                 link rel="stylesheet" href="/console/assets/console.css";
             }
             body {

@@ -34,6 +34,7 @@ const GRAPHIQL_PAGE: &str = r#"<!DOCTYPE html>
     <meta name="robots" content="noindex">
     <meta name="viewport" content="width=device-width, initial-scale=1">
     <title>Tandem GraphiQL</title>
+    <link rel="icon" type="image/svg+xml" href="/console/assets/favicon.svg">
     <link rel="stylesheet" href="/graphql/assets/graphiql.min.css">
     <link rel="stylesheet" href="/graphql/assets/tandem.css">
   </head>

@@ -135,6 +135,10 @@ pub fn routes(state: AppState) -> impl poem::Endpoint {
     let (home, console) = crate::console::routes();
     Route::new()
         .at("/", home.with(metrics::RouteMetrics::new(&m, "/")))
+        .at(
+            "/favicon.ico",
+            get(crate::console::favicon).with(metrics::RouteMetrics::new(&m, "/favicon.ico")),
+        )
         .nest(
             "/console",
             console.with(metrics::RouteMetrics::new(&m, "/console")),
@@ -147,8 +151,7 @@ pub fn routes(state: AppState) -> impl poem::Endpoint {
         )
         .at(
             "/graphql/assets/:name",
-            get(graphql::graphiql_asset)
-                .with(metrics::RouteMetrics::new(&m, "/graphql/assets")),
+            get(graphql::graphiql_asset).with(metrics::RouteMetrics::new(&m, "/graphql/assets")),
         )
         .at(
             "/graphql/ws",

@@ -5,6 +5,7 @@ mod applications;
 mod apply_cost;
 mod auth;
 mod billing;
+mod browser;
 mod bulk;
 mod certifications;
 mod cli;

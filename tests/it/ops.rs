@@ -40,7 +40,10 @@ async fn health_readiness_metrics_and_graphiql_answer(app: TestApp) {
     let page = resp.text().await.unwrap();
     assert!(page.contains("Tandem GraphiQL"));
     // Every asset GraphiQL loads is served from the binary: nothing from a CDN, no inline script.
-    assert!(!page.contains("https://") && !page.contains("http://"), "{page}");
+    assert!(
+        !page.contains("https://") && !page.contains("http://"),
+        "{page}"
+    );
     let sources: Vec<&str> = page
         .split("src=\"")
         .skip(1)
@@ -48,17 +51,27 @@ async fn health_readiness_metrics_and_graphiql_answer(app: TestApp) {
         .map(|rest| &rest[..rest.find('"').unwrap()])
         .collect();
     assert_eq!(sources.len(), 6, "{sources:?}");
-    assert_eq!(page.matches("<script").count(), 4, "only the four asset scripts");
+    assert_eq!(
+        page.matches("<script").count(),
+        4,
+        "only the four asset scripts"
+    );
     for source in sources {
         let resp = get(source).await.unwrap();
         assert_eq!(resp.status(), 200, "{source}");
         let kind = resp.headers()["content-type"].to_str().unwrap().to_string();
-        assert!(kind.starts_with("text/javascript") || kind.starts_with("text/css"), "{source}: {kind}");
+        assert!(
+            kind.starts_with("text/javascript") || kind.starts_with("text/css"),
+            "{source}: {kind}"
+        );
         let body = resp.text().await.unwrap();
         assert!(!body.contains("sourceMappingURL"), "{source}");
         assert!(!body.contains("unpkg.com"), "{source}");
     }
-    assert_eq!(get("/graphql/assets/nothing.js").await.unwrap().status(), 404);
+    assert_eq!(
+        get("/graphql/assets/nothing.js").await.unwrap().status(),
+        404
+    );
 }
 
 async fn readiness_fails_when_the_database_is_gone(app: TestApp) {

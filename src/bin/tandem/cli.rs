@@ -230,7 +230,10 @@ async fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
             seeded.program_id, seeded.partner_name, seeded.partner_token
         );
     }
-    tracing::info!(address = %app.addr, "Tandem listening; GraphiQL at {base}/graphql");
+    if demo {
+        eprintln!("Console: {base}/  (sign in with the admin key, or with a partner's key)\n");
+    }
+    tracing::info!(address = %app.addr, "Tandem listening; console at {base}/, GraphiQL at {base}/graphql");
     app.run_until(shutdown).await?;
     tracing::info!("stopped");
     Ok(())
