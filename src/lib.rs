@@ -8,7 +8,6 @@
 
 pub mod app;
 pub mod config;
-pub mod console;
 pub mod db;
 pub mod domain;
 pub mod error;

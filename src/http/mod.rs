@@ -1,5 +1,6 @@
-//! The HTTP surface (poem): GraphQL, GraphiQL, health, readiness and metrics.
+//! The HTTP surface (poem): GraphQL, GraphiQL, the console, health, readiness and metrics.
 
+pub mod console;
 pub mod graphql;
 pub mod metrics;
 pub mod sockets;
@@ -132,12 +133,12 @@ async fn close_after_refused_body(response: poem::Result<Response>) -> poem::Res
 /// All routes.
 pub fn routes(state: AppState) -> impl poem::Endpoint {
     let m = state.metrics.clone();
-    let (home, console) = crate::console::routes();
+    let (home, console) = console::routes();
     Route::new()
         .at("/", home.with(metrics::RouteMetrics::new(&m, "/")))
         .at(
             "/favicon.ico",
-            get(crate::console::favicon).with(metrics::RouteMetrics::new(&m, "/favicon.ico")),
+            get(console::favicon).with(metrics::RouteMetrics::new(&m, "/favicon.ico")),
         )
         .nest(
             "/console",

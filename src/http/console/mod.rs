@@ -46,10 +46,10 @@ const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-ac
                    frame-ancestors 'none'; base-uri 'none'";
 
 /// The console's stylesheet, embedded in the binary.
-const STYLESHEET: &str = include_str!("../../assets/console/console.css");
+const STYLESHEET: &str = include_str!("../../../assets/console/console.css");
 
 /// The hub's icon (also answered at `/favicon.ico`, where browsers look for one).
-const FAVICON: &str = include_str!("../../assets/console/favicon.svg");
+const FAVICON: &str = include_str!("../../../assets/console/favicon.svg");
 
 /// A signed-in visitor.
 pub struct Session {
