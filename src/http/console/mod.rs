@@ -89,10 +89,6 @@ pub struct Failure {
 /// What a page handler ends with: the page, or another answer (a redirect, the not-found page).
 type Outcome = Result<Response, Response>;
 
-fn finish(outcome: Outcome) -> Response {
-    outcome.unwrap_or_else(|r| r)
-}
-
 /// The session token in the request's cookies.
 fn session_cookie(req: &Request) -> Option<String> {
     req.headers()
@@ -151,6 +147,34 @@ async fn signed_in(req: &Request, state: &AppState) -> Result<Session, Response>
         Err(ApiError::Unauthenticated) => Err(signed_out(req, state)),
         Err(err) => Err(error_page(None, &err.message())),
     }
+}
+
+/// A page for a signed-in visitor: `page` runs with the session; a visitor without one is sent
+/// to sign in.
+async fn with_session(
+    req: &Request,
+    state: &AppState,
+    page: impl AsyncFnOnce(Session) -> Outcome,
+) -> Response {
+    match signed_in(req, state).await {
+        Ok(session) => page(session).await.unwrap_or_else(|r| r),
+        Err(response) => response,
+    }
+}
+
+/// A form posted by a signed-in visitor: its origin and CSRF token are checked before `page`
+/// runs.
+async fn with_post(
+    req: &Request,
+    state: &AppState,
+    form: &HashMap<String, String>,
+    page: impl AsyncFnOnce(Session) -> Outcome,
+) -> Response {
+    with_session(req, state, async |session| {
+        check_post(req, &session, form)?;
+        page(session).await
+    })
+    .await
 }
 
 /// Refuses a state-changing request whose CSRF token is not the session's, or that comes from
@@ -320,17 +344,13 @@ async fn logout(
     state: Data<&AppState>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    finish(
-        async {
-            let session = signed_in(req, &state).await?;
-            check_post(req, &session, &form)?;
-            sessions::close(&state.db, &session.token)
-                .await
-                .map_err(|e| error_page(Some(&session), &e.message()))?;
-            Ok(signed_out(req, &state))
-        }
-        .await,
-    )
+    with_post(req, &state, &form, async |session| {
+        sessions::close(&state.db, &session.token)
+            .await
+            .map_err(|e| error_page(Some(&session), &e.message()))?;
+        Ok(signed_out(req, &state))
+    })
+    .await
 }
 
 /// `GET /console/assets/console.css`.

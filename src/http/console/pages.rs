@@ -12,10 +12,11 @@ use poem::{
 use serde_json::{Value, json};
 
 use super::{
-    Failure, Outcome, Session, charts, check_post, failed, finish,
+    Failure, Outcome, Session, charts, failed,
     format::{money, percent, time, words},
-    gql, html as page, not_found_page, page_variables, param, redirect, signed_in,
+    gql, html as page, not_found_page, page_variables, param, redirect,
     views::{csrf, empty, field_error, form_error, layout, pager, search, text},
+    with_post, with_session,
 };
 use crate::http::AppState;
 
@@ -113,9 +114,7 @@ pub async fn overview(
     state: Data<&AppState>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    finish(
-        async {
-            let session = signed_in(req, &state).await?;
+    with_session(req, &state, async |session| {
             let state = *state;
             let (program_id, programs) = match &session.caller.partner {
                 Some(partner) => (Some(partner.program_id.clone()), Vec::new()),
@@ -269,9 +268,8 @@ pub async fn overview(
                 }
             };
             Ok(page(StatusCode::OK, layout(Some(&session), title, title, body)))
-        }
-        .await,
-    )
+    })
+    .await
 }
 
 fn kpi_card(name: &str, label: &str, kind: &Kind, value: &Value, currency: &str) -> Markup {
@@ -352,9 +350,7 @@ pub async fn partners(
     state: Data<&AppState>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    finish(
-        async {
-            let session = signed_in(req, &state).await?;
+    with_session(req, &state, async |session| {
             let q = param(&params, "q");
             let data = read(
                 &state,
@@ -395,9 +391,8 @@ pub async fn partners(
                 (list_footer("/console/partners", &[("q", q)], list))
             };
             Ok(page(StatusCode::OK, layout(Some(&session), "Partners", "Partners", body)))
-        }
-        .await,
-    )
+    })
+    .await
 }
 
 /// `GET /console/partners/{id}`: one partner with its referrals, deals, ledger and balances.
@@ -407,9 +402,7 @@ pub async fn partner_page(
     state: Data<&AppState>,
     Path(id): Path<String>,
 ) -> Response {
-    finish(
-        async {
-            let session = signed_in(req, &state).await?;
+    with_session(req, &state, async |session| {
             let data = read(
                 &state,
                 req,
@@ -450,9 +443,8 @@ pub async fn partner_page(
             };
             let name = text(&p["name"]);
             Ok(page(StatusCode::OK, layout(Some(&session), &name, "Partners", body)))
-        }
-        .await,
-    )
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -624,13 +616,10 @@ pub async fn referrals(
     state: Data<&AppState>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    finish(
-        async {
-            let session = signed_in(req, &state).await?;
-            referrals_page(&state, req, &session, &params, None).await
-        }
-        .await,
-    )
+    with_session(req, &state, async |session| {
+        referrals_page(&state, req, &session, &params, None).await
+    })
+    .await
 }
 
 /// `POST /console/referrals`: `submitReferral` with the form's fields.
@@ -640,10 +629,7 @@ pub async fn submit_referral(
     state: Data<&AppState>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    finish(
-        async {
-            let session = signed_in(req, &state).await?;
-            check_post(req, &session, &form)?;
+    with_post(req, &state, &form, async |session| {
             let mut input = serde_json::Map::new();
             for name in ["companyName", "companyDomain", "contactName", "contactEmail", "notes"] {
                 if let Some(value) = form.get(name).map(|v| v.trim()).filter(|v| !v.is_empty()) {
@@ -656,7 +642,7 @@ pub async fn submit_referral(
                     message: "The company name is required.".into(),
                     field: Some("input.companyName".into()),
                 };
-                return referrals_page(&state, req, &session, &HashMap::new(), Some((form, failure)))
+                return referrals_page(&state, req, &session, &HashMap::new(), Some((form.clone(), failure)))
                     .await;
             }
             match gql(
@@ -673,13 +659,12 @@ pub async fn submit_referral(
                     text(&data["submitReferral"]["referral"]["id"])
                 ))),
                 Err(failure) if matches!(failure.code.as_str(), "BAD_USER_INPUT" | "CONFLICT" | "FORBIDDEN" | "RATE_LIMITED") => {
-                    referrals_page(&state, req, &session, &HashMap::new(), Some((form, failure))).await
+                    referrals_page(&state, req, &session, &HashMap::new(), Some((form.clone(), failure))).await
                 }
                 Err(failure) => Err(failed(req, &state, &session, failure)),
             }
-        }
-        .await,
-    )
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -778,13 +763,10 @@ pub async fn registrations(
     state: Data<&AppState>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    finish(
-        async {
-            let session = signed_in(req, &state).await?;
-            registrations_page(&state, req, &session, &params, None).await
-        }
-        .await,
-    )
+    with_session(req, &state, async |session| {
+        registrations_page(&state, req, &session, &params, None).await
+    })
+    .await
 }
 
 /// `POST /console/registrations/{id}/review`: `reviewReferral`.
@@ -795,10 +777,7 @@ pub async fn review(
     Path(id): Path<String>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    finish(
-        async {
-            let session = signed_in(req, &state).await?;
-            check_post(req, &session, &form)?;
+    with_post(req, &state, &form, async |session| {
             let decision = form.get("decision").map(String::as_str).unwrap_or_default();
             let reason = form.get("reason").map(|r| r.trim()).filter(|r| !r.is_empty());
             let outcome = gql(
@@ -816,9 +795,8 @@ pub async fn review(
                 }
                 Err(failure) => registrations_page(&state, req, &session, &HashMap::new(), Some((id, failure))).await,
             }
-        }
-        .await,
-    )
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -887,9 +865,7 @@ pub async fn deals(
     state: Data<&AppState>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    finish(
-        async {
-            let session = signed_in(req, &state).await?;
+    with_session(req, &state, async |session| {
             let q = param(&params, "q");
             let data = read(
                 &state,
@@ -909,9 +885,8 @@ pub async fn deals(
                 (list_footer("/console/deals", &[("q", q)], list))
             };
             Ok(page(StatusCode::OK, layout(Some(&session), "Deals", "Deals", body)))
-        }
-        .await,
-    )
+    })
+    .await
 }
 
 /// The ledger entry statuses a list may be filtered by.
@@ -924,9 +899,7 @@ pub async fn commissions(
     state: Data<&AppState>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    finish(
-        async {
-            let session = signed_in(req, &state).await?;
+    with_session(req, &state, async |session| {
             let status = param(&params, "status").filter(|s| ENTRY_STATUSES.contains(s));
             let partner = session.partner_id().map(str::to_string);
             let mut variables = page_variables(&params, json!({"status": status}));
@@ -965,9 +938,8 @@ pub async fn commissions(
                 }
             };
             Ok(page(StatusCode::OK, layout(Some(&session), "Commissions", "Commissions", body)))
-        }
-        .await,
-    )
+    })
+    .await
 }
 
 /// `GET /console/payouts`: payouts (a partner's own).
@@ -977,9 +949,7 @@ pub async fn payouts(
     state: Data<&AppState>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    finish(
-        async {
-            let session = signed_in(req, &state).await?;
+    with_session(req, &state, async |session| {
             let data = read(
                 &state,
                 req,
@@ -1017,7 +987,6 @@ pub async fn payouts(
                 (list_footer("/console/payouts", &[], list))
             };
             Ok(page(StatusCode::OK, layout(Some(&session), "Payouts", "Payouts", body)))
-        }
-        .await,
-    )
+    })
+    .await
 }

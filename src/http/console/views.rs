@@ -131,18 +131,23 @@ pub fn problem(session: Option<&Session>, title: &str, message: &str) -> Markup 
     )
 }
 
+/// The form field a failure names: the last part of `extensions.field` (`input.companyName` is
+/// `companyName`).
+fn named_field(failure: &Failure) -> Option<&str> {
+    failure
+        .field
+        .as_deref()
+        .map(|f| f.rsplit('.').next().unwrap_or(f))
+}
+
 /// A form's error for one field (`input.companyName` names `companyName`), or the form's own
 /// error when the failure names no field of the form.
 pub fn field_error(failure: Option<&Failure>, field: &str) -> Markup {
     let Some(failure) = failure else {
         return html! {};
     };
-    let named = failure
-        .field
-        .as_deref()
-        .map(|f| f.rsplit('.').next().unwrap_or(f));
     html! {
-        @if named == Some(field) {
+        @if named_field(failure) == Some(field) {
             p class="error" id=(format!("{field}-error")) role="alert" { (failure.message) }
         }
     }
@@ -153,12 +158,8 @@ pub fn form_error(failure: Option<&Failure>, fields: &[&str]) -> Markup {
     let Some(failure) = failure else {
         return html! {};
     };
-    let named = failure
-        .field
-        .as_deref()
-        .map(|f| f.rsplit('.').next().unwrap_or(f));
     html! {
-        @if !named.is_some_and(|n| fields.contains(&n)) {
+        @if !named_field(failure).is_some_and(|n| fields.contains(&n)) {
             p class="error" role="alert" { (failure.message) }
         }
     }
