@@ -372,29 +372,18 @@ async fn median_hours_to_engagement(db: &Db, q: &KpiQuery) -> ApiResult<Option<f
     median_of(db, delays, f.values).await
 }
 
-/// The median of the `hours` column of `delays`, in SQL: the database orders the rows and
-/// returns the middle one or two.
+/// The median of the `hours` column of `delays`, in SQL and in one pass over it: the database
+/// numbers the ordered rows and returns the middle one or two.
 async fn median_of(db: &Db, delays: String, values: Vec<Value>) -> ApiResult<Option<f64>> {
-    let row = one_row(
-        db,
-        format!("SELECT COUNT(*) AS n FROM ({delays}) t"),
-        values.clone(),
-    )
-    .await?;
-    let n: i64 = row.try_get("", "n")?;
-    if n == 0 {
-        return Ok(None);
-    }
-    let (limit, offset) = if n % 2 == 1 {
-        (1, (n - 1) / 2)
-    } else {
-        (2, n / 2 - 1)
-    };
     let rows = db
         .reads()
         .query_all_raw(Statement::from_sql_and_values(
             db.backend(),
-            format!("{delays} ORDER BY hours LIMIT {limit} OFFSET {offset}"),
+            format!(
+                "SELECT hours FROM (SELECT hours, ROW_NUMBER() OVER (ORDER BY hours) AS rn, \
+                 COUNT(*) OVER () AS n FROM ({delays}) t) m \
+                 WHERE rn = (n + 1) / 2 OR rn = (n + 2) / 2"
+            ),
             values,
         ))
         .await?;
