@@ -439,6 +439,9 @@ async fn run(browser: &Browser, demo: &Demo) {
         "/console/commissions",
         "/console/payouts",
         "/console/partners?q=north",
+        "/console/programs",
+        "/console/integrations",
+        "/console/payout-runs",
     ] {
         browser.open(page).await;
         assert_eq!(browser.count("[data-not-found]").await, 0, "{page}");

@@ -581,4 +581,141 @@ db_tests!(
     the_overview_shows_the_apis_figures,
     partners_register_and_managers_review,
     lists_page_through_their_rows,
+    programs_integrations_payout_runs_and_payout_methods,
 );
+
+async fn programs_integrations_payout_runs_and_payout_methods(app: TestApp) {
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let program = program_with(
+        &app,
+        json!({"type": "PERCENT", "rate": "12.5", "capPerDeal": "5000"}),
+        json!({"registration": {"approval": "MANUAL"}}),
+    )
+    .await;
+    let alpha = partner(&app, &program, "Alpha").await;
+    let mut m = Visitor::sign_in(&app, &app.admin).await;
+    let (status, page, _) = m.get("/console/programs").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains(&format!("data-program-id=\"{program}\"")),
+        "{page}"
+    );
+    assert!(
+        page.contains("12.5 %") && page.contains("Cap per deal $5,000"),
+        "{page}"
+    );
+    assert!(page.contains("Manual approval"));
+
+    // A CRM that refuses the token: "Sync now" runs the sync and says why it failed.
+    let crm = MockServer::start().await;
+    Mock::given(wiremock::matchers::any())
+        .respond_with(ResponseTemplate::new(401).set_body_json(json!({
+            "status": "error", "message": "Authentication credentials not found.",
+            "category": "INVALID_AUTHENTICATION"})))
+        .mount(&crm)
+        .await;
+    let connection = app
+        .admin_ok(
+            "mutation($input: CreateCrmConnectionInput!) { createCrmConnection(input: $input) { connection { id } } }",
+            json!({"input": {"name": "HubSpot", "kind": "HUBSPOT", "programId": program,
+                "baseUrl": crm.uri(), "accessToken": "pat-secret-token"}}),
+        )
+        .await["createCrmConnection"]["connection"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, page, _) = m.get("/console/integrations").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains(&format!("data-connection-id=\"{connection}\"")));
+    assert!(
+        page.contains("No webhook source yet"),
+        "empty states say what to do"
+    );
+    let csrf = m.csrf("/console/integrations").await;
+    let resp = m
+        .post(
+            &format!("/console/integrations/crm/{connection}/sync"),
+            &[("csrf", "x")],
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let resp = m
+        .post(
+            &format!("/console/integrations/crm/{connection}/sync"),
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let (_, page, _) = m.get(&location(&resp)).await;
+    assert!(page.contains("The sync failed"), "{page}");
+    assert!(page.contains("Authentication credentials not found"));
+    assert!(page.contains("Failing"));
+    assert!(
+        !page.contains("pat-secret-token"),
+        "credentials never shown"
+    );
+    let resp = m
+        .post(
+            "/console/integrations/crm/00000000-0000-0000-0000-000000000000/sync",
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+
+    // Payout runs: the empty state, and an unknown run's export is not found.
+    let (status, page, _) = m
+        .get(&format!("/console/payout-runs?program={program}"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("No payout run yet"), "{page}");
+    let resp = m
+        .post(
+            "/console/payout-runs/00000000-0000-0000-0000-000000000000/export",
+            &[("csrf", &csrf), ("format", "CSV")],
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+
+    // A partner sets its payout method: shown masked; a bad IBAN is refused with the reason.
+    let key = app.partner_key(&alpha.id).await;
+    let mut a = Visitor::sign_in(&app, &key).await;
+    assert_eq!(
+        a.get("/console/integrations").await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(a.get("/console/payout-runs").await.0, StatusCode::NOT_FOUND);
+    let (_, page, _) = a.get("/console/payouts").await;
+    assert!(page.contains("No payout method yet"));
+    let csrf = a.csrf("/console/payouts").await;
+    let resp = a
+        .post(
+            "/console/payout-method",
+            &[
+                ("csrf", &csrf),
+                ("kind", "SEPA"),
+                ("iban", "DE00 1234"),
+                ("accountHolder", "Alpha"),
+            ],
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let (_, page, _) = a.get(&location(&resp)).await;
+    assert!(page.contains("class=\"notice error\""), "{page}");
+    let resp = a
+        .post(
+            "/console/payout-method",
+            &[
+                ("csrf", &csrf),
+                ("kind", "SEPA"),
+                ("iban", "DE89 3704 0044 0532 0130 00"),
+                ("bic", "COBADEFFXXX"),
+                ("accountHolder", "Alpha GmbH"),
+            ],
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let (_, page, _) = a.get(&location(&resp)).await;
+    assert!(page.contains("data-payout-method=\"SEPA\""), "{page}");
+    assert!(page.contains("DE89 **** **** **** **30 00"));
+    assert!(!page.contains("3704 0044"), "the IBAN is never shown whole");
+}

@@ -17,6 +17,7 @@
 
 mod charts;
 mod format;
+mod manage;
 mod pages;
 mod views;
 
@@ -420,6 +421,16 @@ pub fn routes() -> (impl Endpoint, impl Endpoint) {
         .at("/deals", get(pages::deals))
         .at("/commissions", get(pages::commissions))
         .at("/payouts", get(pages::payouts))
+        .at("/payout-method", post(manage::set_payout_method))
+        .at("/payout-runs", get(manage::payout_runs))
+        .at("/payout-runs/:id/export", post(manage::export_run))
+        .at("/programs", get(manage::programs_page))
+        .at("/integrations", get(manage::integrations))
+        .at("/integrations/crm/:id/sync", post(manage::sync_now))
+        .at(
+            "/integrations/endpoints/:id/enable",
+            post(manage::enable_endpoint),
+        )
         .at("/*", get(fallback))
         .after(secure_headers);
     (get(home).after(secure_headers), console)

@@ -954,16 +954,34 @@ pub async fn payouts(
                 &state,
                 req,
                 &session,
-                "query($first: Int, $after: String, $filter: PayoutFilter) { \
+                "query($first: Int, $after: String, $filter: PayoutFilter, $partner: ID!, $own: Boolean!) { \
                    payouts(first: $first, after: $after, filter: $filter) { totalCount \
                      pageInfo { hasNextPage hasPreviousPage endCursor } \
-                     edges { node { id shortId total currency status method createdAt paidAt partner { name } } } } }",
-                page_variables(&params, json!({})),
+                     edges { node { id shortId total currency status method createdAt paidAt partner { name } } } } \
+                   balances(partnerId: $partner) @include(if: $own) { currency pending approved inPayout paid held } \
+                   viewer @include(if: $own) { partner { payoutMethod { kind masked accountHolder } } } }",
+                {
+                    let mut variables = page_variables(&params, json!({}));
+                    variables["partner"] = json!(session.partner_id().unwrap_or("-"));
+                    variables["own"] = json!(session.partner_id().is_some());
+                    variables
+                },
             )
             .await?;
             let list = &data["payouts"];
             let rows = edges(list);
             let body = html! {
+                @if let Some(done) = param(&params, "done") {
+                    div class="notice" role="status" data-done=(done) { p { (done) } }
+                }
+                @if let Some(error) = param(&params, "error") {
+                    div class="notice error" role="alert" { p { (error) } }
+                }
+                @if session.partner_id().is_some() {
+                    (balances(&data["balances"]))
+                    (super::manage::payout_method_section(&session, &data["viewer"]["partner"]["payoutMethod"], None))
+                    h2 { "Payouts" }
+                }
                 @if rows.is_empty() {
                     (empty("No payout yet. Approved commission is gathered into payouts by createPayout or a payout run."))
                 } @else {

@@ -52,12 +52,15 @@ fn navigation(session: &Session) -> Vec<(&'static str, &'static str)> {
     if session.is_admin() {
         vec![
             ("/console/overview", "Overview"),
+            ("/console/programs", "Programs"),
             ("/console/partners", "Partners"),
             ("/console/registrations", "Registrations"),
             ("/console/referrals", "Referrals"),
             ("/console/deals", "Deals"),
             ("/console/commissions", "Commissions"),
             ("/console/payouts", "Payouts"),
+            ("/console/payout-runs", "Payout runs"),
+            ("/console/integrations", "Integrations"),
             ("/graphql", "GraphiQL"),
         ]
     } else {

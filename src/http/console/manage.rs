@@ -1,0 +1,559 @@
+//! The program manager's remaining pages: programs and plans, integrations (webhook sources and
+//! their receipts, CRM connections with "sync now", endpoints with their deliveries and
+//! recovery), payout runs with their exports; and the partner's payout method. Like every
+//! console page, each runs GraphQL as the signed-in key.
+
+use std::collections::HashMap;
+
+use maud::{Markup, html};
+use poem::{
+    Request, Response, handler,
+    http::{StatusCode, header},
+    web::{Data, Form, Path, Query},
+};
+use serde_json::{Value, json};
+
+use super::{
+    Failure, Outcome, Session, failed,
+    format::{money, time, words},
+    gql, html as page, not_found_page, param, redirect,
+    views::{csrf, empty, field_error, form_error, layout, text},
+    with_post, with_session,
+};
+use crate::http::AppState;
+
+fn nodes(connection: &Value) -> Vec<&Value> {
+    connection["edges"]
+        .as_array()
+        .map(|edges| edges.iter().map(|e| &e["node"]).collect())
+        .unwrap_or_default()
+}
+
+async fn read(
+    state: &AppState,
+    req: &Request,
+    session: &Session,
+    query: &str,
+    variables: Value,
+) -> Result<Value, Response> {
+    gql(state, req, session, query, variables)
+        .await
+        .map_err(|f| failed(req, state, session, f))
+}
+
+/// A notice from the query string (`?done=…`), shown once after a form.
+fn notice(params: &HashMap<String, String>) -> Markup {
+    html! {
+        @if let Some(done) = param(params, "done") {
+            div class="notice" role="status" data-done=(done) { p { (done) } }
+        }
+        @if let Some(error) = param(params, "error") {
+            div class="notice error" role="alert" { p { (error) } }
+        }
+    }
+}
+
+/// After a form: back to `path` with what happened.
+fn back(path: &str, outcome: Result<String, Failure>) -> Response {
+    let (key, message) = match outcome {
+        Ok(done) => ("done", done),
+        Err(failure) => ("error", failure.message),
+    };
+    redirect(&format!(
+        "{path}?{key}={}",
+        super::views::urlencode(&message)
+    ))
+}
+
+fn plan(plan: &Value, currency: &str) -> Markup {
+    html! {
+        (words(&text(&plan["type"])))
+        @if !plan["rate"].is_null() { " " (text(&plan["rate"])) " %" }
+        @if !plan["flatAmount"].is_null() { " " (money(&text(&plan["flatAmount"]), currency)) }
+        @if let Some(tiers) = plan["tiers"].as_array().filter(|t| !t.is_empty()) {
+            br; small { "Tiers: "
+                @for (i, t) in tiers.iter().enumerate() {
+                    @if i > 0 { ", " }
+                    (text(&t["rate"])) " % from " (money(&text(&t["minRevenue"]), currency))
+                }
+            }
+        }
+        @if !plan["capPerDeal"].is_null() { br; small { "Cap per deal " (money(&text(&plan["capPerDeal"]), currency)) } }
+        @if !plan["minDealAmount"].is_null() { br; small { "Deals from " (money(&text(&plan["minDealAmount"]), currency)) } }
+        @if !plan["recurring"].is_null() { br; small { "Recurring share on invoices" } }
+    }
+}
+
+/// `GET /console/programs`: programs with their plans, registration settings and groups.
+#[handler]
+pub async fn programs_page(
+    req: &Request,
+    state: Data<&AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    with_session(req, &state, async |session| {
+        let data = read(
+            &state,
+            req,
+            &session,
+            "query($after: String) { programs(first: 25, after: $after) { totalCount \
+               pageInfo { hasNextPage hasPreviousPage endCursor } edges { node { id name kind currency \
+               attributionWindowDays holdDays clawbackDays leadSlaMinutes \
+               commission { type rate flatAmount capPerDeal minDealAmount tiers { minRevenue rate } recurring { months } } \
+               registration { approval protectionDays extensionDays maxExtensions } \
+               partnerGroups { name rank isDefault commission { type rate flatAmount tiers { minRevenue rate } capPerDeal minDealAmount recurring { months } } } \
+               partners(first: 0) { totalCount } } } } }",
+            json!({"after": param(&params, "after")}),
+        )
+        .await?;
+        let list = &data["programs"];
+        let body = html! {
+            @if nodes(list).is_empty() {
+                (empty("No program yet. Create one with the createProgram mutation in GraphiQL."))
+            }
+            @for p in nodes(list) {
+                @let currency = text(&p["currency"]);
+                section class="card" data-program-id=(text(&p["id"])) {
+                    h2 { (text(&p["name"])) }
+                    dl class="facts" {
+                        dt { "Kind" } dd { (words(&text(&p["kind"]))) }
+                        dt { "Currency" } dd { (currency) }
+                        dt { "Commission" } dd { (plan(&p["commission"], &currency)) }
+                        dt { "Attribution window" } dd { (text(&p["attributionWindowDays"])) " days" }
+                        dt { "Hold, clawback" } dd { (text(&p["holdDays"])) " days, " (text(&p["clawbackDays"])) " days" }
+                        dt { "Registration" } dd {
+                            (words(&text(&p["registration"]["approval"]))) " approval, protected "
+                            (text(&p["registration"]["protectionDays"])) " days, extended by "
+                            (text(&p["registration"]["extensionDays"])) " days up to "
+                            (text(&p["registration"]["maxExtensions"])) " times"
+                        }
+                        dt { "Lead SLA" } dd {
+                            @if p["leadSlaMinutes"].is_null() { "none" } @else { (text(&p["leadSlaMinutes"])) " minutes" }
+                        }
+                        dt { "Partners" } dd { a href=(format!("/console/overview?program={}", text(&p["id"]))) { (text(&p["partners"]["totalCount"])) } }
+                    }
+                    @if let Some(groups) = p["partnerGroups"].as_array().filter(|g| !g.is_empty()) {
+                        h3 { "Partner groups" }
+                        table {
+                            thead { tr { th { "Group" } th { "Rank" } th { "Commission" } } }
+                            tbody {
+                                @for g in groups {
+                                    tr { td { (text(&g["name"])) @if g["isDefault"] == true { " (default)" } } td { (text(&g["rank"])) } td { (plan(&g["commission"], &currency)) } }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            (super::views::pager("/console/programs", &[], &list["pageInfo"], nodes(list).len(), list["totalCount"].as_i64().unwrap_or(0)))
+        };
+        Ok(page(StatusCode::OK, layout(Some(&session), "Programs and plans", "Programs", body)))
+    })
+    .await
+}
+
+/// `GET /console/integrations`: webhook sources and their receipts, CRM connections, endpoints
+/// and their deliveries (program managers).
+#[handler]
+pub async fn integrations(
+    req: &Request,
+    state: Data<&AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    with_session(req, &state, async |session| {
+        if !session.is_admin() {
+            return Err(not_found_page(Some(&session)));
+        }
+        let data = read(
+            &state,
+            req,
+            &session,
+            "{ webhookSources(first: 50) { edges { node { id name kind url status createdAt program { name } } } } \
+               webhookReceipts(first: 15) { edges { node { id status reason receivedAt attempts source { name } } } } \
+               crmConnections(first: 50) { edges { node { id name kind status lastError lastSyncedAt backfilled schedule program { name } } } } \
+               webhookEndpoints(first: 50) { edges { node { id url status disabledReason failingSince eventTypes } } } \
+               webhookDeliveries(first: 15) { edges { node { id endpointId eventType status attempt statusCode lastError createdAt } } } }",
+            json!({}),
+        )
+        .await?;
+        let sources = nodes(&data["webhookSources"]);
+        let receipts = nodes(&data["webhookReceipts"]);
+        let connections = nodes(&data["crmConnections"]);
+        let endpoints = nodes(&data["webhookEndpoints"]);
+        let deliveries = nodes(&data["webhookDeliveries"]);
+        let body = html! {
+            (notice(&params))
+            section {
+                h2 { "CRM connections" }
+                @if connections.is_empty() {
+                    (empty("No CRM connection yet. Add HubSpot, Salesforce or Pipedrive with createCrmConnection."))
+                } @else {
+                    table {
+                        thead { tr { th { "Connection" } th { "Program" } th { "Status" } th { "Last sync" } th { "Schedule" } th { "" } } }
+                        tbody {
+                            @for c in &connections {
+                                @let id = text(&c["id"]);
+                                tr data-connection-id=(id) {
+                                    td { (text(&c["name"])) br; small { (words(&text(&c["kind"]))) } }
+                                    td { (text(&c["program"]["name"])) }
+                                    td { (words(&text(&c["status"])))
+                                        @if !c["lastError"].is_null() { br; small class="error" { (text(&c["lastError"])) } } }
+                                    td { (time(&text(&c["lastSyncedAt"]))) @if c["backfilled"] == false { br; small { "backfill not finished" } } }
+                                    td { code { (text(&c["schedule"])) } }
+                                    td {
+                                        form method="post" action=(format!("/console/integrations/crm/{id}/sync")) class="inline" {
+                                            (csrf(&session))
+                                            button type="submit" data-action="sync" { "Sync now" }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            section {
+                h2 { "Webhook sources" }
+                @if sources.is_empty() {
+                    (empty("No webhook source yet. createWebhookSource gives a CRM a signed URL to post deal changes to."))
+                } @else {
+                    table {
+                        thead { tr { th { "Source" } th { "Program" } th { "Status" } th { "URL" } } }
+                        tbody {
+                            @for s in &sources {
+                                tr data-source-id=(text(&s["id"])) {
+                                    td { (text(&s["name"])) br; small { (words(&text(&s["kind"]))) } }
+                                    td { (text(&s["program"]["name"])) }
+                                    td { (words(&text(&s["status"]))) }
+                                    td { code { (text(&s["url"])) } }
+                                }
+                            }
+                        }
+                    }
+                }
+                h3 { "Latest receipts" }
+                @if receipts.is_empty() {
+                    (empty("No webhook received yet."))
+                } @else {
+                    table {
+                        thead { tr { th { "Received" } th { "Source" } th { "Status" } th { "Attempts" } th { "Reason" } } }
+                        tbody {
+                            @for r in &receipts {
+                                tr data-receipt-id=(text(&r["id"])) {
+                                    td { (time(&text(&r["receivedAt"]))) }
+                                    td { (text(&r["source"]["name"])) }
+                                    td { (words(&text(&r["status"]))) }
+                                    td { (text(&r["attempts"])) }
+                                    td { (text(&r["reason"])) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            section {
+                h2 { "Outbound webhook endpoints" }
+                @if endpoints.is_empty() {
+                    (empty("No endpoint yet. createWebhookEndpoint sends signed events to an integration."))
+                } @else {
+                    table {
+                        thead { tr { th { "URL" } th { "Events" } th { "Status" } th { "" } } }
+                        tbody {
+                            @for e in &endpoints {
+                                @let id = text(&e["id"]);
+                                tr data-endpoint-id=(id) {
+                                    td { code { (text(&e["url"])) } }
+                                    td { small { (e["eventTypes"].as_array().map(|t| t.iter().map(text).collect::<Vec<_>>().join(", ")).unwrap_or_default()) } }
+                                    td { (words(&text(&e["status"])))
+                                        @if !e["disabledReason"].is_null() { br; small class="error" { (text(&e["disabledReason"])) } }
+                                        @if !e["failingSince"].is_null() { br; small { "failing since " (time(&text(&e["failingSince"]))) } } }
+                                    td {
+                                        @if e["status"] == "DISABLED" {
+                                            form method="post" action=(format!("/console/integrations/endpoints/{id}/enable")) class="inline" {
+                                                (csrf(&session))
+                                                button type="submit" data-action="enable" { "Enable again" }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                h3 { "Latest deliveries" }
+                @if deliveries.is_empty() {
+                    (empty("No delivery yet."))
+                } @else {
+                    table {
+                        thead { tr { th { "Created" } th { "Event" } th { "Status" } th { "Attempts" } th { "Answer" } } }
+                        tbody {
+                            @for d in &deliveries {
+                                tr data-delivery-id=(text(&d["id"])) {
+                                    td { (time(&text(&d["createdAt"]))) }
+                                    td { code { (text(&d["eventType"])) } }
+                                    td { (words(&text(&d["status"]))) }
+                                    td { (text(&d["attempt"])) }
+                                    td { (text(&d["statusCode"])) " " (text(&d["lastError"])) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        Ok(page(StatusCode::OK, layout(Some(&session), "Integrations", "Integrations", body)))
+    })
+    .await
+}
+
+/// `POST /console/integrations/crm/{id}/sync`: `syncCrmConnection` (the sync runs now).
+#[handler]
+pub async fn sync_now(
+    req: &Request,
+    state: Data<&AppState>,
+    Path(id): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    with_post(req, &state, &form, async |session| {
+        let outcome = gql(
+            &state,
+            req,
+            &session,
+            "mutation($id: ID!) { syncCrmConnection(input: {id: $id}) { syncRun { status dealsSeen dealsChanged error } } }",
+            json!({"id": id}),
+        )
+        .await
+        .map(|data| {
+            let run = &data["syncCrmConnection"]["syncRun"];
+            match run["status"].as_str() {
+                Some("FAILED") => format!("The sync failed: {}", text(&run["error"])),
+                _ => format!(
+                    "Synced: {} deals read, {} changed.",
+                    text(&run["dealsSeen"]),
+                    text(&run["dealsChanged"])
+                ),
+            }
+        });
+        done_or_failed(req, &state, &session, "/console/integrations", outcome)
+    })
+    .await
+}
+
+/// `POST /console/integrations/endpoints/{id}/enable`: `enableWebhookEndpoint` (its pending
+/// deliveries go out again).
+#[handler]
+pub async fn enable_endpoint(
+    req: &Request,
+    state: Data<&AppState>,
+    Path(id): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    with_post(req, &state, &form, async |session| {
+        let outcome = gql(
+            &state,
+            req,
+            &session,
+            "mutation($id: ID!) { enableWebhookEndpoint(input: {id: $id}) { endpoint { status } } }",
+            json!({"id": id}),
+        )
+        .await
+        .map(|_| "The endpoint is enabled again: its pending deliveries go out.".to_string());
+        done_or_failed(req, &state, &session, "/console/integrations", outcome)
+    })
+    .await
+}
+
+/// A form's outcome: back to the page with a notice, or the session's end or not-found page.
+fn done_or_failed(
+    req: &Request,
+    state: &AppState,
+    session: &Session,
+    path: &str,
+    outcome: Result<String, Failure>,
+) -> Outcome {
+    match outcome {
+        Err(f) if matches!(f.code.as_str(), "UNAUTHENTICATED" | "NOT_FOUND") => {
+            Err(failed(req, state, session, f))
+        }
+        other => Ok(back(path, other)),
+    }
+}
+
+/// `GET /console/payout-runs?program=`: a program's payout runs with their exports.
+#[handler]
+pub async fn payout_runs(
+    req: &Request,
+    state: Data<&AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    with_session(req, &state, async |session| {
+        if !session.is_admin() {
+            return Err(not_found_page(Some(&session)));
+        }
+        let programs = read(&state, req, &session, "{ programs(first: 100) { edges { node { id name } } } }", json!({})).await?;
+        let programs: Vec<(String, String)> = nodes(&programs["programs"]).into_iter().map(|p| (text(&p["id"]), text(&p["name"]))).collect();
+        let Some(program) = param(&params, "program").map(str::to_string).or_else(|| programs.first().map(|p| p.0.clone())) else {
+            return Ok(page(StatusCode::OK, layout(Some(&session), "Payout runs", "Payout runs", empty("No program yet."))));
+        };
+        let data = read(
+            &state,
+            req,
+            &session,
+            "query($p: ID!) { payoutRuns(programId: $p) { id currency cutoff minimumAmount status total payoutCount createdAt } }",
+            json!({"p": program}),
+        )
+        .await?;
+        let runs = data["payoutRuns"].as_array().cloned().unwrap_or_default();
+        let body = html! {
+            (notice(&params))
+            form method="get" action="/console/payout-runs" class="filters" {
+                label for="program" { "Program" }
+                select id="program" name="program" {
+                    @for (id, name) in &programs { option value=(id) selected[*id == program] { (name) } }
+                }
+                button type="submit" { "Show" }
+            }
+            @if runs.is_empty() {
+                (empty("No payout run yet. createPayoutRun gathers the approved commission of every partner into payouts."))
+            } @else {
+                table {
+                    thead { tr { th { "Created" } th { "Cutoff" } th { "Status" } th { "Payouts" } th { "Total" } th { "Export" } } }
+                    tbody {
+                        @for r in &runs {
+                            @let id = text(&r["id"]);
+                            tr data-run-id=(id) {
+                                td { (time(&text(&r["createdAt"]))) }
+                                td { (time(&text(&r["cutoff"]))) }
+                                td { (words(&text(&r["status"]))) }
+                                td { (text(&r["payoutCount"])) }
+                                td class="num" { (money(&text(&r["total"]), &text(&r["currency"]))) }
+                                td {
+                                    form method="post" action=(format!("/console/payout-runs/{id}/export")) class="inline" {
+                                        (csrf(&session))
+                                        label for=(format!("format-{id}")) { "Format" }
+                                        select id=(format!("format-{id}")) name="format" {
+                                            option value="CSV" { "CSV (every payout)" }
+                                            option value="SEPA_PAIN_001" { "SEPA pain.001" }
+                                            option value="PAYPAL_PAYOUTS_CSV" { "PayPal Payouts CSV" }
+                                        }
+                                        button type="submit" data-action="export" { "Download" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        Ok(page(StatusCode::OK, layout(Some(&session), "Payout runs", "Payout runs", body)))
+    })
+    .await
+}
+
+/// `POST /console/payout-runs/{id}/export`: `exportPayoutRun`, answered as a file to download.
+#[handler]
+pub async fn export_run(
+    req: &Request,
+    state: Data<&AppState>,
+    Path(id): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    with_post(req, &state, &form, async |session| {
+        let format = form.get("format").map(String::as_str).unwrap_or_default();
+        let outcome = gql(
+            &state,
+            req,
+            &session,
+            "mutation($id: ID!, $format: PayoutExportFormat!) { exportPayoutRun(input: {id: $id, format: $format}) { export { filename contentType content } } }",
+            json!({"id": id, "format": format}),
+        )
+        .await;
+        match outcome {
+            Ok(data) => {
+                let export = &data["exportPayoutRun"]["export"];
+                let filename: String = text(&export["filename"])
+                    .chars()
+                    .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+                    .collect();
+                Ok(Response::builder()
+                    .content_type(text(&export["contentType"]))
+                    .header(header::CONTENT_DISPOSITION, format!("attachment; filename=\"{filename}\""))
+                    .body(text(&export["content"])))
+            }
+            Err(failure) => done_or_failed(req, &state, &session, "/console/payout-runs", Err(failure)),
+        }
+    })
+    .await
+}
+
+/// The partner's payout method: shown masked, set with a form (`setPayoutMethod`).
+pub fn payout_method_section(
+    session: &Session,
+    method: &Value,
+    failure: Option<&Failure>,
+) -> Markup {
+    let fields = ["kind", "iban", "bic", "accountHolder", "paypalEmail"];
+    html! {
+        section aria-labelledby="method-heading" {
+            h2 id="method-heading" { "Payout method" }
+            @if method.is_null() {
+                (empty("No payout method yet: set one below to be paid."))
+            } @else {
+                p data-payout-method=(text(&method["kind"])) { (words(&text(&method["kind"]))) ": " code { (text(&method["masked"])) }
+                    @if !method["accountHolder"].is_null() { " (" (text(&method["accountHolder"])) ")" } }
+            }
+            form id="payout-method" method="post" action="/console/payout-method" class="card" {
+                (csrf(session))
+                (form_error(failure, &fields))
+                div class="field" {
+                    label for="kind" { "Kind" }
+                    select id="kind" name="kind" {
+                        option value="SEPA" { "SEPA bank transfer (EUR)" }
+                        option value="PAYPAL" { "PayPal" }
+                    }
+                    (field_error(failure, "kind"))
+                }
+                @for (name, label) in [("iban", "IBAN (SEPA)"), ("bic", "BIC (SEPA)"), ("accountHolder", "Account holder (SEPA)"), ("paypalEmail", "PayPal email")] {
+                    div class="field" {
+                        label for=(name) { (label) }
+                        input id=(name) name=(name) type="text" autocomplete="off";
+                        (field_error(failure, name))
+                    }
+                }
+                button type="submit" { "Save payout method" }
+            }
+        }
+    }
+}
+
+/// `POST /console/payout-method`: `setPayoutMethod` for the partner's own method.
+#[handler]
+pub async fn set_payout_method(
+    req: &Request,
+    state: Data<&AppState>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    with_post(req, &state, &form, async |session| {
+        let Some(partner) = session.partner_id().map(str::to_string) else {
+            return Err(not_found_page(Some(&session)));
+        };
+        let mut input = serde_json::Map::new();
+        input.insert("partnerId".into(), json!(partner));
+        for name in ["kind", "iban", "bic", "accountHolder", "paypalEmail"] {
+            if let Some(value) = form.get(name).map(|v| v.trim()).filter(|v| !v.is_empty()) {
+                input.insert(name.into(), json!(value));
+            }
+        }
+        let outcome = gql(
+            &state,
+            req,
+            &session,
+            "mutation($input: SetPayoutMethodInput!) { setPayoutMethod(input: $input) { payoutMethod { kind } } }",
+            json!({"input": input}),
+        )
+        .await
+        .map(|_| "The payout method is saved.".to_string());
+        done_or_failed(req, &state, &session, "/console/payouts", outcome)
+    })
+    .await
+}
