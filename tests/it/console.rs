@@ -524,6 +524,55 @@ async fn partners_register_and_managers_review(app: TestApp) {
     let (_, page, _) = m.get("/console/registrations").await;
     assert!(!page.contains(&format!("data-referral-id=\"{id}\"")));
     assert!(page.contains("Nothing waits for review"));
+    // Its protection is extended from the referral list (admins only).
+    let (_, page, _) = m.get("/console/referrals").await;
+    assert!(
+        page.contains(&format!("action=\"/console/referrals/{id}/extend\"")),
+        "{page}"
+    );
+    let before = app
+        .admin_ok(
+            "query($id: ID!) { referral(id: $id) { protectedUntil } }",
+            json!({"id": id}),
+        )
+        .await;
+    let resp = m
+        .post(
+            &format!("/console/referrals/{id}/extend"),
+            &[("csrf", &csrf_m)],
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let (_, page, _) = m.get(&location(&resp)).await;
+    assert!(page.contains("Protection extended until"), "{page}");
+    let after = app
+        .admin_ok(
+            "query($id: ID!) { referral(id: $id) { protectedUntil extensions } }",
+            json!({"id": id}),
+        )
+        .await;
+    assert_eq!(after["referral"]["extensions"], 1);
+    assert_ne!(
+        after["referral"]["protectedUntil"],
+        before["referral"]["protectedUntil"]
+    );
+    // A partner's post is refused by the API, and said so.
+    let csrf_a = a.csrf("/console/referrals").await;
+    let resp = a
+        .post(
+            &format!("/console/referrals/{id}/extend"),
+            &[("csrf", &csrf_a)],
+        )
+        .await;
+    let (_, page, _) = a.get(&location(&resp)).await;
+    assert!(page.contains("class=\"notice error\""), "{page}");
+    let still = app
+        .admin_ok(
+            "query($id: ID!) { referral(id: $id) { extensions } }",
+            json!({"id": id}),
+        )
+        .await;
+    assert_eq!(still["referral"]["extensions"], 1);
     // Another partner registering the same company is told it is a duplicate.
     let mut b = Visitor::sign_in(&app, &beta_key).await;
     let csrf_b = b.csrf("/console/referrals").await;

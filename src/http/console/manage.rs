@@ -364,7 +364,7 @@ pub async fn enable_endpoint(
 }
 
 /// A form's outcome: back to the page with a notice, or the session's end or not-found page.
-fn done_or_failed(
+pub(super) fn done_or_failed(
     req: &Request,
     state: &AppState,
     session: &Session,

@@ -416,6 +416,7 @@ pub fn routes() -> (impl Endpoint, impl Endpoint) {
             "/referrals",
             get(pages::referrals).post(pages::submit_referral),
         )
+        .at("/referrals/:id/extend", post(pages::extend))
         .at("/registrations", get(pages::registrations))
         .at("/registrations/:id/review", post(pages::review))
         .at("/deals", get(pages::deals))

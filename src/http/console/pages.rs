@@ -430,7 +430,7 @@ pub async fn partner_page(
                 (balances(&data["balances"]))
                 section {
                     h2 { "Latest referrals" }
-                    (referral_table(&edges(&p["referrals"]), false))
+                    (referral_table(&edges(&p["referrals"]), None))
                 }
                 section {
                     h2 { "Latest deals" }
@@ -450,7 +450,10 @@ pub async fn partner_page(
 // ---------------------------------------------------------------------------------------------
 // Referrals.
 
-fn referral_table(rows: &[&Value], with_partner: bool) -> Markup {
+/// Referral rows; `manager` (a program manager's session) adds the partner column and, on
+/// ACCEPTED registrations, the form that extends their protection.
+fn referral_table(rows: &[&Value], manager: Option<&Session>) -> Markup {
+    let with_partner = manager.is_some();
     html! {
         @if rows.is_empty() {
             (empty("No referral yet."))
@@ -460,6 +463,7 @@ fn referral_table(rows: &[&Value], with_partner: bool) -> Markup {
                     th { "Company" }
                     @if with_partner { th { "Partner" } }
                     th { "Status" } th { "Detail" } th { "Submitted" } th { "Protected until" } th { "Lead SLA" }
+                    @if with_partner { th { "Protection" } }
                 } }
                 tbody {
                     @for r in rows {
@@ -475,6 +479,16 @@ fn referral_table(rows: &[&Value], with_partner: bool) -> Markup {
                             td {
                                 @if !r["sla"].is_null() {
                                     (words(&text(&r["sla"]["state"]))) " · due " (time(&text(&r["sla"]["dueAt"])))
+                                }
+                            }
+                            @if let Some(session) = manager {
+                                td {
+                                    @if r["status"] == "ACCEPTED" {
+                                        form method="post" action=(format!("/console/referrals/{}/extend", text(&r["id"]))) class="inline" {
+                                            (csrf(session))
+                                            button type="submit" data-action="extend" { "Extend" }
+                                        }
+                                    }
                                 }
                             }
                         }
@@ -538,6 +552,12 @@ async fn referrals_page(
         "notes",
     ];
     let body = html! {
+        @if let Some(done) = param(params, "done") {
+            div class="notice" role="status" data-done=(done) { p { (done) } }
+        }
+        @if let Some(error) = param(params, "error") {
+            div class="notice error" role="alert" { p { (error) } }
+        }
         @if !notice.is_null() {
             @let status = text(&notice["status"]);
             div class=(format!("notice {}", status.to_lowercase())) role="status" data-notice=(status) {
@@ -596,7 +616,7 @@ async fn referrals_page(
             } @else if edges(list).is_empty() && q.is_none() && status.is_none() {
                 (empty("No referral yet. Register your first one with the form above."))
             } @else {
-                (referral_table(&edges(list), session.is_admin()))
+                (referral_table(&edges(list), session.is_admin().then_some(session)))
             }
             (list_footer("/console/referrals", &[("q", q), ("status", status)], list))
         }
@@ -1005,6 +1025,34 @@ pub async fn payouts(
                 (list_footer("/console/payouts", &[], list))
             };
             Ok(page(StatusCode::OK, layout(Some(&session), "Payouts", "Payouts", body)))
+    })
+    .await
+}
+
+/// `POST /console/referrals/{id}/extend`: `extendReferral` (program managers).
+#[handler]
+pub async fn extend(
+    req: &Request,
+    state: Data<&AppState>,
+    Path(id): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    with_post(req, &state, &form, async |session| {
+        let outcome = gql(
+            &state,
+            req,
+            &session,
+            "mutation($id: ID!) { extendReferral(input: {id: $id}) { referral { protectedUntil extensions } } }",
+            json!({"id": id}),
+        )
+        .await
+        .map(|data| {
+            format!(
+                "Protection extended until {}.",
+                time(&text(&data["extendReferral"]["referral"]["protectedUntil"]))
+            )
+        });
+        super::manage::done_or_failed(req, &state, &session, "/console/referrals", outcome)
     })
     .await
 }
