@@ -314,16 +314,12 @@ pub async fn sync_now(
     Path(id): Path<String>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    with_post(req, &state, &form, async |session| {
-        let outcome = gql(
-            &state,
-            req,
-            &session,
-            "mutation($id: ID!) { syncCrmConnection(input: {id: $id}) { syncRun { status dealsSeen dealsChanged error } } }",
-            json!({"id": id}),
-        )
-        .await
-        .map(|data| {
+    act_on(
+        (req, &state, &form),
+        "/console/integrations",
+        "mutation($id: ID!) { syncCrmConnection(input: {id: $id}) { syncRun { status dealsSeen dealsChanged error } } }",
+        &id,
+        |data| {
             let run = &data["syncCrmConnection"]["syncRun"];
             match run["status"].as_str() {
                 Some("FAILED") => format!("The sync failed: {}", text(&run["error"])),
@@ -333,9 +329,8 @@ pub async fn sync_now(
                     text(&run["dealsChanged"])
                 ),
             }
-        });
-        done_or_failed(req, &state, &session, "/console/integrations", outcome)
-    })
+        },
+    )
     .await
 }
 
@@ -348,17 +343,30 @@ pub async fn enable_endpoint(
     Path(id): Path<String>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    with_post(req, &state, &form, async |session| {
-        let outcome = gql(
-            &state,
-            req,
-            &session,
-            "mutation($id: ID!) { enableWebhookEndpoint(input: {id: $id}) { endpoint { status } } }",
-            json!({"id": id}),
-        )
-        .await
-        .map(|_| "The endpoint is enabled again: its pending deliveries go out.".to_string());
-        done_or_failed(req, &state, &session, "/console/integrations", outcome)
+    act_on(
+        (req, &state, &form),
+        "/console/integrations",
+        "mutation($id: ID!) { enableWebhookEndpoint(input: {id: $id}) { endpoint { status } } }",
+        &id,
+        |_| "The endpoint is enabled again: its pending deliveries go out.".to_string(),
+    )
+    .await
+}
+
+/// A form that runs one mutation on the id in its path, then goes back to `path` saying what
+/// `said` makes of the answer, or the API's error.
+pub(super) async fn act_on(
+    (req, state, form): (&Request, &AppState, &HashMap<String, String>),
+    path: &str,
+    mutation: &str,
+    id: &str,
+    said: impl FnOnce(&Value) -> String,
+) -> Response {
+    with_post(req, state, form, async |session| {
+        let outcome = gql(state, req, &session, mutation, json!({"id": id}))
+            .await
+            .map(|data| said(&data));
+        done_or_failed(req, state, &session, path, outcome)
     })
     .await
 }

@@ -1037,22 +1037,17 @@ pub async fn extend(
     Path(id): Path<String>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    with_post(req, &state, &form, async |session| {
-        let outcome = gql(
-            &state,
-            req,
-            &session,
-            "mutation($id: ID!) { extendReferral(input: {id: $id}) { referral { protectedUntil extensions } } }",
-            json!({"id": id}),
-        )
-        .await
-        .map(|data| {
+    super::manage::act_on(
+        (req, &state, &form),
+        "/console/referrals",
+        "mutation($id: ID!) { extendReferral(input: {id: $id}) { referral { protectedUntil } } }",
+        &id,
+        |data| {
             format!(
                 "Protection extended until {}.",
                 time(&text(&data["extendReferral"]["referral"]["protectedUntil"]))
             )
-        });
-        super::manage::done_or_failed(req, &state, &session, "/console/referrals", outcome)
-    })
+        },
+    )
     .await
 }
