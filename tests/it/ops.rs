@@ -50,7 +50,7 @@ async fn health_readiness_metrics_and_graphiql_answer(app: TestApp) {
         .chain(page.split("href=\"").skip(1))
         .map(|rest| &rest[..rest.find('"').unwrap()])
         .collect();
-    assert_eq!(sources.len(), 6, "{sources:?}");
+    assert_eq!(sources.len(), 7, "{sources:?}");
     assert_eq!(
         page.matches("<script").count(),
         4,
@@ -61,7 +61,9 @@ async fn health_readiness_metrics_and_graphiql_answer(app: TestApp) {
         assert_eq!(resp.status(), 200, "{source}");
         let kind = resp.headers()["content-type"].to_str().unwrap().to_string();
         assert!(
-            kind.starts_with("text/javascript") || kind.starts_with("text/css"),
+            kind.starts_with("text/javascript")
+                || kind.starts_with("text/css")
+                || kind == "image/svg+xml",
             "{source}: {kind}"
         );
         let body = resp.text().await.unwrap();

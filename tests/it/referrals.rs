@@ -340,7 +340,7 @@ async fn referral_totals_follow_every_change(app: TestApp) {
     // Undo and redo the migration: the counter table is rebuilt from the referrals. The
     // migrations that came later are undone first (counted from the list, so that a new
     // migration does not change this test).
-    use tandem_migrations::{MigrationName, MigratorTrait};
+    use tandem_migrations::MigratorTrait;
     let names: Vec<String> = tandem_migrations::Migrator::migrations()
         .iter()
         .map(|m| m.name().to_string())
