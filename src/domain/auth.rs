@@ -269,12 +269,22 @@ pub async fn authenticate_caller(db: &Db, token: &str) -> ApiResult<Authenticate
         return Err(ApiError::Unauthenticated);
     }
     let [hash] = db.params();
-    let keys = keys_with_partners(
+    caller_of_key(
         db,
         format!("k.token_hash = {hash}"),
         vec![hash_token(token).into()],
     )
-    .await?;
+    .await
+}
+
+/// The caller of the one key (not revoked) matching `cond` (on `k`, the keys), with its partner:
+/// one statement. `UNAUTHENTICATED` when none matches.
+pub(crate) async fn caller_of_key(
+    db: &Db,
+    cond: String,
+    values: Vec<sea_orm::Value>,
+) -> ApiResult<Authenticated> {
+    let keys = keys_with_partners(db, cond, values).await?;
     let (key, MaybeAliased(partner)) = keys.into_iter().next().ok_or(ApiError::Unauthenticated)?;
     let principal = principal_for_key(key, partner.as_ref())?;
     Ok(Authenticated { principal, partner })
@@ -305,7 +315,7 @@ pub async fn principals_of_keys(
 
 /// The keys that are not revoked matching `cond` (on `k`, the keys), each with its partner
 /// (partner keys): one statement.
-pub(crate) async fn keys_with_partners(
+async fn keys_with_partners(
     db: &Db,
     cond: String,
     values: Vec<sea_orm::Value>,
@@ -325,7 +335,7 @@ pub(crate) async fn keys_with_partners(
     Ok(db.rows(sql, values).await?)
 }
 
-pub(crate) fn principal_for_key(
+fn principal_for_key(
     key: api_key::Model,
     partner: Option<&partner::Model>,
 ) -> ApiResult<Principal> {

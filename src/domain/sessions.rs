@@ -14,8 +14,7 @@ use sha2::{Digest, Sha256};
 use crate::{
     db::Db,
     domain::auth::{
-        ApiKeyRole, Authenticated, authenticate_caller, generate_token, hash_token,
-        keys_with_partners, principal_for_key,
+        ApiKeyRole, Authenticated, authenticate_caller, caller_of_key, generate_token, hash_token,
     },
     error::{ApiError, ApiResult},
 };
@@ -86,7 +85,7 @@ pub async fn caller(db: &Db, token: &str) -> ApiResult<Authenticated> {
         return Err(ApiError::Unauthenticated);
     }
     let [hash, now] = db.params();
-    let keys = keys_with_partners(
+    caller_of_key(
         db,
         format!(
             "k.id = (SELECT s.key_id FROM console_sessions s WHERE s.id = {hash} \
@@ -94,11 +93,7 @@ pub async fn caller(db: &Db, token: &str) -> ApiResult<Authenticated> {
         ),
         vec![hash_token(token).into(), Utc::now().into()],
     )
-    .await?;
-    let (key, crate::db::MaybeAliased(partner)) =
-        keys.into_iter().next().ok_or(ApiError::Unauthenticated)?;
-    let principal = principal_for_key(key, partner.as_ref())?;
-    Ok(Authenticated { principal, partner })
+    .await
 }
 
 /// Ends a session (logout). Ending an unknown session is not an error.
