@@ -14,56 +14,13 @@ use poem::{
 use serde_json::{Value, json};
 
 use super::{
-    Failure, Outcome, Session, failed,
+    Failure, Session, act_on, done_or_failed, edges, form_input,
     format::{money, time, words},
-    gql, html as page, not_found_page, param, redirect,
-    views::{csrf, empty, field_error, form_error, layout, text},
+    gql, html as page, not_found_page, param, read,
+    views::{self, csrf, empty, field_error, form_error, layout, text},
     with_post, with_session,
 };
 use crate::http::AppState;
-
-fn nodes(connection: &Value) -> Vec<&Value> {
-    connection["edges"]
-        .as_array()
-        .map(|edges| edges.iter().map(|e| &e["node"]).collect())
-        .unwrap_or_default()
-}
-
-async fn read(
-    state: &AppState,
-    req: &Request,
-    session: &Session,
-    query: &str,
-    variables: Value,
-) -> Result<Value, Response> {
-    gql(state, req, session, query, variables)
-        .await
-        .map_err(|f| failed(req, state, session, f))
-}
-
-/// A notice from the query string (`?done=…`), shown once after a form.
-fn notice(params: &HashMap<String, String>) -> Markup {
-    html! {
-        @if let Some(done) = param(params, "done") {
-            div class="notice" role="status" data-done=(done) { p { (done) } }
-        }
-        @if let Some(error) = param(params, "error") {
-            div class="notice error" role="alert" { p { (error) } }
-        }
-    }
-}
-
-/// After a form: back to `path` with what happened.
-fn back(path: &str, outcome: Result<String, Failure>) -> Response {
-    let (key, message) = match outcome {
-        Ok(done) => ("done", done),
-        Err(failure) => ("error", failure.message),
-    };
-    redirect(&format!(
-        "{path}?{key}={}",
-        super::views::urlencode(&message)
-    ))
-}
 
 fn plan(plan: &Value, currency: &str) -> Markup {
     html! {
@@ -108,10 +65,10 @@ pub async fn programs_page(
         .await?;
         let list = &data["programs"];
         let body = html! {
-            @if nodes(list).is_empty() {
+            @if edges(list).is_empty() {
                 (empty("No program yet. Create one with the createProgram mutation in GraphiQL."))
             }
-            @for p in nodes(list) {
+            @for p in edges(list) {
                 @let currency = text(&p["currency"]);
                 section class="card" data-program-id=(text(&p["id"])) {
                     h2 { (text(&p["name"])) }
@@ -145,7 +102,7 @@ pub async fn programs_page(
                     }
                 }
             }
-            (super::views::pager("/console/programs", &[], &list["pageInfo"], nodes(list).len(), list["totalCount"].as_i64().unwrap_or(0)))
+            (super::views::pager("/console/programs", &[], &list["pageInfo"], edges(list).len(), list["totalCount"].as_i64().unwrap_or(0)))
         };
         Ok(page(StatusCode::OK, layout(Some(&session), "Programs and plans", "Programs", body)))
     })
@@ -176,13 +133,13 @@ pub async fn integrations(
             json!({}),
         )
         .await?;
-        let sources = nodes(&data["webhookSources"]);
-        let receipts = nodes(&data["webhookReceipts"]);
-        let connections = nodes(&data["crmConnections"]);
-        let endpoints = nodes(&data["webhookEndpoints"]);
-        let deliveries = nodes(&data["webhookDeliveries"]);
+        let sources = edges(&data["webhookSources"]);
+        let receipts = edges(&data["webhookReceipts"]);
+        let connections = edges(&data["crmConnections"]);
+        let endpoints = edges(&data["webhookEndpoints"]);
+        let deliveries = edges(&data["webhookDeliveries"]);
         let body = html! {
-            (notice(&params))
+            (views::notice(&params))
             section {
                 h2 { "CRM connections" }
                 @if connections.is_empty() {
@@ -353,40 +310,6 @@ pub async fn enable_endpoint(
     .await
 }
 
-/// A form that runs one mutation on the id in its path, then goes back to `path` saying what
-/// `said` makes of the answer, or the API's error.
-pub(super) async fn act_on(
-    (req, state, form): (&Request, &AppState, &HashMap<String, String>),
-    path: &str,
-    mutation: &str,
-    id: &str,
-    said: impl FnOnce(&Value) -> String,
-) -> Response {
-    with_post(req, state, form, async |session| {
-        let outcome = gql(state, req, &session, mutation, json!({"id": id}))
-            .await
-            .map(|data| said(&data));
-        done_or_failed(req, state, &session, path, outcome)
-    })
-    .await
-}
-
-/// A form's outcome: back to the page with a notice, or the session's end or not-found page.
-pub(super) fn done_or_failed(
-    req: &Request,
-    state: &AppState,
-    session: &Session,
-    path: &str,
-    outcome: Result<String, Failure>,
-) -> Outcome {
-    match outcome {
-        Err(f) if matches!(f.code.as_str(), "UNAUTHENTICATED" | "NOT_FOUND") => {
-            Err(failed(req, state, session, f))
-        }
-        other => Ok(back(path, other)),
-    }
-}
-
 /// `GET /console/payout-runs?program=`: a program's payout runs with their exports.
 #[handler]
 pub async fn payout_runs(
@@ -399,7 +322,7 @@ pub async fn payout_runs(
             return Err(not_found_page(Some(&session)));
         }
         let programs = read(&state, req, &session, "{ programs(first: 100) { edges { node { id name } } } }", json!({})).await?;
-        let programs: Vec<(String, String)> = nodes(&programs["programs"]).into_iter().map(|p| (text(&p["id"]), text(&p["name"]))).collect();
+        let programs: Vec<(String, String)> = edges(&programs["programs"]).into_iter().map(|p| (text(&p["id"]), text(&p["name"]))).collect();
         let Some(program) = param(&params, "program").map(str::to_string).or_else(|| programs.first().map(|p| p.0.clone())) else {
             return Ok(page(StatusCode::OK, layout(Some(&session), "Payout runs", "Payout runs", empty("No program yet."))));
         };
@@ -413,7 +336,7 @@ pub async fn payout_runs(
         .await?;
         let runs = data["payoutRuns"].as_array().cloned().unwrap_or_default();
         let body = html! {
-            (notice(&params))
+            (views::notice(&params))
             form method="get" action="/console/payout-runs" class="filters" {
                 label for="program" { "Program" }
                 select id="program" name="program" {
@@ -545,13 +468,8 @@ pub async fn set_payout_method(
         let Some(partner) = session.partner_id().map(str::to_string) else {
             return Err(not_found_page(Some(&session)));
         };
-        let mut input = serde_json::Map::new();
+        let mut input = form_input(&form, &["kind", "iban", "bic", "accountHolder", "paypalEmail"]);
         input.insert("partnerId".into(), json!(partner));
-        for name in ["kind", "iban", "bic", "accountHolder", "paypalEmail"] {
-            if let Some(value) = form.get(name).map(|v| v.trim()).filter(|v| !v.is_empty()) {
-                input.insert(name.into(), json!(value));
-            }
-        }
         let outcome = gql(
             &state,
             req,

@@ -180,7 +180,11 @@ async fn with_post(
 
 /// Refuses a state-changing request whose CSRF token is not the session's, or that comes from
 /// another origin.
-fn check_post(req: &Request, session: &Session, form: &HashMap<String, String>) -> Outcome {
+fn check_post(
+    req: &Request,
+    session: &Session,
+    form: &HashMap<String, String>,
+) -> Result<(), Response> {
     if !same_origin(req) {
         return Err(forbidden(
             Some(session),
@@ -194,7 +198,7 @@ fn check_post(req: &Request, session: &Session, form: &HashMap<String, String>) 
             "This form has expired. Go back, reload the page and try again.",
         ));
     }
-    Ok(Response::default())
+    Ok(())
 }
 
 /// A post's `Origin`, when the browser sends one, names this host.
@@ -255,6 +259,50 @@ pub async fn gql(
     })
 }
 
+/// Runs a read for a page: the failure becomes the page's answer.
+async fn read(
+    state: &AppState,
+    req: &Request,
+    session: &Session,
+    query: &str,
+    variables: Value,
+) -> Result<Value, Response> {
+    gql(state, req, session, query, variables)
+        .await
+        .map_err(|f| failed(req, state, session, f))
+}
+
+/// The nodes of a connection's edges.
+fn edges(connection: &Value) -> Vec<&Value> {
+    connection["edges"]
+        .as_array()
+        .map(|edges| edges.iter().map(|e| &e["node"]).collect())
+        .unwrap_or_default()
+}
+
+/// A mutation's input from a posted form: the named fields that are not blank, trimmed.
+fn form_input(form: &HashMap<String, String>, names: &[&str]) -> serde_json::Map<String, Value> {
+    names
+        .iter()
+        .filter_map(|name| {
+            let value = form
+                .get(*name)
+                .map(|v| v.trim())
+                .filter(|v| !v.is_empty())?;
+            Some((name.to_string(), json!(value)))
+        })
+        .collect()
+}
+
+/// After a form: back to `path` with what happened.
+fn back(path: &str, outcome: Result<String, Failure>) -> Response {
+    let (key, message) = match outcome {
+        Ok(done) => ("done", done),
+        Err(failure) => ("error", failure.message),
+    };
+    redirect(&format!("{path}?{key}={}", views::urlencode(&message)))
+}
+
 /// The answer for an operation that failed while reading a page.
 fn failed(req: &Request, state: &AppState, session: &Session, failure: Failure) -> Response {
     match failure.code.as_str() {
@@ -262,6 +310,40 @@ fn failed(req: &Request, state: &AppState, session: &Session, failure: Failure) 
         "NOT_FOUND" => not_found_page(Some(session)),
         "FORBIDDEN" => forbidden(Some(session), &failure.message),
         _ => error_page(Some(session), &failure.message),
+    }
+}
+
+/// A form that runs one mutation on the id in its path, then goes back to `path` saying what
+/// `said` makes of the answer, or the API's error.
+async fn act_on(
+    (req, state, form): (&Request, &AppState, &HashMap<String, String>),
+    path: &str,
+    mutation: &str,
+    id: &str,
+    said: impl FnOnce(&Value) -> String,
+) -> Response {
+    with_post(req, state, form, async |session| {
+        let outcome = gql(state, req, &session, mutation, json!({"id": id}))
+            .await
+            .map(|data| said(&data));
+        done_or_failed(req, state, &session, path, outcome)
+    })
+    .await
+}
+
+/// A form's outcome: back to the page with a notice, or the session's end or not-found page.
+fn done_or_failed(
+    req: &Request,
+    state: &AppState,
+    session: &Session,
+    path: &str,
+    outcome: Result<String, Failure>,
+) -> Outcome {
+    match outcome {
+        Err(f) if matches!(f.code.as_str(), "UNAUTHENTICATED" | "NOT_FOUND") => {
+            Err(failed(req, state, session, f))
+        }
+        other => Ok(back(path, other)),
     }
 }
 

@@ -12,33 +12,13 @@ use poem::{
 use serde_json::{Value, json};
 
 use super::{
-    Failure, Outcome, Session, charts, failed,
+    Failure, Outcome, Session, act_on, charts, edges, failed, form_input,
     format::{money, percent, time, words},
-    gql, html as page, not_found_page, page_variables, param, redirect,
-    views::{csrf, empty, field_error, form_error, layout, pager, search, text},
+    gql, html as page, not_found_page, page_variables, param, read, redirect,
+    views::{self, csrf, empty, field_error, form_error, layout, pager, search, text},
     with_post, with_session,
 };
 use crate::http::AppState;
-
-/// Runs a read for a page: the failure becomes the page's answer.
-async fn read(
-    state: &AppState,
-    req: &Request,
-    session: &Session,
-    query: &str,
-    variables: Value,
-) -> Result<Value, Response> {
-    gql(state, req, session, query, variables)
-        .await
-        .map_err(|f| failed(req, state, session, f))
-}
-
-fn edges(connection: &Value) -> Vec<&Value> {
-    connection["edges"]
-        .as_array()
-        .map(|edges| edges.iter().map(|e| &e["node"]).collect())
-        .unwrap_or_default()
-}
 
 fn list_footer(path: &str, keep: &[(&str, Option<&str>)], connection: &Value) -> Markup {
     pager(
@@ -552,12 +532,7 @@ async fn referrals_page(
         "notes",
     ];
     let body = html! {
-        @if let Some(done) = param(params, "done") {
-            div class="notice" role="status" data-done=(done) { p { (done) } }
-        }
-        @if let Some(error) = param(params, "error") {
-            div class="notice error" role="alert" { p { (error) } }
-        }
+        (views::notice(params))
         @if !notice.is_null() {
             @let status = text(&notice["status"]);
             div class=(format!("notice {}", status.to_lowercase())) role="status" data-notice=(status) {
@@ -650,12 +625,10 @@ pub async fn submit_referral(
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     with_post(req, &state, &form, async |session| {
-            let mut input = serde_json::Map::new();
-            for name in ["companyName", "companyDomain", "contactName", "contactEmail", "notes"] {
-                if let Some(value) = form.get(name).map(|v| v.trim()).filter(|v| !v.is_empty()) {
-                    input.insert(name.into(), json!(value));
-                }
-            }
+            let input = form_input(
+                &form,
+                &["companyName", "companyDomain", "contactName", "contactEmail", "notes"],
+            );
             if !input.contains_key("companyName") {
                 let failure = Failure {
                     code: "BAD_USER_INPUT".into(),
@@ -991,12 +964,7 @@ pub async fn payouts(
             let list = &data["payouts"];
             let rows = edges(list);
             let body = html! {
-                @if let Some(done) = param(&params, "done") {
-                    div class="notice" role="status" data-done=(done) { p { (done) } }
-                }
-                @if let Some(error) = param(&params, "error") {
-                    div class="notice error" role="alert" { p { (error) } }
-                }
+                (views::notice(&params))
                 @if session.partner_id().is_some() {
                     (balances(&data["balances"]))
                     (super::manage::payout_method_section(&session, &data["viewer"]["partner"]["payoutMethod"], None))
@@ -1037,7 +1005,7 @@ pub async fn extend(
     Path(id): Path<String>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    super::manage::act_on(
+    act_on(
         (req, &state, &form),
         "/console/referrals",
         "mutation($id: ID!) { extendReferral(input: {id: $id}) { referral { protectedUntil } } }",

@@ -217,6 +217,18 @@ pub fn urlencode(value: &str) -> String {
     url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }
 
+/// What the last form did, from the query string (`?done=…` or `?error=…`), shown once.
+pub fn notice(params: &std::collections::HashMap<String, String>) -> Markup {
+    html! {
+        @if let Some(done) = super::param(params, "done") {
+            div class="notice" role="status" data-done=(done) { p { (done) } }
+        }
+        @if let Some(error) = super::param(params, "error") {
+            div class="notice error" role="alert" { p { (error) } }
+        }
+    }
+}
+
 /// An empty list's message: what to do next.
 pub fn empty(message: &str) -> Markup {
     html! { p class="empty" { (message) } }
