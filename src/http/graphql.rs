@@ -169,6 +169,15 @@ fn argument_in_message(message: &str) -> Option<String> {
     Some(field.to_string())
 }
 
+/// The request's client address, as resolvers see it (rate limits of `applyToProgram`).
+pub fn client_address(req: &Request) -> crate::graphql::ClientAddress {
+    crate::graphql::ClientAddress(
+        req.remote_addr()
+            .as_socket_addr()
+            .map(|a| a.ip().to_canonical()),
+    )
+}
+
 /// Executes one GraphQL request.
 #[handler]
 pub async fn graphql_post(req: &Request, body: Body, state: Data<&AppState>) -> Response {
@@ -224,13 +233,7 @@ pub async fn graphql_post(req: &Request, body: Body, state: Data<&AppState>) -> 
     } else {
         RequestAuth::new(token)
     };
-    let address = req
-        .remote_addr()
-        .as_socket_addr()
-        .map(|a| a.ip().to_canonical());
-    let request = request
-        .data(auth)
-        .data(crate::graphql::ClientAddress(address));
+    let request = request.data(auth).data(client_address(req));
     let mut response = state.schema.execute(request).await;
     add_error_codes(&mut response);
     state.metrics.observe_graphql(

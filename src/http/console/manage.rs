@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use super::{
     Failure, Session, act_on, done_or_failed, edges, form_input,
     format::{money, time, words},
-    gql, html as page, not_found_page, param, read,
+    gql, html as page, not_found_page, param, program_choice, read,
     views::{self, csrf, empty, field_error, form_error, layout, text},
     with_post, with_session,
 };
@@ -321,9 +321,8 @@ pub async fn payout_runs(
         if !session.is_admin() {
             return Err(not_found_page(Some(&session)));
         }
-        let programs = read(&state, req, &session, "{ programs(first: 100) { edges { node { id name } } } }", json!({})).await?;
-        let programs: Vec<(String, String)> = edges(&programs["programs"]).into_iter().map(|p| (text(&p["id"]), text(&p["name"]))).collect();
-        let Some(program) = param(&params, "program").map(str::to_string).or_else(|| programs.first().map(|p| p.0.clone())) else {
+        let (program, programs) = program_choice(&state, req, &session, &params).await?;
+        let Some(program) = program else {
             return Ok(page(StatusCode::OK, layout(Some(&session), "Payout runs", "Payout runs", empty("No program yet."))));
         };
         let data = read(
@@ -338,10 +337,7 @@ pub async fn payout_runs(
         let body = html! {
             (views::notice(&params))
             form method="get" action="/console/payout-runs" class="filters" {
-                label for="program" { "Program" }
-                select id="program" name="program" {
-                    @for (id, name) in &programs { option value=(id) selected[*id == program] { (name) } }
-                }
+                (views::program_select(&programs, &program))
                 button type="submit" { "Show" }
             }
             @if runs.is_empty() {

@@ -34,7 +34,7 @@ use std::collections::HashMap;
 use crate::{
     domain::{auth::Authenticated, sessions},
     error::ApiError,
-    graphql::{ClientAddress, RequestAuth},
+    graphql::RequestAuth,
     http::AppState,
 };
 
@@ -226,14 +226,10 @@ pub async fn gql(
     query: &str,
     variables: Value,
 ) -> Result<Value, Failure> {
-    let address = req
-        .remote_addr()
-        .as_socket_addr()
-        .map(|a| a.ip().to_canonical());
     let request = async_graphql::Request::new(query)
         .variables(async_graphql::Variables::from_json(variables))
         .data(RequestAuth::signed_in(session.caller.clone()))
-        .data(ClientAddress(address));
+        .data(super::graphql::client_address(req));
     let response = state.schema.execute(request).await;
     if let Some(error) = response.errors.first() {
         let ext = |name: &str| {
@@ -292,6 +288,32 @@ fn form_input(form: &HashMap<String, String>, names: &[&str]) -> serde_json::Map
             Some((name.to_string(), json!(value)))
         })
         .collect()
+}
+
+/// The programs a manager chooses between (`id`, `name`), and the one chosen: `?program=`, else
+/// the first.
+async fn program_choice(
+    state: &AppState,
+    req: &Request,
+    session: &Session,
+    params: &HashMap<String, String>,
+) -> Result<(Option<String>, Vec<(String, String)>), Response> {
+    let data = read(
+        state,
+        req,
+        session,
+        "{ programs(first: 100) { edges { node { id name } } } }",
+        json!({}),
+    )
+    .await?;
+    let programs: Vec<(String, String)> = edges(&data["programs"])
+        .into_iter()
+        .map(|p| (views::text(&p["id"]), views::text(&p["name"])))
+        .collect();
+    let chosen = param(params, "program")
+        .map(str::to_string)
+        .or_else(|| programs.first().map(|p| p.0.clone()));
+    Ok((chosen, programs))
 }
 
 /// After a form: back to `path` with what happened.

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::{
     Failure, Outcome, Session, act_on, charts, edges, failed, form_input,
     format::{money, percent, time, words},
-    gql, html as page, not_found_page, page_variables, param, read, redirect,
+    gql, html as page, not_found_page, page_variables, param, program_choice, read, redirect,
     views::{self, csrf, empty, field_error, form_error, layout, pager, search, text},
     with_post, with_session,
 };
@@ -98,24 +98,7 @@ pub async fn overview(
             let state = *state;
             let (program_id, programs) = match &session.caller.partner {
                 Some(partner) => (Some(partner.program_id.clone()), Vec::new()),
-                None => {
-                    let data = read(
-                        state,
-                        req,
-                        &session,
-                        "{ programs(first: 100) { edges { node { id name } } } }",
-                        json!({}),
-                    )
-                    .await?;
-                    let programs: Vec<(String, String)> = edges(&data["programs"])
-                        .into_iter()
-                        .map(|p| (text(&p["id"]), text(&p["name"])))
-                        .collect();
-                    let chosen = param(&params, "program")
-                        .map(str::to_string)
-                        .or_else(|| programs.first().map(|p| p.0.clone()));
-                    (chosen, programs)
-                }
+                None => program_choice(state, req, &session, &params).await?,
             };
             let title = if session.is_admin() {
                 "Overview"
@@ -189,12 +172,7 @@ pub async fn overview(
             let body = html! {
                 form method="get" action="/console/overview" class="filters" {
                     @if session.is_admin() {
-                        label for="program" { "Program" }
-                        select id="program" name="program" {
-                            @for (id, name) in &programs {
-                                option value=(id) selected[*id == program_id] { (name) }
-                            }
-                        }
+                        (views::program_select(&programs, &program_id))
                     } @else {
                         p { (text(&data["program"]["name"])) }
                     }

@@ -229,6 +229,18 @@ pub fn notice(params: &std::collections::HashMap<String, String>) -> Markup {
     }
 }
 
+/// The program chooser of a filter form.
+pub fn program_select(programs: &[(String, String)], chosen: &str) -> Markup {
+    html! {
+        label for="program" { "Program" }
+        select id="program" name="program" {
+            @for (id, name) in programs {
+                option value=(id) selected[id == chosen] { (name) }
+            }
+        }
+    }
+}
+
 /// An empty list's message: what to do next.
 pub fn empty(message: &str) -> Markup {
     html! { p class="empty" { (message) } }
