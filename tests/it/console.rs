@@ -108,6 +108,23 @@ fn attribute_after(page: &str, marker: &str) -> Vec<String> {
         .collect()
 }
 
+/// A `data-kpi` element's text is the API's value: strings and integers as they are, null as
+/// nothing, and floats (computed again for each request) equal to the last digits of a double.
+pub fn assert_kpi_shown(name: &str, shown: &str, expected: &Value) {
+    match expected {
+        Value::String(s) => assert_eq!(shown, s, "data-kpi={name}"),
+        Value::Null => assert_eq!(shown, "", "data-kpi={name}"),
+        Value::Number(n) if n.is_f64() => {
+            let (shown, expected) = (shown.parse::<f64>().unwrap(), n.as_f64().unwrap());
+            assert!(
+                (shown - expected).abs() <= expected.abs() * 1e-12,
+                "data-kpi={name}: {shown} vs {expected}"
+            );
+        }
+        other => assert_eq!(shown, other.to_string(), "data-kpi={name}"),
+    }
+}
+
 /// `data-kpi` name → its element's text.
 fn kpi_values(page: &str) -> Vec<(String, String)> {
     page.match_indices("data-kpi=\"")
@@ -310,19 +327,7 @@ async fn the_overview_shows_the_apis_figures(app: TestApp) {
     let shown = kpi_values(&page);
     assert_eq!(shown.len(), 18, "{shown:?}");
     for (name, text) in &shown {
-        match &kpis[name] {
-            Value::String(s) => assert_eq!(text, s, "data-kpi={name}"),
-            Value::Null => assert_eq!(text, "", "data-kpi={name}"),
-            // Floats are computed again per request: equal to the last digits of a double.
-            Value::Number(n) if n.is_f64() => {
-                let (shown, expected) = (text.parse::<f64>().unwrap(), n.as_f64().unwrap());
-                assert!(
-                    (shown - expected).abs() <= expected.abs() * 1e-12,
-                    "data-kpi={name}"
-                );
-            }
-            other => assert_eq!(text, &other.to_string(), "data-kpi={name}"),
-        }
+        assert_kpi_shown(name, text, &kpis[name]);
     }
     assert_eq!(kpis["wonRevenue"], "3900.00");
     // One group of bars per month with data, from `Kpis.months`.
