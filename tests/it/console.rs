@@ -604,6 +604,21 @@ async fn partners_register_and_managers_review(app: TestApp) {
     let (_, page, _) = m.get("/console/referrals?q=acme&status=DUPLICATE").await;
     assert_eq!(page.matches("data-referral-id=").count(), 1, "{page}");
     assert!(page.contains("data-status=\"DUPLICATE\""));
+    // A search longer than 200 characters is refused, naming the field, on every list.
+    for list in ["partners", "referrals", "deals"] {
+        let resp = app
+            .gql(
+                &app.admin,
+                &format!("query($s: String) {{ {list}(filter: {{search: $s}}) {{ totalCount }} }}"),
+                json!({"s": "x".repeat(201)}),
+            )
+            .await;
+        assert_eq!(
+            resp["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+            "{resp}"
+        );
+        assert_eq!(resp["errors"][0]["extensions"]["field"], "filter.search");
+    }
     // A search with LIKE's wildcards matches them literally.
     let (_, page, _) = m.get("/console/partners?q=%25").await;
     assert_eq!(page.matches("data-partner-id=").count(), 0, "{page}");
