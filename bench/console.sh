@@ -57,5 +57,13 @@ wrk.method = "GET"
 wrk.headers["Cookie"] = "tandem_session=$cookie"
 LUA
     wrk -t1 -c1 -d"$duration" --latency -s "$work/page.lua" "$base/console/overview"
+    # The page right after a change: the partner submits a referral before each page, so the
+    # kept KPI answers (KpiCache) are of no use and every page computes them.
+    echo "## GET /console/overview as $who, each right after a write (20 pages)"
+    for i in $(seq 1 20); do
+      curl -sf -o /dev/null -H "Authorization: Bearer $partner" -H 'content-type: application/json' \
+        "$base/graphql" -d "{\"query\":\"mutation { submitReferral(input: {companyName: \\\"Cold $who $i\\\", companyDomain: \\\"cold-$who-$i.example\\\"}) { referral { id } } }\"}"
+      curl -s -o /dev/null -w '%{time_total}\n' -H "Cookie: tandem_session=$cookie" "$base/console/overview"
+    done | sort -n | awk '{a[NR]=$1} END {printf "median %.1f ms, slowest %.1f ms\n", a[int((NR+1)/2)]*1000, a[NR]*1000}'
   done
 } | tee "$out"

@@ -3,6 +3,7 @@
 
 mod bulk;
 pub mod entities;
+mod memo;
 mod native;
 pub mod pages;
 mod sizes;
@@ -10,6 +11,7 @@ pub mod states;
 pub mod steps;
 
 pub use bulk::insert_all;
+pub use memo::Memo;
 pub use native::{
     ALIAS_PREFIX, Aliased, ByName, ColumnName, Decode, FromColumn, MaybeAliased, Named, NativeRow,
     Record,

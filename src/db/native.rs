@@ -39,6 +39,8 @@ const STATEMENT_CACHE: usize = 64;
 pub struct NativeReader {
     path: PathBuf,
     slots: Vec<Mutex<Option<Connection>>>,
+    /// A connection that only asks `PRAGMA data_version` (see [`NativeReader::data_version`]).
+    watcher: Mutex<Option<Connection>>,
 }
 
 impl std::fmt::Debug for NativeReader {
@@ -60,6 +62,7 @@ impl NativeReader {
         NativeReader {
             path: path.to_path_buf(),
             slots: (0..connections.max(1)).map(|_| Mutex::new(None)).collect(),
+            watcher: Mutex::new(None),
         }
     }
 
@@ -93,6 +96,22 @@ impl NativeReader {
             *guard = Some(self.open()?);
         }
         Ok(Some(guard))
+    }
+
+    /// SQLite's `PRAGMA data_version` on a connection kept for it alone: two answers differ
+    /// when any other connection, of this process or another, committed in between (this one
+    /// never writes). `None` while another task is asking (the caller then does without).
+    pub(super) fn data_version(&self) -> Result<Option<i64>, DbErr> {
+        let Ok(mut guard) = self.watcher.try_lock() else {
+            return Ok(None);
+        };
+        if guard.is_none() {
+            *guard = Some(self.open()?);
+        }
+        let conn = guard.as_ref().expect("opened above");
+        conn.pragma_query_value(None, "data_version", |row| row.get(0))
+            .map(Some)
+            .map_err(db_err)
     }
 
     /// Every row of `sql` (with `values` bound in order) decoded as `T`, or `None` when no

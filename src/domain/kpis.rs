@@ -7,13 +7,13 @@ use rust_decimal::Decimal;
 use sea_orm::{ConnectionTrait, DatabaseBackend, EntityTrait, QueryResult, Statement, Value};
 
 use crate::{
-    db::{Db, entities::program},
+    db::{Db, Memo, entities::program},
     domain::{commission::from_cents, ledger::COMMISSION_KINDS},
     error::ApiResult,
 };
 
 /// The question: a program, optionally one partner, optionally a time range.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct KpiQuery {
     /// The program.
     pub program_id: String,
@@ -159,16 +159,66 @@ fn ratio(n: i64, d: i64) -> Option<f64> {
     (d > 0).then(|| n as f64 / d as f64)
 }
 
+/// The KPIs and monthly figures the API answers, kept while the data has not changed (see
+/// [`Memo`]): a dashboard asks for the same figures again and again, and over a whole program
+/// they take hundreds of milliseconds to compute.
+#[derive(Default)]
+pub struct KpiCache {
+    kpis: Memo<KpiQuery, Kpis>,
+    months: Memo<KpiQuery, Vec<MonthFigures>>,
+}
+
+impl KpiCache {
+    /// [`kpis`], or its kept answer.
+    pub async fn kpis(&self, db: &Db, q: &KpiQuery) -> ApiResult<Kpis> {
+        self.kpis
+            .get_or_compute(db, q.clone(), || compute(db, q))
+            .await
+    }
+
+    /// [`by_month`], or its kept answer.
+    pub async fn by_month(&self, db: &Db, q: &KpiQuery, last: u32) -> ApiResult<Vec<MonthFigures>> {
+        let q = month_window(q, last, Utc::now());
+        self.months
+            .get_or_compute(db, q.clone(), || async {
+                Ok((months_of(db, &q).await?, None))
+            })
+            .await
+    }
+
+    /// How many answers are kept (tests).
+    pub fn kept(&self) -> usize {
+        self.kpis.len() + self.months.len()
+    }
+}
+
 /// Computes the KPIs.
 pub async fn kpis(db: &Db, q: &KpiQuery) -> ApiResult<Kpis> {
+    Ok(compute(db, q).await?.0)
+}
+
+/// The earlier of two optional instants.
+fn earliest(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The KPIs, and the instant they stop being true without any change of data (a pending lead
+/// SLA falls due, a customer's recurring period ends).
+async fn compute(db: &Db, q: &KpiQuery) -> ApiResult<(Kpis, Option<DateTime<Utc>>)> {
+    let at = Utc::now();
     let mut f = Filter::new(db);
     let scope = f.scope(q, "program_id", "partner_id", Some("submitted_at"));
-    let now = f.bind(Utc::now());
+    let now = f.bind(at);
     let row = one_row(
         db,
         format!(
             "SELECT COUNT(*) AS submitted, {} AS accepted, {} AS duplicate, {} AS met, \
-             {} AS breached FROM referrals WHERE {scope}",
+             {} AS breached, \
+             MIN(CASE WHEN sla_state = 'PENDING' AND sla_due_at > {now} THEN sla_due_at END) \
+             AS next_due FROM referrals WHERE {scope}",
             count("status IN ('ACCEPTED', 'CONVERTED', 'EXPIRED')"),
             count("status = 'DUPLICATE'"),
             count("sla_state = 'MET'"),
@@ -180,6 +230,7 @@ pub async fn kpis(db: &Db, q: &KpiQuery) -> ApiResult<Kpis> {
         f.values,
     )
     .await?;
+    let next_due: Option<DateTime<Utc>> = row.try_get("", "next_due")?;
     let submitted: i64 = row.try_get("", "submitted")?;
     let accepted: i64 = row.try_get("", "accepted")?;
     let duplicate: i64 = row.try_get("", "duplicate")?;
@@ -245,7 +296,7 @@ pub async fn kpis(db: &Db, q: &KpiQuery) -> ApiResult<Kpis> {
 
     let median = median_hours_to_first_deal(db, q).await?;
     let median_engagement = median_hours_to_engagement(db, q).await?;
-    let (recurring_revenue, active_customers) = recurring(db, q).await?;
+    let (recurring_revenue, active_customers, first_ending) = recurring(db, q, at).await?;
 
     let mut f = Filter::new(db);
     let base = f.scope(q, "program_id", "partner_id", None);
@@ -272,7 +323,7 @@ pub async fn kpis(db: &Db, q: &KpiQuery) -> ApiResult<Kpis> {
             deals_won: row.try_get("", "won")?,
         });
     }
-    Ok(Kpis {
+    let kpis = Kpis {
         referrals_submitted: submitted,
         referrals_accepted: accepted,
         referrals_duplicate: duplicate,
@@ -292,11 +343,17 @@ pub async fn kpis(db: &Db, q: &KpiQuery) -> ApiResult<Kpis> {
         commission_recurring: from_cents(commission_recurring),
         sla_met_rate: ratio(sla_met, sla_met + sla_breached),
         median_hours_to_engagement: median_engagement,
-    })
+    };
+    Ok((kpis, earliest(next_due, first_ending)))
 }
 
-/// The recurring KPIs: invoice revenue in the range, customers still earning.
-async fn recurring(db: &Db, q: &KpiQuery) -> ApiResult<(i64, i64)> {
+/// The recurring KPIs: invoice revenue in the range, customers still earning (at `at`), and
+/// when the first of those stops earning.
+async fn recurring(
+    db: &Db,
+    q: &KpiQuery,
+    at: DateTime<Utc>,
+) -> ApiResult<(i64, i64, Option<DateTime<Utc>>)> {
     let mut f = Filter::new(db);
     let scope = f.scope(q, "program_id", "partner_id", Some("paid_at"));
     let row = one_row(
@@ -312,28 +369,32 @@ async fn recurring(db: &Db, q: &KpiQuery) -> ApiResult<(i64, i64)> {
     let program = program::Entity::find_by_id(q.program_id.clone())
         .one(db.reads())
         .await?;
-    let active = match program.as_ref().and_then(|p| p.recurring_basis.map(|_| p)) {
-        None => 0,
-        Some(program) => {
-            let mut f = Filter::new(db);
-            let mut scope = f.scope(q, "program_id", "partner_id", None);
-            if let Some(months) = program.recurring_months {
-                // recurringUntil = firstWonAt + months > now  ⇔  firstWonAt > now - months.
-                let since = Utc::now()
-                    .checked_sub_months(Months::new(months.max(0) as u32))
-                    .unwrap_or(DateTime::<Utc>::MIN_UTC);
-                scope.push_str(&format!(" AND first_won_at > {}", f.bind(since)));
-            }
-            let row = one_row(
-                db,
-                format!("SELECT COUNT(*) AS active FROM customers WHERE {scope}"),
-                f.values,
-            )
-            .await?;
-            row.try_get("", "active")?
-        }
+    let Some(program) = program.filter(|p| p.recurring_basis.is_some()) else {
+        return Ok((revenue, 0, None));
     };
-    Ok((revenue, active))
+    let mut f = Filter::new(db);
+    let mut scope = f.scope(q, "program_id", "partner_id", None);
+    let months = program
+        .recurring_months
+        .map(|months| Months::new(months.max(0) as u32));
+    if let Some(months) = months {
+        // recurringUntil = firstWonAt + months > now  ⇔  firstWonAt > now - months.
+        let since = at
+            .checked_sub_months(months)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        scope.push_str(&format!(" AND first_won_at > {}", f.bind(since)));
+    }
+    let row = one_row(
+        db,
+        format!(
+            "SELECT COUNT(*) AS active, MIN(first_won_at) AS oldest FROM customers WHERE {scope}"
+        ),
+        f.values,
+    )
+    .await?;
+    let oldest: Option<DateTime<Utc>> = row.try_get("", "oldest")?;
+    let ends = months.and_then(|months| oldest?.checked_add_months(months));
+    Ok((revenue, row.try_get("", "active")?, ends))
 }
 
 /// SQL for the hours from `from` to `to` (time expressions), never negative.
@@ -417,16 +478,32 @@ fn month_start(at: DateTime<Utc>, months_back: u32) -> DateTime<Utc> {
         .unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
-/// Won revenue and commission by calendar month: the `last` months up to the query's `to` (or
-/// now), not before its `from`; months with neither are left out. Oldest first.
+/// Won revenue and commission by calendar month: the `last` months up to the month of the
+/// query's `to` (exclusive) or the current month (whole), not before its `from`; months with
+/// neither are left out. Oldest first.
 pub async fn by_month(db: &Db, q: &KpiQuery, last: u32) -> ApiResult<Vec<MonthFigures>> {
-    let end = q.to.unwrap_or_else(Utc::now);
+    months_of(db, &month_window(q, last, Utc::now())).await
+}
+
+/// The query of [`by_month`]: `from` and `to` bound to the window of months, which depends on
+/// the clock only through the current month.
+fn month_window(q: &KpiQuery, last: u32, now: DateTime<Utc>) -> KpiQuery {
+    let end = q.to.unwrap_or(now);
     let window_start = month_start(end, last.saturating_sub(1));
-    let q = KpiQuery {
+    let to = q.to.unwrap_or_else(|| {
+        month_start(now, 0)
+            .checked_add_months(Months::new(1))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
+    });
+    KpiQuery {
         from: Some(q.from.map_or(window_start, |from| from.max(window_start))),
-        to: Some(end),
+        to: Some(to),
         ..q.clone()
-    };
+    }
+}
+
+/// The figures by month within the query's (bounded) range.
+async fn months_of(db: &Db, q: &KpiQuery) -> ApiResult<Vec<MonthFigures>> {
     let month = |column: &str| match db.backend() {
         DatabaseBackend::Postgres => format!("to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM')"),
         // Times are stored as UTC text (`YYYY-MM-DD HH:MM:SS…+00:00`).
@@ -434,7 +511,7 @@ pub async fn by_month(db: &Db, q: &KpiQuery, last: u32) -> ApiResult<Vec<MonthFi
     };
     let mut months: std::collections::BTreeMap<String, (i64, i64)> = Default::default();
     let mut f = Filter::new(db);
-    let scope = f.scope(&q, "program_id", "partner_id", Some("closed_at"));
+    let scope = f.scope(q, "program_id", "partner_id", Some("closed_at"));
     let sql = format!(
         "SELECT {} AS month, {} AS cents FROM deal_commissions WHERE {scope} \
          AND state <> 'DETACHED' AND deal_status = 'WON' GROUP BY 1",
@@ -450,7 +527,7 @@ pub async fn by_month(db: &Db, q: &KpiQuery, last: u32) -> ApiResult<Vec<MonthFi
             row.try_get::<i64>("", "cents")?;
     }
     let mut f = Filter::new(db);
-    let scope = f.scope(&q, "program_id", "partner_id", Some("created_at"));
+    let scope = f.scope(q, "program_id", "partner_id", Some("created_at"));
     let sql = format!(
         "SELECT {} AS month, {} AS cents FROM ledger_entries WHERE {scope} \
          AND kind IN {COMMISSION_KINDS} GROUP BY 1",

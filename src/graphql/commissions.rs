@@ -22,7 +22,7 @@ use crate::{
         auth::Principal,
         commission::from_cents,
         ids::is_valid_id,
-        kpis::{KpiQuery, LeaderboardRow, kpis},
+        kpis::{KpiCache, KpiQuery, LeaderboardRow},
         ledger::{
             Balance, CreatePayoutInput, LedgerEntryKind, LedgerEntryStatus, MarkPayoutPaidInput,
             PayoutStatus, SetExchangeRateInput, balances, create_payout, mark_payout_paid,
@@ -412,15 +412,18 @@ impl Kpis {
     async fn commission_recurring(&self) -> Decimal {
         self.0.commission_recurring
     }
-    /// Won revenue and net commission by calendar month (UTC): the `last` months up to `to` (or
-    /// now), not before `from`; months with neither are left out. Oldest first.
+    /// Won revenue and net commission by calendar month (UTC): the `last` months up to the month
+    /// of `to` (before `to`), or up to the current month (all of it) without `to`; not before
+    /// `from`; months with neither are left out. Oldest first.
     async fn months(
         &self,
         ctx: &Context<'_>,
         #[graphql(default = 12, validator(minimum = 1, maximum = 120))] last: i32,
     ) -> Result<Vec<KpiMonth>> {
         let db = ctx.data_unchecked::<Db>();
-        Ok(crate::domain::kpis::by_month(db, &self.1, last as u32)
+        Ok(ctx
+            .data_unchecked::<KpiCache>()
+            .by_month(db, &self.1, last as u32)
             .await?
             .into_iter()
             .map(KpiMonth)
@@ -627,7 +630,8 @@ impl CommissionQuery {
             to,
             leaderboard_size: leaderboard_size as u64,
         };
-        Ok(Kpis(kpis(db, &query).await?, query))
+        let kpis = ctx.data_unchecked::<KpiCache>().kpis(db, &query).await?;
+        Ok(Kpis(kpis, query))
     }
 
     /// Exchange rates, newest first (admins only), optionally of one pair.

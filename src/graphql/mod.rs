@@ -112,6 +112,7 @@ pub fn build_schema(
         .data(PublicBase(public_base))
         .data(apply_limiter)
         .data(StripeClient(stripe))
+        .data(crate::domain::kpis::KpiCache::default())
         .finish()
 }
 

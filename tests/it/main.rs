@@ -21,6 +21,7 @@ mod helpers;
 mod history;
 mod isolation;
 mod jobs;
+mod kpi_cache;
 mod ledger_props;
 mod limits;
 mod manage;
