@@ -651,7 +651,192 @@ db_tests!(
     partners_register_and_managers_review,
     lists_page_through_their_rows,
     programs_integrations_payout_runs_and_payout_methods,
+    receipts_and_deliveries_have_their_own_pages,
+    payouts_filter_by_status,
 );
+
+async fn payouts_filter_by_status(app: TestApp) {
+    let program = program_with(
+        &app,
+        json!({"type": "PERCENT", "rate": "10"}),
+        json!({"holdDays": 0}),
+    )
+    .await;
+    let alice = partner(&app, &program, "Alice").await;
+    let mut crm = Crm::new(&app, &program).await;
+    crm.won(&app, "P1", "1000", 2, &alice.code).await;
+    reconcile(&app).await;
+    let payout = app
+        .admin_ok(
+            "mutation($input: CreatePayoutInput!) { createPayout(input: $input) { payout { id } } }",
+            json!({"input": {"partnerId": alice.id, "currency": "USD"}}),
+        )
+        .await["createPayout"]["payout"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let key = app.partner_key(&alice.id).await;
+    for token in [app.admin.clone(), key] {
+        let mut v = Visitor::sign_in(&app, &token).await;
+        let (_, page, _) = v.get("/console/payouts").await;
+        assert!(
+            page.contains(&format!("data-payout-id=\"{payout}\"")),
+            "{page}"
+        );
+        let (_, page, _) = v.get("/console/payouts?status=PENDING").await;
+        assert!(page.contains(&format!("data-payout-id=\"{payout}\"")));
+        assert!(
+            page.contains("<option value=\"PENDING\" selected"),
+            "{page}"
+        );
+        let (_, page, _) = v.get("/console/payouts?status=PAID").await;
+        assert!(!page.contains("data-payout-id="));
+        assert!(page.contains("No payout in this status."), "{page}");
+        // An unknown status is no filter.
+        let (status, page, _) = v.get("/console/payouts?status=BOGUS").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(page.contains(&format!("data-payout-id=\"{payout}\"")));
+    }
+}
+
+async fn receipts_and_deliveries_have_their_own_pages(app: TestApp) {
+    use crate::{
+        outbound::{endpoint, wait_deliveries},
+        webhooks::{deal_event, drain, post_signed, standard_source},
+    };
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let program = app.create_program("Integrations").await;
+    let receiver = MockServer::start().await;
+    Mock::given(wiremock::matchers::any())
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&receiver)
+        .await;
+    let (endpoint_id, _) = endpoint(
+        &app,
+        &app.admin,
+        json!({"url": receiver.uri(), "eventTypes": ["partner.created"], "programId": program}),
+    )
+    .await;
+    let mut partners = Vec::new();
+    for i in 0..3 {
+        partners.push(app.create_partner(&program, &format!("Partner {i}")).await);
+    }
+    let delivered = wait_deliveries(&app, &endpoint_id, "three deliveries", |d| {
+        d.len() == 3 && d.iter().all(|d| d["status"] == "SUCCEEDED")
+    })
+    .await;
+    let source = standard_source(&app, &program).await;
+    for i in 0..4 {
+        let body = deal_event(&format!("D-{i}"), "OPEN", chrono::Utc::now(), json!({}));
+        let resp = post_signed(
+            &app,
+            &source,
+            &format!("msg_{i}"),
+            chrono::Utc::now().timestamp(),
+            &body,
+        )
+        .await;
+        assert!(resp.status().is_success(), "{}", resp.status());
+    }
+    drain(&app).await;
+
+    let mut m = Visitor::sign_in(&app, &app.admin).await;
+    let (status, page, _) = m.get("/console/integrations").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains(&format!(
+            "/console/integrations/receipts?source={}",
+            source.id
+        )),
+        "{page}"
+    );
+    assert!(page.contains(&format!(
+        "/console/integrations/deliveries?endpoint={endpoint_id}"
+    )));
+    assert!(
+        page.contains("1 shown of 1"),
+        "each list says how many it shows"
+    );
+
+    // Receipts: by source, by status; an empty filter says so.
+    let (status, page, _) = m
+        .get(&format!(
+            "/console/integrations/receipts?source={}",
+            source.id
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page.matches("data-receipt-id=").count(), 4, "{page}");
+    assert!(page.contains("4 shown of 4"));
+    let (_, page, _) = m
+        .get(&format!(
+            "/console/integrations/receipts?source={}&status=APPLIED",
+            source.id
+        ))
+        .await;
+    assert_eq!(page.matches("data-receipt-id=").count(), 4, "{page}");
+    let (_, page, _) = m.get("/console/integrations/receipts?status=FAILED").await;
+    assert_eq!(page.matches("data-receipt-id=").count(), 0);
+    assert!(page.contains("No receipt here"), "{page}");
+
+    // Deliveries of the endpoint, and "Resend": due again, delivered a second time.
+    let here = format!("/console/integrations/deliveries?endpoint={endpoint_id}");
+    let (status, page, _) = m.get(&here).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page.matches("data-delivery-id=").count(), 3, "{page}");
+    let (_, page, _) = m.get(&format!("{here}&status=PENDING")).await;
+    assert_eq!(page.matches("data-delivery-id=").count(), 0);
+    let csrf = m.csrf(&here).await;
+    let first = delivered[0]["id"].as_str().unwrap().to_string();
+    let resp = m
+        .post(
+            &format!("/console/integrations/deliveries/{first}/resend"),
+            &[("csrf", &csrf), ("back", &here)],
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let back = location(&resp);
+    assert!(back.starts_with(&format!("{here}&done=")), "{back}");
+    let (_, page, _) = m.get(&back).await;
+    assert!(page.contains("goes out now"), "{page}");
+    wait_deliveries(&app, &endpoint_id, "the resent delivery", |d| {
+        d.iter().any(|d| {
+            d["id"] == first.as_str()
+                && d["status"] == "SUCCEEDED"
+                && d["attempt"].as_i64() >= Some(2)
+        })
+    })
+    .await;
+    // `back` leads only to the integrations pages.
+    let resp = m
+        .post(
+            &format!("/console/integrations/deliveries/{first}/resend"),
+            &[("csrf", &csrf), ("back", "https://elsewhere.example/")],
+        )
+        .await;
+    assert!(
+        location(&resp).starts_with("/console/integrations?"),
+        "{}",
+        location(&resp)
+    );
+    let resp = m
+        .post(
+            "/console/integrations/deliveries/00000000-0000-0000-0000-000000000000/resend",
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+
+    // A partner has none of these pages.
+    let key = app.partner_key(&partners[0]).await;
+    let mut a = Visitor::sign_in(&app, &key).await;
+    for path in [
+        "/console/integrations/receipts",
+        "/console/integrations/deliveries",
+    ] {
+        assert_eq!(a.get(path).await.0, StatusCode::NOT_FOUND, "{path}");
+    }
+}
 
 async fn programs_integrations_payout_runs_and_payout_methods(app: TestApp) {
     use wiremock::{Mock, MockServer, ResponseTemplate};

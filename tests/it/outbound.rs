@@ -219,7 +219,7 @@ async fn endpoint_state(app: &TestApp, id: &str) -> Value {
 }
 
 /// Waits (bounded) until the endpoint's deliveries satisfy `pred`.
-async fn wait_deliveries(
+pub async fn wait_deliveries(
     app: &TestApp,
     endpoint_id: &str,
     what: &str,

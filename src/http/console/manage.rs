@@ -1,7 +1,6 @@
-//! The program manager's remaining pages: programs and plans, integrations (webhook sources and
-//! their receipts, CRM connections with "sync now", endpoints with their deliveries and
-//! recovery), payout runs with their exports; and the partner's payout method. Like every
-//! console page, each runs GraphQL as the signed-in key.
+//! The program manager's remaining pages: programs and plans, payout runs with their exports;
+//! and the partner's payout method. Like every console page, each runs GraphQL as the
+//! signed-in key.
 
 use std::collections::HashMap;
 
@@ -14,7 +13,7 @@ use poem::{
 use serde_json::{Value, json};
 
 use super::{
-    Failure, Session, act_on, done_or_failed, edges, form_input,
+    Failure, Session, done_or_failed, edges, form_input,
     format::{money, time, words},
     gql, html as page, not_found_page, param, program_choice, read,
     views::{self, csrf, empty, field_error, form_error, layout, text},
@@ -102,211 +101,10 @@ pub async fn programs_page(
                     }
                 }
             }
-            (super::views::pager("/console/programs", &[], &list["pageInfo"], edges(list).len(), list["totalCount"].as_i64().unwrap_or(0)))
+            (super::views::list_footer("/console/programs", &[], list))
         };
         Ok(page(StatusCode::OK, layout(Some(&session), "Programs and plans", "Programs", body)))
     })
-    .await
-}
-
-/// `GET /console/integrations`: webhook sources and their receipts, CRM connections, endpoints
-/// and their deliveries (program managers).
-#[handler]
-pub async fn integrations(
-    req: &Request,
-    state: Data<&AppState>,
-    Query(params): Query<HashMap<String, String>>,
-) -> Response {
-    with_session(req, &state, async |session| {
-        if !session.is_admin() {
-            return Err(not_found_page(Some(&session)));
-        }
-        let data = read(
-            &state,
-            req,
-            &session,
-            "{ webhookSources(first: 50) { edges { node { id name kind url status createdAt program { name } } } } \
-               webhookReceipts(first: 15) { edges { node { id status reason receivedAt attempts source { name } } } } \
-               crmConnections(first: 50) { edges { node { id name kind status lastError lastSyncedAt backfilled schedule program { name } } } } \
-               webhookEndpoints(first: 50) { edges { node { id url status disabledReason failingSince eventTypes } } } \
-               webhookDeliveries(first: 15) { edges { node { id endpointId eventType status attempt statusCode lastError createdAt } } } }",
-            json!({}),
-        )
-        .await?;
-        let sources = edges(&data["webhookSources"]);
-        let receipts = edges(&data["webhookReceipts"]);
-        let connections = edges(&data["crmConnections"]);
-        let endpoints = edges(&data["webhookEndpoints"]);
-        let deliveries = edges(&data["webhookDeliveries"]);
-        let body = html! {
-            (views::notice(&params))
-            section {
-                h2 { "CRM connections" }
-                @if connections.is_empty() {
-                    (empty("No CRM connection yet. Add HubSpot, Salesforce or Pipedrive with createCrmConnection."))
-                } @else {
-                    table {
-                        thead { tr { th { "Connection" } th { "Program" } th { "Status" } th { "Last sync" } th { "Schedule" } th { "" } } }
-                        tbody {
-                            @for c in &connections {
-                                @let id = text(&c["id"]);
-                                tr data-connection-id=(id) {
-                                    td { (text(&c["name"])) br; small { (words(&text(&c["kind"]))) } }
-                                    td { (text(&c["program"]["name"])) }
-                                    td { (words(&text(&c["status"])))
-                                        @if !c["lastError"].is_null() { br; small class="error" { (text(&c["lastError"])) } } }
-                                    td { (time(&text(&c["lastSyncedAt"]))) @if c["backfilled"] == false { br; small { "backfill not finished" } } }
-                                    td { code { (text(&c["schedule"])) } }
-                                    td {
-                                        form method="post" action=(format!("/console/integrations/crm/{id}/sync")) class="inline" {
-                                            (csrf(&session))
-                                            button type="submit" data-action="sync" { "Sync now" }
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-            section {
-                h2 { "Webhook sources" }
-                @if sources.is_empty() {
-                    (empty("No webhook source yet. createWebhookSource gives a CRM a signed URL to post deal changes to."))
-                } @else {
-                    table {
-                        thead { tr { th { "Source" } th { "Program" } th { "Status" } th { "URL" } } }
-                        tbody {
-                            @for s in &sources {
-                                tr data-source-id=(text(&s["id"])) {
-                                    td { (text(&s["name"])) br; small { (words(&text(&s["kind"]))) } }
-                                    td { (text(&s["program"]["name"])) }
-                                    td { (words(&text(&s["status"]))) }
-                                    td { code { (text(&s["url"])) } }
-                                }
-                            }
-                        }
-                    }
-                }
-                h3 { "Latest receipts" }
-                @if receipts.is_empty() {
-                    (empty("No webhook received yet."))
-                } @else {
-                    table {
-                        thead { tr { th { "Received" } th { "Source" } th { "Status" } th { "Attempts" } th { "Reason" } } }
-                        tbody {
-                            @for r in &receipts {
-                                tr data-receipt-id=(text(&r["id"])) {
-                                    td { (time(&text(&r["receivedAt"]))) }
-                                    td { (text(&r["source"]["name"])) }
-                                    td { (words(&text(&r["status"]))) }
-                                    td { (text(&r["attempts"])) }
-                                    td { (text(&r["reason"])) }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-            section {
-                h2 { "Outbound webhook endpoints" }
-                @if endpoints.is_empty() {
-                    (empty("No endpoint yet. createWebhookEndpoint sends signed events to an integration."))
-                } @else {
-                    table {
-                        thead { tr { th { "URL" } th { "Events" } th { "Status" } th { "" } } }
-                        tbody {
-                            @for e in &endpoints {
-                                @let id = text(&e["id"]);
-                                tr data-endpoint-id=(id) {
-                                    td { code { (text(&e["url"])) } }
-                                    td { small { (e["eventTypes"].as_array().map(|t| t.iter().map(text).collect::<Vec<_>>().join(", ")).unwrap_or_default()) } }
-                                    td { (words(&text(&e["status"])))
-                                        @if !e["disabledReason"].is_null() { br; small class="error" { (text(&e["disabledReason"])) } }
-                                        @if !e["failingSince"].is_null() { br; small { "failing since " (time(&text(&e["failingSince"]))) } } }
-                                    td {
-                                        @if e["status"] == "DISABLED" {
-                                            form method="post" action=(format!("/console/integrations/endpoints/{id}/enable")) class="inline" {
-                                                (csrf(&session))
-                                                button type="submit" data-action="enable" { "Enable again" }
-                                            }
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-                h3 { "Latest deliveries" }
-                @if deliveries.is_empty() {
-                    (empty("No delivery yet."))
-                } @else {
-                    table {
-                        thead { tr { th { "Created" } th { "Event" } th { "Status" } th { "Attempts" } th { "Answer" } } }
-                        tbody {
-                            @for d in &deliveries {
-                                tr data-delivery-id=(text(&d["id"])) {
-                                    td { (time(&text(&d["createdAt"]))) }
-                                    td { code { (text(&d["eventType"])) } }
-                                    td { (words(&text(&d["status"]))) }
-                                    td { (text(&d["attempt"])) }
-                                    td { (text(&d["statusCode"])) " " (text(&d["lastError"])) }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        };
-        Ok(page(StatusCode::OK, layout(Some(&session), "Integrations", "Integrations", body)))
-    })
-    .await
-}
-
-/// `POST /console/integrations/crm/{id}/sync`: `syncCrmConnection` (the sync runs now).
-#[handler]
-pub async fn sync_now(
-    req: &Request,
-    state: Data<&AppState>,
-    Path(id): Path<String>,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
-    act_on(
-        (req, &state, &form),
-        "/console/integrations",
-        "mutation($id: ID!) { syncCrmConnection(input: {id: $id}) { syncRun { status dealsSeen dealsChanged error } } }",
-        &id,
-        |data| {
-            let run = &data["syncCrmConnection"]["syncRun"];
-            match run["status"].as_str() {
-                Some("FAILED") => format!("The sync failed: {}", text(&run["error"])),
-                _ => format!(
-                    "Synced: {} deals read, {} changed.",
-                    text(&run["dealsSeen"]),
-                    text(&run["dealsChanged"])
-                ),
-            }
-        },
-    )
-    .await
-}
-
-/// `POST /console/integrations/endpoints/{id}/enable`: `enableWebhookEndpoint` (its pending
-/// deliveries go out again).
-#[handler]
-pub async fn enable_endpoint(
-    req: &Request,
-    state: Data<&AppState>,
-    Path(id): Path<String>,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
-    act_on(
-        (req, &state, &form),
-        "/console/integrations",
-        "mutation($id: ID!) { enableWebhookEndpoint(input: {id: $id}) { endpoint { status } } }",
-        &id,
-        |_| "The endpoint is enabled again: its pending deliveries go out.".to_string(),
-    )
     .await
 }
 

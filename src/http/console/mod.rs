@@ -17,6 +17,7 @@
 
 mod charts;
 mod format;
+mod integrations;
 mod manage;
 mod pages;
 mod views;
@@ -322,7 +323,8 @@ fn back(path: &str, outcome: Result<String, Failure>) -> Response {
         Ok(done) => ("done", done),
         Err(failure) => ("error", failure.message),
     };
-    redirect(&format!("{path}?{key}={}", views::urlencode(&message)))
+    let sep = if path.contains('?') { '&' } else { '?' };
+    redirect(&format!("{path}{sep}{key}={}", views::urlencode(&message)))
 }
 
 /// The answer for an operation that failed while reading a page.
@@ -530,11 +532,17 @@ pub fn routes() -> (impl Endpoint, impl Endpoint) {
         .at("/payout-runs", get(manage::payout_runs))
         .at("/payout-runs/:id/export", post(manage::export_run))
         .at("/programs", get(manage::programs_page))
-        .at("/integrations", get(manage::integrations))
-        .at("/integrations/crm/:id/sync", post(manage::sync_now))
+        .at("/integrations", get(integrations::integrations))
+        .at("/integrations/receipts", get(integrations::receipts))
+        .at("/integrations/deliveries", get(integrations::deliveries))
+        .at(
+            "/integrations/deliveries/:id/resend",
+            post(integrations::resend),
+        )
+        .at("/integrations/crm/:id/sync", post(integrations::sync_now))
         .at(
             "/integrations/endpoints/:id/enable",
-            post(manage::enable_endpoint),
+            post(integrations::enable_endpoint),
         )
         .at("/*", get(fallback))
         .after(secure_headers);

@@ -15,20 +15,13 @@ use super::{
     Failure, Outcome, Session, act_on, charts, edges, failed, form_input,
     format::{money, percent, time, words},
     gql, html as page, not_found_page, page_variables, param, program_choice, read, redirect,
-    views::{self, csrf, empty, field_error, form_error, layout, pager, search, text},
+    views::{
+        self, chosen_status, csrf, empty, field_error, form_error, layout, list_footer, search,
+        status_filter, text,
+    },
     with_post, with_session,
 };
 use crate::http::AppState;
-
-fn list_footer(path: &str, keep: &[(&str, Option<&str>)], connection: &Value) -> Markup {
-    pager(
-        path,
-        keep,
-        &connection["pageInfo"],
-        edges(connection).len(),
-        connection["totalCount"].as_i64().unwrap_or(0),
-    )
-}
 
 // ---------------------------------------------------------------------------------------------
 // Overview / dashboard.
@@ -125,7 +118,10 @@ pub async fn overview(
                 .find(|p| p.0 == period)
                 .map(|p| p.2)
                 .ok_or_else(|| not_found_page(Some(&session)))?;
-            let from = days.map(|d| (chrono::Utc::now() - chrono::Duration::days(d)).to_rfc3339());
+            // From the start of a UTC day, so that the figures (and their kept answer, see
+            // `KpiCache`) stay the same all day long.
+            let today = chrono::Utc::now().date_naive().and_time(chrono::NaiveTime::MIN);
+            let from = days.map(|d| (today.and_utc() - chrono::Duration::days(d)).to_rfc3339());
             let partner_id = session.partner_id().map(str::to_string);
             let query = format!(
                 "query($program: ID!, $partner: ID, $from: DateTime) {{ \
@@ -861,7 +857,10 @@ pub async fn deals(
 }
 
 /// The ledger entry statuses a list may be filtered by.
-const ENTRY_STATUSES: [&str; 5] = ["PENDING", "APPROVED", "HELD", "PAID", ""];
+const ENTRY_STATUSES: [&str; 4] = ["PENDING", "APPROVED", "HELD", "PAID"];
+
+/// The payout statuses a list may be filtered by.
+const PAYOUT_STATUSES: [&str; 3] = ["PENDING", "PAID", "FAILED"];
 
 /// `GET /console/commissions`: the ledger (a partner's own, with its balances).
 #[handler]
@@ -871,7 +870,7 @@ pub async fn commissions(
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
     with_session(req, &state, async |session| {
-            let status = param(&params, "status").filter(|s| ENTRY_STATUSES.contains(s));
+            let status = chosen_status(&params, &ENTRY_STATUSES);
             let partner = session.partner_id().map(str::to_string);
             let mut variables = page_variables(&params, json!({"status": status}));
             variables["partner"] = json!(partner.as_deref().unwrap_or("-"));
@@ -893,17 +892,7 @@ pub async fn commissions(
                 @if partner.is_some() { (balances(&data["balances"])) }
                 section {
                     h2 { "Ledger" }
-                    form method="get" action="/console/commissions" class="search" {
-                        label for="status" { "Status" }
-                        select id="status" name="status" {
-                            @for s in ENTRY_STATUSES {
-                                option value=(s) selected[Some(s) == status || (s.is_empty() && status.is_none())] {
-                                    @if s.is_empty() { "Any" } @else { (words(s)) }
-                                }
-                            }
-                        }
-                        button type="submit" { "Show" }
-                    }
+                    (status_filter("/console/commissions", &ENTRY_STATUSES, status, &[]))
                     (ledger_table(&edges(list), session.is_admin()))
                     (list_footer("/console/commissions", &[("status", status)], list))
                 }
@@ -921,6 +910,7 @@ pub async fn payouts(
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
     with_session(req, &state, async |session| {
+            let status = chosen_status(&params, &PAYOUT_STATUSES);
             let data = read(
                 &state,
                 req,
@@ -932,7 +922,7 @@ pub async fn payouts(
                    balances(partnerId: $partner) @include(if: $own) { currency pending approved inPayout paid held } \
                    viewer @include(if: $own) { partner { payoutMethod { kind masked accountHolder } } } }",
                 {
-                    let mut variables = page_variables(&params, json!({}));
+                    let mut variables = page_variables(&params, json!({"status": status}));
                     variables["partner"] = json!(session.partner_id().unwrap_or("-"));
                     variables["own"] = json!(session.partner_id().is_some());
                     variables
@@ -948,7 +938,10 @@ pub async fn payouts(
                     (super::manage::payout_method_section(&session, &data["viewer"]["partner"]["payoutMethod"], None))
                     h2 { "Payouts" }
                 }
-                @if rows.is_empty() {
+                (status_filter("/console/payouts", &PAYOUT_STATUSES, status, &[]))
+                @if rows.is_empty() && status.is_some() {
+                    (empty("No payout in this status."))
+                } @else if rows.is_empty() {
                     (empty("No payout yet. Approved commission is gathered into payouts by createPayout or a payout run."))
                 } @else {
                     table {
@@ -968,7 +961,7 @@ pub async fn payouts(
                         }
                     }
                 }
-                (list_footer("/console/payouts", &[], list))
+                (list_footer("/console/payouts", &[("status", status)], list))
             };
             Ok(page(StatusCode::OK, layout(Some(&session), "Payouts", "Payouts", body)))
     })

@@ -182,15 +182,23 @@ pub fn search(action: &str, value: Option<&str>, label: &str) -> Markup {
     }
 }
 
-/// The links to the next page of a connection (`pageInfo`), keeping the other parameters.
-pub fn pager(
+/// The foot of a list: how many rows of how many, and the links to the first and next pages of
+/// the connection (`totalCount`, `pageInfo`), keeping the page's other parameters.
+pub fn list_footer(path: &str, keep: &[(&str, Option<&str>)], connection: &Value) -> Markup {
+    list_footer_at(path, "after", keep, connection)
+}
+
+/// [`list_footer`] for a page with several lists: this one's cursor is the parameter `cursor`.
+pub fn list_footer_at(
     path: &str,
-    params: &[(&str, Option<&str>)],
-    page_info: &Value,
-    shown: usize,
-    total: i64,
+    cursor: &str,
+    keep: &[(&str, Option<&str>)],
+    connection: &Value,
 ) -> Markup {
-    let keep: String = params
+    let page_info = &connection["pageInfo"];
+    let shown = connection["edges"].as_array().map_or(0, Vec::len);
+    let total = connection["totalCount"].as_i64().unwrap_or(0);
+    let keep: String = keep
         .iter()
         .filter_map(|(k, v)| v.map(|v| format!("{k}={}&", urlencode(v))))
         .collect();
@@ -205,11 +213,43 @@ pub fn pager(
             @if page_info["hasPreviousPage"].as_bool().unwrap_or(false) {
                 a href=(format!("{path}?{}", keep.trim_end_matches('&'))) { "First page" }
             }
-            @if let Some(cursor) = next {
-                a rel="next" href=(format!("{path}?{keep}after={}", urlencode(cursor))) { "Next page" }
+            @if let Some(after) = next {
+                a rel="next" href=(format!("{path}?{keep}{cursor}={}", urlencode(after))) { "Next page" }
             }
         }
     }
+}
+
+/// A list's status filter: `statuses` (API names) and "Any", keeping the other parameters.
+pub fn status_filter(
+    action: &str,
+    statuses: &[&str],
+    chosen: Option<&str>,
+    keep: &[(&str, Option<&str>)],
+) -> Markup {
+    html! {
+        form method="get" action=(action) class="search" {
+            @for (name, value) in keep {
+                @if let Some(value) = value { input type="hidden" name=(name) value=(value); }
+            }
+            label for="status" { "Status" }
+            select id="status" name="status" {
+                option value="" selected[chosen.is_none()] { "Any" }
+                @for s in statuses {
+                    option value=(s) selected[Some(*s) == chosen] { (super::format::words(s)) }
+                }
+            }
+            button type="submit" { "Show" }
+        }
+    }
+}
+
+/// The `status` parameter when it is one of `statuses`.
+pub fn chosen_status<'a>(
+    params: &'a std::collections::HashMap<String, String>,
+    statuses: &[&str],
+) -> Option<&'a str> {
+    super::param(params, "status").filter(|s| statuses.contains(s))
 }
 
 /// Percent-encodes a query parameter's value.
