@@ -653,7 +653,136 @@ db_tests!(
     programs_integrations_payout_runs_and_payout_methods,
     receipts_and_deliveries_have_their_own_pages,
     payouts_filter_by_status,
+    payout_runs_are_made_and_marked_paid_from_the_console,
 );
+
+async fn payout_runs_are_made_and_marked_paid_from_the_console(app: TestApp) {
+    let program = program_with(
+        &app,
+        json!({"type": "PERCENT", "rate": "10"}),
+        json!({"holdDays": 0}),
+    )
+    .await;
+    let alpha = partner(&app, &program, "Alpha").await;
+    let beta = partner(&app, &program, "Beta").await;
+    let mut crm = Crm::new(&app, &program).await;
+    crm.won(&app, "R1", "1000", 2, &alpha.code).await;
+    crm.won(&app, "R2", "500", 3, &beta.code).await;
+    reconcile(&app).await;
+    app.admin_ok(
+        "mutation($input: SetPayoutMethodInput!) { setPayoutMethod(input: $input) { payoutMethod { kind } } }",
+        json!({"input": {"partnerId": alpha.id, "kind": "SEPA",
+            "iban": "DE89 3704 0044 0532 0130 00", "accountHolder": "Alpha GmbH"}}),
+    )
+    .await;
+
+    let mut m = Visitor::sign_in(&app, &app.admin).await;
+    let here = format!("/console/payout-runs?program={program}");
+    let (status, page, _) = m.get(&here).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("form id=\"create-payout-run\""), "{page}");
+    let csrf = m.csrf(&here).await;
+    // A bad minimum: refused with the API's reason, nothing made.
+    let resp = m
+        .post(
+            "/console/payout-runs",
+            &[
+                ("csrf", &csrf),
+                ("programId", &program),
+                ("currency", "USD"),
+                ("minimumAmount", "-5"),
+            ],
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert!(
+        location(&resp).starts_with(&format!("{here}&error=")),
+        "{}",
+        location(&resp)
+    );
+    assert_eq!(
+        count(&app.db, "SELECT COUNT(*) AS n FROM payout_runs").await,
+        0
+    );
+    // Made: Alpha is paid, Beta (no payout method) waits.
+    let resp = m
+        .post(
+            "/console/payout-runs",
+            &[
+                ("csrf", &csrf),
+                ("programId", &program),
+                ("currency", "USD"),
+            ],
+        )
+        .await;
+    let (_, page, _) = m.get(&location(&resp)).await;
+    assert!(
+        page.contains("Payout run made: 1 payout, $100.00 in all."),
+        "{page}"
+    );
+    assert!(page.contains("1 partner waits for a later run"));
+    let run = attribute_after(&page, "data-run-id=\"")
+        .pop()
+        .expect("the run");
+    // Without Stripe configured, "Send" says why it cannot.
+    let resp = m
+        .post(
+            &format!("/console/payout-runs/{run}/send"),
+            &[("csrf", &csrf), ("back", &here)],
+        )
+        .await;
+    assert!(
+        location(&resp).starts_with(&format!("{here}&error=")),
+        "{}",
+        location(&resp)
+    );
+    // Marked paid with the bank's reference; a blank reference is refused first.
+    let resp = m
+        .post(
+            &format!("/console/payout-runs/{run}/paid"),
+            &[("csrf", &csrf), ("back", &here), ("reference", " ")],
+        )
+        .await;
+    assert!(location(&resp).contains("&error="), "{}", location(&resp));
+    let resp = m
+        .post(
+            &format!("/console/payout-runs/{run}/paid"),
+            &[
+                ("csrf", &csrf),
+                ("back", &here),
+                ("reference", "BANK-2026-12-07"),
+            ],
+        )
+        .await;
+    let (_, page, _) = m.get(&location(&resp)).await;
+    assert!(page.contains("Marked paid: 1 payout."), "{page}");
+    let status = app
+        .admin_ok(
+            "query($id: ID!) { payoutRun(id: $id) { status } }",
+            json!({"id": run}),
+        )
+        .await;
+    assert_eq!(status["payoutRun"]["status"], "PAID");
+    // A partner cannot.
+    let key = app.partner_key(&alpha.id).await;
+    let mut a = Visitor::sign_in(&app, &key).await;
+    let csrf = a.csrf("/console/payouts").await;
+    let resp = a
+        .post(
+            "/console/payout-runs",
+            &[
+                ("csrf", &csrf),
+                ("programId", &program),
+                ("currency", "USD"),
+            ],
+        )
+        .await;
+    assert!(location(&resp).contains("error="), "{}", location(&resp));
+    assert_eq!(
+        count(&app.db, "SELECT COUNT(*) AS n FROM payout_runs").await,
+        1
+    );
+}
 
 async fn payouts_filter_by_status(app: TestApp) {
     let program = program_with(

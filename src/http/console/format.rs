@@ -2,6 +2,11 @@
 
 use chrono::{DateTime, Utc};
 
+/// `n` and the noun: "1 payout", "3 payouts" (`n` as the API gave it).
+pub fn counted(n: &str, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == "1" { one } else { many })
+}
+
 /// A decimal string in a currency: `$12,000.00`, `€1,234.50`, `CHF 99.00`. The digits are the
 /// API's (the currency's own minor units); only grouping and the symbol are added.
 pub fn money(amount: &str, currency: &str) -> String {

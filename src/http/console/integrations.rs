@@ -9,14 +9,14 @@ use maud::{Markup, html};
 use poem::{
     Request, Response, handler,
     http::StatusCode,
-    web::{Data, Form, Path, Query},
+    web::{Data, Query},
 };
 use serde_json::{Value, json};
 
 use super::{
-    Session, act_on, edges,
+    Session, edges,
     format::{time, words},
-    html as page, not_found_page, page_variables, param, read,
+    html as page, id_action, not_found_page, page_variables, param, read,
     views::{
         self, chosen_status, csrf, empty, layout, list_footer, list_footer_at, status_filter, text,
     },
@@ -344,75 +344,37 @@ pub async fn deliveries(
     .await
 }
 
-/// The page a form came from (`back`), if it is one of the integrations pages.
-fn back_to(form: &HashMap<String, String>) -> &str {
-    form.get("back")
-        .map(String::as_str)
-        .filter(|back| back.starts_with("/console/integrations") && !back.contains("//"))
-        .unwrap_or("/console/integrations")
-}
+id_action!(
+    /// `POST /console/integrations/deliveries/{id}/resend`: `resendWebhookDelivery` (due now).
+    resend,
+    "/console/integrations",
+    "mutation($id: ID!) { resendWebhookDelivery(input: {id: $id}) { delivery { status } } }",
+    |_| "The delivery is due again: it goes out now.".to_string(),
+);
 
-/// `POST /console/integrations/deliveries/{id}/resend`: `resendWebhookDelivery` (due now).
-#[handler]
-pub async fn resend(
-    req: &Request,
-    state: Data<&AppState>,
-    Path(id): Path<String>,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
-    act_on(
-        (req, &state, &form),
-        back_to(&form),
-        "mutation($id: ID!) { resendWebhookDelivery(input: {id: $id}) { delivery { status } } }",
-        &id,
-        |_| "The delivery is due again: it goes out now.".to_string(),
-    )
-    .await
-}
+id_action!(
+    /// `POST /console/integrations/crm/{id}/sync`: `syncCrmConnection` (the sync runs now).
+    sync_now,
+    "/console/integrations",
+    "mutation($id: ID!) { syncCrmConnection(input: {id: $id}) { syncRun { status dealsSeen dealsChanged error } } }",
+    |data| {
+        let run = &data["syncCrmConnection"]["syncRun"];
+        match run["status"].as_str() {
+            Some("FAILED") => format!("The sync failed: {}", text(&run["error"])),
+            _ => format!(
+                "Synced: {} deals read, {} changed.",
+                text(&run["dealsSeen"]),
+                text(&run["dealsChanged"])
+            ),
+        }
+    },
+);
 
-/// `POST /console/integrations/crm/{id}/sync`: `syncCrmConnection` (the sync runs now).
-#[handler]
-pub async fn sync_now(
-    req: &Request,
-    state: Data<&AppState>,
-    Path(id): Path<String>,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
-    act_on(
-        (req, &state, &form),
-        "/console/integrations",
-        "mutation($id: ID!) { syncCrmConnection(input: {id: $id}) { syncRun { status dealsSeen dealsChanged error } } }",
-        &id,
-        |data| {
-            let run = &data["syncCrmConnection"]["syncRun"];
-            match run["status"].as_str() {
-                Some("FAILED") => format!("The sync failed: {}", text(&run["error"])),
-                _ => format!(
-                    "Synced: {} deals read, {} changed.",
-                    text(&run["dealsSeen"]),
-                    text(&run["dealsChanged"])
-                ),
-            }
-        },
-    )
-    .await
-}
-
-/// `POST /console/integrations/endpoints/{id}/enable`: `enableWebhookEndpoint` (its pending
-/// deliveries go out again).
-#[handler]
-pub async fn enable_endpoint(
-    req: &Request,
-    state: Data<&AppState>,
-    Path(id): Path<String>,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
-    act_on(
-        (req, &state, &form),
-        "/console/integrations",
-        "mutation($id: ID!) { enableWebhookEndpoint(input: {id: $id}) { endpoint { status } } }",
-        &id,
-        |_| "The endpoint is enabled again: its pending deliveries go out.".to_string(),
-    )
-    .await
-}
+id_action!(
+    /// `POST /console/integrations/endpoints/{id}/enable`: `enableWebhookEndpoint` (its pending
+    /// deliveries go out again).
+    enable_endpoint,
+    "/console/integrations",
+    "mutation($id: ID!) { enableWebhookEndpoint(input: {id: $id}) { endpoint { status } } }",
+    |_| "The endpoint is enabled again: its pending deliveries go out.".to_string(),
+);

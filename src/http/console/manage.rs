@@ -13,8 +13,8 @@ use poem::{
 use serde_json::{Value, json};
 
 use super::{
-    Failure, Session, done_or_failed, edges, form_input,
-    format::{money, time, words},
+    Failure, Session, back_within, done_or_failed, edges, form_input,
+    format::{counted, money, time, words},
     gql, html as page, not_found_page, param, program_choice, read,
     views::{self, csrf, empty, field_error, form_error, layout, text},
     with_post, with_session,
@@ -127,22 +127,37 @@ pub async fn payout_runs(
             &state,
             req,
             &session,
-            "query($p: ID!) { payoutRuns(programId: $p) { id currency cutoff minimumAmount status total payoutCount createdAt } }",
+            "query($p: ID!) { program(id: $p) { currency } \
+               payoutRuns(programId: $p) { id currency cutoff minimumAmount status total payoutCount createdAt \
+                 skipped { reason } } }",
             json!({"p": program}),
         )
         .await?;
         let runs = data["payoutRuns"].as_array().cloned().unwrap_or_default();
+        let here = format!("/console/payout-runs?program={}", views::urlencode(&program));
         let body = html! {
             (views::notice(&params))
             form method="get" action="/console/payout-runs" class="filters" {
                 (views::program_select(&programs, &program))
                 button type="submit" { "Show" }
             }
+            section {
+                h2 { "New payout run" }
+                form #create-payout-run method="post" action="/console/payout-runs" class="inline" {
+                    (csrf(&session))
+                    input type="hidden" name="programId" value=(program);
+                    label for="run-currency" { "Currency" }
+                    input #run-currency name="currency" required value=(text(&data["program"]["currency"])) size="4";
+                    label for="run-minimum" { "Minimum per partner" }
+                    input #run-minimum name="minimumAmount" inputmode="decimal" placeholder="0.01" size="8";
+                    button type="submit" data-action="create-run" { "Gather approved commission" }
+                }
+            }
             @if runs.is_empty() {
                 (empty("No payout run yet. createPayoutRun gathers the approved commission of every partner into payouts."))
             } @else {
                 table {
-                    thead { tr { th { "Created" } th { "Cutoff" } th { "Status" } th { "Payouts" } th { "Total" } th { "Export" } } }
+                    thead { tr { th { "Created" } th { "Cutoff" } th { "Status" } th { "Payouts" } th { "Total" } th { "Export" } th { "Payment" } } }
                     tbody {
                         @for r in &runs {
                             @let id = text(&r["id"]);
@@ -150,7 +165,9 @@ pub async fn payout_runs(
                                 td { (time(&text(&r["createdAt"]))) }
                                 td { (time(&text(&r["cutoff"]))) }
                                 td { (words(&text(&r["status"]))) }
-                                td { (text(&r["payoutCount"])) }
+                                td { (text(&r["payoutCount"]))
+                                    @let skipped = r["skipped"].as_array().map_or(0, Vec::len);
+                                    @if skipped > 0 { br; small { (counted(&skipped.to_string(), "partner waits", "partners wait")) " for a later run" } } }
                                 td class="num" { (money(&text(&r["total"]), &text(&r["currency"]))) }
                                 td {
                                     form method="post" action=(format!("/console/payout-runs/{id}/export")) class="inline" {
@@ -164,6 +181,24 @@ pub async fn payout_runs(
                                         button type="submit" data-action="export" { "Download" }
                                     }
                                 }
+                                td {
+                                    @if r["status"] == "DRAFT" || r["status"] == "FAILED" || r["status"] == "PARTIALLY_PAID" {
+                                        form method="post" action=(format!("/console/payout-runs/{id}/send")) class="inline" {
+                                            (csrf(&session))
+                                            input type="hidden" name="back" value=(here);
+                                            button type="submit" data-action="send" { "Send with Stripe" }
+                                        }
+                                    }
+                                    @if r["status"] == "DRAFT" {
+                                        form method="post" action=(format!("/console/payout-runs/{id}/paid")) class="inline" {
+                                            (csrf(&session))
+                                            input type="hidden" name="back" value=(here);
+                                            label for=(format!("reference-{id}")) { "Bank or PayPal reference" }
+                                            input id=(format!("reference-{id}")) name="reference" required size="14";
+                                            button type="submit" data-action="mark-paid" { "Mark paid" }
+                                        }
+                                    }
+                                }
                             }
                         }
                     }
@@ -171,6 +206,85 @@ pub async fn payout_runs(
             }
         };
         Ok(page(StatusCode::OK, layout(Some(&session), "Payout runs", "Payout runs", body)))
+    })
+    .await
+}
+
+/// `POST /console/payout-runs`: `createPayoutRun` for the program and currency of the form.
+#[handler]
+pub async fn create_run(
+    req: &Request,
+    state: Data<&AppState>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    with_post(req, &state, &form, async |session| {
+        let input = form_input(&form, &["programId", "currency", "minimumAmount"]);
+        let back = format!(
+            "/console/payout-runs?program={}",
+            views::urlencode(form.get("programId").map_or("", String::as_str))
+        );
+        let outcome = gql(
+            &state,
+            req,
+            &session,
+            "mutation($input: CreatePayoutRunInput!) { createPayoutRun(input: $input) { payoutRun { payoutCount total currency } } }",
+            json!({"input": input}),
+        )
+        .await
+        .map(|data| {
+            let run = &data["createPayoutRun"]["payoutRun"];
+            format!(
+                "Payout run made: {}, {} in all.",
+                counted(&text(&run["payoutCount"]), "payout", "payouts"),
+                money(&text(&run["total"]), &text(&run["currency"]))
+            )
+        });
+        done_or_failed(req, &state, &session, &back, outcome)
+    })
+    .await
+}
+
+super::id_action!(
+    /// `POST /console/payout-runs/{id}/send`: `sendPayoutRun` (Stripe transfers).
+    send_run,
+    "/console/payout-runs",
+    "mutation($id: ID!) { sendPayoutRun(input: {id: $id}) { payoutRun { status } } }",
+    |data| format!(
+        "Sent: the run is {}.",
+        words(&text(&data["sendPayoutRun"]["payoutRun"]["status"])).to_lowercase()
+    ),
+);
+
+/// `POST /console/payout-runs/{id}/paid`: `markPayoutRunPaid` with the bank's reference.
+#[handler]
+pub async fn mark_run_paid(
+    req: &Request,
+    state: Data<&AppState>,
+    Path(id): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    with_post(req, &state, &form, async |session| {
+        let reference = form.get("reference").map(|r| r.trim()).unwrap_or_default();
+        let back = back_within(&form, "/console/payout-runs");
+        let outcome = gql(
+            &state,
+            req,
+            &session,
+            "mutation($id: ID!, $reference: String!) { markPayoutRunPaid(input: {id: $id, reference: $reference}) { payoutRun { status payoutCount } } }",
+            json!({"id": id, "reference": reference}),
+        )
+        .await
+        .map(|data| {
+            format!(
+                "Marked paid: {}.",
+                counted(
+                    &text(&data["markPayoutRunPaid"]["payoutRun"]["payoutCount"]),
+                    "payout",
+                    "payouts"
+                )
+            )
+        });
+        done_or_failed(req, &state, &session, back, outcome)
     })
     .await
 }

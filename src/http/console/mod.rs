@@ -337,8 +337,18 @@ fn failed(req: &Request, state: &AppState, session: &Session, failure: Failure) 
     }
 }
 
-/// A form that runs one mutation on the id in its path, then goes back to `path` saying what
-/// `said` makes of the answer, or the API's error.
+/// Where a form goes back to: its `back` field when that is a page of this site below `path`
+/// (never an open redirect), else `path`.
+fn back_within<'a>(form: &'a HashMap<String, String>, path: &'a str) -> &'a str {
+    form.get("back")
+        .map(String::as_str)
+        .filter(|back| back.starts_with(path) && !back.contains("//") && !back.contains('\\'))
+        .unwrap_or(path)
+}
+
+/// A form that runs one mutation on the id in its path, then goes back to `path` (or to the
+/// form's `back`, a page below `path`) saying what `said` makes of the answer, or the API's
+/// error.
 async fn act_on(
     (req, state, form): (&Request, &AppState, &HashMap<String, String>),
     path: &str,
@@ -346,6 +356,7 @@ async fn act_on(
     id: &str,
     said: impl FnOnce(&Value) -> String,
 ) -> Response {
+    let path = back_within(form, path);
     with_post(req, state, form, async |session| {
         let outcome = gql(state, req, &session, mutation, json!({"id": id}))
             .await
@@ -354,6 +365,23 @@ async fn act_on(
     })
     .await
 }
+
+/// `POST …/{id}/…`: a handler that runs one mutation on the id in its path ([`act_on`]).
+macro_rules! id_action {
+    ($(#[$doc:meta])* $name:ident, $back:expr, $mutation:expr, $said:expr $(,)?) => {
+        $(#[$doc])*
+        #[poem::handler]
+        pub async fn $name(
+            req: &poem::Request,
+            state: poem::web::Data<&crate::http::AppState>,
+            poem::web::Path(id): poem::web::Path<String>,
+            poem::web::Form(form): poem::web::Form<std::collections::HashMap<String, String>>,
+        ) -> poem::Response {
+            super::act_on((req, &state, &form), $back, $mutation, &id, $said).await
+        }
+    };
+}
+pub(crate) use id_action;
 
 /// A form's outcome: back to the page with a notice, or the session's end or not-found page.
 fn done_or_failed(
@@ -529,7 +557,12 @@ pub fn routes() -> (impl Endpoint, impl Endpoint) {
         .at("/commissions", get(pages::commissions))
         .at("/payouts", get(pages::payouts))
         .at("/payout-method", post(manage::set_payout_method))
-        .at("/payout-runs", get(manage::payout_runs))
+        .at(
+            "/payout-runs",
+            get(manage::payout_runs).post(manage::create_run),
+        )
+        .at("/payout-runs/:id/send", post(manage::send_run))
+        .at("/payout-runs/:id/paid", post(manage::mark_run_paid))
         .at("/payout-runs/:id/export", post(manage::export_run))
         .at("/programs", get(manage::programs_page))
         .at("/integrations", get(integrations::integrations))

@@ -12,9 +12,10 @@ use poem::{
 use serde_json::{Value, json};
 
 use super::{
-    Failure, Outcome, Session, act_on, charts, edges, failed, form_input,
+    Failure, Outcome, Session, charts, edges, failed, form_input,
     format::{money, percent, time, words},
-    gql, html as page, not_found_page, page_variables, param, program_choice, read, redirect,
+    gql, html as page, id_action, not_found_page, page_variables, param, program_choice, read,
+    redirect,
     views::{
         self, chosen_status, csrf, empty, field_error, form_error, layout, list_footer, search,
         status_filter, text,
@@ -968,25 +969,15 @@ pub async fn payouts(
     .await
 }
 
-/// `POST /console/referrals/{id}/extend`: `extendReferral` (program managers).
-#[handler]
-pub async fn extend(
-    req: &Request,
-    state: Data<&AppState>,
-    Path(id): Path<String>,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
-    act_on(
-        (req, &state, &form),
-        "/console/referrals",
-        "mutation($id: ID!) { extendReferral(input: {id: $id}) { referral { protectedUntil } } }",
-        &id,
-        |data| {
-            format!(
-                "Protection extended until {}.",
-                time(&text(&data["extendReferral"]["referral"]["protectedUntil"]))
-            )
-        },
-    )
-    .await
-}
+id_action!(
+    /// `POST /console/referrals/{id}/extend`: `extendReferral` (program managers).
+    extend,
+    "/console/referrals",
+    "mutation($id: ID!) { extendReferral(input: {id: $id}) { referral { protectedUntil } } }",
+    |data| {
+        format!(
+            "Protection extended until {}.",
+            time(&text(&data["extendReferral"]["referral"]["protectedUntil"]))
+        )
+    },
+);
