@@ -29,15 +29,22 @@ impl Fanout {
         }
     }
 
-    /// One batch: returns (events read, deliveries created).
-    async fn pass(&self) -> Result<(u64, u64), ApiError> {
+    /// The cursor (`None` before the first pass); with `lock`, held until the transaction ends
+    /// (PostgreSQL; on SQLite the writer lock serialises passes).
+    async fn cursor(
+        &self,
+        conn: &impl ConnectionTrait,
+        lock: bool,
+    ) -> Result<Option<EventPosition>, ApiError> {
         let db = &self.db;
-        let backend = db.backend();
-        let tx = db.begin_write().await?;
-        let lock = if db.is_postgres() { " FOR UPDATE" } else { "" };
-        let row = tx
+        let lock = if lock && db.is_postgres() {
+            " FOR UPDATE"
+        } else {
+            ""
+        };
+        let row = conn
             .query_one_raw(Statement::from_sql_and_values(
-                backend,
+                db.backend(),
                 format!(
                     "SELECT tx_id, seq FROM event_cursors WHERE name = {}{lock}",
                     db.numbered(1)
@@ -45,7 +52,29 @@ impl Fanout {
                 vec![FANOUT_CURSOR.into()],
             ))
             .await?;
-        let Some(row) = row else {
+        Ok(match row {
+            Some(row) => Some(EventPosition {
+                tx: row.try_get("", "tx_id")?,
+                seq: row.try_get("", "seq")?,
+            }),
+            None => None,
+        })
+    }
+
+    /// One batch: returns (events read, deliveries created).
+    async fn pass(&self) -> Result<(u64, u64), ApiError> {
+        let db = &self.db;
+        // Nothing after the cursor: done, without a write transaction. (An idle fan-out then
+        // takes no lock and, on PostgreSQL, no transaction id each second, so the data version
+        // that kept answers hang on stays put.) An event committed meanwhile wakes the next pass.
+        if let Some(cursor) = self.cursor(db.reads(), false).await?
+            && read_visible(db.reads(), cursor, 1).await?.is_empty()
+        {
+            return Ok((0, 0));
+        }
+        let backend = db.backend();
+        let tx = db.begin_write().await?;
+        let Some(cursor) = self.cursor(&*tx, true).await? else {
             // First start: begin at the end of the stream (endpoints only receive events
             // from after their creation anyway).
             let head = latest_position(db).await?;
@@ -69,10 +98,6 @@ impl Fanout {
             .await?;
             tx.commit().await?;
             return Ok((0, 0));
-        };
-        let cursor = EventPosition {
-            tx: row.try_get("", "tx_id")?,
-            seq: row.try_get("", "seq")?,
         };
         let events = read_visible(&*tx, cursor, BATCH).await?;
         let Some(last) = events.last() else {
