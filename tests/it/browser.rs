@@ -190,6 +190,37 @@ impl Browser {
             .await
             .unwrap();
         self.no_console_errors(path, None).await;
+        // GraphiQL's editors are its own (CodeMirror's hidden inputs).
+        if !path.starts_with("/graphql") {
+            self.usable_by_keyboard_and_reader(path).await;
+        }
+    }
+
+    /// Every control has a label (a `label` tied to it or `aria-label`), every button and link
+    /// a name, and no two elements share an id: what a screen reader and a keyboard need.
+    async fn usable_by_keyboard_and_reader(&self, page: &str) {
+        let found = self
+            .client
+            .execute(
+                "const unlabelled = [...document.querySelectorAll('input:not([type=hidden]), select, textarea')]
+                   .filter(e => (!e.labels || e.labels.length === 0) && !e.getAttribute('aria-label'))
+                   .map(e => e.outerHTML);
+                 const nameless = [...document.querySelectorAll('button, a')]
+                   .filter(e => !e.textContent.trim() && !e.getAttribute('aria-label'))
+                   .map(e => e.outerHTML);
+                 const ids = [...document.querySelectorAll('[id]')].map(e => e.id);
+                 const repeated = ids.filter((id, i) => ids.indexOf(id) !== i);
+                 const unreachable = [...document.querySelectorAll('button, a, input, select, textarea')]
+                   .filter(e => e.tabIndex < 0 && e.type !== 'hidden')
+                   .map(e => e.outerHTML);
+                 return {unlabelled, nameless, repeated, unreachable};",
+                vec![],
+            )
+            .await
+            .unwrap();
+        for problem in ["unlabelled", "nameless", "repeated", "unreachable"] {
+            assert_eq!(found[problem], json!([]), "{problem} on {page}");
+        }
     }
 
     /// Opens the not-found page: the one error logged is the page's own 404.
@@ -429,6 +460,8 @@ async fn run(browser: &Browser, demo: &Demo) {
         "/console/partners?q=north",
         "/console/programs",
         "/console/integrations",
+        "/console/integrations/receipts",
+        "/console/integrations/deliveries",
         "/console/payout-runs",
     ] {
         browser.open(page).await;
