@@ -654,7 +654,49 @@ db_tests!(
     receipts_and_deliveries_have_their_own_pages,
     payouts_filter_by_status,
     payout_runs_are_made_and_marked_paid_from_the_console,
+    a_partners_page_leads_to_all_its_rows,
 );
+
+async fn a_partners_page_leads_to_all_its_rows(app: TestApp) {
+    let program = program_with(&app, json!({"type": "PERCENT", "rate": "10"}), json!({})).await;
+    let alpha = partner(&app, &program, "Alpha").await;
+    let beta = partner(&app, &program, "Beta").await;
+    let alpha_key = app.partner_key(&alpha.id).await;
+    let beta_key = app.partner_key(&beta.id).await;
+    app.submit_referrals(&alpha_key, 12, "alpha.example").await;
+    app.submit_referrals(&beta_key, 3, "beta.example").await;
+    let mut m = Visitor::sign_in(&app, &app.admin).await;
+    let (status, page, _) = m.get(&format!("/console/partners/{}", alpha.id)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page.matches("data-referral-id=").count(), 10);
+    let link = format!("/console/referrals?partner={}", alpha.id);
+    assert!(
+        page.contains(&format!("href=\"{link}\">All 12 referrals")),
+        "{page}"
+    );
+    let (_, list, _) = m.get(&link).await;
+    assert_eq!(list.matches("data-referral-id=").count(), 12, "{list}");
+    assert!(list.contains("data-scope=\"partner\""));
+    assert!(!list.contains("beta.example"), "only Alpha's rows");
+    // Searching and filtering keep the partner.
+    assert!(list.contains(&format!("name=\"partner\" value=\"{}\"", alpha.id)));
+    let (_, found, _) = m.get(&format!("{link}&q=c1&status=ACCEPTED")).await;
+    // c1 and c10, c11 of alpha.example; none of Beta's c1.beta.example.
+    assert_eq!(found.matches("data-referral-id=").count(), 3, "{found}");
+    assert!(!found.contains("beta.example"));
+    // Every partner's: all 15.
+    let (_, every, _) = m.get("/console/referrals").await;
+    assert_eq!(every.matches("data-referral-id=").count(), 15);
+    for path in ["/console/deals", "/console/commissions"] {
+        let (status, page, _) = m.get(&format!("{path}?partner={}", alpha.id)).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert!(page.contains("data-scope=\"partner\""), "{path}");
+    }
+    // A partner asking for another partner's rows sees none of them.
+    let mut b = Visitor::sign_in(&app, &beta_key).await;
+    let (_, page, _) = b.get(&link).await;
+    assert!(!page.contains("alpha.example"), "{page}");
+}
 
 async fn payout_runs_are_made_and_marked_paid_from_the_console(app: TestApp) {
     let program = program_with(

@@ -320,7 +320,7 @@ pub async fn partners(
             .await?;
             let list = &data["partners"];
             let body = html! {
-                (search("/console/partners", q, "Search partners by name or domain"))
+                (search("/console/partners", q, "Search partners by name or domain", &[]))
                 @if edges(list).is_empty() {
                     @if q.is_some() {
                         (empty("No partner matches this search."))
@@ -350,6 +350,17 @@ pub async fn partners(
     .await
 }
 
+/// Under a "latest" list: how many there are in all, and the link to the list of them all.
+fn all_of(path: &str, connection: &Value, what: &str) -> Markup {
+    let total = connection["totalCount"].as_i64().unwrap_or(0);
+    let shown = edges(connection).len() as i64;
+    html! {
+        @if total > shown {
+            p class="more" { a href=(path) { "All " (total) " " (what) } }
+        }
+    }
+}
+
 /// `GET /console/partners/{id}`: one partner with its referrals, deals, ledger and balances.
 #[handler]
 pub async fn partner_page(
@@ -364,10 +375,10 @@ pub async fn partner_page(
                 &session,
                 "query($id: ID!) { partner(id: $id) { id name domain status contactEmail referralCode \
                    createdAt program { name currency } group { name } \
-                   referrals(first: 10) { edges { node { id companyName status statusDetail submittedAt } } } \
-                   deals(first: 10) { edges { node { id name amount currency status closedAt } } } } \
+                   referrals(first: 10) { totalCount edges { node { id companyName status statusDetail submittedAt } } } \
+                   deals(first: 10) { totalCount edges { node { id name amount currency status closedAt } } } } \
                    balances(partnerId: $id) { currency pending approved inPayout paid held } \
-                   ledgerEntries(filter: {partnerId: $id}, first: 10) { edges { node { id kind amount currency status createdAt } } } }",
+                   ledgerEntries(filter: {partnerId: $id}, first: 10) { totalCount edges { node { id kind amount currency status createdAt } } } }",
                 json!({"id": id}),
             )
             .await?;
@@ -386,14 +397,17 @@ pub async fn partner_page(
                 section {
                     h2 { "Latest referrals" }
                     (referral_table(&edges(&p["referrals"]), None))
+                    (all_of(&format!("/console/referrals?partner={}", text(&p["id"])), &p["referrals"], "referrals"))
                 }
                 section {
                     h2 { "Latest deals" }
                     (deal_table(&edges(&p["deals"]), false))
+                    (all_of(&format!("/console/deals?partner={}", text(&p["id"])), &p["deals"], "deals"))
                 }
                 section {
                     h2 { "Latest ledger entries" }
                     (ledger_table(&edges(&data["ledgerEntries"]), false))
+                    (all_of(&format!("/console/commissions?partner={}", text(&p["id"])), &data["ledgerEntries"], "ledger entries"))
                 }
             };
             let name = text(&p["name"]);
@@ -458,7 +472,7 @@ const REFERRAL_FIELDS: &str = "id companyName companyDomain status statusDetail 
                                protectedUntil sla { state dueAt } partner { id name }";
 
 /// The referral statuses a list may be filtered by.
-const REFERRAL_STATUSES: [&str; 8] = [
+const REFERRAL_STATUSES: [&str; 7] = [
     "SUBMITTED",
     "CONFLICT",
     "ACCEPTED",
@@ -466,7 +480,6 @@ const REFERRAL_STATUSES: [&str; 8] = [
     "REJECTED",
     "CONVERTED",
     "EXPIRED",
-    "",
 ];
 
 /// The registration form as submitted (kept when it is shown again with an error).
@@ -480,7 +493,8 @@ async fn referrals_page(
     submitted: Option<Submitted>,
 ) -> Outcome {
     let q = param(params, "q");
-    let status = param(params, "status").filter(|s| REFERRAL_STATUSES.contains(s));
+    let status = chosen_status(params, &REFERRAL_STATUSES);
+    let partner = param(params, "partner");
     let notice_id = param(params, "submitted");
     let query = format!(
         "query($first: Int, $after: String, $filter: ReferralFilter, $notice: ID!, $withNotice: Boolean!) {{ \
@@ -488,7 +502,10 @@ async fn referrals_page(
              pageInfo {{ hasNextPage hasPreviousPage endCursor }} edges {{ node {{ {REFERRAL_FIELDS} }} }} }} \
            notice: referral(id: $notice) @include(if: $withNotice) {{ id companyName status statusDetail }} }}"
     );
-    let mut variables = page_variables(params, json!({"search": q, "status": status}));
+    let mut variables = page_variables(
+        params,
+        json!({"search": q, "status": status, "partnerId": partner}),
+    );
     variables["notice"] = json!(notice_id.unwrap_or("-"));
     variables["withNotice"] = json!(notice_id.is_some());
     let data = read(state, req, session, &query, variables).await?;
@@ -548,17 +565,12 @@ async fn referrals_page(
         }
         section aria-labelledby="list-heading" {
             h2 id="list-heading" { "Referrals" }
+            (views::one_partner("/console/referrals", partner))
             form method="get" action="/console/referrals" class="search" role="search" {
+                (views::hidden(&[("partner", partner)]))
                 label for="q" { "Search by company" }
                 input id="q" name="q" type="search" value=[q];
-                label for="status" { "Status" }
-                select id="status" name="status" {
-                    @for s in REFERRAL_STATUSES {
-                        option value=(s) selected[Some(s) == status || (s.is_empty() && status.is_none())] {
-                            @if s.is_empty() { "Any" } @else { (words(s)) }
-                        }
-                    }
-                }
+                (views::status_select(&REFERRAL_STATUSES, status))
                 button type="submit" { "Search" }
             }
             @if edges(list).is_empty() && q.is_none() && status.is_none() && session.is_admin() {
@@ -568,7 +580,11 @@ async fn referrals_page(
             } @else {
                 (referral_table(&edges(list), session.is_admin().then_some(session)))
             }
-            (list_footer("/console/referrals", &[("q", q), ("status", status)], list))
+            (list_footer(
+                "/console/referrals",
+                &[("partner", partner), ("q", q), ("status", status)],
+                list
+            ))
         }
     };
     // A form shown again with its errors is a page like any other (200): a browser logs an
@@ -835,6 +851,7 @@ pub async fn deals(
 ) -> Response {
     with_session(req, &state, async |session| {
             let q = param(&params, "q");
+            let partner = param(&params, "partner");
             let data = read(
                 &state,
                 req,
@@ -843,14 +860,15 @@ pub async fn deals(
                    deals(first: $first, after: $after, filter: $filter) { totalCount \
                      pageInfo { hasNextPage hasPreviousPage endCursor } \
                      edges { node { id name amount currency status closedAt partner { name } } } } }",
-                page_variables(&params, json!({"search": q})),
+                page_variables(&params, json!({"search": q, "partnerId": partner})),
             )
             .await?;
             let list = &data["deals"];
             let body = html! {
-                (search("/console/deals", q, "Search deals by name, domain or CRM id"))
+                (views::one_partner("/console/deals", partner))
+                (search("/console/deals", q, "Search deals by name, domain or CRM id", &[("partner", partner)]))
                 (deal_table(&edges(list), session.is_admin()))
-                (list_footer("/console/deals", &[("q", q)], list))
+                (list_footer("/console/deals", &[("partner", partner), ("q", q)], list))
             };
             Ok(page(StatusCode::OK, layout(Some(&session), "Deals", "Deals", body)))
     })
@@ -872,8 +890,9 @@ pub async fn commissions(
 ) -> Response {
     with_session(req, &state, async |session| {
             let status = chosen_status(&params, &ENTRY_STATUSES);
+            let scope = param(&params, "partner");
             let partner = session.partner_id().map(str::to_string);
-            let mut variables = page_variables(&params, json!({"status": status}));
+            let mut variables = page_variables(&params, json!({"status": status, "partnerId": scope}));
             variables["partner"] = json!(partner.as_deref().unwrap_or("-"));
             variables["own"] = json!(partner.is_some());
             let data = read(
@@ -893,9 +912,10 @@ pub async fn commissions(
                 @if partner.is_some() { (balances(&data["balances"])) }
                 section {
                     h2 { "Ledger" }
-                    (status_filter("/console/commissions", &ENTRY_STATUSES, status, &[]))
+                    (views::one_partner("/console/commissions", scope))
+                    (status_filter("/console/commissions", &ENTRY_STATUSES, status, &[("partner", scope)]))
                     (ledger_table(&edges(list), session.is_admin()))
-                    (list_footer("/console/commissions", &[("status", status)], list))
+                    (list_footer("/console/commissions", &[("partner", scope), ("status", status)], list))
                 }
             };
             Ok(page(StatusCode::OK, layout(Some(&session), "Commissions", "Commissions", body)))

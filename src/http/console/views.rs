@@ -169,15 +169,39 @@ pub fn form_error(failure: Option<&Failure>, fields: &[&str]) -> Markup {
 }
 
 /// A search box over a list.
-pub fn search(action: &str, value: Option<&str>, label: &str) -> Markup {
+pub fn search(
+    action: &str,
+    value: Option<&str>,
+    label: &str,
+    keep: &[(&str, Option<&str>)],
+) -> Markup {
     html! {
         form method="get" action=(action) class="search" role="search" {
+            (hidden(keep))
             label for="q" { (label) }
             input id="q" name="q" type="search" value=[value];
             button type="submit" { "Search" }
             @if value.is_some() {
                 a href=(action) { "Clear" }
             }
+        }
+    }
+}
+
+/// The parameters a form keeps, as hidden inputs.
+pub fn hidden(keep: &[(&str, Option<&str>)]) -> Markup {
+    html! {
+        @for (name, value) in keep {
+            @if let Some(value) = value { input type="hidden" name=(name) value=(value); }
+        }
+    }
+}
+
+/// Above a list narrowed to one partner (`?partner=`): says so, and links to every partner's.
+pub fn one_partner(path: &str, partner: Option<&str>) -> Markup {
+    html! {
+        @if partner.is_some() {
+            p class="scope" data-scope="partner" { "One partner's rows only. " a href=(path) { "Every partner's" } }
         }
     }
 }
@@ -229,17 +253,22 @@ pub fn status_filter(
 ) -> Markup {
     html! {
         form method="get" action=(action) class="search" {
-            @for (name, value) in keep {
-                @if let Some(value) = value { input type="hidden" name=(name) value=(value); }
-            }
-            label for="status" { "Status" }
-            select id="status" name="status" {
-                option value="" selected[chosen.is_none()] { "Any" }
-                @for s in statuses {
-                    option value=(s) selected[Some(*s) == chosen] { (super::format::words(s)) }
-                }
-            }
+            (hidden(keep))
+            (status_select(statuses, chosen))
             button type="submit" { "Show" }
+        }
+    }
+}
+
+/// A labelled status chooser: `statuses` (API names) and "Any".
+pub fn status_select(statuses: &[&str], chosen: Option<&str>) -> Markup {
+    html! {
+        label for="status" { "Status" }
+        select id="status" name="status" {
+            option value="" selected[chosen.is_none()] { "Any" }
+            @for s in statuses {
+                option value=(s) selected[Some(*s) == chosen] { (super::format::words(s)) }
+            }
         }
     }
 }
