@@ -24,6 +24,7 @@ mod m20261206_000009_ledger_partial_indexes;
 mod m20261207_000010_invoice_commissions_by_partner;
 mod m20261207_000011_commission_scan_indexes;
 mod m20261207_000012_console_sessions;
+mod m20261207_000013_referral_kpi_index;
 
 /// The ordered list of Tandem migrations.
 pub struct Migrator;
@@ -51,6 +52,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000010_invoice_commissions_by_partner::Migration),
             Box::new(m20261207_000011_commission_scan_indexes::Migration),
             Box::new(m20261207_000012_console_sessions::Migration),
+            Box::new(m20261207_000013_referral_kpi_index::Migration),
         ]
     }
 }
