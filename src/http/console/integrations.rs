@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use super::{
     Session, edges,
     format::{time, words},
-    html as page, id_action, not_found_page, page_variables, param, read,
+    html as page, id_action, list_query, not_found_page, page_variables, param, read,
     views::{
         self, chosen_status, csrf, empty, layout, list_footer, list_footer_at, status_filter, text,
     },
@@ -272,11 +272,7 @@ pub async fn receipts(
             &state,
             req,
             &session,
-            &format!(
-                "query($first: Int, $after: String, $filter: WebhookReceiptFilter) {{ \
-                   webhookReceipts(first: $first, after: $after, filter: $filter) {{ totalCount \
-                     pageInfo {{ hasNextPage hasPreviousPage endCursor }} edges {{ node {{ {RECEIPT_FIELDS} }} }} }} }}"
-            ),
+            &list_query("webhookReceipts", "WebhookReceiptFilter", RECEIPT_FIELDS),
             page_variables(&params, json!({"sourceId": source, "status": status})),
         )
         .await?;
@@ -313,11 +309,7 @@ pub async fn deliveries(
             &state,
             req,
             &session,
-            &format!(
-                "query($first: Int, $after: String, $filter: WebhookDeliveryFilter) {{ \
-                   webhookDeliveries(first: $first, after: $after, filter: $filter) {{ totalCount \
-                     pageInfo {{ hasNextPage hasPreviousPage endCursor }} edges {{ node {{ {DELIVERY_FIELDS} }} }} }} }}"
-            ),
+            &list_query("webhookDeliveries", "WebhookDeliveryFilter", DELIVERY_FIELDS),
             page_variables(&params, json!({"endpointId": endpoint, "status": status})),
         )
         .await?;

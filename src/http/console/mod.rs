@@ -587,6 +587,23 @@ fn param<'a>(params: &'a HashMap<String, String>, name: &str) -> Option<&'a str>
     params.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())
 }
 
+/// The selection of a list page's connection `field` (paged by `$first` and `$after`, filtered
+/// by `$filter`): its total, its page info and each node's `fields`.
+fn list_selection(field: &str, fields: &str) -> String {
+    format!(
+        "{field}(first: $first, after: $after, filter: $filter) {{ totalCount \
+         pageInfo {{ hasNextPage hasPreviousPage endCursor }} edges {{ node {{ {fields} }} }} }}"
+    )
+}
+
+/// A list page's operation: [`list_selection`] with `$filter` of type `filter`.
+fn list_query(field: &str, filter: &str, fields: &str) -> String {
+    format!(
+        "query($first: Int, $after: String, $filter: {filter}) {{ {} }}",
+        list_selection(field, fields)
+    )
+}
+
 /// The variables of a list page: `first`, `after` (the cursor) and a filter.
 fn page_variables(params: &HashMap<String, String>, filter: Value) -> Value {
     json!({

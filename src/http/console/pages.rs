@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 use super::{
     Failure, Outcome, Session, charts, edges, failed, form_input,
     format::{money, percent, time, words},
-    gql, html as page, id_action, not_found_page, page_variables, param, program_choice, read,
-    redirect,
+    gql, html as page, id_action, list_query, list_selection, not_found_page, page_variables,
+    param, program_choice, read, redirect,
     views::{
         self, chosen_status, csrf, empty, field_error, form_error, layout, list_footer, search,
         status_filter, text,
@@ -311,10 +311,11 @@ pub async fn partners(
                 &state,
                 req,
                 &session,
-                "query($first: Int, $after: String, $filter: PartnerFilter) { \
-                   partners(first: $first, after: $after, filter: $filter) { totalCount \
-                     pageInfo { hasNextPage hasPreviousPage endCursor } \
-                     edges { node { id name domain status createdAt group { name } } } } }",
+                &list_query(
+                    "partners",
+                    "PartnerFilter",
+                    "id name domain status createdAt group { name }",
+                ),
                 page_variables(&params, json!({"search": q})),
             )
             .await?;
@@ -497,10 +498,9 @@ async fn referrals_page(
     let partner = param(params, "partner");
     let notice_id = param(params, "submitted");
     let query = format!(
-        "query($first: Int, $after: String, $filter: ReferralFilter, $notice: ID!, $withNotice: Boolean!) {{ \
-           referrals(first: $first, after: $after, filter: $filter) {{ totalCount \
-             pageInfo {{ hasNextPage hasPreviousPage endCursor }} edges {{ node {{ {REFERRAL_FIELDS} }} }} }} \
-           notice: referral(id: $notice) @include(if: $withNotice) {{ id companyName status statusDetail }} }}"
+        "query($first: Int, $after: String, $filter: ReferralFilter, $notice: ID!, $withNotice: Boolean!) {{ {} \
+           notice: referral(id: $notice) @include(if: $withNotice) {{ id companyName status statusDetail }} }}",
+        list_selection("referrals", REFERRAL_FIELDS)
     );
     let mut variables = page_variables(
         params,
@@ -672,11 +672,10 @@ async fn registrations_page(
         state,
         req,
         session,
-        &format!(
-            "query($first: Int, $after: String, $filter: ReferralFilter) {{ \
-               referrals(first: $first, after: $after, filter: $filter) {{ totalCount \
-                 pageInfo {{ hasNextPage hasPreviousPage endCursor }} \
-                 edges {{ node {{ {REFERRAL_FIELDS} notes contactEmail conflict {{ dealId customerId }} }} }} }} }}"
+        &list_query(
+            "referrals",
+            "ReferralFilter",
+            &format!("{REFERRAL_FIELDS} notes contactEmail conflict {{ dealId customerId }}"),
         ),
         page_variables(params, json!({"status": status})),
     )
@@ -856,10 +855,11 @@ pub async fn deals(
                 &state,
                 req,
                 &session,
-                "query($first: Int, $after: String, $filter: DealFilter) { \
-                   deals(first: $first, after: $after, filter: $filter) { totalCount \
-                     pageInfo { hasNextPage hasPreviousPage endCursor } \
-                     edges { node { id name amount currency status closedAt partner { name } } } } }",
+                &list_query(
+                    "deals",
+                    "DealFilter",
+                    "id name amount currency status closedAt partner { name }",
+                ),
                 page_variables(&params, json!({"search": q, "partnerId": partner})),
             )
             .await?;
@@ -874,6 +874,9 @@ pub async fn deals(
     })
     .await
 }
+
+/// A partner's own balances, on its commissions and payouts pages (`$partner`, `$own`).
+const OWN_BALANCES: &str = "balances(partnerId: $partner) @include(if: $own) { currency pending approved inPayout paid held }";
 
 /// The ledger entry statuses a list may be filtered by.
 const ENTRY_STATUSES: [&str; 4] = ["PENDING", "APPROVED", "HELD", "PAID"];
@@ -899,11 +902,10 @@ pub async fn commissions(
                 &state,
                 req,
                 &session,
-                "query($first: Int, $after: String, $filter: LedgerEntryFilter, $partner: ID!, $own: Boolean!) { \
-                   ledgerEntries(first: $first, after: $after, filter: $filter) { totalCount \
-                     pageInfo { hasNextPage hasPreviousPage endCursor } \
-                     edges { node { id kind amount currency status createdAt partner { name } } } } \
-                   balances(partnerId: $partner) @include(if: $own) { currency pending approved inPayout paid held } }",
+                &format!(
+                    "query($first: Int, $after: String, $filter: LedgerEntryFilter, $partner: ID!, $own: Boolean!) {{ {} {OWN_BALANCES} }}",
+                    list_selection("ledgerEntries", "id kind amount currency status createdAt partner { name }")
+                ),
                 variables,
             )
             .await?;
@@ -936,12 +938,11 @@ pub async fn payouts(
                 &state,
                 req,
                 &session,
-                "query($first: Int, $after: String, $filter: PayoutFilter, $partner: ID!, $own: Boolean!) { \
-                   payouts(first: $first, after: $after, filter: $filter) { totalCount \
-                     pageInfo { hasNextPage hasPreviousPage endCursor } \
-                     edges { node { id shortId total currency status method createdAt paidAt partner { name } } } } \
-                   balances(partnerId: $partner) @include(if: $own) { currency pending approved inPayout paid held } \
-                   viewer @include(if: $own) { partner { payoutMethod { kind masked accountHolder } } } }",
+                &format!(
+                    "query($first: Int, $after: String, $filter: PayoutFilter, $partner: ID!, $own: Boolean!) {{ {} {OWN_BALANCES} \
+                       viewer @include(if: $own) {{ partner {{ payoutMethod {{ kind masked accountHolder }} }} }} }}",
+                    list_selection("payouts", "id shortId total currency status method createdAt paidAt partner { name }")
+                ),
                 {
                     let mut variables = page_variables(&params, json!({"status": status}));
                     variables["partner"] = json!(session.partner_id().unwrap_or("-"));
