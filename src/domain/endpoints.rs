@@ -317,6 +317,26 @@ pub async fn delete_endpoint(
 
 /// Makes one delivery PENDING and due now, to be sent again with its original webhook-id
 /// (the attempt count goes on). `CONFLICT` while a worker is attempting it.
+/// One delivery to an endpoint `principal` manages (deleted endpoints included, like their
+/// delivery log); NOT_FOUND for any other.
+pub async fn find_delivery(
+    db: &Db,
+    principal: &Principal,
+    id: &str,
+) -> ApiResult<webhook_delivery::Model> {
+    if !is_valid_id(id) {
+        return Err(ApiError::NotFound("webhook delivery"));
+    }
+    let delivery = webhook_delivery::Entity::find_by_id(id.to_string())
+        .one(db.reads())
+        .await?
+        .ok_or(ApiError::NotFound("webhook delivery"))?;
+    find_managed_history(db, principal, &delivery.endpoint_id)
+        .await
+        .map_err(|_| ApiError::NotFound("webhook delivery"))?;
+    Ok(delivery)
+}
+
 pub async fn resend_delivery(
     db: &Db,
     principal: &Principal,

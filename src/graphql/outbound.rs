@@ -19,9 +19,9 @@ use crate::{
         auth::Principal,
         endpoints::{
             CreateWebhookEndpointInput, DeliveryStatus, EndpointStatus, UpdateWebhookEndpointInput,
-            create_endpoint, delete_endpoint, find_managed, find_managed_history, live, managed_by,
-            replay_deliveries, resend_delivery, rotate_secret, set_endpoint_status,
-            update_endpoint,
+            create_endpoint, delete_endpoint, find_delivery, find_managed, find_managed_history,
+            live, managed_by, replay_deliveries, resend_delivery, rotate_secret,
+            set_endpoint_status, update_endpoint,
         },
         events::{EventPosition, check_types, list_events},
         secrets::SecretKey,
@@ -287,6 +287,15 @@ impl OutboundQuery {
         let page = (first, after);
         WebhookEndpointConnection::page(ctx, query, Direction::Descending, page, WebhookEndpoint)
             .await
+    }
+
+    /// One delivery to an endpoint the caller manages, with its attempts (NOT_FOUND for any
+    /// other).
+    async fn webhook_delivery(&self, ctx: &Context<'_>, id: ID) -> Result<WebhookDelivery> {
+        let (principal, db) = caller(ctx).await?;
+        Ok(WebhookDelivery(
+            find_delivery(db, principal, id.as_str()).await?,
+        ))
     }
 
     /// Deliveries to the endpoints the caller manages, newest first.

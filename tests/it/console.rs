@@ -978,6 +978,45 @@ async fn receipts_and_deliveries_have_their_own_pages(app: TestApp) {
         })
     })
     .await;
+    // The delivery's own page: its attempts, the first and the resent one.
+    let (status, page, _) = m
+        .get(&format!("/console/integrations/deliveries/{first}"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(
+        page.contains("data-attempt=\"1\"") && page.contains("data-attempt=\"2\""),
+        "{page}"
+    );
+    assert!(page.contains("partner.created"));
+    let (_, list, _) = m.get(&here).await;
+    assert!(list.contains(&format!(
+        "href=\"/console/integrations/deliveries/{first}\""
+    )));
+    assert_eq!(
+        m.get("/console/integrations/deliveries/00000000-0000-0000-0000-000000000000")
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    let api = app
+        .admin_ok(
+            "query($id: ID!) { webhookDelivery(id: $id) { id status attempts(first: 10) { totalCount } } }",
+            json!({"id": first}),
+        )
+        .await;
+    assert_eq!(api["webhookDelivery"]["attempts"]["totalCount"], 2, "{api}");
+    let unknown = app
+        .gql(
+            &app.admin,
+            "query { webhookDelivery(id: \"00000000-0000-0000-0000-000000000000\") { id } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        crate::helpers::error_code(&unknown),
+        "NOT_FOUND",
+        "{unknown}"
+    );
     // `back` leads only to the integrations pages.
     let resp = m
         .post(
@@ -1002,11 +1041,25 @@ async fn receipts_and_deliveries_have_their_own_pages(app: TestApp) {
     let key = app.partner_key(&partners[0]).await;
     let mut a = Visitor::sign_in(&app, &key).await;
     for path in [
-        "/console/integrations/receipts",
-        "/console/integrations/deliveries",
+        "/console/integrations/receipts".to_string(),
+        "/console/integrations/deliveries".to_string(),
+        format!("/console/integrations/deliveries/{first}"),
     ] {
-        assert_eq!(a.get(path).await.0, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(a.get(&path).await.0, StatusCode::NOT_FOUND, "{path}");
     }
+    // Nor through the API.
+    let theirs = app
+        .gql(
+            &key,
+            "query($id: ID!) { webhookDelivery(id: $id) { id } }",
+            json!({"id": first}),
+        )
+        .await;
+    assert!(
+        theirs["data"].is_null() || theirs["data"]["webhookDelivery"].is_null(),
+        "{theirs}"
+    );
+    assert!(!crate::helpers::error_code(&theirs).is_empty(), "{theirs}");
 }
 
 async fn programs_integrations_payout_runs_and_payout_methods(app: TestApp) {

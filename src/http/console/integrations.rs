@@ -90,7 +90,7 @@ fn delivery_table(session: &Session, rows: &[&Value], back: &str) -> Markup {
                     @let id = text(&d["id"]);
                     tr data-delivery-id=(id) {
                         td { (time(&text(&d["createdAt"]))) }
-                        td { code { (text(&d["eventType"])) } br; small { (text(&d["eventId"])) } }
+                        td { a href=(format!("/console/integrations/deliveries/{id}")) { code { (text(&d["eventType"])) } } br; small { (text(&d["eventId"])) } }
                         td { (words(&text(&d["status"])))
                             @if !d["nextAttemptAt"].is_null() { br; small { "next attempt " (time(&text(&d["nextAttemptAt"]))) } } }
                         td { (text(&d["attempt"])) }
@@ -332,6 +332,76 @@ pub async fn deliveries(
             (list_footer("/console/integrations/deliveries", &keep, list))
         };
         Ok(page(StatusCode::OK, layout(Some(&session), "Webhook deliveries", "Integrations", body)))
+    })
+    .await
+}
+
+/// `GET /console/integrations/deliveries/{id}`: one delivery and every attempt at it (answer
+/// code, time taken, the start of the answer or the error), with "Resend".
+#[handler]
+pub async fn delivery(
+    req: &Request,
+    state: Data<&AppState>,
+    poem::web::Path(id): poem::web::Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    for_managers(req, &state, async |session| {
+        let data = read(
+            &state,
+            req,
+            &session,
+            &format!(
+                "query($id: ID!, $after: String) {{ webhookDelivery(id: $id) {{ {DELIVERY_FIELDS} deliveredAt \
+                   attempts(first: 25, after: $after) {{ totalCount pageInfo {{ hasNextPage hasPreviousPage endCursor }} \
+                     edges {{ node {{ attempt at statusCode latencyMs responseSnippet error }} }} }} }} }}"
+            ),
+            json!({"id": id, "after": param(&params, "after")}),
+        )
+        .await?;
+        let d = &data["webhookDelivery"];
+        let here = format!("/console/integrations/deliveries/{}", text(&d["id"]));
+        let attempts = edges(&d["attempts"]);
+        let body = html! {
+            (views::notice(&params))
+            p { a href=(format!("/console/integrations/deliveries?endpoint={}", text(&d["endpointId"]))) { "The endpoint's deliveries" } }
+            dl class="facts" {
+                dt { "Event" } dd { code { (text(&d["eventType"])) } " " small { (text(&d["eventId"])) } }
+                dt { "Status" } dd { (words(&text(&d["status"]))) }
+                dt { "Created" } dd { (time(&text(&d["createdAt"]))) }
+                dt { "Delivered" } dd { (time(&text(&d["deliveredAt"]))) }
+                dt { "Next attempt" } dd { (time(&text(&d["nextAttemptAt"]))) }
+            }
+            @if d["status"] != "PENDING" {
+                form method="post" action=(format!("{here}/resend")) class="inline" {
+                    (csrf(&session))
+                    input type="hidden" name="back" value=(here);
+                    button type="submit" data-action="resend" { "Resend" }
+                }
+            }
+            section {
+                h2 { "Attempts" }
+                @if attempts.is_empty() {
+                    (empty("Not attempted yet: the delivery worker sends it when it is due."))
+                } @else {
+                    table {
+                        thead { tr { th { "Attempt" } th { "At" } th { "Answer" } th { "Time" } th { "What came back" } } }
+                        tbody {
+                            @for a in &attempts {
+                                tr data-attempt=(text(&a["attempt"])) {
+                                    td { (text(&a["attempt"])) }
+                                    td { (time(&text(&a["at"]))) }
+                                    td { (text(&a["statusCode"])) }
+                                    td class="num" { @if !a["latencyMs"].is_null() { (text(&a["latencyMs"])) " ms" } }
+                                    td { @if !a["error"].is_null() { span class="error" { (text(&a["error"])) } } " " small { (text(&a["responseSnippet"])) } }
+                                }
+                            }
+                        }
+                    }
+                }
+                (list_footer(&here, &[], &d["attempts"]))
+            }
+        };
+        Ok(page(StatusCode::OK, layout(Some(&session), "Webhook delivery", "Integrations", body)))
     })
     .await
 }

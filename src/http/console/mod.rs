@@ -568,6 +568,7 @@ pub fn routes() -> (impl Endpoint, impl Endpoint) {
         .at("/integrations", get(integrations::integrations))
         .at("/integrations/receipts", get(integrations::receipts))
         .at("/integrations/deliveries", get(integrations::deliveries))
+        .at("/integrations/deliveries/:id", get(integrations::delivery))
         .at(
             "/integrations/deliveries/:id/resend",
             post(integrations::resend),
