@@ -467,6 +467,32 @@ async fn run(browser: &Browser, demo: &Demo) {
         browser.open(page).await;
         assert_eq!(browser.count("[data-not-found]").await, 0, "{page}");
     }
+    // A partner's page, the lists narrowed to it, and a delivery's attempts (when the demo
+    // has delivered anything yet).
+    let found = demo
+        .gql(
+            &demo.admin,
+            "{ partners(first: 1) { edges { node { id } } } webhookDeliveries(first: 1) { edges { node { id } } } }",
+            json!({}),
+        )
+        .await;
+    let partner = found["partners"]["edges"][0]["node"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut pages = vec![
+        format!("/console/partners/{partner}"),
+        format!("/console/referrals?partner={partner}"),
+        format!("/console/deals?partner={partner}"),
+        format!("/console/commissions?partner={partner}"),
+    ];
+    if let Some(delivery) = found["webhookDeliveries"]["edges"][0]["node"]["id"].as_str() {
+        pages.push(format!("/console/integrations/deliveries/{delivery}"));
+    }
+    for page in &pages {
+        browser.open(page).await;
+        assert_eq!(browser.count("[data-not-found]").await, 0, "{page}");
+    }
     // GraphiQL loads offline from the binary.
     browser.open("/graphql").await;
     let deadline = Instant::now() + Duration::from_secs(20);
