@@ -315,8 +315,17 @@ pub async fn delete_endpoint(
     Ok((save(tx, active).await?, cancelled))
 }
 
-/// Makes one delivery PENDING and due now, to be sent again with its original webhook-id
-/// (the attempt count goes on). `CONFLICT` while a worker is attempting it.
+/// The delivery `id` as `conn` sees it, whoever's it is (NOT_FOUND when there is none).
+async fn delivery_in(conn: &impl ConnectionTrait, id: &str) -> ApiResult<webhook_delivery::Model> {
+    if !is_valid_id(id) {
+        return Err(ApiError::NotFound("webhook delivery"));
+    }
+    webhook_delivery::Entity::find_by_id(id.to_string())
+        .one(conn)
+        .await?
+        .ok_or(ApiError::NotFound("webhook delivery"))
+}
+
 /// One delivery to an endpoint `principal` manages (deleted endpoints included, like their
 /// delivery log); NOT_FOUND for any other.
 pub async fn find_delivery(
@@ -324,32 +333,22 @@ pub async fn find_delivery(
     principal: &Principal,
     id: &str,
 ) -> ApiResult<webhook_delivery::Model> {
-    if !is_valid_id(id) {
-        return Err(ApiError::NotFound("webhook delivery"));
-    }
-    let delivery = webhook_delivery::Entity::find_by_id(id.to_string())
-        .one(db.reads())
-        .await?
-        .ok_or(ApiError::NotFound("webhook delivery"))?;
+    let delivery = delivery_in(db.reads(), id).await?;
     find_managed_history(db, principal, &delivery.endpoint_id)
         .await
         .map_err(|_| ApiError::NotFound("webhook delivery"))?;
     Ok(delivery)
 }
 
+/// Makes one delivery PENDING and due now, to be sent again with its original webhook-id
+/// (the attempt count goes on). `CONFLICT` while a worker is attempting it.
 pub async fn resend_delivery(
     db: &Db,
     principal: &Principal,
     id: &str,
 ) -> ApiResult<webhook_delivery::Model> {
-    if !is_valid_id(id) {
-        return Err(ApiError::NotFound("webhook delivery"));
-    }
     let tx = db.begin_write().await?;
-    let delivery = webhook_delivery::Entity::find_by_id(id.to_string())
-        .one(&*tx)
-        .await?
-        .ok_or(ApiError::NotFound("webhook delivery"))?;
+    let delivery = delivery_in(&*tx, id).await?;
     find_managed_in(&*tx, principal, &delivery.endpoint_id, true)
         .await
         .map_err(|_| ApiError::NotFound("webhook delivery"))?;

@@ -185,11 +185,6 @@ impl KpiCache {
             })
             .await
     }
-
-    /// How many answers are kept (tests).
-    pub fn kept(&self) -> usize {
-        self.kpis.len() + self.months.len()
-    }
 }
 
 /// Computes the KPIs.

@@ -14,13 +14,12 @@ use poem::{
 use serde_json::{Value, json};
 
 use super::{
-    Session, edges,
+    Session, edges, for_managers,
     format::{time, words},
-    html as page, id_action, list_query, not_found_page, page_variables, param, read,
+    html as page, id_action, list_query, page_variables, param, read,
     views::{
         self, chosen_status, csrf, empty, layout, list_footer, list_footer_at, status_filter, text,
     },
-    with_session,
 };
 use crate::http::AppState;
 
@@ -40,21 +39,6 @@ const RECEIPT_STATUSES: [&str; 6] = [
 ];
 /// The delivery statuses a list may be filtered by.
 const DELIVERY_STATUSES: [&str; 4] = ["PENDING", "SUCCEEDED", "FAILED", "CANCELLED"];
-
-/// Runs `page` for a program manager's session; any other key gets the not-found page.
-async fn for_managers(
-    req: &Request,
-    state: &AppState,
-    page: impl AsyncFnOnce(Session) -> Result<Response, Response>,
-) -> Response {
-    with_session(req, state, async |session| {
-        if !session.is_admin() {
-            return Err(not_found_page(Some(&session)));
-        }
-        page(session).await
-    })
-    .await
-}
 
 /// The fields of a receipt row.
 const RECEIPT_FIELDS: &str = "id status reason receivedAt attempts source { id name }";

@@ -13,7 +13,7 @@ use poem::{
 use serde_json::{Value, json};
 
 use super::{
-    Failure, Session, back_within, done_or_failed, edges, form_input,
+    Failure, Session, act_on, done_or_failed, edges, for_managers, form_input,
     format::{counted, money, time, words},
     gql, html as page, not_found_page, param, program_choice, read,
     views::{self, csrf, empty, field_error, form_error, layout, text},
@@ -115,10 +115,7 @@ pub async fn payout_runs(
     state: Data<&AppState>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    with_session(req, &state, async |session| {
-        if !session.is_admin() {
-            return Err(not_found_page(Some(&session)));
-        }
+    for_managers(req, &state, async |session| {
         let (program, programs) = program_choice(&state, req, &session, &params).await?;
         let Some(program) = program else {
             return Ok(page(StatusCode::OK, layout(Some(&session), "Payout runs", "Payout runs", empty("No program yet."))));
@@ -217,30 +214,25 @@ pub async fn create_run(
     state: Data<&AppState>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    with_post(req, &state, &form, async |session| {
-        let input = form_input(&form, &["programId", "currency", "minimumAmount"]);
-        let back = format!(
-            "/console/payout-runs?program={}",
-            views::urlencode(form.get("programId").map_or("", String::as_str))
-        );
-        let outcome = gql(
-            &state,
-            req,
-            &session,
-            "mutation($input: CreatePayoutRunInput!) { createPayoutRun(input: $input) { payoutRun { payoutCount total currency } } }",
-            json!({"input": input}),
-        )
-        .await
-        .map(|data| {
+    let input = form_input(&form, &["programId", "currency", "minimumAmount"]);
+    let back = format!(
+        "/console/payout-runs?program={}",
+        views::urlencode(form.get("programId").map_or("", String::as_str))
+    );
+    act_on(
+        (req, &state, &form),
+        &back,
+        "mutation($input: CreatePayoutRunInput!) { createPayoutRun(input: $input) { payoutRun { payoutCount total currency } } }",
+        json!({"input": input}),
+        |data| {
             let run = &data["createPayoutRun"]["payoutRun"];
             format!(
                 "Payout run made: {}, {} in all.",
                 counted(&text(&run["payoutCount"]), "payout", "payouts"),
                 money(&text(&run["total"]), &text(&run["currency"]))
             )
-        });
-        done_or_failed(req, &state, &session, &back, outcome)
-    })
+        },
+    )
     .await
 }
 
@@ -263,18 +255,13 @@ pub async fn mark_run_paid(
     Path(id): Path<String>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    with_post(req, &state, &form, async |session| {
-        let reference = form.get("reference").map(|r| r.trim()).unwrap_or_default();
-        let back = back_within(&form, "/console/payout-runs");
-        let outcome = gql(
-            &state,
-            req,
-            &session,
-            "mutation($id: ID!, $reference: String!) { markPayoutRunPaid(input: {id: $id, reference: $reference}) { payoutRun { status payoutCount } } }",
-            json!({"id": id, "reference": reference}),
-        )
-        .await
-        .map(|data| {
+    let reference = form.get("reference").map(|r| r.trim()).unwrap_or_default();
+    act_on(
+        (req, &state, &form),
+        "/console/payout-runs",
+        "mutation($id: ID!, $reference: String!) { markPayoutRunPaid(input: {id: $id, reference: $reference}) { payoutRun { status payoutCount } } }",
+        json!({"id": id, "reference": reference}),
+        |data| {
             format!(
                 "Marked paid: {}.",
                 counted(
@@ -283,9 +270,8 @@ pub async fn mark_run_paid(
                     "payouts"
                 )
             )
-        });
-        done_or_failed(req, &state, &session, back, outcome)
-    })
+        },
+    )
     .await
 }
 

@@ -164,6 +164,22 @@ async fn with_session(
     }
 }
 
+/// A page for program managers: `page` runs with an ADMIN key's session; any other signed-in
+/// key gets the not-found page (the page does not exist for it).
+async fn for_managers(
+    req: &Request,
+    state: &AppState,
+    page: impl AsyncFnOnce(Session) -> Outcome,
+) -> Response {
+    with_session(req, state, async |session| {
+        if !session.is_admin() {
+            return Err(not_found_page(Some(&session)));
+        }
+        page(session).await
+    })
+    .await
+}
+
 /// A form posted by a signed-in visitor: its origin and CSRF token are checked before `page`
 /// runs.
 async fn with_post(
@@ -346,19 +362,18 @@ fn back_within<'a>(form: &'a HashMap<String, String>, path: &'a str) -> &'a str 
         .unwrap_or(path)
 }
 
-/// A form that runs one mutation on the id in its path, then goes back to `path` (or to the
-/// form's `back`, a page below `path`) saying what `said` makes of the answer, or the API's
-/// error.
+/// A form that runs one mutation with `variables`, then goes back to `path` (or to the form's
+/// `back`, a page below `path`) saying what `said` makes of the answer, or the API's error.
 async fn act_on(
     (req, state, form): (&Request, &AppState, &HashMap<String, String>),
     path: &str,
     mutation: &str,
-    id: &str,
+    variables: Value,
     said: impl FnOnce(&Value) -> String,
 ) -> Response {
     let path = back_within(form, path);
     with_post(req, state, form, async |session| {
-        let outcome = gql(state, req, &session, mutation, json!({"id": id}))
+        let outcome = gql(state, req, &session, mutation, variables)
             .await
             .map(|data| said(&data));
         done_or_failed(req, state, &session, path, outcome)
@@ -377,7 +392,8 @@ macro_rules! id_action {
             poem::web::Path(id): poem::web::Path<String>,
             poem::web::Form(form): poem::web::Form<std::collections::HashMap<String, String>>,
         ) -> poem::Response {
-            super::act_on((req, &state, &form), $back, $mutation, &id, $said).await
+            let variables = serde_json::json!({"id": id});
+            super::act_on((req, &state, &form), $back, $mutation, variables, $said).await
         }
     };
 }
