@@ -25,6 +25,7 @@ mod m20261207_000010_invoice_commissions_by_partner;
 mod m20261207_000011_commission_scan_indexes;
 mod m20261207_000012_console_sessions;
 mod m20261207_000013_referral_kpi_index;
+mod m20261207_000014_referral_kpi_rollup;
 
 /// The ordered list of Tandem migrations.
 pub struct Migrator;
@@ -53,6 +54,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000011_commission_scan_indexes::Migration),
             Box::new(m20261207_000012_console_sessions::Migration),
             Box::new(m20261207_000013_referral_kpi_index::Migration),
+            Box::new(m20261207_000014_referral_kpi_rollup::Migration),
         ]
     }
 }

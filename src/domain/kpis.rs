@@ -201,39 +201,242 @@ fn earliest(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<DateTi
 }
 
 /// The KPIs, and the instant they stop being true without any change of data (a pending lead
-/// SLA falls due, a customer's recurring period ends).
+/// SLA falls due, a customer's recurring period ends). The parts read different tables and run
+/// at once, each on its own connection.
 async fn compute(db: &Db, q: &KpiQuery) -> ApiResult<(Kpis, Option<DateTime<Utc>>)> {
     let at = Utc::now();
+    let (
+        referrals,
+        (overdue, next_due),
+        deals,
+        (accrued, commission_recurring, paid),
+        median,
+        median_engagement,
+        (recurring_revenue, active_customers, first_ending),
+        leaderboard,
+    ) = tokio::try_join!(
+        referral_counts(db, q),
+        pending_slas(db, q, at),
+        deal_figures(db, q),
+        commission_figures(db, q),
+        median_hours(db, q, "first_deal_hours"),
+        median_hours(db, q, "engagement_hours"),
+        recurring(db, q, at),
+        leaderboard(db, q),
+    )?;
+    let sla_breached = referrals.breached + overdue;
+    let kpis = Kpis {
+        referrals_submitted: referrals.submitted,
+        referrals_accepted: referrals.accepted,
+        referrals_duplicate: referrals.duplicate,
+        deals_attributed: deals.attributed,
+        deals_won: deals.won,
+        deals_lost: deals.lost,
+        conversion_rate: ratio(deals.won, referrals.accepted),
+        win_rate: ratio(deals.won, deals.won + deals.lost),
+        pipeline_value: from_cents(deals.pipeline),
+        won_revenue: from_cents(deals.revenue),
+        commission_accrued: from_cents(accrued),
+        commission_paid: from_cents(paid),
+        median_hours_to_first_deal: median,
+        leaderboard,
+        recurring_revenue: from_cents(recurring_revenue),
+        active_customers,
+        commission_recurring: from_cents(commission_recurring),
+        sla_met_rate: ratio(referrals.met, referrals.met + sla_breached),
+        median_hours_to_engagement: median_engagement,
+    };
+    Ok((kpis, earliest(next_due, first_ending)))
+}
+
+/// Referral counts of a range, the lead SLAs as recorded (a pending one past due is counted by
+/// [`pending_slas`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct ReferralCounts {
+    submitted: i64,
+    accepted: i64,
+    duplicate: i64,
+    met: i64,
+    breached: i64,
+}
+
+impl std::ops::AddAssign for ReferralCounts {
+    fn add_assign(&mut self, other: ReferralCounts) {
+        self.submitted += other.submitted;
+        self.accepted += other.accepted;
+        self.duplicate += other.duplicate;
+        self.met += other.met;
+        self.breached += other.breached;
+    }
+}
+
+/// The referral counts: a program's whole UTC days from the day counts the database keeps
+/// (`referral_days`, kept by triggers as referrals change), the part days at either end of the
+/// range by reading those referrals; one partner's by reading its referrals.
+async fn referral_counts(db: &Db, q: &KpiQuery) -> ApiResult<ReferralCounts> {
+    let Some((first, end)) = whole_days(q) else {
+        return scanned_referrals(db, q).await;
+    };
+    let mut counts = kept_referrals(db, q, first, end).await?;
+    if let (Some(from), Some(first)) = (q.from, first)
+        && from < first
+    {
+        let head = KpiQuery {
+            to: Some(first),
+            ..q.clone()
+        };
+        counts += scanned_referrals(db, &head).await?;
+    }
+    if let (Some(to), Some(end)) = (q.to, end)
+        && end < to
+    {
+        let tail = KpiQuery {
+            from: Some(end),
+            ..q.clone()
+        };
+        counts += scanned_referrals(db, &tail).await?;
+    }
+    Ok(counts)
+}
+
+/// `[from, to)`, either open.
+type Bounds = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
+/// The whole UTC days within a program-wide query's range, `[first, end)` (`None` for no
+/// bound); `None` when the query is one partner's or its range holds no whole day.
+fn whole_days(q: &KpiQuery) -> Option<Bounds> {
+    if q.partner_id.is_some() {
+        return None;
+    }
+    let midnight = |at: DateTime<Utc>| {
+        at.date_naive()
+            .and_hms_opt(0, 0, 0)
+            .map(|day| day.and_utc())
+            .unwrap_or(at)
+    };
+    let first = q.from.map(|from| {
+        let day = midnight(from);
+        if day == from {
+            day
+        } else {
+            day + chrono::Duration::days(1)
+        }
+    });
+    let end = q.to.map(midnight);
+    match (first, end) {
+        (Some(first), Some(end)) if first >= end => None,
+        bounds => Some(bounds),
+    }
+}
+
+/// `YYYY-MM-DD`, the key of `referral_days`.
+fn day_key(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%d").to_string()
+}
+
+/// Sums the kept day counts of a program over `[first, end)`.
+async fn kept_referrals(
+    db: &Db,
+    q: &KpiQuery,
+    first: Option<DateTime<Utc>>,
+    end: Option<DateTime<Utc>>,
+) -> ApiResult<ReferralCounts> {
     let mut f = Filter::new(db);
-    let scope = f.scope(q, "program_id", "partner_id", Some("submitted_at"));
-    let now = f.bind(at);
+    let mut scope = format!("program_id = {}", f.bind(q.program_id.clone()));
+    if let Some(first) = first {
+        scope.push_str(&format!(" AND day >= {}", f.bind(day_key(first))));
+    }
+    if let Some(end) = end {
+        scope.push_str(&format!(" AND day < {}", f.bind(day_key(end))));
+    }
     let row = one_row(
         db,
         format!(
-            "SELECT COUNT(*) AS submitted, {} AS accepted, {} AS duplicate, {} AS met, \
-             {} AS breached, \
-             MIN(CASE WHEN sla_state = 'PENDING' AND sla_due_at > {now} THEN sla_due_at END) \
-             AS next_due FROM referrals WHERE {scope}",
-            count("status IN ('ACCEPTED', 'CONVERTED', 'EXPIRED')"),
-            count("status = 'DUPLICATE'"),
-            count("sla_state = 'MET'"),
-            // A pending clock past its due time is breached before the job records it.
-            count(&format!(
-                "sla_state = 'BREACHED' OR (sla_state = 'PENDING' AND sla_due_at <= {now})"
-            )),
+            "SELECT {} AS submitted, {} AS accepted, {} AS duplicate, {} AS met, {} AS breached \
+             FROM referral_days WHERE {scope}",
+            cents("submitted"),
+            cents("accepted"),
+            cents("duplicate"),
+            cents("sla_met"),
+            cents("sla_breached"),
         ),
         f.values,
     )
     .await?;
-    let next_due: Option<DateTime<Utc>> = row.try_get("", "next_due")?;
-    let submitted: i64 = row.try_get("", "submitted")?;
-    let accepted: i64 = row.try_get("", "accepted")?;
-    let duplicate: i64 = row.try_get("", "duplicate")?;
-    let sla_met: i64 = row.try_get("", "met")?;
-    let sla_breached: i64 = row.try_get("", "breached")?;
+    referral_counts_of(&row)
+}
 
-    // Deals, from the reconciler's view of every attributed deal (one scan): attributed by
-    // creation, won and lost by close (a deleted deal counts lost), open ones as pipeline.
+/// Counts the referrals of the query's range by reading them (their index).
+async fn scanned_referrals(db: &Db, q: &KpiQuery) -> ApiResult<ReferralCounts> {
+    let mut f = Filter::new(db);
+    let scope = f.scope(q, "program_id", "partner_id", Some("submitted_at"));
+    let row = one_row(
+        db,
+        format!(
+            "SELECT COUNT(*) AS submitted, {} AS accepted, {} AS duplicate, {} AS met, \
+             {} AS breached FROM referrals WHERE {scope}",
+            count("status IN ('ACCEPTED', 'CONVERTED', 'EXPIRED')"),
+            count("status = 'DUPLICATE'"),
+            count("sla_state = 'MET'"),
+            count("sla_state = 'BREACHED'"),
+        ),
+        f.values,
+    )
+    .await?;
+    referral_counts_of(&row)
+}
+
+fn referral_counts_of(row: &QueryResult) -> ApiResult<ReferralCounts> {
+    Ok(ReferralCounts {
+        submitted: row.try_get("", "submitted")?,
+        accepted: row.try_get("", "accepted")?,
+        duplicate: row.try_get("", "duplicate")?,
+        met: row.try_get("", "met")?,
+        breached: row.try_get("", "breached")?,
+    })
+}
+
+/// Of the range's referrals whose lead SLA is pending: how many are past due at `at` (breached
+/// before the sweep records it), and the next due time after `at`.
+async fn pending_slas(
+    db: &Db,
+    q: &KpiQuery,
+    at: DateTime<Utc>,
+) -> ApiResult<(i64, Option<DateTime<Utc>>)> {
+    let mut f = Filter::new(db);
+    let scope = f.scope(q, "program_id", "partner_id", Some("submitted_at"));
+    let now = f.bind(at);
+    // SQLite plans without statistics and would rather read the program's KPI index.
+    let index = if q.partner_id.is_none() && !db.is_postgres() {
+        " INDEXED BY idx_referrals_pending"
+    } else {
+        ""
+    };
+    let row = one_row(
+        db,
+        format!(
+            "SELECT {} AS overdue, MIN(CASE WHEN sla_due_at > {now} THEN sla_due_at END) \
+             AS next_due FROM referrals{index} WHERE {scope} AND sla_state = 'PENDING'",
+            count(&format!("sla_due_at <= {now}")),
+        ),
+        f.values,
+    )
+    .await?;
+    Ok((row.try_get("", "overdue")?, row.try_get("", "next_due")?))
+}
+
+/// The attributed deals' figures (in cents of the program currency).
+struct DealFigures {
+    attributed: i64,
+    won: i64,
+    lost: i64,
+    pipeline: i64,
+    revenue: i64,
+}
+
+/// Deals, from the reconciler's view of every attributed deal (one scan): attributed by
+/// creation, won and lost by close (a deleted deal counts lost), open ones as pipeline.
+async fn deal_figures(db: &Db, q: &KpiQuery) -> ApiResult<DealFigures> {
     let mut f = Filter::new(db);
     let base = f.scope(q, "program_id", "partner_id", None);
     let created_range = f.range(q, "deal_created_at");
@@ -254,12 +457,18 @@ async fn compute(db: &Db, q: &KpiQuery) -> ApiResult<(Kpis, Option<DateTime<Utc>
         f.values,
     )
     .await?;
-    let deals_attributed: i64 = row.try_get("", "attributed")?;
-    let deals_won: i64 = row.try_get("", "won")?;
-    let deals_lost: i64 = row.try_get("", "lost")?;
-    let pipeline: i64 = row.try_get("", "pipeline")?;
-    let won_revenue: i64 = row.try_get("", "revenue")?;
+    Ok(DealFigures {
+        attributed: row.try_get("", "attributed")?,
+        won: row.try_get("", "won")?,
+        lost: row.try_get("", "lost")?,
+        pipeline: row.try_get("", "pipeline")?,
+        revenue: row.try_get("", "revenue")?,
+    })
+}
 
+/// Commission booked (of every kind, and the part earned on invoices) and payouts paid in the
+/// range, in cents.
+async fn commission_figures(db: &Db, q: &KpiQuery) -> ApiResult<(i64, i64, i64)> {
     let mut f = Filter::new(db);
     let scope = f.scope(q, "program_id", "partner_id", Some("created_at"));
     let row = one_row(
@@ -273,9 +482,8 @@ async fn compute(db: &Db, q: &KpiQuery) -> ApiResult<(Kpis, Option<DateTime<Utc>
         f.values,
     )
     .await?;
-    // Commission of every kind, and the part of it earned on invoices (one scan).
     let accrued: i64 = row.try_get("", "accrued")?;
-    let commission_recurring: i64 = row.try_get("", "recurring")?;
+    let recurring: i64 = row.try_get("", "recurring")?;
     let mut f = Filter::new(db);
     let scope = f.scope(q, "program_id", "partner_id", Some("paid_at"));
     let row = one_row(
@@ -287,12 +495,11 @@ async fn compute(db: &Db, q: &KpiQuery) -> ApiResult<(Kpis, Option<DateTime<Utc>
         f.values,
     )
     .await?;
-    let paid: i64 = row.try_get("", "paid")?;
+    Ok((accrued, recurring, row.try_get("", "paid")?))
+}
 
-    let median = median_hours_to_first_deal(db, q).await?;
-    let median_engagement = median_hours_to_engagement(db, q).await?;
-    let (recurring_revenue, active_customers, first_ending) = recurring(db, q, at).await?;
-
+/// Partners by won revenue in the range.
+async fn leaderboard(db: &Db, q: &KpiQuery) -> ApiResult<Vec<LeaderboardRow>> {
     let mut f = Filter::new(db);
     let base = f.scope(q, "program_id", "partner_id", None);
     let won_range = f.range(q, "closed_at");
@@ -318,28 +525,7 @@ async fn compute(db: &Db, q: &KpiQuery) -> ApiResult<(Kpis, Option<DateTime<Utc>
             deals_won: row.try_get("", "won")?,
         });
     }
-    let kpis = Kpis {
-        referrals_submitted: submitted,
-        referrals_accepted: accepted,
-        referrals_duplicate: duplicate,
-        deals_attributed,
-        deals_won,
-        deals_lost,
-        conversion_rate: ratio(deals_won, accepted),
-        win_rate: ratio(deals_won, deals_won + deals_lost),
-        pipeline_value: from_cents(pipeline),
-        won_revenue: from_cents(won_revenue),
-        commission_accrued: from_cents(accrued),
-        commission_paid: from_cents(paid),
-        median_hours_to_first_deal: median,
-        leaderboard,
-        recurring_revenue: from_cents(recurring_revenue),
-        active_customers,
-        commission_recurring: from_cents(commission_recurring),
-        sla_met_rate: ratio(sla_met, sla_met + sla_breached),
-        median_hours_to_engagement: median_engagement,
-    };
-    Ok((kpis, earliest(next_due, first_ending)))
+    Ok(leaderboard)
 }
 
 /// The recurring KPIs: invoice revenue in the range, customers still earning (at `at`), and
@@ -392,62 +578,40 @@ async fn recurring(
     Ok((revenue, row.try_get("", "active")?, ends))
 }
 
-/// SQL for the hours from `from` to `to` (time expressions), never negative.
-fn hours_between(db: &Db, from: &str, to: &str) -> String {
-    match db.backend() {
-        DatabaseBackend::Postgres => {
-            format!("GREATEST(EXTRACT(EPOCH FROM ({to} - {from})) / 3600.0, 0)::float8")
-        }
-        _ => format!("MAX((julianday({to}) - julianday({from})) * 24.0, 0.0)"),
-    }
-}
-
-/// Median hours from submission to the first attributed deal's creation.
-async fn median_hours_to_first_deal(db: &Db, q: &KpiQuery) -> ApiResult<Option<f64>> {
-    let hours = hours_between(db, "r.submitted_at", "MIN(d.created_at)");
+/// The median of a referral's kept hours (`first_deal_hours`: submission to the first
+/// attributed deal's creation; `engagement_hours`: acceptance to engagement) over the range's
+/// referrals that have them. Both columns are kept by the database (migration
+/// `m20261207_000014`) and indexed by program and hours: the statement counts them and steps to
+/// the middle one or two.
+async fn median_hours(db: &Db, q: &KpiQuery, column: &str) -> ApiResult<Option<f64>> {
     let mut f = Filter::new(db);
+    let counted = f.scope(q, "program_id", "partner_id", Some("submitted_at"));
     let scope = f.scope(q, "r.program_id", "r.partner_id", Some("r.submitted_at"));
-    let delays = format!(
-        "SELECT {hours} AS hours FROM referrals r \
-         JOIN attributions a ON a.referral_id = r.id JOIN deals d ON d.id = a.deal_id \
-         WHERE {scope} GROUP BY r.id, r.submitted_at"
-    );
-    median_of(db, delays, f.values).await
-}
-
-/// Median hours from acceptance to first engagement, over the referrals of the range that were
-/// accepted and engaged.
-async fn median_hours_to_engagement(db: &Db, q: &KpiQuery) -> ApiResult<Option<f64>> {
-    let hours = hours_between(db, "r.accepted_at", "r.engaged_at");
-    let mut f = Filter::new(db);
-    let scope = f.scope(q, "r.program_id", "r.partner_id", Some("r.submitted_at"));
-    let delays = format!(
-        "SELECT {hours} AS hours FROM referrals r WHERE {scope} \
-         AND r.engaged_at IS NOT NULL AND r.accepted_at IS NOT NULL"
-    );
-    median_of(db, delays, f.values).await
-}
-
-/// The median of the `hours` column of `delays`, in SQL and in one pass over it: the database
-/// numbers the ordered rows and returns the middle one or two.
-async fn median_of(db: &Db, delays: String, values: Vec<Value>) -> ApiResult<Option<f64>> {
     let rows = db
         .reads()
         .query_all_raw(Statement::from_sql_and_values(
             db.backend(),
             format!(
-                "SELECT hours FROM (SELECT hours, ROW_NUMBER() OVER (ORDER BY hours) AS rn, \
-                 COUNT(*) OVER () AS n FROM ({delays}) t) m \
-                 WHERE rn = (n + 1) / 2 OR rn = (n + 2) / 2"
+                "WITH c AS (SELECT COUNT(*) AS n FROM referrals \
+                   WHERE {counted} AND {column} IS NOT NULL) \
+                 SELECT CAST(r.{column} AS DOUBLE PRECISION) AS hours, c.n AS n \
+                 FROM referrals r CROSS JOIN c \
+                 WHERE {scope} AND r.{column} IS NOT NULL ORDER BY r.{column} \
+                 LIMIT 2 OFFSET (SELECT (n - 1) / 2 FROM c)"
             ),
-            values,
+            f.values,
         ))
         .await?;
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let n: i64 = first.try_get("", "n")?;
+    let middle = if n % 2 == 1 { &rows[..1] } else { &rows[..] };
     let mut sum = 0.0;
-    for row in &rows {
+    for row in middle {
         sum += row.try_get::<f64>("", "hours")?;
     }
-    Ok((!rows.is_empty()).then(|| sum / rows.len() as f64))
+    Ok(Some(sum / middle.len() as f64))
 }
 
 /// One calendar month (UTC) of a program's money.
@@ -504,36 +668,38 @@ async fn months_of(db: &Db, q: &KpiQuery) -> ApiResult<Vec<MonthFigures>> {
         // Times are stored as UTC text (`YYYY-MM-DD HH:MM:SS…+00:00`).
         _ => format!("substr({column}, 1, 7)"),
     };
+    // Won revenue by month of close, commission by month of booking: two statements, at once.
+    let by_month = |table: &str, time: &str, amount: &str, only: &str| {
+        let mut f = Filter::new(db);
+        let scope = f.scope(q, "program_id", "partner_id", Some(time));
+        let sql = format!(
+            "SELECT {} AS month, {} AS cents FROM {table} WHERE {scope} AND {only} GROUP BY 1",
+            month(time),
+            cents(amount),
+        );
+        db.reads()
+            .query_all_raw(Statement::from_sql_and_values(db.backend(), sql, f.values))
+    };
+    let (won, booked) = tokio::try_join!(
+        by_month(
+            "deal_commissions",
+            "closed_at",
+            "COALESCE(amount_program_cents, 0)",
+            "state <> 'DETACHED' AND deal_status = 'WON'",
+        ),
+        by_month(
+            "ledger_entries",
+            "created_at",
+            "amount_cents",
+            &format!("kind IN {COMMISSION_KINDS}"),
+        ),
+    )?;
     let mut months: std::collections::BTreeMap<String, (i64, i64)> = Default::default();
-    let mut f = Filter::new(db);
-    let scope = f.scope(q, "program_id", "partner_id", Some("closed_at"));
-    let sql = format!(
-        "SELECT {} AS month, {} AS cents FROM deal_commissions WHERE {scope} \
-         AND state <> 'DETACHED' AND deal_status = 'WON' GROUP BY 1",
-        month("closed_at"),
-        cents("COALESCE(amount_program_cents, 0)"),
-    );
-    for row in db
-        .reads()
-        .query_all_raw(Statement::from_sql_and_values(db.backend(), sql, f.values))
-        .await?
-    {
+    for row in won {
         months.entry(row.try_get("", "month")?).or_default().0 +=
             row.try_get::<i64>("", "cents")?;
     }
-    let mut f = Filter::new(db);
-    let scope = f.scope(q, "program_id", "partner_id", Some("created_at"));
-    let sql = format!(
-        "SELECT {} AS month, {} AS cents FROM ledger_entries WHERE {scope} \
-         AND kind IN {COMMISSION_KINDS} GROUP BY 1",
-        month("created_at"),
-        cents("amount_cents"),
-    );
-    for row in db
-        .reads()
-        .query_all_raw(Statement::from_sql_and_values(db.backend(), sql, f.values))
-        .await?
-    {
+    for row in booked {
         months.entry(row.try_get("", "month")?).or_default().1 +=
             row.try_get::<i64>("", "cents")?;
     }

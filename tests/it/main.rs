@@ -22,6 +22,7 @@ mod history;
 mod isolation;
 mod jobs;
 mod kpi_cache;
+mod kpi_rollup;
 mod ledger_props;
 mod limits;
 mod manage;
