@@ -83,6 +83,19 @@ fn remove(backend: DatabaseBackend, r: &str) -> String {
     )
 }
 
+/// Whether an update changes what the referral counts for: a category, its program or its
+/// submission time. A status change within a category (ACCEPTED → CONVERTED → EXPIRED, SUBMITTED
+/// → REJECTED) writes no day row, so it takes no lock on it.
+fn recounted() -> String {
+    let changed = categories("OLD")
+        .iter()
+        .zip(categories("NEW"))
+        .map(|(old, new)| format!("{old} <> {new}"))
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    format!("{changed} OR OLD.program_id <> NEW.program_id OR OLD.submitted_at <> NEW.submitted_at")
+}
+
 /// Hours from `from` to `to` (time expressions), never negative, NULL when either is.
 fn hours(backend: DatabaseBackend, from: &str, to: &str) -> String {
     match backend {
@@ -138,9 +151,8 @@ fn sqlite_statements() -> Vec<String> {
         format!(
             "CREATE TRIGGER referral_days_update \
              AFTER UPDATE OF status, sla_state, program_id, submitted_at ON referrals \
-             WHEN OLD.status IS NOT NEW.status OR OLD.sla_state IS NOT NEW.sla_state \
-               OR OLD.program_id IS NOT NEW.program_id OR OLD.submitted_at IS NOT NEW.submitted_at \
-             BEGIN {}; {}; END",
+             WHEN {} BEGIN {}; {}; END",
+            recounted(),
             remove(b, "OLD"),
             add(b, "NEW")
         ),
@@ -203,14 +215,12 @@ fn postgres_statements() -> Vec<String> {
         "CREATE TRIGGER referral_days_insert_delete AFTER INSERT OR DELETE ON referrals \
          FOR EACH ROW EXECUTE FUNCTION tandem_referral_days()"
             .into(),
-        "CREATE TRIGGER referral_days_update \
-         AFTER UPDATE OF status, sla_state, program_id, submitted_at ON referrals \
-         FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status \
-           OR OLD.sla_state IS DISTINCT FROM NEW.sla_state \
-           OR OLD.program_id IS DISTINCT FROM NEW.program_id \
-           OR OLD.submitted_at IS DISTINCT FROM NEW.submitted_at) \
-         EXECUTE FUNCTION tandem_referral_days()"
-            .into(),
+        format!(
+            "CREATE TRIGGER referral_days_update \
+             AFTER UPDATE OF status, sla_state, program_id, submitted_at ON referrals \
+             FOR EACH ROW WHEN ({}) EXECUTE FUNCTION tandem_referral_days()",
+            recounted()
+        ),
         format!(
             "CREATE FUNCTION tandem_referral_first_deal() RETURNS trigger LANGUAGE plpgsql AS $$ \
              BEGIN \
