@@ -141,12 +141,23 @@ pub struct Balance {
 
 /// A partner's balances per currency, by SQL aggregate.
 pub async fn balances(db: &Db, partner_id: &str) -> ApiResult<Vec<Balance>> {
+    balances_where(db, "partner_id", partner_id).await
+}
+
+/// A program's balances per currency: the sums of its partners' (what the program owes, holds
+/// and has paid).
+pub async fn program_balances(db: &Db, program_id: &str) -> ApiResult<Vec<Balance>> {
+    balances_where(db, "program_id", program_id).await
+}
+
+/// The balances of the ledger entries whose `column` is `id`.
+async fn balances_where(db: &Db, column: &str, id: &str) -> ApiResult<Vec<Balance>> {
     let sum = |cond: &str| {
         format!("CAST(COALESCE(SUM(CASE WHEN {cond} THEN amount_cents ELSE 0 END), 0) AS BIGINT)")
     };
     let sql = format!(
         "SELECT currency, {} AS pending, {} AS approved, {} AS in_payout, {} AS paid, \
-         {} AS held FROM ledger_entries WHERE partner_id = {} GROUP BY currency \
+         {} AS held FROM ledger_entries WHERE {column} = {} GROUP BY currency \
          ORDER BY currency",
         sum("status = 'PENDING'"),
         sum("status = 'APPROVED' AND payout_id IS NULL"),
@@ -160,7 +171,7 @@ pub async fn balances(db: &Db, partner_id: &str) -> ApiResult<Vec<Balance>> {
         .query_all_raw(Statement::from_sql_and_values(
             db.backend(),
             sql,
-            [partner_id.into()],
+            [id.into()],
         ))
         .await?;
     let mut out = Vec::with_capacity(rows.len());

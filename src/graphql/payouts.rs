@@ -148,6 +148,18 @@ impl PayoutQuery {
             .collect())
     }
 
+    /// A program's balances per currency, summed over its partners: pending, approved (what
+    /// the next payout run would gather), in payout, paid and held (admins).
+    async fn program_balances(
+        &self,
+        ctx: &Context<'_>,
+        program_id: ID,
+    ) -> Result<Vec<crate::domain::ledger::Balance>> {
+        let db = admin_db(ctx).await?;
+        find_program(db.reads(), program_id.as_str()).await?;
+        Ok(crate::domain::ledger::program_balances(db, program_id.as_str()).await?)
+    }
+
     /// A payout run (admins).
     async fn payout_run(&self, ctx: &Context<'_>, id: ID) -> Result<PayoutRun> {
         let db = admin_db(ctx).await?;

@@ -723,6 +723,26 @@ async fn payout_runs_are_made_and_marked_paid_from_the_console(app: TestApp) {
     let (status, page, _) = m.get(&here).await;
     assert_eq!(status, StatusCode::OK);
     assert!(page.contains("form id=\"create-payout-run\""), "{page}");
+    // The program's balances: Alpha's 100.00 and Beta's 50.00 approved.
+    assert!(
+        page.contains(&balance_row(["0.00", "150.00", "0.00", "0.00", "0.00"])),
+        "{page}"
+    );
+    let sums = app
+        .admin_ok(
+            "query($p: ID!, $a: ID!, $b: ID!) { programBalances(programId: $p) { currency approved } \
+               a: balances(partnerId: $a) { approved } b: balances(partnerId: $b) { approved } }",
+            json!({"p": program, "a": alpha.id, "b": beta.id}),
+        )
+        .await;
+    assert_eq!(
+        sums["programBalances"],
+        json!([{"currency": "USD", "approved": "150.00"}])
+    );
+    assert_eq!(
+        (&sums["a"][0]["approved"], &sums["b"][0]["approved"]),
+        (&json!("100.00"), &json!("50.00"))
+    );
     let csrf = m.csrf(&here).await;
     // A bad minimum: refused with the API's reason, nothing made.
     let resp = m
@@ -798,6 +818,11 @@ async fn payout_runs_are_made_and_marked_paid_from_the_console(app: TestApp) {
         .await;
     let (_, page, _) = m.get(&location(&resp)).await;
     assert!(page.contains("Marked paid: 1 payout."), "{page}");
+    // Alpha's 100.00 paid, Beta's 50.00 still approved.
+    assert!(
+        page.contains(&balance_row(["0.00", "50.00", "0.00", "100.00", "0.00"])),
+        "{page}"
+    );
     let status = app
         .admin_ok(
             "query($id: ID!) { payoutRun(id: $id) { status } }",
@@ -824,6 +849,32 @@ async fn payout_runs_are_made_and_marked_paid_from_the_console(app: TestApp) {
         count(&app.db, "SELECT COUNT(*) AS n FROM payout_runs").await,
         1
     );
+    // Nor read the program's balances; an unknown program is not found.
+    let got = app
+        .gql(
+            &key,
+            "query($p: ID!) { programBalances(programId: $p) { approved } }",
+            json!({"p": program}),
+        )
+        .await;
+    assert_eq!(crate::helpers::error_code(&got), "FORBIDDEN", "{got}");
+    let got = app
+        .gql(
+            &app.admin,
+            "query { programBalances(programId: \"nope\") { approved } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(crate::helpers::error_code(&got), "NOT_FOUND", "{got}");
+}
+
+/// A USD row of the balances table: pending, approved, in payout, paid, held.
+fn balance_row(amounts: [&str; 5]) -> String {
+    let cells: String = amounts
+        .iter()
+        .map(|a| format!("<td class=\"num\">${a}</td>"))
+        .collect();
+    format!("<tr><td>USD</td>{cells}</tr>")
 }
 
 async fn payouts_filter_by_status(app: TestApp) {

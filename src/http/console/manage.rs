@@ -125,6 +125,7 @@ pub async fn payout_runs(
             req,
             &session,
             "query($p: ID!) { program(id: $p) { currency } \
+               programBalances(programId: $p) { currency pending approved inPayout paid held } \
                payoutRuns(programId: $p) { id currency cutoff minimumAmount status total payoutCount createdAt \
                  skipped { reason } } }",
             json!({"p": program}),
@@ -138,6 +139,7 @@ pub async fn payout_runs(
                 (views::program_select(&programs, &program))
                 button type="submit" { "Show" }
             }
+            (super::pages::balances(&data["programBalances"]))
             section {
                 h2 { "New payout run" }
                 form #create-payout-run method="post" action="/console/payout-runs" class="inline" {

@@ -248,7 +248,7 @@ fn kpi_card(name: &str, label: &str, kind: &Kind, value: &Value, currency: &str)
     }
 }
 
-fn balances(balances: &Value) -> Markup {
+pub(super) fn balances(balances: &Value) -> Markup {
     let rows = balances.as_array().cloned().unwrap_or_default();
     html! {
         section aria-labelledby="balances-heading" {
