@@ -18,16 +18,7 @@ case "$backend" in
   postgres) durability="PostgreSQL $(psql "$pg_url" -Atc 'SHOW server_version'), synchronous_commit=$(psql "$pg_url" -Atc 'SHOW synchronous_commit'), fsync=$(psql "$pg_url" -Atc 'SHOW fsync')" ;;
 esac
 
-TANDEM_SECRET_KEY="$(head -c 32 /dev/urandom | base64)" TANDEM_LOG=warn,tandem=info \
-  "$bin" serve --database-url "$db_url" --bind "127.0.0.1:$port" 2>"$work/server.log" &
-server_pid=$!
-token=""
-for _ in $(seq 1 100); do
-  token="$(grep -o 'tdm_[A-Za-z0-9]*' "$work/server.log" | head -1 || true)"
-  [ -n "$token" ] && curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break
-  sleep 0.2
-done
-[ -n "$token" ] || { echo "the server did not start:"; cat "$work/server.log"; exit 1; } >&2
+bench_serve
 
 mkdir -p bench/results
 out="bench/results/ingest-$backend.txt"

@@ -17,17 +17,7 @@ phase="${BENCH_PHASE_SECS:-5}"
 source bench/common.sh
 bench_setup prune
 
-TANDEM_SECRET_KEY="$(head -c 32 /dev/urandom | base64)" TANDEM_LOG=warn,tandem=info \
-  "$bin" serve --database-url "$db_url" --bind "127.0.0.1:$port" 2>"$work/server.log" &
-server_pid=$!
-base="http://127.0.0.1:$port"
-token=""
-for _ in $(seq 1 100); do
-  token="$(grep -o 'tdm_[A-Za-z0-9]*' "$work/server.log" 2>/dev/null | head -1 || true)"
-  [ -n "$token" ] && curl -sf "$base/healthz" >/dev/null && break
-  sleep 0.2
-done
-[ -n "$token" ] || { echo "the server did not start:"; cat "$work/server.log"; exit 1; } >&2
+bench_serve
 
 sql() {
   case "$backend" in

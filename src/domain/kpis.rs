@@ -278,23 +278,18 @@ async fn referral_counts(db: &Db, q: &KpiQuery) -> ApiResult<ReferralCounts> {
         return scanned_referrals(db, q).await;
     };
     let mut counts = kept_referrals(db, q, first, end).await?;
-    if let (Some(from), Some(first)) = (q.from, first)
-        && from < first
-    {
-        let head = KpiQuery {
-            to: Some(first),
+    // The part days: from `from` to the first midnight, from the last midnight to `to`.
+    let parts = [
+        q.from.zip(first).filter(|(from, first)| from < first),
+        end.zip(q.to).filter(|(end, to)| end < to),
+    ];
+    for (from, to) in parts.into_iter().flatten() {
+        let part = KpiQuery {
+            from: Some(from),
+            to: Some(to),
             ..q.clone()
         };
-        counts += scanned_referrals(db, &head).await?;
-    }
-    if let (Some(to), Some(end)) = (q.to, end)
-        && end < to
-    {
-        let tail = KpiQuery {
-            from: Some(end),
-            ..q.clone()
-        };
-        counts += scanned_referrals(db, &tail).await?;
+        counts += scanned_referrals(db, &part).await?;
     }
     Ok(counts)
 }
