@@ -31,6 +31,13 @@ use crate::{
     },
 };
 
+/// Filters for `programs`.
+#[derive(Debug, Default, InputObject)]
+pub struct ProgramFilter {
+    /// Only programs whose name contains this text (case-insensitive).
+    pub search: Option<String>,
+}
+
 /// Filters for `partners`.
 #[derive(Debug, Default, InputObject)]
 pub struct PartnerFilter {
@@ -114,6 +121,7 @@ impl CoreQuery {
     async fn programs(
         &self,
         ctx: &Context<'_>,
+        filter: Option<ProgramFilter>,
         #[graphql(validator(minimum = 0, maximum = 100))] first: Option<i32>,
         after: Option<String>,
     ) -> Result<ProgramConnection> {
@@ -123,7 +131,10 @@ impl CoreQuery {
             Principal::Partner { program_id, .. } => Some(program_id.as_str()),
             _ => None,
         };
-        let query = program::Entity::find().eq_if(program::Column::Id, own_program);
+        let search = filter.and_then(|f| f.search);
+        let query = program::Entity::find()
+            .eq_if(program::Column::Id, own_program)
+            .search_if(&[program::Column::Name], search.as_deref(), "filter.search")?;
         ProgramConnection::page(ctx, query, Direction::Ascending, (first, after), Program).await
     }
 

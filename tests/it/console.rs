@@ -497,6 +497,18 @@ async fn partners_register_and_managers_review(app: TestApp) {
         page.contains(&format!("data-referral-id=\"{id}\"")),
         "{page}"
     );
+    // The queue searches by company.
+    let (_, page, _) = m.get("/console/registrations?q=ACME").await;
+    assert!(
+        page.contains(&format!("data-referral-id=\"{id}\"")),
+        "{page}"
+    );
+    let (_, page, _) = m.get("/console/registrations?q=globex").await;
+    assert!(!page.contains("data-referral-id="), "{page}");
+    assert!(
+        page.contains("No registration in this queue matches"),
+        "{page}"
+    );
     let csrf_m = m.csrf("/console/registrations").await;
     // A decision the API does not know: its error is shown, nothing changes.
     let resp = m
@@ -605,7 +617,7 @@ async fn partners_register_and_managers_review(app: TestApp) {
     assert_eq!(page.matches("data-referral-id=").count(), 1, "{page}");
     assert!(page.contains("data-status=\"DUPLICATE\""));
     // A search longer than 200 characters is refused, naming the field, on every list.
-    for list in ["partners", "referrals", "deals"] {
+    for list in ["programs", "partners", "referrals", "deals"] {
         let resp = app
             .gql(
                 &app.admin,
@@ -1134,6 +1146,19 @@ async fn programs_integrations_payout_runs_and_payout_methods(app: TestApp) {
         "{page}"
     );
     assert!(page.contains("Manual approval"));
+    // Programs are searched by name.
+    let other = app.create_program("Zephyr Alliance").await;
+    let (_, page, _) = m.get("/console/programs?q=zEPHYR").await;
+    assert!(
+        page.contains(&format!("data-program-id=\"{other}\"")),
+        "{page}"
+    );
+    assert!(
+        !page.contains(&format!("data-program-id=\"{program}\"")),
+        "{page}"
+    );
+    let (_, page, _) = m.get("/console/programs?q=nothing-like-it").await;
+    assert!(page.contains("No program matches"), "{page}");
 
     // A CRM that refuses the token: "Sync now" runs the sync and says why it failed.
     let crm = MockServer::start().await;

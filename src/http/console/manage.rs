@@ -48,23 +48,28 @@ pub async fn programs_page(
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
     with_session(req, &state, async |session| {
+        let q = param(&params, "q");
         let data = read(
             &state,
             req,
             &session,
-            "query($after: String) { programs(first: 25, after: $after) { totalCount \
+            "query($after: String, $filter: ProgramFilter) { \
+               programs(first: 25, after: $after, filter: $filter) { totalCount \
                pageInfo { hasNextPage hasPreviousPage endCursor } edges { node { id name kind currency \
                attributionWindowDays holdDays clawbackDays leadSlaMinutes \
                commission { type rate flatAmount capPerDeal minDealAmount tiers { minRevenue rate } recurring { months } } \
                registration { approval protectionDays extensionDays maxExtensions } \
                partnerGroups { name rank isDefault commission { type rate flatAmount tiers { minRevenue rate } capPerDeal minDealAmount recurring { months } } } \
                partners(first: 0) { totalCount } } } } }",
-            json!({"after": param(&params, "after")}),
+            json!({"after": param(&params, "after"), "filter": {"search": q}}),
         )
         .await?;
         let list = &data["programs"];
         let body = html! {
-            @if edges(list).is_empty() {
+            (super::views::search("/console/programs", q, "Search programs by name", &[]))
+            @if edges(list).is_empty() && q.is_some() {
+                (empty("No program matches. Clear the search to see them all."))
+            } @else if edges(list).is_empty() {
                 (empty("No program yet. Create one with the createProgram mutation in GraphiQL."))
             }
             @for p in edges(list) {
@@ -101,7 +106,7 @@ pub async fn programs_page(
                     }
                 }
             }
-            (super::views::list_footer("/console/programs", &[], list))
+            (super::views::list_footer("/console/programs", &[("q", q)], list))
         };
         Ok(page(StatusCode::OK, layout(Some(&session), "Programs and plans", "Programs", body)))
     })

@@ -668,6 +668,7 @@ async fn registrations_page(
         Some("CONFLICT") => "CONFLICT",
         _ => "SUBMITTED",
     };
+    let q = param(params, "q");
     let data = read(
         state,
         req,
@@ -677,7 +678,7 @@ async fn registrations_page(
             "ReferralFilter",
             &format!("{REFERRAL_FIELDS} notes contactEmail conflict {{ dealId customerId }}"),
         ),
-        page_variables(params, json!({"status": status})),
+        page_variables(params, json!({"status": status, "search": q})),
     )
     .await?;
     let list = &data["referrals"];
@@ -693,7 +694,10 @@ async fn registrations_page(
         @if let Some((id, failure)) = &failure {
             div class="notice error" role="alert" data-failed=(id) { p { (failure.message) } }
         }
-        @if edges(list).is_empty() {
+        (search("/console/registrations", q, "Search by company name or domain", &[("status", Some(status))]))
+        @if edges(list).is_empty() && q.is_some() {
+            (empty("No registration in this queue matches. Clear the search to see them all."))
+        } @else if edges(list).is_empty() {
             (empty("Nothing waits for review. Registrations of programs with MANUAL approval, and those in channel conflict, appear here."))
         } @else {
             table {
@@ -731,7 +735,7 @@ async fn registrations_page(
                 }
             }
         }
-        (list_footer("/console/registrations", &[("status", Some(status))], list))
+        (list_footer("/console/registrations", &[("status", Some(status)), ("q", q)], list))
     };
     Ok(page(
         StatusCode::OK,
