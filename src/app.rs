@@ -160,6 +160,7 @@ impl App {
                         )),
                         None => None,
                     },
+                    crate::domain::kpis::KpiCache::counted(metrics.clone()),
                 ),
                 db.clone(),
             ),

@@ -33,6 +33,7 @@ pub struct Metrics {
     webhook_pending: prometheus::IntGauge,
     table_rows: prometheus::IntGaugeVec,
     table_bytes: prometheus::IntGaugeVec,
+    kpi_answers: IntCounterVec,
     /// When the table sizes were last measured.
     sizes_measured: Arc<Mutex<Option<Instant>>>,
     operations: Arc<Mutex<HashSet<String>>>,
@@ -143,6 +144,15 @@ impl Metrics {
             &["table"],
         )
         .expect("valid metric");
+        let kpi_answers = IntCounterVec::new(
+            Opts::new(
+                "tandem_kpi_answers_total",
+                "KPI answers (kpis, Kpis.months) by whether they were kept from an earlier \
+                 computation on unchanged data or computed",
+            ),
+            &["query", "answer"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_latency.clone()),
@@ -158,6 +168,7 @@ impl Metrics {
             Box::new(webhook_pending.clone()),
             Box::new(table_rows.clone()),
             Box::new(table_bytes.clone()),
+            Box::new(kpi_answers.clone()),
         ] {
             registry
                 .register(collector)
@@ -179,6 +190,7 @@ impl Metrics {
             webhook_pending,
             table_rows,
             table_bytes,
+            kpi_answers,
             sizes_measured: Arc::new(Mutex::new(None)),
             operations: Arc::new(Mutex::new(HashSet::new())),
         }
@@ -201,6 +213,11 @@ impl Metrics {
         self.webhook_receipts
             .with_label_values(&[kind, outcome])
             .inc();
+    }
+
+    /// Counts one KPI answer of `query` (`kpis`, `months`): `kept` or `computed`.
+    pub fn observe_kpi_answer(&self, query: &str, answer: &str) {
+        self.kpi_answers.with_label_values(&[query, answer]).inc();
     }
 
     /// Sets the inbox backlog gauge (refreshed on every scrape).

@@ -161,29 +161,58 @@ fn ratio(n: i64, d: i64) -> Option<f64> {
 
 /// The KPIs and monthly figures the API answers, kept while the data has not changed (see
 /// [`Memo`]): a dashboard asks for the same figures again and again, and over a whole program
-/// they take hundreds of milliseconds to compute.
+/// they take hundreds of milliseconds to compute. Each answer is counted in the metrics as
+/// kept or computed (`tandem_kpi_answers_total`).
 #[derive(Default)]
 pub struct KpiCache {
     kpis: Memo<KpiQuery, Kpis>,
     months: Memo<KpiQuery, Vec<MonthFigures>>,
+    metrics: Option<crate::metrics::Metrics>,
 }
 
 impl KpiCache {
+    /// A cache whose answers are counted in `metrics`.
+    pub fn counted(metrics: crate::metrics::Metrics) -> KpiCache {
+        KpiCache {
+            metrics: Some(metrics),
+            ..KpiCache::default()
+        }
+    }
+
     /// [`kpis`], or its kept answer.
     pub async fn kpis(&self, db: &Db, q: &KpiQuery) -> ApiResult<Kpis> {
-        self.kpis
-            .get_or_compute(db, q.clone(), || compute(db, q))
-            .await
+        let computed = std::sync::atomic::AtomicBool::new(false);
+        let answer = self
+            .kpis
+            .get_or_compute(db, q.clone(), || {
+                computed.store(true, std::sync::atomic::Ordering::Relaxed);
+                compute(db, q)
+            })
+            .await;
+        self.count("kpis", &computed);
+        answer
     }
 
     /// [`by_month`], or its kept answer.
     pub async fn by_month(&self, db: &Db, q: &KpiQuery, last: u32) -> ApiResult<Vec<MonthFigures>> {
         let q = month_window(q, last, Utc::now());
-        self.months
+        let computed = std::sync::atomic::AtomicBool::new(false);
+        let answer = self
+            .months
             .get_or_compute(db, q.clone(), || async {
+                computed.store(true, std::sync::atomic::Ordering::Relaxed);
                 Ok((months_of(db, &q).await?, None))
             })
-            .await
+            .await;
+        self.count("months", &computed);
+        answer
+    }
+
+    fn count(&self, query: &str, computed: &std::sync::atomic::AtomicBool) {
+        if let Some(metrics) = &self.metrics {
+            let computed = computed.load(std::sync::atomic::Ordering::Relaxed);
+            metrics.observe_kpi_answer(query, if computed { "computed" } else { "kept" });
+        }
     }
 }
 

@@ -101,6 +101,7 @@ pub fn build_schema(
     public_base: String,
     apply_limiter: crate::domain::applications::ApplyLimiter,
     stripe: Option<std::sync::Arc<crate::domain::stripe_transfers::StripeTransfers>>,
+    kpis: crate::domain::kpis::KpiCache,
 ) -> TandemSchema {
     // No `.extension(…)` here: `inline::Inline` objects resolve their fields without the
     // extension hooks (and any extension would slow every field down; see `limits`).
@@ -112,7 +113,7 @@ pub fn build_schema(
         .data(PublicBase(public_base))
         .data(apply_limiter)
         .data(StripeClient(stripe))
-        .data(crate::domain::kpis::KpiCache::default())
+        .data(kpis)
         .finish()
 }
 

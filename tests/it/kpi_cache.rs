@@ -16,7 +16,8 @@ use crate::{db_tests, helpers::TestApp, registration::age};
 
 db_tests!(
     an_answer_is_kept_until_anything_commits,
-    kpis_follow_every_write_and_the_clock
+    kpis_follow_every_write_and_the_clock,
+    answers_are_counted_in_the_metrics
 );
 
 /// Asks `memo` for key 1 with a computation that counts its calls and answers `until`.
@@ -158,4 +159,45 @@ async fn kpis_follow_every_write_and_the_clock(app: TestApp) {
     let after = kpis(admin.clone()).await;
     assert_eq!(after["slaMetRate"], 0.0, "{after}");
     assert_eq!(after["referralsSubmitted"], 2);
+}
+
+/// `tandem_kpi_answers_total{query, answer}` of `/metrics`.
+async fn answers(app: &TestApp, query: &str, answer: &str) -> u64 {
+    let text = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = format!("tandem_kpi_answers_total{{answer=\"{answer}\",query=\"{query}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&line))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+/// Every `kpis` and `Kpis.months` answer is counted as kept or computed on `/metrics`.
+async fn answers_are_counted_in_the_metrics(app: TestApp) {
+    let program = app.create_program("Counted KPIs").await;
+    let ask = || {
+        app.ok(
+            &app.admin,
+            "query($p: ID!) { kpis(programId: $p) { referralsSubmitted months { month } } }",
+            json!({"p": program}),
+        )
+    };
+    ask().await;
+    assert!(answers(&app, "kpis", "computed").await >= 1);
+    assert!(answers(&app, "months", "computed").await >= 1);
+    // Asked again on unchanged data: kept (on PostgreSQL the other tests' databases move the
+    // cluster's snapshot, so a few tries may be needed).
+    for _ in 0..200 {
+        ask().await;
+        if answers(&app, "kpis", "kept").await >= 1 && answers(&app, "months", "kept").await >= 1 {
+            return;
+        }
+    }
+    panic!("no answer was ever counted as kept");
 }
