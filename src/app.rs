@@ -146,21 +146,25 @@ impl App {
             schema: LimitedSchema::new(
                 build_schema(
                     db.clone(),
-                    webhooks.clone(),
-                    jobs,
-                    outbound,
-                    public_base.clone(),
-                    crate::domain::applications::ApplyLimiter::new(config.apply_rate_limit),
-                    match &config.stripe_api_key {
-                        Some(key) => Some(std::sync::Arc::new(
-                            crate::domain::stripe_transfers::StripeTransfers::new(
-                                &config.stripe_api_base,
-                                &key.0,
-                            )?,
-                        )),
-                        None => None,
+                    crate::graphql::Services {
+                        webhooks: webhooks.clone(),
+                        jobs,
+                        outbound,
+                        public_base: public_base.clone(),
+                        apply_limiter: crate::domain::applications::ApplyLimiter::new(
+                            config.apply_rate_limit,
+                        ),
+                        stripe: match &config.stripe_api_key {
+                            Some(key) => Some(std::sync::Arc::new(
+                                crate::domain::stripe_transfers::StripeTransfers::new(
+                                    &config.stripe_api_base,
+                                    &key.0,
+                                )?,
+                            )),
+                            None => None,
+                        },
+                        kpis: crate::domain::kpis::KpiCache::counted(metrics.clone()),
                     },
-                    crate::domain::kpis::KpiCache::counted(metrics.clone()),
                 ),
                 db.clone(),
             ),

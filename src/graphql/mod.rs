@@ -92,28 +92,37 @@ pub struct StripeClient(
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddress(pub Option<std::net::IpAddr>);
 
+/// What the resolvers use besides the database.
+pub struct Services {
+    /// Webhook sources.
+    pub webhooks: Webhooks,
+    /// The job runner.
+    pub jobs: Jobs,
+    /// Events out.
+    pub outbound: outbound::OutboundContext,
+    /// The base URL clients reach this hub at.
+    pub public_base: String,
+    /// `applyToProgram`'s limit per address.
+    pub apply_limiter: crate::domain::applications::ApplyLimiter,
+    /// Stripe transfers, when configured.
+    pub stripe: Option<std::sync::Arc<crate::domain::stripe_transfers::StripeTransfers>>,
+    /// Kept KPI answers.
+    pub kpis: crate::domain::kpis::KpiCache,
+}
+
 /// The schema with the database and services attached.
-pub fn build_schema(
-    db: Db,
-    webhooks: Webhooks,
-    jobs: Jobs,
-    outbound: outbound::OutboundContext,
-    public_base: String,
-    apply_limiter: crate::domain::applications::ApplyLimiter,
-    stripe: Option<std::sync::Arc<crate::domain::stripe_transfers::StripeTransfers>>,
-    kpis: crate::domain::kpis::KpiCache,
-) -> TandemSchema {
+pub fn build_schema(db: Db, services: Services) -> TandemSchema {
     // No `.extension(…)` here: `inline::Inline` objects resolve their fields without the
     // extension hooks (and any extension would slow every field down; see `limits`).
     schema_builder()
         .data(db)
-        .data(webhooks)
-        .data(jobs)
-        .data(outbound)
-        .data(PublicBase(public_base))
-        .data(apply_limiter)
-        .data(StripeClient(stripe))
-        .data(kpis)
+        .data(services.webhooks)
+        .data(services.jobs)
+        .data(services.outbound)
+        .data(PublicBase(services.public_base))
+        .data(services.apply_limiter)
+        .data(StripeClient(services.stripe))
+        .data(services.kpis)
         .finish()
 }
 
