@@ -362,6 +362,18 @@ impl TestApp {
     }
 
     /// Counts rows of a table directly in the database.
+    /// The text of `GET /metrics`.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn count_rows(&self, table: &str) -> i64 {
         count(&self.db, &format!("SELECT COUNT(*) AS n FROM {table}")).await
     }

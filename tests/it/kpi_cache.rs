@@ -163,15 +163,7 @@ async fn kpis_follow_every_write_and_the_clock(app: TestApp) {
 
 /// `tandem_kpi_answers_total{query, answer}` of `/metrics`.
 async fn answers(app: &TestApp, query: &str, answer: &str) -> u64 {
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     let line = format!("tandem_kpi_answers_total{{answer=\"{answer}\",query=\"{query}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&line))

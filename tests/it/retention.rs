@@ -291,15 +291,7 @@ async fn metrics_report_table_sizes(app: TestApp) {
     assert!(resp.status().is_success());
     drain(&app).await;
     run_job(&app, "release-holds", false).await;
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     let gauge = |name: &str, table: &str| -> Option<f64> {
         let prefix = format!("{name}{{table=\"{table}\"}} ");
         text.lines()
