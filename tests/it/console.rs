@@ -509,6 +509,12 @@ async fn partners_register_and_managers_review(app: TestApp) {
         page.contains("No registration in this queue matches"),
         "{page}"
     );
+    // Clearing a search keeps the queue.
+    let (_, page, _) = m.get("/console/registrations?status=CONFLICT&q=acme").await;
+    assert!(
+        page.contains("href=\"/console/registrations?status=CONFLICT\">Clear</a>"),
+        "{page}"
+    );
     let csrf_m = m.csrf("/console/registrations").await;
     // A decision the API does not know: its error is shown, nothing changes.
     let resp = m

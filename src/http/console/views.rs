@@ -182,7 +182,8 @@ pub fn search(
             input id="q" name="q" type="search" value=[value];
             button type="submit" { "Search" }
             @if value.is_some() {
-                a href=(action) { "Clear" }
+                // Back to the list as it was before the search (its other filters kept).
+                a href=(with_params(action, keep)) { "Clear" }
             }
         }
     }
@@ -279,6 +280,19 @@ pub fn chosen_status<'a>(
     statuses: &[&str],
 ) -> Option<&'a str> {
     super::param(params, "status").filter(|s| statuses.contains(s))
+}
+
+/// `path` with the parameters that have a value, as a query string.
+pub fn with_params(path: &str, params: &[(&str, Option<&str>)]) -> String {
+    let query: Vec<String> = params
+        .iter()
+        .filter_map(|(k, v)| v.map(|v| format!("{k}={}", urlencode(v))))
+        .collect();
+    if query.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{}", query.join("&"))
+    }
 }
 
 /// Percent-encodes a query parameter's value.
