@@ -76,11 +76,25 @@ impl<K: Eq + Hash + Clone, V: Clone> Memo<K, V> {
         E: From<DbErr>,
         Fut: Future<Output = Result<(V, Option<DateTime<Utc>>), E>>,
     {
+        Ok(self.answer(db, key, compute).await?.0)
+    }
+
+    /// [`Memo::get_or_compute`], and whether the answer was a kept one (`true`) or computed.
+    pub async fn answer<E, Fut>(
+        &self,
+        db: &Db,
+        key: K,
+        compute: impl FnOnce() -> Fut,
+    ) -> Result<(V, bool), E>
+    where
+        E: From<DbErr>,
+        Fut: Future<Output = Result<(V, Option<DateTime<Utc>>), E>>,
+    {
         let before = db.data_version().await?;
         if let Some(version) = &before
             && let Some(value) = self.lookup(&key, version)
         {
-            return Ok(value);
+            return Ok((value, true));
         }
         let (value, until) = compute().await?;
         if let Some(version) = before
@@ -88,7 +102,7 @@ impl<K: Eq + Hash + Clone, V: Clone> Memo<K, V> {
         {
             self.keep(key, version, until, value.clone());
         }
-        Ok(value)
+        Ok((value, false))
     }
 
     fn lookup(&self, key: &K, version: &str) -> Option<V> {

@@ -2,7 +2,7 @@
 //! their money (in the program currency) as of the last reconciliation, which keeps one row per
 //! attributed deal (`deal_commissions`); commission from the ledger and payouts.
 
-use chrono::{DateTime, Months, Utc};
+use chrono::{DateTime, Months, NaiveTime, Utc};
 use rust_decimal::Decimal;
 use sea_orm::{ConnectionTrait, DatabaseBackend, EntityTrait, QueryResult, Statement, Value};
 
@@ -181,38 +181,28 @@ impl KpiCache {
 
     /// [`kpis`], or its kept answer.
     pub async fn kpis(&self, db: &Db, q: &KpiQuery) -> ApiResult<Kpis> {
-        let computed = std::sync::atomic::AtomicBool::new(false);
-        let answer = self
-            .kpis
-            .get_or_compute(db, q.clone(), || {
-                computed.store(true, std::sync::atomic::Ordering::Relaxed);
-                compute(db, q)
-            })
-            .await;
-        self.count("kpis", &computed);
-        answer
+        let answer = self.kpis.answer(db, q.clone(), || compute(db, q)).await?;
+        Ok(self.tally("kpis", answer))
     }
 
     /// [`by_month`], or its kept answer.
     pub async fn by_month(&self, db: &Db, q: &KpiQuery, last: u32) -> ApiResult<Vec<MonthFigures>> {
         let q = month_window(q, last, Utc::now());
-        let computed = std::sync::atomic::AtomicBool::new(false);
         let answer = self
             .months
-            .get_or_compute(db, q.clone(), || async {
-                computed.store(true, std::sync::atomic::Ordering::Relaxed);
+            .answer::<crate::error::ApiError, _>(db, q.clone(), || async {
                 Ok((months_of(db, &q).await?, None))
             })
-            .await;
-        self.count("months", &computed);
-        answer
+            .await?;
+        Ok(self.tally("months", answer))
     }
 
-    fn count(&self, query: &str, computed: &std::sync::atomic::AtomicBool) {
+    /// The value of an answer to `query`, counted in the metrics as kept or computed.
+    fn tally<V>(&self, query: &str, (value, kept): (V, bool)) -> V {
         if let Some(metrics) = &self.metrics {
-            let computed = computed.load(std::sync::atomic::Ordering::Relaxed);
-            metrics.observe_kpi_answer(query, if computed { "computed" } else { "kept" });
+            metrics.observe_kpi_answer(query, if kept { "kept" } else { "computed" });
         }
+        value
     }
 }
 
@@ -332,12 +322,7 @@ fn whole_days(q: &KpiQuery) -> Option<Bounds> {
     if q.partner_id.is_some() {
         return None;
     }
-    let midnight = |at: DateTime<Utc>| {
-        at.date_naive()
-            .and_hms_opt(0, 0, 0)
-            .map(|day| day.and_utc())
-            .unwrap_or(at)
-    };
+    let midnight = |at: DateTime<Utc>| at.date_naive().and_time(NaiveTime::MIN).and_utc();
     let first = q.from.map(|from| {
         let day = midnight(from);
         if day == from {

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use super::{
     Failure, Session, act_on, done_or_failed, edges, for_managers, form_input,
     format::{counted, money, time, words},
-    gql, html as page, not_found_page, param, program_choice, read,
+    gql, html as page, list_query, not_found_page, page_variables, param, program_choice, read,
     views::{self, csrf, empty, field_error, form_error, layout, text},
     with_post, with_session,
 };
@@ -53,15 +53,16 @@ pub async fn programs_page(
             &state,
             req,
             &session,
-            "query($after: String, $filter: ProgramFilter) { \
-               programs(first: 25, after: $after, filter: $filter) { totalCount \
-               pageInfo { hasNextPage hasPreviousPage endCursor } edges { node { id name kind currency \
-               attributionWindowDays holdDays clawbackDays leadSlaMinutes \
-               commission { type rate flatAmount capPerDeal minDealAmount tiers { minRevenue rate } recurring { months } } \
-               registration { approval protectionDays extensionDays maxExtensions } \
-               partnerGroups { name rank isDefault commission { type rate flatAmount tiers { minRevenue rate } capPerDeal minDealAmount recurring { months } } } \
-               partners(first: 0) { totalCount } } } } }",
-            json!({"after": param(&params, "after"), "filter": {"search": q}}),
+            &list_query(
+                "programs",
+                "ProgramFilter",
+                "id name kind currency attributionWindowDays holdDays clawbackDays leadSlaMinutes \
+                 commission { type rate flatAmount capPerDeal minDealAmount tiers { minRevenue rate } recurring { months } } \
+                 registration { approval protectionDays extensionDays maxExtensions } \
+                 partnerGroups { name rank isDefault commission { type rate flatAmount tiers { minRevenue rate } capPerDeal minDealAmount recurring { months } } } \
+                 partners(first: 0) { totalCount }",
+            ),
+            page_variables(&params, json!({"search": q})),
         )
         .await?;
         let list = &data["programs"];
@@ -144,7 +145,7 @@ pub async fn payout_runs(
                 (views::program_select(&programs, &program))
                 button type="submit" { "Show" }
             }
-            (super::pages::balances(&data["programBalances"]))
+            (views::balances(&data["programBalances"]))
             section {
                 h2 { "New payout run" }
                 form #create-payout-run method="post" action="/console/payout-runs" class="inline" {

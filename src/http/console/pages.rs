@@ -191,7 +191,7 @@ pub async fn overview(
                     }
                 }
                 @if !session.is_admin() {
-                    (balances(&data["balances"]))
+                    (views::balances(&data["balances"]))
                     (group(&data["viewer"]["partner"]))
                 }
                 section aria-labelledby="charts-heading" {
@@ -243,33 +243,6 @@ fn kpi_card(name: &str, label: &str, kind: &Kind, value: &Value, currency: &str)
             p class="value" { data data-kpi=(name) value=(raw) { (raw) } }
             @if !matches!(kind, Kind::Count) || value.is_null() {
                 p class="shown" { (shown) }
-            }
-        }
-    }
-}
-
-pub(super) fn balances(balances: &Value) -> Markup {
-    let rows = balances.as_array().cloned().unwrap_or_default();
-    html! {
-        section aria-labelledby="balances-heading" {
-            h2 id="balances-heading" { "Balances" }
-            @if rows.is_empty() {
-                (empty("No commission yet: it appears here once a referred deal is won."))
-            } @else {
-                table {
-                    thead { tr { th { "Currency" } th { "Pending" } th { "Approved" } th { "In payout" } th { "Paid" } th { "Held" } } }
-                    tbody {
-                        @for b in &rows {
-                            @let c = text(&b["currency"]);
-                            tr {
-                                td { (c) }
-                                @for f in ["pending", "approved", "inPayout", "paid", "held"] {
-                                    td class="num" { (money(&text(&b[f]), &c)) }
-                                }
-                            }
-                        }
-                    }
-                }
             }
         }
     }
@@ -394,7 +367,7 @@ pub async fn partner_page(
                     dt { "Group" } dd { (text(&p["group"]["name"])) }
                     dt { "Joined" } dd { (time(&text(&p["createdAt"]))) }
                 }
-                (balances(&data["balances"]))
+                (views::balances(&data["balances"]))
                 section {
                     h2 { "Latest referrals" }
                     (referral_table(&edges(&p["referrals"]), None))
@@ -915,7 +888,7 @@ pub async fn commissions(
             .await?;
             let list = &data["ledgerEntries"];
             let body = html! {
-                @if partner.is_some() { (balances(&data["balances"])) }
+                @if partner.is_some() { (views::balances(&data["balances"])) }
                 section {
                     h2 { "Ledger" }
                     (views::one_partner("/console/commissions", scope))
@@ -960,7 +933,7 @@ pub async fn payouts(
             let body = html! {
                 (views::notice(&params))
                 @if session.partner_id().is_some() {
-                    (balances(&data["balances"]))
+                    (views::balances(&data["balances"]))
                     (super::manage::payout_method_section(&session, &data["viewer"]["partner"]["payoutMethod"], None))
                     h2 { "Payouts" }
                 }

@@ -207,6 +207,34 @@ pub fn one_partner(path: &str, partner: Option<&str>) -> Markup {
     }
 }
 
+/// A partner's (or a program's) balances per currency, a row each.
+pub fn balances(balances: &Value) -> Markup {
+    let rows = balances.as_array().cloned().unwrap_or_default();
+    html! {
+        section aria-labelledby="balances-heading" {
+            h2 id="balances-heading" { "Balances" }
+            @if rows.is_empty() {
+                (empty("No commission yet: it appears here once a referred deal is won."))
+            } @else {
+                table {
+                    thead { tr { th { "Currency" } th { "Pending" } th { "Approved" } th { "In payout" } th { "Paid" } th { "Held" } } }
+                    tbody {
+                        @for b in &rows {
+                            @let c = text(&b["currency"]);
+                            tr {
+                                td { (c) }
+                                @for f in ["pending", "approved", "inPayout", "paid", "held"] {
+                                    td class="num" { (super::format::money(&text(&b[f]), &c)) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The foot of a list: how many rows of how many, and the links to the first and next pages of
 /// the connection (`totalCount`, `pageInfo`), keeping the page's other parameters.
 pub fn list_footer(path: &str, keep: &[(&str, Option<&str>)], connection: &Value) -> Markup {
@@ -223,23 +251,20 @@ pub fn list_footer_at(
     let page_info = &connection["pageInfo"];
     let shown = connection["edges"].as_array().map_or(0, Vec::len);
     let total = connection["totalCount"].as_i64().unwrap_or(0);
-    let keep: String = keep
-        .iter()
-        .filter_map(|(k, v)| v.map(|v| format!("{k}={}&", urlencode(v))))
-        .collect();
     let next = page_info["hasNextPage"]
         .as_bool()
         .unwrap_or(false)
         .then(|| page_info["endCursor"].as_str())
-        .flatten();
+        .flatten()
+        .map(|after| with_params(path, &[keep, &[(cursor, Some(after))]].concat()));
     html! {
         nav class="pager" aria-label="Pages" {
             span { (shown) " shown of " (total) }
             @if page_info["hasPreviousPage"].as_bool().unwrap_or(false) {
-                a href=(format!("{path}?{}", keep.trim_end_matches('&'))) { "First page" }
+                a href=(with_params(path, keep)) { "First page" }
             }
-            @if let Some(after) = next {
-                a rel="next" href=(format!("{path}?{keep}{cursor}={}", urlencode(after))) { "Next page" }
+            @if let Some(next) = next {
+                a rel="next" href=(next) { "Next page" }
             }
         }
     }
