@@ -31,6 +31,7 @@ mod outbound;
 mod payouts;
 mod plain;
 mod programs;
+mod reconcile_chunks;
 mod referrals;
 mod registration;
 mod retention;

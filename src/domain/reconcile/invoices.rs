@@ -84,7 +84,7 @@ pub(super) async fn reconcile_invoices(
                 .chunks(INVOICE_PARTNER_CHUNK)
                 .map(InvoiceScope::Partners)
                 .collect::<Vec<_>>();
-            pipelined(chunks, stats, prepare, write).await?;
+            pipelined(chunks, stats, writers(db), prepare, write).await?;
         }
         Some(since) => {
             let started = std::time::Instant::now();
@@ -94,12 +94,12 @@ pub(super) async fn reconcile_invoices(
                 .chunks(INVOICE_PARTNER_CHUNK)
                 .map(InvoiceScope::Partners)
                 .collect::<Vec<_>>();
-            pipelined(chunks, stats, prepare, write).await?;
+            pipelined(chunks, stats, writers(db), prepare, write).await?;
             let chunks = invoices
                 .chunks(INVOICE_CHUNK)
                 .map(InvoiceScope::Invoices)
                 .collect::<Vec<_>>();
-            pipelined(chunks, stats, prepare, write).await?;
+            pipelined(chunks, stats, writers(db), prepare, write).await?;
         }
     }
     Ok(())

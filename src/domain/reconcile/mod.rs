@@ -128,13 +128,23 @@ impl ReconcileStats {
     }
 }
 
-/// Runs chunks through `prepare` (read and compute) and `write`, writing each prepared chunk
-/// while the next one is read and computed: at most one write is in flight (it holds the
-/// writer), and the chunks of one call must not overlap (a chunk never reads what the one
-/// before it is still writing). Each step returns its own counts, added to `stats`.
+/// How many chunk writes may be in flight at once. SQLite has one writer, so one. On
+/// PostgreSQL the server's work per written row (index entries, foreign-key checks, WAL) is what
+/// a run waits for, and one transaction keeps one server process busy: a second one uses
+/// another core (full run of the 1,000,000-deal benchmark: see BENCHMARKS.md).
+pub(crate) fn writers(db: &Db) -> usize {
+    if db.is_postgres() { 2 } else { 1 }
+}
+
+/// Runs chunks through `prepare` (read and compute) and `write`, writing prepared chunks
+/// while the next one is read and computed: at most `writers` writes are in flight (on SQLite
+/// one, which holds the writer), and the chunks of one call must not overlap (a chunk never
+/// reads what another is still writing, and no two chunks write the same rows). Each step
+/// returns its own counts, added to `stats`.
 async fn pipelined<C, B, PF, WF>(
     chunks: impl IntoIterator<Item = C>,
     stats: &mut ReconcileStats,
+    writers: usize,
     mut prepare: impl FnMut(C) -> PF,
     mut write: impl FnMut(B) -> WF,
 ) -> Result<(), DbErr>
@@ -142,24 +152,32 @@ where
     PF: Future<Output = Result<(Option<B>, ReconcileStats), DbErr>>,
     WF: Future<Output = Result<ReconcileStats, DbErr>>,
 {
-    let mut pending: Option<B> = None;
+    use futures_util::{StreamExt, stream::FuturesUnordered};
+    let writers = writers.max(1);
+    let mut writing = FuturesUnordered::new();
     for chunk in chunks {
-        let writing = async {
-            match pending.take() {
-                Some(batch) => write(batch).await.map(Some),
-                None => Ok(None),
+        // Read and compute this chunk while the writes in flight go on.
+        let preparing = prepare(chunk);
+        tokio::pin!(preparing);
+        let (batch, part) = loop {
+            tokio::select! {
+                prepared = &mut preparing => break prepared?,
+                Some(written) = writing.next(), if !writing.is_empty() => stats.add(&written?),
             }
         };
-        let (prepared, written) = tokio::join!(prepare(chunk), writing);
-        if let Some(part) = written? {
-            stats.add(&part);
-        }
-        let (batch, part) = prepared?;
         stats.add(&part);
-        pending = batch;
+        // A free writer for it.
+        while writing.len() >= writers {
+            if let Some(written) = writing.next().await {
+                stats.add(&written?);
+            }
+        }
+        if let Some(batch) = batch {
+            writing.push(write(batch));
+        }
     }
-    if let Some(batch) = pending {
-        stats.add(&write(batch).await?);
+    while let Some(written) = writing.next().await {
+        stats.add(&written?);
     }
     Ok(())
 }
@@ -353,7 +371,7 @@ pub async fn reconcile_with_overlap(
                 .chunks(PARTNER_CHUNK)
                 .map(Scope::Partners)
                 .collect::<Vec<_>>();
-            pipelined(chunks, &mut stats, prepare, write).await?;
+            pipelined(chunks, &mut stats, writers(db), prepare, write).await?;
         }
         Some(since) => {
             let started = std::time::Instant::now();
@@ -377,7 +395,7 @@ pub async fn reconcile_with_overlap(
                         .map(|ids| Scope::Deals { ids, skip: whole }),
                 )
                 .collect::<Vec<_>>();
-            pipelined(chunks, &mut stats, prepare, write).await?;
+            pipelined(chunks, &mut stats, writers(db), prepare, write).await?;
         }
     }
     invoices::reconcile_invoices(db, ctx, since.map(|s| s - overlap), &mut stats).await?;
@@ -453,4 +471,83 @@ pub async fn release_holds(db: &Db) -> Result<u64, DbErr> {
         vec![now.into(), now.into()],
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A write that counts how many are in flight, keeps the highest count seen, and takes a
+    /// moment (so that writes overlap when they may).
+    async fn counted_write(
+        in_flight: &AtomicUsize,
+        most: &AtomicUsize,
+        written: &std::sync::Mutex<Vec<usize>>,
+        batch: usize,
+    ) -> Result<ReconcileStats, DbErr> {
+        let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        most.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        in_flight.fetch_sub(1, Ordering::SeqCst);
+        if batch == 13 {
+            return Err(DbErr::Custom("write 13 failed".into()));
+        }
+        written.lock().unwrap().push(batch);
+        Ok(ReconcileStats {
+            entries_written: 1,
+            ..ReconcileStats::default()
+        })
+    }
+
+    async fn run(
+        chunks: usize,
+        writers: usize,
+    ) -> (Result<(), DbErr>, ReconcileStats, usize, Vec<usize>) {
+        let (in_flight, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let written = std::sync::Mutex::new(Vec::new());
+        let mut stats = ReconcileStats::default();
+        let result = pipelined(
+            0..chunks,
+            &mut stats,
+            writers,
+            |chunk| async move {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                // Every third chunk has nothing to write.
+                let batch = (chunk % 3 != 2).then_some(chunk);
+                Ok((
+                    batch,
+                    ReconcileStats {
+                        deals_checked: 1,
+                        ..ReconcileStats::default()
+                    },
+                ))
+            },
+            |batch| counted_write(&in_flight, &most, &written, batch),
+        )
+        .await;
+        let mut written = written.into_inner().unwrap();
+        written.sort();
+        (result, stats, most.into_inner(), written)
+    }
+
+    #[tokio::test]
+    async fn writes_overlap_up_to_the_writers_and_every_chunk_is_counted() {
+        for writers in [1, 2, 3] {
+            let (result, stats, most, written) = run(12, writers).await;
+            result.unwrap();
+            assert_eq!(most, writers, "{writers} writer(s)");
+            let expected: Vec<usize> = (0..12).filter(|c| c % 3 != 2).collect();
+            assert_eq!(written, expected);
+            assert_eq!(stats.deals_checked, 12);
+            assert_eq!(stats.entries_written, expected.len() as u64);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_fails_the_run() {
+        let (result, _, _, written) = run(20, 2).await;
+        assert!(matches!(result, Err(DbErr::Custom(m)) if m == "write 13 failed"));
+        assert!(!written.contains(&13));
+    }
 }
