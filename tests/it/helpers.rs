@@ -77,6 +77,43 @@ enum Cleanup {
     Postgres(#[allow(dead_code)] PgDatabase),
 }
 
+/// A program made through the domain (not the API): `commission` and defaults elsewhere.
+pub fn program_input(
+    name: &str,
+    commission: tandem::domain::programs::CommissionPlanInput,
+) -> tandem::domain::programs::CreateProgramInput {
+    tandem::domain::programs::CreateProgramInput {
+        name: name.into(),
+        kind: tandem::domain::programs::ProgramKind::Channel,
+        currency: "USD".into(),
+        commission,
+        attribution_window_days: None,
+        hold_days: None,
+        clawback_days: None,
+        registration: None,
+        lead_sla_minutes: None,
+        applications: None,
+        group_review_schedule: None,
+        manual_review_above: None,
+    }
+}
+
+/// A partner of `program_id` made through the domain; returns (id, referral code).
+pub async fn domain_partner(db: &Db, program_id: &str, name: &str) -> (String, String) {
+    let partner = tandem::domain::partners::create_partner(
+        db,
+        tandem::domain::partners::CreatePartnerInput {
+            program_id: async_graphql::ID(program_id.to_string()),
+            name: name.into(),
+            domain: None,
+            contact_email: format!("{}@partners.example", name.replace(' ', ".")),
+        },
+    )
+    .await
+    .unwrap();
+    (partner.id, partner.referral_code)
+}
+
 /// A fresh PostgreSQL database, dropped when this is dropped.
 pub struct PgDatabase {
     /// Its URL.

@@ -18,15 +18,13 @@ use tandem::{
     domain::{
         deals::{AttributeDealInput, DealCache, apply_deal_change, attribute_deal},
         events,
-        partners::{CreatePartnerInput, create_partner},
-        programs::{
-            CommissionPlanInput, CommissionType, CreateProgramInput, ProgramKind, Tier,
-            create_program,
-        },
+        programs::{CommissionPlanInput, CommissionType, CreateProgramInput, Tier, create_program},
         reconcile::reconcile_with_overlap,
     },
 };
 use tandem_connectors::{DealStatus, NeutralDeal, inbound::DealChange};
+
+use crate::helpers::{domain_partner, program_input};
 
 const DEALS: usize = 4;
 const CLAWBACK_DAYS: i64 = 90;
@@ -160,60 +158,40 @@ struct Fixture {
 }
 
 async fn setup(db: &Db) -> (tandem::db::entities::program::Model, Vec<(String, String)>) {
+    let plan = CommissionPlanInput {
+        commission_type: CommissionType::Percent,
+        rate: Some(Decimal::from(10)),
+        flat_amount: None,
+        tiers: Some(vec![
+            Tier {
+                min_revenue: Decimal::ZERO,
+                rate: Decimal::from(10),
+            },
+            Tier {
+                min_revenue: Decimal::from(2000),
+                rate: Decimal::from(15),
+            },
+            Tier {
+                min_revenue: Decimal::from(6000),
+                rate: Decimal::from(20),
+            },
+        ]),
+        cap_per_deal: Some(Decimal::from(600)),
+        min_deal_amount: Some(Decimal::from(50)),
+        recurring: None,
+    };
     let program = create_program(
         db,
         CreateProgramInput {
-            name: "Props".into(),
-            kind: ProgramKind::Channel,
-            currency: "USD".into(),
-            commission: CommissionPlanInput {
-                commission_type: CommissionType::Percent,
-                rate: Some(Decimal::from(10)),
-                flat_amount: None,
-                tiers: Some(vec![
-                    Tier {
-                        min_revenue: Decimal::ZERO,
-                        rate: Decimal::from(10),
-                    },
-                    Tier {
-                        min_revenue: Decimal::from(2000),
-                        rate: Decimal::from(15),
-                    },
-                    Tier {
-                        min_revenue: Decimal::from(6000),
-                        rate: Decimal::from(20),
-                    },
-                ]),
-                cap_per_deal: Some(Decimal::from(600)),
-                min_deal_amount: Some(Decimal::from(50)),
-                recurring: None,
-            },
-            attribution_window_days: None,
-            hold_days: None,
             clawback_days: Some(CLAWBACK_DAYS as i32),
-            registration: None,
-            lead_sla_minutes: None,
-            applications: None,
-            group_review_schedule: None,
-            manual_review_above: None,
+            ..program_input("Props", plan)
         },
     )
     .await
     .unwrap();
     let mut partners = Vec::new();
     for name in ["Alice", "Bob"] {
-        let p = create_partner(
-            db,
-            CreatePartnerInput {
-                program_id: async_graphql::ID(program.id.clone()),
-                name: name.into(),
-                domain: None,
-                contact_email: format!("{name}@partners.example"),
-            },
-        )
-        .await
-        .unwrap();
-        partners.push((p.id, p.referral_code));
+        partners.push(domain_partner(db, &program.id, name).await);
     }
     (program, partners)
 }

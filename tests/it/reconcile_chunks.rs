@@ -10,10 +10,7 @@ use tandem::{
     domain::{
         deals::{ApplyResult, DealCache, apply_deal_change},
         events,
-        partners::{CreatePartnerInput, create_partner},
-        programs::{
-            CommissionPlanInput, CommissionType, CreateProgramInput, ProgramKind, create_program,
-        },
+        programs::{CommissionPlanInput, CommissionType, create_program},
         reconcile::{ReconcileStats, reconcile, reconcile_with_overlap},
     },
 };
@@ -21,7 +18,7 @@ use tandem_connectors::{DealStatus, NeutralDeal, inbound::DealChange};
 
 use crate::{
     db_tests,
-    helpers::{TestApp, count},
+    helpers::{TestApp, count, domain_partner, program_input},
 };
 
 const PARTNERS: usize = 600;
@@ -94,47 +91,25 @@ fn total(runs: &[&ReconcileStats]) -> (u64, u64) {
 
 async fn many_chunks_are_written_once(app: TestApp) {
     let db = &app.db;
-    let program = create_program(
-        db,
-        CreateProgramInput {
-            name: "Chunks".into(),
-            kind: ProgramKind::Channel,
-            currency: "USD".into(),
-            commission: CommissionPlanInput {
-                commission_type: CommissionType::Percent,
-                rate: Some(Decimal::from(10)),
-                flat_amount: None,
-                tiers: None,
-                cap_per_deal: None,
-                min_deal_amount: None,
-                recurring: None,
-            },
-            attribution_window_days: None,
-            hold_days: None,
-            clawback_days: None,
-            registration: None,
-            lead_sla_minutes: None,
-            applications: None,
-            group_review_schedule: None,
-            manual_review_above: None,
-        },
-    )
-    .await
-    .unwrap();
-    let mut codes = Vec::with_capacity(PARTNERS);
-    for i in 0..PARTNERS {
-        let partner = create_partner(
-            db,
-            CreatePartnerInput {
-                program_id: async_graphql::ID(program.id.clone()),
-                name: format!("Partner {i}"),
-                domain: None,
-                contact_email: format!("p{i}@partners.example"),
-            },
-        )
+    let plan = CommissionPlanInput {
+        commission_type: CommissionType::Percent,
+        rate: Some(Decimal::from(10)),
+        flat_amount: None,
+        tiers: None,
+        cap_per_deal: None,
+        min_deal_amount: None,
+        recurring: None,
+    };
+    let program = create_program(db, program_input("Chunks", plan))
         .await
         .unwrap();
-        codes.push(partner.referral_code);
+    let mut codes = Vec::with_capacity(PARTNERS);
+    for i in 0..PARTNERS {
+        codes.push(
+            domain_partner(db, &program.id, &format!("Partner {i}"))
+                .await
+                .1,
+        );
     }
     // Deal i: 100 + i dollars, 10 % of it expected.
     let deals = |amount: &dyn Fn(usize) -> i64, which: &dyn Fn(usize) -> bool| {
