@@ -18,7 +18,7 @@ use crate::{
         programs::parse_stored_decimal,
     },
     graphql::{
-        commissions::load_partner,
+        commissions::{load_partner, load_program},
         connection::{EqIf, connection},
         loaders::{ChildKind, Loaders},
         principal,
@@ -97,12 +97,7 @@ impl Customer {
     }
     /// The program.
     async fn program(&self, ctx: &Context<'_>) -> Result<Option<Program>> {
-        let loaders = ctx.data_unchecked::<Loaders>();
-        Ok(loaders
-            .programs
-            .load_one(self.0.program_id.clone())
-            .await?
-            .map(Program))
+        load_program(ctx, &self.0.program_id).await
     }
     /// Its paid invoices, newest first.
     #[graphql(complexity = "page_complexity(first, child_complexity)")]

@@ -36,10 +36,20 @@ use crate::{
         connection::connection,
         loaders::Loaders,
         principal,
-        types::{Deal, Partner, page_complexity},
+        types::{Deal, Partner, Program, page_complexity},
     },
     jobs::{JobName, Jobs},
 };
+
+/// A program through the request's loader.
+pub(crate) async fn load_program(ctx: &Context<'_>, id: &str) -> Result<Option<Program>> {
+    let loaders = ctx.data_unchecked::<Loaders>();
+    Ok(loaders
+        .programs
+        .load_one(id.to_string())
+        .await?
+        .map(Program))
+}
 
 /// A partner through the request's loader.
 pub(crate) async fn load_partner(ctx: &Context<'_>, id: &str) -> Result<Option<Partner>> {

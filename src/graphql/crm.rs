@@ -19,8 +19,8 @@ use crate::{
     },
     error::ApiError,
     graphql::{
+        commissions::load_program,
         connection::connection,
-        loaders::Loaders,
         outbound::OutboundContext,
         principal,
         types::{Program, page_complexity},
@@ -49,12 +49,7 @@ impl CrmConnection {
     }
     /// The program its deals belong to.
     async fn program(&self, ctx: &Context<'_>) -> Result<Option<Program>> {
-        let loaders = ctx.data_unchecked::<Loaders>();
-        Ok(loaders
-            .programs
-            .load_one(self.0.program_id.clone())
-            .await?
-            .map(Program))
+        load_program(ctx, &self.0.program_id).await
     }
     /// The API base URL.
     async fn base_url(&self) -> &str {

@@ -21,6 +21,7 @@ use crate::{
     error::ApiError,
     graphql::{
         batch::BatchLoader,
+        commissions::{load_partner, load_program},
         connection::{TotalCount, connection},
         inline::{Inline, PlainObject, Prefetched},
         loaders::{
@@ -246,15 +247,9 @@ impl Partner {
     }
     /// The program the partner belongs to.
     async fn program(&self, ctx: &Context<'_>) -> Result<Program> {
-        let loaders = ctx.data_unchecked::<Loaders>();
-        loaders
-            .programs
-            .load_one(self.0.program_id.clone())
-            .await?
-            .map(Program)
-            .ok_or_else(|| {
-                ApiError::Internal(format!("partner {} has no program", self.0.id)).into()
-            })
+        load_program(ctx, &self.0.program_id).await?.ok_or_else(|| {
+            ApiError::Internal(format!("partner {} has no program", self.0.id)).into()
+        })
     }
     /// How the partner is paid, masked (null until set).
     async fn payout_method(
@@ -1000,12 +995,7 @@ impl Viewer {
         let Some(id) = self.0.partner_scope() else {
             return Ok(None);
         };
-        let loaders = ctx.data_unchecked::<Loaders>();
-        Ok(loaders
-            .partners
-            .load_one(id.to_string())
-            .await?
-            .map(Partner))
+        load_partner(ctx, id).await
     }
 }
 

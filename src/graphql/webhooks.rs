@@ -25,6 +25,7 @@ use crate::{
     error::ApiError,
     graphql::{
         PublicBase,
+        commissions::load_program,
         connection::{TotalCount, connection},
         loaders::Loaders,
         principal,
@@ -53,12 +54,7 @@ impl WebhookSource {
     }
     /// The program its deals belong to.
     async fn program(&self, ctx: &Context<'_>) -> Result<Option<Program>> {
-        let loaders = ctx.data_unchecked::<Loaders>();
-        Ok(loaders
-            .programs
-            .load_one(self.0.program_id.clone())
-            .await?
-            .map(Program))
+        load_program(ctx, &self.0.program_id).await
     }
     /// The URL to post to. For SALESFORCE the `token` parameter is left out: it is the secret,
     /// shown once by `createWebhookSource`.
