@@ -26,6 +26,7 @@ mod m20261207_000011_commission_scan_indexes;
 mod m20261207_000012_console_sessions;
 mod m20261207_000013_referral_kpi_index;
 mod m20261207_000014_referral_kpi_rollup;
+mod m20261207_000015_deal_commissions_unreferenced;
 
 /// The ordered list of Tandem migrations.
 pub struct Migrator;
@@ -55,6 +56,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000012_console_sessions::Migration),
             Box::new(m20261207_000013_referral_kpi_index::Migration),
             Box::new(m20261207_000014_referral_kpi_rollup::Migration),
+            Box::new(m20261207_000015_deal_commissions_unreferenced::Migration),
         ]
     }
 }
