@@ -1,5 +1,5 @@
 //! Small builders shared by the later migrations: a column of a few kinds, a table with its
-//! primary key, an index, an added column.
+//! primary key, an index, an added column, statements for PostgreSQL alone.
 
 use sea_orm_migration::prelude::*;
 
@@ -83,6 +83,17 @@ pub async fn drop_columns(
                     .to_owned(),
             )
             .await?;
+    }
+    Ok(())
+}
+
+/// Runs `statements` in turn on PostgreSQL; does nothing on SQLite.
+pub async fn on_postgres(manager: &SchemaManager<'_>, statements: &[&str]) -> Result<(), DbErr> {
+    if manager.get_database_backend() != sea_orm_migration::sea_orm::DatabaseBackend::Postgres {
+        return Ok(());
+    }
+    for sql in statements {
+        manager.get_connection().execute_unprepared(sql).await?;
     }
     Ok(())
 }

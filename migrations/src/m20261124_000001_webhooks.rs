@@ -156,17 +156,15 @@ impl MigrationTrait for Migration {
                  WHERE status = 'RECEIVED' AND available_at_ms IS NOT NULL",
             )
             .await?;
-        if manager.get_database_backend() == sea_orm_migration::sea_orm::DatabaseBackend::Postgres {
-            // A queue table: vacuum and analyze it often so applied receipts leave the index.
-            manager
-                .get_connection()
-                .execute_unprepared(
-                    "ALTER TABLE webhook_receipts SET (autovacuum_vacuum_scale_factor = 0.02, \
-                     autovacuum_analyze_scale_factor = 0.02)",
-                )
-                .await?;
-        }
-        Ok(())
+        // A queue table: vacuum and analyze it often so applied receipts leave the index.
+        crate::helpers::on_postgres(
+            manager,
+            &[
+                "ALTER TABLE webhook_receipts SET (autovacuum_vacuum_scale_factor = 0.02, \
+               autovacuum_analyze_scale_factor = 0.02)",
+            ],
+        )
+        .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {

@@ -45,10 +45,7 @@ impl MigrationTrait for Migration {
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let conn = manager.get_connection();
-        if manager.get_database_backend() == DatabaseBackend::Postgres {
-            conn.execute_unprepared("DROP INDEX idx_events_tx_seq")
-                .await?;
-        }
+        crate::helpers::on_postgres(manager, &["DROP INDEX idx_events_tx_seq"]).await?;
         conn.execute_unprepared("ALTER TABLE events DROP COLUMN tx_id")
             .await?;
         Ok(())

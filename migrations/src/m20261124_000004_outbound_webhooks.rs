@@ -6,7 +6,7 @@
 //! deliveries by pushing `next_attempt_at_ms` one claim lease ahead (`FOR UPDATE SKIP LOCKED` on
 //! PostgreSQL), so a crashed worker's claims fall due again when the lease runs out.
 
-use sea_orm_migration::{prelude::*, schema::*, sea_orm::DatabaseBackend};
+use sea_orm_migration::{prelude::*, schema::*};
 
 pub struct Migration;
 
@@ -173,37 +173,34 @@ impl MigrationTrait for Migration {
         ] {
             conn.execute_unprepared(sql).await?;
         }
-        if manager.get_database_backend() == DatabaseBackend::Postgres {
-            // Deliveries are updated several times each: keep their statistics and dead tuples
-            // in check where autovacuum runs at all.
-            conn.execute_unprepared(
+        // Deliveries are updated several times each: keep their statistics and dead tuples in
+        // check where autovacuum runs at all. And wake other instances' event feeds at commit
+        // (payload-free; readers query).
+        crate::helpers::on_postgres(
+            manager,
+            &[
                 "ALTER TABLE webhook_deliveries SET (autovacuum_vacuum_scale_factor = 0.02, \
                  autovacuum_analyze_scale_factor = 0.02)",
-            )
-            .await?;
-            // Wakes other instances' event feeds at commit (payload-free; readers query).
-            conn.execute_unprepared(
                 "CREATE FUNCTION tandem_notify_events() RETURNS trigger LANGUAGE plpgsql AS $$ \
                  BEGIN PERFORM pg_notify('tandem_events', ''); RETURN NULL; END $$",
-            )
-            .await?;
-            conn.execute_unprepared(
                 "CREATE TRIGGER tandem_events_notify AFTER INSERT ON events \
                  FOR EACH STATEMENT EXECUTE FUNCTION tandem_notify_events()",
-            )
-            .await?;
-        }
+            ],
+        )
+        .await?;
         Ok(())
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let conn = manager.get_connection();
-        if manager.get_database_backend() == DatabaseBackend::Postgres {
-            conn.execute_unprepared("DROP TRIGGER tandem_events_notify ON events")
-                .await?;
-            conn.execute_unprepared("DROP FUNCTION tandem_notify_events()")
-                .await?;
-        }
+        crate::helpers::on_postgres(
+            manager,
+            &[
+                "DROP TRIGGER tandem_events_notify ON events",
+                "DROP FUNCTION tandem_notify_events()",
+            ],
+        )
+        .await?;
         conn.execute_unprepared("DROP INDEX idx_events_created_at")
             .await?;
         for table in ["event_cursors", "webhook_deliveries", "webhook_endpoints"] {

@@ -10,7 +10,8 @@
 //! there means rebuilding the table.
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::DbBackend;
+
+use crate::helpers::on_postgres;
 
 pub struct Migration;
 
@@ -23,34 +24,24 @@ impl MigrationName for Migration {
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() != DbBackend::Postgres {
-            return Ok(());
-        }
-        manager
-            .get_connection()
-            .execute_unprepared(
-                "ALTER TABLE deal_commissions \
-                 DROP CONSTRAINT IF EXISTS deal_commissions_deal_id_fkey, \
-                 DROP CONSTRAINT IF EXISTS deal_commissions_partner_id_fkey",
-            )
-            .await?;
-        Ok(())
+        on_postgres(
+            manager,
+            &["ALTER TABLE deal_commissions \
+               DROP CONSTRAINT IF EXISTS deal_commissions_deal_id_fkey, \
+               DROP CONSTRAINT IF EXISTS deal_commissions_partner_id_fkey"],
+        )
+        .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() != DbBackend::Postgres {
-            return Ok(());
-        }
-        manager
-            .get_connection()
-            .execute_unprepared(
-                "ALTER TABLE deal_commissions \
-                 ADD CONSTRAINT deal_commissions_deal_id_fkey FOREIGN KEY (deal_id) \
-                   REFERENCES deals (id) ON DELETE RESTRICT, \
-                 ADD CONSTRAINT deal_commissions_partner_id_fkey FOREIGN KEY (partner_id) \
-                   REFERENCES partners (id) ON DELETE RESTRICT",
-            )
-            .await?;
-        Ok(())
+        on_postgres(
+            manager,
+            &["ALTER TABLE deal_commissions \
+               ADD CONSTRAINT deal_commissions_deal_id_fkey FOREIGN KEY (deal_id) \
+                 REFERENCES deals (id) ON DELETE RESTRICT, \
+               ADD CONSTRAINT deal_commissions_partner_id_fkey FOREIGN KEY (partner_id) \
+                 REFERENCES partners (id) ON DELETE RESTRICT"],
+        )
+        .await
     }
 }

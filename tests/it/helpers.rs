@@ -398,7 +398,6 @@ impl TestApp {
         }
     }
 
-    /// Counts rows of a table directly in the database.
     /// The text of `GET /metrics`.
     pub async fn metrics(&self) -> String {
         self.client
@@ -411,6 +410,7 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Counts rows of a table directly in the database.
     pub async fn count_rows(&self, table: &str) -> i64 {
         count(&self.db, &format!("SELECT COUNT(*) AS n FROM {table}")).await
     }

@@ -132,7 +132,7 @@ impl ReconcileStats {
 /// PostgreSQL the server's work per written row (index entries, foreign-key checks, WAL) is what
 /// a run waits for, and one transaction keeps one server process busy: a second one uses
 /// another core (full run of the 1,000,000-deal benchmark: see BENCHMARKS.md).
-pub(crate) fn writers(db: &Db) -> usize {
+fn writers(db: &Db) -> usize {
     if db.is_postgres() { 2 } else { 1 }
 }
 
