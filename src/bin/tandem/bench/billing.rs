@@ -24,7 +24,7 @@ use tandem::db::insert_all;
 use tandem::{
     db::{
         Db,
-        entities::{customer, exchange_rate, invoice, invoice_adjustment, program},
+        entities::{customer, invoice, invoice_adjustment, program},
         states::{AdjustmentKind, RecurringBasis, WebhookSourceKind},
     },
     domain::{
@@ -36,7 +36,7 @@ use tandem::{
 };
 
 use super::reconcile::{
-    count, insert_partners, insert_program, peak_rss_mib, program_row, reconcile_job,
+    count, insert_eur_rate, insert_partners, insert_program, program_row, reconcile_job,
 };
 
 /// The phases.
@@ -88,12 +88,7 @@ pub async fn run(db: &Db, args: &BenchBillingArgs) -> anyhow::Result<Value> {
         Phase::Touch => touch(db, args.percent).await?,
         Phase::Ingest => ingest(db, args.events, args.customers).await?,
     };
-    Ok(json!({
-        "phase": format!("{:?}", args.phase).to_lowercase(),
-        "seconds": started.elapsed().as_secs_f64(),
-        "peakRssMiB": peak_rss_mib(),
-        "figures": figures,
-    }))
+    super::phase_line(db, args.phase, started, figures).await
 }
 
 const BATCH: usize = 2_000;
@@ -121,18 +116,7 @@ async fn seed(db: &Db, args: &BenchBillingArgs) -> anyhow::Result<Value> {
         },
     )
     .await?;
-    let tx = db.begin_write().await?;
-    exchange_rate::Entity::insert(exchange_rate::ActiveModel {
-        id: Set(new_id()),
-        base: Set("EUR".into()),
-        quote: Set("USD".into()),
-        rate: Set("1.0845".into()),
-        effective_at: Set(now - Span::days(6 * 365)),
-        created_at: Set(past),
-    })
-    .exec(&*tx)
-    .await?;
-    tx.commit().await?;
+    insert_eur_rate(db, now - Span::days(6 * 365), past).await?;
     let partners: Vec<String> = (0..args.partners).map(|_| new_id()).collect();
     let rows: Vec<(String, String)> = partners
         .iter()

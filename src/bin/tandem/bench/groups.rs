@@ -39,7 +39,8 @@ use tandem::{
 };
 
 use super::{
-    reconcile::{count, insert_partners, insert_program, peak_rss_mib, program_row},
+    peak_rss_mib,
+    reconcile::{count, insert_partners, insert_program, program_row},
     seed::bench_deal,
 };
 

@@ -8,3 +8,30 @@ pub mod reconcile;
 pub mod scaleout;
 pub mod seed;
 pub mod sla;
+
+/// The JSON line of one timed phase. On SQLite the WAL is first copied into the database file
+/// and truncated, inside the timed span: a phase leaves no checkpoint work to whatever runs next.
+pub async fn phase_line(
+    db: &tandem::db::Db,
+    phase: impl std::fmt::Debug,
+    started: std::time::Instant,
+    figures: serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    let before_checkpoint = started.elapsed().as_secs_f64();
+    db.checkpoint().await?;
+    Ok(serde_json::json!({
+        "phase": format!("{phase:?}").to_lowercase(),
+        "seconds": started.elapsed().as_secs_f64(),
+        "secondsBeforeCheckpoint": before_checkpoint,
+        "peakRssMiB": peak_rss_mib(),
+        "figures": figures,
+    }))
+}
+
+/// Peak resident set size of this process, in MiB.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}

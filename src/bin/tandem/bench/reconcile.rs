@@ -115,14 +115,6 @@ pub async fn count(db: &Db, sql: &str) -> anyhow::Result<i64> {
     Ok(row.try_get("", "n")?)
 }
 
-/// Peak resident set size of this process, in MiB.
-pub fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
-
 /// Runs one phase and returns its JSON line.
 pub async fn run(db: &Db, args: &BenchReconcileArgs) -> anyhow::Result<Value> {
     let started = Instant::now();
@@ -156,12 +148,28 @@ pub async fn run(db: &Db, args: &BenchReconcileArgs) -> anyhow::Result<Value> {
             json!({ "programs": times })
         }
     };
-    Ok(json!({
-        "phase": format!("{:?}", args.phase).to_lowercase(),
-        "seconds": started.elapsed().as_secs_f64(),
-        "peakRssMiB": peak_rss_mib(),
-        "figures": figures,
-    }))
+    super::phase_line(db, args.phase, started, figures).await
+}
+
+/// The benchmarks' one exchange rate: 1 EUR = 1.0845 USD from `effective_at` on.
+pub async fn insert_eur_rate(
+    db: &Db,
+    effective_at: chrono::DateTime<Utc>,
+    created_at: chrono::DateTime<Utc>,
+) -> anyhow::Result<()> {
+    let tx = db.begin_write().await?;
+    exchange_rate::Entity::insert(exchange_rate::ActiveModel {
+        id: Set(new_id()),
+        base: Set("EUR".into()),
+        quote: Set("USD".into()),
+        rate: Set("1.0845".into()),
+        effective_at: Set(effective_at),
+        created_at: Set(created_at),
+    })
+    .exec(&*tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Runs `reconcile` (full or incremental) through the job system; returns the run's stats.
@@ -287,18 +295,7 @@ async fn seed(db: &Db, deals: u32, partners: u32) -> anyhow::Result<Value> {
         .await?;
         program_ids.push(id);
     }
-    let tx = db.begin_write().await?;
-    exchange_rate::Entity::insert(exchange_rate::ActiveModel {
-        id: Set(new_id()),
-        base: Set("EUR".into()),
-        quote: Set("USD".into()),
-        rate: Set("1.0845".into()),
-        effective_at: Set(now - Span::days(5 * 365)),
-        created_at: Set(past),
-    })
-    .exec(&*tx)
-    .await?;
-    tx.commit().await?;
+    insert_eur_rate(db, now - Span::days(5 * 365), past).await?;
     let mut partner_rows = Vec::with_capacity(partners as usize);
     for i in 0..partners {
         partner_rows.push((new_id(), program_ids[(i % 5) as usize].clone()));

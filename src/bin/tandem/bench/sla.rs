@@ -25,7 +25,10 @@ use tandem::{
     domain::{ids::new_id, registration},
 };
 
-use super::reconcile::{count, insert_partners, insert_program, peak_rss_mib, program_row};
+use super::{
+    peak_rss_mib,
+    reconcile::{count, insert_partners, insert_program, program_row},
+};
 
 /// `tandem bench-sla`.
 #[derive(Debug, clap::Args)]
