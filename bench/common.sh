@@ -3,13 +3,18 @@
 # ($bin), makes a work directory ($work) and the database ($db_url): a SQLite file in $work, or a
 # fresh PostgreSQL database tandem_bench_NAME on the server at $pg_url. On exit the server whose
 # pid a script put in $server_pid is stopped, the database dropped and $work removed.
+# BENCH_BIN=path runs that binary instead of building one (before/after comparisons).
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tandem-target}"
 server_pid=""
 
 bench_setup() {
   bench_db="tandem_bench_$1"
-  cargo build --release --quiet
-  bin="$CARGO_TARGET_DIR/release/tandem"
+  if [ -n "${BENCH_BIN:-}" ]; then
+    bin="$BENCH_BIN"
+  else
+    cargo build --release --quiet
+    bin="$CARGO_TARGET_DIR/release/tandem"
+  fi
   work="$(mktemp -d)"
   trap bench_cleanup EXIT
   case "$backend" in
