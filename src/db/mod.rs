@@ -115,7 +115,10 @@ impl Db {
             let options = if in_memory {
                 options
             } else {
-                options.pragma("wal_autocheckpoint", "0")
+                options.pragma("wal_autocheckpoint", "0").pragma(
+                    "journal_size_limit",
+                    checkpoint::WAL_FILE_LIMIT_BYTES.to_string(),
+                )
             };
             if !in_memory {
                 native = Some(Arc::new(NativeReader::new(
