@@ -2,7 +2,6 @@
 //! serialising writers on SQLite.
 
 mod bulk;
-mod checkpoint;
 pub mod entities;
 mod memo;
 mod native;
@@ -40,7 +39,6 @@ use sea_orm::{
 use tandem_migrations::MigratorTrait;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
-use checkpoint::Checkpointer;
 use native::NativeReader;
 use steps::{SqliteSteps, StepCount};
 
@@ -62,8 +60,6 @@ pub struct Db {
     native: Option<Arc<NativeReader>>,
     /// Work done by the pool's SQLite statements (`None` on PostgreSQL).
     steps: Option<Arc<SqliteSteps>>,
-    /// Copies the WAL into the database file beside the writers (SQLite files only).
-    checkpointer: Option<Arc<Checkpointer>>,
 }
 
 /// A write transaction; on SQLite it also holds the writer lock until dropped.
@@ -97,7 +93,6 @@ impl Db {
         let statements = Arc::new(AtomicU64::new(0));
         let mut native = None;
         let mut steps = None;
-        let mut checkpointer = None;
         let (mut conn, write_lock) = if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)
                 .map_err(|e| DbErr::Custom(format!("invalid SQLite URL: {e}")))?
@@ -110,16 +105,6 @@ impl Db {
                 // writer's index inserts land all over tables of millions of rows.
                 .pragma("cache_size", "-65536");
             let in_memory = url.contains(":memory:") || url.contains("mode=memory");
-            // A file's WAL is checkpointed by a thread of its own (see `checkpoint`), not by
-            // the commit that fills it.
-            let options = if in_memory {
-                options
-            } else {
-                options.pragma("wal_autocheckpoint", "0").pragma(
-                    "journal_size_limit",
-                    checkpoint::WAL_FILE_LIMIT_BYTES.to_string(),
-                )
-            };
             if !in_memory {
                 native = Some(Arc::new(NativeReader::new(
                     options.get_filename(),
@@ -138,9 +123,6 @@ impl Db {
                 .connect_with(options)
                 .await
                 .map_err(|e| DbErr::Conn(sea_orm::RuntimeErr::Internal(e.to_string())))?;
-            if let Some(reader) = &native {
-                checkpointer = Some(Arc::new(Checkpointer::start(reader.path())?));
-            }
             (
                 SqlxSqliteConnector::from_sqlx_sqlite_pool(pool),
                 Some(Arc::new(Mutex::new(()))),
@@ -166,7 +148,6 @@ impl Db {
             committed: Arc::new(tokio::sync::Notify::new()),
             native,
             steps,
-            checkpointer,
         })
     }
 
@@ -214,7 +195,6 @@ impl Db {
             committed: self.committed.clone(),
             native: self.native.clone(),
             steps: self.steps.clone(),
-            checkpointer: self.checkpointer.clone(),
         }
     }
 
@@ -451,16 +431,6 @@ impl Db {
             format!("{column} IN ({})", marks.join(", ")),
             ids.iter().map(|id| id.clone().into()).collect(),
         )
-    }
-
-    /// On an SQLite file, copies the whole WAL into the database file and truncates it
-    /// (benchmarks end their timed work with it, so that no copy is left for later). Nothing to
-    /// do elsewhere.
-    pub async fn checkpoint(&self) -> Result<(), DbErr> {
-        match &self.checkpointer {
-            Some(checkpointer) => checkpointer.truncate().await,
-            None => Ok(()),
-        }
     }
 
     /// Closes the pool.

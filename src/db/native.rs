@@ -66,11 +66,6 @@ impl NativeReader {
         }
     }
 
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     fn open(&self) -> Result<Connection, DbErr> {
         let conn = Connection::open_with_flags(
             &self.path,

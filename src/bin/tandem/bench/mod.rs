@@ -9,23 +9,18 @@ pub mod scaleout;
 pub mod seed;
 pub mod sla;
 
-/// The JSON line of one timed phase. On SQLite the WAL is first copied into the database file
-/// and truncated, inside the timed span: a phase leaves no checkpoint work to whatever runs next.
-pub async fn phase_line(
-    db: &tandem::db::Db,
+/// The JSON line of one timed phase.
+pub fn phase_line(
     phase: impl std::fmt::Debug,
     started: std::time::Instant,
     figures: serde_json::Value,
-) -> anyhow::Result<serde_json::Value> {
-    let before_checkpoint = started.elapsed().as_secs_f64();
-    db.checkpoint().await?;
-    Ok(serde_json::json!({
+) -> serde_json::Value {
+    serde_json::json!({
         "phase": format!("{phase:?}").to_lowercase(),
         "seconds": started.elapsed().as_secs_f64(),
-        "secondsBeforeCheckpoint": before_checkpoint,
         "peakRssMiB": peak_rss_mib(),
         "figures": figures,
-    }))
+    })
 }
 
 /// Peak resident set size of this process, in MiB.
